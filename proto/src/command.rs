@@ -1,0 +1,240 @@
+//! AMF0 command inspection (connect, createStream, publish, play, deleteStream, onStatus) and
+//! the few commands a hop writes itself, built on rml_amf0.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+
+use bytes::Bytes;
+pub use rml_amf0::Amf0Value;
+
+use crate::message::{message_type, Message};
+
+/// A decoded command message: name, transaction id and the remaining values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// Command name (`connect`, `publish`, `_result`, `onStatus`, ...).
+    pub name: String,
+    /// Transaction id; 0 for commands that expect no answer.
+    pub transaction_id: f64,
+    /// The command object (or null) followed by the arguments.
+    pub values: Vec<Amf0Value>,
+}
+
+impl Command {
+    /// Decodes an AMF0 (type 20) or AMF3-wrapped AMF0 (type 17) command; `None` otherwise.
+    pub fn parse(msg: &Message) -> Option<Command> {
+        let body = match msg.type_id {
+            message_type::COMMAND_AMF0 => &msg.payload[..],
+            // Type 17 starts with a format byte 0 and then carries AMF0 values.
+            message_type::COMMAND_AMF3 => msg.payload.get(1..)?,
+            _ => return None,
+        };
+        let mut values = rml_amf0::deserialize(&mut Cursor::new(body)).ok()?;
+        if values.len() < 2 {
+            return None;
+        }
+        let mut rest = values.split_off(2);
+        let transaction_id = values.pop()?.get_number()?;
+        let name = values.pop()?.get_string()?;
+        if rest.is_empty() {
+            rest.push(Amf0Value::Null);
+        }
+        Some(Command {
+            name,
+            transaction_id,
+            values: rest,
+        })
+    }
+
+    /// Encodes this command as an AMF0 command message on `stream_id`.
+    pub fn to_message(&self, stream_id: u32) -> Message {
+        let mut all = vec![
+            Amf0Value::Utf8String(self.name.clone()),
+            Amf0Value::Number(self.transaction_id),
+        ];
+        all.extend(self.values.iter().cloned());
+        let payload = rml_amf0::serialize(&all).unwrap_or_default();
+        Message::new(message_type::COMMAND_AMF0, stream_id, 0, Bytes::from(payload))
+    }
+
+    /// A property of the command object (the first value), if it is a string.
+    pub fn object_string(&self, key: &str) -> Option<&str> {
+        match self.values.first()? {
+            Amf0Value::Object(props) => match props.get(key)? {
+                Amf0Value::Utf8String(s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The n-th argument after the command object, if it is a string.
+    pub fn string_arg(&self, n: usize) -> Option<&str> {
+        match self.values.get(n + 1)? {
+            Amf0Value::Utf8String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The `level`, `code` and `description` of an onStatus / _error info object.
+    pub fn status(&self) -> Option<StatusInfo> {
+        let info = self.values.iter().find_map(|v| match v {
+            Amf0Value::Object(p) => Some(p),
+            _ => None,
+        })?;
+        let get = |k: &str| match info.get(k) {
+            Some(Amf0Value::Utf8String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        Some(StatusInfo {
+            level: get("level"),
+            code: get("code"),
+            description: get("description"),
+        })
+    }
+}
+
+/// The fields of an RTMP status object that matter to people reading logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// `status`, `warning` or `error`.
+    pub level: String,
+    /// For example `NetStream.Publish.Start`.
+    pub code: String,
+    /// Free text.
+    pub description: String,
+}
+
+fn info_object(level: &str, code: &str, description: &str) -> Amf0Value {
+    let mut props = HashMap::new();
+    props.insert("level".into(), Amf0Value::Utf8String(level.into()));
+    props.insert("code".into(), Amf0Value::Utf8String(code.into()));
+    props.insert(
+        "description".into(),
+        Amf0Value::Utf8String(description.into()),
+    );
+    Amf0Value::Object(props)
+}
+
+/// An `onStatus` command on `stream_id`.
+pub fn on_status(stream_id: u32, level: &str, code: &str, description: &str) -> Message {
+    Command {
+        name: "onStatus".into(),
+        transaction_id: 0.0,
+        values: vec![Amf0Value::Null, info_object(level, code, description)],
+    }
+    .to_message(stream_id)
+}
+
+/// An `_error` answer to transaction `transaction_id` (for example a failed connect).
+pub fn error_response(transaction_id: f64, code: &str, description: &str) -> Message {
+    Command {
+        name: "_error".into(),
+        transaction_id,
+        values: vec![Amf0Value::Null, info_object("error", code, description)],
+    }
+    .to_message(0)
+}
+
+/// A `_result` answer to `connect`.
+pub fn connect_result(transaction_id: f64) -> Message {
+    let mut props = HashMap::new();
+    props.insert("fmsVer".into(), Amf0Value::Utf8String("FMS/3,0,1,123".into()));
+    props.insert("capabilities".into(), Amf0Value::Number(31.0));
+    Command {
+        name: "_result".into(),
+        transaction_id,
+        values: vec![
+            Amf0Value::Object(props),
+            info_object(
+                "status",
+                "NetConnection.Connect.Success",
+                "Connection succeeded.",
+            ),
+        ],
+    }
+    .to_message(0)
+}
+
+/// A `_result` with one value (for example the stream id answering `createStream`).
+pub fn result(transaction_id: f64, value: Amf0Value) -> Message {
+    Command {
+        name: "_result".into(),
+        transaction_id,
+        values: vec![Amf0Value::Null, value],
+    }
+    .to_message(0)
+}
+
+/// A client command (`connect`, `createStream`, `publish`, `play`, ...) with its arguments.
+pub fn request(name: &str, transaction_id: f64, stream_id: u32, args: Vec<Amf0Value>) -> Message {
+    Command {
+        name: name.into(),
+        transaction_id,
+        values: args,
+    }
+    .to_message(stream_id)
+}
+
+/// A `connect` command object for `app` at `tc_url`.
+pub fn connect_object(app: &str, tc_url: &str) -> Amf0Value {
+    let mut props = HashMap::new();
+    props.insert("app".into(), Amf0Value::Utf8String(app.into()));
+    props.insert("tcUrl".into(), Amf0Value::Utf8String(tc_url.into()));
+    props.insert("type".into(), Amf0Value::Utf8String("nonprivate".into()));
+    props.insert(
+        "flashVer".into(),
+        Amf0Value::Utf8String("FMLE/3.0 (compatible; rtmpq)".into()),
+    );
+    Amf0Value::Object(props)
+}
+
+/// A stream name without its query string, which often carries a secret key.
+pub fn public_stream_name(name: &str) -> &str {
+    name.split('?').next().unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_it_builds() {
+        let msg = request(
+            "connect",
+            1.0,
+            0,
+            vec![connect_object("live", "rtmp://h/live")],
+        );
+        let cmd = Command::parse(&msg).unwrap();
+        assert_eq!(cmd.name, "connect");
+        assert_eq!(cmd.transaction_id, 1.0);
+        assert_eq!(cmd.object_string("app"), Some("live"));
+
+        let publish = request(
+            "publish",
+            5.0,
+            1,
+            vec![
+                Amf0Value::Null,
+                Amf0Value::Utf8String("cam?key=s3cret".into()),
+                Amf0Value::Utf8String("live".into()),
+            ],
+        );
+        let cmd = Command::parse(&publish).unwrap();
+        assert_eq!(cmd.string_arg(0), Some("cam?key=s3cret"));
+        assert_eq!(public_stream_name(cmd.string_arg(0).unwrap()), "cam");
+
+        let err = error_response(1.0, "NetConnection.Connect.Failed", "origin down");
+        let status = Command::parse(&err).unwrap().status().unwrap();
+        assert_eq!(status.level, "error");
+        assert_eq!(status.description, "origin down");
+    }
+
+    #[test]
+    fn ignores_non_commands_and_garbage() {
+        assert!(Command::parse(&Message::new(9, 1, 0, vec![0x17, 0])).is_none());
+        assert!(Command::parse(&Message::new(20, 0, 0, vec![0xff, 0x00, 0x13])).is_none());
+        assert!(Command::parse(&Message::new(17, 0, 0, Vec::new())).is_none());
+    }
+}

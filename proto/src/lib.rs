@@ -1,0 +1,60 @@
+//! rtmpq-proto: the RTMP chunk codec, handshake glue, message classes, AMF0 command
+//! inspection, the tunnel wire format and the QUIC settings shared by edge and gateway.
+//!
+//! Parsing never does I/O: [`chunk::ChunkDecoder`] and [`wire::FrameDecoder`] take bytes and
+//! return "need more" as `Ok(None)`. The [`io`] module is the thin async layer over them.
+//!
+//! # Tunnel wire format, version 1 (ALPN `rtmpq/1`)
+//!
+//! One QUIC connection (TLS 1.3) carries many RTMP sessions. Every frame on every stream is
+//!
+//! ```text
+//! frame   = length:varint  kind:u8  body        ; length counts kind + body
+//! varint  = QUIC variable-length integer (RFC 9000 section 16), at most 2^62-1
+//! string  = len:varint utf8-bytes
+//! ```
+//!
+//! | kind | name          | direction   | body |
+//! |------|---------------|-------------|------|
+//! | 0x01 | HELLO         | edge → gw   | `version:u8 edge_id:string token:string` |
+//! | 0x02 | WELCOME       | gw → edge   | `version:u8 gateway_id:string` |
+//! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64 resume_token:bytes-to-end` |
+//! | 0x11 | MSG           | both        | `type:u8 stream_id:varint timestamp:u32 payload:bytes-to-end` |
+//! | 0x12 | SESSION_CLOSE | both        | `code:varint reason:utf8-to-end` |
+//!
+//! Integers are big-endian. A frame longer than [`wire::MAX_FRAME_LEN`] or of an unknown kind
+//! ends the stream it arrived on with [`wire::CloseCode::ProtocolViolation`].
+//!
+//! **Connection.** The edge opens the first bidirectional stream and sends HELLO. The gateway
+//! answers WELCOME on it, or closes the connection with a QUIC application error whose code is
+//! a [`wire::CloseCode`] (`unsupported_version` 2, `unauthorized` 3). The control stream stays
+//! open for the connection's life.
+//!
+//! **Session.** Each RTMP connection (one pusher or player) is one further bidirectional stream
+//! opened by the edge: SESSION_OPEN first, then MSG frames both ways, carrying only end-to-end
+//! messages ([`message::MessageClass::EndToEnd`]): commands, data, shared objects, audio, video,
+//! aggregates and user control events other than ping, each with its message stream id and
+//! full 32-bit timestamp, payload untouched. Protocol control (types 1, 2, 3, 5, 6) and ping
+//! are answered by each hop and never cross. Either side ends the session with SESSION_CLOSE
+//! (code + reason) and finishes its send side; the edge turns a non-normal close into an RTMP
+//! error (`_error` for a pending connect, else `onStatus` `NetStream.Failed`) for its client.
+//!
+//! **Close codes** (stable): 0 normal, 1 protocol_violation, 2 unsupported_version,
+//! 3 unauthorized, 4 origin_unreachable, 5 origin_closed, 6 origin_protocol_error,
+//! 7 client_protocol_error, 8 timeout, 9 overloaded, 10 shutdown, 11 internal.
+//!
+//! **Versioning.** HELLO carries [`wire::WIRE_VERSION`]; the ALPN names the major version.
+//! New frame kinds need a new version; new close codes may appear at any time and read as
+//! `unknown(n)`.
+
+pub mod chunk;
+pub mod clock;
+pub mod command;
+pub mod io;
+pub mod message;
+pub mod transport;
+pub mod wire;
+
+pub use chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits};
+pub use message::{Message, MessageClass};
+pub use wire::{CloseCode, Frame, SessionId};

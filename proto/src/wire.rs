@@ -1,0 +1,486 @@
+//! The tunnel wire format (ALPN `rtmpq/1`): frames, varints, session ids and close codes.
+//! See the crate docs for the layout.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::message::Message;
+
+/// The wire format version carried in HELLO and WELCOME.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest frame body accepted: one maximal RTMP message plus its MSG header.
+pub const MAX_FRAME_LEN: u64 = (16 << 20) + 64;
+
+/// Frame kind bytes.
+pub mod frame_kind {
+    /// HELLO: edge to gateway, first frame on the control stream.
+    pub const HELLO: u8 = 0x01;
+    /// WELCOME: gateway to edge, the answer to HELLO.
+    pub const WELCOME: u8 = 0x02;
+    /// SESSION_OPEN: edge to gateway, first frame on a session stream.
+    pub const SESSION_OPEN: u8 = 0x10;
+    /// MSG: one RTMP message, both ways.
+    pub const MSG: u8 = 0x11;
+    /// SESSION_CLOSE: the session ends, with a code and a reason; both ways.
+    pub const SESSION_CLOSE: u8 = 0x12;
+}
+
+/// An RTMP session's id, chosen by the edge, unique per edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Why a session or connection ended: stable numeric codes, used in SESSION_CLOSE and as QUIC
+/// application close codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// Ended normally (a peer closed its RTMP connection).
+    Normal,
+    /// The tunnel peer broke the wire format.
+    ProtocolViolation,
+    /// The peer speaks a wire version we do not.
+    UnsupportedVersion,
+    /// Credentials missing or wrong.
+    Unauthorized,
+    /// The gateway could not reach the origin.
+    OriginUnreachable,
+    /// The origin closed the connection.
+    OriginClosed,
+    /// The origin sent bad RTMP.
+    OriginProtocolError,
+    /// The pusher or player sent bad RTMP.
+    ClientProtocolError,
+    /// Something took too long.
+    Timeout,
+    /// The gateway has no room for another session.
+    Overloaded,
+    /// The process is shutting down.
+    Shutdown,
+    /// A bug or an unexpected local failure.
+    Internal,
+    /// A code this version does not know.
+    Unknown(u64),
+}
+
+impl CloseCode {
+    /// The stable wire code.
+    pub fn to_code(self) -> u64 {
+        match self {
+            CloseCode::Normal => 0,
+            CloseCode::ProtocolViolation => 1,
+            CloseCode::UnsupportedVersion => 2,
+            CloseCode::Unauthorized => 3,
+            CloseCode::OriginUnreachable => 4,
+            CloseCode::OriginClosed => 5,
+            CloseCode::OriginProtocolError => 6,
+            CloseCode::ClientProtocolError => 7,
+            CloseCode::Timeout => 8,
+            CloseCode::Overloaded => 9,
+            CloseCode::Shutdown => 10,
+            CloseCode::Internal => 11,
+            CloseCode::Unknown(c) => c,
+        }
+    }
+
+    /// The code for a wire value.
+    pub fn from_code(code: u64) -> CloseCode {
+        match code {
+            0 => CloseCode::Normal,
+            1 => CloseCode::ProtocolViolation,
+            2 => CloseCode::UnsupportedVersion,
+            3 => CloseCode::Unauthorized,
+            4 => CloseCode::OriginUnreachable,
+            5 => CloseCode::OriginClosed,
+            6 => CloseCode::OriginProtocolError,
+            7 => CloseCode::ClientProtocolError,
+            8 => CloseCode::Timeout,
+            9 => CloseCode::Overloaded,
+            10 => CloseCode::Shutdown,
+            11 => CloseCode::Internal,
+            c => CloseCode::Unknown(c),
+        }
+    }
+
+    /// A short snake_case name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::ProtocolViolation => "protocol_violation",
+            CloseCode::UnsupportedVersion => "unsupported_version",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::OriginUnreachable => "origin_unreachable",
+            CloseCode::OriginClosed => "origin_closed",
+            CloseCode::OriginProtocolError => "origin_protocol_error",
+            CloseCode::ClientProtocolError => "client_protocol_error",
+            CloseCode::Timeout => "timeout",
+            CloseCode::Overloaded => "overloaded",
+            CloseCode::Shutdown => "shutdown",
+            CloseCode::Internal => "internal",
+            CloseCode::Unknown(_) => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.as_str(), self.to_code())
+    }
+}
+
+/// One tunnel frame.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Opens a connection: wire version, edge id, optional token.
+    Hello {
+        /// Wire version the edge speaks.
+        version: u8,
+        /// A name for the edge, for logs.
+        edge_id: String,
+        /// Shared-secret token when the gateway asks for one (empty: none).
+        token: String,
+    },
+    /// Accepts a connection.
+    Welcome {
+        /// Wire version the gateway speaks.
+        version: u8,
+        /// A name for the gateway, for logs.
+        gateway_id: String,
+    },
+    /// Opens a session on this stream.
+    SessionOpen {
+        /// The session's id.
+        session_id: SessionId,
+        /// Opaque token to resume an earlier session; empty for a new one.
+        resume_token: Bytes,
+    },
+    /// One end-to-end RTMP message.
+    Msg(Message),
+    /// Ends the session.
+    SessionClose {
+        /// Why.
+        code: CloseCode,
+        /// Words for people.
+        reason: String,
+    },
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Hello {
+                version, edge_id, ..
+            } => f
+                .debug_struct("Hello")
+                .field("version", version)
+                .field("edge_id", edge_id)
+                .field("token", &"****")
+                .finish(),
+            Frame::Welcome {
+                version,
+                gateway_id,
+            } => f
+                .debug_struct("Welcome")
+                .field("version", version)
+                .field("gateway_id", gateway_id)
+                .finish(),
+            Frame::SessionOpen { session_id, .. } => f
+                .debug_struct("SessionOpen")
+                .field("session_id", session_id)
+                .finish(),
+            Frame::Msg(m) => f.debug_tuple("Msg").field(m).finish(),
+            Frame::SessionClose { code, reason } => f
+                .debug_struct("SessionClose")
+                .field("code", code)
+                .field("reason", reason)
+                .finish(),
+        }
+    }
+}
+
+/// Why bytes could not be read as tunnel frames.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// A kind byte this version does not know.
+    #[error("unknown tunnel frame kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// A frame longer than [`MAX_FRAME_LEN`].
+    #[error("tunnel frame of {0} bytes exceeds the limit")]
+    TooLong(u64),
+    /// A frame whose body ends early or carries bad text.
+    #[error("malformed tunnel frame of kind 0x{0:02x}")]
+    Malformed(u8),
+    /// A zero-length frame (no kind byte).
+    #[error("empty tunnel frame")]
+    Empty,
+}
+
+/// Appends a QUIC-style variable-length integer (RFC 9000, 16): up to 2^62 - 1.
+pub fn put_varint(out: &mut BytesMut, v: u64) {
+    match v {
+        0..=0x3f => out.put_u8(v as u8),
+        0x40..=0x3fff => out.put_u16(0x4000 | v as u16),
+        0x4000..=0x3fff_ffff => out.put_u32(0x8000_0000 | v as u32),
+        _ => out.put_u64(0xc000_0000_0000_0000 | (v & 0x3fff_ffff_ffff_ffff)),
+    }
+}
+
+/// Reads a varint from the front of `buf`; `None` if `buf` is too short.
+pub fn get_varint(buf: &mut &[u8]) -> Option<u64> {
+    let first = *buf.first()?;
+    let len = 1usize << (first >> 6);
+    if buf.len() < len {
+        return None;
+    }
+    let mut v = u64::from(first & 0x3f);
+    for &b in &buf[1..len] {
+        v = (v << 8) | u64::from(b);
+    }
+    buf.advance(len);
+    Some(v)
+}
+
+fn put_string(out: &mut BytesMut, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.put_slice(s.as_bytes());
+}
+
+fn get_string(body: &mut &[u8]) -> Option<String> {
+    let len = get_varint(body)? as usize;
+    if body.len() < len {
+        return None;
+    }
+    let s = std::str::from_utf8(&body[..len]).ok()?.to_owned();
+    body.advance(len);
+    Some(s)
+}
+
+impl Frame {
+    /// Encodes everything but a MSG frame's payload into `out` and returns the payload (if
+    /// any) separately, so media goes to the socket without being copied.
+    pub fn encode_head(&self, out: &mut BytesMut) -> Option<Bytes> {
+        let mut body = BytesMut::with_capacity(32);
+        let mut tail = None;
+        let kind = match self {
+            Frame::Hello {
+                version,
+                edge_id,
+                token,
+            } => {
+                body.put_u8(*version);
+                put_string(&mut body, edge_id);
+                put_string(&mut body, token);
+                frame_kind::HELLO
+            }
+            Frame::Welcome {
+                version,
+                gateway_id,
+            } => {
+                body.put_u8(*version);
+                put_string(&mut body, gateway_id);
+                frame_kind::WELCOME
+            }
+            Frame::SessionOpen {
+                session_id,
+                resume_token,
+            } => {
+                body.put_u64(session_id.0);
+                body.put_slice(resume_token);
+                frame_kind::SESSION_OPEN
+            }
+            Frame::Msg(m) => {
+                body.put_u8(m.type_id);
+                put_varint(&mut body, u64::from(m.stream_id));
+                body.put_u32(m.timestamp);
+                tail = Some(m.payload.clone());
+                frame_kind::MSG
+            }
+            Frame::SessionClose { code, reason } => {
+                put_varint(&mut body, code.to_code());
+                body.put_slice(reason.as_bytes());
+                frame_kind::SESSION_CLOSE
+            }
+        };
+        let tail_len = tail.as_ref().map_or(0, |t| t.len());
+        put_varint(out, (1 + body.len() + tail_len) as u64);
+        out.put_u8(kind);
+        out.put_slice(&body);
+        tail
+    }
+
+    /// Encodes the whole frame into `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        if let Some(tail) = self.encode_head(out) {
+            out.put_slice(&tail);
+        }
+    }
+}
+
+/// Reads frames from a byte buffer; "need more bytes" is `Ok(None)`.
+#[derive(Debug, Default)]
+pub struct FrameDecoder;
+
+impl FrameDecoder {
+    /// Takes one whole frame off the front of `buf`, if it is all there.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+        let mut peek = &buf[..];
+        let Some(len) = get_varint(&mut peek) else {
+            return Ok(None);
+        };
+        if len > MAX_FRAME_LEN {
+            return Err(WireError::TooLong(len));
+        }
+        if len == 0 {
+            return Err(WireError::Empty);
+        }
+        let head = buf.len() - peek.len();
+        if peek.len() < len as usize {
+            buf.reserve(head + len as usize - buf.len());
+            return Ok(None);
+        }
+        buf.advance(head);
+        let frame = buf.split_to(len as usize).freeze();
+        let kind = frame[0];
+        let malformed = WireError::Malformed(kind);
+        let mut body = &frame[1..];
+        let parsed = match kind {
+            frame_kind::HELLO => (|| {
+                let version = *body.first()?;
+                body.advance(1);
+                let edge_id = get_string(&mut body)?;
+                let token = get_string(&mut body)?;
+                Some(Frame::Hello {
+                    version,
+                    edge_id,
+                    token,
+                })
+            })(),
+            frame_kind::WELCOME => (|| {
+                let version = *body.first()?;
+                body.advance(1);
+                Some(Frame::Welcome {
+                    version,
+                    gateway_id: get_string(&mut body)?,
+                })
+            })(),
+            frame_kind::SESSION_OPEN => (body.len() >= 8).then(|| {
+                let session_id = SessionId(body.get_u64());
+                let consumed = frame.len() - body.len();
+                Frame::SessionOpen {
+                    session_id,
+                    resume_token: frame.slice(consumed..),
+                }
+            }),
+            frame_kind::MSG => (|| {
+                let type_id = *body.first()?;
+                body.advance(1);
+                let stream_id = u32::try_from(get_varint(&mut body)?).ok()?;
+                if body.len() < 4 {
+                    return None;
+                }
+                let timestamp = body.get_u32();
+                let consumed = frame.len() - body.len();
+                Some(Frame::Msg(Message {
+                    type_id,
+                    stream_id,
+                    timestamp,
+                    payload: frame.slice(consumed..),
+                }))
+            })(),
+            frame_kind::SESSION_CLOSE => (|| {
+                let code = CloseCode::from_code(get_varint(&mut body)?);
+                let reason = String::from_utf8_lossy(body).into_owned();
+                Some(Frame::SessionClose { code, reason })
+            })(),
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        parsed.map(Some).ok_or(malformed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_every_width() {
+        for v in [0u64, 63, 64, 16383, 16384, (1 << 30) - 1, 1 << 30, (1 << 62) - 1] {
+            let mut b = BytesMut::new();
+            put_varint(&mut b, v);
+            let mut s = &b[..];
+            assert_eq!(get_varint(&mut s), Some(v));
+            assert!(s.is_empty());
+            let mut short = &b[..b.len() - 1];
+            assert_eq!(get_varint(&mut short), None);
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_byte_by_byte() {
+        let frames = vec![
+            Frame::Hello {
+                version: 1,
+                edge_id: "edge-a".into(),
+                token: "secret".into(),
+            },
+            Frame::Welcome {
+                version: 1,
+                gateway_id: "gw".into(),
+            },
+            Frame::SessionOpen {
+                session_id: SessionId(0xdead_beef),
+                resume_token: Bytes::new(),
+            },
+            Frame::Msg(Message::new(9, 1, u32::MAX, vec![1, 2, 3])),
+            Frame::Msg(Message::new(20, 70000, 0, Vec::new())),
+            Frame::SessionClose {
+                code: CloseCode::OriginUnreachable,
+                reason: "connection refused".into(),
+            },
+        ];
+        let mut bytes = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut bytes);
+        }
+        let mut dec = FrameDecoder;
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in bytes {
+            buf.put_u8(b);
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+        assert!(!format!("{:?}", frames[0]).contains("secret"));
+    }
+
+    #[test]
+    fn rejects_unknown_kinds_and_huge_lengths() {
+        let mut buf = BytesMut::from(&[0x02, 0x7f, 0x00][..]);
+        assert_eq!(FrameDecoder.decode(&mut buf), Err(WireError::UnknownKind(0x7f)));
+        let mut buf = BytesMut::new();
+        put_varint(&mut buf, 1 << 40);
+        assert!(matches!(
+            FrameDecoder.decode(&mut buf),
+            Err(WireError::TooLong(_))
+        ));
+        let mut buf = BytesMut::from(&[0x02, frame_kind::MSG, 9][..]);
+        assert_eq!(
+            FrameDecoder.decode(&mut buf),
+            Err(WireError::Malformed(frame_kind::MSG))
+        );
+    }
+
+    #[test]
+    fn close_codes_are_stable() {
+        for code in 0..=11 {
+            assert_eq!(CloseCode::from_code(code).to_code(), code);
+        }
+        assert_eq!(CloseCode::OriginUnreachable.to_code(), 4);
+        assert_eq!(CloseCode::from_code(99), CloseCode::Unknown(99));
+    }
+}
