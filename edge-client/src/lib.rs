@@ -1,1 +1,177 @@
-//! placeholder
+//! rtmpq-edge: the local RTMP listener beside the pusher or player, its sessions, and the QUIC
+//! connection that carries them to the gateway.
+
+pub mod config;
+pub mod connector;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rtmpq_certs::{GatewayTrust, Identity};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::EdgeConfig;
+pub use connector::{Connector, LinkState};
+
+/// What stops an edge from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// Neither `--ca` nor `--pin`, or both.
+    #[error("give exactly one of --ca FILE or --pin sha256:HEX to trust the gateway")]
+    NoTrust,
+    /// No gateway address.
+    #[error("no gateway address: give --gateway HOST:PORT")]
+    NoGateway,
+    /// A client certificate without its key, or the reverse.
+    #[error("client_cert and client_key go together")]
+    HalfClientIdentity,
+    /// Certificates could not be loaded.
+    #[error("certificates: {0}")]
+    Certs(#[from] rtmpq_certs::CertError),
+    /// The TLS config could not be used for QUIC.
+    #[error("{0}")]
+    Tls(#[from] rtmpq_proto::transport::TlsConfigError),
+    /// A socket could not be bound.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// State the edge's sessions share.
+#[derive(Debug)]
+struct Shared {
+    config: EdgeConfig,
+    connector: Connector,
+}
+
+/// A bound edge, ready to [`run`](Edge::run).
+#[derive(Debug)]
+pub struct Edge {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    connector_shutdown: CancellationToken,
+}
+
+impl Edge {
+    /// Loads trust settings, binds the RTMP listener and starts connecting to the gateway.
+    pub async fn bind(config: EdgeConfig) -> Result<Edge, EdgeError> {
+        if config.gateway.is_empty() {
+            return Err(EdgeError::NoGateway);
+        }
+        let trust = match (&config.ca, &config.pin) {
+            (Some(ca), None) => GatewayTrust::Ca(rtmpq_certs::load_certs(ca)?),
+            (None, Some(pin)) => GatewayTrust::Pin(pin.parse()?),
+            _ => return Err(EdgeError::NoTrust),
+        };
+        let identity = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some(Identity::load(cert, key)?),
+            (None, None) => None,
+            _ => return Err(EdgeError::HalfClientIdentity),
+        };
+        let tls = rtmpq_certs::client_tls(trust, identity)?;
+        let client_config = rtmpq_proto::transport::client_config(tls)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| EdgeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        // The wildcard address lets quinn migrate when the route or address changes.
+        let wildcard: SocketAddr = "0.0.0.0:0".parse().expect("valid");
+        let endpoint = quinn::Endpoint::client(wildcard).map_err(|source| EdgeError::Bind {
+            addr: wildcard,
+            source,
+        })?;
+        let host = config
+            .gateway
+            .rsplit_once(':')
+            .map_or(config.gateway.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let target = connector::GatewayTarget {
+            address: config.gateway.clone(),
+            server_name: config.server_name.clone().unwrap_or(host),
+            client_config,
+            edge_id: config.edge_id.clone().unwrap_or_else(default_edge_id),
+            token: config
+                .token
+                .as_ref()
+                .map(|t| t.expose().to_owned())
+                .unwrap_or_default(),
+        };
+        let connector_shutdown = CancellationToken::new();
+        let connector = Connector::start(endpoint.clone(), target, connector_shutdown.clone());
+        Ok(Edge {
+            listener,
+            shared: Arc::new(Shared { config, connector }),
+            endpoint,
+            connector_shutdown,
+        })
+    }
+
+    /// The TCP address pushers and players connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// The link to the gateway, for status displays and tests.
+    pub fn connector(&self) -> Connector {
+        self.shared.connector.clone()
+    }
+
+    /// Serves pushers and players until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        info!(listen = %self.local_addr(), gateway = %self.shared.config.gateway, "edge ready");
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_sessions));
+        let tasks = TaskTracker::new();
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(reason = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                warn!(%remote, limit = self.shared.config.max_sessions, "client refused: edge full");
+                continue;
+            };
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = session::serve(tcp, remote, &shared) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                drop(permit);
+            });
+        }
+        tasks.close();
+        tasks.wait().await;
+        self.connector_shutdown.cancel();
+        self.endpoint.wait_idle().await;
+        info!("edge stopped");
+    }
+}
+
+fn default_edge_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "edge".to_owned())
+}

@@ -1,1 +1,286 @@
-//! placeholder
+//! rtmpq-gateway: the QUIC server that terminates edges' tunnels, checks them, and gives each
+//! RTMP session its own TCP connection to the origin (or to the embedded origin).
+
+pub mod config;
+pub mod embedded_origin;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rtmpq_certs::{Fingerprint, Identity};
+use rtmpq_proto::io::FrameReader;
+use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+pub use config::GatewayConfig;
+pub use embedded_origin::EmbeddedOrigin;
+
+/// What stops a gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Certificates could not be made or loaded.
+    #[error("certificates: {0}")]
+    Certs(#[from] rtmpq_certs::CertError),
+    /// The TLS config could not be used for QUIC.
+    #[error("{0}")]
+    Tls(#[from] rtmpq_proto::transport::TlsConfigError),
+    /// A socket could not be bound.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The origin URL is not `rtmp://HOST[:PORT]`.
+    #[error("origin {0:?} is not rtmp://HOST[:PORT]")]
+    BadOrigin(String),
+    /// Mutual TLS was asked for without a CA to check edges against.
+    #[error("client_auth needs a cert dir with ca.pem")]
+    ClientAuthWithoutCa,
+}
+
+/// State every connection and session of a gateway shares.
+#[derive(Debug)]
+struct Shared {
+    config: GatewayConfig,
+    origin: String,
+    sessions: Arc<Semaphore>,
+}
+
+/// A bound gateway, ready to [`run`](Gateway::run).
+#[derive(Debug)]
+pub struct Gateway {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    pin: Fingerprint,
+    embedded: Option<EmbeddedOrigin>,
+}
+
+impl Gateway {
+    /// Loads or creates certificates, binds the QUIC socket and, with no origin configured,
+    /// the embedded origin.
+    pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        let (identity, client_ca) = match &config.cert_dir {
+            Some(dir) => {
+                let identity = Identity::load(
+                    &dir.join(rtmpq_certs::files::GATEWAY_CERT),
+                    &dir.join(rtmpq_certs::files::GATEWAY_KEY),
+                )?;
+                let ca = dir.join(rtmpq_certs::files::CA_CERT);
+                let client_ca = if config.client_auth {
+                    Some(rtmpq_certs::load_certs(&ca)?)
+                } else {
+                    None
+                };
+                (identity, client_ca)
+            }
+            None if config.client_auth => return Err(GatewayError::ClientAuthWithoutCa),
+            None => {
+                let identity = rtmpq_certs::self_signed(&config.state_dir)?;
+                info!(
+                    pin = %identity.fingerprint(),
+                    state_dir = %config.state_dir.display(),
+                    "no cert dir: using a self-signed certificate; give edges --pin"
+                );
+                (identity, None)
+            }
+        };
+        let pin = identity.fingerprint();
+        let tls = rtmpq_certs::server_tls(identity, client_ca)?;
+        let server_config = rtmpq_proto::transport::server_config(tls)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+            GatewayError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
+
+        let (origin, embedded) = match &config.origin {
+            Some(url) => (
+                config::origin_address(url).ok_or_else(|| GatewayError::BadOrigin(url.clone()))?,
+                None,
+            ),
+            None => {
+                let addr = config.embedded_origin_listen;
+                let embedded = EmbeddedOrigin::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr, source })?;
+                (embedded.local_addr().to_string(), Some(embedded))
+            }
+        };
+        let shared = Arc::new(Shared {
+            sessions: Arc::new(Semaphore::new(config.max_sessions)),
+            config,
+            origin,
+        });
+        Ok(Gateway {
+            endpoint,
+            shared,
+            pin,
+            embedded,
+        })
+    }
+
+    /// The UDP address QUIC listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound socket")
+    }
+
+    /// The pin of the certificate the gateway presents.
+    pub fn pin(&self) -> Fingerprint {
+        self.pin
+    }
+
+    /// Where sessions go: the origin's `HOST:PORT`, or the embedded origin's address.
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    /// Serves edges until `shutdown` is cancelled, then closes every connection.
+    pub async fn run(self, shutdown: CancellationToken) {
+        info!(
+            listen = %self.local_addr(),
+            origin = %self.shared.origin,
+            embedded = self.embedded.is_some(),
+            "gateway ready"
+        );
+        let tasks = TaskTracker::new();
+        if let Some(embedded) = self.embedded {
+            tasks.spawn(embedded.run(shutdown.clone()));
+        }
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let shared = self.shared.clone();
+            let remote = incoming.remote_address();
+            tasks.spawn(
+                serve_connection(incoming, shared, shutdown.clone())
+                    .instrument(tracing::info_span!("edge", %remote)),
+            );
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u64(CloseCode::Shutdown.to_code()).expect("small"),
+            b"gateway shutting down",
+        );
+        tasks.close();
+        tasks.wait().await;
+        self.endpoint.wait_idle().await;
+        info!("gateway stopped");
+    }
+}
+
+fn close_code(code: CloseCode) -> quinn::VarInt {
+    quinn::VarInt::from_u64(code.to_code()).unwrap_or(quinn::VarInt::MAX)
+}
+
+/// One edge's QUIC connection: HELLO, then a session per bidirectional stream.
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!(reason = %e, "quic handshake failed");
+            return;
+        }
+    };
+    let hello = tokio::time::timeout(shared.config.handshake_timeout(), async {
+        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let mut frames = FrameReader::new(recv);
+        let hello = frames.next().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((send, frames, hello))
+    })
+    .await;
+    let (mut control_send, _control_recv, hello) = match hello {
+        Ok(Ok(got)) => got,
+        Ok(Err(e)) => {
+            warn!(reason = %e, "edge sent no HELLO");
+            conn.close(close_code(CloseCode::ProtocolViolation), b"no HELLO");
+            return;
+        }
+        Err(_) => {
+            warn!(reason = "timeout", "edge sent no HELLO in time");
+            conn.close(close_code(CloseCode::Timeout), b"no HELLO in time");
+            return;
+        }
+    };
+    let (edge_id, refusal) = match hello {
+        Some(Frame::Hello {
+            version,
+            edge_id,
+            token,
+        }) => {
+            let refusal = if version != WIRE_VERSION {
+                Some((CloseCode::UnsupportedVersion, format!("wire version {version}")))
+            } else if !shared.config.tokens.is_empty()
+                && !shared.config.tokens.iter().any(|t| t.expose() == token)
+            {
+                Some((CloseCode::Unauthorized, "bad token".to_owned()))
+            } else {
+                None
+            };
+            (edge_id, refusal)
+        }
+        other => (
+            String::new(),
+            Some((
+                CloseCode::ProtocolViolation,
+                format!("expected HELLO, got {other:?}"),
+            )),
+        ),
+    };
+    if let Some((code, reason)) = refusal {
+        warn!(%code, %reason, "edge refused");
+        conn.close(close_code(code), reason.as_bytes());
+        return;
+    }
+    let welcome = Frame::Welcome {
+        version: WIRE_VERSION,
+        gateway_id: "rtmpq-gateway".into(),
+    };
+    if let Err(e) = rtmpq_proto::io::write_frame(&mut control_send, &welcome).await {
+        warn!(reason = %e, "could not answer HELLO");
+        return;
+    }
+    info!(edge = %edge_id, "edge connected");
+    let sessions = TaskTracker::new();
+    let reason = loop {
+        let (send, recv) = tokio::select! {
+            _ = shutdown.cancelled() => break "gateway shutting down".to_owned(),
+            stream = conn.accept_bi() => match stream {
+                Ok(stream) => stream,
+                Err(e) => break e.to_string(),
+            },
+        };
+        let permit = match shared.sessions.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                warn!(limit = shared.config.max_sessions, "session refused: gateway full");
+                let mut send = send;
+                rtmpq_proto::io::close_stream(
+                    &mut send,
+                    CloseCode::Overloaded,
+                    "gateway has no room for another session",
+                )
+                .await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        sessions.spawn(async move {
+            session::serve(send, recv, &shared).await;
+            drop(permit);
+        });
+    };
+    info!(edge = %edge_id, %reason, "edge disconnected");
+    sessions.close();
+    sessions.wait().await;
+}

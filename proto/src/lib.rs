@@ -52,6 +52,8 @@ pub mod clock;
 pub mod command;
 pub mod io;
 pub mod message;
+pub mod secret;
+pub mod session;
 pub mod transport;
 pub mod wire;
 

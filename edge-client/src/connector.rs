@@ -1,0 +1,171 @@
+//! The edge's one QUIC connection to the gateway: connect, HELLO/WELCOME, watch it, and
+//! reconnect with backoff when it is lost. Sessions ask for the current connection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rtmpq_proto::io::{write_frame, FrameReader};
+use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The state of the link to the gateway.
+#[derive(Debug, Clone)]
+pub enum LinkState {
+    /// Not connected yet.
+    Connecting,
+    /// Connected and welcomed.
+    Up(quinn::Connection),
+    /// The last attempt failed or the connection was lost, for this reason.
+    Down(String),
+}
+
+/// What the connector needs to reach the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayTarget {
+    /// `HOST:PORT`, resolved on every attempt.
+    pub address: String,
+    /// The TLS server name.
+    pub server_name: String,
+    /// TLS and transport settings.
+    pub client_config: quinn::ClientConfig,
+    /// This edge's name.
+    pub edge_id: String,
+    /// Token for HELLO.
+    pub token: String,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const WELCOME_LIMIT: Duration = Duration::from_secs(10);
+
+/// Hands out the current gateway connection.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    state: watch::Receiver<LinkState>,
+}
+
+impl Connector {
+    /// Starts keeping a connection to `target` over `endpoint` until `shutdown`.
+    pub fn start(
+        endpoint: quinn::Endpoint,
+        target: GatewayTarget,
+        shutdown: CancellationToken,
+    ) -> Connector {
+        let (tx, rx) = watch::channel(LinkState::Connecting);
+        tokio::spawn(maintain(endpoint, target, tx, shutdown));
+        Connector { state: rx }
+    }
+
+    /// The live connection, waiting up to `wait` for one; the last failure otherwise.
+    pub async fn connection(&self, wait: Duration) -> Result<quinn::Connection, String> {
+        let mut rx = self.state.clone();
+        let up = tokio::time::timeout(
+            wait,
+            rx.wait_for(|s| matches!(s, LinkState::Up(c) if c.close_reason().is_none())),
+        )
+        .await;
+        match up {
+            Ok(Ok(state)) => match &*state {
+                LinkState::Up(conn) => Ok(conn.clone()),
+                _ => unreachable!("wait_for returned a matching state"),
+            },
+            _ => Err(match &*self.state.borrow() {
+                LinkState::Down(reason) => format!("gateway unreachable: {reason}"),
+                _ => format!("gateway not connected within {wait:?}"),
+            }),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+}
+
+async fn maintain(
+    endpoint: quinn::Endpoint,
+    target: GatewayTarget,
+    state: watch::Sender<LinkState>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            attempt = connect_once(&endpoint, &target) => attempt,
+        };
+        match attempt {
+            Ok((conn, _control)) => {
+                info!(gateway = %target.address, remote = %conn.remote_address(), "connected to gateway");
+                backoff = FIRST_BACKOFF;
+                state.send_replace(LinkState::Up(conn.clone()));
+                let reason = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        conn.close(quinn::VarInt::from_u64(CloseCode::Shutdown.to_code()).expect("small"), b"edge shutting down");
+                        return;
+                    }
+                    reason = conn.closed() => reason,
+                };
+                warn!(reason = %reason, "connection to gateway lost; reconnecting");
+                state.send_replace(LinkState::Down(reason.to_string()));
+            }
+            Err(reason) => {
+                warn!(gateway = %target.address, %reason, retry_in = ?backoff, "cannot connect to gateway");
+                state.send_replace(LinkState::Down(reason));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The control stream stays open as long as the connection lives.
+type ControlStream = (quinn::SendStream, FrameReader);
+
+async fn connect_once(
+    endpoint: &quinn::Endpoint,
+    target: &GatewayTarget,
+) -> Result<(quinn::Connection, ControlStream), String> {
+    let addr: SocketAddr = tokio::net::lookup_host(&target.address)
+        .await
+        .map_err(|e| format!("resolve {}: {e}", target.address))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to nothing", target.address))?;
+    let connecting = endpoint
+        .connect_with(target.client_config.clone(), addr, &target.server_name)
+        .map_err(|e| e.to_string())?;
+    let conn = connecting.await.map_err(|e| e.to_string())?;
+    let welcome = tokio::time::timeout(WELCOME_LIMIT, async {
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = Frame::Hello {
+            version: WIRE_VERSION,
+            edge_id: target.edge_id.clone(),
+            token: target.token.clone(),
+        };
+        write_frame(&mut send, &hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut frames = FrameReader::new(recv);
+        match frames.next().await {
+            Ok(Some(Frame::Welcome { version, .. })) if version == WIRE_VERSION => {
+                Ok((send, frames))
+            }
+            Ok(other) => Err(format!("gateway answered HELLO with {other:?}")),
+            Err(e) => Err(format!("gateway refused: {e}")),
+        }
+    })
+    .await;
+    match welcome {
+        Ok(Ok(control)) => Ok((conn, control)),
+        Ok(Err(e)) => Err(match conn.close_reason() {
+            Some(reason) => format!("gateway refused: {reason}"),
+            None => e,
+        }),
+        Err(_) => Err(format!("no WELCOME within {WELCOME_LIMIT:?}")),
+    }
+}

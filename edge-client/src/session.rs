@@ -1,0 +1,141 @@
+//! One pusher's or player's RTMP connection at the edge: the handshake and hop-by-hop protocol
+//! done locally, end-to-end messages carried on one tunnel stream, and the gateway's failures
+//! turned into RTMP errors the client understands.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
+use rtmpq_proto::io::{handshake, write_frame, FrameReader, HandshakeRole, Inbound, RtmpReader, RtmpWriter};
+use rtmpq_proto::message::{Control, Message, DEFAULT_WINDOW_ACK_SIZE};
+use rtmpq_proto::session::{finish_tunnel, relay, EndedBy, RelayEnd, RtmpPeer, SessionTracker};
+use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{info, warn, Instrument};
+
+use crate::Shared;
+
+/// How long a refused client has to send its connect command so it can be told why.
+const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+/// How long the writer toward the client may take to flush after the session ends.
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
+    let session_id = SessionId(rand::random());
+    let span = tracing::info_span!("session", id = %session_id, client = %remote);
+    async {
+        let tracker = Mutex::new(SessionTracker::default());
+        let end = match run(tcp, session_id, shared, &tracker).await {
+            Ok(end) => end,
+            Err(e) => RelayEnd::new(CloseCode::ClientProtocolError, e.to_string(), EndedBy::Rtmp),
+        };
+        let t = tracker.lock().expect("tracker").clone();
+        let (app, stream) = (t.app.unwrap_or_default(), t.stream.unwrap_or_default());
+        let direction = t.direction.map_or("", |d| d.as_str());
+        let line = format!("session ended: {} ({})", end.reason, end.code);
+        if end.code == CloseCode::Normal {
+            info!(%app, %stream, direction, code = %end.code, reason = %end.reason, "{line}");
+        } else {
+            warn!(%app, %stream, direction, code = %end.code, reason = %end.reason, "{line}");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(
+    mut tcp: TcpStream,
+    session_id: SessionId,
+    shared: &Shared,
+    tracker: &Mutex<SessionTracker>,
+) -> Result<RelayEnd, rtmpq_proto::io::RtmpIoError> {
+    let _ = tcp.set_nodelay(true);
+    let leftover = handshake(&mut tcp, HandshakeRole::Server, shared.config.handshake_timeout()).await?;
+    let (read_half, write_half) = tcp.into_split();
+    let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
+    let mut writer = RtmpWriter::new(write_half);
+    // What an RTMP server tells a new client; the origin's own copies stop at the gateway.
+    writer
+        .send(&Control::WindowAckSize(DEFAULT_WINDOW_ACK_SIZE).to_message())
+        .await?;
+    writer
+        .send(&Control::SetPeerBandwidth(DEFAULT_WINDOW_ACK_SIZE, 2).to_message())
+        .await?;
+    writer.set_chunk_size(OUR_CHUNK_SIZE).await?;
+    let (to_client, rx) = mpsc::channel(1024);
+    let writer_task = tokio::spawn(writer.run(rx).in_current_span());
+    let abort_writer = writer_task.abort_handle();
+
+    let end = match open_tunnel(session_id, shared).await {
+        Ok((mut send, recv)) => {
+            let mut frames = FrameReader::new(recv);
+            let end = relay(RtmpPeer::Client, &mut reader, &to_client, &mut frames, &mut send, tracker).await;
+            finish_tunnel(&mut send, &end).await;
+            if end.ended_by != EndedBy::Rtmp && end.code != CloseCode::Normal {
+                let failure = tracker.lock().expect("tracker").failure_messages(&end.reason);
+                for msg in failure {
+                    let _ = to_client.send(msg).await;
+                }
+            }
+            end
+        }
+        Err(reason) => {
+            refuse(&mut reader, &to_client, tracker, &reason).await;
+            RelayEnd::new(CloseCode::OriginUnreachable, reason, EndedBy::Tunnel)
+        }
+    };
+    drop(to_client);
+    if tokio::time::timeout(FLUSH_LIMIT, writer_task).await.is_err() {
+        abort_writer.abort();
+    }
+    Ok(end)
+}
+
+async fn open_tunnel(
+    session_id: SessionId,
+    shared: &Shared,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    let conn = shared.connector.connection(shared.config.gateway_wait()).await?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| format!("gateway: {e}"))?;
+    let open = Frame::SessionOpen {
+        session_id,
+        resume_token: Default::default(),
+    };
+    write_frame(&mut send, &open)
+        .await
+        .map_err(|e| format!("gateway: {e}"))?;
+    Ok((send, recv))
+}
+
+/// Tells a client we cannot serve it: waits for its connect and answers `_error`.
+async fn refuse(
+    reader: &mut RtmpReader,
+    to_client: &mpsc::Sender<Message>,
+    tracker: &Mutex<SessionTracker>,
+    reason: &str,
+) {
+    let wait_for_connect = async {
+        loop {
+            match reader.next().await {
+                Ok(Some(Inbound::Message(msg))) => {
+                    let mut t = tracker.lock().expect("tracker");
+                    t.from_client(&msg);
+                    if t.connect_seen() {
+                        return t.failure_messages(reason);
+                    }
+                }
+                Ok(Some(Inbound::Reply(reply))) => {
+                    let _ = to_client.send(reply).await;
+                }
+                Ok(None) | Err(_) => return Vec::new(),
+            }
+        }
+    };
+    if let Ok(failure) = tokio::time::timeout(REFUSAL_WAIT, wait_for_connect).await {
+        for msg in failure {
+            let _ = to_client.send(msg).await;
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! A small RTMP origin inside the gateway, for the demo and fast tests: one publisher per stream
+//! name, fanned out to any number of players (like nginx-rtmp's `live on`). Players join at
+//! the next key frame after the cached metadata and sequence headers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
+use rtmpq_proto::command::{self, public_stream_name, Amf0Value, Command};
+use rtmpq_proto::io::{handshake, HandshakeRole, Inbound, RtmpReader, RtmpWriter};
+use rtmpq_proto::message::{
+    message_type, Control, MediaKind, Message, DEFAULT_WINDOW_ACK_SIZE,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+/// Messages a stream keeps for players that are slow to read; a player further behind skips
+/// to the next key frame.
+const FANOUT_CAPACITY: usize = 2048;
+
+#[derive(Debug, Clone)]
+enum HubEvent {
+    Media(Message),
+    Unpublished,
+}
+
+#[derive(Debug, Default)]
+struct CachedHeaders {
+    metadata: Option<Message>,
+    video: Option<Message>,
+    audio: Option<Message>,
+}
+
+#[derive(Debug)]
+struct StreamHub {
+    events: broadcast::Sender<HubEvent>,
+    headers: Mutex<CachedHeaders>,
+    publishing: Mutex<bool>,
+}
+
+type Hubs = Arc<Mutex<HashMap<String, Arc<StreamHub>>>>;
+
+fn hub(hubs: &Hubs, key: &str) -> Arc<StreamHub> {
+    hubs.lock()
+        .expect("hubs lock")
+        .entry(key.to_owned())
+        .or_insert_with(|| {
+            Arc::new(StreamHub {
+                events: broadcast::channel(FANOUT_CAPACITY).0,
+                headers: Mutex::default(),
+                publishing: Mutex::new(false),
+            })
+        })
+        .clone()
+}
+
+/// An RTMP origin listening on a TCP socket.
+#[derive(Debug)]
+pub struct EmbeddedOrigin {
+    listener: TcpListener,
+    hubs: Hubs,
+}
+
+impl EmbeddedOrigin {
+    /// Binds the origin's TCP listener.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<EmbeddedOrigin> {
+        Ok(EmbeddedOrigin {
+            listener: TcpListener::bind(addr).await?,
+            hubs: Hubs::default(),
+        })
+    }
+
+    /// The address RTMP clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// Serves RTMP clients until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(reason = %e, "embedded origin accept failed");
+                        continue;
+                    }
+                },
+            };
+            let hubs = self.hubs.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(
+                async move {
+                    tokio::select! {
+                        result = serve_client(tcp, hubs) => match result {
+                            Ok(()) => debug!("origin client left"),
+                            Err(e) => info!(reason = %e, "origin client ended"),
+                        },
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                .instrument(tracing::debug_span!("origin_client", %remote)),
+            );
+        }
+        tasks.close();
+        tasks.wait().await;
+    }
+}
+
+/// The role a connection took after publish or play.
+enum Role {
+    Idle,
+    Publisher(Arc<StreamHub>, u32),
+    Player(tokio::task::JoinHandle<()>),
+}
+
+async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto::io::RtmpIoError> {
+    let _ = tcp.set_nodelay(true);
+    let leftover = handshake(&mut tcp, HandshakeRole::Server, Duration::from_secs(10)).await?;
+    let (read_half, write_half) = tcp.into_split();
+    let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
+    let mut writer = RtmpWriter::new(write_half);
+    writer
+        .send(&Control::WindowAckSize(DEFAULT_WINDOW_ACK_SIZE).to_message())
+        .await?;
+    writer
+        .send(&Control::SetPeerBandwidth(DEFAULT_WINDOW_ACK_SIZE, 2).to_message())
+        .await?;
+    writer.set_chunk_size(OUR_CHUNK_SIZE).await?;
+    let (tx, rx) = mpsc::channel(FANOUT_CAPACITY);
+    let writer_task = tokio::spawn(writer.run(rx));
+    let mut app = String::new();
+    let mut role = Role::Idle;
+    let mut next_stream_id = 1u32;
+    let result = loop {
+        let msg = match reader.next().await {
+            Ok(Some(Inbound::Reply(reply))) => {
+                let _ = tx.send(reply).await;
+                continue;
+            }
+            Ok(Some(Inbound::Message(msg))) => msg,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        if let Role::Publisher(hub, stream_id) = &role {
+            if msg.stream_id == *stream_id && is_stream_data(&msg) {
+                publish_message(hub, msg);
+                continue;
+            }
+        }
+        let Some(cmd) = Command::parse(&msg) else {
+            continue;
+        };
+        let mut replies = Vec::new();
+        match cmd.name.as_str() {
+            "connect" => {
+                app = cmd.object_string("app").unwrap_or_default().to_owned();
+                replies.push(command::connect_result(cmd.transaction_id));
+            }
+            "createStream" => {
+                replies.push(command::result(
+                    cmd.transaction_id,
+                    Amf0Value::Number(f64::from(next_stream_id)),
+                ));
+                next_stream_id += 1;
+            }
+            "publish" => {
+                let key = format!("{app}/{}", public_stream_name(cmd.string_arg(0).unwrap_or("")));
+                let hub = hub(&hubs, &key);
+                let mut publishing = hub.publishing.lock().expect("lock");
+                if *publishing {
+                    replies.push(command::on_status(
+                        msg.stream_id,
+                        "error",
+                        "NetStream.Publish.BadName",
+                        "already publishing",
+                    ));
+                } else {
+                    *publishing = true;
+                    drop(publishing);
+                    info!(stream = %key, "publish started");
+                    replies.push(Control::StreamBegin(msg.stream_id).to_message());
+                    replies.push(command::on_status(
+                        msg.stream_id,
+                        "status",
+                        "NetStream.Publish.Start",
+                        "Start publishing",
+                    ));
+                    role = Role::Publisher(hub, msg.stream_id);
+                }
+            }
+            "play" => {
+                let key = format!("{app}/{}", public_stream_name(cmd.string_arg(0).unwrap_or("")));
+                info!(stream = %key, "play started");
+                replies.push(Control::StreamBegin(msg.stream_id).to_message());
+                for (code, text) in [
+                    ("NetStream.Play.Reset", "Playing and resetting"),
+                    ("NetStream.Play.Start", "Started playing"),
+                ] {
+                    replies.push(command::on_status(msg.stream_id, "status", code, text));
+                }
+                let hub = hub(&hubs, &key);
+                let events = hub.events.subscribe();
+                let headers = {
+                    let h = hub.headers.lock().expect("lock");
+                    [h.metadata.clone(), h.video.clone(), h.audio.clone()]
+                };
+                for m in replies.drain(..) {
+                    let _ = tx.send(m).await;
+                }
+                let player_tx = tx.clone();
+                let stream_id = msg.stream_id;
+                role = Role::Player(tokio::spawn(
+                    feed_player(events, headers, player_tx, stream_id).in_current_span(),
+                ));
+            }
+            "deleteStream" | "FCUnpublish" | "closeStream" => {
+                if let Role::Publisher(hub, _) = &role {
+                    unpublish(hub);
+                    role = Role::Idle;
+                }
+            }
+            _ => {}
+        }
+        for m in replies {
+            let _ = tx.send(m).await;
+        }
+    };
+    match role {
+        Role::Publisher(hub, _) => unpublish(&hub),
+        Role::Player(task) => task.abort(),
+        Role::Idle => {}
+    }
+    drop(tx);
+    let _ = writer_task.await;
+    result
+}
+
+fn is_stream_data(msg: &Message) -> bool {
+    matches!(
+        msg.type_id,
+        message_type::AUDIO
+            | message_type::VIDEO
+            | message_type::DATA_AMF0
+            | message_type::AGGREGATE
+    )
+}
+
+/// `@setDataFrame` is the publisher's wrapper around metadata; players get the inner value.
+fn strip_set_data_frame(msg: Message) -> Message {
+    const PREFIX: &[u8] = b"\x02\x00\x0d@setDataFrame";
+    if msg.type_id == message_type::DATA_AMF0 && msg.payload.starts_with(PREFIX) {
+        let payload: Bytes = msg.payload.slice(PREFIX.len()..);
+        return Message { payload, ..msg };
+    }
+    msg
+}
+
+fn publish_message(hub: &StreamHub, msg: Message) {
+    let msg = strip_set_data_frame(msg);
+    if msg.type_id == message_type::DATA_AMF0 {
+        hub.headers.lock().expect("lock").metadata = Some(msg.clone());
+    } else if msg.media_kind() == MediaKind::SequenceHeader {
+        let mut headers = hub.headers.lock().expect("lock");
+        if msg.type_id == message_type::VIDEO {
+            headers.video = Some(msg.clone());
+        } else {
+            headers.audio = Some(msg.clone());
+        }
+    }
+    // No receivers is fine: nobody is watching yet.
+    let _ = hub.events.send(HubEvent::Media(msg));
+}
+
+fn unpublish(hub: &StreamHub) {
+    *hub.publishing.lock().expect("lock") = false;
+    *hub.headers.lock().expect("lock") = CachedHeaders::default();
+    let _ = hub.events.send(HubEvent::Unpublished);
+    info!("publish ended");
+}
+
+async fn feed_player(
+    mut events: broadcast::Receiver<HubEvent>,
+    headers: [Option<Message>; 3],
+    tx: mpsc::Sender<Message>,
+    stream_id: u32,
+) {
+    let mut wait_for_keyframe = true;
+    let on_stream = |m: Message| Message { stream_id, ..m };
+    for h in headers.into_iter().flatten() {
+        if tx.send(on_stream(h)).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let msg = match events.recv().await {
+            Ok(HubEvent::Media(msg)) => msg,
+            Ok(HubEvent::Unpublished) => {
+                let mut eof = vec![0u8, 1];
+                eof.extend_from_slice(&stream_id.to_be_bytes());
+                let eof = Message::new(message_type::USER_CONTROL, 0, 0, eof);
+                let _ = tx.send(eof).await;
+                let _ = tx
+                    .send(command::on_status(
+                        stream_id,
+                        "status",
+                        "NetStream.Play.UnpublishNotify",
+                        "stream ended",
+                    ))
+                    .await;
+                wait_for_keyframe = true;
+                continue;
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(skipped = n, "player too slow; skipping to the next key frame");
+                wait_for_keyframe = true;
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match msg.media_kind() {
+            MediaKind::VideoKeyframe => wait_for_keyframe = false,
+            MediaKind::VideoFrame if wait_for_keyframe => continue,
+            _ => {}
+        }
+        if tx.send(on_stream(msg)).await.is_err() {
+            return;
+        }
+    }
+}

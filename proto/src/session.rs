@@ -1,0 +1,391 @@
+//! One RTMP session as both hops see it: [`SessionTracker`] (plain state: the commands that
+//! matter, per-direction counters, the RTMP error a client gets when the far side fails) and
+//! [`relay`], which moves end-to-end messages between an RTMP socket and a tunnel stream.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::command::{self, public_stream_name, Command};
+use crate::io::{write_frame, FrameReadError, FrameReader, Inbound, RtmpReader};
+use crate::message::{MediaKind, Message, MessageClass};
+use crate::wire::{CloseCode, Frame};
+
+/// Whether the client publishes or plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The client sends media (a pusher).
+    Publish,
+    /// The client receives media (a player).
+    Play,
+}
+
+impl Direction {
+    /// `publish` or `play`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Publish => "publish",
+            Direction::Play => "play",
+        }
+    }
+}
+
+/// Counters for one direction of a session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlowStats {
+    /// End-to-end messages.
+    pub messages: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Video frames (key frames included, sequence headers not).
+    pub video_frames: u64,
+    /// Video key frames.
+    pub keyframes: u64,
+    /// Audio frames.
+    pub audio_frames: u64,
+}
+
+impl FlowStats {
+    fn count(&mut self, msg: &Message) {
+        self.messages += 1;
+        self.bytes += msg.payload.len() as u64;
+        match msg.media_kind() {
+            MediaKind::VideoKeyframe => {
+                self.video_frames += 1;
+                self.keyframes += 1;
+            }
+            MediaKind::VideoFrame => self.video_frames += 1,
+            MediaKind::Audio => self.audio_frames += 1,
+            MediaKind::SequenceHeader | MediaKind::Other => {}
+        }
+    }
+}
+
+/// What a hop knows about one RTMP session from the messages crossing it.
+#[derive(Debug, Clone)]
+pub struct SessionTracker {
+    /// When the session started.
+    pub started: Instant,
+    /// The `app` of the client's connect.
+    pub app: Option<String>,
+    /// The stream name published or played, without its query string (often a secret).
+    pub stream: Option<String>,
+    /// Publish or play, once known.
+    pub direction: Option<Direction>,
+    /// When the first media message crossed this hop.
+    pub first_media: Option<Instant>,
+    /// Client → server counters.
+    pub upstream: FlowStats,
+    /// Server → client counters.
+    pub downstream: FlowStats,
+    connect_transaction: Option<f64>,
+    connected: bool,
+    media_stream_id: Option<u32>,
+}
+
+impl Default for SessionTracker {
+    fn default() -> Self {
+        SessionTracker {
+            started: Instant::now(),
+            app: None,
+            stream: None,
+            direction: None,
+            first_media: None,
+            upstream: FlowStats::default(),
+            downstream: FlowStats::default(),
+            connect_transaction: None,
+            connected: false,
+            media_stream_id: None,
+        }
+    }
+}
+
+impl SessionTracker {
+    /// Records a message from the client (pusher or player) toward the server.
+    pub fn from_client(&mut self, msg: &Message) {
+        self.upstream.count(msg);
+        self.note_media(msg);
+        let Some(cmd) = Command::parse(msg) else {
+            return;
+        };
+        match cmd.name.as_str() {
+            "connect" => {
+                self.connect_transaction = Some(cmd.transaction_id);
+                self.app = cmd.object_string("app").map(str::to_owned);
+            }
+            "publish" | "play" => {
+                self.direction = Some(if cmd.name == "publish" {
+                    Direction::Publish
+                } else {
+                    Direction::Play
+                });
+                self.stream = cmd.string_arg(0).map(|s| public_stream_name(s).to_owned());
+                self.media_stream_id = Some(msg.stream_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Records a message from the server toward the client.
+    pub fn from_server(&mut self, msg: &Message) {
+        self.downstream.count(msg);
+        self.note_media(msg);
+        if let Some(cmd) = Command::parse(msg) {
+            if Some(cmd.transaction_id) == self.connect_transaction && cmd.name == "_result" {
+                self.connected = true;
+            }
+        }
+    }
+
+    fn note_media(&mut self, msg: &Message) {
+        if self.first_media.is_none() && msg.media_kind() != MediaKind::Other {
+            self.first_media = Some(Instant::now());
+        }
+    }
+
+    /// The RTMP messages that tell the client its session failed for `reason`: `_error` for a
+    /// connect still waiting for its answer, else `onStatus` `NetStream.Failed`.
+    pub fn failure_messages(&self, reason: &str) -> Vec<Message> {
+        match (self.connect_transaction, self.connected) {
+            (Some(txn), false) => vec![command::error_response(
+                txn,
+                "NetConnection.Connect.Failed",
+                reason,
+            )],
+            (Some(_), true) => vec![command::on_status(
+                self.media_stream_id.unwrap_or(0),
+                "error",
+                "NetStream.Failed",
+                reason,
+            )],
+            (None, _) => Vec::new(),
+        }
+    }
+
+    /// Whether the client's connect command has been seen.
+    pub fn connect_seen(&self) -> bool {
+        self.connect_transaction.is_some()
+    }
+}
+
+/// Which RTMP peer a hop relays for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtmpPeer {
+    /// The edge's peer: a pusher or player.
+    Client,
+    /// The gateway's peer: the origin.
+    Origin,
+}
+
+impl RtmpPeer {
+    fn name(self) -> &'static str {
+        match self {
+            RtmpPeer::Client => "client",
+            RtmpPeer::Origin => "origin",
+        }
+    }
+}
+
+/// Which side ended a relayed session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The RTMP peer closed or misbehaved.
+    Rtmp,
+    /// The far hop sent SESSION_CLOSE.
+    RemoteClose,
+    /// The tunnel stream broke or carried bad frames.
+    Tunnel,
+}
+
+/// How a relayed session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayEnd {
+    /// The close code.
+    pub code: CloseCode,
+    /// Words for the log and for the client.
+    pub reason: String,
+    /// Who ended it.
+    pub ended_by: EndedBy,
+}
+
+impl RelayEnd {
+    /// A session ended with `code` for `reason`.
+    pub fn new(code: CloseCode, reason: impl Into<String>, ended_by: EndedBy) -> Self {
+        RelayEnd {
+            code,
+            reason: reason.into(),
+            ended_by,
+        }
+    }
+}
+
+/// Moves end-to-end messages both ways until one side ends: RTMP messages from `rtmp` go out
+/// as MSG frames on `to_tunnel`; MSG frames from `tunnel` go to the RTMP writer via `to_rtmp`
+/// (which also carries the reader's hop-by-hop replies). Every message is recorded in `tracker`.
+pub async fn relay(
+    peer: RtmpPeer,
+    rtmp: &mut RtmpReader,
+    to_rtmp: &mpsc::Sender<Message>,
+    tunnel: &mut FrameReader,
+    to_tunnel: &mut quinn::SendStream,
+    tracker: &Mutex<SessionTracker>,
+) -> RelayEnd {
+    let record = |toward_server: bool, msg: &Message| {
+        let mut t = tracker.lock().expect("tracker lock");
+        if toward_server {
+            t.from_client(msg)
+        } else {
+            t.from_server(msg)
+        }
+    };
+    let writer_gone = || {
+        RelayEnd::new(
+            CloseCode::Normal,
+            format!("{} connection closed", peer.name()),
+            EndedBy::Rtmp,
+        )
+    };
+    let from_rtmp = async {
+        loop {
+            match rtmp.next().await {
+                Ok(Some(Inbound::Message(msg))) => {
+                    record(peer == RtmpPeer::Client, &msg);
+                    if let Err(e) = write_frame(to_tunnel, &Frame::Msg(msg)).await {
+                        return RelayEnd::new(
+                            CloseCode::Normal,
+                            format!("tunnel stream closed: {e}"),
+                            EndedBy::Tunnel,
+                        );
+                    }
+                }
+                Ok(Some(Inbound::Reply(reply))) => {
+                    if to_rtmp.send(reply).await.is_err() {
+                        return writer_gone();
+                    }
+                }
+                Ok(None) => {
+                    let code = match peer {
+                        RtmpPeer::Client => CloseCode::Normal,
+                        RtmpPeer::Origin => CloseCode::OriginClosed,
+                    };
+                    let reason = format!("{} closed the connection", peer.name());
+                    return RelayEnd::new(code, reason, EndedBy::Rtmp);
+                }
+                Err(e) => {
+                    let code = match peer {
+                        RtmpPeer::Client => CloseCode::ClientProtocolError,
+                        RtmpPeer::Origin => CloseCode::OriginProtocolError,
+                    };
+                    return RelayEnd::new(code, format!("{}: {e}", peer.name()), EndedBy::Rtmp);
+                }
+            }
+        }
+    };
+    let from_tunnel = async {
+        loop {
+            let violation = |what: String| {
+                RelayEnd::new(CloseCode::ProtocolViolation, what, EndedBy::Tunnel)
+            };
+            match tunnel.next().await {
+                Ok(Some(Frame::Msg(msg))) if msg.class() == MessageClass::EndToEnd => {
+                    record(peer == RtmpPeer::Origin, &msg);
+                    if to_rtmp.send(msg).await.is_err() {
+                        return writer_gone();
+                    }
+                }
+                Ok(Some(Frame::Msg(msg))) => {
+                    return violation(format!(
+                        "hop-by-hop message type {} sent through the tunnel",
+                        msg.type_id
+                    ))
+                }
+                Ok(Some(Frame::SessionClose { code, reason })) => {
+                    return RelayEnd::new(code, reason, EndedBy::RemoteClose)
+                }
+                Ok(Some(other)) => {
+                    return violation(format!("unexpected {other:?} on a session stream"))
+                }
+                Ok(None) => return violation("tunnel stream ended without SESSION_CLOSE".into()),
+                Err(e @ (FrameReadError::Wire(_) | FrameReadError::Truncated)) => {
+                    return violation(e.to_string())
+                }
+                Err(e) => {
+                    return RelayEnd::new(
+                        CloseCode::Internal,
+                        format!("tunnel lost: {e}"),
+                        EndedBy::Tunnel,
+                    )
+                }
+            }
+        }
+    };
+    let end = tokio::select! {
+        end = from_rtmp => end,
+        end = from_tunnel => end,
+    };
+    if end.code == CloseCode::ProtocolViolation {
+        tunnel.stop(end.code);
+    }
+    end
+}
+
+/// Ends the tunnel side after [`relay`]: SESSION_CLOSE with the reason unless the far side
+/// closed first, then FIN.
+pub async fn finish_tunnel(to_tunnel: &mut quinn::SendStream, end: &RelayEnd) {
+    match end.ended_by {
+        EndedBy::RemoteClose => {
+            let _ = to_tunnel.finish();
+        }
+        EndedBy::Rtmp | EndedBy::Tunnel => {
+            crate::io::close_stream(to_tunnel, end.code, &end.reason).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{connect_object, connect_result, request, Amf0Value};
+
+    #[test]
+    fn tracks_connect_and_publish_and_maps_failures() {
+        let mut t = SessionTracker::default();
+        assert!(t.failure_messages("x").is_empty(), "nothing to answer yet");
+        t.from_client(&request(
+            "connect",
+            1.0,
+            0,
+            vec![connect_object("live", "rtmp://h/live")],
+        ));
+        let fail = t.failure_messages("origin down");
+        let cmd = Command::parse(&fail[0]).unwrap();
+        assert_eq!((cmd.name.as_str(), cmd.transaction_id), ("_error", 1.0));
+        t.from_server(&connect_result(1.0));
+        t.from_client(&request(
+            "publish",
+            5.0,
+            1,
+            vec![
+                Amf0Value::Null,
+                Amf0Value::Utf8String("cam?key=s".into()),
+            ],
+        ));
+        assert_eq!(t.app.as_deref(), Some("live"));
+        assert_eq!(t.stream.as_deref(), Some("cam"));
+        assert_eq!(t.direction, Some(Direction::Publish));
+        let fail = t.failure_messages("origin closed");
+        let cmd = Command::parse(&fail[0]).unwrap();
+        assert_eq!(cmd.name, "onStatus");
+        assert_eq!(fail[0].stream_id, 1);
+        assert_eq!(cmd.status().unwrap().code, "NetStream.Failed");
+
+        t.from_client(&Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0, 9]));
+        t.from_client(&Message::new(9, 1, 33, vec![0x27, 1, 0, 0, 0, 9]));
+        t.from_client(&Message::new(8, 1, 20, vec![0xaf, 1, 9]));
+        assert_eq!(t.upstream.video_frames, 2);
+        assert_eq!(t.upstream.keyframes, 1);
+        assert_eq!(t.upstream.audio_frames, 1);
+        assert!(t.first_media.is_some());
+    }
+}
