@@ -1,1 +1,257 @@
-fn main() {}
+//! The `rtmpq` command line: parses arguments and config files, then calls into the crates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rtmpq_edge::EdgeConfig;
+use rtmpq_gateway::GatewayConfig;
+use tokio_util::sync::CancellationToken;
+
+/// RTMP over QUIC: an edge beside the pusher, a gateway in front of the origin.
+#[derive(Debug, Parser)]
+#[command(name = "rtmpq", version)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make certificates: a CA and gateway certificate, or an edge client certificate.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run the gateway: QUIC in, RTMP out to the origin.
+    Gateway(GatewayArgs),
+    /// Run the edge: RTMP in from pushers and players, QUIC out to the gateway.
+    Edge(EdgeArgs),
+    /// Run everything on loopback with a built-in publisher and player; print live figures.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a CA and a gateway certificate and key in DIR; print the gateway's pin.
+    Init {
+        /// Directory for ca.pem, ca.key, gateway.pem, gateway.key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A name or IP address the gateway is reached by (repeat for more).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+    /// Create an edge client certificate signed by DIR's CA (for mutual TLS).
+    Edge {
+        /// The directory `certs init` made.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The edge's name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// UDP address for QUIC [default: 0.0.0.0:4433].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The origin, rtmp://HOST[:PORT]; without it an embedded origin serves.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Directory from `rtmpq certs init`; without it a self-signed certificate is used.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Address for Prometheus metrics and the status API.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Where the self-signed certificate is kept.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Require edge client certificates signed by the cert dir's CA.
+    #[arg(long)]
+    client_auth: bool,
+}
+
+#[derive(Debug, Args)]
+struct EdgeArgs {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// TCP address for pushers and players [default: 127.0.0.1:1935].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The gateway, HOST:PORT.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// CA certificate that signed the gateway's certificate.
+    #[arg(long, conflicts_with = "pin")]
+    ca: Option<PathBuf>,
+    /// The gateway certificate's pin, sha256:HEX.
+    #[arg(long)]
+    pin: Option<String>,
+    /// Name to check in the gateway's certificate [default: the gateway's host].
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Latency budget in ms for media crossing the tunnel [default: 1000].
+    #[arg(long)]
+    max_latency: Option<u64>,
+    /// Address for Prometheus metrics and the status API.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Client certificate for gateways that require mutual TLS.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Video bitrate of the synthetic stream, kbit/s.
+    #[arg(long, default_value_t = 2500)]
+    bitrate: u32,
+    /// Stop after this many seconds [default: run until Ctrl-C].
+    #[arg(long)]
+    duration: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Certs(CertsCommand::Init { dir, sans }) => {
+            let pin = rtmpq_certs::init(&dir, &sans)?;
+            println!("{pin}");
+            eprintln!(
+                "wrote {}/{{ca.pem,ca.key,gateway.pem,gateway.key}}; edges trust the gateway with --ca {}/ca.pem or --pin {pin}",
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Edge { dir, name }) => {
+            let (cert, key) = rtmpq_certs::issue_edge(&dir, &name)?;
+            println!("{}\n{}", cert.display(), key.display());
+            Ok(())
+        }
+        Command::Gateway(args) => runtime()?.block_on(run_gateway(gateway_config(args)?)),
+        Command::Edge(args) => runtime()?.block_on(run_edge(edge_config(args)?)),
+        Command::Demo(args) => runtime()?.block_on(run_demo(args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_toml<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+}
+
+fn gateway_config(args: GatewayArgs) -> anyhow::Result<GatewayConfig> {
+    let mut c: GatewayConfig = load_toml(args.config.as_deref())?;
+    c.listen = args.listen.unwrap_or(c.listen);
+    c.origin = args.origin.or(c.origin);
+    c.cert_dir = args.cert_dir.or(c.cert_dir);
+    c.metrics = args.metrics.or(c.metrics);
+    c.state_dir = args.state_dir.unwrap_or(c.state_dir);
+    c.client_auth |= args.client_auth;
+    Ok(c)
+}
+
+fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
+    let mut c: EdgeConfig = load_toml(args.config.as_deref())?;
+    c.listen = args.listen.unwrap_or(c.listen);
+    c.gateway = args.gateway.unwrap_or(c.gateway);
+    // A trust flag replaces whatever trust the file gave.
+    if args.ca.is_some() || args.pin.is_some() {
+        c.ca = args.ca;
+        c.pin = args.pin;
+    }
+    c.server_name = args.server_name.or(c.server_name);
+    c.max_latency_ms = args.max_latency.unwrap_or(c.max_latency_ms);
+    c.metrics = args.metrics.or(c.metrics);
+    c.client_cert = args.client_cert.or(c.client_cert);
+    c.client_key = args.client_key.or(c.client_key);
+    Ok(c)
+}
+
+/// Cancels the returned token on the first Ctrl-C or SIGTERM; a second one exits at once.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        for n in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n > 0 {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+            tracing::info!("shutting down (signal again to exit at once)");
+            cancel.cancel();
+        }
+    });
+    token
+}
+
+async fn run_gateway(config: GatewayConfig) -> anyhow::Result<()> {
+    let gateway = rtmpq_gateway::Gateway::bind(config).await?;
+    gateway.run(shutdown_on_signal()).await;
+    Ok(())
+}
+
+async fn run_edge(config: EdgeConfig) -> anyhow::Result<()> {
+    let edge = rtmpq_edge::Edge::bind(config).await?;
+    edge.run(shutdown_on_signal()).await;
+    Ok(())
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let options = rtmpq_demo::DemoOptions {
+        bitrate_kbps: args.bitrate,
+        duration: args.duration.map(Duration::from_secs),
+    };
+    let report = rtmpq_demo::run(options, shutdown_on_signal()).await?;
+    anyhow::ensure!(report.video_delivered > 0, "the player received no frames");
+    Ok(())
+}

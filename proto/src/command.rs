@@ -176,6 +176,12 @@ pub fn request(name: &str, transaction_id: f64, stream_id: u32, args: Vec<Amf0Va
     .to_message(stream_id)
 }
 
+/// A data message (type 18) carrying `values`, such as `@setDataFrame onMetaData {..}`.
+pub fn data_message(stream_id: u32, values: Vec<Amf0Value>) -> Message {
+    let payload = rml_amf0::serialize(&values).unwrap_or_default();
+    Message::new(message_type::DATA_AMF0, stream_id, 0, Bytes::from(payload))
+}
+
 /// A `connect` command object for `app` at `tc_url`.
 pub fn connect_object(app: &str, tc_url: &str) -> Amf0Value {
     let mut props = HashMap::new();

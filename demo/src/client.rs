@@ -1,0 +1,184 @@
+//! A minimal RTMP client (connect, createStream, publish or play) for the built-in publisher
+//! and player.
+
+use std::time::Duration;
+
+use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
+use rtmpq_proto::command::{self, Amf0Value, Command};
+use rtmpq_proto::io::{handshake, HandshakeRole, Inbound, RtmpIoError, RtmpReader, RtmpWriter};
+use rtmpq_proto::message::Message;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Why an RTMP client session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting or reading failed.
+    #[error("{0}")]
+    Rtmp(#[from] RtmpIoError),
+    /// The server closed the connection.
+    #[error("server closed the connection during {0}")]
+    Closed(&'static str),
+    /// The server answered with an error.
+    #[error("server refused {step}: {code} {description}")]
+    Refused {
+        /// What we asked for.
+        step: &'static str,
+        /// The status code.
+        code: String,
+        /// The server's words.
+        description: String,
+    },
+    /// The server did not answer in time.
+    #[error("no answer to {0} in time")]
+    Timeout(&'static str),
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Rtmp(RtmpIoError::Io(e))
+    }
+}
+
+/// A connected RTMP client with one stream created.
+#[derive(Debug)]
+pub struct RtmpClient {
+    reader: RtmpReader,
+    to_server: mpsc::Sender<Message>,
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
+    stream_id: u32,
+    next_transaction: f64,
+}
+
+const ANSWER_LIMIT: Duration = Duration::from_secs(10);
+
+impl RtmpClient {
+    /// Connects to `addr`, runs the handshake, `connect` to `app` and `createStream`.
+    pub async fn connect(addr: &str, app: &str) -> Result<RtmpClient, ClientError> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let leftover = handshake(&mut tcp, HandshakeRole::Client, ANSWER_LIMIT).await?;
+        let (read_half, write_half) = tcp.into_split();
+        let mut writer = RtmpWriter::new(write_half);
+        writer.set_chunk_size(OUR_CHUNK_SIZE).await?;
+        let (to_server, rx) = mpsc::channel(1024);
+        let mut client = RtmpClient {
+            reader: RtmpReader::new(read_half, leftover, ChunkLimits::default()),
+            to_server,
+            writer: tokio::spawn(writer.run(rx)),
+            stream_id: 0,
+            next_transaction: 1.0,
+        };
+        let tc_url = format!("rtmp://{addr}/{app}");
+        let obj = command::connect_object(app, &tc_url);
+        client.call("connect", 0, vec![obj]).await?;
+        let created = client.call("createStream", 0, vec![Amf0Value::Null]).await?;
+        client.stream_id = match created.values.get(1) {
+            Some(Amf0Value::Number(id)) => *id as u32,
+            _ => 1,
+        };
+        Ok(client)
+    }
+
+    /// The message stream id `createStream` gave us.
+    pub fn stream_id(&self) -> u32 {
+        self.stream_id
+    }
+
+    async fn call(
+        &mut self,
+        name: &'static str,
+        stream_id: u32,
+        args: Vec<Amf0Value>,
+    ) -> Result<Command, ClientError> {
+        let txn = self.next_transaction;
+        self.next_transaction += 1.0;
+        self.send(command::request(name, txn, stream_id, args)).await?;
+        self.await_command(name, |c| c.transaction_id == txn && (c.name == "_result" || c.name == "_error"))
+            .await
+    }
+
+    async fn await_command(
+        &mut self,
+        step: &'static str,
+        wanted: impl Fn(&Command) -> bool,
+    ) -> Result<Command, ClientError> {
+        let wait = async {
+            loop {
+                let Some(msg) = self.next_message().await? else {
+                    return Err(ClientError::Closed(step));
+                };
+                let Some(cmd) = Command::parse(&msg) else {
+                    continue;
+                };
+                let status = cmd.status();
+                if let Some(status) = status.filter(|s| s.level == "error") {
+                    return Err(ClientError::Refused {
+                        step,
+                        code: status.code,
+                        description: status.description,
+                    });
+                }
+                if wanted(&cmd) {
+                    return Ok(cmd);
+                }
+            }
+        };
+        tokio::time::timeout(ANSWER_LIMIT, wait)
+            .await
+            .map_err(|_| ClientError::Timeout(step))?
+    }
+
+    /// Publishes `name` on our stream and waits for `NetStream.Publish.Start`.
+    pub async fn publish(&mut self, name: &str) -> Result<(), ClientError> {
+        let args = vec![
+            Amf0Value::Null,
+            Amf0Value::Utf8String(name.into()),
+            Amf0Value::Utf8String("live".into()),
+        ];
+        self.send(command::request("publish", 0.0, self.stream_id, args))
+            .await?;
+        self.await_status("publish", "NetStream.Publish.Start").await
+    }
+
+    /// Plays `name` on our stream and waits for `NetStream.Play.Start`.
+    pub async fn play(&mut self, name: &str) -> Result<(), ClientError> {
+        let args = vec![Amf0Value::Null, Amf0Value::Utf8String(name.into())];
+        self.send(command::request("play", 0.0, self.stream_id, args))
+            .await?;
+        self.await_status("play", "NetStream.Play.Start").await
+    }
+
+    async fn await_status(&mut self, step: &'static str, code: &str) -> Result<(), ClientError> {
+        self.await_command(step, |c| {
+            c.name == "onStatus" && c.status().is_some_and(|s| s.code == code)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Queues a message for the server.
+    pub async fn send(&self, msg: Message) -> Result<(), ClientError> {
+        self.to_server
+            .send(msg)
+            .await
+            .map_err(|_| ClientError::Closed("send"))
+    }
+
+    /// The next end-to-end message from the server; `None` when it closes.
+    pub async fn next_message(&mut self) -> Result<Option<Message>, ClientError> {
+        loop {
+            match self.reader.next().await? {
+                Some(Inbound::Message(msg)) => return Ok(Some(msg)),
+                Some(Inbound::Reply(reply)) => self.send(reply).await?,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Flushes what is queued and closes the connection.
+    pub async fn close(self) {
+        drop(self.to_server);
+        let _ = self.writer.await;
+    }
+}
