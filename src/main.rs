@@ -178,8 +178,7 @@ fn load_toml<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> a
     let Some(path) = path else {
         return Ok(T::default());
     };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config {}", path.display()))
 }
 

@@ -309,10 +309,12 @@ pub fn server_tls(
             for ca in cas {
                 roots.add(ca)?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
-                    .build()
-                    .map_err(|e| CertError::ClientVerifier(e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.into(),
+                provider(),
+            )
+            .build()
+            .map_err(|e| CertError::ClientVerifier(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -446,10 +448,7 @@ mod tests {
         .unwrap();
         assert_eq!(gw.fingerprint(), pin);
         assert_eq!(gw.chain.len(), 2, "leaf and CA");
-        assert!(matches!(
-            init(dir.path(), &[]),
-            Err(CertError::Exists(_))
-        ));
+        assert!(matches!(init(dir.path(), &[]), Err(CertError::Exists(_))));
         let (cert, key) = issue_edge(dir.path(), "cam1").unwrap();
         let edge = Identity::load(&cert, &key).unwrap();
         assert!(!format!("{edge:?}").contains("BEGIN"));

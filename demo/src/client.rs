@@ -72,7 +72,9 @@ impl RtmpClient {
         let tc_url = format!("rtmp://{addr}/{app}");
         let obj = command::connect_object(app, &tc_url);
         client.call("connect", 0, vec![obj]).await?;
-        let created = client.call("createStream", 0, vec![Amf0Value::Null]).await?;
+        let created = client
+            .call("createStream", 0, vec![Amf0Value::Null])
+            .await?;
         client.stream_id = match created.values.get(1) {
             Some(Amf0Value::Number(id)) => *id as u32,
             _ => 1,
@@ -93,9 +95,12 @@ impl RtmpClient {
     ) -> Result<Command, ClientError> {
         let txn = self.next_transaction;
         self.next_transaction += 1.0;
-        self.send(command::request(name, txn, stream_id, args)).await?;
-        self.await_command(name, |c| c.transaction_id == txn && (c.name == "_result" || c.name == "_error"))
-            .await
+        self.send(command::request(name, txn, stream_id, args))
+            .await?;
+        self.await_command(name, |c| {
+            c.transaction_id == txn && (c.name == "_result" || c.name == "_error")
+        })
+        .await
     }
 
     async fn await_command(
@@ -138,7 +143,8 @@ impl RtmpClient {
         ];
         self.send(command::request("publish", 0.0, self.stream_id, args))
             .await?;
-        self.await_status("publish", "NetStream.Publish.Start").await
+        self.await_status("publish", "NetStream.Publish.Start")
+            .await
     }
 
     /// Plays `name` on our stream and waits for `NetStream.Play.Start`.

@@ -60,7 +60,10 @@ pub enum DemoError {
 
 /// Runs the whole path on loopback: publisher → edge → QUIC → gateway → embedded origin →
 /// gateway → QUIC → edge → player. Prints one line of figures per second.
-pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<DemoReport, DemoError> {
+pub async fn run(
+    options: DemoOptions,
+    shutdown: CancellationToken,
+) -> Result<DemoReport, DemoError> {
     let state_dir = tempfile::tempdir()?;
     let gateway = Gateway::bind(GatewayConfig {
         listen: "127.0.0.1:0".parse().expect("valid"),
@@ -106,7 +109,10 @@ async fn measure(
     let player_stats = stats.clone();
     let player_task = tokio::spawn(async move {
         while let Ok(Some(msg)) = player.next_message().await {
-            player_stats.lock().expect("stats").record(&msg, monotonic_ns());
+            player_stats
+                .lock()
+                .expect("stats")
+                .record(&msg, monotonic_ns());
         }
     });
     let sent = Arc::new(AtomicU32::new(0));

@@ -102,10 +102,20 @@ pub async fn publish_synthetic(
         0x01, 0x00, 0x04, 0x68, 0xce, 0x3c, 0x80,
     ];
     client
-        .send(on_stream(Message::new(message_type::VIDEO, 0, 0, avc_config.to_vec())))
+        .send(on_stream(Message::new(
+            message_type::VIDEO,
+            0,
+            0,
+            avc_config.to_vec(),
+        )))
         .await?;
     client
-        .send(on_stream(Message::new(message_type::AUDIO, 0, 0, vec![0xaf, 0, 0x11, 0x90])))
+        .send(on_stream(Message::new(
+            message_type::AUDIO,
+            0,
+            0,
+            vec![0xaf, 0, 0x11, 0x90],
+        )))
         .await?;
 
     let gop_bytes = u64::from(shape.video_kbps) * 1000 / 8 * u64::from(GOP) / u64::from(FPS);
@@ -144,7 +154,13 @@ pub async fn publish_synthetic(
             };
             audio_seq += 1;
             report.audio_frames += 1;
-            stamped(&[0xaf, 1], stamp, AUDIO_FRAME_BYTES, timestamp, message_type::AUDIO)
+            stamped(
+                &[0xaf, 1],
+                stamp,
+                AUDIO_FRAME_BYTES,
+                timestamp,
+                message_type::AUDIO,
+            )
         };
         client.send(on_stream(msg)).await?;
     }

@@ -83,7 +83,9 @@ mod tests {
         let cfg: EdgeConfig =
             toml::from_str("gateway = \"gw:4433\"\ntoken = \"s3cret\"\n").unwrap();
         assert!(!format!("{cfg:?}").contains("s3cret"));
-        let err = toml::from_str::<EdgeConfig>("gatway = \"x\"").unwrap_err().to_string();
+        let err = toml::from_str::<EdgeConfig>("gatway = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gatway"), "{err}");
     }
 }

@@ -80,12 +80,13 @@ impl Edge {
         };
         let tls = rtmpq_certs::client_tls(trust, identity)?;
         let client_config = rtmpq_proto::transport::client_config(tls)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| EdgeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| EdgeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         // The wildcard address lets quinn migrate when the route or address changes.
         let wildcard: SocketAddr = "0.0.0.0:0".parse().expect("valid");
         let endpoint = quinn::Endpoint::client(wildcard).map_err(|source| EdgeError::Bind {

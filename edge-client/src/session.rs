@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
-use rtmpq_proto::io::{handshake, write_frame, FrameReader, HandshakeRole, Inbound, RtmpReader, RtmpWriter};
+use rtmpq_proto::io::{
+    handshake, write_frame, FrameReader, HandshakeRole, Inbound, RtmpReader, RtmpWriter,
+};
 use rtmpq_proto::message::{Control, Message, DEFAULT_WINDOW_ACK_SIZE};
 use rtmpq_proto::session::{finish_tunnel, relay, EndedBy, RelayEnd, RtmpPeer, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
@@ -52,7 +54,12 @@ async fn run(
     tracker: &Mutex<SessionTracker>,
 ) -> Result<RelayEnd, rtmpq_proto::io::RtmpIoError> {
     let _ = tcp.set_nodelay(true);
-    let leftover = handshake(&mut tcp, HandshakeRole::Server, shared.config.handshake_timeout()).await?;
+    let leftover = handshake(
+        &mut tcp,
+        HandshakeRole::Server,
+        shared.config.handshake_timeout(),
+    )
+    .await?;
     let (read_half, write_half) = tcp.into_split();
     let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
     let mut writer = RtmpWriter::new(write_half);
@@ -71,10 +78,21 @@ async fn run(
     let end = match open_tunnel(session_id, shared).await {
         Ok((mut send, recv)) => {
             let mut frames = FrameReader::new(recv);
-            let end = relay(RtmpPeer::Client, &mut reader, &to_client, &mut frames, &mut send, tracker).await;
+            let end = relay(
+                RtmpPeer::Client,
+                &mut reader,
+                &to_client,
+                &mut frames,
+                &mut send,
+                tracker,
+            )
+            .await;
             finish_tunnel(&mut send, &end).await;
             if end.ended_by != EndedBy::Rtmp && end.code != CloseCode::Normal {
-                let failure = tracker.lock().expect("tracker").failure_messages(&end.reason);
+                let failure = tracker
+                    .lock()
+                    .expect("tracker")
+                    .failure_messages(&end.reason);
                 for msg in failure {
                     let _ = to_client.send(msg).await;
                 }
@@ -87,7 +105,10 @@ async fn run(
         }
     };
     drop(to_client);
-    if tokio::time::timeout(FLUSH_LIMIT, writer_task).await.is_err() {
+    if tokio::time::timeout(FLUSH_LIMIT, writer_task)
+        .await
+        .is_err()
+    {
         abort_writer.abort();
     }
     Ok(end)
@@ -97,7 +118,10 @@ async fn open_tunnel(
     session_id: SessionId,
     shared: &Shared,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-    let conn = shared.connector.connection(shared.config.gateway_wait()).await?;
+    let conn = shared
+        .connector
+        .connection(shared.config.gateway_wait())
+        .await?;
     let (mut send, recv) = conn.open_bi().await.map_err(|e| format!("gateway: {e}"))?;
     let open = Frame::SessionOpen {
         session_id,

@@ -98,7 +98,10 @@ mod tests {
     fn origin_urls() {
         assert_eq!(origin_address("rtmp://a:19350").as_deref(), Some("a:19350"));
         assert_eq!(origin_address("rtmp://a/live").as_deref(), Some("a:1935"));
-        assert_eq!(origin_address("rtmp://[::1]").as_deref(), Some("[::1]:1935"));
+        assert_eq!(
+            origin_address("rtmp://[::1]").as_deref(),
+            Some("[::1]:1935")
+        );
         assert_eq!(origin_address("http://a"), None);
         assert_eq!(origin_address("rtmp://"), None);
     }

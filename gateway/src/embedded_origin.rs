@@ -11,9 +11,7 @@ use bytes::Bytes;
 use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
 use rtmpq_proto::command::{self, public_stream_name, Amf0Value, Command};
 use rtmpq_proto::io::{handshake, HandshakeRole, Inbound, RtmpReader, RtmpWriter};
-use rtmpq_proto::message::{
-    message_type, Control, MediaKind, Message, DEFAULT_WINDOW_ACK_SIZE,
-};
+use rtmpq_proto::message::{message_type, Control, MediaKind, Message, DEFAULT_WINDOW_ACK_SIZE};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -173,7 +171,10 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
                 next_stream_id += 1;
             }
             "publish" => {
-                let key = format!("{app}/{}", public_stream_name(cmd.string_arg(0).unwrap_or("")));
+                let key = format!(
+                    "{app}/{}",
+                    public_stream_name(cmd.string_arg(0).unwrap_or(""))
+                );
                 let hub = hub(&hubs, &key);
                 let mut publishing = hub.publishing.lock().expect("lock");
                 if *publishing {
@@ -198,7 +199,10 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
                 }
             }
             "play" => {
-                let key = format!("{app}/{}", public_stream_name(cmd.string_arg(0).unwrap_or("")));
+                let key = format!(
+                    "{app}/{}",
+                    public_stream_name(cmd.string_arg(0).unwrap_or(""))
+                );
                 info!(stream = %key, "play started");
                 replies.push(Control::StreamBegin(msg.stream_id).to_message());
                 for (code, text) in [
@@ -320,7 +324,10 @@ async fn feed_player(
                 continue;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                warn!(skipped = n, "player too slow; skipping to the next key frame");
+                warn!(
+                    skipped = n,
+                    "player too slow; skipping to the next key frame"
+                );
                 wait_for_keyframe = true;
                 continue;
             }

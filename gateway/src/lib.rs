@@ -184,7 +184,11 @@ fn close_code(code: CloseCode) -> quinn::VarInt {
 }
 
 /// One edge's QUIC connection: HELLO, then a session per bidirectional stream.
-async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
@@ -219,7 +223,10 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdo
             token,
         }) => {
             let refusal = if version != WIRE_VERSION {
-                Some((CloseCode::UnsupportedVersion, format!("wire version {version}")))
+                Some((
+                    CloseCode::UnsupportedVersion,
+                    format!("wire version {version}"),
+                ))
             } else if !shared.config.tokens.is_empty()
                 && !shared.config.tokens.iter().any(|t| t.expose() == token)
             {
@@ -263,7 +270,10 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdo
         let permit = match shared.sessions.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                warn!(limit = shared.config.max_sessions, "session refused: gateway full");
+                warn!(
+                    limit = shared.config.max_sessions,
+                    "session refused: gateway full"
+                );
                 let mut send = send;
                 rtmpq_proto::io::close_stream(
                     &mut send,
@@ -275,10 +285,13 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdo
             }
         };
         let shared = shared.clone();
-        sessions.spawn(async move {
-            session::serve(send, recv, &shared).await;
-            drop(permit);
-        });
+        sessions.spawn(
+            async move {
+                session::serve(send, recv, &shared).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
     };
     info!(edge = %edge_id, %reason, "edge disconnected");
     sessions.close();

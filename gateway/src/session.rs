@@ -5,7 +5,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
-use rtmpq_proto::io::{close_stream, handshake, FrameReader, HandshakeRole, RtmpReader, RtmpWriter};
+use rtmpq_proto::io::{
+    close_stream, handshake, FrameReader, HandshakeRole, RtmpReader, RtmpWriter,
+};
 use rtmpq_proto::session::{finish_tunnel, relay, RelayEnd, RtmpPeer, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame};
 use tokio::net::TcpStream;
@@ -64,15 +66,20 @@ async fn relay_to_origin(
     use rtmpq_proto::session::EndedBy;
     let origin = &shared.origin;
     let limit = Duration::from_millis(shared.config.origin_connect_timeout_ms);
-    let unreachable =
-        |why: String| RelayEnd::new(CloseCode::OriginUnreachable, why, EndedBy::Rtmp);
+    let unreachable = |why: String| RelayEnd::new(CloseCode::OriginUnreachable, why, EndedBy::Rtmp);
     let mut tcp = match tokio::time::timeout(limit, TcpStream::connect(origin)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return unreachable(format!("origin {origin} unreachable: {e}")),
         Err(_) => return unreachable(format!("origin {origin} did not answer within {limit:?}")),
     };
     let _ = tcp.set_nodelay(true);
-    let leftover = match handshake(&mut tcp, HandshakeRole::Client, shared.config.handshake_timeout()).await {
+    let leftover = match handshake(
+        &mut tcp,
+        HandshakeRole::Client,
+        shared.config.handshake_timeout(),
+    )
+    .await
+    {
         Ok(leftover) => leftover,
         Err(e) => {
             return RelayEnd::new(
@@ -91,7 +98,15 @@ async fn relay_to_origin(
     let (to_origin, rx) = mpsc::channel(1024);
     let writer_task = tokio::spawn(writer.run(rx).in_current_span());
     let abort_writer = writer_task.abort_handle();
-    let end = relay(RtmpPeer::Origin, &mut reader, &to_origin, frames, send, tracker).await;
+    let end = relay(
+        RtmpPeer::Origin,
+        &mut reader,
+        &to_origin,
+        frames,
+        send,
+        tracker,
+    )
+    .await;
     // Everything queued for the origin is written before its connection closes.
     drop(to_origin);
     match tokio::time::timeout(FLUSH_LIMIT, writer_task).await {

@@ -161,7 +161,10 @@ impl ChunkDecoder {
                         limit: self.limits.max_buffered_bytes,
                     });
                 }
-                let state = self.streams.get_mut(&csid).expect("state exists for open chunk");
+                let state = self
+                    .streams
+                    .get_mut(&csid)
+                    .expect("state exists for open chunk");
                 state.partial.extend_from_slice(&buf[..n]);
                 buf.advance(n);
                 self.buffered += n;
@@ -247,10 +250,7 @@ impl ChunkDecoder {
             // Continuation chunk: the header carries nothing new.
         } else {
             if pending > 0 {
-                return Err(ChunkError::MessageInterrupted {
-                    csid,
-                    pending,
-                });
+                return Err(ChunkError::MessageInterrupted { csid, pending });
             }
             if let Some(length) = length {
                 if length > limits.max_message_size {
@@ -272,9 +272,7 @@ impl ChunkDecoder {
                 (0, Some(abs)) => state.timestamp = abs,
                 (_, Some(delta)) => state.timestamp = state.timestamp.wrapping_add(delta),
                 // A type 3 header starting a message repeats the previous timestamp field.
-                (_, None) => {
-                    state.timestamp = state.timestamp.wrapping_add(state.timestamp_field)
-                }
+                (_, None) => state.timestamp = state.timestamp.wrapping_add(state.timestamp_field),
             }
             if let Some(f) = field {
                 state.timestamp_field = f;
@@ -553,7 +551,10 @@ mod tests {
         let mut buf = BytesMut::new();
         ChunkEncoder::default().encode(&Control::SetChunkSize(0x7fff_ffff).to_message(), &mut buf);
         let err = dec.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, ChunkError::ChunkSizeOutOfRange { .. }), "{err}");
+        assert!(
+            matches!(err, ChunkError::ChunkSizeOutOfRange { .. }),
+            "{err}"
+        );
 
         let mut dec = ChunkDecoder::new(ChunkLimits::default());
         let mut buf = BytesMut::from(&[0x06, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0][..]);

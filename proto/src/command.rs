@@ -54,7 +54,12 @@ impl Command {
         ];
         all.extend(self.values.iter().cloned());
         let payload = rml_amf0::serialize(&all).unwrap_or_default();
-        Message::new(message_type::COMMAND_AMF0, stream_id, 0, Bytes::from(payload))
+        Message::new(
+            message_type::COMMAND_AMF0,
+            stream_id,
+            0,
+            Bytes::from(payload),
+        )
     }
 
     /// A property of the command object (the first value), if it is a string.
@@ -139,7 +144,10 @@ pub fn error_response(transaction_id: f64, code: &str, description: &str) -> Mes
 /// A `_result` answer to `connect`.
 pub fn connect_result(transaction_id: f64) -> Message {
     let mut props = HashMap::new();
-    props.insert("fmsVer".into(), Amf0Value::Utf8String("FMS/3,0,1,123".into()));
+    props.insert(
+        "fmsVer".into(),
+        Amf0Value::Utf8String("FMS/3,0,1,123".into()),
+    );
     props.insert("capabilities".into(), Amf0Value::Number(31.0));
     Command {
         name: "_result".into(),

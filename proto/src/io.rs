@@ -255,7 +255,10 @@ impl FrameReader {
 }
 
 /// Writes one frame to a QUIC send stream without copying a MSG frame's payload.
-pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), quinn::WriteError> {
+pub async fn write_frame(
+    send: &mut quinn::SendStream,
+    frame: &Frame,
+) -> Result<(), quinn::WriteError> {
     let mut head = BytesMut::with_capacity(32);
     match frame.encode_head(&mut head) {
         Some(payload) if !payload.is_empty() => {
@@ -266,7 +269,11 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<
 }
 
 /// Writes a SESSION_CLOSE frame and finishes the stream, ignoring a peer that is already gone.
-pub async fn close_stream(send: &mut quinn::SendStream, code: crate::wire::CloseCode, reason: &str) {
+pub async fn close_stream(
+    send: &mut quinn::SendStream,
+    code: crate::wire::CloseCode,
+    reason: &str,
+) {
     let frame = Frame::SessionClose {
         code,
         reason: reason.to_owned(),

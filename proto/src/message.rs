@@ -328,7 +328,10 @@ mod tests {
             );
         }
         for t in [8u8, 9, 15, 16, 17, 18, 19, 20, 22] {
-            assert_eq!(Message::new(t, 1, 0, vec![0]).class(), MessageClass::EndToEnd);
+            assert_eq!(
+                Message::new(t, 1, 0, vec![0]).class(),
+                MessageClass::EndToEnd
+            );
         }
         let ping = Control::PingRequest(7).to_message();
         assert_eq!(ping.class(), MessageClass::HopByHop);
@@ -347,7 +350,9 @@ mod tests {
         assert_eq!(Control::parse(&ack), Some(Control::Acknowledgement(10_001)));
         assert!(hop.on_bytes_received(999).is_none());
         assert!(hop.on_bytes_received(1).is_some());
-        let pong = hop.on_message(&Control::PingRequest(42).to_message()).unwrap();
+        let pong = hop
+            .on_message(&Control::PingRequest(42).to_message())
+            .unwrap();
         assert_eq!(Control::parse(&pong), Some(Control::PingResponse(42)));
     }
 

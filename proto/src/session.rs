@@ -284,9 +284,8 @@ pub async fn relay(
     };
     let from_tunnel = async {
         loop {
-            let violation = |what: String| {
-                RelayEnd::new(CloseCode::ProtocolViolation, what, EndedBy::Tunnel)
-            };
+            let violation =
+                |what: String| RelayEnd::new(CloseCode::ProtocolViolation, what, EndedBy::Tunnel);
             match tunnel.next().await {
                 Ok(Some(Frame::Msg(msg))) if msg.class() == MessageClass::EndToEnd => {
                     record(peer == RtmpPeer::Origin, &msg);
@@ -366,10 +365,7 @@ mod tests {
             "publish",
             5.0,
             1,
-            vec![
-                Amf0Value::Null,
-                Amf0Value::Utf8String("cam?key=s".into()),
-            ],
+            vec![Amf0Value::Null, Amf0Value::Utf8String("cam?key=s".into())],
         ));
         assert_eq!(t.app.as_deref(), Some("live"));
         assert_eq!(t.stream.as_deref(), Some("cam"));

@@ -407,7 +407,16 @@ mod tests {
 
     #[test]
     fn varints_round_trip_at_every_width() {
-        for v in [0u64, 63, 64, 16383, 16384, (1 << 30) - 1, 1 << 30, (1 << 62) - 1] {
+        for v in [
+            0u64,
+            63,
+            64,
+            16383,
+            16384,
+            (1 << 30) - 1,
+            1 << 30,
+            (1 << 62) - 1,
+        ] {
             let mut b = BytesMut::new();
             put_varint(&mut b, v);
             let mut s = &b[..];
@@ -461,7 +470,10 @@ mod tests {
     #[test]
     fn rejects_unknown_kinds_and_huge_lengths() {
         let mut buf = BytesMut::from(&[0x02, 0x7f, 0x00][..]);
-        assert_eq!(FrameDecoder.decode(&mut buf), Err(WireError::UnknownKind(0x7f)));
+        assert_eq!(
+            FrameDecoder.decode(&mut buf),
+            Err(WireError::UnknownKind(0x7f))
+        );
         let mut buf = BytesMut::new();
         put_varint(&mut buf, 1 << 40);
         assert!(matches!(

@@ -1,0 +1,525 @@
+//! Shared harness for the integration tests: a real nginx-rtmp, real ffmpeg pushers and players,
+//! the gateway and edge started in-process, and captured log lines.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rtmpq_edge::{Edge, EdgeConfig};
+use rtmpq_gateway::{Gateway, GatewayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// Panics with a clear message when a tool the test needs is missing: these tests never skip.
+pub fn require(tool: &str) {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is required for this test and was not found on PATH; run .ci/run (it installs ffmpeg, nginx and libnginx-mod-rtmp)"
+    );
+}
+
+static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+struct CaptureWriter;
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .extend_from_slice(buf);
+        std::io::stderr().write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs a log subscriber that keeps every line for [`wait_for_log`].
+pub fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(|| CaptureWriter)
+            .try_init();
+    });
+}
+
+/// Waits until a captured log line contains every one of `needles`; returns that line.
+pub async fn wait_for_log(needles: &[&str], limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        {
+            let logs = LOGS.get_or_init(Default::default).lock().unwrap();
+            let text = String::from_utf8_lossy(&logs);
+            if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line containing {needles:?} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port that was free a moment ago (for servers like nginx that cannot report port 0).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_for_port(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not open within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A real nginx with the RTMP module, in its own temp dir.
+pub struct Nginx {
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx-rtmp with a `live` application and a stat page.
+    pub async fn start() -> Nginx {
+        require("nginx");
+        let module = Path::new("/usr/lib/nginx/modules/ngx_rtmp_module.so");
+        assert!(
+            module.exists(),
+            "{} missing: install libnginx-mod-rtmp",
+            module.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let (rtmp_port, http_port) = (free_port(), free_port());
+        let conf = format!(
+            r#"
+load_module {module};
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+rtmp {{
+    server {{
+        listen 127.0.0.1:{rtmp_port};
+        chunk_size 4096;
+        application live {{
+            live on;
+            record off;
+        }}
+    }}
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{http_port};
+        location /stat {{ rtmp_stat all; }}
+    }}
+}}
+"#,
+            module = module.display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nginx");
+        let rtmp: SocketAddr = format!("127.0.0.1:{rtmp_port}").parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+        wait_for_port(rtmp, Duration::from_secs(10)).await;
+        wait_for_port(http, Duration::from_secs(10)).await;
+        Nginx {
+            rtmp,
+            http,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The stat page's XML.
+    pub async fn stat(&self) -> String {
+        let mut tcp = tokio::net::TcpStream::connect(self.http).await.unwrap();
+        tcp.write_all(b"GET /stat HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).await.unwrap();
+        body
+    }
+
+    /// Waits until nginx lists `n` players (non-publishing clients) of `stream`.
+    pub async fn wait_for_players(&self, stream: &str, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stat = self.stat().await;
+            let players = stream_section(&stat, stream)
+                .map(|s| s.matches("<client>").count() - s.matches("<publishing/>").count())
+                .unwrap_or(0);
+            if players >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not list {n} players of {stream} within {limit:?}:\n{stat}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until nginx lists `stream` with a publisher, or without one (`publishing` false).
+    pub async fn wait_for_publisher(&self, stream: &str, publishing: bool, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stat = self.stat().await;
+            let has = stream_section(&stat, stream).is_some_and(|s| s.contains("<publishing/>"));
+            if has == publishing {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx publisher state of {stream} never became {publishing}:\n{stat}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn stream_section<'a>(stat: &'a str, stream: &str) -> Option<&'a str> {
+    let start = stat.find(&format!("<name>{stream}</name>"))?;
+    let rest = &stat[start..];
+    Some(&rest[..rest.find("</stream>").unwrap_or(rest.len())])
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Generates an H.264 + AAC FLV clip of `seconds` (cached per length under target/).
+pub async fn clip(seconds: u32) -> PathBuf {
+    require("ffmpeg");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("clip-{seconds}s.flv"));
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _guard = LOCK.lock().await;
+    if path.exists() {
+        return path;
+    }
+    let tmp = dir.join(format!("clip-{seconds}s.tmp.flv"));
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size=640x360:rate=30:duration={seconds}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!(
+            "sine=frequency=440:sample_rate=44100:duration={seconds}"
+        ))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-g", "60", "-b:v", "1500k", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "96k", "-shortest", "-f", "flv"])
+        .arg(&tmp)
+        .status()
+        .await
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg could not generate the test clip");
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// One packet as `-f framemd5` lists it: size and MD5 of the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketHash {
+    pub size: u64,
+    pub md5: String,
+}
+
+/// The packets of a stream's two tracks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tracks {
+    pub video: Vec<PacketHash>,
+    pub audio: Vec<PacketHash>,
+}
+
+impl Tracks {
+    /// Packets in both tracks.
+    pub fn len(&self) -> usize {
+        self.video.len() + self.audio.len()
+    }
+
+    fn read(dir: &Path) -> Tracks {
+        let read = |name: &str| {
+            parse_framemd5(&std::fs::read_to_string(dir.join(name)).unwrap_or_default())
+        };
+        Tracks {
+            video: read("video.framemd5"),
+            audio: read("audio.framemd5"),
+        }
+    }
+}
+
+/// ffmpeg arguments that write each track's framemd5 to its own file in `dir`, flushed per
+/// packet: with one output per track, ffmpeg's interleaver never holds a packet back.
+fn framemd5_outputs(dir: &Path) -> Vec<String> {
+    let mut args = Vec::new();
+    for (map, name) in [("0:v", "video.framemd5"), ("0:a", "audio.framemd5")] {
+        args.extend(
+            [
+                "-map",
+                map,
+                "-c",
+                "copy",
+                "-flush_packets",
+                "1",
+                "-f",
+                "framemd5",
+            ]
+            .map(String::from),
+        );
+        args.push(dir.join(name).display().to_string());
+    }
+    args
+}
+
+/// Parses framemd5 output into per-packet hashes.
+pub fn parse_framemd5(text: &str) -> Vec<PacketHash> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            PacketHash {
+                size: f[4].parse().unwrap(),
+                md5: f[5].to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// The packet hashes of a file (what a stream-copy push sends).
+pub async fn framemd5_of(path: &Path) -> Tracks {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(path)
+        .args(framemd5_outputs(dir.path()))
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    Tracks::read(dir.path())
+}
+
+/// A real ffmpeg player writing the framemd5 of what it receives.
+pub struct Player {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Player {
+    /// Starts playing `url`.
+    pub fn start(url: &str) -> Player {
+        require("ffmpeg");
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-i", url])
+            .args(framemd5_outputs(dir.path()))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Player { child, dir }
+    }
+
+    /// Waits until the player has written `expected` packets (ffmpeg keeps waiting after an
+    /// nginx stream ends, so the packets arriving are the signal), then stops it and returns
+    /// what it received. Fails after `limit` with what arrived so far.
+    pub async fn finish(mut self, expected: usize, limit: Duration) -> Tracks {
+        let deadline = Instant::now() + limit;
+        let read = Tracks::read;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let got = read(self.dir.path());
+                assert!(
+                    got.len() >= expected,
+                    "player exited ({status}) after {} of {expected} packets",
+                    got.len()
+                );
+                return got;
+            }
+            let got = read(self.dir.path());
+            if got.len() >= expected || Instant::now() >= deadline {
+                let _ = self.child.kill().await;
+                // Packets are flushed one by one, so what is on disk is complete lines.
+                return read(self.dir.path());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Pushes `clip` to `url` in real time with a real ffmpeg (stream copy); waits for the end.
+pub async fn push(clip: &Path, url: &str) -> std::process::Output {
+    require("ffmpeg");
+    Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-i",
+        ])
+        .arg(clip)
+        .args(["-c", "copy", "-f", "flv", url])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Asserts two packet lists are equal, per track, with a readable message.
+pub fn assert_same_packets(pushed: &Tracks, played: &Tracks, what: &str) {
+    for (track, a, b) in [
+        ("video", &pushed.video, &played.video),
+        ("audio", &pushed.audio, &played.audio),
+    ] {
+        assert!(!a.is_empty(), "{what}: nothing pushed on {track}");
+        let first_diff = a.iter().zip(b).position(|(x, y)| x != y);
+        assert!(
+            a.len() == b.len() && first_diff.is_none(),
+            "{what}: {track}: pushed {} packets, played {}; first difference at {:?}",
+            a.len(),
+            b.len(),
+            first_diff
+        );
+    }
+}
+
+/// A gateway and an edge running in-process.
+pub struct Stack {
+    pub gateway_addr: SocketAddr,
+    pub edge_addr: SocketAddr,
+    pub pin: String,
+    pub shutdown: CancellationToken,
+    pub _state: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts a gateway for `origin` (None: embedded) and an edge pinned to it.
+    pub async fn start(origin: Option<String>) -> Stack {
+        let state = tempfile::tempdir().unwrap();
+        let gateway = Gateway::bind(GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            origin,
+            state_dir: state.path().to_owned(),
+            ..GatewayConfig::default()
+        })
+        .await
+        .unwrap();
+        Self::with_gateway(gateway, state, |c| c).await
+    }
+
+    /// Starts `gateway` and an edge (configured further by `tweak`).
+    pub async fn with_gateway(
+        gateway: Gateway,
+        state: tempfile::TempDir,
+        tweak: impl FnOnce(EdgeConfig) -> EdgeConfig,
+    ) -> Stack {
+        let gateway_addr = gateway.local_addr();
+        let pin = gateway.pin().to_string();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(gateway.run(shutdown.clone()));
+        let edge_addr = start_edge(
+            tweak(EdgeConfig {
+                pin: Some(pin.clone()),
+                ..edge_config(gateway_addr)
+            }),
+            &shutdown,
+        )
+        .await;
+        Stack {
+            gateway_addr,
+            edge_addr,
+            pin,
+            shutdown,
+            _state: state,
+        }
+    }
+
+    /// `rtmp://EDGE/app/stream`.
+    pub fn edge_url(&self, stream: &str) -> String {
+        format!("rtmp://{}/live/{stream}", self.edge_addr)
+    }
+}
+
+/// An edge config for `gateway` listening on a loopback port chosen by the OS.
+pub fn edge_config(gateway: SocketAddr) -> EdgeConfig {
+    EdgeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        gateway: gateway.to_string(),
+        ..EdgeConfig::default()
+    }
+}
+
+/// Starts an edge; returns its RTMP address once it is connected to the gateway.
+pub async fn start_edge(config: EdgeConfig, shutdown: &CancellationToken) -> SocketAddr {
+    let edge = Edge::bind(config).await.unwrap();
+    let addr = edge.local_addr();
+    tokio::spawn(edge.run(shutdown.clone()));
+    addr
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

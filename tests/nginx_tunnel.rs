@@ -1,0 +1,113 @@
+//! Real ffmpeg pushers and players through edge and gateway to a real nginx-rtmp: every packet
+//! played equals the packet pushed, for video and audio.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_push_through_the_tunnel_reaches_nginx_byte_exact() {
+    capture_logs();
+    let clip = clip(30).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
+
+    let player = Player::start(&format!("rtmp://{}/live/cam", nginx.rtmp));
+    nginx.wait_for_players("cam", 1, LIMIT).await;
+    let out = push(&clip, &stack.edge_url("cam")).await;
+    assert!(
+        out.status.success(),
+        "pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "push through the tunnel");
+    nginx.wait_for_publisher("cam", false, LIMIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_play_through_the_tunnel_is_byte_exact() {
+    capture_logs();
+    let clip = clip(30).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
+
+    // Player through its own edge; pusher straight to nginx.
+    let player = Player::start(&stack.edge_url("show"));
+    nginx.wait_for_players("show", 1, LIMIT).await;
+    let out = push(&clip, &format!("rtmp://{}/live/show", nginx.rtmp)).await;
+    assert!(
+        out.status.success(),
+        "pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "play through the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_pushes_share_one_edge_and_one_quic_connection() {
+    capture_logs();
+    let clip = clip(10).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
+
+    let names: Vec<String> = (0..8).map(|i| format!("multi{i}")).collect();
+    let players: Vec<Player> = names
+        .iter()
+        .map(|n| Player::start(&format!("rtmp://{}/live/{n}", nginx.rtmp)))
+        .collect();
+    for n in &names {
+        nginx.wait_for_players(n, 1, LIMIT).await;
+    }
+    let pushes = names.iter().map(|n| {
+        let url = stack.edge_url(n);
+        let clip = clip.clone();
+        tokio::spawn(async move { push(&clip, &url).await })
+    });
+    for out in futures_join(pushes.collect()).await {
+        assert!(
+            out.status.success(),
+            "pusher failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (player, name) in players.into_iter().zip(&names) {
+        let played = player.finish(pushed.len(), LIMIT).await;
+        assert_same_packets(&pushed, &played, name);
+    }
+    // Every session ended at the gateway under the same edge connection.
+    let mut remotes = Vec::new();
+    for n in &names {
+        let stream = format!("stream={n} ");
+        let line = wait_for_log(&["rtmpq_gateway::session", "session ended", &stream], LIMIT).await;
+        let remote = line
+            .split("edge{remote=")
+            .nth(1)
+            .and_then(|r| r.split('}').next())
+            .expect("session log names its edge connection")
+            .to_owned();
+        remotes.push(remote);
+    }
+    remotes.dedup();
+    assert_eq!(
+        remotes.len(),
+        1,
+        "sessions came over several connections: {remotes:?}"
+    );
+}
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
