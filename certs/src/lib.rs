@@ -389,11 +389,13 @@ impl ServerCertVerifier for PinVerifier {
         if got == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
+            let mismatch = PinMismatch {
+                expected: self.pin,
+                got,
+            };
+            tracing::warn!("{mismatch}");
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
-                    expected: self.pin,
-                    got,
-                }))),
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(mismatch))),
             ))
         }
     }

@@ -101,7 +101,7 @@ async fn run(
         }
         Err(reason) => {
             refuse(&mut reader, &to_client, tracker, &reason).await;
-            RelayEnd::new(CloseCode::OriginUnreachable, reason, EndedBy::Tunnel)
+            RelayEnd::new(CloseCode::GatewayUnreachable, reason, EndedBy::Tunnel)
         }
     };
     drop(to_client);

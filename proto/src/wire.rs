@@ -62,6 +62,8 @@ pub enum CloseCode {
     Shutdown,
     /// A bug or an unexpected local failure.
     Internal,
+    /// The edge has no connection to the gateway.
+    GatewayUnreachable,
     /// A code this version does not know.
     Unknown(u64),
 }
@@ -82,6 +84,7 @@ impl CloseCode {
             CloseCode::Overloaded => 9,
             CloseCode::Shutdown => 10,
             CloseCode::Internal => 11,
+            CloseCode::GatewayUnreachable => 12,
             CloseCode::Unknown(c) => c,
         }
     }
@@ -101,6 +104,7 @@ impl CloseCode {
             9 => CloseCode::Overloaded,
             10 => CloseCode::Shutdown,
             11 => CloseCode::Internal,
+            12 => CloseCode::GatewayUnreachable,
             c => CloseCode::Unknown(c),
         }
     }
@@ -120,6 +124,7 @@ impl CloseCode {
             CloseCode::Overloaded => "overloaded",
             CloseCode::Shutdown => "shutdown",
             CloseCode::Internal => "internal",
+            CloseCode::GatewayUnreachable => "gateway_unreachable",
             CloseCode::Unknown(_) => "unknown",
         }
     }
@@ -489,7 +494,7 @@ mod tests {
 
     #[test]
     fn close_codes_are_stable() {
-        for code in 0..=11 {
+        for code in 0..=12 {
             assert_eq!(CloseCode::from_code(code).to_code(), code);
         }
         assert_eq!(CloseCode::OriginUnreachable.to_code(), 4);

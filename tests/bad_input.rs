@@ -1,0 +1,265 @@
+//! Bad input from either side ends only its own session or connection, with a logged reason,
+//! while a healthy ffmpeg push through the same edge and gateway stays byte-exact.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use rtmpq_demo::client::{ClientError, RtmpClient};
+use rtmpq_gateway::{Gateway, GatewayConfig};
+use rtmpq_proto::chunk::ChunkEncoder;
+use rtmpq_proto::io::{handshake, write_frame, FrameReader, HandshakeRole};
+use rtmpq_proto::message::Control;
+use rtmpq_proto::wire::{CloseCode, Frame, SessionId, WIRE_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Reads until the peer closes; fails if it does not within the limit.
+async fn expect_closed(tcp: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what}: the edge kept the connection open");
+}
+
+/// Connects and completes a proper RTMP handshake with the edge.
+async fn handshaken(edge: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    handshake(&mut tcp, HandshakeRole::Client, Duration::from_secs(5))
+        .await
+        .unwrap();
+    tcp
+}
+
+async fn garbage_instead_of_handshake(edge: SocketAddr) {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    tcp.write_all(&[0xff; 1537]).await.unwrap();
+    expect_closed(&mut tcp, "garbage handshake").await;
+    wait_for_log(&["rtmpq_edge::session", "rtmp handshake failed"], LIMIT).await;
+}
+
+async fn truncated_handshake_that_stalls(edge: SocketAddr) {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    tcp.write_all(&[3u8]).await.unwrap();
+    tcp.write_all(&[0u8; 700]).await.unwrap();
+    expect_closed(&mut tcp, "stalled handshake").await;
+    wait_for_log(
+        &["rtmpq_edge::session", "handshake not finished within"],
+        LIMIT,
+    )
+    .await;
+}
+
+async fn absurd_chunk_size(edge: SocketAddr) {
+    let mut tcp = handshaken(edge).await;
+    let mut out = BytesMut::new();
+    ChunkEncoder::default().encode(&Control::SetChunkSize(0x7fff_ffff).to_message(), &mut out);
+    tcp.write_all(&out).await.unwrap();
+    expect_closed(&mut tcp, "chunk size 0x7fffffff").await;
+    wait_for_log(&["client_protocol_error", "chunk size 2147483647"], LIMIT).await;
+}
+
+async fn sixteen_megabyte_message_that_never_completes(edge: SocketAddr) {
+    let mut tcp = handshaken(edge).await;
+    // Type 0 header on chunk stream 6: length 0xFFFFFF, video, stream 1; then one chunk.
+    let mut bytes = vec![0x06, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0];
+    bytes.extend_from_slice(&[0x17; 128]);
+    tcp.write_all(&bytes).await.unwrap();
+    expect_closed(&mut tcp, "16 MB message").await;
+    wait_for_log(
+        &["client_protocol_error", "16777215 bytes announced"],
+        LIMIT,
+    )
+    .await;
+}
+
+async fn unknown_tunnel_frame_kind(gateway: SocketAddr, tls: rustls::ClientConfig) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = rtmpq_proto::transport::client_config(tls).unwrap();
+    let conn = endpoint
+        .connect_with(config, gateway, "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut control, recv) = conn.open_bi().await.unwrap();
+    let hello = Frame::Hello {
+        version: WIRE_VERSION,
+        edge_id: "rogue".into(),
+        token: String::new(),
+    };
+    write_frame(&mut control, &hello).await.unwrap();
+    let welcome = FrameReader::new(recv).next().await.unwrap();
+    assert!(
+        matches!(welcome, Some(Frame::Welcome { .. })),
+        "{welcome:?}"
+    );
+
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let open = Frame::SessionOpen {
+        session_id: SessionId(7),
+        resume_token: Default::default(),
+    };
+    write_frame(&mut send, &open).await.unwrap();
+    send.write_all(&[0x02, 0x7f, 0x00]).await.unwrap();
+    let mut frames = FrameReader::new(recv);
+    let close = loop {
+        match frames.next().await.unwrap() {
+            Some(Frame::SessionClose { code, reason }) => break (code, reason),
+            Some(Frame::Msg(_)) => continue,
+            other => panic!("expected SESSION_CLOSE, got {other:?}"),
+        }
+    };
+    assert_eq!(close.0, CloseCode::ProtocolViolation);
+    assert!(
+        close.1.contains("unknown tunnel frame kind 0x7f"),
+        "{}",
+        close.1
+    );
+    wait_for_log(
+        &["rtmpq_gateway::session", "unknown tunnel frame kind 0x7f"],
+        LIMIT,
+    )
+    .await;
+    conn.close(0u32.into(), b"done");
+}
+
+/// A client of `edge` must be refused with an RTMP error whose description contains `words`.
+async fn expect_refused(edge: SocketAddr, words: &str) -> String {
+    let err = RtmpClient::connect(&edge.to_string(), "live")
+        .await
+        .expect_err("the session must fail");
+    match err {
+        ClientError::Refused { description, .. } => {
+            assert!(description.contains(words), "{description}");
+            description
+        }
+        other => panic!("expected an RTMP error mentioning {words:?}, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_ends_only_its_own_session() {
+    capture_logs();
+    let clip = clip(10).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+
+    // A gateway that requires client certificates, and a healthy edge that has one.
+    let certs = tempfile::tempdir().unwrap();
+    rtmpq_certs::init(certs.path(), &[]).unwrap();
+    let (edge_cert, edge_key) = rtmpq_certs::issue_edge(certs.path(), "healthy").unwrap();
+    let ca = certs.path().join("ca.pem");
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        origin: Some(format!("rtmp://{}", nginx.rtmp)),
+        cert_dir: Some(certs.path().to_owned()),
+        client_auth: true,
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        pin: None,
+        ca: Some(ca.clone()),
+        client_cert: Some(edge_cert.clone()),
+        client_key: Some(edge_key.clone()),
+        handshake_timeout_ms: 1000,
+        ..c
+    })
+    .await;
+
+    let player = Player::start(&format!("rtmp://{}/live/healthy", nginx.rtmp));
+    nginx.wait_for_players("healthy", 1, LIMIT).await;
+    let healthy_url = stack.edge_url("healthy");
+    let healthy = tokio::spawn(async move { push(&clip, &healthy_url).await });
+    nginx.wait_for_publisher("healthy", true, LIMIT).await;
+
+    garbage_instead_of_handshake(stack.edge_addr).await;
+    truncated_handshake_that_stalls(stack.edge_addr).await;
+    absurd_chunk_size(stack.edge_addr).await;
+    sixteen_megabyte_message_that_never_completes(stack.edge_addr).await;
+
+    let identity = rtmpq_certs::Identity::load(&edge_cert, &edge_key).unwrap();
+    let trust = rtmpq_certs::GatewayTrust::Ca(rtmpq_certs::load_certs(&ca).unwrap());
+    let tls = rtmpq_certs::client_tls(trust.clone(), Some(identity)).unwrap();
+    unknown_tunnel_frame_kind(stack.gateway_addr, tls).await;
+
+    // An edge with a wrong pin: its pusher gets an RTMP error naming the certificate.
+    let wrong_pin = start_edge(
+        rtmpq_edge::EdgeConfig {
+            pin: Some(format!("sha256:{}", "00".repeat(32))),
+            gateway_wait_ms: 1000,
+            ..edge_config(stack.gateway_addr)
+        },
+        &stack.shutdown,
+    )
+    .await;
+    expect_refused(wrong_pin, "gateway unreachable").await;
+    wait_for_log(&["rtmpq_certs", "does not match pin"], LIMIT).await;
+
+    // An edge without a client certificate where mutual TLS is required.
+    let no_cert = start_edge(
+        rtmpq_edge::EdgeConfig {
+            ca: Some(ca.clone()),
+            gateway_wait_ms: 1000,
+            ..edge_config(stack.gateway_addr)
+        },
+        &stack.shutdown,
+    )
+    .await;
+    expect_refused(no_cert, "gateway unreachable").await;
+    wait_for_log(
+        &["rtmpq_gateway", "quic handshake failed", "certificate"],
+        LIMIT,
+    )
+    .await;
+
+    let out = healthy.await.unwrap();
+    assert!(
+        out.status.success(),
+        "healthy pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "healthy push beside bad input");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_refuses_connections_fails_the_session_with_a_reason() {
+    capture_logs();
+    // A port with nothing listening: connections are refused.
+    let dead = free_port();
+    let stack = Stack::start(Some(format!("rtmp://127.0.0.1:{dead}"))).await;
+    let description = expect_refused(stack.edge_addr, "unreachable").await;
+    assert!(description.contains(&dead.to_string()), "{description}");
+    wait_for_log(
+        &[
+            "rtmpq_gateway::session",
+            "origin_unreachable",
+            &dead.to_string(),
+        ],
+        LIMIT,
+    )
+    .await;
+
+    // The edge and gateway still serve: the embedded origin behind a second gateway works.
+    let healthy = Stack::start(None).await;
+    let mut client = RtmpClient::connect(&healthy.edge_addr.to_string(), "live")
+        .await
+        .unwrap();
+    client.publish("after").await.unwrap();
+    client.close().await;
+}
