@@ -85,6 +85,9 @@ struct GatewayArgs {
     /// Require edge client certificates signed by the cert dir's CA.
     #[arg(long)]
     client_auth: bool,
+    /// On SIGTERM, how long live sessions may go on before they are ended, ms [default: 10000].
+    #[arg(long)]
+    shutdown_grace: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +122,9 @@ struct EdgeArgs {
     /// The client certificate's key.
     #[arg(long, requires = "client_cert")]
     client_key: Option<PathBuf>,
+    /// On SIGTERM, how long live sessions may go on before they are ended, ms [default: 10000].
+    #[arg(long)]
+    shutdown_grace: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +196,7 @@ fn gateway_config(args: GatewayArgs) -> anyhow::Result<GatewayConfig> {
     c.metrics = args.metrics.or(c.metrics);
     c.state_dir = args.state_dir.unwrap_or(c.state_dir);
     c.client_auth |= args.client_auth;
+    c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
     Ok(c)
 }
 
@@ -207,6 +214,7 @@ fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
     c.metrics = args.metrics.or(c.metrics);
     c.client_cert = args.client_cert.or(c.client_cert);
     c.client_key = args.client_key.or(c.client_key);
+    c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
     Ok(c)
 }
 

@@ -39,6 +39,8 @@ pub struct EdgeConfig {
     pub handshake_timeout_ms: u64,
     /// How long a new session waits for a gateway connection before it is refused, in ms.
     pub gateway_wait_ms: u64,
+    /// On SIGTERM, how long live sessions may go on before they are ended, in ms.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for EdgeConfig {
@@ -58,6 +60,7 @@ impl Default for EdgeConfig {
             max_sessions: 256,
             handshake_timeout_ms: 10_000,
             gateway_wait_ms: 3000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -66,6 +69,11 @@ impl EdgeConfig {
     /// The RTMP handshake time limit.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 
     /// How long a session waits for the gateway.

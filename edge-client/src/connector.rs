@@ -2,10 +2,12 @@
 //! reconnect with backoff when it is lost. Sessions ask for the current connection.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rtmpq_proto::io::{write_frame, FrameReader};
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
+use rtmpq_telemetry::Telemetry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -51,10 +53,11 @@ impl Connector {
     pub fn start(
         endpoint: quinn::Endpoint,
         target: GatewayTarget,
+        telemetry: Arc<Telemetry>,
         shutdown: CancellationToken,
     ) -> Connector {
         let (tx, rx) = watch::channel(LinkState::Connecting);
-        tokio::spawn(maintain(endpoint, target, tx, shutdown));
+        tokio::spawn(maintain(endpoint, target, telemetry, tx, shutdown));
         Connector { state: rx }
     }
 
@@ -87,10 +90,12 @@ impl Connector {
 async fn maintain(
     endpoint: quinn::Endpoint,
     target: GatewayTarget,
+    telemetry: Arc<Telemetry>,
     state: watch::Sender<LinkState>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = FIRST_BACKOFF;
+    let mut was_connected = false;
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -100,19 +105,26 @@ async fn maintain(
             Ok((conn, _control)) => {
                 info!(gateway = %target.address, remote = %conn.remote_address(), "connected to gateway");
                 backoff = FIRST_BACKOFF;
+                if std::mem::replace(&mut was_connected, true) {
+                    telemetry.reconnected();
+                }
+                telemetry.connection_opened(&conn, target.address.clone());
                 state.send_replace(LinkState::Up(conn.clone()));
                 let reason = tokio::select! {
                     _ = shutdown.cancelled() => {
                         conn.close(quinn::VarInt::from_u64(CloseCode::Shutdown.to_code()).expect("small"), b"edge shutting down");
+                        telemetry.connection_closed(&conn);
                         return;
                     }
                     reason = conn.closed() => reason,
                 };
+                telemetry.connection_closed(&conn);
                 warn!(reason = %reason, "connection to gateway lost; reconnecting");
                 state.send_replace(LinkState::Down(reason.to_string()));
             }
             Err(reason) => {
                 warn!(gateway = %target.address, %reason, retry_in = ?backoff, "cannot connect to gateway");
+                telemetry.handshake_failed("connect");
                 state.send_replace(LinkState::Down(reason));
             }
         }

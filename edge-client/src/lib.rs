@@ -5,10 +5,13 @@ pub mod config;
 pub mod connector;
 mod session;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rtmpq_certs::{GatewayTrust, Identity};
+use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +54,9 @@ pub enum EdgeError {
 struct Shared {
     config: EdgeConfig,
     connector: Connector,
+    telemetry: Arc<Telemetry>,
+    /// Cancelled when the grace period ends: live sessions end, telling both sides.
+    end_sessions: CancellationToken,
 }
 
 /// A bound edge, ready to [`run`](Edge::run).
@@ -60,6 +66,7 @@ pub struct Edge {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     connector_shutdown: CancellationToken,
+    metrics: Option<TcpListener>,
 }
 
 impl Edge {
@@ -111,13 +118,33 @@ impl Edge {
                 .map(|t| t.expose().to_owned())
                 .unwrap_or_default(),
         };
+        let metrics = match config.metrics {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| EdgeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let telemetry = Telemetry::new(Role::Edge);
         let connector_shutdown = CancellationToken::new();
-        let connector = Connector::start(endpoint.clone(), target, connector_shutdown.clone());
+        let connector = Connector::start(
+            endpoint.clone(),
+            target,
+            telemetry.clone(),
+            connector_shutdown.clone(),
+        );
         Ok(Edge {
             listener,
-            shared: Arc::new(Shared { config, connector }),
+            shared: Arc::new(Shared {
+                config,
+                connector,
+                telemetry,
+                end_sessions: CancellationToken::new(),
+            }),
             endpoint,
             connector_shutdown,
+            metrics,
         })
     }
 
@@ -131,9 +158,37 @@ impl Edge {
         self.shared.connector.clone()
     }
 
-    /// Serves pushers and players until `shutdown` is cancelled.
+    /// The address of the metrics and status API listener, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The live registry of sessions and connections.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.shared.telemetry.clone()
+    }
+
+    /// Serves pushers and players until `shutdown` is cancelled. Then it accepts nothing new,
+    /// lets live sessions go on for the grace period, ends the rest (telling the client and
+    /// the gateway), and closes the QUIC connection with the `shutdown` code.
     pub async fn run(self, shutdown: CancellationToken) {
-        info!(listen = %self.local_addr(), gateway = %self.shared.config.gateway, "edge ready");
+        info!(listen = %self.local_addr(), gateway = %self.shared.config.gateway, metrics = ?self.metrics_addr(), "edge ready");
+        let services = CancellationToken::new();
+        match self.metrics {
+            Some(listener) => {
+                tokio::spawn(rtmpq_telemetry::serve(
+                    self.shared.telemetry.clone(),
+                    listener,
+                    services.clone(),
+                ));
+            }
+            None => {
+                tokio::spawn(self.shared.telemetry.clone().run_ticks(services.clone()));
+            }
+        }
+        if std::io::stderr().is_terminal() {
+            tokio::spawn(status_line(self.shared.telemetry.clone(), services.clone()));
+        }
         let limit = Arc::new(Semaphore::new(self.shared.config.max_sessions));
         let tasks = TaskTracker::new();
         loop {
@@ -152,20 +207,71 @@ impl Edge {
                 continue;
             };
             let shared = self.shared.clone();
-            let shutdown = shutdown.clone();
             tasks.spawn(async move {
-                tokio::select! {
-                    _ = session::serve(tcp, remote, &shared) => {}
-                    _ = shutdown.cancelled() => {}
-                }
+                session::serve(tcp, remote, &shared).await;
                 drop(permit);
             });
         }
         tasks.close();
-        tasks.wait().await;
+        let grace = self.shared.config.shutdown_grace();
+        let live = self.shared.telemetry.sessions().len();
+        info!(
+            sessions = live,
+            ?grace,
+            "edge stopping: no new sessions; waiting for live ones"
+        );
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            info!("grace period over: ending live sessions");
+            self.shared.end_sessions.cancel();
+            let _ = tokio::time::timeout(END_LIMIT, tasks.wait()).await;
+        }
         self.connector_shutdown.cancel();
-        self.endpoint.wait_idle().await;
+        let _ = tokio::time::timeout(END_LIMIT, self.endpoint.wait_idle()).await;
+        services.cancel();
         info!("edge stopped");
+    }
+}
+
+/// How long ending sessions and closing the connection may take after the grace period.
+const END_LIMIT: Duration = Duration::from_secs(3);
+
+/// Redraws one line on the terminal each second: per session bitrate, fps, queue age, and the
+/// connection's RTT and loss.
+async fn status_line(telemetry: Arc<Telemetry>, stop: CancellationToken) {
+    use std::io::Write;
+    let mut ticker = tokio::time::interval(rtmpq_telemetry::TICK);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let link = match telemetry.connections().first() {
+            Some(c) => format!(
+                "rtt {:.0} ms loss {:.1}%",
+                c.rtt_seconds * 1e3,
+                c.loss_percent
+            ),
+            None => "gateway not connected".to_owned(),
+        };
+        let sessions: Vec<String> = telemetry
+            .sessions()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}/{} {} {:.2} Mbit/s {:.0} fps queue {:.0} ms",
+                    s.app,
+                    s.stream,
+                    s.direction,
+                    s.bitrate_bps / 1e6,
+                    s.fps,
+                    s.queue_age_seconds * 1e3
+                )
+            })
+            .collect();
+        let line = format!("[{link}] {}", sessions.join(" | "));
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
     }
 }
 

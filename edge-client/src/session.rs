@@ -3,7 +3,7 @@
 //! turned into RTMP errors the client understands.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
@@ -28,11 +28,15 @@ pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
     let session_id = SessionId(rand::random());
     let span = tracing::info_span!("session", id = %session_id, client = %remote);
     async {
-        let tracker = Mutex::new(SessionTracker::default());
+        let tracker = Arc::new(Mutex::new(SessionTracker::default()));
+        shared
+            .telemetry
+            .session_started(session_id, remote.to_string(), tracker.clone());
         let end = match run(tcp, session_id, shared, &tracker).await {
             Ok(end) => end,
             Err(e) => RelayEnd::new(CloseCode::ClientProtocolError, e.to_string(), EndedBy::Rtmp),
         };
+        shared.telemetry.session_ended(session_id, end.code);
         let t = tracker.lock().expect("tracker").clone();
         let (app, stream) = (t.app.unwrap_or_default(), t.stream.unwrap_or_default());
         let direction = t.direction.map_or("", |d| d.as_str());
@@ -85,6 +89,7 @@ async fn run(
                 &mut frames,
                 &mut send,
                 tracker,
+                &shared.end_sessions,
             )
             .await;
             finish_tunnel(&mut send, &end).await;

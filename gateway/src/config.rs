@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     pub handshake_timeout_ms: u64,
     /// Address the embedded origin listens on (TCP) when there is no `origin`.
     pub embedded_origin_listen: SocketAddr,
+    /// On SIGTERM, how long live sessions may go on before they are ended, in ms.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -49,6 +51,7 @@ impl Default for GatewayConfig {
             origin_connect_timeout_ms: 5000,
             handshake_timeout_ms: 10_000,
             embedded_origin_listen: "127.0.0.1:0".parse().expect("valid"),
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -57,6 +60,11 @@ impl GatewayConfig {
     /// The RTMP handshake / HELLO time limit.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 }
 

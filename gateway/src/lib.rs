@@ -7,10 +7,13 @@ mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rtmpq_certs::{Fingerprint, Identity};
 use rtmpq_proto::io::FrameReader;
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
+use rtmpq_telemetry::{Role, Telemetry};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +53,9 @@ struct Shared {
     config: GatewayConfig,
     origin: String,
     sessions: Arc<Semaphore>,
+    telemetry: Arc<Telemetry>,
+    /// Cancelled when the grace period ends: live sessions end, telling both sides.
+    end_sessions: CancellationToken,
 }
 
 /// A bound gateway, ready to [`run`](Gateway::run).
@@ -59,6 +65,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     pin: Fingerprint,
     embedded: Option<EmbeddedOrigin>,
+    metrics: Option<TcpListener>,
 }
 
 impl Gateway {
@@ -113,16 +120,27 @@ impl Gateway {
                 (embedded.local_addr().to_string(), Some(embedded))
             }
         };
+        let metrics = match config.metrics {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             config,
             origin,
+            telemetry: Telemetry::new(Role::Gateway),
+            end_sessions: CancellationToken::new(),
         });
         Ok(Gateway {
             endpoint,
             shared,
             pin,
             embedded,
+            metrics,
         })
     }
 
@@ -141,18 +159,39 @@ impl Gateway {
         &self.shared.origin
     }
 
-    /// Serves edges until `shutdown` is cancelled, then closes every connection.
+    /// The address of the metrics and status API listener, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The live registry of sessions and connections.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.shared.telemetry.clone()
+    }
+
+    /// Serves edges until `shutdown` is cancelled. Then it accepts nothing new, lets live
+    /// sessions go on for the grace period, ends the rest (telling the origin and the edge),
+    /// and closes every connection with the `shutdown` code.
     pub async fn run(self, shutdown: CancellationToken) {
         info!(
             listen = %self.local_addr(),
             origin = %self.shared.origin,
             embedded = self.embedded.is_some(),
+            metrics = ?self.metrics_addr(),
             "gateway ready"
         );
+        let services = CancellationToken::new();
         let tasks = TaskTracker::new();
-        if let Some(embedded) = self.embedded {
-            tasks.spawn(embedded.run(shutdown.clone()));
+        if let Some(listener) = self.metrics {
+            tokio::spawn(rtmpq_telemetry::serve(
+                self.shared.telemetry.clone(),
+                listener,
+                services.clone(),
+            ));
         }
+        let embedded = self
+            .embedded
+            .map(|embedded| tokio::spawn(embedded.run(services.clone())));
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -168,16 +207,32 @@ impl Gateway {
                     .instrument(tracing::info_span!("edge", %remote)),
             );
         }
-        self.endpoint.close(
-            quinn::VarInt::from_u64(CloseCode::Shutdown.to_code()).expect("small"),
-            b"gateway shutting down",
-        );
         tasks.close();
-        tasks.wait().await;
-        self.endpoint.wait_idle().await;
+        let grace = self.shared.config.shutdown_grace();
+        let live = self.shared.telemetry.sessions().len();
+        info!(
+            sessions = live,
+            ?grace,
+            "gateway stopping: no new sessions; waiting for live ones"
+        );
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            info!("grace period over: ending live sessions");
+            self.shared.end_sessions.cancel();
+            let _ = tokio::time::timeout(END_LIMIT, tasks.wait()).await;
+        }
+        self.endpoint
+            .close(close_code(CloseCode::Shutdown), b"gateway shutting down");
+        let _ = tokio::time::timeout(END_LIMIT, self.endpoint.wait_idle()).await;
+        services.cancel();
+        if let Some(embedded) = embedded {
+            let _ = embedded.await;
+        }
         info!("gateway stopped");
     }
 }
+
+/// How long ending sessions and closing connections may take once the grace period is over.
+const END_LIMIT: Duration = Duration::from_secs(3);
 
 fn close_code(code: CloseCode) -> quinn::VarInt {
     quinn::VarInt::from_u64(code.to_code()).unwrap_or(quinn::VarInt::MAX)
@@ -193,6 +248,7 @@ async fn serve_connection(
         Ok(conn) => conn,
         Err(e) => {
             warn!(reason = %e, "quic handshake failed");
+            shared.telemetry.handshake_failed("tls");
             return;
         }
     };
@@ -207,11 +263,13 @@ async fn serve_connection(
         Ok(Ok(got)) => got,
         Ok(Err(e)) => {
             warn!(reason = %e, "edge sent no HELLO");
+            shared.telemetry.handshake_failed("no_hello");
             conn.close(close_code(CloseCode::ProtocolViolation), b"no HELLO");
             return;
         }
         Err(_) => {
             warn!(reason = "timeout", "edge sent no HELLO in time");
+            shared.telemetry.handshake_failed("hello_timeout");
             conn.close(close_code(CloseCode::Timeout), b"no HELLO in time");
             return;
         }
@@ -246,6 +304,7 @@ async fn serve_connection(
     };
     if let Some((code, reason)) = refusal {
         warn!(%code, %reason, "edge refused");
+        shared.telemetry.handshake_failed(code.as_str());
         conn.close(close_code(code), reason.as_bytes());
         return;
     }
@@ -258,6 +317,7 @@ async fn serve_connection(
         return;
     }
     info!(edge = %edge_id, "edge connected");
+    shared.telemetry.connection_opened(&conn, edge_id.clone());
     let sessions = TaskTracker::new();
     let reason = loop {
         let (send, recv) = tokio::select! {
@@ -285,15 +345,17 @@ async fn serve_connection(
             }
         };
         let shared = shared.clone();
+        let edge_id = edge_id.clone();
         sessions.spawn(
             async move {
-                session::serve(send, recv, &shared).await;
+                session::serve(send, recv, &shared, edge_id).await;
                 drop(permit);
             }
             .in_current_span(),
         );
     };
-    info!(edge = %edge_id, %reason, "edge disconnected");
     sessions.close();
     sessions.wait().await;
+    shared.telemetry.connection_closed(&conn);
+    info!(edge = %edge_id, %reason, "edge disconnected");
 }

@@ -1,14 +1,14 @@
 //! One RTMP session at the gateway: SESSION_OPEN, a TCP connection and client handshake to the
 //! origin, then the relay until either side ends.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
 use rtmpq_proto::io::{
     close_stream, handshake, FrameReader, HandshakeRole, RtmpReader, RtmpWriter,
 };
-use rtmpq_proto::session::{finish_tunnel, relay, RelayEnd, RtmpPeer, SessionTracker};
+use rtmpq_proto::session::{finish_tunnel, relay, EndedBy, RelayEnd, RtmpPeer, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -19,7 +19,12 @@ use crate::Shared;
 /// How long the writer toward the origin may take to flush after the session ends.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn serve(mut send: quinn::SendStream, recv: quinn::RecvStream, shared: &Shared) {
+pub(crate) async fn serve(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    shared: &Shared,
+    edge_id: String,
+) {
     let mut frames = FrameReader::new(recv);
     let open = tokio::time::timeout(shared.config.handshake_timeout(), frames.next()).await;
     let session_id = match open {
@@ -38,9 +43,13 @@ pub(crate) async fn serve(mut send: quinn::SendStream, recv: quinn::RecvStream, 
     };
     let span = tracing::info_span!("session", id = %session_id);
     async {
-        let tracker = Mutex::new(SessionTracker::default());
+        let tracker = Arc::new(Mutex::new(SessionTracker::default()));
+        shared
+            .telemetry
+            .session_started(session_id, edge_id, tracker.clone());
         let end = relay_to_origin(&mut send, &mut frames, shared, &tracker).await;
         finish_tunnel(&mut send, &end).await;
+        shared.telemetry.session_ended(session_id, end.code);
         let t = tracker.lock().expect("tracker").clone();
         let line = format!(
             "session ended: {} ({})",
@@ -63,7 +72,6 @@ async fn relay_to_origin(
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
 ) -> RelayEnd {
-    use rtmpq_proto::session::EndedBy;
     let origin = &shared.origin;
     let limit = Duration::from_millis(shared.config.origin_connect_timeout_ms);
     let unreachable = |why: String| RelayEnd::new(CloseCode::OriginUnreachable, why, EndedBy::Rtmp);
@@ -105,8 +113,15 @@ async fn relay_to_origin(
         frames,
         send,
         tracker,
+        &shared.end_sessions,
     )
     .await;
+    if end.ended_by == EndedBy::Local {
+        // Leave the origin the way a client does, so it ends the stream cleanly.
+        for msg in tracker.lock().expect("tracker").goodbye_messages() {
+            let _ = to_origin.try_send(msg);
+        }
+    }
     // Everything queued for the origin is written before its connection closes.
     drop(to_origin);
     match tokio::time::timeout(FLUSH_LIMIT, writer_task).await {

@@ -6,8 +6,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::command::{self, public_stream_name, Command};
+use crate::command::{self, public_stream_name, Amf0Value, Command};
 use crate::io::{write_frame, FrameReadError, FrameReader, Inbound, RtmpReader};
 use crate::message::{MediaKind, Message, MessageClass};
 use crate::wire::{CloseCode, Frame};
@@ -44,16 +45,29 @@ pub struct FlowStats {
     pub keyframes: u64,
     /// Audio frames.
     pub audio_frames: u64,
+    /// Payload bytes of audio and video messages.
+    pub media_bytes: u64,
+    /// Media time between the last two key frames, in ms.
+    pub keyframe_interval_ms: Option<u32>,
+    last_keyframe_timestamp: Option<u32>,
 }
 
 impl FlowStats {
     fn count(&mut self, msg: &Message) {
         self.messages += 1;
         self.bytes += msg.payload.len() as u64;
-        match msg.media_kind() {
+        let kind = msg.media_kind();
+        if kind != MediaKind::Other {
+            self.media_bytes += msg.payload.len() as u64;
+        }
+        match kind {
             MediaKind::VideoKeyframe => {
                 self.video_frames += 1;
                 self.keyframes += 1;
+                if let Some(last) = self.last_keyframe_timestamp {
+                    self.keyframe_interval_ms = Some(msg.timestamp.wrapping_sub(last));
+                }
+                self.last_keyframe_timestamp = Some(msg.timestamp);
             }
             MediaKind::VideoFrame => self.video_frames += 1,
             MediaKind::Audio => self.audio_frames += 1,
@@ -79,6 +93,9 @@ pub struct SessionTracker {
     pub upstream: FlowStats,
     /// Server → client counters.
     pub downstream: FlowStats,
+    /// Since when the oldest message taken from one side has waited to be handed to the other
+    /// (upstream, downstream); `None` when nothing waits.
+    pub waiting_since: [Option<Instant>; 2],
     connect_transaction: Option<f64>,
     connected: bool,
     media_stream_id: Option<u32>,
@@ -94,6 +111,7 @@ impl Default for SessionTracker {
             first_media: None,
             upstream: FlowStats::default(),
             downstream: FlowStats::default(),
+            waiting_since: [None, None],
             connect_transaction: None,
             connected: false,
             media_stream_id: None,
@@ -163,6 +181,49 @@ impl SessionTracker {
         }
     }
 
+    /// What a client sends a server when it leaves properly: `FCUnpublish` (publishers) and
+    /// `deleteStream` for the stream it used.
+    pub fn goodbye_messages(&self) -> Vec<Message> {
+        let Some(stream_id) = self.media_stream_id else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let (Some(Direction::Publish), Some(name)) = (self.direction, &self.stream) {
+            out.push(command::request(
+                "FCUnpublish",
+                0.0,
+                0,
+                vec![Amf0Value::Null, Amf0Value::Utf8String(name.clone())],
+            ));
+        }
+        out.push(command::request(
+            "deleteStream",
+            0.0,
+            0,
+            vec![Amf0Value::Null, Amf0Value::Number(f64::from(stream_id))],
+        ));
+        out
+    }
+
+    /// The counters of the direction media flows in: upstream for a publisher, downstream for
+    /// a player (upstream until known).
+    pub fn media_flow(&self) -> &FlowStats {
+        match self.direction {
+            Some(Direction::Play) => &self.downstream,
+            _ => &self.upstream,
+        }
+    }
+
+    /// How long the oldest waiting message has waited, in either direction.
+    pub fn queue_age(&self, now: Instant) -> std::time::Duration {
+        self.waiting_since
+            .iter()
+            .flatten()
+            .map(|t| now.saturating_duration_since(*t))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Whether the client's connect command has been seen.
     pub fn connect_seen(&self) -> bool {
         self.connect_transaction.is_some()
@@ -196,6 +257,8 @@ pub enum EndedBy {
     RemoteClose,
     /// The tunnel stream broke or carried bad frames.
     Tunnel,
+    /// This hop is shutting down.
+    Local,
 }
 
 /// How a relayed session ended.
@@ -223,6 +286,7 @@ impl RelayEnd {
 /// Moves end-to-end messages both ways until one side ends: RTMP messages from `rtmp` go out
 /// as MSG frames on `to_tunnel`; MSG frames from `tunnel` go to the RTMP writer via `to_rtmp`
 /// (which also carries the reader's hop-by-hop replies). Every message is recorded in `tracker`.
+/// Cancelling `stop` ends the session with [`CloseCode::Shutdown`].
 pub async fn relay(
     peer: RtmpPeer,
     rtmp: &mut RtmpReader,
@@ -230,7 +294,9 @@ pub async fn relay(
     tunnel: &mut FrameReader,
     to_tunnel: &mut quinn::SendStream,
     tracker: &Mutex<SessionTracker>,
+    stop: &CancellationToken,
 ) -> RelayEnd {
+    // Records a message and marks its direction as waiting until `handed_off`.
     let record = |toward_server: bool, msg: &Message| {
         let mut t = tracker.lock().expect("tracker lock");
         if toward_server {
@@ -238,6 +304,10 @@ pub async fn relay(
         } else {
             t.from_server(msg)
         }
+        t.waiting_since[usize::from(!toward_server)].get_or_insert_with(Instant::now);
+    };
+    let handed_off = |toward_server: bool| {
+        tracker.lock().expect("tracker lock").waiting_since[usize::from(!toward_server)] = None;
     };
     let writer_gone = || {
         RelayEnd::new(
@@ -250,7 +320,8 @@ pub async fn relay(
         loop {
             match rtmp.next().await {
                 Ok(Some(Inbound::Message(msg))) => {
-                    record(peer == RtmpPeer::Client, &msg);
+                    let toward_server = peer == RtmpPeer::Client;
+                    record(toward_server, &msg);
                     if let Err(e) = write_frame(to_tunnel, &Frame::Msg(msg)).await {
                         return RelayEnd::new(
                             CloseCode::Normal,
@@ -258,6 +329,7 @@ pub async fn relay(
                             EndedBy::Tunnel,
                         );
                     }
+                    handed_off(toward_server);
                 }
                 Ok(Some(Inbound::Reply(reply))) => {
                     if to_rtmp.send(reply).await.is_err() {
@@ -288,10 +360,12 @@ pub async fn relay(
                 |what: String| RelayEnd::new(CloseCode::ProtocolViolation, what, EndedBy::Tunnel);
             match tunnel.next().await {
                 Ok(Some(Frame::Msg(msg))) if msg.class() == MessageClass::EndToEnd => {
-                    record(peer == RtmpPeer::Origin, &msg);
+                    let toward_server = peer == RtmpPeer::Origin;
+                    record(toward_server, &msg);
                     if to_rtmp.send(msg).await.is_err() {
                         return writer_gone();
                     }
+                    handed_off(toward_server);
                 }
                 Ok(Some(Frame::Msg(msg))) => {
                     return violation(format!(
@@ -322,6 +396,14 @@ pub async fn relay(
     let end = tokio::select! {
         end = from_rtmp => end,
         end = from_tunnel => end,
+        _ = stop.cancelled() => RelayEnd::new(
+            CloseCode::Shutdown,
+            format!("{} shutting down", match peer {
+                RtmpPeer::Client => "edge",
+                RtmpPeer::Origin => "gateway",
+            }),
+            EndedBy::Local,
+        ),
     };
     if end.code == CloseCode::ProtocolViolation {
         tunnel.stop(end.code);
@@ -336,7 +418,7 @@ pub async fn finish_tunnel(to_tunnel: &mut quinn::SendStream, end: &RelayEnd) {
         EndedBy::RemoteClose => {
             let _ = to_tunnel.finish();
         }
-        EndedBy::Rtmp | EndedBy::Tunnel => {
+        EndedBy::Rtmp | EndedBy::Tunnel | EndedBy::Local => {
             crate::io::close_stream(to_tunnel, end.code, &end.reason).await
         }
     }
@@ -345,7 +427,7 @@ pub async fn finish_tunnel(to_tunnel: &mut quinn::SendStream, end: &RelayEnd) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{connect_object, connect_result, request, Amf0Value};
+    use crate::command::{connect_object, connect_result, request};
 
     #[test]
     fn tracks_connect_and_publish_and_maps_failures() {
@@ -375,6 +457,12 @@ mod tests {
         assert_eq!(cmd.name, "onStatus");
         assert_eq!(fail[0].stream_id, 1);
         assert_eq!(cmd.status().unwrap().code, "NetStream.Failed");
+        let bye: Vec<String> = t
+            .goodbye_messages()
+            .iter()
+            .map(|m| Command::parse(m).unwrap().name)
+            .collect();
+        assert_eq!(bye, ["FCUnpublish", "deleteStream"]);
 
         t.from_client(&Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0, 9]));
         t.from_client(&Message::new(9, 1, 33, vec![0x27, 1, 0, 0, 0, 9]));
@@ -383,5 +471,8 @@ mod tests {
         assert_eq!(t.upstream.keyframes, 1);
         assert_eq!(t.upstream.audio_frames, 1);
         assert!(t.first_media.is_some());
+        t.from_client(&Message::new(9, 1, 2000, vec![0x17, 1, 0, 0, 0, 9]));
+        assert_eq!(t.upstream.keyframe_interval_ms, Some(2000));
+        assert_eq!(t.media_flow().media_bytes, 6 + 6 + 3 + 6);
     }
 }

@@ -1,0 +1,458 @@
+//! rtmpq-telemetry: what edge and gateway report about themselves. A [`Telemetry`] registry of
+//! live sessions and QUIC connections, turned once a second into Prometheus metrics (through
+//! the `metrics` facade) and into the JSON status API, served together by [`serve`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::wire::{CloseCode, SessionId};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How far back the bitrate gauge looks.
+const BITRATE_WINDOW: Duration = Duration::from_secs(5);
+/// How often figures are refreshed.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Which process reports: the `role` label of every metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The edge beside the pusher.
+    Edge,
+    /// The gateway beside the origin.
+    Gateway,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Gateway => "gateway",
+        }
+    }
+}
+
+/// One live session as the status API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionStatus {
+    /// Session id (hex).
+    pub id: String,
+    /// Who is on the other side: the client's address at the edge, the edge at the gateway.
+    pub peer: String,
+    /// RTMP app.
+    pub app: String,
+    /// Stream name without its query string.
+    pub stream: String,
+    /// `publish`, `play` or empty before either.
+    pub direction: String,
+    /// Seconds since the session started.
+    pub duration_seconds: f64,
+    /// Payload bytes toward the origin.
+    pub upstream_bytes: u64,
+    /// Payload bytes toward the client.
+    pub downstream_bytes: u64,
+    /// Messages toward the origin.
+    pub upstream_messages: u64,
+    /// Messages toward the client.
+    pub downstream_messages: u64,
+    /// Video frames in the media direction.
+    pub video_frames: u64,
+    /// Key frames in the media direction.
+    pub keyframes: u64,
+    /// Media bitrate over the last 5 s, bit/s.
+    pub bitrate_bps: f64,
+    /// Video frames per second over the last second.
+    pub fps: f64,
+    /// Media time between the last two key frames, s.
+    pub keyframe_interval_seconds: Option<f64>,
+    /// How long the oldest unsent message has waited, s.
+    pub queue_age_seconds: f64,
+}
+
+/// One QUIC connection as the status API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionStatus {
+    /// The edge's id at the gateway; the gateway's address at the edge.
+    pub peer: String,
+    /// The peer's current UDP address.
+    pub remote: String,
+    /// Smoothed RTT, s.
+    pub rtt_seconds: f64,
+    /// Minimum RTT seen, s.
+    pub min_rtt_seconds: f64,
+    /// Congestion window, bytes.
+    pub congestion_window_bytes: u64,
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Loss over the last second, percent of packets sent.
+    pub loss_percent: f64,
+    /// Congestion events.
+    pub congestion_events: u64,
+    /// Times the peer's address changed (migrations).
+    pub path_changes: u64,
+}
+
+#[derive(Debug)]
+struct SessionEntry {
+    peer: String,
+    tracker: Arc<Mutex<SessionTracker>>,
+    /// (when, media bytes) samples for the bitrate window.
+    samples: VecDeque<(Instant, u64)>,
+    reported: Reported,
+    last_status: Option<SessionStatus>,
+    last_video_frames: u64,
+}
+
+/// Counter values already pushed to the metrics recorder.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reported {
+    upstream_bytes: u64,
+    downstream_bytes: u64,
+    upstream_messages: u64,
+    downstream_messages: u64,
+    video_frames: u64,
+    keyframes: u64,
+}
+
+#[derive(Debug)]
+struct ConnectionEntry {
+    peer: String,
+    conn: quinn::Connection,
+    remote: SocketAddr,
+    path_changes: u64,
+    reported_lost: u64,
+    reported_sent: u64,
+    reported_congestion: u64,
+    last_status: Option<ConnectionStatus>,
+}
+
+/// The live registry of one edge or gateway.
+#[derive(Debug)]
+pub struct Telemetry {
+    role: Role,
+    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    connections: Mutex<HashMap<usize, ConnectionEntry>>,
+}
+
+impl Telemetry {
+    /// An empty registry for `role`.
+    pub fn new(role: Role) -> Arc<Telemetry> {
+        Arc::new(Telemetry {
+            role,
+            sessions: Mutex::default(),
+            connections: Mutex::default(),
+        })
+    }
+
+    /// Registers a live session.
+    pub fn session_started(
+        &self,
+        id: SessionId,
+        peer: String,
+        tracker: Arc<Mutex<SessionTracker>>,
+    ) {
+        self.sessions.lock().expect("lock").insert(
+            id,
+            SessionEntry {
+                peer,
+                tracker,
+                samples: VecDeque::new(),
+                reported: Reported::default(),
+                last_status: None,
+                last_video_frames: 0,
+            },
+        );
+        gauge!("rtmpq_sessions_open", "role" => self.role.as_str()).increment(1.0);
+    }
+
+    /// Removes a session, pushing its final counts, and counts why it ended.
+    pub fn session_ended(&self, id: SessionId, code: CloseCode) {
+        let entry = self.sessions.lock().expect("lock").remove(&id);
+        if let Some(mut entry) = entry {
+            self.report_session(&mut entry, Instant::now());
+            gauge!("rtmpq_sessions_open", "role" => self.role.as_str()).decrement(1.0);
+        }
+        counter!("rtmpq_sessions_ended_total", "role" => self.role.as_str(), "reason" => code.as_str())
+            .increment(1);
+    }
+
+    /// Registers a QUIC connection with `peer` (an edge id, or the gateway's address).
+    pub fn connection_opened(&self, conn: &quinn::Connection, peer: String) {
+        self.connections.lock().expect("lock").insert(
+            conn.stable_id(),
+            ConnectionEntry {
+                peer,
+                remote: conn.remote_address(),
+                conn: conn.clone(),
+                path_changes: 0,
+                reported_lost: 0,
+                reported_sent: 0,
+                reported_congestion: 0,
+                last_status: None,
+            },
+        );
+        gauge!("rtmpq_connections_open", "role" => self.role.as_str()).increment(1.0);
+    }
+
+    /// Removes a QUIC connection.
+    pub fn connection_closed(&self, conn: &quinn::Connection) {
+        let entry = self
+            .connections
+            .lock()
+            .expect("lock")
+            .remove(&conn.stable_id());
+        if let Some(mut entry) = entry {
+            self.report_connection(&mut entry);
+            gauge!("rtmpq_connections_open", "role" => self.role.as_str()).decrement(1.0);
+        }
+    }
+
+    /// Counts a failed QUIC or tunnel handshake by reason.
+    pub fn handshake_failed(&self, reason: &'static str) {
+        counter!("rtmpq_handshake_failures_total", "role" => self.role.as_str(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// Counts a reconnect to the gateway.
+    pub fn reconnected(&self) {
+        counter!("rtmpq_quic_reconnects_total", "role" => self.role.as_str()).increment(1);
+    }
+
+    /// The live sessions as of the last tick.
+    pub fn sessions(&self) -> Vec<SessionStatus> {
+        let sessions = self.sessions.lock().expect("lock");
+        sessions
+            .values()
+            .filter_map(|s| s.last_status.clone())
+            .collect()
+    }
+
+    /// The live connections as of the last tick.
+    pub fn connections(&self) -> Vec<ConnectionStatus> {
+        let connections = self.connections.lock().expect("lock");
+        connections
+            .values()
+            .filter_map(|c| c.last_status.clone())
+            .collect()
+    }
+
+    /// Refreshes every figure; call once per [`TICK`].
+    pub fn tick(&self) {
+        let now = Instant::now();
+        for entry in self.sessions.lock().expect("lock").values_mut() {
+            self.report_session(entry, now);
+        }
+        for entry in self.connections.lock().expect("lock").values_mut() {
+            self.report_connection(entry);
+        }
+    }
+
+    fn report_session(&self, entry: &mut SessionEntry, now: Instant) {
+        let t = entry.tracker.lock().expect("tracker").clone();
+        let media = *t.media_flow();
+        entry.samples.push_back((now, media.media_bytes));
+        while entry
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > BITRATE_WINDOW)
+        {
+            entry.samples.pop_front();
+        }
+        let (oldest_at, oldest_bytes) = *entry.samples.front().expect("just pushed");
+        let window = now.duration_since(oldest_at).as_secs_f64();
+        let bitrate = if window > 0.0 {
+            (media.media_bytes - oldest_bytes) as f64 * 8.0 / window
+        } else {
+            0.0
+        };
+        let status = SessionStatus {
+            id: entry
+                .last_status
+                .as_ref()
+                .map(|s| s.id.clone())
+                .unwrap_or_default(),
+            peer: entry.peer.clone(),
+            app: t.app.clone().unwrap_or_default(),
+            stream: t.stream.clone().unwrap_or_default(),
+            direction: t.direction.map_or("", |d| d.as_str()).to_owned(),
+            duration_seconds: now.duration_since(t.started).as_secs_f64(),
+            upstream_bytes: t.upstream.bytes,
+            downstream_bytes: t.downstream.bytes,
+            upstream_messages: t.upstream.messages,
+            downstream_messages: t.downstream.messages,
+            video_frames: media.video_frames,
+            keyframes: media.keyframes,
+            bitrate_bps: bitrate,
+            fps: (media.video_frames - entry.last_video_frames) as f64,
+            keyframe_interval_seconds: media.keyframe_interval_ms.map(|ms| f64::from(ms) / 1000.0),
+            queue_age_seconds: t.queue_age(now).as_secs_f64(),
+        };
+        entry.last_video_frames = media.video_frames;
+        let labels = [
+            ("role", self.role.as_str().to_owned()),
+            ("app", status.app.clone()),
+            ("stream", status.stream.clone()),
+            ("direction", status.direction.clone()),
+        ];
+        let with_flow = |flow: &'static str| {
+            let mut l = labels.to_vec();
+            l.push(("flow", flow.to_owned()));
+            l
+        };
+        let r = &mut entry.reported;
+        let delta = |now: u64, before: &mut u64| {
+            let d = now - *before;
+            *before = now;
+            d
+        };
+        counter!("rtmpq_session_payload_bytes_total", &with_flow("upstream"))
+            .increment(delta(status.upstream_bytes, &mut r.upstream_bytes));
+        counter!(
+            "rtmpq_session_payload_bytes_total",
+            &with_flow("downstream")
+        )
+        .increment(delta(status.downstream_bytes, &mut r.downstream_bytes));
+        counter!("rtmpq_session_messages_total", &with_flow("upstream"))
+            .increment(delta(status.upstream_messages, &mut r.upstream_messages));
+        counter!("rtmpq_session_messages_total", &with_flow("downstream")).increment(delta(
+            status.downstream_messages,
+            &mut r.downstream_messages,
+        ));
+        counter!("rtmpq_session_video_frames_total", &labels)
+            .increment(delta(status.video_frames, &mut r.video_frames));
+        counter!("rtmpq_session_keyframes_total", &labels)
+            .increment(delta(status.keyframes, &mut r.keyframes));
+        gauge!("rtmpq_session_bitrate_bits_per_second", &labels).set(status.bitrate_bps);
+        gauge!("rtmpq_session_keyframe_interval_seconds", &labels)
+            .set(status.keyframe_interval_seconds.unwrap_or(0.0));
+        gauge!("rtmpq_session_queue_age_seconds", &labels).set(status.queue_age_seconds);
+        gauge!("rtmpq_session_duration_seconds", &labels).set(status.duration_seconds);
+        entry.last_status = Some(status);
+    }
+
+    fn report_connection(&self, entry: &mut ConnectionEntry) {
+        let stats = entry.conn.stats();
+        let remote = entry.conn.remote_address();
+        if remote != entry.remote {
+            entry.remote = remote;
+            entry.path_changes += 1;
+            counter!("rtmpq_quic_path_changes_total", "role" => self.role.as_str(), "peer" => entry.peer.clone())
+                .increment(1);
+        }
+        let path = stats.path;
+        let sent = path.sent_packets - entry.reported_sent;
+        let lost = path.lost_packets - entry.reported_lost;
+        let labels = [
+            ("role", self.role.as_str().to_owned()),
+            ("peer", entry.peer.clone()),
+        ];
+        counter!("rtmpq_quic_sent_packets_total", &labels).increment(sent);
+        counter!("rtmpq_quic_lost_packets_total", &labels).increment(lost);
+        counter!("rtmpq_quic_congestion_events_total", &labels)
+            .increment(path.congestion_events - entry.reported_congestion);
+        gauge!("rtmpq_quic_rtt_seconds", &labels).set(path.rtt.as_secs_f64());
+        gauge!("rtmpq_quic_min_rtt_seconds", &labels).set(path.min_rtt.as_secs_f64());
+        gauge!("rtmpq_quic_congestion_window_bytes", &labels).set(path.cwnd as f64);
+        entry.reported_sent = path.sent_packets;
+        entry.reported_lost = path.lost_packets;
+        entry.reported_congestion = path.congestion_events;
+        entry.last_status = Some(ConnectionStatus {
+            peer: entry.peer.clone(),
+            remote: remote.to_string(),
+            rtt_seconds: path.rtt.as_secs_f64(),
+            min_rtt_seconds: path.min_rtt.as_secs_f64(),
+            congestion_window_bytes: path.cwnd,
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+            loss_percent: if sent > 0 {
+                lost as f64 * 100.0 / sent as f64
+            } else {
+                0.0
+            },
+            congestion_events: path.congestion_events,
+            path_changes: entry.path_changes,
+        });
+    }
+
+    /// Refreshes figures every [`TICK`] until `shutdown`.
+    pub async fn run_ticks(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => self.tick(),
+            }
+        }
+    }
+}
+
+/// The session ids are filled in here so `SessionStatus` needs no extra field in the entry.
+fn with_ids(t: &Telemetry) -> Vec<SessionStatus> {
+    let sessions = t.sessions.lock().expect("lock");
+    sessions
+        .iter()
+        .filter_map(|(id, s)| {
+            s.last_status.clone().map(|mut st| {
+                st.id = id.to_string();
+                st
+            })
+        })
+        .collect()
+}
+
+/// The process-wide Prometheus recorder (the `metrics` facade has one per process).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            // Series of ended sessions disappear after a while instead of lingering forever.
+            .idle_timeout(
+                metrics_util::MetricKindMask::ALL,
+                Some(Duration::from_secs(60)),
+            )
+            .install_recorder()
+            .expect("no other metrics recorder is installed");
+        // Register every metric's help text and make the process ones visible from the start.
+        metrics::describe_gauge!("rtmpq_sessions_open", "RTMP sessions open now");
+        metrics::describe_gauge!("rtmpq_connections_open", "QUIC connections open now");
+        handle
+    })
+}
+
+/// Serves `GET /metrics` (Prometheus text), `GET /api/v1/sessions` and
+/// `GET /api/v1/connections` (JSON) on `listener` until `shutdown`.
+pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: CancellationToken) {
+    use axum::routing::get;
+    let handle = prometheus();
+    for role in [telemetry.role.as_str()] {
+        gauge!("rtmpq_sessions_open", "role" => role).increment(0.0);
+        gauge!("rtmpq_connections_open", "role" => role).increment(0.0);
+    }
+    let sessions = telemetry.clone();
+    let connections = telemetry.clone();
+    let app = axum::Router::new()
+        .route("/metrics", get(move || async move { handle.render() }))
+        .route(
+            "/api/v1/sessions",
+            get(move || async move { axum::Json(with_ids(&sessions)) }),
+        )
+        .route(
+            "/api/v1/connections",
+            get(move || async move { axum::Json(connections.connections()) }),
+        );
+    tokio::spawn(telemetry.run_ticks(shutdown.clone()));
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::warn!(reason = %e, "metrics server stopped");
+    }
+}
