@@ -102,6 +102,7 @@ pub struct ConnectionStatus {
 
 #[derive(Debug)]
 struct SessionEntry {
+    id: SessionId,
     peer: String,
     tracker: Arc<Mutex<SessionTracker>>,
     /// (when, media bytes) samples for the bitrate window.
@@ -162,6 +163,7 @@ impl Telemetry {
         self.sessions.lock().expect("lock").insert(
             id,
             SessionEntry {
+                id,
                 peer,
                 tracker,
                 samples: VecDeque::new(),
@@ -274,11 +276,7 @@ impl Telemetry {
             0.0
         };
         let status = SessionStatus {
-            id: entry
-                .last_status
-                .as_ref()
-                .map(|s| s.id.clone())
-                .unwrap_or_default(),
+            id: entry.id.to_string(),
             peer: entry.peer.clone(),
             app: t.app.clone().unwrap_or_default(),
             stream: t.stream.clone().unwrap_or_default(),
@@ -394,20 +392,6 @@ impl Telemetry {
     }
 }
 
-/// The session ids are filled in here so `SessionStatus` needs no extra field in the entry.
-fn with_ids(t: &Telemetry) -> Vec<SessionStatus> {
-    let sessions = t.sessions.lock().expect("lock");
-    sessions
-        .iter()
-        .filter_map(|(id, s)| {
-            s.last_status.clone().map(|mut st| {
-                st.id = id.to_string();
-                st
-            })
-        })
-        .collect()
-}
-
 /// The process-wide Prometheus recorder (the `metrics` facade has one per process).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -420,11 +404,89 @@ pub fn prometheus() -> &'static PrometheusHandle {
             )
             .install_recorder()
             .expect("no other metrics recorder is installed");
-        // Register every metric's help text and make the process ones visible from the start.
-        metrics::describe_gauge!("rtmpq_sessions_open", "RTMP sessions open now");
-        metrics::describe_gauge!("rtmpq_connections_open", "QUIC connections open now");
+        describe();
         handle
     })
+}
+
+/// Help text for every metric this crate exports.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!("rtmpq_sessions_open", "RTMP sessions open now");
+    describe_gauge!("rtmpq_connections_open", "QUIC connections open now");
+    describe_counter!(
+        "rtmpq_sessions_ended_total",
+        "Sessions ended, by close reason"
+    );
+    describe_counter!(
+        "rtmpq_handshake_failures_total",
+        "Failed QUIC/tunnel handshakes, by reason"
+    );
+    describe_counter!(
+        "rtmpq_quic_reconnects_total",
+        "Reconnects to the gateway after a lost connection"
+    );
+    describe_counter!(
+        "rtmpq_session_payload_bytes_total",
+        Unit::Bytes,
+        "End-to-end payload bytes, by flow (upstream: toward the origin)"
+    );
+    describe_counter!(
+        "rtmpq_session_messages_total",
+        "End-to-end RTMP messages, by flow"
+    );
+    describe_counter!(
+        "rtmpq_session_video_frames_total",
+        "Video frames in the media direction"
+    );
+    describe_counter!(
+        "rtmpq_session_keyframes_total",
+        "Video key frames in the media direction"
+    );
+    describe_gauge!(
+        "rtmpq_session_bitrate_bits_per_second",
+        "Media bitrate over the last 5 s"
+    );
+    describe_gauge!(
+        "rtmpq_session_keyframe_interval_seconds",
+        Unit::Seconds,
+        "Media time between the last two key frames"
+    );
+    describe_gauge!(
+        "rtmpq_session_queue_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest message waiting to be handed on"
+    );
+    describe_gauge!(
+        "rtmpq_session_duration_seconds",
+        Unit::Seconds,
+        "Time since the session started"
+    );
+    describe_gauge!(
+        "rtmpq_quic_rtt_seconds",
+        Unit::Seconds,
+        "Smoothed RTT of the QUIC connection"
+    );
+    describe_gauge!(
+        "rtmpq_quic_min_rtt_seconds",
+        Unit::Seconds,
+        "Minimum RTT of the QUIC connection"
+    );
+    describe_gauge!(
+        "rtmpq_quic_congestion_window_bytes",
+        Unit::Bytes,
+        "Congestion window (BBR)"
+    );
+    describe_counter!("rtmpq_quic_sent_packets_total", "QUIC packets sent");
+    describe_counter!(
+        "rtmpq_quic_lost_packets_total",
+        "QUIC packets declared lost"
+    );
+    describe_counter!("rtmpq_quic_congestion_events_total", "Congestion events");
+    describe_counter!(
+        "rtmpq_quic_path_changes_total",
+        "Changes of the peer's address (migrations)"
+    );
 }
 
 /// Serves `GET /metrics` (Prometheus text), `GET /api/v1/sessions` and
@@ -432,17 +494,16 @@ pub fn prometheus() -> &'static PrometheusHandle {
 pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: CancellationToken) {
     use axum::routing::get;
     let handle = prometheus();
-    for role in [telemetry.role.as_str()] {
-        gauge!("rtmpq_sessions_open", "role" => role).increment(0.0);
-        gauge!("rtmpq_connections_open", "role" => role).increment(0.0);
-    }
+    let role = telemetry.role.as_str();
+    gauge!("rtmpq_sessions_open", "role" => role).increment(0.0);
+    gauge!("rtmpq_connections_open", "role" => role).increment(0.0);
     let sessions = telemetry.clone();
     let connections = telemetry.clone();
     let app = axum::Router::new()
         .route("/metrics", get(move || async move { handle.render() }))
         .route(
             "/api/v1/sessions",
-            get(move || async move { axum::Json(with_ids(&sessions)) }),
+            get(move || async move { axum::Json(sessions.sessions()) }),
         )
         .route(
             "/api/v1/connections",
