@@ -141,20 +141,26 @@ impl Message {
         match self.type_id {
             message_type::VIDEO => {
                 let frame_type = (first >> 4) & 0x07;
+                if frame_type == 5 {
+                    // Video info / command frame: no picture.
+                    return MediaKind::Other;
+                }
                 let is_ex_header = first & 0x80 != 0;
-                let is_config = if is_ex_header {
-                    // Enhanced RTMP: low nibble is the packet type; 0 = SequenceStart.
-                    first & 0x0f == 0
+                let packet_type = if is_ex_header {
+                    // Enhanced RTMP: 0 SequenceStart, 1 CodedFrames, 2 SequenceEnd,
+                    // 3 CodedFramesX, 4 Metadata, 5 MPEG2TSSequenceStart, 6 Multitrack.
+                    Some(first & 0x0f)
+                } else if matches!(first & 0x0f, 7 | 12) {
+                    // Legacy AVC / HEVC: 0 sequence header, 1 NALUs, 2 end of sequence.
+                    self.payload.get(1).copied()
                 } else {
-                    // Legacy: codec 7 (AVC) or 12 (HEVC) with AVCPacketType 0.
-                    matches!(first & 0x0f, 7 | 12) && self.payload.get(1) == Some(&0)
+                    None
                 };
-                if is_config {
-                    MediaKind::SequenceHeader
-                } else if frame_type == 1 {
-                    MediaKind::VideoKeyframe
-                } else {
-                    MediaKind::VideoFrame
+                match packet_type {
+                    Some(0 | 5) => MediaKind::SequenceHeader,
+                    Some(1 | 3 | 6) | None if frame_type == 1 => MediaKind::VideoKeyframe,
+                    Some(1 | 3 | 6) | None => MediaKind::VideoFrame,
+                    Some(_) => MediaKind::Other,
                 }
             }
             message_type::AUDIO => {
@@ -373,5 +379,12 @@ mod tests {
         assert_eq!(ex_seq.media_kind(), MediaKind::SequenceHeader);
         let ex_key = Message::new(9, 1, 0, vec![0x91, b'h', b'v', b'c', b'1']);
         assert_eq!(ex_key.media_kind(), MediaKind::VideoKeyframe);
+        // End of sequence (ffmpeg's FLV muxer sends one last) is not a frame.
+        let avc_end = Message::new(9, 1, 0, vec![0x17, 2, 0, 0, 0]);
+        assert_eq!(avc_end.media_kind(), MediaKind::Other);
+        let ex_end = Message::new(9, 1, 0, vec![0x92, b'a', b'v', b'0', b'1']);
+        assert_eq!(ex_end.media_kind(), MediaKind::Other);
+        let command_frame = Message::new(9, 1, 0, vec![0x57, 0]);
+        assert_eq!(command_frame.media_kind(), MediaKind::Other);
     }
 }

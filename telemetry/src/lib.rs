@@ -188,6 +188,12 @@ impl Telemetry {
 
     /// Registers a QUIC connection with `peer` (an edge id, or the gateway's address).
     pub fn connection_opened(&self, conn: &quinn::Connection, peer: String) {
+        // Rare events start at zero so dashboards and alerts see the series.
+        counter!("rtmpq_quic_path_changes_total", "role" => self.role.as_str(), "peer" => peer.clone())
+            .increment(0);
+        if self.role == Role::Edge {
+            counter!("rtmpq_quic_reconnects_total", "role" => self.role.as_str()).increment(0);
+        }
         self.connections.lock().expect("lock").insert(
             conn.stable_id(),
             ConnectionEntry {

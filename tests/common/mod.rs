@@ -79,6 +79,19 @@ pub async fn wait_for_log(needles: &[&str], limit: Duration) -> String {
     }
 }
 
+/// The body of `GET path` from an HTTP server on `addr`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_owned(),
+        None => response,
+    }
+}
+
 /// A port that was free a moment ago (for servers like nginx that cannot report port 0).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -180,13 +193,7 @@ http {{
 
     /// The stat page's XML.
     pub async fn stat(&self) -> String {
-        let mut tcp = tokio::net::TcpStream::connect(self.http).await.unwrap();
-        tcp.write_all(b"GET /stat HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        tcp.read_to_string(&mut body).await.unwrap();
-        body
+        http_get(self.http, "/stat").await
     }
 
     /// Waits until nginx lists `n` players (non-publishing clients) of `stream`.
@@ -242,13 +249,13 @@ impl Drop for Nginx {
 pub async fn clip(seconds: u32) -> PathBuf {
     require("ffmpeg");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join(format!("clip-{seconds}s.flv"));
+    let path = dir.join(format!("clip-cbr-{seconds}s.flv"));
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _guard = LOCK.lock().await;
     if path.exists() {
         return path;
     }
-    let tmp = dir.join(format!("clip-{seconds}s.tmp.flv"));
+    let tmp = dir.join(format!("clip-cbr-{seconds}s.tmp.flv"));
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y"])
         .args(["-f", "lavfi", "-i"])
@@ -265,7 +272,18 @@ pub async fn clip(seconds: u32) -> PathBuf {
             "-tune",
             "zerolatency",
         ])
-        .args(["-g", "60", "-b:v", "1500k", "-pix_fmt", "yuv420p"])
+        // Constant bitrate (filler included), so bitrate figures have a known value.
+        .args([
+            "-g", "60", "-b:v", "1500k", "-minrate", "1500k", "-maxrate", "1500k",
+        ])
+        .args([
+            "-bufsize",
+            "750k",
+            "-x264-params",
+            "nal-hrd=cbr",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-c:a", "aac", "-b:a", "96k", "-shortest", "-f", "flv"])
         .arg(&tmp)
         .status()
