@@ -247,7 +247,7 @@ async fn status_line(telemetry: Arc<Telemetry>, stop: CancellationToken) {
         }
         let link = match telemetry.connections().first() {
             Some(c) => format!(
-                "rtt {:.0} ms loss {:.1}%",
+                "rtt {:.1} ms loss {:.1}%",
                 c.rtt_seconds * 1e3,
                 c.loss_percent
             ),
