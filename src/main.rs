@@ -38,6 +38,37 @@ enum Command {
     Edge(EdgeArgs),
     /// Run everything on loopback with a built-in publisher and player; print live figures.
     Demo(DemoArgs),
+    /// Compare plain RTMP/TCP, SRT, a QUIC byte pipe and rtmpq on emulated links (needs root).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Profiles to run, comma separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    profiles: Vec<String>,
+    /// Transports to compare, comma separated: tcp-cubic, tcp-bbr, srt, quic-pipe, rtmpq.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tcp-cubic,tcp-bbr,srt,quic-pipe,rtmpq"
+    )]
+    transports: Vec<String>,
+    /// Length of the pushed clip, seconds.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Video bitrate of the clip, kbit/s (plus 96 kbit/s audio).
+    #[arg(long, default_value_t = 3000)]
+    bitrate: u32,
+    /// Results folder (results.md, results.json, SVG charts, logs).
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// The short run for CI: the 2 % loss profile with an 8 s clip.
+    #[arg(long)]
+    short: bool,
+    /// The QUIC byte pipe reference [default: examples/quic_pipe beside this binary].
+    #[arg(long)]
+    quic_pipe: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +190,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => runtime()?.block_on(run_gateway(gateway_config(args)?)),
         Command::Edge(args) => runtime()?.block_on(run_edge(edge_config(args)?)),
         Command::Demo(args) => runtime()?.block_on(run_demo(args)),
+        Command::Bench(args) => runtime()?.block_on(run_bench(args)),
     }
 }
 
@@ -261,5 +293,44 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let report = rtmpq_demo::run(options, shutdown_on_signal()).await?;
     anyhow::ensure!(report.video_delivered > 0, "the player received no frames");
+    Ok(())
+}
+
+async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let quic_pipe = args.quic_pipe.unwrap_or_else(|| {
+        exe.parent()
+            .map(|d| d.join("examples/quic_pipe"))
+            .unwrap_or_default()
+    });
+    anyhow::ensure!(
+        quic_pipe.exists(),
+        "{} not found: build it with `cargo build --release --example quic_pipe` or pass --quic-pipe",
+        quic_pipe.display()
+    );
+    let transports = args
+        .transports
+        .iter()
+        .map(|t| {
+            rtmpq_bench::harness::Transport::parse(t)
+                .with_context(|| format!("unknown transport {t:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (profiles, duration) = if args.short {
+        (vec!["loss2".to_owned()], 8)
+    } else {
+        (args.profiles, args.duration)
+    };
+    let options = rtmpq_bench::BenchOptions {
+        profiles,
+        transports,
+        duration: Duration::from_secs(duration),
+        video_kbps: args.bitrate,
+        out: args.out.clone(),
+        rtmpq: exe,
+        quic_pipe,
+    };
+    rtmpq_bench::run(options).await?;
+    println!("results in {}", args.out.display());
     Ok(())
 }

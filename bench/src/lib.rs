@@ -2,4 +2,218 @@
 //! plain RTMP over TCP (CUBIC and BBR), SRT, a plain QUIC byte pipe and the rtmpq tunnel with
 //! real ffmpeg pushers and a real nginx-rtmp on emulated links.
 
+pub mod harness;
 pub mod netem;
+pub mod profiles;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use harness::{RunContext, RunResult, Transport};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Profile names; empty runs every profile.
+    pub profiles: Vec<String>,
+    /// Transports to compare.
+    pub transports: Vec<Transport>,
+    /// Clip length.
+    pub duration: Duration,
+    /// Video bitrate of the clip, kbit/s.
+    pub video_kbps: u32,
+    /// Results folder.
+    pub out: PathBuf,
+    /// The rtmpq binary (edge and gateway).
+    pub rtmpq: PathBuf,
+    /// The QUIC byte pipe reference (`benches/quic_pipe.rs`).
+    pub quic_pipe: PathBuf,
+}
+
+/// Why the bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Not root.
+    #[error("rtmpq bench needs root: it creates network namespaces and TUN devices (try sudo)")]
+    NotRoot,
+    /// A tool is missing.
+    #[error("{0} is required (apt-get install ffmpeg nginx libnginx-mod-rtmp iproute2)")]
+    Missing(&'static str),
+    /// Profile names that do not exist.
+    #[error("unknown profile {0:?}; known: {1}")]
+    UnknownProfile(String, String),
+    /// Something else.
+    #[error("{0}")]
+    Other(String),
+}
+
+const AUDIO_KBPS: u32 = 96;
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A 720p30 H.264 + AAC clip at a constant `video_kbps`, made once per shape.
+fn make_clip(dir: &Path, video_kbps: u32, duration: Duration) -> Result<PathBuf, BenchError> {
+    let secs = duration.as_secs();
+    let path = dir.join(format!("clip-720p30-{video_kbps}k-{secs}s.flv"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let rate = format!("{video_kbps}k");
+    let status = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc2=size=1280x720:rate=30:duration={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!(
+            "sine=frequency=440:sample_rate=44100:duration={secs}"
+        ))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "60",
+        ])
+        .args([
+            "-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-bufsize", &rate,
+        ])
+        .args(["-x264-params", "nal-hrd=cbr", "-pix_fmt", "yuv420p"])
+        .args([
+            "-c:a",
+            "aac",
+            "-b:a",
+            &format!("{AUDIO_KBPS}k"),
+            "-shortest",
+            "-f",
+            "flv",
+        ])
+        .arg(&path)
+        .status()
+        .map_err(|e| BenchError::Other(format!("ffmpeg: {e}")))?;
+    if !status.success() {
+        return Err(BenchError::Other("ffmpeg could not make the clip".into()));
+    }
+    Ok(path)
+}
+
+fn count_video_frames(clip: &Path) -> Result<u64, BenchError> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v", "-count_packets"])
+        .args(["-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
+        .arg(clip)
+        .output()
+        .map_err(|e| BenchError::Other(format!("ffprobe: {e}")))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| BenchError::Other("ffprobe could not count the clip's frames".into()))
+}
+
+/// Runs every chosen profile with every chosen transport and writes the results into
+/// `options.out`. Prints one line per run.
+pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(BenchError::NotRoot);
+    }
+    for tool in ["ffmpeg", "ffprobe", "nginx", "ip", "ss"] {
+        if !have(tool) {
+            return Err(BenchError::Missing(tool));
+        }
+    }
+    let stream_kbps = options.video_kbps + AUDIO_KBPS;
+    let all = profiles::all(stream_kbps, options.duration);
+    let chosen: Vec<profiles::Profile> = if options.profiles.is_empty() {
+        all
+    } else {
+        let mut chosen = Vec::new();
+        for name in &options.profiles {
+            let found = all
+                .iter()
+                .find(|p| p.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    let known: Vec<&str> = all.iter().map(|p| p.name).collect();
+                    BenchError::UnknownProfile(name.clone(), known.join(", "))
+                })?;
+            chosen.push(found);
+        }
+        chosen
+    };
+    let io = |e: std::io::Error| BenchError::Other(e.to_string());
+    std::fs::create_dir_all(&options.out).map_err(io)?;
+    let out = options.out.canonicalize().map_err(io)?;
+    let clip = make_clip(&out, options.video_kbps, options.duration)?;
+    let certs = out.join("certs");
+    let pin = match rtmpq_certs::init(&certs, &[]) {
+        Ok(pin) => pin,
+        Err(rtmpq_certs::CertError::Exists(_)) => rtmpq_certs::Identity::load(
+            &certs.join(rtmpq_certs::files::GATEWAY_CERT),
+            &certs.join(rtmpq_certs::files::GATEWAY_KEY),
+        )
+        .map_err(|e| BenchError::Other(e.to_string()))?
+        .fingerprint(),
+        Err(e) => return Err(BenchError::Other(e.to_string())),
+    };
+    let ctx = RunContext {
+        frames_expected: count_video_frames(&clip)?,
+        clip,
+        duration: options.duration,
+        rtmpq: options.rtmpq.clone(),
+        quic_pipe: options.quic_pipe.clone(),
+        certs,
+        pin: pin.to_string(),
+        logs: out.join("logs"),
+    };
+    let mut results = Vec::new();
+    let names: Vec<&str> = options.transports.iter().map(|t| t.name()).collect();
+    let mut index = 0;
+    for profile in &chosen {
+        for &transport in &options.transports {
+            index += 1;
+            match harness::run_one(profile, transport, index, &ctx).await {
+                Ok(r) => {
+                    println!(
+                        "{:<15} {:<10} frames {:>4}/{:<4} extra p50 {:>7.0} ms p99 {:>7.0} ms late>1s {:>5.1} % stalls {:>3} start {:>5.2} s survived {}",
+                        r.profile,
+                        r.transport,
+                        r.frames_received,
+                        r.frames_expected,
+                        r.extra_latency_ms[0],
+                        r.extra_latency_ms[2],
+                        r.late_ratio[2] * 100.0,
+                        r.stalls,
+                        r.start_seconds.unwrap_or(f64::NAN),
+                        r.pusher_survived
+                    );
+                    results.push(r);
+                }
+                Err(e) => {
+                    return Err(BenchError::Other(format!(
+                        "{} over {}: {e}",
+                        transport.name(),
+                        profile.name
+                    )))
+                }
+            }
+            report::write_all(&out, &chosen, &results, &names).map_err(io)?;
+        }
+    }
+    Ok(results)
+}

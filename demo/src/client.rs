@@ -55,7 +55,17 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(10);
 impl RtmpClient {
     /// Connects to `addr`, runs the handshake, `connect` to `app` and `createStream`.
     pub async fn connect(addr: &str, app: &str) -> Result<RtmpClient, ClientError> {
-        let mut tcp = TcpStream::connect(addr).await?;
+        let tcp = TcpStream::connect(addr).await?;
+        Self::over(tcp, addr, app).await
+    }
+
+    /// Like [`connect`](Self::connect) over an already connected `tcp` to `addr` (for sockets
+    /// made in another network namespace).
+    pub async fn over(
+        mut tcp: TcpStream,
+        addr: &str,
+        app: &str,
+    ) -> Result<RtmpClient, ClientError> {
         let _ = tcp.set_nodelay(true);
         let leftover = handshake(&mut tcp, HandshakeRole::Client, ANSWER_LIMIT).await?;
         let (read_half, write_half) = tcp.into_split();

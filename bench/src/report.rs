@@ -1,0 +1,243 @@
+//! Bench output: a Markdown table, JSON, and SVG charts (latency over time per profile, late
+//! ratio by profile and transport). The charts are two simple kinds drawn by hand, which keeps
+//! a plotting stack out of the build.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::harness::{RunResult, BUDGETS_MS};
+use crate::profiles::Profile;
+
+const COLORS: [&str; 5] = ["#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c"];
+
+fn fmt_ms(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else if v >= 10_000.0 {
+        format!("{:.0} s", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The Markdown table, one section per profile.
+pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
+    let mut md = String::new();
+    for p in profiles {
+        let rows: Vec<&RunResult> = results.iter().filter(|r| r.profile == p.name).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(md, "### {} — {}\n", p.name, p.description);
+        let _ = writeln!(
+            md,
+            "| transport | frames | extra latency p50 / p95 / p99 / max (ms) | late >200 / 500 / 1000 / 2000 ms | stalls (time) | goodput | start | pusher survived |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for r in rows {
+            let l = r.extra_latency_ms;
+            let late: Vec<String> = r
+                .late_ratio
+                .iter()
+                .map(|x| format!("{:.1} %", x * 100.0))
+                .collect();
+            let _ = writeln!(
+                md,
+                "| {} | {}/{} | {} / {} / {} / {} | {} | {} ({:.1} s) | {:.2} Mbit/s | {} | {} |",
+                r.transport,
+                r.frames_received,
+                r.frames_expected,
+                fmt_ms(l[0]),
+                fmt_ms(l[1]),
+                fmt_ms(l[2]),
+                fmt_ms(l[3]),
+                late.join(" / "),
+                r.stalls,
+                r.stall_seconds,
+                r.goodput_bps / 1e6,
+                r.start_seconds.map_or("–".into(), |s| format!("{s:.2} s")),
+                if r.pusher_survived { "yes" } else { "**no**" },
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// Extra latency over time for each transport on one profile.
+pub fn latency_chart(profile: &Profile, results: &[RunResult]) -> String {
+    let rows: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.profile == profile.name)
+        .collect();
+    let (w, h, left, right, top, bottom) = (900.0, 420.0, 70.0, 150.0, 40.0, 50.0);
+    let t_max = rows
+        .iter()
+        .flat_map(|r| r.timeline.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max);
+    let y_max = rows
+        .iter()
+        .flat_map(|r| r.timeline.iter().map(|p| p.1))
+        .fold(100.0f64, f64::max)
+        .min(30_000.0);
+    let x = |t: f64| left + (w - left - right) * t / t_max;
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - v.min(y_max) / y_max);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{left}" y="22" font-size="15">{}: extra latency above the floor ({})</text>
+"#,
+        profile.name, profile.description
+    );
+    for i in 0..=5 {
+        let v = y_max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" x2="{}" y1="{y0}" y2="{y0}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{} ms</text>"##,
+            w - right,
+            left - 6.0,
+            y(v) + 4.0,
+            fmt_ms(v),
+            y0 = y(v)
+        );
+    }
+    for i in 0..=5 {
+        let t = t_max * f64::from(i) / 5.0;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{t:.0} s</text>"#,
+            x(t),
+            h - bottom + 18.0
+        );
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<String> = r
+            .timeline
+            .iter()
+            .map(|&(t, v)| format!("{:.1},{:.1}", x(t), y(v)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            points.join(" ")
+        );
+        let ly = top + 18.0 * i as f64 + 10.0;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{}" y="{}" width="14" height="4" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+            w - right + 10.0,
+            ly - 4.0,
+            w - right + 30.0,
+            ly + 2.0,
+            r.transport
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Late ratio at a 1000 ms budget, grouped by profile, one bar per transport.
+pub fn late_chart(profiles: &[Profile], results: &[RunResult], transports: &[&str]) -> String {
+    let budget = 2; // index of 1000 ms in BUDGETS_MS
+    let (w, h, left, top, bottom) = (1000.0, 420.0, 60.0, 40.0, 90.0);
+    let groups: Vec<&Profile> = profiles
+        .iter()
+        .filter(|p| results.iter().any(|r| r.profile == p.name))
+        .collect();
+    let group_w = (w - left - 20.0) / groups.len().max(1) as f64;
+    let bar_w = group_w * 0.8 / transports.len().max(1) as f64;
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - v);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{left}" y="22" font-size="15">Frames later than {} ms (missing frames count as late)</text>
+"#,
+        BUDGETS_MS[budget]
+    );
+    for i in 0..=4 {
+        let v = f64::from(i) / 4.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" x2="{}" y1="{y0}" y2="{y0}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{:.0} %</text>"##,
+            w - 20.0,
+            left - 6.0,
+            y(v) + 4.0,
+            v * 100.0,
+            y0 = y(v)
+        );
+    }
+    for (g, p) in groups.iter().enumerate() {
+        let gx = left + group_w * g as f64 + group_w * 0.1;
+        for (i, t) in transports.iter().enumerate() {
+            let Some(r) = results
+                .iter()
+                .find(|r| r.profile == p.name && r.transport == *t)
+            else {
+                continue;
+            };
+            let v = r.late_ratio[budget];
+            // A sliver stays visible for zero so every transport shows.
+            let top_y = y(v).min(y(0.0) - 1.0);
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{:.1}" y="{top_y:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} {}: {:.1} %</title></rect>"#,
+                gx + bar_w * i as f64,
+                bar_w * 0.9,
+                y(0.0) - top_y,
+                COLORS[i % COLORS.len()],
+                p.name,
+                t,
+                v * 100.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text transform="translate({:.1},{:.1}) rotate(30)">{}</text>"#,
+            gx,
+            h - bottom + 16.0,
+            p.name
+        );
+    }
+    for (i, t) in transports.iter().enumerate() {
+        let lx = left + 110.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{t}</text>"#,
+            h - 22.0,
+            COLORS[i % COLORS.len()],
+            lx + 16.0,
+            h - 12.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Writes `results.json`, `results.md` and the charts into `dir`.
+pub fn write_all(
+    dir: &Path,
+    profiles: &[Profile],
+    results: &[RunResult],
+    transports: &[&str],
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::json!({ "profiles": profiles, "runs": results });
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json).expect("serializable"),
+    )?;
+    std::fs::write(dir.join("results.md"), markdown(profiles, results))?;
+    for p in profiles {
+        if results.iter().any(|r| r.profile == p.name) {
+            std::fs::write(
+                dir.join(format!("latency-{}.svg", p.name)),
+                latency_chart(p, results),
+            )?;
+        }
+    }
+    std::fs::write(
+        dir.join("late-ratio.svg"),
+        late_chart(profiles, results, transports),
+    )
+}
