@@ -1,5 +1,7 @@
-//! Loopback figures, tunnel beside direct in one run: start-up time (pusher TCP connect to the
-//! first media message at a player of the origin) and one session's throughput.
+//! Loopback figures, the tunnel beside the alternatives in one run: start-up time (pusher TCP
+//! connect to the first media message at a player of the origin), and throughput with 1 and 16
+//! sessions through the tunnel and through a plain TCP relay of the same bytes, with the CPU
+//! time (user + system, whole process) per gigabit.
 //!
 //! `cargo bench --bench loopback`
 
@@ -56,36 +58,104 @@ async fn startup(target: &str, origin: &str, name: &str) -> Duration {
     elapsed
 }
 
-async fn throughput(target: &str, origin: &str, name: &str) -> (f64, u64) {
-    let mut p = player(origin, name).await;
-    let mut publisher = RtmpClient::connect(target, "live").await.unwrap();
-    publisher.publish(name).await.unwrap();
-    let id = publisher.stream_id();
-    let frames = THROUGHPUT_BYTES / FRAME;
-    let t0 = Instant::now();
-    let sender = tokio::spawn(async move {
-        for i in 0..frames {
-            let m = Message {
-                stream_id: id,
-                timestamp: i as u32,
-                ..keyframe(FRAME, i + 1 == frames)
-            };
-            publisher.send(m).await.unwrap();
-        }
-        publisher
-    });
-    let mut received = 0u64;
-    while let Some(m) = p.next_message().await.unwrap() {
-        if m.type_id == message_type::VIDEO {
-            received += m.payload.len() as u64;
-            if m.payload[FRAME - 1] == 0xee {
-                break;
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// A plain TCP relay: every connection to `listener` is copied byte for byte to `origin`.
+async fn tcp_relay(listener: tokio::net::TcpListener, origin: String) {
+    loop {
+        let Ok((mut client, _)) = listener.accept().await else {
+            return;
+        };
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            if let Ok(mut upstream) = tokio::net::TcpStream::connect(&origin).await {
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             }
-        }
+        });
+    }
+}
+
+struct Throughput {
+    gbps: f64,
+    cpu_per_gbit: f64,
+    delivered: u64,
+}
+
+/// `sessions` publishers push `total` bytes between them through `target`; one player per
+/// stream on the origin receives them.
+async fn throughput(target: &str, origin: &str, sessions: usize, total: usize, tag: &str) -> Throughput {
+    let frames = total / sessions / FRAME;
+    let mut players = Vec::new();
+    let mut publishers = Vec::new();
+    for i in 0..sessions {
+        let name = format!("{tag}{i}");
+        players.push(player(origin, &name).await);
+        let mut p = RtmpClient::connect(target, "live").await.unwrap();
+        p.publish(&name).await.unwrap();
+        publishers.push(p);
+    }
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let senders: Vec<_> = publishers
+        .into_iter()
+        .map(|publisher| {
+            tokio::spawn(async move {
+                let id = publisher.stream_id();
+                for i in 0..frames {
+                    let m = Message {
+                        stream_id: id,
+                        timestamp: i as u32,
+                        ..keyframe(FRAME, i + 1 == frames)
+                    };
+                    publisher.send(m).await.unwrap();
+                }
+                publisher
+            })
+        })
+        .collect();
+    let receivers: Vec<_> = players
+        .into_iter()
+        .map(|mut p| {
+            tokio::spawn(async move {
+                let mut received = 0u64;
+                while let Some(m) = p.next_message().await.unwrap() {
+                    if m.type_id == message_type::VIDEO {
+                        received += m.payload.len() as u64;
+                        if m.payload[FRAME - 1] == 0xee {
+                            break;
+                        }
+                    }
+                }
+                received
+            })
+        })
+        .collect();
+    let mut delivered = 0;
+    for r in receivers {
+        delivered += r.await.unwrap();
     }
     let secs = t0.elapsed().as_secs_f64();
-    sender.await.unwrap().close().await;
-    (received as f64 * 8.0 / secs / 1e9, received)
+    let cpu = cpu_seconds() - cpu0;
+    for s in senders {
+        s.await.unwrap().close().await;
+    }
+    let gbit = delivered as f64 * 8.0 / 1e9;
+    Throughput {
+        gbps: gbit / secs,
+        cpu_per_gbit: cpu / gbit,
+        delivered,
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -132,14 +202,23 @@ async fn main() {
         t.as_secs_f64() / d.as_secs_f64()
     );
 
-    let (direct_gbps, direct_bytes) = throughput(&origin, &origin, "tp-direct").await;
-    let (tunnel_gbps, tunnel_bytes) = throughput(&edge_addr, &origin, "tp-tunnel").await;
-    println!(
-        "one session, {} MiB of 64 KiB video messages: direct {direct_gbps:.2} Gbit/s ({} MiB delivered), tunnel {tunnel_gbps:.2} Gbit/s ({} MiB delivered), ratio {:.2}",
-        THROUGHPUT_BYTES >> 20,
-        direct_bytes >> 20,
-        tunnel_bytes >> 20,
-        tunnel_gbps / direct_gbps
-    );
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap().to_string();
+    tokio::spawn(tcp_relay(relay, origin.clone()));
+    for sessions in [1usize, 16] {
+        let tcp = throughput(&relay_addr, &origin, sessions, THROUGHPUT_BYTES, &format!("r{sessions}-")).await;
+        let quic = throughput(&edge_addr, &origin, sessions, THROUGHPUT_BYTES, &format!("q{sessions}-")).await;
+        println!(
+            "{sessions:>2} session(s), {} MiB of 64 KiB video messages: TCP relay {:.2} Gbit/s, {:.2} CPU-s/Gbit ({} MiB delivered); tunnel {:.2} Gbit/s, {:.2} CPU-s/Gbit ({} MiB delivered); tunnel/relay CPU per Gbit {:.1}x",
+            THROUGHPUT_BYTES >> 20,
+            tcp.gbps,
+            tcp.cpu_per_gbit,
+            tcp.delivered >> 20,
+            quic.gbps,
+            quic.cpu_per_gbit,
+            quic.delivered >> 20,
+            quic.cpu_per_gbit / tcp.cpu_per_gbit
+        );
+    }
     shutdown.cancel();
 }

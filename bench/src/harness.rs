@@ -264,7 +264,8 @@ pub async fn run_one(
     index: usize,
     ctx: &RunContext,
 ) -> Result<RunResult, RunError> {
-    let link = Link::start(&format!("rqb{index}"), profile.link.clone()).await?;
+    let tag = format!("rq{}x{index}", std::process::id() % 100_000);
+    let link = Link::start(&tag, profile.link.clone()).await?;
     let (a, b) = (link.ns_a.clone(), link.ns_b.clone());
     let run_dir = tempdir(&ctx.logs, &format!("{}-{}", profile.name, transport.name()))?;
     let log = |name: &str| run_dir.join(format!("{name}.log"));

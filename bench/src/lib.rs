@@ -57,58 +57,52 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A 720p30 H.264 + AAC clip at a constant `video_kbps`, made once per shape.
-fn make_clip(dir: &Path, video_kbps: u32, duration: Duration) -> Result<PathBuf, BenchError> {
+/// The shape of a generated test clip.
+#[derive(Debug, Clone, Copy)]
+pub struct ClipShape {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Constant video bitrate, kbit/s.
+    pub video_kbps: u32,
+    /// Length.
+    pub duration: Duration,
+}
+
+/// An FLV clip of `shape` (30 fps H.264 with a key frame every 2 s at a constant bitrate,
+/// filler included, plus 96 kbit/s AAC) in `dir`, made once per shape.
+pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
+    let ClipShape {
+        width,
+        height,
+        video_kbps,
+        duration,
+    } = shape;
     let secs = duration.as_secs();
-    let path = dir.join(format!("clip-720p30-{video_kbps}k-{secs}s.flv"));
+    let path = dir.join(format!("clip-{width}x{height}p30-{video_kbps}k-{secs}s.flv"));
     if path.exists() {
         return Ok(path);
     }
+    // Written aside and renamed, so a half-made clip is never taken for a whole one.
+    let partial = path.with_extension(format!("{}.part", std::process::id()));
     let rate = format!("{video_kbps}k");
     let status = std::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-        ])
-        .arg(format!("testsrc2=size=1280x720:rate=30:duration={secs}"))
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={width}x{height}:rate=30:duration={secs}"))
         .args(["-f", "lavfi", "-i"])
-        .arg(format!(
-            "sine=frequency=440:sample_rate=44100:duration={secs}"
-        ))
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "60",
-        ])
-        .args([
-            "-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-bufsize", &rate,
-        ])
+        .arg(format!("sine=frequency=440:sample_rate=44100:duration={secs}"))
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "60"])
+        .args(["-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-bufsize", &rate])
         .args(["-x264-params", "nal-hrd=cbr", "-pix_fmt", "yuv420p"])
-        .args([
-            "-c:a",
-            "aac",
-            "-b:a",
-            &format!("{AUDIO_KBPS}k"),
-            "-shortest",
-            "-f",
-            "flv",
-        ])
-        .arg(&path)
+        .args(["-c:a", "aac", "-b:a", &format!("{AUDIO_KBPS}k"), "-shortest", "-f", "flv"])
+        .arg(&partial)
         .status()
         .map_err(|e| BenchError::Other(format!("ffmpeg: {e}")))?;
     if !status.success() {
         return Err(BenchError::Other("ffmpeg could not make the clip".into()));
     }
+    std::fs::rename(&partial, &path).map_err(|e| BenchError::Other(e.to_string()))?;
     Ok(path)
 }
 
@@ -159,7 +153,15 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
     let io = |e: std::io::Error| BenchError::Other(e.to_string());
     std::fs::create_dir_all(&options.out).map_err(io)?;
     let out = options.out.canonicalize().map_err(io)?;
-    let clip = make_clip(&out, options.video_kbps, options.duration)?;
+    let clip = make_clip(
+        &out,
+        ClipShape {
+            width: 1280,
+            height: 720,
+            video_kbps: options.video_kbps,
+            duration: options.duration,
+        },
+    )?;
     let certs = out.join("certs");
     let pin = match rtmpq_certs::init(&certs, &[]) {
         Ok(pin) => pin,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -443,52 +444,40 @@ async fn forward(
     }
 }
 
-async fn read_packet(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<usize> {
+/// One read(2) or write(2) on a non-blocking TUN descriptor, waiting until it is ready.
+async fn tun_io(
+    fd: &AsyncFd<OwnedFd>,
+    interest: Interest,
+    mut op: impl FnMut(libc::c_int) -> isize,
+) -> std::io::Result<usize> {
     loop {
-        let mut guard = fd.readable().await?;
-        // SAFETY: reading into a buffer we own, of its length.
-        let r = guard.try_io(|inner| {
-            let n = unsafe {
-                libc::read(
-                    inner.as_fd().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
+        let mut guard = fd.ready(interest).await?;
+        let result = guard.try_io(|inner| {
+            let n = op(inner.as_fd().as_raw_fd());
             if n < 0 {
                 Err(std::io::Error::last_os_error())
             } else {
                 Ok(n as usize)
             }
         });
-        match r {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
+        if let Ok(done) = result {
+            return done;
         }
     }
 }
 
+async fn read_packet(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: reading into a buffer we own, at most its length.
+    tun_io(fd, Interest::READABLE, |raw| unsafe {
+        libc::read(raw, buf.as_mut_ptr().cast(), buf.len())
+    })
+    .await
+}
+
 async fn write_packet(fd: &AsyncFd<OwnedFd>, packet: &[u8]) -> std::io::Result<usize> {
-    loop {
-        let mut guard = fd.writable().await?;
-        // SAFETY: writing a buffer we own, of its length.
-        let r = guard.try_io(|inner| {
-            let n = unsafe {
-                libc::write(
-                    inner.as_fd().as_raw_fd(),
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                )
-            };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match r {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
-        }
-    }
+    // SAFETY: writing a buffer we own, of its length.
+    tun_io(fd, Interest::WRITABLE, |raw| unsafe {
+        libc::write(raw, packet.as_ptr().cast(), packet.len())
+    })
+    .await
 }

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
+use rtmpq_proto::chunk::ChunkLimits;
 use rtmpq_proto::io::{
     handshake, write_frame, FrameReader, HandshakeRole, Inbound, RtmpReader, RtmpWriter,
 };
-use rtmpq_proto::message::{Control, Message, DEFAULT_WINDOW_ACK_SIZE};
+use rtmpq_proto::message::Message;
 use rtmpq_proto::session::{finish_tunnel, relay, EndedBy, RelayEnd, RtmpPeer, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
 use tokio::net::TcpStream;
@@ -68,13 +68,7 @@ async fn run(
     let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
     let mut writer = RtmpWriter::new(write_half);
     // What an RTMP server tells a new client; the origin's own copies stop at the gateway.
-    writer
-        .send(&Control::WindowAckSize(DEFAULT_WINDOW_ACK_SIZE).to_message())
-        .await?;
-    writer
-        .send(&Control::SetPeerBandwidth(DEFAULT_WINDOW_ACK_SIZE, 2).to_message())
-        .await?;
-    writer.set_chunk_size(OUR_CHUNK_SIZE).await?;
+    writer.greet_client().await?;
     let (to_client, rx) = mpsc::channel(1024);
     let writer_task = tokio::spawn(writer.run(rx).in_current_span());
     let abort_writer = writer_task.abort_handle();

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
+use rtmpq_proto::chunk::ChunkLimits;
 use rtmpq_proto::command::{self, public_stream_name, Amf0Value, Command};
 use rtmpq_proto::io::{handshake, HandshakeRole, Inbound, RtmpReader, RtmpWriter};
-use rtmpq_proto::message::{message_type, Control, MediaKind, Message, DEFAULT_WINDOW_ACK_SIZE};
+use rtmpq_proto::message::{message_type, Control, MediaKind, Message};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -126,13 +126,7 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
     let (read_half, write_half) = tcp.into_split();
     let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
     let mut writer = RtmpWriter::new(write_half);
-    writer
-        .send(&Control::WindowAckSize(DEFAULT_WINDOW_ACK_SIZE).to_message())
-        .await?;
-    writer
-        .send(&Control::SetPeerBandwidth(DEFAULT_WINDOW_ACK_SIZE, 2).to_message())
-        .await?;
-    writer.set_chunk_size(OUR_CHUNK_SIZE).await?;
+    writer.greet_client().await?;
     let (tx, rx) = mpsc::channel(FANOUT_CAPACITY);
     let writer_task = tokio::spawn(writer.run(rx));
     let mut app = String::new();

@@ -171,6 +171,19 @@ impl RtmpWriter {
         self.flush().await
     }
 
+    /// Sends what an RTMP server tells a new client: Window Acknowledgement Size, Set Peer
+    /// Bandwidth, and our chunk size.
+    pub async fn greet_client(&mut self) -> std::io::Result<()> {
+        use crate::message::{Control, DEFAULT_WINDOW_ACK_SIZE};
+        for control in [
+            Control::WindowAckSize(DEFAULT_WINDOW_ACK_SIZE),
+            Control::SetPeerBandwidth(DEFAULT_WINDOW_ACK_SIZE, 2),
+        ] {
+            self.encoder.encode(&control.to_message(), &mut self.buf);
+        }
+        self.set_chunk_size(crate::chunk::OUR_CHUNK_SIZE).await
+    }
+
     /// Writes one message.
     pub async fn send(&mut self, msg: &Message) -> std::io::Result<()> {
         self.encoder.encode(msg, &mut self.buf);

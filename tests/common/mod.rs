@@ -245,53 +245,21 @@ impl Drop for Nginx {
     }
 }
 
-/// Generates an H.264 + AAC FLV clip of `seconds` (cached per length under target/).
+/// A 640x360 H.264 + AAC FLV clip of `seconds` at a constant 1500 kbit/s (cached under
+/// target/), made by the bench's clip generator.
 pub async fn clip(seconds: u32) -> PathBuf {
     require("ffmpeg");
+    let shape = rtmpq_bench::ClipShape {
+        width: 640,
+        height: 360,
+        video_kbps: 1500,
+        duration: Duration::from_secs(seconds.into()),
+    };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join(format!("clip-cbr-{seconds}s.flv"));
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _guard = LOCK.lock().await;
-    if path.exists() {
-        return path;
-    }
-    let tmp = dir.join(format!("clip-cbr-{seconds}s.tmp.flv"));
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=size=640x360:rate=30:duration={seconds}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!(
-            "sine=frequency=440:sample_rate=44100:duration={seconds}"
-        ))
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
-        // Constant bitrate (filler included), so bitrate figures have a known value.
-        .args([
-            "-g", "60", "-b:v", "1500k", "-minrate", "1500k", "-maxrate", "1500k",
-        ])
-        .args([
-            "-bufsize",
-            "750k",
-            "-x264-params",
-            "nal-hrd=cbr",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args(["-c:a", "aac", "-b:a", "96k", "-shortest", "-f", "flv"])
-        .arg(&tmp)
-        .status()
+    tokio::task::spawn_blocking(move || rtmpq_bench::make_clip(dir, shape))
         .await
-        .expect("run ffmpeg");
-    assert!(status.success(), "ffmpeg could not generate the test clip");
-    std::fs::rename(&tmp, &path).unwrap();
-    path
+        .unwrap()
+        .expect("ffmpeg could not generate the test clip")
 }
 
 /// One packet as `-f framemd5` lists it: size and MD5 of the data.

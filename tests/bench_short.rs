@@ -1,0 +1,77 @@
+//! The short bench profile (under 90 s) runs in CI and produces complete results for every
+//! transport. It asserts completeness and sane ranges, not our numbers. Needs root (CI is).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const TRANSPORTS: [&str; 5] = ["tcp-cubic", "tcp-bbr", "srt", "quic-pipe", "rtmpq"];
+
+#[test]
+fn short_bench_produces_complete_results_for_every_transport() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_rtmpq"));
+    let pipe = exe.parent().unwrap().join("examples/quic_pipe");
+    assert!(
+        pipe.exists(),
+        "{} missing: `cargo test` builds examples; run the README's test command",
+        pipe.display()
+    );
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(exe)
+        .args(["bench", "--short", "--out"])
+        .arg(out.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "rtmpq bench --short failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
+            .unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), TRANSPORTS.len(), "one run per transport: {stdout}");
+    for t in TRANSPORTS {
+        let r = runs
+            .iter()
+            .find(|r| r["transport"] == t)
+            .unwrap_or_else(|| panic!("no result for {t}"));
+        let expected = r["frames_expected"].as_u64().unwrap();
+        let received = r["frames_received"].as_u64().unwrap();
+        assert!(expected >= 200, "{t}: an 8 s 30 fps clip has ~240 frames, got {expected}");
+        assert!(received > 0 && received <= expected, "{t}: received {received}/{expected}");
+        let latency: Vec<f64> = r["extra_latency_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(latency.windows(2).all(|w| w[0] <= w[1]), "{t}: quantiles in order {latency:?}");
+        assert!(latency[0] >= 0.0 && latency[3] < 120_000.0, "{t}: {latency:?}");
+        for ratio in r["late_ratio"].as_array().unwrap() {
+            let ratio = ratio.as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&ratio), "{t}: late ratio {ratio}");
+        }
+        let start = r["start_seconds"].as_f64().unwrap();
+        assert!(start > 0.0 && start < 30.0, "{t}: start {start}");
+        assert!(r["goodput_bps"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(r["pusher_survived"].is_boolean(), "{t}");
+        let up = &r["link_up"];
+        assert!(up["sent"].as_u64().unwrap() > 100, "{t}: the link carried packets");
+        assert!(up["lost"].as_u64().unwrap() > 0, "{t}: a 2 % loss link lost some");
+        assert!(!r["timeline"].as_array().unwrap().is_empty(), "{t}");
+    }
+    let table = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    for t in TRANSPORTS {
+        assert!(table.contains(&format!("| {t} |")), "table row for {t}:\n{table}");
+    }
+    for chart in ["latency-loss2.svg", "late-ratio.svg"] {
+        let svg = std::fs::read_to_string(out.path().join(chart)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("polyline") || svg.contains("<rect"), "{chart}");
+    }
+}
