@@ -20,7 +20,12 @@ fn stream() -> Vec<Message> {
         video.resize(size, (i % 251) as u8);
         msgs.push(Message::new(9, 1, i * 33, video));
         for a in 0..2 {
-            msgs.push(Message::new(8, 1, i * 33 + a * 16, vec![0xaf, 1, 7, 7, 7].repeat(80)));
+            msgs.push(Message::new(
+                8,
+                1,
+                i * 33 + a * 16,
+                [0xaf, 1, 7, 7, 7].repeat(80),
+            ));
         }
     }
     msgs
@@ -42,7 +47,9 @@ fn chunks(c: &mut Criterion) {
     let mut group = c.benchmark_group("chunk");
     group.throughput(Throughput::Bytes(payload));
     for size in [128u32, 4096] {
-        group.bench_function(format!("encode/{size}"), |b| b.iter(|| encode(&msgs, size).len()));
+        group.bench_function(format!("encode/{size}"), |b| {
+            b.iter(|| encode(&msgs, size).len())
+        });
         let bytes = encode(&msgs, size);
         group.bench_function(format!("decode/{size}"), |b| {
             b.iter(|| {

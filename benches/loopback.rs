@@ -94,7 +94,13 @@ struct Throughput {
 
 /// `sessions` publishers push `total` bytes between them through `target`; one player per
 /// stream on the origin receives them.
-async fn throughput(target: &str, origin: &str, sessions: usize, total: usize, tag: &str) -> Throughput {
+async fn throughput(
+    target: &str,
+    origin: &str,
+    sessions: usize,
+    total: usize,
+    tag: &str,
+) -> Throughput {
     let frames = total / sessions / FRAME;
     let mut players = Vec::new();
     let mut publishers = Vec::new();
@@ -206,8 +212,22 @@ async fn main() {
     let relay_addr = relay.local_addr().unwrap().to_string();
     tokio::spawn(tcp_relay(relay, origin.clone()));
     for sessions in [1usize, 16] {
-        let tcp = throughput(&relay_addr, &origin, sessions, THROUGHPUT_BYTES, &format!("r{sessions}-")).await;
-        let quic = throughput(&edge_addr, &origin, sessions, THROUGHPUT_BYTES, &format!("q{sessions}-")).await;
+        let tcp = throughput(
+            &relay_addr,
+            &origin,
+            sessions,
+            THROUGHPUT_BYTES,
+            &format!("r{sessions}-"),
+        )
+        .await;
+        let quic = throughput(
+            &edge_addr,
+            &origin,
+            sessions,
+            THROUGHPUT_BYTES,
+            &format!("q{sessions}-"),
+        )
+        .await;
         println!(
             "{sessions:>2} session(s), {} MiB of 64 KiB video messages: TCP relay {:.2} Gbit/s, {:.2} CPU-s/Gbit ({} MiB delivered); tunnel {:.2} Gbit/s, {:.2} CPU-s/Gbit ({} MiB delivered); tunnel/relay CPU per Gbit {:.1}x",
             THROUGHPUT_BYTES >> 20,

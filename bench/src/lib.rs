@@ -80,7 +80,9 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
         duration,
     } = shape;
     let secs = duration.as_secs();
-    let path = dir.join(format!("clip-{width}x{height}p30-{video_kbps}k-{secs}s.flv"));
+    let path = dir.join(format!(
+        "clip-{width}x{height}p30-{video_kbps}k-{secs}s.flv"
+    ));
     if path.exists() {
         return Ok(path);
     }
@@ -88,14 +90,45 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
     let partial = path.with_extension(format!("{}.part", std::process::id()));
     let rate = format!("{video_kbps}k");
     let status = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=size={width}x{height}:rate=30:duration={secs}"))
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!(
+            "testsrc2=size={width}x{height}:rate=30:duration={secs}"
+        ))
         .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:sample_rate=44100:duration={secs}"))
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "60"])
-        .args(["-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-bufsize", &rate])
+        .arg(format!(
+            "sine=frequency=440:sample_rate=44100:duration={secs}"
+        ))
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "60",
+        ])
+        .args([
+            "-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-bufsize", &rate,
+        ])
         .args(["-x264-params", "nal-hrd=cbr", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-b:a", &format!("{AUDIO_KBPS}k"), "-shortest", "-f", "flv"])
+        .args([
+            "-c:a",
+            "aac",
+            "-b:a",
+            &format!("{AUDIO_KBPS}k"),
+            "-shortest",
+            "-f",
+            "flv",
+        ])
         .arg(&partial)
         .status()
         .map_err(|e| BenchError::Other(format!("ffmpeg: {e}")))?;

@@ -43,7 +43,7 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                 .collect();
             let _ = writeln!(
                 md,
-                "| {} | {}/{} | {} / {} / {} / {} | {} | {} ({:.1} s) | {:.2} Mbit/s | {} | {} |",
+                "| {} | {}/{} | {} / {} / {} / {} | {} | {} ({:.1} s) | {} | {} | {} |",
                 r.transport,
                 r.frames_received,
                 r.frames_expected,
@@ -54,7 +54,11 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                 late.join(" / "),
                 r.stalls,
                 r.stall_seconds,
-                r.goodput_bps / 1e6,
+                if r.goodput_bps.is_finite() {
+                    format!("{:.2} Mbit/s", r.goodput_bps / 1e6)
+                } else {
+                    "–".into()
+                },
                 r.start_seconds.map_or("–".into(), |s| format!("{s:.2} s")),
                 if r.pusher_survived { "yes" } else { "**no**" },
             );
