@@ -29,7 +29,8 @@ pub struct EdgeConfig {
     pub token: Option<Secret>,
     /// A name for this edge in the gateway's logs (default: the host name).
     pub edge_id: Option<String>,
-    /// Latency budget in ms for media waiting to cross the tunnel.
+    /// Latency budget in ms for media waiting to cross the tunnel (accepted; no drop policy
+    /// enforces it yet).
     pub max_latency_ms: u64,
     /// Address for Prometheus metrics and the status API.
     pub metrics: Option<SocketAddr>,
