@@ -370,15 +370,26 @@ impl ChunkEncoder {
         }
     }
 
-    /// Appends the chunks of `msg` to `out`.
+    /// Appends the chunks of `msg` to `out` (the payload is copied once).
     pub fn encode(&mut self, msg: &Message, out: &mut BytesMut) {
         let csid = Self::chunk_stream_for(msg);
-        self.encode_on(csid, msg, |chunk| out.extend_from_slice(chunk));
+        out.reserve(msg.payload.len() + 18);
+        self.encode_chunks(csid, msg, |header, payload| {
+            out.extend_from_slice(header);
+            out.extend_from_slice(payload);
+        });
     }
 
-    /// Encodes `msg` on chunk stream `csid`, handing each chunk to `emit` separately (so that
-    /// chunks of different messages can be interleaved).
+    /// Encodes `msg` on chunk stream `csid`, handing each whole chunk to `emit` separately (so
+    /// that chunks of different messages can be interleaved).
     pub fn encode_on(&mut self, csid: u32, msg: &Message, mut emit: impl FnMut(&[u8])) {
+        self.encode_chunks(csid, msg, |header, payload| {
+            emit(&[header, payload].concat());
+        });
+    }
+
+    /// The chunking itself: `emit` gets each chunk's header and its slice of the payload.
+    fn encode_chunks(&mut self, csid: u32, msg: &Message, mut emit: impl FnMut(&[u8], &[u8])) {
         let length = msg.payload.len() as u32;
         let (fmt, field) = match self.streams.get(&csid) {
             Some(prev)
@@ -395,33 +406,32 @@ impl ChunkEncoder {
             _ => (0, msg.timestamp),
         };
         let extended = field >= EXTENDED_TIMESTAMP;
-        let mut chunk = BytesMut::with_capacity(18 + self.chunk_size as usize);
-        put_basic_header(&mut chunk, fmt, csid);
+        let mut header = BytesMut::with_capacity(18);
+        put_basic_header(&mut header, fmt, csid);
         let ts_field = if extended { EXTENDED_TIMESTAMP } else { field };
-        chunk.put_slice(&ts_field.to_be_bytes()[1..]);
+        header.put_slice(&ts_field.to_be_bytes()[1..]);
         if fmt < 2 {
-            chunk.put_slice(&length.to_be_bytes()[1..]);
-            chunk.put_u8(msg.type_id);
+            header.put_slice(&length.to_be_bytes()[1..]);
+            header.put_u8(msg.type_id);
         }
         if fmt == 0 {
-            chunk.put_u32_le(msg.stream_id);
+            header.put_u32_le(msg.stream_id);
         }
         if extended {
-            chunk.put_u32(field);
+            header.put_u32(field);
         }
         let mut payload = &msg.payload[..];
         loop {
             let n = payload.len().min(self.chunk_size as usize);
-            chunk.put_slice(&payload[..n]);
+            emit(&header, &payload[..n]);
             payload = &payload[n..];
-            emit(&chunk);
             if payload.is_empty() {
                 break;
             }
-            chunk.clear();
-            put_basic_header(&mut chunk, 3, csid);
+            header.clear();
+            put_basic_header(&mut header, 3, csid);
             if extended {
-                chunk.put_u32(field);
+                header.put_u32(field);
             }
         }
         self.streams.insert(
