@@ -427,7 +427,9 @@ pub async fn run_one(
             (s("rtmp://127.0.0.1:1935/live/s"), "flv")
         }
         Transport::Srt => {
-            // SRT's guides: latency about 4 x RTT, never under the 120 ms default.
+            // SRT's guides: latency about 4 x RTT, never under the 120 ms default. The receiver
+            // probes briefly but keeps what it probed (`-fflags nobuffer` would discard it and
+            // lose the first GOP; default probing would hold the stream for 5 s).
             let latency_us = (rtt.as_micros() as u64 * 4).max(120_000);
             procs.push(
                 spawn_in(
@@ -437,8 +439,6 @@ pub async fn run_one(
                         s("-hide_banner"),
                         s("-loglevel"),
                         s("warning"),
-                        s("-fflags"),
-                        s("nobuffer"),
                         s("-probesize"),
                         s("200000"),
                         s("-analyzeduration"),
