@@ -57,15 +57,6 @@ fn short_bench_produces_complete_results_for_every_transport() {
             let ratio = ratio.as_f64().unwrap();
             assert!((0.0..=1.0).contains(&ratio), "{t}: late ratio {ratio}");
         }
-        let up = &r["link_up"];
-        assert!(
-            up["sent"].as_u64().unwrap() > 100,
-            "{t}: the link carried packets"
-        );
-        assert!(
-            up["lost"].as_u64().unwrap() > 0,
-            "{t}: a 2 % loss link lost some"
-        );
         if received == 0 {
             // A transport may deliver nothing on a bad link; then everything counts as late.
             assert!(
@@ -73,7 +64,23 @@ fn short_bench_produces_complete_results_for_every_transport() {
                 "{t}"
             );
             assert!(r["start_seconds"].is_null(), "{t}");
+            // A connection that never came up (SRT's handshake can fail under loss) carries few
+            // packets, but the counts are there.
+            assert!(
+                r["link_up"]["sent"].is_u64() && r["link_down"]["sent"].is_u64(),
+                "{t}"
+            );
             continue;
+        }
+        let up = &r["link_up"];
+        let sent = up["sent"].as_u64().unwrap();
+        assert!(sent > 100, "{t}: the link carried packets");
+        if sent > 1000 {
+            // 2 % loss passes 1000 packets unscathed with probability 0.98^1000 ≈ 2e-9.
+            assert!(
+                up["lost"].as_u64().unwrap() > 0,
+                "{t}: a 2 % loss link lost some"
+            );
         }
         let latency: Vec<f64> = r["extra_latency_ms"]
             .as_array()
