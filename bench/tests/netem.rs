@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use rtmpq_bench::netem::{in_netns, DirectionSpec, Link, LinkSpec, ADDR_A, ADDR_B};
 
+/// Timing assertions need a quiet machine: these tests run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn sockets(link: &Link, port: u16) -> (UdpSocket, UdpSocket) {
     let b = in_netns(&link.ns_b, || UdpSocket::bind((ADDR_B, port))).unwrap();
     let a = in_netns(&link.ns_a, || UdpSocket::bind((ADDR_A, 0))).unwrap();
@@ -15,6 +18,7 @@ fn sockets(link: &Link, port: u16) -> (UdpSocket, UdpSocket) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_matches_the_configured_value() {
+    let _serial = SERIAL.lock().await;
     let spec = LinkSpec::symmetric(DirectionSpec {
         delay: Duration::from_millis(40),
         ..DirectionSpec::default()
@@ -52,6 +56,7 @@ async fn delay_matches_the_configured_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_matches_the_configured_value() {
+    let _serial = SERIAL.lock().await;
     let rate = 8_000_000u64;
     let spec = LinkSpec::symmetric(DirectionSpec {
         delay: Duration::from_millis(5),
@@ -107,6 +112,7 @@ async fn rate_matches_the_configured_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_is_within_a_binomial_tolerance() {
+    let _serial = SERIAL.lock().await;
     let p = 0.10;
     let spec = LinkSpec::symmetric(DirectionSpec {
         loss: p,
@@ -149,6 +155,7 @@ async fn loss_is_within_a_binomial_tolerance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackout_drops_everything() {
+    let _serial = SERIAL.lock().await;
     let mut spec = LinkSpec::symmetric(DirectionSpec::default());
     spec.blackouts = vec![(Duration::from_millis(300), Duration::from_millis(1500))];
     let link = Link::start("rqtb", spec).await.unwrap();
