@@ -53,7 +53,8 @@ pub struct FlowStats {
 }
 
 impl FlowStats {
-    fn count(&mut self, msg: &Message) {
+    /// Counts `msg`; returns its media kind so callers need not classify it again.
+    fn count(&mut self, msg: &Message) -> MediaKind {
         self.messages += 1;
         self.bytes += msg.payload.len() as u64;
         let kind = msg.media_kind();
@@ -73,6 +74,7 @@ impl FlowStats {
             MediaKind::Audio => self.audio_frames += 1,
             MediaKind::SequenceHeader | MediaKind::Other => {}
         }
+        kind
     }
 }
 
@@ -87,7 +89,8 @@ pub struct SessionTracker {
     pub stream: Option<String>,
     /// Publish or play, once known.
     pub direction: Option<Direction>,
-    /// When the first media message crossed this hop.
+    /// When the first media message crossed this hop (start-up time: at the gateway, the first
+    /// media written toward the origin).
     pub first_media: Option<Instant>,
     /// Client → server counters.
     pub upstream: FlowStats,
@@ -122,8 +125,8 @@ impl Default for SessionTracker {
 impl SessionTracker {
     /// Records a message from the client (pusher or player) toward the server.
     pub fn from_client(&mut self, msg: &Message) {
-        self.upstream.count(msg);
-        self.note_media(msg);
+        let kind = self.upstream.count(msg);
+        self.note_media(kind);
         let Some(cmd) = Command::parse(msg) else {
             return;
         };
@@ -147,8 +150,8 @@ impl SessionTracker {
 
     /// Records a message from the server toward the client.
     pub fn from_server(&mut self, msg: &Message) {
-        self.downstream.count(msg);
-        self.note_media(msg);
+        let kind = self.downstream.count(msg);
+        self.note_media(kind);
         if let Some(cmd) = Command::parse(msg) {
             if Some(cmd.transaction_id) == self.connect_transaction && cmd.name == "_result" {
                 self.connected = true;
@@ -156,8 +159,8 @@ impl SessionTracker {
         }
     }
 
-    fn note_media(&mut self, msg: &Message) {
-        if self.first_media.is_none() && msg.media_kind() != MediaKind::Other {
+    fn note_media(&mut self, kind: MediaKind) {
+        if self.first_media.is_none() && kind != MediaKind::Other {
             self.first_media = Some(Instant::now());
         }
     }

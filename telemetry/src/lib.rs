@@ -53,6 +53,8 @@ pub struct SessionStatus {
     pub direction: String,
     /// Seconds since the session started.
     pub duration_seconds: f64,
+    /// Session start to the first media message crossing this hop, s (start-up time).
+    pub first_media_after_seconds: Option<f64>,
     /// Payload bytes toward the origin.
     pub upstream_bytes: u64,
     /// Payload bytes toward the client.
@@ -288,6 +290,9 @@ impl Telemetry {
             stream: t.stream.clone().unwrap_or_default(),
             direction: t.direction.map_or("", |d| d.as_str()).to_owned(),
             duration_seconds: now.duration_since(t.started).as_secs_f64(),
+            first_media_after_seconds: t
+                .first_media
+                .map(|at| at.duration_since(t.started).as_secs_f64()),
             upstream_bytes: t.upstream.bytes,
             downstream_bytes: t.downstream.bytes,
             upstream_messages: t.upstream.messages,
