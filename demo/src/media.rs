@@ -65,21 +65,13 @@ fn stamped(header: &[u8], stamp: FrameStamp, size: usize, timestamp: u32, type_i
     Message::new(type_id, 1, timestamp, p.freeze())
 }
 
-/// What [`publish_synthetic`] sent.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PublishReport {
-    /// Video frames sent.
-    pub video_frames: u32,
-    /// Audio frames sent.
-    pub audio_frames: u32,
-}
-
-/// Publishes a synthetic stream on `client` (already publishing), paced in real time.
+/// Publishes a synthetic stream on `client` (already publishing), paced in real time, counting
+/// the video frames sent in `sent`.
 pub async fn publish_synthetic(
     client: &RtmpClient,
     shape: StreamShape,
     sent: &std::sync::atomic::AtomicU32,
-) -> Result<PublishReport, ClientError> {
+) -> Result<(), ClientError> {
     let stream_id = client.stream_id();
     let on_stream = |m: Message| Message { stream_id, ..m };
     let mut meta = std::collections::HashMap::new();
@@ -124,14 +116,13 @@ pub async fn publish_synthetic(
     let start_ns = monotonic_ns();
     let start = tokio::time::Instant::now();
     let end_ns = shape.duration.map(|d| d.as_nanos() as u64);
-    let mut report = PublishReport::default();
     let (mut video_seq, mut audio_seq) = (0u32, 0u32);
     loop {
         let video_at = u64::from(video_seq) * frame_ns;
         let audio_at = u64::from(audio_seq) * AUDIO_FRAME_NS;
         let at = video_at.min(audio_at);
         if end_ns.is_some_and(|end| at >= end) {
-            return Ok(report);
+            return Ok(());
         }
         tokio::time::sleep_until(start + Duration::from_nanos(at)).await;
         let timestamp = (at / 1_000_000) as u32;
@@ -144,7 +135,6 @@ pub async fn publish_synthetic(
                 seq: video_seq,
             };
             video_seq += 1;
-            report.video_frames += 1;
             sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             stamped(&header, stamp, size, timestamp, message_type::VIDEO)
         } else {
@@ -153,7 +143,6 @@ pub async fn publish_synthetic(
                 seq: audio_seq,
             };
             audio_seq += 1;
-            report.audio_frames += 1;
             stamped(
                 &[0xaf, 1],
                 stamp,

@@ -80,11 +80,6 @@ impl Connector {
             }),
         }
     }
-
-    /// The current state.
-    pub fn state(&self) -> LinkState {
-        self.state.borrow().clone()
-    }
 }
 
 async fn maintain(

@@ -153,19 +153,9 @@ impl Edge {
         self.listener.local_addr().expect("bound listener")
     }
 
-    /// The link to the gateway, for status displays and tests.
-    pub fn connector(&self) -> Connector {
-        self.shared.connector.clone()
-    }
-
     /// The address of the metrics and status API listener, if any.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
-    }
-
-    /// The live registry of sessions and connections.
-    pub fn telemetry(&self) -> Arc<Telemetry> {
-        self.shared.telemetry.clone()
     }
 
     /// Serves pushers and players until `shutdown` is cancelled. Then it accepts nothing new,

@@ -164,11 +164,6 @@ impl Gateway {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The live registry of sessions and connections.
-    pub fn telemetry(&self) -> Arc<Telemetry> {
-        self.shared.telemetry.clone()
-    }
-
     /// Serves edges until `shutdown` is cancelled. Then it accepts nothing new, lets live
     /// sessions go on for the grace period, ends the rest (telling the origin and the edge),
     /// and closes every connection with the `shutdown` code.
