@@ -182,15 +182,9 @@ impl Edge {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_sessions));
         let tasks = TaskTracker::new();
         loop {
-            let (tcp, remote) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(reason = %e, "accept failed");
-                        continue;
-                    }
-                },
+            let Some((tcp, remote)) = rtmpq_proto::io::accept(&self.listener, &shutdown).await
+            else {
+                break;
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 warn!(%remote, limit = self.shared.config.max_sessions, "client refused: edge full");

@@ -83,15 +83,9 @@ impl EmbeddedOrigin {
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
         loop {
-            let (tcp, remote) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(reason = %e, "embedded origin accept failed");
-                        continue;
-                    }
-                },
+            let Some((tcp, remote)) = rtmpq_proto::io::accept(&self.listener, &shutdown).await
+            else {
+                break;
             };
             let hubs = self.hubs.clone();
             let shutdown = shutdown.clone();

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits};
@@ -84,6 +84,31 @@ async fn handshake_inner(
                 stream.write_all(&response_bytes).await?;
                 return Ok(BytesMut::from(&remaining_bytes[..]));
             }
+        }
+    }
+}
+
+/// How long to pause after a failed accept (out of file descriptors, say) before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The next TCP connection on `listener`, or `None` once `shutdown` is cancelled. A failed
+/// accept is logged and retried after a short pause instead of spinning.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<(TcpStream, std::net::SocketAddr)> {
+    loop {
+        let failure = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => e,
+            },
+        };
+        tracing::warn!(listen = ?listener.local_addr().ok(), reason = %failure, "accept failed");
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(ACCEPT_RETRY) => {}
         }
     }
 }
