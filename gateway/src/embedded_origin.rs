@@ -58,6 +58,20 @@ fn hub(hubs: &Hubs, key: &str) -> Arc<StreamHub> {
         .clone()
 }
 
+/// Forgets `key`'s hub once nobody publishes, plays or is about to play it, so the map holds
+/// only live streams.
+fn release(hubs: &Hubs, key: &str) {
+    let mut hubs = hubs.lock().expect("hubs lock");
+    let idle = hubs.get(key).is_some_and(|h| {
+        Arc::strong_count(h) == 1
+            && h.events.receiver_count() == 0
+            && !*h.publishing.lock().expect("lock")
+    });
+    if idle {
+        hubs.remove(key);
+    }
+}
+
 /// An RTMP origin listening on a TCP socket.
 #[derive(Debug)]
 pub struct EmbeddedOrigin {
@@ -125,6 +139,8 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
     let writer_task = tokio::spawn(writer.run(rx));
     let mut app = String::new();
     let mut role = Role::Idle;
+    // The stream this connection published or played, released when it leaves.
+    let mut stream_key: Option<String> = None;
     let mut next_stream_id = 1u32;
     let result = loop {
         let msg = match reader.next().await {
@@ -184,6 +200,7 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
                         "Start publishing",
                     ));
                     role = Role::Publisher(hub, msg.stream_id);
+                    stream_key = Some(key);
                 }
             }
             "play" => {
@@ -213,6 +230,7 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
                 role = Role::Player(tokio::spawn(
                     feed_player(events, headers, player_tx, stream_id).in_current_span(),
                 ));
+                stream_key = Some(key);
             }
             "deleteStream" | "FCUnpublish" | "closeStream" => {
                 if let Role::Publisher(hub, _) = &role {
@@ -228,8 +246,15 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
     };
     match role {
         Role::Publisher(hub, _) => unpublish(&hub),
-        Role::Player(task) => task.abort(),
+        Role::Player(task) => {
+            task.abort();
+            // Awaiting the aborted task drops its subscription before the hub is released.
+            let _ = task.await;
+        }
         Role::Idle => {}
+    }
+    if let Some(key) = stream_key {
+        release(&hubs, &key);
     }
     drop(tx);
     let _ = writer_task.await;
@@ -329,5 +354,38 @@ async fn feed_player(
         if tx.send(on_stream(msg)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hubs_are_released_only_when_nobody_uses_them() {
+        let hubs = Hubs::default();
+        let h = hub(&hubs, "live/a");
+        release(&hubs, "live/a");
+        assert!(
+            hubs.lock().unwrap().contains_key("live/a"),
+            "a player is about to subscribe"
+        );
+        let player = h.events.subscribe();
+        drop(h);
+        release(&hubs, "live/a");
+        assert!(
+            hubs.lock().unwrap().contains_key("live/a"),
+            "a player is subscribed"
+        );
+        drop(player);
+        *hub(&hubs, "live/a").publishing.lock().unwrap() = true;
+        release(&hubs, "live/a");
+        assert!(
+            hubs.lock().unwrap().contains_key("live/a"),
+            "someone publishes"
+        );
+        unpublish(&hub(&hubs, "live/a"));
+        release(&hubs, "live/a");
+        assert!(hubs.lock().unwrap().is_empty());
     }
 }
