@@ -107,12 +107,13 @@ async fn measure(
 
     let stats = Arc::new(Mutex::new(PlayStats::default()));
     let player_stats = stats.clone();
+    // Video frames received so far, for waiting on the last ones.
+    let (frames_tx, mut frames_rx) = tokio::sync::watch::channel(0u64);
     let player_task = tokio::spawn(async move {
         while let Ok(Some(msg)) = player.next_message().await {
-            player_stats
-                .lock()
-                .expect("stats")
-                .record(&msg, monotonic_ns());
+            let mut s = player_stats.lock().expect("stats");
+            s.record(&msg, monotonic_ns());
+            frames_tx.send_if_modified(|n| std::mem::replace(n, s.video_frames) != s.video_frames);
         }
     });
     let sent = Arc::new(AtomicU32::new(0));
@@ -158,13 +159,12 @@ async fn measure(
     if let Some(Err(e)) = published {
         return Err(e.into());
     }
-    // Let the last frames in flight arrive: the player ends when the stream's end reaches it.
+    // Let the last frames in flight arrive (for at most 2 s).
     let sent = sent.load(Ordering::Relaxed);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while stats.lock().expect("stats").video_frames < u64::from(sent) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        frames_rx.wait_for(|n| *n >= u64::from(sent)),
+    )
     .await;
     player_task.abort();
     let s = stats.lock().expect("stats").clone();
