@@ -123,7 +123,7 @@ impl RtmpClient {
                 let Some(msg) = self.next_message().await? else {
                     return Err(ClientError::Closed(step));
                 };
-                let Some(cmd) = Command::parse(&msg) else {
+                let Some(cmd) = Command::parse(&msg).map_err(RtmpIoError::from)? else {
                     continue;
                 };
                 let status = cmd.status();
@@ -187,6 +187,7 @@ impl RtmpClient {
             match self.reader.next().await? {
                 Some(Inbound::Message(msg)) => return Ok(Some(msg)),
                 Some(Inbound::Reply(reply)) => self.send(reply).await?,
+                Some(Inbound::Silent(_)) => {}
                 None => return Ok(None),
             }
         }

@@ -42,6 +42,13 @@ pub struct EdgeConfig {
     pub gateway_wait_ms: u64,
     /// On SIGTERM, how long live sessions may go on before they are ended, in ms.
     pub shutdown_grace_ms: u64,
+    /// How long a client has from its handshake to publish or play, in ms.
+    pub setup_timeout_ms: u64,
+    /// A client that sends nothing for half this long is pinged; one that sends nothing at
+    /// all, not even a ping answer, for this long is closed, in ms.
+    pub client_timeout_ms: u64,
+    /// Bound on bytes buffered by all sessions together (partial messages and queues), MiB.
+    pub max_buffered_mb: usize,
 }
 
 impl Default for EdgeConfig {
@@ -62,6 +69,9 @@ impl Default for EdgeConfig {
             handshake_timeout_ms: 10_000,
             gateway_wait_ms: 3000,
             shutdown_grace_ms: 10_000,
+            setup_timeout_ms: 15_000,
+            client_timeout_ms: 30_000,
+            max_buffered_mb: 512,
         }
     }
 }
@@ -75,6 +85,14 @@ impl EdgeConfig {
     /// The shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// What the edge enforces on each client.
+    pub fn session_limits(&self) -> rtmpq_proto::session::SessionLimits {
+        rtmpq_proto::session::SessionLimits {
+            setup_deadline: Some(Duration::from_millis(self.setup_timeout_ms)),
+            silence_period: Some(Duration::from_millis(self.client_timeout_ms / 2)),
+        }
     }
 
     /// How long a session waits for the gateway.

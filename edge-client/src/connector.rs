@@ -119,7 +119,7 @@ async fn maintain(
             }
             Err(reason) => {
                 warn!(gateway = %target.address, %reason, retry_in = ?backoff, "cannot connect to gateway");
-                telemetry.handshake_failed("connect");
+                telemetry.count_handshake_failure("connect");
                 state.send_replace(LinkState::Down(reason));
             }
         }

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtmpq_certs::{GatewayTrust, Identity};
+use rtmpq_proto::budget::MemoryBudget;
+use rtmpq_proto::wire::CloseCode;
 use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -57,6 +59,8 @@ struct Shared {
     telemetry: Arc<Telemetry>,
     /// Cancelled when the grace period ends: live sessions end, telling both sides.
     end_sessions: CancellationToken,
+    /// The bound on bytes buffered by all sessions.
+    budget: MemoryBudget,
 }
 
 /// A bound edge, ready to [`run`](Edge::run).
@@ -127,6 +131,8 @@ impl Edge {
             None => None,
         };
         let telemetry = Telemetry::new(Role::Edge);
+        let budget = MemoryBudget::new(config.max_buffered_mb << 20);
+        telemetry.watch_budget(budget.clone());
         let connector_shutdown = CancellationToken::new();
         let connector = Connector::start(
             endpoint.clone(),
@@ -141,6 +147,7 @@ impl Edge {
                 connector,
                 telemetry,
                 end_sessions: CancellationToken::new(),
+                budget,
             }),
             endpoint,
             connector_shutdown,
@@ -179,7 +186,10 @@ impl Edge {
         if std::io::stderr().is_terminal() {
             tokio::spawn(status_line(self.shared.telemetry.clone(), services.clone()));
         }
-        let limit = Arc::new(Semaphore::new(self.shared.config.max_sessions));
+        let max_sessions = self.shared.config.max_sessions;
+        let limit = Arc::new(Semaphore::new(max_sessions));
+        // Clients refused while full are told why, a bounded number at a time.
+        let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
         let tasks = TaskTracker::new();
         loop {
             let Some((tcp, remote)) = rtmpq_proto::io::accept(&self.listener, &shutdown).await
@@ -187,7 +197,15 @@ impl Edge {
                 break;
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                warn!(%remote, limit = self.shared.config.max_sessions, "client refused: edge full");
+                warn!(%remote, limit = max_sessions, "client refused: edge full");
+                self.shared.telemetry.session_refused(CloseCode::Overloaded);
+                if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                    let handshake_limit = self.shared.config.handshake_timeout();
+                    tasks.spawn(async move {
+                        session::refuse_full(tcp, handshake_limit, max_sessions).await;
+                        drop(refusal);
+                    });
+                }
                 continue;
             };
             let shared = self.shared.clone();
@@ -215,6 +233,9 @@ impl Edge {
         info!("edge stopped");
     }
 }
+
+/// Clients being told that the edge is full, at most, at once; more are dropped unanswered.
+const REFUSALS_AT_ONCE: usize = 64;
 
 /// How long ending sessions and closing the connection may take after the grace period.
 const END_LIMIT: Duration = Duration::from_secs(3);

@@ -7,14 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtmpq_proto::chunk::ChunkLimits;
+use rtmpq_proto::command;
 use rtmpq_proto::io::{
-    handshake, write_frame, FrameReader, HandshakeRole, Inbound, RtmpReader, RtmpWriter,
+    handshake, write_frame, FrameReader, HandshakeRole, Inbound, Outbound, RtmpReader, RtmpWriter,
 };
-use rtmpq_proto::message::Message;
 use rtmpq_proto::session::{finish_tunnel, relay, EndedBy, RelayEnd, RtmpPeer, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
 use crate::Shared;
@@ -23,6 +22,8 @@ use crate::Shared;
 const REFUSAL_WAIT: Duration = Duration::from_secs(5);
 /// How long the writer toward the client may take to flush after the session ends.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+/// Messages queued toward one client.
+const CLIENT_QUEUE: usize = 1024;
 
 pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
     let session_id = SessionId(rand::random());
@@ -64,13 +65,18 @@ async fn run(
         shared.config.handshake_timeout(),
     )
     .await?;
+    let budget = shared.budget.session();
+    let limits = shared.config.session_limits();
     let (read_half, write_half) = tcp.into_split();
     let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
+    reader.set_budget(budget.clone());
+    if let Some(period) = limits.silence_period {
+        reader.set_silence_period(period);
+    }
     let mut writer = RtmpWriter::new(write_half);
     // What an RTMP server tells a new client; the origin's own copies stop at the gateway.
     writer.greet_client().await?;
-    let (to_client, rx) = mpsc::channel(1024);
-    let writer_task = tokio::spawn(writer.run(rx).in_current_span());
+    let (to_client, writer_task) = writer.spawn(CLIENT_QUEUE, Some(budget));
     let abort_writer = writer_task.abort_handle();
 
     let end = match open_tunnel(session_id, shared).await {
@@ -83,6 +89,7 @@ async fn run(
                 &mut frames,
                 &mut send,
                 tracker,
+                &limits,
                 &shared.end_sessions,
             )
             .await;
@@ -93,7 +100,8 @@ async fn run(
                     .expect("tracker")
                     .failure_messages(&end.reason);
                 for msg in failure {
-                    let _ = to_client.send(msg).await;
+                    // Past the budget or a full queue, the client still learns why: unbudgeted.
+                    let _ = to_client.send_unbudgeted(msg).await;
                 }
             }
             end
@@ -135,7 +143,7 @@ async fn open_tunnel(
 /// Tells a client we cannot serve it: waits for its connect and answers `_error`.
 async fn refuse(
     reader: &mut RtmpReader,
-    to_client: &mpsc::Sender<Message>,
+    to_client: &Outbound,
     tracker: &Mutex<SessionTracker>,
     reason: &str,
 ) {
@@ -144,7 +152,9 @@ async fn refuse(
             match reader.next().await {
                 Ok(Some(Inbound::Message(msg))) => {
                     let mut t = tracker.lock().expect("tracker");
-                    t.from_client(&msg);
+                    if t.from_client(&msg).is_err() {
+                        return Vec::new();
+                    }
                     if t.connect_seen() {
                         return t.failure_messages(reason);
                     }
@@ -152,13 +162,58 @@ async fn refuse(
                 Ok(Some(Inbound::Reply(reply))) => {
                     let _ = to_client.send(reply).await;
                 }
+                Ok(Some(Inbound::Silent(_))) => {}
                 Ok(None) | Err(_) => return Vec::new(),
             }
         }
     };
     if let Ok(failure) = tokio::time::timeout(REFUSAL_WAIT, wait_for_connect).await {
         for msg in failure {
-            let _ = to_client.send(msg).await;
+            let _ = to_client.send_unbudgeted(msg).await;
         }
     }
+}
+
+/// Serves a client the edge has no room for: completes the RTMP handshake, waits for its
+/// connect and answers `_error` `NetConnection.Connect.Rejected`, so the pusher's log says
+/// why instead of "Cannot read RTMP handshake response".
+pub(crate) async fn refuse_full(mut tcp: TcpStream, handshake_limit: Duration, limit: usize) {
+    let _ = tcp.set_nodelay(true);
+    let Ok(leftover) = handshake(&mut tcp, HandshakeRole::Server, handshake_limit).await else {
+        return;
+    };
+    let (read_half, write_half) = tcp.into_split();
+    let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
+    let mut writer = RtmpWriter::new(write_half);
+    if writer.greet_client().await.is_err() {
+        return;
+    }
+    let (to_client, writer_task) = writer.spawn(16, None);
+    let reason = format!("edge full: {limit} sessions live, try again later");
+    let wait_for_connect = async {
+        let mut tracker = SessionTracker::default();
+        loop {
+            match reader.next().await {
+                Ok(Some(Inbound::Message(msg))) => {
+                    if tracker.from_client(&msg).is_err() {
+                        return None;
+                    }
+                    if let Some(txn) = tracker.connect_transaction() {
+                        return Some(txn);
+                    }
+                }
+                Ok(Some(Inbound::Reply(reply))) => {
+                    let _ = to_client.send(reply).await;
+                }
+                Ok(Some(Inbound::Silent(_))) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    };
+    if let Ok(Some(txn)) = tokio::time::timeout(REFUSAL_WAIT, wait_for_connect).await {
+        let refusal = command::error_response(txn, "NetConnection.Connect.Rejected", &reason);
+        let _ = to_client.send(refusal).await;
+    }
+    drop(to_client);
+    let _ = tokio::time::timeout(FLUSH_LIMIT, writer_task).await;
 }

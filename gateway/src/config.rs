@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     pub embedded_origin_listen: SocketAddr,
     /// On SIGTERM, how long live sessions may go on before they are ended, in ms.
     pub shutdown_grace_ms: u64,
+    /// How long a session has from SESSION_OPEN until its client publishes or plays, in ms.
+    pub setup_timeout_ms: u64,
+    /// Bound on bytes buffered by all sessions together (partial messages and queues), MiB.
+    pub max_buffered_mb: usize,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +56,8 @@ impl Default for GatewayConfig {
             handshake_timeout_ms: 10_000,
             embedded_origin_listen: "127.0.0.1:0".parse().expect("valid"),
             shutdown_grace_ms: 10_000,
+            setup_timeout_ms: 15_000,
+            max_buffered_mb: 512,
         }
     }
 }
@@ -60,6 +66,14 @@ impl GatewayConfig {
     /// The RTMP handshake / HELLO time limit.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// What the gateway enforces on each session.
+    pub fn session_limits(&self) -> rtmpq_proto::session::SessionLimits {
+        rtmpq_proto::session::SessionLimits {
+            setup_deadline: Some(Duration::from_millis(self.setup_timeout_ms)),
+            silence_period: None,
+        }
     }
 
     /// The shutdown grace period.

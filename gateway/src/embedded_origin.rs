@@ -149,6 +149,7 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
                 continue;
             }
             Ok(Some(Inbound::Message(msg))) => msg,
+            Ok(Some(Inbound::Silent(_))) => continue,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
@@ -158,8 +159,10 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
                 continue;
             }
         }
-        let Some(cmd) = Command::parse(&msg) else {
-            continue;
+        let cmd = match Command::parse(&msg) {
+            Ok(Some(cmd)) => cmd,
+            Ok(None) => continue,
+            Err(e) => break Err(e.into()),
         };
         let mut replies = Vec::new();
         match cmd.name.as_str() {

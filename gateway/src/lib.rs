@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtmpq_certs::{Fingerprint, Identity};
+use rtmpq_proto::budget::MemoryBudget;
 use rtmpq_proto::io::FrameReader;
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::{Role, Telemetry};
@@ -54,6 +55,8 @@ struct Shared {
     origin: String,
     sessions: Arc<Semaphore>,
     telemetry: Arc<Telemetry>,
+    /// The bound on bytes buffered by all sessions.
+    budget: MemoryBudget,
     /// Cancelled when the grace period ends: live sessions end, telling both sides.
     end_sessions: CancellationToken,
 }
@@ -128,11 +131,15 @@ impl Gateway {
             ),
             None => None,
         };
+        let budget = MemoryBudget::new(config.max_buffered_mb << 20);
+        let telemetry = Telemetry::new(Role::Gateway);
+        telemetry.watch_budget(budget.clone());
         let shared = Arc::new(Shared {
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             config,
             origin,
-            telemetry: Telemetry::new(Role::Gateway),
+            telemetry,
+            budget,
             end_sessions: CancellationToken::new(),
         });
         Ok(Gateway {
@@ -177,12 +184,17 @@ impl Gateway {
         );
         let services = CancellationToken::new();
         let tasks = TaskTracker::new();
-        if let Some(listener) = self.metrics {
-            tokio::spawn(rtmpq_telemetry::serve(
-                self.shared.telemetry.clone(),
-                listener,
-                services.clone(),
-            ));
+        match self.metrics {
+            Some(listener) => {
+                tokio::spawn(rtmpq_telemetry::serve(
+                    self.shared.telemetry.clone(),
+                    listener,
+                    services.clone(),
+                ));
+            }
+            None => {
+                tokio::spawn(self.shared.telemetry.clone().run_ticks(services.clone()));
+            }
         }
         let embedded = self
             .embedded
@@ -242,8 +254,9 @@ async fn serve_connection(
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            warn!(reason = %e, "quic handshake failed");
-            shared.telemetry.handshake_failed("tls");
+            shared
+                .telemetry
+                .handshake_failed("tls", &format_args!("quic handshake: {e}"));
             return;
         }
     };
@@ -257,14 +270,16 @@ async fn serve_connection(
     let (mut control_send, _control_recv, hello) = match hello {
         Ok(Ok(got)) => got,
         Ok(Err(e)) => {
-            warn!(reason = %e, "edge sent no HELLO");
-            shared.telemetry.handshake_failed("no_hello");
+            shared
+                .telemetry
+                .handshake_failed("no_hello", &format_args!("edge sent no HELLO: {e}"));
             conn.close(close_code(CloseCode::ProtocolViolation), b"no HELLO");
             return;
         }
         Err(_) => {
-            warn!(reason = "timeout", "edge sent no HELLO in time");
-            shared.telemetry.handshake_failed("hello_timeout");
+            shared
+                .telemetry
+                .handshake_failed("hello_timeout", &"edge sent no HELLO in time");
             conn.close(close_code(CloseCode::Timeout), b"no HELLO in time");
             return;
         }
@@ -298,8 +313,10 @@ async fn serve_connection(
         ),
     };
     if let Some((code, reason)) = refusal {
-        warn!(%code, %reason, "edge refused");
-        shared.telemetry.handshake_failed(code.as_str());
+        shared.telemetry.handshake_failed(
+            code.as_str(),
+            &format_args!("edge refused: {code}: {reason}"),
+        );
         conn.close(close_code(code), reason.as_bytes());
         return;
     }

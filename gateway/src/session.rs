@@ -11,13 +11,14 @@ use rtmpq_proto::io::{
 use rtmpq_proto::session::{finish_tunnel, relay, EndedBy, RelayEnd, RtmpPeer, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
 use crate::Shared;
 
 /// How long the writer toward the origin may take to flush after the session ends.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+/// Messages queued toward the origin.
+const ORIGIN_QUEUE: usize = 1024;
 
 pub(crate) async fn serve(
     mut send: quinn::SendStream,
@@ -97,14 +98,15 @@ async fn relay_to_origin(
             )
         }
     };
+    let budget = shared.budget.session();
     let (read_half, write_half) = tcp.into_split();
     let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
+    reader.set_budget(budget.clone());
     let mut writer = RtmpWriter::new(write_half);
     if let Err(e) = writer.set_chunk_size(OUR_CHUNK_SIZE).await {
         return unreachable(format!("origin {origin}: {e}"));
     }
-    let (to_origin, rx) = mpsc::channel(1024);
-    let writer_task = tokio::spawn(writer.run(rx).in_current_span());
+    let (to_origin, writer_task) = writer.spawn(ORIGIN_QUEUE, Some(budget));
     let abort_writer = writer_task.abort_handle();
     let end = relay(
         RtmpPeer::Origin,
@@ -113,6 +115,7 @@ async fn relay_to_origin(
         frames,
         send,
         tracker,
+        &shared.config.session_limits(),
         &shared.end_sessions,
     )
     .await;

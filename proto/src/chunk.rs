@@ -8,9 +8,11 @@
 //! header, whatever the chunk size. Memory is capped by [`ChunkLimits`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
 
+use crate::budget::SessionBudget;
 use crate::message::{message_type, Message};
 
 /// The chunk size every RTMP connection starts with.
@@ -30,6 +32,11 @@ pub struct ChunkLimits {
     pub max_buffered_bytes: usize,
     /// Most chunk streams with state at once.
     pub max_chunk_streams: usize,
+    /// Messages a peer may send before [`bytes_per_message`](Self::bytes_per_message) applies.
+    pub message_burst: u64,
+    /// After the burst, at least this many bytes received per message on average: one byte
+    /// in never becomes a message out (a 1-byte type-3 header can start a new empty message).
+    pub bytes_per_message: u64,
 }
 
 impl Default for ChunkLimits {
@@ -39,6 +46,8 @@ impl Default for ChunkLimits {
             max_message_size: 8 << 20,
             max_buffered_bytes: 16 << 20,
             max_chunk_streams: 64,
+            message_burst: 1024,
+            bytes_per_message: 16,
         }
     }
 }
@@ -92,6 +101,19 @@ pub enum ChunkError {
         /// Bytes still expected of the interrupted message.
         pending: u32,
     },
+    /// The process-wide bound on buffered bytes has no room for this session's next bytes.
+    #[error("{0}")]
+    Overloaded(#[from] crate::budget::BudgetExceeded),
+    /// Far more messages than bytes: a peer amplifying its input.
+    #[error("{messages} messages from {bytes} bytes: more than one message per {per} bytes")]
+    TooManyMessages {
+        /// Messages decoded.
+        messages: u64,
+        /// Bytes received.
+        bytes: u64,
+        /// The least average size allowed.
+        per: u64,
+    },
     /// A protocol control message too short to parse.
     #[error("malformed protocol control message of type {type_id}")]
     BadControlMessage {
@@ -123,6 +145,10 @@ pub struct ChunkDecoder {
     /// Chunk stream and payload bytes left of the chunk being read.
     in_chunk: Option<(u32, u32)>,
     buffered: usize,
+    /// Bytes consumed and messages completed, for the bytes-per-message bound.
+    consumed: u64,
+    messages: u64,
+    budget: Option<Arc<SessionBudget>>,
 }
 
 impl ChunkDecoder {
@@ -134,7 +160,16 @@ impl ChunkDecoder {
             streams: HashMap::new(),
             in_chunk: None,
             buffered: 0,
+            consumed: 0,
+            messages: 0,
+            budget: None,
         }
+    }
+
+    /// Charges partial messages to `budget` from now on (they are given back as messages
+    /// complete).
+    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
+        self.budget = Some(budget);
     }
 
     /// The peer's current chunk size.
@@ -161,12 +196,16 @@ impl ChunkDecoder {
                         limit: self.limits.max_buffered_bytes,
                     });
                 }
+                if let Some(budget) = &self.budget {
+                    budget.take(n)?;
+                }
                 let state = self
                     .streams
                     .get_mut(&csid)
                     .expect("state exists for open chunk");
                 state.partial.extend_from_slice(&buf[..n]);
                 buf.advance(n);
+                self.consumed += n as u64;
                 self.buffered += n;
                 state.missing -= n as u32;
                 let remaining = remaining - n as u32;
@@ -177,6 +216,19 @@ impl ChunkDecoder {
                 self.in_chunk = None;
                 if state.missing == 0 {
                     self.buffered -= state.partial.len();
+                    if let Some(budget) = &self.budget {
+                        budget.give_back(state.partial.len());
+                    }
+                    self.messages += 1;
+                    let limits = &self.limits;
+                    let allowed = limits.message_burst + self.consumed / limits.bytes_per_message;
+                    if self.messages > allowed {
+                        return Err(ChunkError::TooManyMessages {
+                            messages: self.messages,
+                            bytes: self.consumed,
+                            per: limits.bytes_per_message,
+                        });
+                    }
                     let msg = Message {
                         type_id: state.type_id,
                         stream_id: state.stream_id,
@@ -281,6 +333,7 @@ impl ChunkDecoder {
             state.missing = state.length;
         }
         buf.advance(total_len);
+        self.consumed += total_len as u64;
         self.in_chunk = Some((csid, state.missing.min(self.chunk_size)));
         Ok(true)
     }
@@ -308,6 +361,9 @@ impl ChunkDecoder {
             message_type::ABORT => {
                 if let Some(state) = self.streams.get_mut(&value()?) {
                     self.buffered -= state.partial.len();
+                    if let Some(budget) = &self.budget {
+                        budget.give_back(state.partial.len());
+                    }
                     state.partial.clear();
                     state.missing = 0;
                 }
@@ -602,6 +658,65 @@ mod tests {
             }
         };
         assert_eq!(err, ChunkError::BufferLimit { limit: 1000 });
+    }
+
+    #[test]
+    fn one_byte_headers_starting_empty_messages_end_the_stream() {
+        // A type-0 header of an empty message on chunk stream 6, then 1-byte type-3 headers,
+        // each of which starts another empty message.
+        let mut bytes = vec![0x06, 0, 0, 0, 0, 0, 0, 9, 1, 0, 0, 0];
+        bytes.extend(std::iter::repeat_n(0xc6, 1 << 20));
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut dec = ChunkDecoder::new(ChunkLimits::default());
+        let mut decoded = 0u64;
+        let err = loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(_)) => decoded += 1,
+                Ok(None) => panic!("a megabyte of empty messages was accepted"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, ChunkError::TooManyMessages { .. }), "{err}");
+        assert!(decoded < 1200, "{decoded} messages before the bound");
+        assert!(buf.len() > (1 << 20) - 1200, "stopped early in the input");
+    }
+
+    #[test]
+    fn partial_messages_are_charged_to_the_budget_and_given_back() {
+        let budget = crate::budget::MemoryBudget::new(3000);
+        let mut dec = ChunkDecoder::new(ChunkLimits::default());
+        dec.set_budget(budget.session());
+        let mut enc = ChunkEncoder::default();
+        let mut bytes = BytesMut::new();
+        enc.encode(&Message::new(9, 1, 0, vec![7; 2000]), &mut bytes);
+        let mut first = bytes.split_to(1000);
+        assert_eq!(dec.decode(&mut first), Ok(None));
+        assert!(
+            budget.used() > 900,
+            "partial bytes charged: {}",
+            budget.used()
+        );
+        let msg = dec.decode(&mut bytes).unwrap().expect("whole message");
+        assert_eq!(msg.payload.len(), 2000);
+        assert_eq!(budget.used(), 0, "a completed message leaves the budget");
+
+        // A message bigger than the whole budget fails with `Overloaded` part way.
+        let mut big = BytesMut::new();
+        enc.encode(&Message::new(9, 1, 0, vec![7; 5000]), &mut big);
+        let err = loop {
+            match dec.decode(&mut big) {
+                Err(e) => break e,
+                Ok(None) => panic!("budget never hit"),
+                Ok(Some(_)) => {}
+            }
+        };
+        assert!(matches!(err, ChunkError::Overloaded(_)), "{err}");
+        drop(dec);
+        assert_eq!(
+            budget.used(),
+            0,
+            "a dropped decoder gives its partials back"
+        );
     }
 
     fn arb_message() -> impl Strategy<Value = (u32, Message)> {

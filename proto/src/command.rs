@@ -7,6 +7,7 @@ use std::io::Cursor;
 use bytes::Bytes;
 pub use rml_amf0::Amf0Value;
 
+use crate::amf0::{self, Amf0Error, Amf0Limits, Amf0Shape};
 use crate::message::{message_type, Message};
 
 /// A decoded command message: name, transaction id and the remaining values.
@@ -21,15 +22,32 @@ pub struct Command {
 }
 
 impl Command {
-    /// Decodes an AMF0 (type 20) or AMF3-wrapped AMF0 (type 17) command; `None` otherwise.
-    pub fn parse(msg: &Message) -> Option<Command> {
+    /// Decodes an AMF0 (type 20) or AMF3-wrapped AMF0 (type 17) command.
+    ///
+    /// `Ok(None)` for other message types and for commands this hop cannot inspect but may
+    /// forward untouched (AMF3 values, AMF0 types rml_amf0 does not decode). `Err` for a body
+    /// that breaks the AMF0 grammar or [`Amf0Limits`]: the session that sent it must end.
+    pub fn parse(msg: &Message) -> Result<Option<Command>, Amf0Error> {
         let body = match msg.type_id {
             message_type::COMMAND_AMF0 => &msg.payload[..],
             // Type 17 starts with a format byte 0 and then carries AMF0 values.
-            message_type::COMMAND_AMF3 => msg.payload.get(1..)?,
-            _ => return None,
+            message_type::COMMAND_AMF3 => match msg.payload.get(1..) {
+                Some(body) => body,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
         };
-        let mut values = rml_amf0::deserialize(&mut Cursor::new(body)).ok()?;
+        if amf0::check(body, Amf0Limits::default())? != Amf0Shape::Plain {
+            return Ok(None);
+        }
+        // Bounded by the check above: rml_amf0 recurses at most `max_depth` levels.
+        let Ok(values) = rml_amf0::deserialize(&mut Cursor::new(body)) else {
+            return Ok(None);
+        };
+        Ok(Self::from_values(values))
+    }
+
+    fn from_values(mut values: Vec<Amf0Value>) -> Option<Command> {
         if values.len() < 2 {
             return None;
         }
@@ -220,7 +238,7 @@ mod tests {
             0,
             vec![connect_object("live", "rtmp://h/live")],
         );
-        let cmd = Command::parse(&msg).unwrap();
+        let cmd = Command::parse(&msg).unwrap().unwrap();
         assert_eq!(cmd.name, "connect");
         assert_eq!(cmd.transaction_id, 1.0);
         assert_eq!(cmd.object_string("app"), Some("live"));
@@ -235,20 +253,49 @@ mod tests {
                 Amf0Value::Utf8String("live".into()),
             ],
         );
-        let cmd = Command::parse(&publish).unwrap();
+        let cmd = Command::parse(&publish).unwrap().unwrap();
         assert_eq!(cmd.string_arg(0), Some("cam?key=s3cret"));
         assert_eq!(public_stream_name(cmd.string_arg(0).unwrap()), "cam");
 
         let err = error_response(1.0, "NetConnection.Connect.Failed", "origin down");
-        let status = Command::parse(&err).unwrap().status().unwrap();
+        let status = Command::parse(&err).unwrap().unwrap().status().unwrap();
         assert_eq!(status.level, "error");
         assert_eq!(status.description, "origin down");
     }
 
     #[test]
     fn ignores_non_commands_and_garbage() {
-        assert!(Command::parse(&Message::new(9, 1, 0, vec![0x17, 0])).is_none());
-        assert!(Command::parse(&Message::new(20, 0, 0, vec![0xff, 0x00, 0x13])).is_none());
-        assert!(Command::parse(&Message::new(17, 0, 0, Vec::new())).is_none());
+        assert_eq!(
+            Command::parse(&Message::new(9, 1, 0, vec![0x17, 0])),
+            Ok(None)
+        );
+        assert!(Command::parse(&Message::new(20, 0, 0, vec![0xff, 0x00, 0x13])).is_err());
+        assert_eq!(
+            Command::parse(&Message::new(17, 0, 0, Vec::new())),
+            Ok(None)
+        );
+        // Valid AMF0 that rml_amf0 does not decode (a Date) is forwarded, not refused.
+        let mut dated = vec![0x02, 0, 1, b'x', 0x00];
+        dated.extend_from_slice(&1f64.to_be_bytes());
+        dated.extend_from_slice(&[0x0b; 11]);
+        assert_eq!(Command::parse(&Message::new(20, 0, 0, dated)), Ok(None));
+    }
+
+    #[test]
+    fn refuses_a_deeply_nested_connect_without_overflowing_the_stack() {
+        // The probe that aborted the edge: `connect`, 1, then an object nested 50 000 deep.
+        for (type_id, prefix) in [(20u8, &[][..]), (17, &[0u8][..])] {
+            let mut body = prefix.to_vec();
+            body.extend_from_slice(&[0x02, 0, 7]);
+            body.extend_from_slice(b"connect");
+            body.push(0x00);
+            body.extend_from_slice(&1f64.to_be_bytes());
+            body.push(0x03);
+            for _ in 0..50_000 {
+                body.extend_from_slice(&[0, 1, b'a', 0x03]);
+            }
+            let err = Command::parse(&Message::new(type_id, 0, 0, body)).unwrap_err();
+            assert!(matches!(err, Amf0Error::TooDeep { .. }), "{err}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The thin async layer: RTMP handshakes over TCP, an RTMP message reader and writer built on
 //! the chunk codec, and tunnel frame reading and writing on QUIC streams.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -10,6 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::budget::{BudgetExceeded, SessionBudget};
 use crate::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits};
 use crate::message::{HopControl, Message, MessageClass};
 use crate::wire::{Frame, FrameDecoder, WireError};
@@ -32,6 +34,9 @@ pub enum RtmpIoError {
     /// The chunk stream was invalid.
     #[error("bad rtmp chunk stream: {0}")]
     Chunk(#[from] ChunkError),
+    /// A command's AMF0 body was malformed or beyond the limits.
+    #[error("bad rtmp command: {0}")]
+    Command(#[from] crate::amf0::Amf0Error),
 }
 
 /// Which side of the handshake we play.
@@ -120,6 +125,9 @@ pub enum Inbound {
     Message(Message),
     /// A hop-by-hop answer (acknowledgement, ping response) for our own writer.
     Reply(Message),
+    /// The peer sent no byte at all for this many silence periods in a row (see
+    /// [`RtmpReader::set_silence_period`]).
+    Silent(u32),
 }
 
 /// Reads RTMP messages from a TCP read half and handles the hop-by-hop protocol.
@@ -129,6 +137,8 @@ pub struct RtmpReader {
     buf: BytesMut,
     decoder: ChunkDecoder,
     hop: HopControl,
+    silence_period: Option<Duration>,
+    silent_periods: u32,
 }
 
 impl RtmpReader {
@@ -139,7 +149,19 @@ impl RtmpReader {
             buf: leftover,
             decoder: ChunkDecoder::new(limits),
             hop: HopControl::default(),
+            silence_period: None,
+            silent_periods: 0,
         }
+    }
+
+    /// Charges partial messages to `budget`.
+    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
+        self.decoder.set_budget(budget);
+    }
+
+    /// Reports [`Inbound::Silent`] after each `period` in which the peer sent no byte.
+    pub fn set_silence_period(&mut self, period: Duration) {
+        self.silence_period = Some(period);
     }
 
     /// The next end-to-end message or hop-by-hop reply; `None` at a clean end of stream.
@@ -156,7 +178,18 @@ impl RtmpReader {
                 }
             }
             self.buf.reserve(16 * 1024);
-            let n = self.io.read_buf(&mut self.buf).await?;
+            let read = self.io.read_buf(&mut self.buf);
+            let n = match self.silence_period {
+                None => read.await?,
+                Some(period) => match tokio::time::timeout(period, read).await {
+                    Ok(n) => n?,
+                    Err(_) => {
+                        self.silent_periods += 1;
+                        return Ok(Some(Inbound::Silent(self.silent_periods)));
+                    }
+                },
+            };
+            self.silent_periods = 0;
             if n == 0 {
                 return Ok(None);
             }
@@ -223,18 +256,118 @@ impl RtmpWriter {
 
     /// Writes everything that arrives on `rx`, batching what is already queued into one
     /// write; when every sender is gone, sends FIN and returns.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Message>) -> std::io::Result<()> {
+    pub async fn run(self, rx: mpsc::Receiver<Message>) -> std::io::Result<()> {
+        self.run_charged(rx, None).await
+    }
+
+    /// Starts [`run`](Self::run) as a task fed by an [`Outbound`] queue of `capacity`
+    /// messages whose payloads are charged to `budget` until written.
+    pub fn spawn(
+        self,
+        capacity: usize,
+        budget: Option<Arc<SessionBudget>>,
+    ) -> (Outbound, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let task = tokio::spawn(tracing::Instrument::in_current_span(
+            self.run_charged(rx, budget.clone()),
+        ));
+        (Outbound { tx, budget }, task)
+    }
+
+    async fn run_charged(
+        mut self,
+        mut rx: mpsc::Receiver<Message>,
+        budget: Option<Arc<SessionBudget>>,
+    ) -> std::io::Result<()> {
         while let Some(msg) = rx.recv().await {
+            let mut charged = msg.payload.len();
             self.encoder.encode(&msg, &mut self.buf);
             while self.buf.len() < 256 * 1024 {
                 match rx.try_recv() {
-                    Ok(more) => self.encoder.encode(&more, &mut self.buf),
+                    Ok(more) => {
+                        charged += more.payload.len();
+                        self.encoder.encode(&more, &mut self.buf)
+                    }
                     Err(_) => break,
                 }
             }
             self.flush().await?;
+            if let Some(budget) = &budget {
+                budget.give_back(charged);
+            }
         }
         self.io.shutdown().await
+    }
+}
+
+/// The queue toward an RTMP writer task ([`RtmpWriter::spawn`]): each message's payload is
+/// charged to the session's budget from the moment it is queued until it is written.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Message>,
+    budget: Option<Arc<SessionBudget>>,
+}
+
+/// Why a message could not be queued toward an RTMP writer.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The writer is gone (its peer closed or failed).
+    #[error("writer closed")]
+    Closed,
+    /// The process-wide bound on buffered bytes is reached.
+    #[error("{0}")]
+    Overloaded(#[from] BudgetExceeded),
+    /// The queue is full (only from [`Outbound::try_send`]).
+    #[error("writer queue full")]
+    Full,
+}
+
+impl Outbound {
+    /// Queues `msg`, waiting for room in the queue.
+    pub async fn send(&self, msg: Message) -> Result<(), OutboundError> {
+        if let Some(budget) = &self.budget {
+            budget.take(msg.payload.len())?;
+        }
+        let len = msg.payload.len();
+        self.tx.send(msg).await.map_err(|_| {
+            if let Some(budget) = &self.budget {
+                budget.give_back(len);
+            }
+            OutboundError::Closed
+        })
+    }
+
+    /// Queues a small message that must reach the peer even when the process-wide budget is
+    /// spent (the RTMP error saying why the session ends); still charged, so the writer's
+    /// accounting stays exact.
+    pub async fn send_unbudgeted(&self, msg: Message) -> Result<(), OutboundError> {
+        if let Some(budget) = &self.budget {
+            budget.take_anyway(msg.payload.len());
+        }
+        let len = msg.payload.len();
+        self.tx.send(msg).await.map_err(|_| {
+            if let Some(budget) = &self.budget {
+                budget.give_back(len);
+            }
+            OutboundError::Closed
+        })
+    }
+
+    /// Queues `msg` if there is room now.
+    pub fn try_send(&self, msg: Message) -> Result<(), OutboundError> {
+        let len = msg.payload.len();
+        if let Some(budget) = &self.budget {
+            budget.take(len)?;
+        }
+        self.tx.try_send(msg).map_err(|e| {
+            if let Some(budget) = &self.budget {
+                budget.give_back(len);
+            }
+            match e {
+                mpsc::error::TrySendError::Full(_) => OutboundError::Full,
+                mpsc::error::TrySendError::Closed(_) => OutboundError::Closed,
+            }
+        })
     }
 }
 

@@ -42,12 +42,15 @@
 //! **Close codes** (stable): 0 normal, 1 protocol_violation, 2 unsupported_version,
 //! 3 unauthorized, 4 origin_unreachable, 5 origin_closed, 6 origin_protocol_error,
 //! 7 client_protocol_error, 8 timeout, 9 overloaded, 10 shutdown, 11 internal,
-//! 12 gateway_unreachable (edge-local: no connection to the gateway).
+//! 12 gateway_unreachable (edge-local: no connection to the gateway), 13 tunnel_lost (the QUIC
+//! connection or stream under a live session broke; never sent, each side notes it itself).
 //!
 //! **Versioning.** HELLO carries [`wire::WIRE_VERSION`]; the ALPN names the major version.
 //! New frame kinds need a new version; new close codes may appear at any time and read as
 //! `unknown(n)`.
 
+pub mod amf0;
+pub mod budget;
 pub mod chunk;
 pub mod clock;
 pub mod command;

@@ -3,14 +3,18 @@
 //! [`relay`], which moves end-to-end messages between an RTMP socket and a tunnel stream.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::amf0::Amf0Error;
+use crate::chunk::ChunkError;
 use crate::command::{self, public_stream_name, Amf0Value, Command};
-use crate::io::{write_frame, FrameReadError, FrameReader, Inbound, RtmpReader};
-use crate::message::{MediaKind, Message, MessageClass};
+use crate::io::{
+    write_frame, FrameReadError, FrameReader, Inbound, Outbound, OutboundError, RtmpIoError,
+    RtmpReader,
+};
+use crate::message::{Control, MediaKind, Message, MessageClass};
 use crate::wire::{CloseCode, Frame};
 
 /// Whether the client publishes or plays.
@@ -123,12 +127,13 @@ impl Default for SessionTracker {
 }
 
 impl SessionTracker {
-    /// Records a message from the client (pusher or player) toward the server.
-    pub fn from_client(&mut self, msg: &Message) {
+    /// Records a message from the client (pusher or player) toward the server. `Err` for a
+    /// command too malformed or too deep to inspect: the session must end.
+    pub fn from_client(&mut self, msg: &Message) -> Result<(), Amf0Error> {
         let kind = self.upstream.count(msg);
         self.note_media(kind);
-        let Some(cmd) = Command::parse(msg) else {
-            return;
+        let Some(cmd) = Command::parse(msg)? else {
+            return Ok(());
         };
         match cmd.name.as_str() {
             "connect" => {
@@ -146,17 +151,20 @@ impl SessionTracker {
             }
             _ => {}
         }
+        Ok(())
     }
 
-    /// Records a message from the server toward the client.
-    pub fn from_server(&mut self, msg: &Message) {
+    /// Records a message from the server toward the client; `Err` as for
+    /// [`from_client`](Self::from_client).
+    pub fn from_server(&mut self, msg: &Message) -> Result<(), Amf0Error> {
         let kind = self.downstream.count(msg);
         self.note_media(kind);
-        if let Some(cmd) = Command::parse(msg) {
+        if let Some(cmd) = Command::parse(msg)? {
             if Some(cmd.transaction_id) == self.connect_transaction && cmd.name == "_result" {
                 self.connected = true;
             }
         }
+        Ok(())
     }
 
     fn note_media(&mut self, kind: MediaKind) {
@@ -227,9 +235,19 @@ impl SessionTracker {
             .unwrap_or_default()
     }
 
+    /// The transaction id of the client's connect, once seen.
+    pub fn connect_transaction(&self) -> Option<f64> {
+        self.connect_transaction
+    }
+
     /// Whether the client's connect command has been seen.
     pub fn connect_seen(&self) -> bool {
         self.connect_transaction.is_some()
+    }
+
+    /// Whether the client has asked to publish or play.
+    pub fn set_up(&self) -> bool {
+        self.direction.is_some()
     }
 }
 
@@ -286,58 +304,168 @@ impl RelayEnd {
     }
 }
 
+/// What a hop enforces on a session besides the codec's limits.
+#[derive(Debug, Clone, Default)]
+pub struct SessionLimits {
+    /// The client must ask to publish or play within this long of the relay's start.
+    pub setup_deadline: Option<Duration>,
+    /// The RTMP peer is pinged after this long without a byte from it, and the session ends
+    /// after twice this long (set on the client-facing side only: an idle player still
+    /// answers pings, a dead or hostile one does not).
+    pub silence_period: Option<Duration>,
+}
+
+impl RtmpPeer {
+    /// The close code for bad RTMP from this peer.
+    fn protocol_error(self) -> CloseCode {
+        match self {
+            RtmpPeer::Client => CloseCode::ClientProtocolError,
+            RtmpPeer::Origin => CloseCode::OriginProtocolError,
+        }
+    }
+
+    /// How this hop names the far end of the tunnel.
+    fn tunnel_name(self) -> &'static str {
+        match self {
+            RtmpPeer::Client => "tunnel to the gateway",
+            RtmpPeer::Origin => "tunnel from the edge",
+        }
+    }
+
+    /// The close code and reason for a session whose RTMP reader failed with `e`.
+    fn read_failure(self, e: &RtmpIoError) -> RelayEnd {
+        let code = match e {
+            RtmpIoError::Chunk(ChunkError::Overloaded(_)) => CloseCode::Overloaded,
+            _ => self.protocol_error(),
+        };
+        RelayEnd::new(code, format!("{}: {e}", self.name()), EndedBy::Rtmp)
+    }
+}
+
+/// How a session ends when its tunnel stream fails: a code the far hop asked for (a stream
+/// stopped or reset with a close code, a connection closed with one), otherwise
+/// [`CloseCode::TunnelLost`]. Never `normal`: a tunnel that breaks under a live session is a
+/// failure the client must hear about.
+pub fn tunnel_failure(peer: RtmpPeer, code: Option<u64>, what: impl std::fmt::Display) -> RelayEnd {
+    let code = match code.map(CloseCode::from_code) {
+        Some(CloseCode::Normal | CloseCode::Unknown(_)) | None => CloseCode::TunnelLost,
+        Some(code) => code,
+    };
+    RelayEnd::new(
+        code,
+        format!("{} lost: {what}", peer.tunnel_name()),
+        EndedBy::Tunnel,
+    )
+}
+
+fn connection_code(e: &quinn::ConnectionError) -> Option<u64> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        quinn::ConnectionError::LocallyClosed => Some(CloseCode::Shutdown.to_code()),
+        _ => None,
+    }
+}
+
+fn write_failure(peer: RtmpPeer, e: &quinn::WriteError) -> RelayEnd {
+    let code = match e {
+        quinn::WriteError::Stopped(code) => Some(code.into_inner()),
+        quinn::WriteError::ConnectionLost(c) => connection_code(c),
+        _ => None,
+    };
+    tunnel_failure(peer, code, e)
+}
+
+fn read_failure(peer: RtmpPeer, e: &FrameReadError) -> RelayEnd {
+    let code = match e {
+        FrameReadError::Stream(quinn::ReadError::Reset(code)) => Some(code.into_inner()),
+        FrameReadError::Stream(quinn::ReadError::ConnectionLost(c)) => connection_code(c),
+        _ => None,
+    };
+    tunnel_failure(peer, code, e)
+}
+
 /// Moves end-to-end messages both ways until one side ends: RTMP messages from `rtmp` go out
 /// as MSG frames on `to_tunnel`; MSG frames from `tunnel` go to the RTMP writer via `to_rtmp`
-/// (which also carries the reader's hop-by-hop replies). Every message is recorded in `tracker`.
-/// Cancelling `stop` ends the session with [`CloseCode::Shutdown`].
+/// (which also carries the reader's hop-by-hop replies). Every message is recorded in `tracker`;
+/// empty messages carry nothing and are not forwarded. Cancelling `stop` ends the session with
+/// [`CloseCode::Shutdown`].
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     peer: RtmpPeer,
     rtmp: &mut RtmpReader,
-    to_rtmp: &mpsc::Sender<Message>,
+    to_rtmp: &Outbound,
     tunnel: &mut FrameReader,
     to_tunnel: &mut quinn::SendStream,
     tracker: &Mutex<SessionTracker>,
+    limits: &SessionLimits,
     stop: &CancellationToken,
 ) -> RelayEnd {
+    let started = Instant::now();
     // Records a message and marks its direction as waiting until `handed_off`.
     let record = |toward_server: bool, msg: &Message| {
         let mut t = tracker.lock().expect("tracker lock");
-        if toward_server {
+        let recorded = if toward_server {
             t.from_client(msg)
         } else {
             t.from_server(msg)
-        }
+        };
         t.waiting_since[usize::from(!toward_server)].get_or_insert_with(Instant::now);
+        recorded
     };
     let handed_off = |toward_server: bool| {
         tracker.lock().expect("tracker lock").waiting_since[usize::from(!toward_server)] = None;
     };
-    let writer_gone = || {
-        RelayEnd::new(
+    let queue_failed = |e: OutboundError| match e {
+        OutboundError::Overloaded(e) => {
+            RelayEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp)
+        }
+        OutboundError::Closed | OutboundError::Full => RelayEnd::new(
             CloseCode::Normal,
             format!("{} connection closed", peer.name()),
             EndedBy::Rtmp,
-        )
+        ),
     };
     let from_rtmp = async {
         loop {
             match rtmp.next().await {
                 Ok(Some(Inbound::Message(msg))) => {
+                    if msg.payload.is_empty() {
+                        continue;
+                    }
                     let toward_server = peer == RtmpPeer::Client;
-                    record(toward_server, &msg);
-                    if let Err(e) = write_frame(to_tunnel, &Frame::Msg(msg)).await {
+                    if let Err(e) = record(toward_server, &msg) {
                         return RelayEnd::new(
-                            CloseCode::Normal,
-                            format!("tunnel stream closed: {e}"),
-                            EndedBy::Tunnel,
+                            peer.protocol_error(),
+                            format!("{}: {e}", peer.name()),
+                            EndedBy::Rtmp,
                         );
+                    }
+                    if let Err(e) = write_frame(to_tunnel, &Frame::Msg(msg)).await {
+                        return write_failure(peer, &e);
                     }
                     handed_off(toward_server);
                 }
                 Ok(Some(Inbound::Reply(reply))) => {
-                    if to_rtmp.send(reply).await.is_err() {
-                        return writer_gone();
+                    if let Err(e) = to_rtmp.send(reply).await {
+                        return queue_failed(e);
                     }
+                }
+                Ok(Some(Inbound::Silent(1))) => {
+                    let now = started.elapsed().as_millis() as u32;
+                    if let Err(e) = to_rtmp.send(Control::PingRequest(now).to_message()).await {
+                        return queue_failed(e);
+                    }
+                }
+                Ok(Some(Inbound::Silent(_))) => {
+                    let silent = limits.silence_period.unwrap_or_default() * 2;
+                    return RelayEnd::new(
+                        CloseCode::Timeout,
+                        format!(
+                            "{} sent nothing for {silent:?}, not even an answer to a ping",
+                            peer.name()
+                        ),
+                        EndedBy::Rtmp,
+                    );
                 }
                 Ok(None) => {
                     let code = match peer {
@@ -347,13 +475,7 @@ pub async fn relay(
                     let reason = format!("{} closed the connection", peer.name());
                     return RelayEnd::new(code, reason, EndedBy::Rtmp);
                 }
-                Err(e) => {
-                    let code = match peer {
-                        RtmpPeer::Client => CloseCode::ClientProtocolError,
-                        RtmpPeer::Origin => CloseCode::OriginProtocolError,
-                    };
-                    return RelayEnd::new(code, format!("{}: {e}", peer.name()), EndedBy::Rtmp);
-                }
+                Err(e) => return peer.read_failure(&e),
             }
         }
     };
@@ -363,10 +485,15 @@ pub async fn relay(
                 |what: String| RelayEnd::new(CloseCode::ProtocolViolation, what, EndedBy::Tunnel);
             match tunnel.next().await {
                 Ok(Some(Frame::Msg(msg))) if msg.class() == MessageClass::EndToEnd => {
+                    if msg.payload.is_empty() {
+                        continue;
+                    }
                     let toward_server = peer == RtmpPeer::Origin;
-                    record(toward_server, &msg);
-                    if to_rtmp.send(msg).await.is_err() {
-                        return writer_gone();
+                    if let Err(e) = record(toward_server, &msg) {
+                        return violation(format!("through the tunnel: {e}"));
+                    }
+                    if let Err(e) = to_rtmp.send(msg).await {
+                        return queue_failed(e);
                     }
                     handed_off(toward_server);
                 }
@@ -386,19 +513,29 @@ pub async fn relay(
                 Err(e @ (FrameReadError::Wire(_) | FrameReadError::Truncated)) => {
                     return violation(e.to_string())
                 }
-                Err(e) => {
-                    return RelayEnd::new(
-                        CloseCode::Internal,
-                        format!("tunnel lost: {e}"),
-                        EndedBy::Tunnel,
-                    )
-                }
+                Err(e) => return read_failure(peer, &e),
             }
         }
+    };
+    // Ends a session whose client has not asked to publish or play by the deadline.
+    let setup_deadline = async {
+        let Some(deadline) = limits.setup_deadline else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep(deadline).await;
+        if tracker.lock().expect("tracker lock").set_up() {
+            return std::future::pending().await;
+        }
+        RelayEnd::new(
+            CloseCode::Timeout,
+            format!("no publish or play within {deadline:?}"),
+            EndedBy::Local,
+        )
     };
     let end = tokio::select! {
         end = from_rtmp => end,
         end = from_tunnel => end,
+        end = setup_deadline => end,
         _ = stop.cancelled() => RelayEnd::new(
             CloseCode::Shutdown,
             format!("{} shutting down", match peer {
@@ -441,40 +578,48 @@ mod tests {
             1.0,
             0,
             vec![connect_object("live", "rtmp://h/live")],
-        ));
+        ))
+        .unwrap();
         let fail = t.failure_messages("origin down");
-        let cmd = Command::parse(&fail[0]).unwrap();
+        let cmd = Command::parse(&fail[0]).unwrap().unwrap();
         assert_eq!((cmd.name.as_str(), cmd.transaction_id), ("_error", 1.0));
-        t.from_server(&connect_result(1.0));
+        t.from_server(&connect_result(1.0)).unwrap();
+        assert!(!t.set_up());
         t.from_client(&request(
             "publish",
             5.0,
             1,
             vec![Amf0Value::Null, Amf0Value::Utf8String("cam?key=s".into())],
-        ));
+        ))
+        .unwrap();
+        assert!(t.set_up());
         assert_eq!(t.app.as_deref(), Some("live"));
         assert_eq!(t.stream.as_deref(), Some("cam"));
         assert_eq!(t.direction, Some(Direction::Publish));
         let fail = t.failure_messages("origin closed");
-        let cmd = Command::parse(&fail[0]).unwrap();
+        let cmd = Command::parse(&fail[0]).unwrap().unwrap();
         assert_eq!(cmd.name, "onStatus");
         assert_eq!(fail[0].stream_id, 1);
         assert_eq!(cmd.status().unwrap().code, "NetStream.Failed");
         let bye: Vec<String> = t
             .goodbye_messages()
             .iter()
-            .map(|m| Command::parse(m).unwrap().name)
+            .map(|m| Command::parse(m).unwrap().unwrap().name)
             .collect();
         assert_eq!(bye, ["FCUnpublish", "deleteStream"]);
 
-        t.from_client(&Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0, 9]));
-        t.from_client(&Message::new(9, 1, 33, vec![0x27, 1, 0, 0, 0, 9]));
-        t.from_client(&Message::new(8, 1, 20, vec![0xaf, 1, 9]));
+        t.from_client(&Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0, 9]))
+            .unwrap();
+        t.from_client(&Message::new(9, 1, 33, vec![0x27, 1, 0, 0, 0, 9]))
+            .unwrap();
+        t.from_client(&Message::new(8, 1, 20, vec![0xaf, 1, 9]))
+            .unwrap();
         assert_eq!(t.upstream.video_frames, 2);
         assert_eq!(t.upstream.keyframes, 1);
         assert_eq!(t.upstream.audio_frames, 1);
         assert!(t.first_media.is_some());
-        t.from_client(&Message::new(9, 1, 2000, vec![0x17, 1, 0, 0, 0, 9]));
+        t.from_client(&Message::new(9, 1, 2000, vec![0x17, 1, 0, 0, 0, 9]))
+            .unwrap();
         assert_eq!(t.upstream.keyframe_interval_ms, Some(2000));
         assert_eq!(t.media_flow().media_bytes, 6 + 6 + 3 + 6);
     }

@@ -56,7 +56,7 @@ pub enum CloseCode {
     ClientProtocolError,
     /// Something took too long.
     Timeout,
-    /// The gateway has no room for another session.
+    /// No room: the session limit, or the process-wide bound on buffered bytes.
     Overloaded,
     /// The process is shutting down.
     Shutdown,
@@ -64,6 +64,9 @@ pub enum CloseCode {
     Internal,
     /// The edge has no connection to the gateway.
     GatewayUnreachable,
+    /// The QUIC connection or stream carrying the session broke (the far hop vanished, the
+    /// path died, the stream was reset).
+    TunnelLost,
     /// A code this version does not know.
     Unknown(u64),
 }
@@ -85,6 +88,7 @@ impl CloseCode {
             CloseCode::Shutdown => 10,
             CloseCode::Internal => 11,
             CloseCode::GatewayUnreachable => 12,
+            CloseCode::TunnelLost => 13,
             CloseCode::Unknown(c) => c,
         }
     }
@@ -105,6 +109,7 @@ impl CloseCode {
             10 => CloseCode::Shutdown,
             11 => CloseCode::Internal,
             12 => CloseCode::GatewayUnreachable,
+            13 => CloseCode::TunnelLost,
             c => CloseCode::Unknown(c),
         }
     }
@@ -125,6 +130,7 @@ impl CloseCode {
             CloseCode::Shutdown => "shutdown",
             CloseCode::Internal => "internal",
             CloseCode::GatewayUnreachable => "gateway_unreachable",
+            CloseCode::TunnelLost => "tunnel_lost",
             CloseCode::Unknown(_) => "unknown",
         }
     }
@@ -494,7 +500,7 @@ mod tests {
 
     #[test]
     fn close_codes_are_stable() {
-        for code in 0..=12 {
+        for code in 0..=13 {
             assert_eq!(CloseCode::from_code(code).to_code(), code);
         }
         assert_eq!(CloseCode::OriginUnreachable.to_code(), 4);

@@ -2,13 +2,14 @@
 //! live sessions and QUIC connections, turned once a second into Prometheus metrics (through
 //! the `metrics` facade) and into the JSON status API, served together by [`serve`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rtmpq_proto::budget::MemoryBudget;
 use rtmpq_proto::session::SessionTracker;
 use rtmpq_proto::wire::{CloseCode, SessionId};
 use serde::Serialize;
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 const BITRATE_WINDOW: Duration = Duration::from_secs(5);
 /// How often figures are refreshed.
 pub const TICK: Duration = Duration::from_secs(1);
+/// At most one log line about failed handshakes per this interval; the metric counts each.
+pub const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Which process reports: the `role` label of every metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +146,37 @@ pub struct Telemetry {
     role: Role,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     connections: Mutex<HashMap<usize, ConnectionEntry>>,
+    budget: OnceLock<MemoryBudget>,
+    handshake_log: Mutex<HandshakeLog>,
+}
+
+/// Failed handshakes not yet logged: a flood of them writes one line per interval.
+#[derive(Debug, Default)]
+struct HandshakeLog {
+    last_line: Option<Instant>,
+    unlogged: BTreeMap<&'static str, u64>,
+}
+
+impl HandshakeLog {
+    /// Writes the counts not yet logged as one line, if any.
+    fn flush(&mut self, now: Instant) {
+        if self.unlogged.is_empty() {
+            return;
+        }
+        let counts: Vec<String> = self
+            .unlogged
+            .iter()
+            .map(|(reason, n)| format!("{reason}={n}"))
+            .collect();
+        let total: u64 = self.unlogged.values().sum();
+        tracing::warn!(
+            failures = total,
+            by_reason = %counts.join(" "),
+            "{total} more failed handshakes since the last line"
+        );
+        self.unlogged.clear();
+        self.last_line = Some(now);
+    }
 }
 
 impl Telemetry {
@@ -152,7 +186,15 @@ impl Telemetry {
             role,
             sessions: Mutex::default(),
             connections: Mutex::default(),
+            budget: OnceLock::new(),
+            handshake_log: Mutex::default(),
         })
+    }
+
+    /// Reports `budget`'s use and bound as `rtmpq_buffered_bytes` and
+    /// `rtmpq_buffered_bytes_limit` on every tick.
+    pub fn watch_budget(&self, budget: MemoryBudget) {
+        let _ = self.budget.set(budget);
     }
 
     /// Registers a live session.
@@ -184,6 +226,15 @@ impl Telemetry {
             self.report_session(&mut entry, Instant::now());
             gauge!("rtmpq_sessions_open", "role" => self.role.as_str()).decrement(1.0);
         }
+        self.count_end(code);
+    }
+
+    /// Counts a session refused before it started (a full edge) by `code`.
+    pub fn session_refused(&self, code: CloseCode) {
+        self.count_end(code);
+    }
+
+    fn count_end(&self, code: CloseCode) {
         counter!("rtmpq_sessions_ended_total", "role" => self.role.as_str(), "reason" => code.as_str())
             .increment(1);
     }
@@ -225,10 +276,33 @@ impl Telemetry {
         }
     }
 
-    /// Counts a failed QUIC or tunnel handshake by reason.
-    pub fn handshake_failed(&self, reason: &'static str) {
+    /// Counts a failed handshake by reason without logging it (for callers whose own log
+    /// lines are already paced, like the edge's reconnect backoff).
+    pub fn count_handshake_failure(&self, reason: &'static str) {
         counter!("rtmpq_handshake_failures_total", "role" => self.role.as_str(), "reason" => reason)
             .increment(1);
+    }
+
+    /// Counts a failed QUIC or tunnel handshake by reason, and logs it: the first failure
+    /// after a quiet [`HANDSHAKE_LOG_INTERVAL`] at once with its detail, later ones as counts
+    /// per reason in one line per interval, so a flood of forged handshakes cannot flood the
+    /// log.
+    pub fn handshake_failed(&self, reason: &'static str, detail: &dyn std::fmt::Display) {
+        self.count_handshake_failure(reason);
+        let now = Instant::now();
+        let mut log = self.handshake_log.lock().expect("lock");
+        let quiet = log
+            .last_line
+            .is_none_or(|t| now.duration_since(t) >= HANDSHAKE_LOG_INTERVAL);
+        if quiet && log.unlogged.is_empty() {
+            tracing::warn!(reason, detail = %detail, "handshake failed");
+            log.last_line = Some(now);
+        } else {
+            *log.unlogged.entry(reason).or_default() += 1;
+            if quiet {
+                log.flush(now);
+            }
+        }
     }
 
     /// Counts a reconnect to the gateway.
@@ -262,6 +336,18 @@ impl Telemetry {
         }
         for entry in self.connections.lock().expect("lock").values_mut() {
             self.report_connection(entry);
+        }
+        if let Some(budget) = self.budget.get() {
+            let role = self.role.as_str();
+            gauge!("rtmpq_buffered_bytes", "role" => role).set(budget.used() as f64);
+            gauge!("rtmpq_buffered_bytes_limit", "role" => role).set(budget.limit() as f64);
+        }
+        let mut log = self.handshake_log.lock().expect("lock");
+        if log
+            .last_line
+            .is_none_or(|t| now.duration_since(t) >= HANDSHAKE_LOG_INTERVAL)
+        {
+            log.flush(now);
         }
     }
 
@@ -425,6 +511,16 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, Unit};
     describe_gauge!("rtmpq_sessions_open", "RTMP sessions open now");
     describe_gauge!("rtmpq_connections_open", "QUIC connections open now");
+    describe_gauge!(
+        "rtmpq_buffered_bytes",
+        Unit::Bytes,
+        "Bytes buffered by all sessions (partial messages and queues)"
+    );
+    describe_gauge!(
+        "rtmpq_buffered_bytes_limit",
+        Unit::Bytes,
+        "The process-wide bound on buffered bytes; a session past it ends with overloaded"
+    );
     describe_counter!(
         "rtmpq_sessions_ended_total",
         "Sessions ended, by close reason"
