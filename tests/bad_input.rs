@@ -11,37 +11,12 @@ use common::*;
 use rtmpq_demo::client::{ClientError, RtmpClient};
 use rtmpq_gateway::{Gateway, GatewayConfig};
 use rtmpq_proto::chunk::ChunkEncoder;
-use rtmpq_proto::io::{handshake, write_frame, FrameReader, HandshakeRole};
 use rtmpq_proto::message::Control;
-use rtmpq_proto::wire::{CloseCode, Frame, SessionId, WIRE_VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rtmpq_proto::wire::CloseCode;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Reads until the peer closes; fails if it does not within the limit.
-async fn expect_closed(tcp: &mut TcpStream, what: &str) {
-    let mut buf = [0u8; 4096];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "{what}: the edge kept the connection open");
-}
-
-/// Connects and completes a proper RTMP handshake with the edge.
-async fn handshaken(edge: SocketAddr) -> TcpStream {
-    let mut tcp = TcpStream::connect(edge).await.unwrap();
-    handshake(&mut tcp, HandshakeRole::Client, Duration::from_secs(5))
-        .await
-        .unwrap();
-    tcp
-}
 
 async fn garbage_instead_of_handshake(edge: SocketAddr) {
     let mut tcp = TcpStream::connect(edge).await.unwrap();
@@ -86,53 +61,20 @@ async fn sixteen_megabyte_message_that_never_completes(edge: SocketAddr) {
 }
 
 async fn unknown_tunnel_frame_kind(gateway: SocketAddr, tls: rustls::ClientConfig) {
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = rtmpq_proto::transport::client_config(tls).unwrap();
-    let conn = endpoint
-        .connect_with(config, gateway, "127.0.0.1")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut control, recv) = conn.open_bi().await.unwrap();
-    let hello = Frame::Hello {
-        version: WIRE_VERSION,
-        edge_id: "rogue".into(),
-        token: String::new(),
-    };
-    write_frame(&mut control, &hello).await.unwrap();
-    let welcome = FrameReader::new(recv).next().await.unwrap();
+    let mut tunnel = RawTunnel::open(gateway, tls).await;
+    tunnel.send.write_all(&[0x02, 0x7f, 0x00]).await.unwrap();
+    let (code, reason) = tunnel.closed().await;
+    assert_eq!(code, CloseCode::ProtocolViolation);
     assert!(
-        matches!(welcome, Some(Frame::Welcome { .. })),
-        "{welcome:?}"
-    );
-
-    let (mut send, recv) = conn.open_bi().await.unwrap();
-    let open = Frame::SessionOpen {
-        session_id: SessionId(7),
-        resume_token: Default::default(),
-    };
-    write_frame(&mut send, &open).await.unwrap();
-    send.write_all(&[0x02, 0x7f, 0x00]).await.unwrap();
-    let mut frames = FrameReader::new(recv);
-    let close = loop {
-        match frames.next().await.unwrap() {
-            Some(Frame::SessionClose { code, reason }) => break (code, reason),
-            Some(Frame::Msg(_)) => continue,
-            other => panic!("expected SESSION_CLOSE, got {other:?}"),
-        }
-    };
-    assert_eq!(close.0, CloseCode::ProtocolViolation);
-    assert!(
-        close.1.contains("unknown tunnel frame kind 0x7f"),
-        "{}",
-        close.1
+        reason.contains("unknown tunnel frame kind 0x7f"),
+        "{reason}"
     );
     wait_for_log(
         &["rtmpq_gateway::session", "unknown tunnel frame kind 0x7f"],
         LIMIT,
     )
     .await;
-    conn.close(0u32.into(), b"done");
+    tunnel.conn.close(0u32.into(), b"done");
 }
 
 /// A client of `edge` must be refused with an RTMP error whose description contains `words`.
@@ -152,6 +94,7 @@ async fn expect_refused(edge: SocketAddr, words: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_ends_only_its_own_session() {
     capture_logs();
+    rtmpq_telemetry::prometheus();
     let clip = clip(10).await;
     let pushed = framemd5_of(&clip).await;
     let nginx = Nginx::start().await;
@@ -220,11 +163,21 @@ async fn bad_input_ends_only_its_own_session() {
         &stack.shutdown,
     )
     .await;
+    let tls_failures = || {
+        let scrape = rtmpq_telemetry::prometheus().render();
+        sample(
+            &scrape,
+            "rtmpq_handshake_failures_total",
+            &["role=\"gateway\"", "reason=\"tls\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = tls_failures();
     expect_refused(no_cert, "gateway unreachable").await;
-    wait_for_log(
-        &["rtmpq_gateway", "quic handshake failed", "certificate"],
-        LIMIT,
-    )
+    // The gateway counts each failed TLS handshake (and logs them at a bounded rate).
+    wait_until(LIMIT, "the gateway to count the failed handshake", || {
+        tls_failures() > before
+    })
     .await;
 
     let out = healthy.await.unwrap();

@@ -17,17 +17,6 @@ use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// The value of the first sample of `name` whose labels contain all of `labels`.
-fn sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| labels.iter().all(|label| l.contains(label)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Polls `GET path` on `addr` until `pick` finds what it wants in the JSON.
 async fn poll_json<T>(addr: SocketAddr, path: &str, pick: impl Fn(&Value) -> Option<T>) -> T {
     let deadline = Instant::now() + LIMIT;

@@ -22,6 +22,8 @@ use crate::Shared;
 const REFUSAL_WAIT: Duration = Duration::from_secs(5);
 /// How long the writer toward the client may take to flush after the session ends.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+/// How long a client whose session the edge ended may take to read why and close.
+const LINGER: Duration = Duration::from_secs(3);
 /// Messages queued toward one client.
 const CLIENT_QUEUE: usize = 1024;
 
@@ -117,6 +119,10 @@ async fn run(
         .is_err()
     {
         abort_writer.abort();
+    }
+    if end.ended_by != EndedBy::Rtmp {
+        // The client may still be sending: let it read why before the socket closes.
+        reader.discard_until_closed(LINGER).await;
     }
     Ok(end)
 }
@@ -216,4 +222,5 @@ pub(crate) async fn refuse_full(mut tcp: TcpStream, handshake_limit: Duration, l
     }
     drop(to_client);
     let _ = tokio::time::timeout(FLUSH_LIMIT, writer_task).await;
+    reader.discard_until_closed(LINGER).await;
 }

@@ -245,6 +245,21 @@ fn close_code(code: CloseCode) -> quinn::VarInt {
     quinn::VarInt::from_u64(code.to_code()).unwrap_or(quinn::VarInt::MAX)
 }
 
+/// The `reason` label of a failed QUIC handshake: `tls` when our TLS refused the peer (no or
+/// a wrong client certificate, no common ALPN), `closed_by_peer` when the peer gave up (it
+/// did not trust our certificate), `timeout` for a peer that went silent (a forged Initial).
+fn handshake_failure_reason(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TransportError(t) if (0x100..0x200).contains(&u64::from(t.code)) => "tls",
+        E::TransportError(_) => "transport",
+        E::ConnectionClosed(_) | E::ApplicationClosed(_) => "closed_by_peer",
+        E::TimedOut => "timeout",
+        E::VersionMismatch => "version",
+        _ => "other",
+    }
+}
+
 /// One edge's QUIC connection: HELLO, then a session per bidirectional stream.
 async fn serve_connection(
     incoming: quinn::Incoming,
@@ -254,9 +269,10 @@ async fn serve_connection(
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            shared
-                .telemetry
-                .handshake_failed("tls", &format_args!("quic handshake: {e}"));
+            shared.telemetry.handshake_failed(
+                handshake_failure_reason(&e),
+                &format_args!("quic handshake: {e}"),
+            );
             return;
         }
     };

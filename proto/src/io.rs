@@ -199,6 +199,24 @@ impl RtmpReader {
         }
     }
 
+    /// Reads and discards whatever the peer still sends until it closes or `limit` passes.
+    /// Closing a socket with unread input makes the kernel send a reset, which can destroy
+    /// the last messages written to the peer (the RTMP error saying why its session ended);
+    /// draining first lets them arrive.
+    pub async fn discard_until_closed(&mut self, limit: Duration) {
+        let drain = async {
+            loop {
+                self.buf.clear();
+                self.buf.reserve(16 * 1024);
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, drain).await;
+    }
+
     /// Total bytes read from the peer, handshake excluded.
     pub fn bytes_received(&self) -> u64 {
         self.hop.bytes_received()

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use rtmpq_edge::{Edge, EdgeConfig};
 use rtmpq_gateway::{Gateway, GatewayConfig};
+use rtmpq_proto::io::{handshake, write_frame, FrameReader, HandshakeRole};
+use rtmpq_proto::wire::{Frame, SessionId, WIRE_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +78,115 @@ pub async fn wait_for_log(needles: &[&str], limit: Duration) -> String {
             Instant::now() < deadline,
             "no log line containing {needles:?} within {limit:?}"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads until the peer closes; fails if it does not within the limit.
+pub async fn expect_closed(tcp: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what}: the edge kept the connection open");
+}
+
+/// Connects and completes a proper RTMP handshake with the edge.
+pub async fn handshaken(edge: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    handshake(&mut tcp, HandshakeRole::Client, Duration::from_secs(5))
+        .await
+        .unwrap();
+    tcp
+}
+
+/// The value of the first sample of `name` whose labels contain all of `labels`.
+pub fn sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A session stream opened on `gateway` by a raw tunnel client speaking the documented wire
+/// format (HELLO, WELCOME, SESSION_OPEN), for sending what a real edge never would.
+pub struct RawTunnel {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub frames: FrameReader,
+    /// The control stream stays open for the connection's life.
+    _control: quinn::SendStream,
+    _endpoint: quinn::Endpoint,
+}
+
+impl RawTunnel {
+    /// Connects with `tls`, says HELLO, waits for WELCOME and opens one session.
+    pub async fn open(gateway: SocketAddr, tls: rustls::ClientConfig) -> RawTunnel {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = rtmpq_proto::transport::client_config(tls).unwrap();
+        let conn = endpoint
+            .connect_with(config, gateway, "127.0.0.1")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut control, recv) = conn.open_bi().await.unwrap();
+        let hello = Frame::Hello {
+            version: WIRE_VERSION,
+            edge_id: "rogue".into(),
+            token: String::new(),
+        };
+        write_frame(&mut control, &hello).await.unwrap();
+        let welcome = FrameReader::new(recv).next().await.unwrap();
+        assert!(
+            matches!(welcome, Some(Frame::Welcome { .. })),
+            "{welcome:?}"
+        );
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let open = Frame::SessionOpen {
+            session_id: SessionId(rand_id()),
+            resume_token: Default::default(),
+        };
+        write_frame(&mut send, &open).await.unwrap();
+        RawTunnel {
+            conn,
+            send,
+            frames: FrameReader::new(recv),
+            _control: control,
+            _endpoint: endpoint,
+        }
+    }
+
+    /// Reads until SESSION_CLOSE; returns its code and reason.
+    pub async fn closed(&mut self) -> (rtmpq_proto::wire::CloseCode, String) {
+        loop {
+            match self.frames.next().await.unwrap() {
+                Some(Frame::SessionClose { code, reason }) => return (code, reason),
+                Some(Frame::Msg(_)) => continue,
+                other => panic!("expected SESSION_CLOSE, got {other:?}"),
+            }
+        }
+    }
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+/// Waits until `ready` says yes (checked every 20 ms), failing after `limit` with `what`.
+pub async fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,0 +1,681 @@
+//! Hostile input never takes a process down: deeply nested AMF0 commands at both hops, clients
+//! that say nothing, unfinished messages past the process-wide buffer bound, a full edge, a
+//! gateway killed under a push, and a flood of failed handshakes. Each drives the real hop
+//! code (in-process, or the `rtmpq` binary where a process must be killed or measured).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::*;
+use rtmpq_demo::client::{ClientError, RtmpClient};
+use rtmpq_edge::EdgeConfig;
+use rtmpq_gateway::{Gateway, GatewayConfig};
+use rtmpq_proto::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits};
+use rtmpq_proto::command::{self, Amf0Value, Command};
+use rtmpq_proto::io::{handshake, write_frame, HandshakeRole, Inbound, RtmpReader, RtmpWriter};
+use rtmpq_proto::message::{Control, Message};
+use rtmpq_proto::wire::{CloseCode, Frame};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `rtmpq_sessions_ended_total` of `role` for `reason`, from this process's recorder.
+fn ended(role: &str, reason: &str) -> f64 {
+    let scrape = rtmpq_telemetry::prometheus().render();
+    let labels = [format!("role=\"{role}\""), format!("reason=\"{reason}\"")];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    sample(&scrape, "rtmpq_sessions_ended_total", &labels).unwrap_or(0.0)
+}
+
+/// A `connect` command (type 20, or 17 with its format byte) whose command object is
+/// `depth` containers deep: `container` opens one, `inner` is what stands before the next.
+fn nested_connect(type_id: u8, container: &[u8], inner: &[u8], depth: usize) -> Message {
+    let mut body = if type_id == 17 { vec![0] } else { Vec::new() };
+    body.extend_from_slice(&[0x02, 0, 7]);
+    body.extend_from_slice(b"connect");
+    body.push(0x00);
+    body.extend_from_slice(&1f64.to_be_bytes());
+    for _ in 0..depth {
+        body.extend_from_slice(container);
+        body.extend_from_slice(inner);
+    }
+    body.push(0x05);
+    Message::new(type_id, 0, 0, body)
+}
+
+/// The probe's payloads: objects, ECMA arrays, strict arrays and typed objects nested 50 000
+/// deep, each as an AMF0 (20) and an AMF3-wrapped (17) command.
+fn deep_commands() -> Vec<(String, Message)> {
+    let shapes: [(&str, &[u8], &[u8]); 4] = [
+        ("object", &[0x03], &[0, 1, b'a']),
+        ("ecma array", &[0x08, 0, 0, 0, 1], &[0, 1, b'a']),
+        ("strict array", &[0x0a, 0, 0, 0, 1], &[]),
+        ("typed object", &[0x10, 0, 1, b'T'], &[0, 1, b'a']),
+    ];
+    let mut all = Vec::new();
+    for type_id in [20u8, 17] {
+        for (name, container, inner) in shapes {
+            let msg = nested_connect(type_id, container, inner, 50_000);
+            all.push((format!("{name} in type {type_id}"), msg));
+        }
+    }
+    all
+}
+
+fn encode(msgs: &[Message]) -> BytesMut {
+    let mut enc = ChunkEncoder::default();
+    let mut out = BytesMut::new();
+    for msg in msgs {
+        enc.encode(msg, &mut out);
+    }
+    out
+}
+
+/// One byte that starts an empty message, repeated: the amplification probe.
+async fn empty_message_flood(edge: SocketAddr) {
+    let tcp = handshaken(edge).await;
+    let (mut read, mut write) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        // A type-0 header of an empty video message on chunk stream 6, then 16 MiB of
+        // 1-byte type-3 headers, each starting another empty message.
+        let _ = write
+            .write_all(&[0x06, 0, 0, 0, 0, 0, 0, 9, 1, 0, 0, 0])
+            .await;
+        let block = vec![0xc6u8; 1 << 20];
+        for _ in 0..16 {
+            if write.write_all(&block).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(n) = read.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the edge kept an empty-message flood open");
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_commands_end_only_their_own_session_at_both_hops() {
+    capture_logs();
+    rtmpq_telemetry::prometheus();
+    let clip = clip(10).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
+
+    let player = Player::start(&format!("rtmp://{}/live/healthy", nginx.rtmp));
+    nginx.wait_for_players("healthy", 1, LIMIT).await;
+    let healthy_url = stack.edge_url("healthy");
+    let healthy = tokio::spawn(async move { push(&clip, &healthy_url).await });
+    nginx.wait_for_publisher("healthy", true, LIMIT).await;
+
+    // To the edge, from a pusher: each ends its own session with client_protocol_error.
+    let before = ended("edge", "client_protocol_error");
+    let probes = deep_commands();
+    for (what, msg) in &probes {
+        let mut tcp = handshaken(stack.edge_addr).await;
+        tcp.write_all(&encode(std::slice::from_ref(msg)))
+            .await
+            .unwrap();
+        expect_closed(&mut tcp, what).await;
+    }
+    empty_message_flood(stack.edge_addr).await;
+    let expected = before + probes.len() as f64 + 1.0;
+    wait_until(LIMIT, "the edge to count the refused sessions", || {
+        ended("edge", "client_protocol_error") >= expected
+    })
+    .await;
+    assert_eq!(ended("edge", "client_protocol_error"), expected);
+
+    // To the gateway, through a raw tunnel client that skips the edge's checks.
+    let trust = rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap());
+    for (what, msg) in probes {
+        let tls = rtmpq_certs::client_tls(trust.clone(), None).unwrap();
+        let mut tunnel = RawTunnel::open(stack.gateway_addr, tls).await;
+        write_frame(&mut tunnel.send, &Frame::Msg(msg))
+            .await
+            .unwrap();
+        let (code, reason) = tunnel.closed().await;
+        assert_eq!(code, CloseCode::ProtocolViolation, "{what}: {reason}");
+        assert!(
+            reason.contains("nested deeper than 64 levels"),
+            "{what}: {reason}"
+        );
+        tunnel.conn.close(0u32.into(), b"done");
+    }
+
+    let out = healthy.await.unwrap();
+    assert!(
+        out.status.success(),
+        "healthy pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "healthy push beside deep commands");
+}
+
+/// A raw RTMP player of `stream` through `edge`: handshake, then connect, createStream and
+/// play sent at once (the embedded origin gives the first stream id 1).
+async fn raw_player(edge: SocketAddr, stream: &str) -> (RtmpReader, mpsc::Sender<Message>) {
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    let leftover = handshake(&mut tcp, HandshakeRole::Client, LIMIT)
+        .await
+        .unwrap();
+    let (read, write) = tcp.into_split();
+    let reader = RtmpReader::new(read, leftover, ChunkLimits::default());
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(RtmpWriter::new(write).run(rx));
+    let url = format!("rtmp://{edge}/live");
+    let setup = [
+        command::request(
+            "connect",
+            1.0,
+            0,
+            vec![command::connect_object("live", &url)],
+        ),
+        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+        command::request(
+            "play",
+            0.0,
+            1,
+            vec![Amf0Value::Null, Amf0Value::Utf8String(stream.into())],
+        ),
+    ];
+    for msg in setup {
+        tx.send(msg).await.unwrap();
+    }
+    (reader, tx)
+}
+
+/// Reads from a player until the edge closes it, reporting each ping it receives on `pings`
+/// and answering only if `answer`; returns how many pings came.
+async fn watch_pings(
+    mut reader: RtmpReader,
+    tx: mpsc::Sender<Message>,
+    pings: mpsc::UnboundedSender<u32>,
+    answer: bool,
+) -> u32 {
+    let mut seen = 0;
+    loop {
+        match reader.next().await {
+            Ok(Some(Inbound::Reply(reply))) => {
+                if matches!(Control::parse(&reply), Some(Control::PingResponse(_))) {
+                    seen += 1;
+                    let _ = pings.send(seen);
+                    if !answer {
+                        continue;
+                    }
+                }
+                let _ = tx.send(reply).await;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return seen,
+        }
+    }
+}
+
+/// Waits until a player watched by [`watch_pings`] has been pinged `n` times.
+async fn pinged(pings: &mut mpsc::UnboundedReceiver<u32>, n: u32) {
+    let got = tokio::time::timeout(LIMIT, async {
+        while let Some(seen) = pings.recv().await {
+            if seen >= n {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "the player was not pinged {n} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_end_with_timeout_while_idle_players_stay() {
+    capture_logs();
+    rtmpq_telemetry::prometheus();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| EdgeConfig {
+        setup_timeout_ms: 1500,
+        client_timeout_ms: 2000,
+        ..c
+    })
+    .await;
+    let before = ended("edge", "timeout");
+
+    // Handshake, then nothing: closed by the setup deadline.
+    let mut silent = handshaken(stack.edge_addr).await;
+    expect_closed(&mut silent, "a client silent after its handshake").await;
+
+    // A player of a stream nobody publishes answers pings and is never cut off: it is pinged
+    // after each silent second and stays open.
+    let (reader, tx) = raw_player(stack.edge_addr, "nobody").await;
+    let (idle_pings, mut idle_rx) = mpsc::unbounded_channel();
+    let idle = tokio::spawn(watch_pings(reader, tx, idle_pings, true));
+    pinged(&mut idle_rx, 3).await;
+
+    // A player that stops answering is pinged once, then closed.
+    let (reader, tx) = raw_player(stack.edge_addr, "nobody").await;
+    let (deaf_pings, _deaf_rx) = mpsc::unbounded_channel();
+    let deaf = tokio::time::timeout(LIMIT, watch_pings(reader, tx, deaf_pings, false))
+        .await
+        .expect("the deaf player was never closed");
+    assert_eq!(deaf, 1, "one ping, then the end");
+
+    wait_until(LIMIT, "the edge to count both timeouts", || {
+        ended("edge", "timeout") >= before + 2.0
+    })
+    .await;
+    // The idle player is still served: pinged again after the deaf one ended, never closed.
+    pinged(&mut idle_rx, 6).await;
+    assert!(!idle.is_finished(), "the idle player was cut off");
+    assert_eq!(ended("edge", "timeout"), before + 2.0);
+    idle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_edge_answers_connect_with_an_error() {
+    capture_logs();
+    let clip = clip(4).await;
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| EdgeConfig {
+        max_sessions: 1,
+        ..c
+    })
+    .await;
+    let holder = RtmpClient::connect(&stack.edge_addr.to_string(), "live")
+        .await
+        .unwrap();
+    match RtmpClient::connect(&stack.edge_addr.to_string(), "live").await {
+        Err(ClientError::Refused {
+            code, description, ..
+        }) => {
+            assert_eq!(code, "NetConnection.Connect.Rejected");
+            assert!(description.contains("edge full"), "{description}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A real ffmpeg pusher says why instead of "Cannot read RTMP handshake response".
+    let out = push(&clip, &stack.edge_url("full")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("edge full"), "{stderr}");
+    holder.close().await;
+}
+
+/// A `rtmpq` child process and the lines it writes to stderr.
+struct Process {
+    child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Process {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rtmpq"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("[child] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(LIMIT, async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("process ended without a line containing {needle:?}")
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no line containing {needle:?} within {LIMIT:?}"))
+    }
+
+    /// Every line so far.
+    fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    /// Resident memory, bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+}
+
+/// The value after `key=` in a log line (up to the next space), with `Some(..)` unwrapped.
+fn field(line: &str, key: &str) -> String {
+    let start = line.find(&format!("{key}=")).unwrap() + key.len() + 1;
+    let value = line[start..].split_whitespace().next().unwrap();
+    value
+        .trim_start_matches("Some(")
+        .trim_end_matches(')')
+        .to_owned()
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bytes_stay_under_the_process_bound() {
+    const CLIENTS: usize = 20;
+    const PART: usize = 15 << 19; // 7.5 MiB: two unfinished messages make 15 MiB a client
+    capture_logs();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let gateway_addr = gateway.local_addr();
+    let pin = gateway.pin().to_string();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.run(shutdown.clone()));
+    let config = write_config(
+        state.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\ngateway = \"{gateway_addr}\"\npin = \"{pin}\"\n\
+             metrics = \"127.0.0.1:0\"\nmax_buffered_mb = 64\n"
+        ),
+    );
+    let mut edge = Process::start(&["edge", "--config", &config]);
+    let ready = edge.wait_for("edge ready").await;
+    let edge_addr: SocketAddr = field(&ready, "listen").parse().unwrap();
+    let metrics: SocketAddr = field(&ready, "metrics").parse().unwrap();
+    let rss_before = edge.rss();
+
+    // Each client: two video messages of 7.5 MiB on chunk streams 6 and 7, all but their
+    // last byte sent, held open.
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut tcp = handshaken(edge_addr).await;
+        clients.push(tokio::spawn(async move {
+            for csid in [6u8, 7] {
+                let len = (PART as u32).to_be_bytes();
+                let header = [csid, 0, 0, 0, len[1], len[2], len[3], 9, 1, 0, 0, 0];
+                if tcp.write_all(&header).await.is_err() {
+                    return tcp;
+                }
+                // All but the last 128-byte chunk, so the message never completes and the
+                // next header starts at a chunk boundary.
+                let chunks = with_continuations(csid, &vec![0x17u8; PART - 128]);
+                if tcp.write_all(&chunks).await.is_err() {
+                    return tcp;
+                }
+            }
+            tcp
+        }));
+    }
+    let scrape = || async { http_get(metrics, "/metrics").await };
+    // Sessions that would pass 64 MiB end with `overloaded`; at most 4 hold 15 MiB each.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let text = scrape().await;
+        let overloaded = sample(
+            &text,
+            "rtmpq_sessions_ended_total",
+            &["role=\"edge\"", "reason=\"overloaded\""],
+        )
+        .unwrap_or(0.0);
+        if overloaded >= (CLIENTS - 4) as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {overloaded} sessions ended overloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = scrape().await;
+    let buffered = sample(&text, "rtmpq_buffered_bytes", &["role=\"edge\""]).unwrap();
+    let limit = sample(&text, "rtmpq_buffered_bytes_limit", &["role=\"edge\""]).unwrap();
+    assert_eq!(limit, (64u64 << 20) as f64);
+    assert!(buffered <= limit, "{buffered} buffered past {limit}");
+    let grown = edge.rss().saturating_sub(rss_before);
+    eprintln!(
+        "edge resident memory grew by {} MiB with {CLIENTS} clients of 15 MiB each",
+        grown >> 20
+    );
+    assert!(
+        grown < (64 + 48) << 20,
+        "edge grew by {} MiB, past the 64 MiB bound plus slack",
+        grown >> 20
+    );
+    // A healthy publisher still gets through the same edge.
+    let mut client = RtmpClient::connect(&edge_addr.to_string(), "live")
+        .await
+        .unwrap();
+    client.publish("after-the-flood").await.unwrap();
+    client.close().await;
+    for c in clients {
+        drop(c.await);
+    }
+    shutdown.cancel();
+}
+
+/// `payload` (the rest of a message whose first chunk follows a type-0 header) split into
+/// 128-byte chunks with a 1-byte type-3 header on `csid` before each after the first.
+fn with_continuations(csid: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + payload.len() / 128 + 1);
+    for (i, chunk) in payload.chunks(128).enumerate() {
+        if i > 0 {
+            out.push(0xc0 | csid);
+        }
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_gives_the_pusher_an_rtmp_error() {
+    capture_logs();
+    rtmpq_telemetry::prometheus();
+    let clip = clip(40).await;
+    let certs = tempfile::tempdir().unwrap();
+    let pin = rtmpq_certs::init(certs.path(), &[]).unwrap();
+    let mut gateway = Process::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--cert-dir",
+        &certs.path().display().to_string(),
+    ]);
+    let ready = gateway.wait_for("gateway ready").await;
+    let gateway_addr: SocketAddr = field(&ready, "listen").parse().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let edge = start_edge(
+        EdgeConfig {
+            pin: Some(pin.to_string()),
+            ..edge_config(gateway_addr)
+        },
+        &shutdown,
+    )
+    .await;
+    let before = (ended("edge", "tunnel_lost"), ended("edge", "normal"));
+    let url = format!("rtmp://{edge}/live/victim");
+    let pusher = tokio::spawn(async move { push(&clip, &url).await });
+    wait_until(LIMIT, "the push to reach the gateway", || {
+        gateway
+            .lines_so_far()
+            .iter()
+            .any(|l| l.contains("publish started"))
+    })
+    .await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &gateway.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let out = tokio::time::timeout(LIMIT, pusher)
+        .await
+        .expect("the pusher was never told")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ffmpeg must fail: {stderr}");
+    assert!(
+        stderr.contains("tunnel to the gateway lost"),
+        "ffmpeg shows the RTMP error's reason: {stderr}"
+    );
+    wait_until(LIMIT, "the edge to count a lost tunnel", || {
+        ended("edge", "tunnel_lost") > before.0
+    })
+    .await;
+    assert_eq!(
+        ended("edge", "normal"),
+        before.1,
+        "a lost tunnel is not normal"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_failed_handshakes_writes_a_bounded_log() {
+    const ATTEMPTS: usize = 2000;
+    capture_logs();
+    let certs = tempfile::tempdir().unwrap();
+    let pin = rtmpq_certs::init(certs.path(), &[]).unwrap();
+    let mut gateway = Process::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--cert-dir",
+        &certs.path().display().to_string(),
+    ]);
+    let ready = gateway.wait_for("gateway ready").await;
+    let gateway_addr: SocketAddr = field(&ready, "listen").parse().unwrap();
+    let metrics: SocketAddr = field(&ready, "metrics").parse().unwrap();
+    let lines_before = gateway.lines_so_far().len();
+
+    // Handshakes the gateway must refuse: a protocol it does not speak (wrong ALPN).
+    let mut tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    tls.alpn_protocols = vec![b"not-rtmpq".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let started = Instant::now();
+    for batch in 0..ATTEMPTS / 100 {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let connecting = endpoint
+                .connect_with(config.clone(), gateway_addr, "localhost")
+                .unwrap();
+            set.spawn(async move { connecting.await.is_err() });
+        }
+        while let Some(failed) = set.join_next().await {
+            assert!(
+                failed.unwrap(),
+                "batch {batch}: a wrong-ALPN handshake succeeded"
+            );
+        }
+    }
+    let failures = || async {
+        let text = http_get(metrics, "/metrics").await;
+        sample(
+            &text,
+            "rtmpq_handshake_failures_total",
+            &["role=\"gateway\"", "reason=\"tls\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + LIMIT;
+    while failures().await < ATTEMPTS as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not count them all"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The flood's remainder is summed up in one line once the interval passes.
+    let summary = gateway.wait_for("more failed handshakes").await;
+    let took = started.elapsed();
+    let lines: Vec<&String> = gateway.lines_so_far()[lines_before..]
+        .iter()
+        .filter(|l| l.contains("handshake"))
+        .collect();
+    let intervals = took.as_secs() / rtmpq_telemetry::HANDSHAKE_LOG_INTERVAL.as_secs() + 2;
+    eprintln!(
+        "{ATTEMPTS} failed handshakes in {took:?}: {} log lines",
+        lines.len()
+    );
+    assert!(
+        lines.len() as u64 <= intervals,
+        "{} lines for {ATTEMPTS} failures in {took:?}: {lines:#?}",
+        lines.len()
+    );
+    assert!(summary.contains("tls="), "{summary}");
+}
+
+#[test]
+fn nested_probe_is_what_the_issue_describes() {
+    // `03`, then the property `00 01 61` with the value `03`, about 3100 deep: about 12 KB.
+    let msg = nested_connect(20, &[0x03], &[0, 1, b'a'], 3100);
+    assert!((12_000..13_000).contains(&msg.payload.len()));
+    assert!(Command::parse(&msg).is_err());
+    let mut dec = ChunkDecoder::new(ChunkLimits::default());
+    let got = dec.decode(&mut encode(&[msg.clone()])).unwrap().unwrap();
+    assert_eq!(got, msg);
+}
