@@ -676,6 +676,9 @@ fn nested_probe_is_what_the_issue_describes() {
     assert!((12_000..13_000).contains(&msg.payload.len()));
     assert!(Command::parse(&msg).is_err());
     let mut dec = ChunkDecoder::new(ChunkLimits::default());
-    let got = dec.decode(&mut encode(&[msg.clone()])).unwrap().unwrap();
+    let got = dec
+        .decode(&mut encode(std::slice::from_ref(&msg)))
+        .unwrap()
+        .unwrap();
     assert_eq!(got, msg);
 }
