@@ -89,7 +89,7 @@ fn framing(c: &mut Criterion) {
         b.iter(|| {
             let mut buf = bytes.clone();
             let mut n = 0;
-            while let Some(f) = FrameDecoder.decode(&mut buf).unwrap() {
+            while let Some(f) = FrameDecoder::default().decode(&mut buf).unwrap() {
                 if let Frame::Msg(m) = f {
                     n += m.payload.len();
                 }

@@ -157,7 +157,7 @@ async fn connect_once(
         write_frame(&mut send, &hello)
             .await
             .map_err(|e| e.to_string())?;
-        let mut frames = FrameReader::new(recv);
+        let mut frames = FrameReader::control(recv);
         match frames.next().await {
             Ok(Some(Frame::Welcome { version, .. })) if version == WIRE_VERSION => {
                 Ok((send, frames))

@@ -78,12 +78,13 @@ async fn run(
     let mut writer = RtmpWriter::new(write_half);
     // What an RTMP server tells a new client; the origin's own copies stop at the gateway.
     writer.greet_client().await?;
-    let (to_client, writer_task) = writer.spawn(CLIENT_QUEUE, Some(budget));
+    let (to_client, writer_task) = writer.spawn(CLIENT_QUEUE, Some(budget.clone()));
     let abort_writer = writer_task.abort_handle();
 
     let end = match open_tunnel(session_id, shared).await {
         Ok((mut send, recv)) => {
             let mut frames = FrameReader::new(recv);
+            frames.set_budget(budget);
             let end = relay(
                 RtmpPeer::Client,
                 &mut reader,

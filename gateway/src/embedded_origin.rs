@@ -175,7 +175,7 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
                     cmd.transaction_id,
                     Amf0Value::Number(f64::from(next_stream_id)),
                 ));
-                next_stream_id += 1;
+                next_stream_id = next_stream_id.wrapping_add(1).max(1);
             }
             "publish" => {
                 let key = format!(

@@ -278,7 +278,7 @@ async fn serve_connection(
     };
     let hello = tokio::time::timeout(shared.config.handshake_timeout(), async {
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let mut frames = FrameReader::new(recv);
+        let mut frames = FrameReader::control(recv);
         let hello = frames.next().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((send, frames, hello))
     })

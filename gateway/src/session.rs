@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
 use rtmpq_proto::io::{
     close_stream, handshake, FrameReader, HandshakeRole, RtmpReader, RtmpWriter,
@@ -26,7 +27,9 @@ pub(crate) async fn serve(
     shared: &Shared,
     edge_id: String,
 ) {
+    let budget = shared.budget.session();
     let mut frames = FrameReader::new(recv);
+    frames.set_budget(budget.clone());
     let open = tokio::time::timeout(shared.config.handshake_timeout(), frames.next()).await;
     let session_id = match open {
         Ok(Ok(Some(Frame::SessionOpen { session_id, .. }))) => session_id,
@@ -48,7 +51,7 @@ pub(crate) async fn serve(
         shared
             .telemetry
             .session_started(session_id, edge_id, tracker.clone());
-        let end = relay_to_origin(&mut send, &mut frames, shared, &tracker).await;
+        let end = relay_to_origin(&mut send, &mut frames, shared, &tracker, budget).await;
         finish_tunnel(&mut send, &end).await;
         shared.telemetry.session_ended(session_id, end.code);
         let t = tracker.lock().expect("tracker").clone();
@@ -72,6 +75,7 @@ async fn relay_to_origin(
     frames: &mut FrameReader,
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
+    budget: Arc<SessionBudget>,
 ) -> RelayEnd {
     let origin = &shared.origin;
     let limit = Duration::from_millis(shared.config.origin_connect_timeout_ms);
@@ -98,7 +102,6 @@ async fn relay_to_origin(
             )
         }
     };
-    let budget = shared.budget.session();
     let (read_half, write_half) = tcp.into_split();
     let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
     reader.set_budget(budget.clone());

@@ -395,6 +395,8 @@ pub struct FrameReader {
     recv: quinn::RecvStream,
     buf: BytesMut,
     decoder: FrameDecoder,
+    budget: Option<Arc<SessionBudget>>,
+    charged: usize,
 }
 
 /// What went wrong reading tunnel frames.
@@ -409,6 +411,9 @@ pub enum FrameReadError {
     /// The stream ended in the middle of a frame.
     #[error("tunnel stream ended inside a frame")]
     Truncated,
+    /// The process-wide bound on buffered bytes is reached.
+    #[error("{0}")]
+    Overloaded(#[from] BudgetExceeded),
 }
 
 impl FrameReader {
@@ -417,22 +422,58 @@ impl FrameReader {
         FrameReader {
             recv,
             buf: BytesMut::with_capacity(64 * 1024),
-            decoder: FrameDecoder,
+            decoder: FrameDecoder::default(),
+            budget: None,
+            charged: 0,
         }
+    }
+
+    /// Reads only frames up to [`MAX_CONTROL_FRAME_LEN`](crate::wire::MAX_CONTROL_FRAME_LEN):
+    /// for the control stream, where HELLO arrives before the peer is known.
+    pub fn control(recv: quinn::RecvStream) -> Self {
+        FrameReader {
+            decoder: FrameDecoder::with_max_len(crate::wire::MAX_CONTROL_FRAME_LEN),
+            ..Self::new(recv)
+        }
+    }
+
+    /// Charges frames still arriving to `budget`.
+    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
+        self.budget = Some(budget);
     }
 
     /// The next frame; `None` when the peer finished the stream cleanly.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameReadError> {
         loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+            let frame = self.decoder.decode(&mut self.buf);
+            self.charge()?;
+            if let Some(frame) = frame? {
                 return Ok(Some(frame));
             }
             match self.recv.read_chunk(64 * 1024, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                Some(chunk) => {
+                    self.buf.extend_from_slice(&chunk.bytes);
+                    self.charge()?;
+                }
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(FrameReadError::Truncated),
             }
         }
+    }
+
+    /// Brings the budget's charge in line with the bytes buffered.
+    fn charge(&mut self) -> Result<(), FrameReadError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let held = self.buf.len();
+        if held > self.charged {
+            budget.take(held - self.charged)?;
+        } else {
+            budget.give_back(self.charged - held);
+        }
+        self.charged = held;
+        Ok(())
     }
 
     /// Stops the peer from sending more on this stream.

@@ -278,6 +278,10 @@ impl Control {
 /// The window acknowledgement size each hop announces to its RTMP peer.
 pub const DEFAULT_WINDOW_ACK_SIZE: u32 = 2_500_000;
 
+/// The smallest acknowledgement window a hop honours: a peer asking for a window of one byte
+/// would otherwise turn each byte it sends into a 16-byte acknowledgement.
+pub const MIN_ACK_WINDOW: u32 = 4096;
+
 /// A hop's own side of the hop-by-hop protocol: acknowledgements and ping answers.
 ///
 /// Plain state, no I/O: feed it the bytes counted and the hop-by-hop messages received,
@@ -307,7 +311,8 @@ impl HopControl {
     pub fn on_message(&mut self, msg: &Message) -> Option<Message> {
         match Control::parse(msg)? {
             Control::WindowAckSize(size) => {
-                self.peer_window = Some(size);
+                // A tiny window would make every read cost an acknowledgement out.
+                self.peer_window = Some(size.max(MIN_ACK_WINDOW));
                 None
             }
             Control::PingRequest(ts) => Some(Control::PingResponse(ts).to_message()),
@@ -349,12 +354,19 @@ mod tests {
     fn hop_control_acks_per_window_and_answers_pings() {
         let mut hop = HopControl::default();
         assert!(hop.on_bytes_received(10_000).is_none(), "no window yet");
+        let mut tiny = HopControl::default();
+        tiny.on_message(&Control::WindowAckSize(1).to_message());
+        assert!(
+            tiny.on_bytes_received(1).is_none(),
+            "a 1-byte window is raised"
+        );
+        assert!(tiny.on_bytes_received(MIN_ACK_WINDOW as usize).is_some());
         assert!(hop
-            .on_message(&Control::WindowAckSize(1000).to_message())
+            .on_message(&Control::WindowAckSize(10_000).to_message())
             .is_none());
         let ack = hop.on_bytes_received(1).expect("ack due");
         assert_eq!(Control::parse(&ack), Some(Control::Acknowledgement(10_001)));
-        assert!(hop.on_bytes_received(999).is_none());
+        assert!(hop.on_bytes_received(9_999).is_none());
         assert!(hop.on_bytes_received(1).is_some());
         let pong = hop
             .on_message(&Control::PingRequest(42).to_message())

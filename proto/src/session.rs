@@ -513,6 +513,9 @@ pub async fn relay(
                 Err(e @ (FrameReadError::Wire(_) | FrameReadError::Truncated)) => {
                     return violation(e.to_string())
                 }
+                Err(FrameReadError::Overloaded(e)) => {
+                    return RelayEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Tunnel)
+                }
                 Err(e) => return read_failure(peer, &e),
             }
         }

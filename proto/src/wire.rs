@@ -218,7 +218,7 @@ pub enum WireError {
     /// A kind byte this version does not know.
     #[error("unknown tunnel frame kind 0x{0:02x}")]
     UnknownKind(u8),
-    /// A frame longer than [`MAX_FRAME_LEN`].
+    /// A frame longer than the decoder's limit ([`MAX_FRAME_LEN`] on session streams).
     #[error("tunnel frame of {0} bytes exceeds the limit")]
     TooLong(u64),
     /// A frame whose body ends early or carries bad text.
@@ -330,18 +330,43 @@ impl Frame {
     }
 }
 
+/// Largest HELLO or WELCOME: the control stream's frames are small, and a peer that has not
+/// yet said who it is must not make the gateway hold more.
+pub const MAX_CONTROL_FRAME_LEN: u64 = 16 << 10;
+
+/// Bytes reserved ahead for a frame still arriving: a peer may announce a 16 MiB frame and
+/// send nothing, so the buffer grows as bytes come, never by the announced length at once.
+const RESERVE_AHEAD: usize = 64 << 10;
+
 /// Reads frames from a byte buffer; "need more bytes" is `Ok(None)`.
-#[derive(Debug, Default)]
-pub struct FrameDecoder;
+#[derive(Debug, Clone, Copy)]
+pub struct FrameDecoder {
+    max_len: u64,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder {
+            max_len: MAX_FRAME_LEN,
+        }
+    }
+}
 
 impl FrameDecoder {
+    /// A decoder refusing frames longer than `max_len` (at most [`MAX_FRAME_LEN`]).
+    pub fn with_max_len(max_len: u64) -> Self {
+        FrameDecoder {
+            max_len: max_len.min(MAX_FRAME_LEN),
+        }
+    }
+
     /// Takes one whole frame off the front of `buf`, if it is all there.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
         let mut peek = &buf[..];
         let Some(len) = get_varint(&mut peek) else {
             return Ok(None);
         };
-        if len > MAX_FRAME_LEN {
+        if len > self.max_len {
             return Err(WireError::TooLong(len));
         }
         if len == 0 {
@@ -349,7 +374,7 @@ impl FrameDecoder {
         }
         let head = buf.len() - peek.len();
         if peek.len() < len as usize {
-            buf.reserve(head + len as usize - buf.len());
+            buf.reserve((head + len as usize - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         buf.advance(head);
@@ -465,7 +490,7 @@ mod tests {
         for f in &frames {
             f.encode(&mut bytes);
         }
-        let mut dec = FrameDecoder;
+        let mut dec = FrameDecoder::default();
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
         for b in bytes {
@@ -482,19 +507,39 @@ mod tests {
     fn rejects_unknown_kinds_and_huge_lengths() {
         let mut buf = BytesMut::from(&[0x02, 0x7f, 0x00][..]);
         assert_eq!(
-            FrameDecoder.decode(&mut buf),
+            FrameDecoder::default().decode(&mut buf),
             Err(WireError::UnknownKind(0x7f))
         );
         let mut buf = BytesMut::new();
         put_varint(&mut buf, 1 << 40);
         assert!(matches!(
-            FrameDecoder.decode(&mut buf),
+            FrameDecoder::default().decode(&mut buf),
             Err(WireError::TooLong(_))
         ));
         let mut buf = BytesMut::from(&[0x02, frame_kind::MSG, 9][..]);
         assert_eq!(
-            FrameDecoder.decode(&mut buf),
+            FrameDecoder::default().decode(&mut buf),
             Err(WireError::Malformed(frame_kind::MSG))
+        );
+    }
+
+    #[test]
+    fn an_announced_length_is_not_reserved_up_front() {
+        let mut buf = BytesMut::new();
+        put_varint(&mut buf, MAX_FRAME_LEN);
+        buf.put_u8(frame_kind::MSG);
+        assert_eq!(FrameDecoder::default().decode(&mut buf), Ok(None));
+        assert!(
+            buf.capacity() <= 2 * RESERVE_AHEAD,
+            "reserved {} bytes for a frame of which 9 arrived",
+            buf.capacity()
+        );
+        // The control stream refuses a HELLO past its small limit.
+        let mut hello = BytesMut::new();
+        put_varint(&mut hello, MAX_CONTROL_FRAME_LEN + 1);
+        assert_eq!(
+            FrameDecoder::with_max_len(MAX_CONTROL_FRAME_LEN).decode(&mut hello),
+            Err(WireError::TooLong(MAX_CONTROL_FRAME_LEN + 1))
         );
     }
 
