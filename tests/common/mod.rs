@@ -43,7 +43,9 @@ impl Write for CaptureWriter {
             .lock()
             .unwrap()
             .extend_from_slice(buf);
-        std::io::stderr().write_all(buf)?;
+        // Through the test harness's capture (threads spawned by a test inherit it), so a
+        // test's process logs are printed only when that test fails.
+        eprint!("{}", String::from_utf8_lossy(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
