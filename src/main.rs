@@ -1,7 +1,7 @@
 //! The `rtmpq` command line: parses arguments and config files, then calls into the crates.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -170,7 +170,12 @@ struct DemoArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo shows its own live view; its processes' logs are for when something is wrong.
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Certs(CertsCommand::Init { dir, sans }) => {
             let pin = rtmpq_certs::init(&dir, &sans)?;
@@ -200,9 +205,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -213,16 +218,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load_toml<T: serde::de::DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
-    let Some(path) = path else {
-        return Ok(T::default());
-    };
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config {}", path.display()))
-}
-
 fn gateway_config(args: GatewayArgs) -> anyhow::Result<GatewayConfig> {
-    let mut c: GatewayConfig = load_toml(args.config.as_deref())?;
+    let mut c = match &args.config {
+        Some(path) => GatewayConfig::load(path)?,
+        None => GatewayConfig::default(),
+    };
     c.listen = args.listen.unwrap_or(c.listen);
     c.origin = args.origin.or(c.origin);
     c.cert_dir = args.cert_dir.or(c.cert_dir);
@@ -230,11 +230,16 @@ fn gateway_config(args: GatewayArgs) -> anyhow::Result<GatewayConfig> {
     c.state_dir = args.state_dir.unwrap_or(c.state_dir);
     c.client_auth |= args.client_auth;
     c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
+    // Everything is checked here, before anything starts.
+    c.resolve()?;
     Ok(c)
 }
 
 fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
-    let mut c: EdgeConfig = load_toml(args.config.as_deref())?;
+    let mut c = match &args.config {
+        Some(path) => EdgeConfig::load(path)?,
+        None => EdgeConfig::default(),
+    };
     c.listen = args.listen.unwrap_or(c.listen);
     c.gateway = args.gateway.unwrap_or(c.gateway);
     // A trust flag replaces whatever trust the file gave.
@@ -248,6 +253,7 @@ fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
     c.client_cert = args.client_cert.or(c.client_cert);
     c.client_key = args.client_key.or(c.client_key);
     c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
+    c.resolve()?;
     Ok(c)
 }
 

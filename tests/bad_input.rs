@@ -18,50 +18,46 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn garbage_instead_of_handshake(edge: SocketAddr) {
-    let mut tcp = TcpStream::connect(edge).await.unwrap();
+async fn garbage_instead_of_handshake(stack: &Stack) {
+    let mut tcp = TcpStream::connect(stack.edge_addr).await.unwrap();
     tcp.write_all(&[0xff; 1537]).await.unwrap();
     expect_closed(&mut tcp, "garbage handshake").await;
-    wait_for_log(&["rtmpq_edge::session", "rtmp handshake failed"], LIMIT).await;
+    let wanted = ended_with("client_protocol_error", "rtmp handshake failed");
+    ended_session(&stack.edge, "for a garbage handshake", wanted).await;
 }
 
-async fn truncated_handshake_that_stalls(edge: SocketAddr) {
-    let mut tcp = TcpStream::connect(edge).await.unwrap();
+async fn truncated_handshake_that_stalls(stack: &Stack) {
+    let mut tcp = TcpStream::connect(stack.edge_addr).await.unwrap();
     tcp.write_all(&[3u8]).await.unwrap();
     tcp.write_all(&[0u8; 700]).await.unwrap();
     expect_closed(&mut tcp, "stalled handshake").await;
-    wait_for_log(
-        &["rtmpq_edge::session", "handshake not finished within"],
-        LIMIT,
-    )
-    .await;
+    let wanted = ended_with("client_protocol_error", "handshake not finished within");
+    ended_session(&stack.edge, "for a stalled handshake", wanted).await;
 }
 
-async fn absurd_chunk_size(edge: SocketAddr) {
-    let mut tcp = handshaken(edge).await;
+async fn absurd_chunk_size(stack: &Stack) {
+    let mut tcp = handshaken(stack.edge_addr).await;
     let mut out = BytesMut::new();
     ChunkEncoder::default().encode(&Control::SetChunkSize(0x7fff_ffff).to_message(), &mut out);
     tcp.write_all(&out).await.unwrap();
     expect_closed(&mut tcp, "chunk size 0x7fffffff").await;
-    wait_for_log(&["client_protocol_error", "chunk size 2147483647"], LIMIT).await;
+    let wanted = ended_with("client_protocol_error", "chunk size 2147483647");
+    ended_session(&stack.edge, "for chunk size 0x7fffffff", wanted).await;
 }
 
-async fn sixteen_megabyte_message_that_never_completes(edge: SocketAddr) {
-    let mut tcp = handshaken(edge).await;
+async fn sixteen_megabyte_message_that_never_completes(stack: &Stack) {
+    let mut tcp = handshaken(stack.edge_addr).await;
     // Type 0 header on chunk stream 6: length 0xFFFFFF, video, stream 1; then one chunk.
     let mut bytes = vec![0x06, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0];
     bytes.extend_from_slice(&[0x17; 128]);
     tcp.write_all(&bytes).await.unwrap();
     expect_closed(&mut tcp, "16 MB message").await;
-    wait_for_log(
-        &["client_protocol_error", "16777215 bytes announced"],
-        LIMIT,
-    )
-    .await;
+    let wanted = ended_with("client_protocol_error", "16777215 bytes announced");
+    ended_session(&stack.edge, "for a 16 MB message", wanted).await;
 }
 
-async fn unknown_tunnel_frame_kind(gateway: SocketAddr, tls: rustls::ClientConfig) {
-    let mut tunnel = RawTunnel::open(gateway, tls).await;
+async fn unknown_tunnel_frame_kind(stack: &Stack, tls: rustls::ClientConfig) {
+    let mut tunnel = RawTunnel::open(stack.gateway_addr, tls).await;
     tunnel.send.write_all(&[0x02, 0x7f, 0x00]).await.unwrap();
     let (code, reason) = tunnel.closed().await;
     assert_eq!(code, CloseCode::ProtocolViolation);
@@ -69,11 +65,8 @@ async fn unknown_tunnel_frame_kind(gateway: SocketAddr, tls: rustls::ClientConfi
         reason.contains("unknown tunnel frame kind 0x7f"),
         "{reason}"
     );
-    wait_for_log(
-        &["rtmpq_gateway::session", "unknown tunnel frame kind 0x7f"],
-        LIMIT,
-    )
-    .await;
+    let wanted = ended_with("protocol_violation", "unknown tunnel frame kind 0x7f");
+    ended_session(&stack.gateway, "for an unknown frame kind", wanted).await;
     tunnel.conn.close(0u32.into(), b"done");
 }
 
@@ -130,15 +123,15 @@ async fn bad_input_ends_only_its_own_session() {
     let healthy = tokio::spawn(async move { push(&clip, &healthy_url).await });
     nginx.wait_for_publisher("healthy", true, LIMIT).await;
 
-    garbage_instead_of_handshake(stack.edge_addr).await;
-    truncated_handshake_that_stalls(stack.edge_addr).await;
-    absurd_chunk_size(stack.edge_addr).await;
-    sixteen_megabyte_message_that_never_completes(stack.edge_addr).await;
+    garbage_instead_of_handshake(&stack).await;
+    truncated_handshake_that_stalls(&stack).await;
+    absurd_chunk_size(&stack).await;
+    sixteen_megabyte_message_that_never_completes(&stack).await;
 
     let identity = rtmpq_certs::Identity::load(&edge_cert, &edge_key).unwrap();
     let trust = rtmpq_certs::GatewayTrust::Ca(rtmpq_certs::load_certs(&ca).unwrap());
     let tls = rtmpq_certs::client_tls(trust.clone(), Some(identity)).unwrap();
-    unknown_tunnel_frame_kind(stack.gateway_addr, tls).await;
+    unknown_tunnel_frame_kind(&stack, tls).await;
 
     // An edge with a wrong pin: its pusher gets an RTMP error naming the certificate.
     let wrong_pin = start_edge(
@@ -150,8 +143,8 @@ async fn bad_input_ends_only_its_own_session() {
         &stack.shutdown,
     )
     .await;
-    expect_refused(wrong_pin, "gateway unreachable").await;
-    wait_for_log(&["rtmpq_certs", "does not match pin"], LIMIT).await;
+    let description = expect_refused(wrong_pin, "gateway unreachable").await;
+    assert!(description.contains("PinMismatch"), "{description}");
 
     // An edge without a client certificate where mutual TLS is required.
     let no_cert = start_edge(
@@ -198,15 +191,9 @@ async fn an_origin_that_refuses_connections_fails_the_session_with_a_reason() {
     let stack = Stack::start(Some(format!("rtmp://127.0.0.1:{dead}"))).await;
     let description = expect_refused(stack.edge_addr, "unreachable").await;
     assert!(description.contains(&dead.to_string()), "{description}");
-    wait_for_log(
-        &[
-            "rtmpq_gateway::session",
-            "origin_unreachable",
-            &dead.to_string(),
-        ],
-        LIMIT,
-    )
-    .await;
+    let port = dead.to_string();
+    let wanted = ended_with("origin_unreachable", &port);
+    ended_session(&stack.gateway, "for the dead origin", wanted).await;
 
     // The edge and gateway still serve: the embedded origin behind a second gateway works.
     let healthy = Stack::start(None).await;

@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -14,12 +13,13 @@ use common::*;
 use rtmpq_demo::client::{ClientError, RtmpClient};
 use rtmpq_edge::EdgeConfig;
 use rtmpq_gateway::{Gateway, GatewayConfig};
+use rtmpq_hop::rtmp::{handshake, HandshakeRole, Inbound, Outbound, RtmpReader, RtmpWriter};
+use rtmpq_hop::tunnel::write_frame;
 use rtmpq_proto::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits};
 use rtmpq_proto::command::{self, Amf0Value, Command};
-use rtmpq_proto::io::{handshake, write_frame, HandshakeRole, Inbound, RtmpReader, RtmpWriter};
 use rtmpq_proto::message::{Control, Message};
 use rtmpq_proto::wire::{CloseCode, Frame};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -169,15 +169,14 @@ async fn deep_commands_end_only_their_own_session_at_both_hops() {
 
 /// A raw RTMP player of `stream` through `edge`: handshake, then connect, createStream and
 /// play sent at once (the embedded origin gives the first stream id 1).
-async fn raw_player(edge: SocketAddr, stream: &str) -> (RtmpReader, mpsc::Sender<Message>) {
+async fn raw_player(edge: SocketAddr, stream: &str) -> (RtmpReader, Outbound) {
     let mut tcp = TcpStream::connect(edge).await.unwrap();
     let leftover = handshake(&mut tcp, HandshakeRole::Client, LIMIT)
         .await
         .unwrap();
     let (read, write) = tcp.into_split();
-    let reader = RtmpReader::new(read, leftover, ChunkLimits::default());
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(RtmpWriter::new(write).run(rx));
+    let reader = RtmpReader::new(Box::pin(read), leftover, ChunkLimits::default());
+    let (tx, _writer) = RtmpWriter::new(Box::pin(write)).spawn(64, None);
     let url = format!("rtmp://{edge}/live");
     let setup = [
         command::request(
@@ -204,7 +203,7 @@ async fn raw_player(edge: SocketAddr, stream: &str) -> (RtmpReader, mpsc::Sender
 /// and answering only if `answer`; returns how many pings came.
 async fn watch_pings(
     mut reader: RtmpReader,
-    tx: mpsc::Sender<Message>,
+    tx: Outbound,
     pings: mpsc::UnboundedSender<u32>,
     answer: bool,
 ) -> u32 {
@@ -326,93 +325,6 @@ async fn a_full_edge_answers_connect_with_an_error() {
     assert!(!out.status.success());
     assert!(stderr.contains("edge full"), "{stderr}");
     holder.close().await;
-}
-
-/// A `rtmpq` child process and the lines it writes to stderr.
-struct Process {
-    child: tokio::process::Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Process {
-    fn start(args: &[&str]) -> Process {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rtmpq"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                eprintln!("[child] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        Process {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle`; returns it.
-    async fn wait_for(&mut self, needle: &str) -> String {
-        let found = tokio::time::timeout(LIMIT, async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-            panic!("process ended without a line containing {needle:?}")
-        })
-        .await;
-        found.unwrap_or_else(|_| panic!("no line containing {needle:?} within {LIMIT:?}"))
-    }
-
-    /// Every line so far.
-    fn lines_so_far(&mut self) -> &[String] {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        &self.seen
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap()
-    }
-
-    /// Resident memory, bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kib * 1024
-    }
-}
-
-/// The value after `key=` in a log line (up to the next space), with `Some(..)` unwrapped.
-fn field(line: &str, key: &str) -> String {
-    let start = line.find(&format!("{key}=")).unwrap() + key.len() + 1;
-    let value = line[start..].split_whitespace().next().unwrap();
-    value
-        .trim_start_matches("Some(")
-        .trim_end_matches(')')
-        .to_owned()
-}
-
-fn write_config(dir: &std::path::Path, text: &str) -> String {
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

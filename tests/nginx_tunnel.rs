@@ -83,18 +83,12 @@ async fn eight_pushes_share_one_edge_and_one_quic_connection() {
         let played = player.finish(pushed.len(), LIMIT).await;
         assert_same_packets(&pushed, &played, name);
     }
-    // Every session ended at the gateway under the same edge connection.
+    // Every session ended at the gateway under the same edge connection (`edge@IP:PORT`).
     let mut remotes = Vec::new();
     for n in &names {
-        let stream = format!("stream={n} ");
-        let line = wait_for_log(&["rtmpq_gateway::session", "session ended", &stream], LIMIT).await;
-        let remote = line
-            .split("edge{remote=")
-            .nth(1)
-            .and_then(|r| r.split('}').next())
-            .expect("session log names its edge connection")
-            .to_owned();
-        remotes.push(remote);
+        let ended = ended_session(&stack.gateway, n, |s| &s.session.stream == n).await;
+        assert_eq!(ended.code, "normal", "{ended:?}");
+        remotes.push(ended.session.peer);
     }
     remotes.dedup();
     assert_eq!(

@@ -5,14 +5,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use rtmpq_edge::{Edge, EdgeConfig};
 use rtmpq_gateway::{Gateway, GatewayConfig};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -234,47 +233,26 @@ async fn sigterm_drains_the_gateway_and_nginx_sees_the_publisher_leave() {
     let nginx = Nginx::start().await;
     let certs = tempfile::tempdir().unwrap();
     let pin = rtmpq_certs::init(certs.path(), &[]).unwrap();
-    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let grace = Duration::from_millis(2000);
-    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_rtmpq"))
-        .args(["gateway", "--listen", &format!("127.0.0.1:{udp_port}")])
-        .args(["--origin", &format!("rtmp://{}", nginx.rtmp)])
-        .arg("--cert-dir")
-        .arg(certs.path())
-        .args(["--shutdown-grace", &grace.as_millis().to_string()])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(gateway.stderr.take().unwrap()).lines();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("gateway ready") {
-                if let Some(tx) = ready.take() {
-                    let _ = tx.send(());
-                }
-            }
-            let _ = log_tx.send(line);
-        }
-    });
-    tokio::time::timeout(LIMIT, ready_rx)
-        .await
-        .expect("gateway ready")
-        .unwrap();
+    let mut gateway = Process::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--origin",
+        &format!("rtmp://{}", nginx.rtmp),
+        "--cert-dir",
+        &certs.path().display().to_string(),
+        "--shutdown-grace",
+        &grace.as_millis().to_string(),
+    ]);
+    let ready = gateway.wait_for("gateway ready").await;
+    let gateway_addr: SocketAddr = field(&ready, "listen").parse().unwrap();
 
     let shutdown = CancellationToken::new();
     let edge = start_edge(
         EdgeConfig {
             pin: Some(pin.to_string()),
-            ..edge_config(format!("127.0.0.1:{udp_port}").parse().unwrap())
+            ..edge_config(gateway_addr)
         },
         &shutdown,
     )
@@ -284,13 +262,13 @@ async fn sigterm_drains_the_gateway_and_nginx_sees_the_publisher_leave() {
     nginx.wait_for_publisher("drain", true, LIMIT).await;
 
     let signalled = Instant::now();
-    let pid = gateway.id().unwrap().to_string();
+    let pid = gateway.pid().to_string();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = tokio::time::timeout(grace + Duration::from_secs(8), gateway.wait())
+    let status = tokio::time::timeout(grace + Duration::from_secs(8), gateway.child.wait())
         .await
         .expect("gateway did not exit after SIGTERM")
         .unwrap();
@@ -316,11 +294,7 @@ async fn sigterm_drains_the_gateway_and_nginx_sees_the_publisher_leave() {
         !out.status.success(),
         "the pusher's session ended early, so ffmpeg reports an error"
     );
-    let mut log = Vec::new();
-    while let Ok(line) = log_rx.try_recv() {
-        log.push(line);
-    }
-    let log = log.join("\n");
+    let log = gateway.lines_so_far().join("\n");
     assert!(log.contains("grace period over"), "{log}");
     assert!(log.contains("gateway shutting down"), "{log}");
     shutdown.cancel();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtmpq_demo::client::RtmpClient;
-use rtmpq_proto::clock::monotonic_ns;
+use rtmpq_demo::clock::monotonic_ns;
 use rtmpq_proto::message::{message_type, MediaKind};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};

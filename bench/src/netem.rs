@@ -246,13 +246,15 @@ const TUN: &str = "rq0";
 const DELAY_LINE_PACKETS: usize = 65_536;
 
 impl Link {
-    /// Creates namespaces `<tag>a` and `<tag>b` and starts forwarding with `spec`.
+    /// Creates namespaces `<tag>-<pid>-a` and `<tag>-<pid>-b` (unique to this process, so
+    /// concurrent runs never share one) and starts forwarding with `spec`.
     pub async fn start(tag: &str, spec: LinkSpec) -> Result<Link, NetemError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(NetemError::NotRoot);
         }
-        let (ns_a, ns_b) = (format!("{tag}a"), format!("{tag}b"));
+        let pid = std::process::id();
+        let (ns_a, ns_b) = (format!("{tag}-{pid}-a"), format!("{tag}-{pid}-b"));
         for ns in [&ns_a, &ns_b] {
             let _ = run(&["ip", "netns", "del", ns]);
             run(&["ip", "netns", "add", ns])?;

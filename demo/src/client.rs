@@ -3,12 +3,10 @@
 
 use std::time::Duration;
 
-use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
+use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
 use rtmpq_proto::command::{self, Amf0Value, Command};
-use rtmpq_proto::io::{handshake, HandshakeRole, Inbound, RtmpIoError, RtmpReader, RtmpWriter};
 use rtmpq_proto::message::Message;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// Why an RTMP client session failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +42,7 @@ impl From<std::io::Error> for ClientError {
 #[derive(Debug)]
 pub struct RtmpClient {
     reader: RtmpReader,
-    to_server: mpsc::Sender<Message>,
+    to_server: Outbound,
     writer: tokio::task::JoinHandle<std::io::Result<()>>,
     stream_id: u32,
     next_transaction: f64,
@@ -61,21 +59,13 @@ impl RtmpClient {
 
     /// Like [`connect`](Self::connect) over an already connected `tcp` to `addr` (for sockets
     /// made in another network namespace).
-    pub async fn over(
-        mut tcp: TcpStream,
-        addr: &str,
-        app: &str,
-    ) -> Result<RtmpClient, ClientError> {
-        let _ = tcp.set_nodelay(true);
-        let leftover = handshake(&mut tcp, HandshakeRole::Client, ANSWER_LIMIT).await?;
-        let (read_half, write_half) = tcp.into_split();
-        let mut writer = RtmpWriter::new(write_half);
-        writer.set_chunk_size(OUR_CHUNK_SIZE).await?;
-        let (to_server, rx) = mpsc::channel(1024);
+    pub async fn over(tcp: TcpStream, addr: &str, app: &str) -> Result<RtmpClient, ClientError> {
+        let RtmpConnection { reader, writer } = RtmpConnection::connect(tcp, ANSWER_LIMIT).await?;
+        let (to_server, writer) = writer.spawn(1024, None);
         let mut client = RtmpClient {
-            reader: RtmpReader::new(read_half, leftover, ChunkLimits::default()),
+            reader,
             to_server,
-            writer: tokio::spawn(writer.run(rx)),
+            writer,
             stream_id: 0,
             next_transaction: 1.0,
         };

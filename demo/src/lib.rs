@@ -3,15 +3,18 @@
 //! one process and prints live figures.
 
 pub mod client;
+pub mod clock;
 pub mod media;
 
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clock::monotonic_ns;
 use rtmpq_edge::{Edge, EdgeConfig};
 use rtmpq_gateway::{Gateway, GatewayConfig};
-use rtmpq_proto::clock::monotonic_ns;
+use rtmpq_telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
 
 use client::{ClientError, RtmpClient};
@@ -77,27 +80,64 @@ pub async fn run(
         pin: Some(gateway.pin().to_string()),
         ..EdgeConfig::default()
     })
-    .await?;
+    .await?
+    .without_status_line();
     let edge_addr = edge.local_addr().to_string();
     println!(
         "rtmpq demo: publisher -> edge {edge_addr} -> quic {} -> gateway -> origin {} -> back through the edge -> player",
         gateway.local_addr(),
         gateway.origin()
     );
-    let services = CancellationToken::new();
-    let gateway_task = tokio::spawn(gateway.run(services.clone()));
-    let edge_task = tokio::spawn(edge.run(services.clone()));
+    let hops = [edge.telemetry(), gateway.telemetry()];
+    let (gateway_stop, edge_stop) = (CancellationToken::new(), CancellationToken::new());
+    let gateway_task = tokio::spawn(gateway.run(gateway_stop.clone()));
+    let edge_task = tokio::spawn(edge.run(edge_stop.clone()));
 
-    let result = measure(&edge_addr, options, shutdown).await;
-    services.cancel();
+    let result = measure(&edge_addr, options, &hops, shutdown).await;
+    // The edge leaves first, so the gateway going away is no surprise to it.
+    edge_stop.cancel();
     let _ = edge_task.await;
+    gateway_stop.cancel();
     let _ = gateway_task.await;
     result
+}
+
+/// The demo's one writer: a block of lines redrawn in place on a terminal, plain lines in a
+/// pipe.
+struct LiveView {
+    terminal: bool,
+    drawn: usize,
+}
+
+impl LiveView {
+    fn new() -> Self {
+        LiveView {
+            terminal: std::io::stdout().is_terminal(),
+            drawn: 0,
+        }
+    }
+
+    fn show(&mut self, lines: &[String]) {
+        let mut out = std::io::stdout().lock();
+        if self.terminal {
+            if self.drawn > 0 {
+                let _ = write!(out, "\x1b[{}A", self.drawn);
+            }
+            for line in lines {
+                let _ = writeln!(out, "\r\x1b[2K{line}");
+            }
+            self.drawn = lines.len();
+        } else {
+            let _ = writeln!(out, "{}", lines[0]);
+        }
+        let _ = out.flush();
+    }
 }
 
 async fn measure(
     edge_addr: &str,
     options: DemoOptions,
+    hops: &[Arc<Telemetry>; 2],
     shutdown: CancellationToken,
 ) -> Result<DemoReport, DemoError> {
     let mut player = RtmpClient::connect(edge_addr, "live").await?;
@@ -130,6 +170,7 @@ async fn measure(
 
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
+    let mut view = LiveView::new();
     let (mut last_frames, mut last_bytes, mut last_index) = (0u64, 0u64, 0usize);
     let mut seconds = 0u32;
     let published = loop {
@@ -145,13 +186,18 @@ async fn measure(
                 let window = &s.video_latency_ms[last_index..];
                 let p50 = media::quantile(window, 0.5).unwrap_or(f64::NAN);
                 let max = media::quantile(window, 1.0).unwrap_or(f64::NAN);
-                println!(
+                let figures = format!(
                     "{seconds:>4}s  {:>6.2} Mbit/s  {:>5.1} fps  latency p50 {p50:>6.1} ms  max {max:>6.1} ms  frames {}/{}",
                     (s.bytes - last_bytes) as f64 * 8.0 / 1e6,
                     (s.video_frames - last_frames) as f64,
                     s.video_frames,
                     sent.load(Ordering::Relaxed),
                 );
+                view.show(&[
+                    figures,
+                    format!("  edge    {}", hops[0].status_summary()),
+                    format!("  gateway {} sessions", hops[1].sessions().len()),
+                ]);
                 (last_frames, last_bytes, last_index) = (s.video_frames, s.bytes, s.video_latency_ms.len());
             }
         }

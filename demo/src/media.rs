@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::clock::monotonic_ns;
 use bytes::{BufMut, BytesMut};
-use rtmpq_proto::clock::monotonic_ns;
 use rtmpq_proto::command::{self, Amf0Value};
 use rtmpq_proto::message::{message_type, MediaKind, Message};
 

@@ -1,13 +1,17 @@
-//! The edge's configuration: every CLI flag has a TOML key here.
+//! The edge's configuration: every CLI flag has a TOML key in [`EdgeConfig`], and
+//! [`EdgeConfig::resolve`] checks it all at load into [`EdgeSettings`], the only thing the
+//! edge starts from, so a config that loads also starts (short of files and ports).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rtmpq_proto::secret::Secret;
+use rtmpq_certs::Fingerprint;
+use rtmpq_hop::pump::SessionLimits;
+use rtmpq_hop::secret::Secret;
 use serde::Deserialize;
 
-/// Edge settings, from a TOML file and flags.
+/// Edge settings as written: a TOML file, then flags over it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
@@ -76,29 +80,163 @@ impl Default for EdgeConfig {
     }
 }
 
-impl EdgeConfig {
-    /// The RTMP handshake time limit.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
-    }
+/// Why an edge config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this config (names the key).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words.
+        message: String,
+    },
+    /// No gateway address.
+    #[error("no gateway address: give --gateway HOST:PORT (TOML: gateway)")]
+    NoGateway,
+    /// The gateway address is not `HOST:PORT`.
+    #[error("gateway {0:?} is not HOST:PORT")]
+    BadGateway(String),
+    /// Neither `--ca` nor `--pin`, or both.
+    #[error("give exactly one of --ca FILE or --pin sha256:HEX to trust the gateway")]
+    NoTrust,
+    /// The pin is not `sha256:` and 64 hex digits.
+    #[error("pin: {0}")]
+    BadPin(rtmpq_certs::CertError),
+    /// A client certificate without its key, or the reverse.
+    #[error("client_cert and client_key go together")]
+    HalfClientIdentity,
+    /// A limit or time that must be above zero.
+    #[error("{0} must be above zero")]
+    Zero(&'static str),
+}
 
+/// How the edge trusts the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// A CA certificate file (read at start).
+    Ca(PathBuf),
+    /// The gateway certificate's fingerprint.
+    Pin(Fingerprint),
+}
+
+/// The edge's settings, checked: what [`Edge::bind`](crate::Edge::bind) starts from.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// TCP address for clients.
+    pub listen: SocketAddr,
+    /// The gateway, `HOST:PORT`.
+    pub gateway: String,
+    /// The name checked in the gateway's certificate.
+    pub server_name: String,
+    /// How the gateway is trusted.
+    pub trust: Trust,
+    /// Client certificate and key files, for mutual TLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Token for HELLO (empty: none).
+    pub token: Secret,
+    /// This edge's name in the gateway's logs.
+    pub edge_id: String,
+    /// Metrics and status API address.
+    pub metrics: Option<SocketAddr>,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+    /// A client's RTMP handshake limit.
+    pub handshake_timeout: Duration,
+    /// How long a new session waits for the gateway.
+    pub gateway_wait: Duration,
     /// The shutdown grace period.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
+    pub shutdown_grace: Duration,
+    /// What each client session must keep to.
+    pub session_limits: SessionLimits,
+    /// Bound on bytes buffered by all sessions, bytes.
+    pub max_buffered_bytes: usize,
+}
+
+impl EdgeConfig {
+    /// Reads a TOML file (every key optional; unknown keys are named in the error).
+    pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
     }
 
-    /// What the edge enforces on each client.
-    pub fn session_limits(&self) -> rtmpq_proto::session::SessionLimits {
-        rtmpq_proto::session::SessionLimits {
-            setup_deadline: Some(Duration::from_millis(self.setup_timeout_ms)),
-            silence_period: Some(Duration::from_millis(self.client_timeout_ms / 2)),
+    /// Checks everything that can be checked without touching files or sockets.
+    pub fn resolve(&self) -> Result<EdgeSettings, ConfigError> {
+        if self.gateway.is_empty() {
+            return Err(ConfigError::NoGateway);
         }
+        let host = gateway_host(&self.gateway)
+            .ok_or_else(|| ConfigError::BadGateway(self.gateway.clone()))?;
+        let trust = match (&self.ca, &self.pin) {
+            (Some(ca), None) => Trust::Ca(ca.clone()),
+            (None, Some(pin)) => Trust::Pin(pin.parse().map_err(ConfigError::BadPin)?),
+            _ => return Err(ConfigError::NoTrust),
+        };
+        let client_identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err(ConfigError::HalfClientIdentity),
+        };
+        let ms = |value: u64, key: &'static str| match value {
+            0 => Err(ConfigError::Zero(key)),
+            ms => Ok(Duration::from_millis(ms)),
+        };
+        if self.max_sessions == 0 {
+            return Err(ConfigError::Zero("max_sessions"));
+        }
+        if self.max_buffered_mb == 0 {
+            return Err(ConfigError::Zero("max_buffered_mb"));
+        }
+        Ok(EdgeSettings {
+            listen: self.listen,
+            gateway: self.gateway.clone(),
+            server_name: self.server_name.clone().unwrap_or(host),
+            trust,
+            client_identity,
+            token: self.token.clone().unwrap_or_else(|| Secret::new("")),
+            edge_id: self.edge_id.clone().unwrap_or_else(default_edge_id),
+            metrics: self.metrics,
+            max_sessions: self.max_sessions,
+            handshake_timeout: ms(self.handshake_timeout_ms, "handshake_timeout_ms")?,
+            gateway_wait: ms(self.gateway_wait_ms, "gateway_wait_ms")?,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            session_limits: SessionLimits {
+                setup_deadline: Some(ms(self.setup_timeout_ms, "setup_timeout_ms")?),
+                silence_period: Some(ms(self.client_timeout_ms, "client_timeout_ms")? / 2),
+            },
+            max_buffered_bytes: self.max_buffered_mb << 20,
+        })
     }
+}
 
-    /// How long a session waits for the gateway.
-    pub fn gateway_wait(&self) -> Duration {
-        Duration::from_millis(self.gateway_wait_ms)
-    }
+/// The host of `HOST:PORT` (brackets of an IPv6 literal removed); `None` without a port.
+fn gateway_host(address: &str) -> Option<String> {
+    let (host, port) = address.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+fn default_edge_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "edge".to_owned())
 }
 
 #[cfg(test)]
@@ -114,5 +252,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("gatway"), "{err}");
+    }
+
+    #[test]
+    fn resolves_the_gateway_host_and_trust() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let cfg = EdgeConfig {
+            gateway: "[::1]:4433".into(),
+            pin: Some(pin.clone()),
+            ..EdgeConfig::default()
+        };
+        let s = cfg.resolve().unwrap();
+        assert_eq!(s.server_name, "::1");
+        assert_eq!(s.trust, Trust::Pin(pin.parse().unwrap()));
+        assert_eq!(
+            s.session_limits.silence_period,
+            Some(Duration::from_secs(15))
+        );
+        let no_port = EdgeConfig {
+            gateway: "gw.example".into(),
+            ..cfg
+        };
+        assert!(matches!(no_port.resolve(), Err(ConfigError::BadGateway(_))));
     }
 }

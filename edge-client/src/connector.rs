@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtmpq_proto::io::{write_frame, FrameReader};
+use rtmpq_hop::transport::quic_code;
+use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::Telemetry;
 use tokio::sync::watch;
@@ -20,7 +21,55 @@ pub enum LinkState {
     /// Connected and welcomed.
     Up(quinn::Connection),
     /// The last attempt failed or the connection was lost, for this reason.
-    Down(String),
+    Down(ConnectError),
+}
+
+/// Why the edge has no connection to the gateway.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The gateway's name did not resolve.
+    #[error("resolve {address}: {reason}")]
+    Resolve {
+        /// `HOST:PORT`.
+        address: String,
+        /// The resolver's words.
+        reason: String,
+    },
+    /// The name resolved to no address.
+    #[error("{0} resolves to nothing")]
+    NoAddress(String),
+    /// quinn refused to start the connection.
+    #[error("{0}")]
+    Start(#[from] quinn::ConnectError),
+    /// The QUIC or TLS handshake failed.
+    #[error("{0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    /// The control stream broke before WELCOME.
+    #[error("control stream: {0}")]
+    Control(String),
+    /// The gateway closed the connection instead of answering HELLO.
+    #[error("gateway refused: {0}")]
+    Refused(quinn::ConnectionError),
+    /// The gateway answered HELLO with something other than WELCOME.
+    #[error("gateway answered HELLO with {0}")]
+    Unexpected(String),
+    /// No WELCOME in time.
+    #[error("no WELCOME within {0:?}")]
+    NoWelcome(Duration),
+    /// The connection was lost after it was up.
+    #[error("connection lost: {0}")]
+    Lost(quinn::ConnectionError),
+}
+
+/// Why a session gets no gateway connection.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayUnavailable {
+    /// The connector's last attempt failed, or the connection was lost.
+    #[error("gateway unreachable: {0}")]
+    Down(ConnectError),
+    /// No connection came up within the wait.
+    #[error("gateway not connected within {0:?}")]
+    NotYet(Duration),
 }
 
 /// What the connector needs to reach the gateway.
@@ -62,7 +111,10 @@ impl Connector {
     }
 
     /// The live connection, waiting up to `wait` for one; the last failure otherwise.
-    pub async fn connection(&self, wait: Duration) -> Result<quinn::Connection, String> {
+    pub async fn connection(
+        &self,
+        wait: Duration,
+    ) -> Result<quinn::Connection, GatewayUnavailable> {
         let mut rx = self.state.clone();
         let up = tokio::time::timeout(
             wait,
@@ -75,8 +127,8 @@ impl Connector {
                 _ => unreachable!("wait_for returned a matching state"),
             },
             _ => Err(match &*self.state.borrow() {
-                LinkState::Down(reason) => format!("gateway unreachable: {reason}"),
-                _ => format!("gateway not connected within {wait:?}"),
+                LinkState::Down(reason) => GatewayUnavailable::Down(reason.clone()),
+                _ => GatewayUnavailable::NotYet(wait),
             }),
         }
     }
@@ -107,15 +159,22 @@ async fn maintain(
                 state.send_replace(LinkState::Up(conn.clone()));
                 let reason = tokio::select! {
                     _ = shutdown.cancelled() => {
-                        conn.close(quinn::VarInt::from_u64(CloseCode::Shutdown.to_code()).expect("small"), b"edge shutting down");
+                        conn.close(quic_code(CloseCode::Shutdown), b"edge shutting down");
                         telemetry.connection_closed(&conn);
                         return;
                     }
                     reason = conn.closed() => reason,
                 };
                 telemetry.connection_closed(&conn);
-                warn!(reason = %reason, "connection to gateway lost; reconnecting");
-                state.send_replace(LinkState::Down(reason.to_string()));
+                match &reason {
+                    quinn::ConnectionError::ApplicationClosed(close)
+                        if close.error_code == quic_code(CloseCode::Shutdown) =>
+                    {
+                        info!("gateway shutting down; reconnecting")
+                    }
+                    _ => warn!(reason = %reason, "connection to gateway lost; reconnecting"),
+                }
+                state.send_replace(LinkState::Down(ConnectError::Lost(reason)));
             }
             Err(reason) => {
                 warn!(gateway = %target.address, %reason, retry_in = ?backoff, "cannot connect to gateway");
@@ -137,18 +196,21 @@ type ControlStream = (quinn::SendStream, FrameReader);
 async fn connect_once(
     endpoint: &quinn::Endpoint,
     target: &GatewayTarget,
-) -> Result<(quinn::Connection, ControlStream), String> {
+) -> Result<(quinn::Connection, ControlStream), ConnectError> {
     let addr: SocketAddr = tokio::net::lookup_host(&target.address)
         .await
-        .map_err(|e| format!("resolve {}: {e}", target.address))?
+        .map_err(|e| ConnectError::Resolve {
+            address: target.address.clone(),
+            reason: e.to_string(),
+        })?
         .next()
-        .ok_or_else(|| format!("{} resolves to nothing", target.address))?;
-    let connecting = endpoint
-        .connect_with(target.client_config.clone(), addr, &target.server_name)
-        .map_err(|e| e.to_string())?;
-    let conn = connecting.await.map_err(|e| e.to_string())?;
+        .ok_or_else(|| ConnectError::NoAddress(target.address.clone()))?;
+    let conn = endpoint
+        .connect_with(target.client_config.clone(), addr, &target.server_name)?
+        .await?;
     let welcome = tokio::time::timeout(WELCOME_LIMIT, async {
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let control = |e: &dyn std::fmt::Display| ConnectError::Control(e.to_string());
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| control(&e))?;
         let hello = Frame::Hello {
             version: WIRE_VERSION,
             edge_id: target.edge_id.clone(),
@@ -156,23 +218,23 @@ async fn connect_once(
         };
         write_frame(&mut send, &hello)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| control(&StreamLost::from(e)))?;
         let mut frames = FrameReader::control(recv);
         match frames.next().await {
             Ok(Some(Frame::Welcome { version, .. })) if version == WIRE_VERSION => {
                 Ok((send, frames))
             }
-            Ok(other) => Err(format!("gateway answered HELLO with {other:?}")),
-            Err(e) => Err(format!("gateway refused: {e}")),
+            Ok(other) => Err(ConnectError::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(control(&e)),
         }
     })
     .await;
     match welcome {
         Ok(Ok(control)) => Ok((conn, control)),
         Ok(Err(e)) => Err(match conn.close_reason() {
-            Some(reason) => format!("gateway refused: {reason}"),
+            Some(reason) => ConnectError::Refused(reason),
             None => e,
         }),
-        Err(_) => Err(format!("no WELCOME within {WELCOME_LIMIT:?}")),
+        Err(_) => Err(ConnectError::NoWelcome(WELCOME_LIMIT)),
     }
 }

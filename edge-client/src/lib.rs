@@ -8,57 +8,45 @@ mod session;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rtmpq_certs::{GatewayTrust, Identity};
+use rtmpq_hop::scaffold::{bind_tcp, Drain, StartError, END_LIMIT};
 use rtmpq_proto::budget::MemoryBudget;
 use rtmpq_proto::wire::CloseCode;
 use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use config::EdgeConfig;
+pub use config::{ConfigError, EdgeConfig, EdgeSettings};
 pub use connector::{Connector, LinkState};
 
 /// What stops an edge from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
-    /// Neither `--ca` nor `--pin`, or both.
-    #[error("give exactly one of --ca FILE or --pin sha256:HEX to trust the gateway")]
-    NoTrust,
-    /// No gateway address.
-    #[error("no gateway address: give --gateway HOST:PORT")]
-    NoGateway,
-    /// A client certificate without its key, or the reverse.
-    #[error("client_cert and client_key go together")]
-    HalfClientIdentity,
-    /// Certificates could not be loaded.
-    #[error("certificates: {0}")]
-    Certs(#[from] rtmpq_certs::CertError),
-    /// The TLS config could not be used for QUIC.
+    /// The configuration is unusable.
     #[error("{0}")]
-    Tls(#[from] rtmpq_proto::transport::TlsConfigError),
-    /// A socket could not be bound.
-    #[error("bind {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
+    Config(#[from] ConfigError),
+    /// Certificates, TLS or a socket.
+    #[error("{0}")]
+    Start(#[from] StartError),
+}
+
+impl From<rtmpq_certs::CertError> for EdgeError {
+    fn from(e: rtmpq_certs::CertError) -> Self {
+        EdgeError::Start(e.into())
+    }
 }
 
 /// State the edge's sessions share.
 #[derive(Debug)]
 struct Shared {
-    config: EdgeConfig,
+    settings: EdgeSettings,
     connector: Connector,
     telemetry: Arc<Telemetry>,
-    /// Cancelled when the grace period ends: live sessions end, telling both sides.
-    end_sessions: CancellationToken,
+    /// The session tasks and how they end on shutdown.
+    drain: Drain,
     /// The bound on bytes buffered by all sessions.
     budget: MemoryBudget,
 }
@@ -71,67 +59,45 @@ pub struct Edge {
     endpoint: quinn::Endpoint,
     connector_shutdown: CancellationToken,
     metrics: Option<TcpListener>,
+    status_line: bool,
 }
 
 impl Edge {
-    /// Loads trust settings, binds the RTMP listener and starts connecting to the gateway.
+    /// Checks `config`, loads trust settings, binds the RTMP listener and starts connecting
+    /// to the gateway.
     pub async fn bind(config: EdgeConfig) -> Result<Edge, EdgeError> {
-        if config.gateway.is_empty() {
-            return Err(EdgeError::NoGateway);
-        }
-        let trust = match (&config.ca, &config.pin) {
-            (Some(ca), None) => GatewayTrust::Ca(rtmpq_certs::load_certs(ca)?),
-            (None, Some(pin)) => GatewayTrust::Pin(pin.parse()?),
-            _ => return Err(EdgeError::NoTrust),
+        let settings = config.resolve()?;
+        let trust = match &settings.trust {
+            config::Trust::Ca(ca) => GatewayTrust::Ca(rtmpq_certs::load_certs(ca)?),
+            config::Trust::Pin(pin) => GatewayTrust::Pin(*pin),
         };
-        let identity = match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => Some(Identity::load(cert, key)?),
-            (None, None) => None,
-            _ => return Err(EdgeError::HalfClientIdentity),
+        let identity = match &settings.client_identity {
+            Some((cert, key)) => Some(Identity::load(cert, key)?),
+            None => None,
         };
         let tls = rtmpq_certs::client_tls(trust, identity)?;
-        let client_config = rtmpq_proto::transport::client_config(tls)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| EdgeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let client_config = rtmpq_hop::transport::client_config(tls).map_err(StartError::from)?;
+        let listener = bind_tcp(settings.listen).await?;
         // The wildcard address lets quinn migrate when the route or address changes.
         let wildcard: SocketAddr = "0.0.0.0:0".parse().expect("valid");
-        let endpoint = quinn::Endpoint::client(wildcard).map_err(|source| EdgeError::Bind {
-            addr: wildcard,
-            source,
-        })?;
-        let host = config
-            .gateway
-            .rsplit_once(':')
-            .map_or(config.gateway.as_str(), |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        let endpoint = quinn::Endpoint::client(wildcard).map_err(StartError::bind(wildcard))?;
         let target = connector::GatewayTarget {
-            address: config.gateway.clone(),
-            server_name: config.server_name.clone().unwrap_or(host),
+            address: settings.gateway.clone(),
+            server_name: settings.server_name.clone(),
             client_config,
-            edge_id: config.edge_id.clone().unwrap_or_else(default_edge_id),
-            token: config
-                .token
-                .as_ref()
-                .map(|t| t.expose().to_owned())
-                .unwrap_or_default(),
+            edge_id: settings.edge_id.clone(),
+            token: settings.token.expose().to_owned(),
         };
-        let metrics = match config.metrics {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| EdgeError::Bind { addr, source })?,
-            ),
+        let metrics = match settings.metrics {
+            Some(addr) => {
+                // Installed before the first tick, so no figure is lost.
+                rtmpq_telemetry::prometheus();
+                Some(bind_tcp(addr).await?)
+            }
             None => None,
         };
         let telemetry = Telemetry::new(Role::Edge);
-        let budget = MemoryBudget::new(config.max_buffered_mb << 20);
+        let budget = MemoryBudget::new(settings.max_buffered_bytes);
         telemetry.watch_budget(budget.clone());
         let connector_shutdown = CancellationToken::new();
         let connector = Connector::start(
@@ -143,16 +109,28 @@ impl Edge {
         Ok(Edge {
             listener,
             shared: Arc::new(Shared {
-                config,
+                settings,
                 connector,
                 telemetry,
-                end_sessions: CancellationToken::new(),
+                drain: Drain::default(),
                 budget,
             }),
             endpoint,
             connector_shutdown,
             metrics,
+            status_line: std::io::stderr().is_terminal(),
         })
+    }
+
+    /// Draws no status line on the terminal (for a caller that shows its own live view).
+    pub fn without_status_line(mut self) -> Self {
+        self.status_line = false;
+        self
+    }
+
+    /// The edge's live registry of sessions and its connection.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.shared.telemetry.clone()
     }
 
     /// The TCP address pushers and players connect to.
@@ -169,39 +147,37 @@ impl Edge {
     /// lets live sessions go on for the grace period, ends the rest (telling the client and
     /// the gateway), and closes the QUIC connection with the `shutdown` code.
     pub async fn run(self, shutdown: CancellationToken) {
-        info!(listen = %self.local_addr(), gateway = %self.shared.config.gateway, metrics = ?self.metrics_addr(), "edge ready");
+        let settings = &self.shared.settings;
+        info!(listen = %self.local_addr(), gateway = %settings.gateway, metrics = ?self.metrics_addr(), "edge ready");
         let services = CancellationToken::new();
-        match self.metrics {
-            Some(listener) => {
-                tokio::spawn(rtmpq_telemetry::serve(
-                    self.shared.telemetry.clone(),
-                    listener,
-                    services.clone(),
-                ));
-            }
-            None => {
-                tokio::spawn(self.shared.telemetry.clone().run_ticks(services.clone()));
-            }
+        let telemetry = self.shared.telemetry.clone();
+        tokio::spawn(telemetry.clone().run_ticks(services.clone()));
+        if let Some(listener) = self.metrics {
+            tokio::spawn(rtmpq_telemetry::serve(
+                telemetry.clone(),
+                listener,
+                services.clone(),
+            ));
         }
-        if std::io::stderr().is_terminal() {
-            tokio::spawn(status_line(self.shared.telemetry.clone(), services.clone()));
+        if self.status_line {
+            tokio::spawn(rtmpq_telemetry::status_line(
+                telemetry.clone(),
+                services.clone(),
+            ));
         }
-        let max_sessions = self.shared.config.max_sessions;
+        let max_sessions = settings.max_sessions;
         let limit = Arc::new(Semaphore::new(max_sessions));
         // Clients refused while full are told why, a bounded number at a time.
         let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
-        let tasks = TaskTracker::new();
-        loop {
-            let Some((tcp, remote)) = rtmpq_proto::io::accept(&self.listener, &shutdown).await
-            else {
-                break;
-            };
+        let drain = &self.shared.drain;
+        while let Some((tcp, remote)) = rtmpq_hop::scaffold::accept(&self.listener, &shutdown).await
+        {
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 warn!(%remote, limit = max_sessions, "client refused: edge full");
-                self.shared.telemetry.session_refused(CloseCode::Overloaded);
+                telemetry.session_refused(CloseCode::Overloaded);
                 if let Ok(refusal) = refusals.clone().try_acquire_owned() {
-                    let handshake_limit = self.shared.config.handshake_timeout();
-                    tasks.spawn(async move {
+                    let handshake_limit = settings.handshake_timeout;
+                    drain.spawn(async move {
                         session::refuse_full(tcp, handshake_limit, max_sessions).await;
                         drop(refusal);
                     });
@@ -209,24 +185,13 @@ impl Edge {
                 continue;
             };
             let shared = self.shared.clone();
-            tasks.spawn(async move {
+            drain.spawn(async move {
                 session::serve(tcp, remote, &shared).await;
                 drop(permit);
             });
         }
-        tasks.close();
-        let grace = self.shared.config.shutdown_grace();
-        let live = self.shared.telemetry.sessions().len();
-        info!(
-            sessions = live,
-            ?grace,
-            "edge stopping: no new sessions; waiting for live ones"
-        );
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            info!("grace period over: ending live sessions");
-            self.shared.end_sessions.cancel();
-            let _ = tokio::time::timeout(END_LIMIT, tasks.wait()).await;
-        }
+        let live = telemetry.sessions().len();
+        drain.finish("edge", live, settings.shutdown_grace).await;
         self.connector_shutdown.cancel();
         let _ = tokio::time::timeout(END_LIMIT, self.endpoint.wait_idle()).await;
         services.cancel();
@@ -236,54 +201,3 @@ impl Edge {
 
 /// Clients being told that the edge is full, at most, at once; more are dropped unanswered.
 const REFUSALS_AT_ONCE: usize = 64;
-
-/// How long ending sessions and closing the connection may take after the grace period.
-const END_LIMIT: Duration = Duration::from_secs(3);
-
-/// Redraws one line on the terminal each second: per session bitrate, fps, queue age, and the
-/// connection's RTT and loss.
-async fn status_line(telemetry: Arc<Telemetry>, stop: CancellationToken) {
-    use std::io::Write;
-    let mut ticker = tokio::time::interval(rtmpq_telemetry::TICK);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let link = match telemetry.connections().first() {
-            Some(c) => format!(
-                "rtt {:.1} ms loss {:.1}%",
-                c.rtt_seconds * 1e3,
-                c.loss_percent
-            ),
-            None => "gateway not connected".to_owned(),
-        };
-        let sessions: Vec<String> = telemetry
-            .sessions()
-            .iter()
-            .map(|s| {
-                format!(
-                    "{}/{} {} {:.2} Mbit/s {:.0} fps queue {:.0} ms",
-                    s.app,
-                    s.stream,
-                    s.direction,
-                    s.bitrate_bps / 1e6,
-                    s.fps,
-                    s.queue_age_seconds * 1e3
-                )
-            })
-            .collect();
-        let line = format!("[{link}] {}", sessions.join(" | "));
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K{line}");
-        let _ = err.flush();
-    }
-}
-
-fn default_edge_id() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "edge".to_owned())
-}

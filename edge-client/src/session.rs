@@ -1,21 +1,21 @@
 //! One pusher's or player's RTMP connection at the edge: the handshake and hop-by-hop protocol
-//! done locally, end-to-end messages carried on one tunnel stream, and the gateway's failures
-//! turned into RTMP errors the client understands.
+//! done locally, end-to-end messages carried on one tunnel stream by the two pumps, and the
+//! gateway's failures turned into RTMP errors the client understands.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rtmpq_proto::chunk::ChunkLimits;
+use rtmpq_hop::pump::{finish_session, run_session, EndedBy, RtmpPeer, SessionEnd};
+use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
+use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::command;
-use rtmpq_proto::io::{
-    handshake, write_frame, FrameReader, HandshakeRole, Inbound, Outbound, RtmpReader, RtmpWriter,
-};
-use rtmpq_proto::session::{finish_tunnel, relay, EndedBy, RelayEnd, RtmpPeer, SessionTracker};
+use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
+use crate::connector::GatewayUnavailable;
 use crate::Shared;
 
 /// How long a refused client has to send its connect command so it can be told why.
@@ -27,6 +27,20 @@ const LINGER: Duration = Duration::from_secs(3);
 /// Messages queued toward one client.
 const CLIENT_QUEUE: usize = 1024;
 
+/// Why a session could not get its tunnel stream.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// No connection to the gateway.
+    #[error("{0}")]
+    Unavailable(#[from] GatewayUnavailable),
+    /// The connection would not open a stream.
+    #[error("gateway: {0}")]
+    Stream(#[from] quinn::ConnectionError),
+    /// The stream broke before SESSION_OPEN was sent.
+    #[error("gateway: {0}")]
+    Lost(#[from] StreamLost),
+}
+
 pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
     let session_id = SessionId(rand::random());
     let span = tracing::info_span!("session", id = %session_id, client = %remote);
@@ -37,9 +51,11 @@ pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
             .session_started(session_id, remote.to_string(), tracker.clone());
         let end = match run(tcp, session_id, shared, &tracker).await {
             Ok(end) => end,
-            Err(e) => RelayEnd::new(CloseCode::ClientProtocolError, e.to_string(), EndedBy::Rtmp),
+            Err(e) => SessionEnd::new(CloseCode::ClientProtocolError, e.to_string(), EndedBy::Rtmp),
         };
-        shared.telemetry.session_ended(session_id, end.code);
+        shared
+            .telemetry
+            .session_ended(session_id, end.code, &end.reason);
         let t = tracker.lock().expect("tracker").clone();
         let (app, stream) = (t.app.unwrap_or_default(), t.stream.unwrap_or_default());
         let direction = t.direction.map_or("", |d| d.as_str());
@@ -55,63 +71,46 @@ pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
 }
 
 async fn run(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     session_id: SessionId,
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
-) -> Result<RelayEnd, rtmpq_proto::io::RtmpIoError> {
-    let _ = tcp.set_nodelay(true);
-    let leftover = handshake(
-        &mut tcp,
-        HandshakeRole::Server,
-        shared.config.handshake_timeout(),
-    )
-    .await?;
+) -> Result<SessionEnd, RtmpIoError> {
+    let settings = &shared.settings;
+    let RtmpConnection { mut reader, writer } =
+        RtmpConnection::accept(tcp, settings.handshake_timeout).await?;
     let budget = shared.budget.session();
-    let limits = shared.config.session_limits();
-    let (read_half, write_half) = tcp.into_split();
-    let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
     reader.set_budget(budget.clone());
+    let limits = &settings.session_limits;
     if let Some(period) = limits.silence_period {
         reader.set_silence_period(period);
     }
-    let mut writer = RtmpWriter::new(write_half);
-    // What an RTMP server tells a new client; the origin's own copies stop at the gateway.
-    writer.greet_client().await?;
-    let (to_client, writer_task) = writer.spawn(CLIENT_QUEUE, Some(budget.clone()));
+    let waiting = tracker.lock().expect("tracker").waiting(Flow::ToClient);
+    let (to_client, writer_task) = writer.spawn_timed(CLIENT_QUEUE, Some(budget.clone()), waiting);
     let abort_writer = writer_task.abort_handle();
 
     let end = match open_tunnel(session_id, shared).await {
         Ok((mut send, recv)) => {
             let mut frames = FrameReader::new(recv);
             frames.set_budget(budget);
-            let end = relay(
+            let end = run_session(
                 RtmpPeer::Client,
                 &mut reader,
                 &to_client,
                 &mut frames,
                 &mut send,
                 tracker,
-                &limits,
-                &shared.end_sessions,
+                limits,
+                shared.drain.end_sessions(),
             )
             .await;
-            finish_tunnel(&mut send, &end).await;
-            if end.ended_by != EndedBy::Rtmp && end.code != CloseCode::Normal {
-                let failure = tracker
-                    .lock()
-                    .expect("tracker")
-                    .failure_messages(&end.reason);
-                for msg in failure {
-                    // Past the budget or a full queue, the client still learns why: unbudgeted.
-                    let _ = to_client.send_unbudgeted(msg).await;
-                }
-            }
+            finish_session(RtmpPeer::Client, &end, tracker, &to_client, &mut send).await;
             end
         }
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             refuse(&mut reader, &to_client, tracker, &reason).await;
-            RelayEnd::new(CloseCode::GatewayUnreachable, reason, EndedBy::Tunnel)
+            SessionEnd::new(CloseCode::GatewayUnreachable, reason, EndedBy::Tunnel)
         }
     };
     drop(to_client);
@@ -131,20 +130,47 @@ async fn run(
 async fn open_tunnel(
     session_id: SessionId,
     shared: &Shared,
-) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+) -> Result<(quinn::SendStream, quinn::RecvStream), OpenError> {
     let conn = shared
         .connector
-        .connection(shared.config.gateway_wait())
+        .connection(shared.settings.gateway_wait)
         .await?;
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| format!("gateway: {e}"))?;
-    let open = Frame::SessionOpen {
-        session_id,
-        resume_token: Default::default(),
-    };
-    write_frame(&mut send, &open)
+    let (mut send, recv) = conn.open_bi().await?;
+    write_frame(&mut send, &Frame::SessionOpen { session_id })
         .await
-        .map_err(|e| format!("gateway: {e}"))?;
+        .map_err(StreamLost::from)?;
     Ok((send, recv))
+}
+
+/// Waits up to [`REFUSAL_WAIT`] for the client's connect; records what it sent in `tracker`.
+/// `false` if it never came (the client left, misbehaved or said nothing).
+async fn wait_for_connect(
+    reader: &mut RtmpReader,
+    to_client: &Outbound,
+    tracker: &mut SessionTracker,
+) -> bool {
+    let wait = async {
+        loop {
+            match reader.next().await {
+                Ok(Some(Inbound::Message(msg))) => {
+                    if tracker.record(Flow::ToOrigin, &msg).is_err() {
+                        return false;
+                    }
+                    if tracker.connect_seen() {
+                        return true;
+                    }
+                }
+                Ok(Some(Inbound::Reply(reply))) => {
+                    let _ = to_client.send(reply).await;
+                }
+                Ok(Some(Inbound::Silent(_))) => {}
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(REFUSAL_WAIT, wait)
+        .await
+        .unwrap_or(false)
 }
 
 /// Tells a client we cannot serve it: waits for its connect and answers `_error`.
@@ -154,70 +180,29 @@ async fn refuse(
     tracker: &Mutex<SessionTracker>,
     reason: &str,
 ) {
-    let wait_for_connect = async {
-        loop {
-            match reader.next().await {
-                Ok(Some(Inbound::Message(msg))) => {
-                    let mut t = tracker.lock().expect("tracker");
-                    if t.from_client(&msg).is_err() {
-                        return Vec::new();
-                    }
-                    if t.connect_seen() {
-                        return t.failure_messages(reason);
-                    }
-                }
-                Ok(Some(Inbound::Reply(reply))) => {
-                    let _ = to_client.send(reply).await;
-                }
-                Ok(Some(Inbound::Silent(_))) => {}
-                Ok(None) | Err(_) => return Vec::new(),
-            }
-        }
-    };
-    if let Ok(failure) = tokio::time::timeout(REFUSAL_WAIT, wait_for_connect).await {
-        for msg in failure {
+    let mut t = tracker.lock().expect("tracker").clone();
+    if wait_for_connect(reader, to_client, &mut t).await {
+        for msg in t.failure_messages(reason) {
             let _ = to_client.send_unbudgeted(msg).await;
         }
     }
+    *tracker.lock().expect("tracker") = t;
 }
 
 /// Serves a client the edge has no room for: completes the RTMP handshake, waits for its
 /// connect and answers `_error` `NetConnection.Connect.Rejected`, so the pusher's log says
 /// why instead of "Cannot read RTMP handshake response".
-pub(crate) async fn refuse_full(mut tcp: TcpStream, handshake_limit: Duration, limit: usize) {
-    let _ = tcp.set_nodelay(true);
-    let Ok(leftover) = handshake(&mut tcp, HandshakeRole::Server, handshake_limit).await else {
+pub(crate) async fn refuse_full(tcp: TcpStream, handshake_limit: Duration, limit: usize) {
+    let Ok(RtmpConnection { mut reader, writer }) =
+        RtmpConnection::accept(tcp, handshake_limit).await
+    else {
         return;
     };
-    let (read_half, write_half) = tcp.into_split();
-    let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
-    let mut writer = RtmpWriter::new(write_half);
-    if writer.greet_client().await.is_err() {
-        return;
-    }
     let (to_client, writer_task) = writer.spawn(16, None);
-    let reason = format!("edge full: {limit} sessions live, try again later");
-    let wait_for_connect = async {
-        let mut tracker = SessionTracker::default();
-        loop {
-            match reader.next().await {
-                Ok(Some(Inbound::Message(msg))) => {
-                    if tracker.from_client(&msg).is_err() {
-                        return None;
-                    }
-                    if let Some(txn) = tracker.connect_transaction() {
-                        return Some(txn);
-                    }
-                }
-                Ok(Some(Inbound::Reply(reply))) => {
-                    let _ = to_client.send(reply).await;
-                }
-                Ok(Some(Inbound::Silent(_))) => {}
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    };
-    if let Ok(Some(txn)) = tokio::time::timeout(REFUSAL_WAIT, wait_for_connect).await {
+    let mut tracker = SessionTracker::default();
+    if wait_for_connect(&mut reader, &to_client, &mut tracker).await {
+        let txn = tracker.connect_transaction().unwrap_or(1.0);
+        let reason = format!("edge full: {limit} sessions live, try again later");
         let refusal = command::error_response(txn, "NetConnection.Connect.Rejected", &reason);
         let _ = to_client.send(refusal).await;
     }

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use rtmpq_proto::command::Command;
 use rtmpq_proto::message::Message;
-use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::session::{Flow, SessionTracker};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(again.is_some());
     }
     let mut tracker = SessionTracker::default();
-    let _ = tracker.from_client(&msg);
-    let _ = tracker.from_server(&msg);
+    let _ = tracker.record(Flow::ToOrigin, &msg);
+    let _ = tracker.record(Flow::ToClient, &msg);
 });

@@ -1,13 +1,16 @@
-//! The gateway's configuration: every CLI flag has a TOML key here.
+//! The gateway's configuration: every CLI flag has a TOML key in [`GatewayConfig`], and
+//! [`GatewayConfig::resolve`] checks it all at load into [`GatewaySettings`], the only thing
+//! the gateway starts from.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rtmpq_proto::secret::Secret;
+use rtmpq_hop::pump::SessionLimits;
+use rtmpq_hop::secret::Secret;
 use serde::Deserialize;
 
-/// Gateway settings, from a TOML file and flags.
+/// Gateway settings as written: a TOML file, then flags over it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
@@ -62,23 +65,132 @@ impl Default for GatewayConfig {
     }
 }
 
-impl GatewayConfig {
-    /// The RTMP handshake / HELLO time limit.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
-    }
+/// Why a gateway config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this config (names the key).
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words.
+        message: String,
+    },
+    /// The origin URL is not `rtmp://HOST[:PORT]`.
+    #[error("origin {0:?} is not rtmp://HOST[:PORT]")]
+    BadOrigin(String),
+    /// Mutual TLS was asked for without a CA to check edges against.
+    #[error("client_auth needs a cert dir with ca.pem (--cert-dir, TOML: cert_dir)")]
+    ClientAuthWithoutCa,
+    /// An empty token would let any edge in.
+    #[error("tokens must not be empty strings")]
+    EmptyToken,
+    /// A limit or time that must be above zero.
+    #[error("{0} must be above zero")]
+    Zero(&'static str),
+}
 
-    /// What the gateway enforces on each session.
-    pub fn session_limits(&self) -> rtmpq_proto::session::SessionLimits {
-        rtmpq_proto::session::SessionLimits {
-            setup_deadline: Some(Duration::from_millis(self.setup_timeout_ms)),
-            silence_period: None,
-        }
-    }
-
+/// The gateway's settings, checked: what [`Gateway::bind`](crate::Gateway::bind) starts
+/// from.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// UDP address for QUIC.
+    pub listen: SocketAddr,
+    /// The origin's `HOST:PORT`; `None` runs the embedded origin.
+    pub origin: Option<String>,
+    /// Where the embedded origin listens.
+    pub embedded_origin_listen: SocketAddr,
+    /// Certificates from `rtmpq certs init`, if any.
+    pub cert_dir: Option<PathBuf>,
+    /// Where a self-signed identity is kept.
+    pub state_dir: PathBuf,
+    /// Whether edges must present a certificate.
+    pub client_auth: bool,
+    /// Tokens edges may present; empty accepts any edge that passes TLS.
+    pub tokens: Vec<Secret>,
+    /// Metrics and status API address.
+    pub metrics: Option<SocketAddr>,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+    /// The origin's TCP connect limit.
+    pub origin_connect_timeout: Duration,
+    /// The RTMP handshake and HELLO limit.
+    pub handshake_timeout: Duration,
     /// The shutdown grace period.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
+    pub shutdown_grace: Duration,
+    /// What each session must keep to.
+    pub session_limits: SessionLimits,
+    /// Bound on bytes buffered by all sessions, bytes.
+    pub max_buffered_bytes: usize,
+}
+
+impl GatewayConfig {
+    /// Reads a TOML file (every key optional; unknown keys are named in the error).
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// Checks everything that can be checked without touching files or sockets.
+    pub fn resolve(&self) -> Result<GatewaySettings, ConfigError> {
+        let origin = match &self.origin {
+            Some(url) => {
+                Some(origin_address(url).ok_or_else(|| ConfigError::BadOrigin(url.clone()))?)
+            }
+            None => None,
+        };
+        if self.client_auth && self.cert_dir.is_none() {
+            return Err(ConfigError::ClientAuthWithoutCa);
+        }
+        if self.tokens.iter().any(|t| t.expose().is_empty()) {
+            return Err(ConfigError::EmptyToken);
+        }
+        let ms = |value: u64, key: &'static str| match value {
+            0 => Err(ConfigError::Zero(key)),
+            ms => Ok(Duration::from_millis(ms)),
+        };
+        if self.max_sessions == 0 {
+            return Err(ConfigError::Zero("max_sessions"));
+        }
+        if self.max_buffered_mb == 0 {
+            return Err(ConfigError::Zero("max_buffered_mb"));
+        }
+        Ok(GatewaySettings {
+            listen: self.listen,
+            origin,
+            embedded_origin_listen: self.embedded_origin_listen,
+            cert_dir: self.cert_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            client_auth: self.client_auth,
+            tokens: self.tokens.clone(),
+            metrics: self.metrics,
+            max_sessions: self.max_sessions,
+            origin_connect_timeout: ms(
+                self.origin_connect_timeout_ms,
+                "origin_connect_timeout_ms",
+            )?,
+            handshake_timeout: ms(self.handshake_timeout_ms, "handshake_timeout_ms")?,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            session_limits: SessionLimits {
+                setup_deadline: Some(ms(self.setup_timeout_ms, "setup_timeout_ms")?),
+                silence_period: None,
+            },
+            max_buffered_bytes: self.max_buffered_mb << 20,
+        })
     }
 }
 

@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rtmpq_proto::chunk::ChunkLimits;
+use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError};
 use rtmpq_proto::command::{self, public_stream_name, Amf0Value, Command};
-use rtmpq_proto::io::{handshake, HandshakeRole, Inbound, RtmpReader, RtmpWriter};
 use rtmpq_proto::message::{message_type, Control, MediaKind, Message};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -97,7 +96,7 @@ impl EmbeddedOrigin {
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
         loop {
-            let Some((tcp, remote)) = rtmpq_proto::io::accept(&self.listener, &shutdown).await
+            let Some((tcp, remote)) = rtmpq_hop::scaffold::accept(&self.listener, &shutdown).await
             else {
                 break;
             };
@@ -128,15 +127,10 @@ enum Role {
     Player(tokio::task::JoinHandle<()>),
 }
 
-async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto::io::RtmpIoError> {
-    let _ = tcp.set_nodelay(true);
-    let leftover = handshake(&mut tcp, HandshakeRole::Server, Duration::from_secs(10)).await?;
-    let (read_half, write_half) = tcp.into_split();
-    let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
-    let mut writer = RtmpWriter::new(write_half);
-    writer.greet_client().await?;
-    let (tx, rx) = mpsc::channel(FANOUT_CAPACITY);
-    let writer_task = tokio::spawn(writer.run(rx));
+async fn serve_client(tcp: TcpStream, hubs: Hubs) -> Result<(), RtmpIoError> {
+    let RtmpConnection { mut reader, writer } =
+        RtmpConnection::accept(tcp, Duration::from_secs(10)).await?;
+    let (tx, writer_task) = writer.spawn(FANOUT_CAPACITY, None);
     let mut app = String::new();
     let mut role = Role::Idle;
     // The stream this connection published or played, released when it leaves.
@@ -149,6 +143,7 @@ async fn serve_client(mut tcp: TcpStream, hubs: Hubs) -> Result<(), rtmpq_proto:
                 continue;
             }
             Ok(Some(Inbound::Message(msg))) => msg,
+            // The embedded origin serves the gateway on loopback: it needs no pings.
             Ok(Some(Inbound::Silent(_))) => continue,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
@@ -310,7 +305,7 @@ fn unpublish(hub: &StreamHub) {
 async fn feed_player(
     mut events: broadcast::Receiver<HubEvent>,
     headers: [Option<Message>; 3],
-    tx: mpsc::Sender<Message>,
+    tx: Outbound,
     stream_id: u32,
 ) {
     let mut wait_for_keyframe = true;

@@ -7,11 +7,12 @@ mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rtmpq_certs::{Fingerprint, Identity};
+use rtmpq_hop::scaffold::{bind_tcp, Drain, StartError, END_LIMIT};
+use rtmpq_hop::transport::quic_code;
+use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader};
 use rtmpq_proto::budget::MemoryBudget;
-use rtmpq_proto::io::FrameReader;
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
@@ -20,45 +21,38 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-pub use config::GatewayConfig;
+pub use config::{ConfigError, GatewayConfig, GatewaySettings};
 pub use embedded_origin::EmbeddedOrigin;
 
 /// What stops a gateway from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// Certificates could not be made or loaded.
-    #[error("certificates: {0}")]
-    Certs(#[from] rtmpq_certs::CertError),
-    /// The TLS config could not be used for QUIC.
+    /// The configuration is unusable.
     #[error("{0}")]
-    Tls(#[from] rtmpq_proto::transport::TlsConfigError),
-    /// A socket could not be bound.
-    #[error("bind {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The origin URL is not `rtmp://HOST[:PORT]`.
-    #[error("origin {0:?} is not rtmp://HOST[:PORT]")]
-    BadOrigin(String),
-    /// Mutual TLS was asked for without a CA to check edges against.
-    #[error("client_auth needs a cert dir with ca.pem")]
-    ClientAuthWithoutCa,
+    Config(#[from] ConfigError),
+    /// Certificates, TLS or a socket.
+    #[error("{0}")]
+    Start(#[from] StartError),
+}
+
+impl From<rtmpq_certs::CertError> for GatewayError {
+    fn from(e: rtmpq_certs::CertError) -> Self {
+        GatewayError::Start(e.into())
+    }
 }
 
 /// State every connection and session of a gateway shares.
 #[derive(Debug)]
 struct Shared {
-    config: GatewayConfig,
+    settings: GatewaySettings,
+    /// Where sessions go: the origin's or the embedded origin's `HOST:PORT`.
     origin: String,
     sessions: Arc<Semaphore>,
     telemetry: Arc<Telemetry>,
+    /// The session tasks and how they end on shutdown.
+    drain: Drain,
     /// The bound on bytes buffered by all sessions.
     budget: MemoryBudget,
-    /// Cancelled when the grace period ends: live sessions end, telling both sides.
-    end_sessions: CancellationToken,
 }
 
 /// A bound gateway, ready to [`run`](Gateway::run).
@@ -72,29 +66,29 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads or creates certificates, binds the QUIC socket and, with no origin configured,
-    /// the embedded origin.
+    /// Checks `config`, loads or creates certificates, binds the QUIC socket and, with no
+    /// origin configured, the embedded origin.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
-        let (identity, client_ca) = match &config.cert_dir {
+        let settings = config.resolve()?;
+        let (identity, client_ca) = match &settings.cert_dir {
             Some(dir) => {
                 let identity = Identity::load(
                     &dir.join(rtmpq_certs::files::GATEWAY_CERT),
                     &dir.join(rtmpq_certs::files::GATEWAY_KEY),
                 )?;
                 let ca = dir.join(rtmpq_certs::files::CA_CERT);
-                let client_ca = if config.client_auth {
+                let client_ca = if settings.client_auth {
                     Some(rtmpq_certs::load_certs(&ca)?)
                 } else {
                     None
                 };
                 (identity, client_ca)
             }
-            None if config.client_auth => return Err(GatewayError::ClientAuthWithoutCa),
             None => {
-                let identity = rtmpq_certs::self_signed(&config.state_dir)?;
+                let identity = rtmpq_certs::self_signed(&settings.state_dir)?;
                 info!(
                     pin = %identity.fingerprint(),
-                    state_dir = %config.state_dir.display(),
+                    state_dir = %settings.state_dir.display(),
                     "no cert dir: using a self-signed certificate; give edges --pin"
                 );
                 (identity, None)
@@ -102,45 +96,37 @@ impl Gateway {
         };
         let pin = identity.fingerprint();
         let tls = rtmpq_certs::server_tls(identity, client_ca)?;
-        let server_config = rtmpq_proto::transport::server_config(tls)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-            GatewayError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
-
-        let (origin, embedded) = match &config.origin {
-            Some(url) => (
-                config::origin_address(url).ok_or_else(|| GatewayError::BadOrigin(url.clone()))?,
-                None,
-            ),
+        let server_config = rtmpq_hop::transport::server_config(tls).map_err(StartError::from)?;
+        let endpoint = quinn::Endpoint::server(server_config, settings.listen)
+            .map_err(StartError::bind(settings.listen))?;
+        let (origin, embedded) = match &settings.origin {
+            Some(origin) => (origin.clone(), None),
             None => {
-                let addr = config.embedded_origin_listen;
+                let addr = settings.embedded_origin_listen;
                 let embedded = EmbeddedOrigin::bind(addr)
                     .await
-                    .map_err(|source| GatewayError::Bind { addr, source })?;
+                    .map_err(StartError::bind(addr))?;
                 (embedded.local_addr().to_string(), Some(embedded))
             }
         };
-        let metrics = match config.metrics {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| GatewayError::Bind { addr, source })?,
-            ),
+        let metrics = match settings.metrics {
+            Some(addr) => {
+                // Installed before the first tick, so no figure is lost.
+                rtmpq_telemetry::prometheus();
+                Some(bind_tcp(addr).await?)
+            }
             None => None,
         };
-        let budget = MemoryBudget::new(config.max_buffered_mb << 20);
+        let budget = MemoryBudget::new(settings.max_buffered_bytes);
         let telemetry = Telemetry::new(Role::Gateway);
         telemetry.watch_budget(budget.clone());
         let shared = Arc::new(Shared {
-            sessions: Arc::new(Semaphore::new(config.max_sessions)),
-            config,
+            sessions: Arc::new(Semaphore::new(settings.max_sessions)),
+            settings,
             origin,
             telemetry,
+            drain: Drain::default(),
             budget,
-            end_sessions: CancellationToken::new(),
         });
         Ok(Gateway {
             endpoint,
@@ -166,6 +152,11 @@ impl Gateway {
         &self.shared.origin
     }
 
+    /// The gateway's live registry of sessions and connections.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.shared.telemetry.clone()
+    }
+
     /// The address of the metrics and status API listener, if any.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
@@ -183,22 +174,19 @@ impl Gateway {
             "gateway ready"
         );
         let services = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        match self.metrics {
-            Some(listener) => {
-                tokio::spawn(rtmpq_telemetry::serve(
-                    self.shared.telemetry.clone(),
-                    listener,
-                    services.clone(),
-                ));
-            }
-            None => {
-                tokio::spawn(self.shared.telemetry.clone().run_ticks(services.clone()));
-            }
+        let telemetry = self.shared.telemetry.clone();
+        tokio::spawn(telemetry.clone().run_ticks(services.clone()));
+        if let Some(listener) = self.metrics {
+            tokio::spawn(rtmpq_telemetry::serve(
+                telemetry.clone(),
+                listener,
+                services.clone(),
+            ));
         }
         let embedded = self
             .embedded
             .map(|embedded| tokio::spawn(embedded.run(services.clone())));
+        let drain = &self.shared.drain;
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -209,26 +197,17 @@ impl Gateway {
             };
             let shared = self.shared.clone();
             let remote = incoming.remote_address();
-            tasks.spawn(
+            drain.spawn(
                 serve_connection(incoming, shared, shutdown.clone())
                     .instrument(tracing::info_span!("edge", %remote)),
             );
         }
-        tasks.close();
-        let grace = self.shared.config.shutdown_grace();
-        let live = self.shared.telemetry.sessions().len();
-        info!(
-            sessions = live,
-            ?grace,
-            "gateway stopping: no new sessions; waiting for live ones"
-        );
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            info!("grace period over: ending live sessions");
-            self.shared.end_sessions.cancel();
-            let _ = tokio::time::timeout(END_LIMIT, tasks.wait()).await;
-        }
+        let live = telemetry.sessions().len();
+        drain
+            .finish("gateway", live, self.shared.settings.shutdown_grace)
+            .await;
         self.endpoint
-            .close(close_code(CloseCode::Shutdown), b"gateway shutting down");
+            .close(quic_code(CloseCode::Shutdown), b"gateway shutting down");
         let _ = tokio::time::timeout(END_LIMIT, self.endpoint.wait_idle()).await;
         services.cancel();
         if let Some(embedded) = embedded {
@@ -236,13 +215,6 @@ impl Gateway {
         }
         info!("gateway stopped");
     }
-}
-
-/// How long ending sessions and closing connections may take once the grace period is over.
-const END_LIMIT: Duration = Duration::from_secs(3);
-
-fn close_code(code: CloseCode) -> quinn::VarInt {
-    quinn::VarInt::from_u64(code.to_code()).unwrap_or(quinn::VarInt::MAX)
 }
 
 /// The `reason` label of a failed QUIC handshake: `tls` when our TLS refused the peer (no or
@@ -276,7 +248,7 @@ async fn serve_connection(
             return;
         }
     };
-    let hello = tokio::time::timeout(shared.config.handshake_timeout(), async {
+    let hello = tokio::time::timeout(shared.settings.handshake_timeout, async {
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         let mut frames = FrameReader::control(recv);
         let hello = frames.next().await.map_err(|e| e.to_string())?;
@@ -289,14 +261,14 @@ async fn serve_connection(
             shared
                 .telemetry
                 .handshake_failed("no_hello", &format_args!("edge sent no HELLO: {e}"));
-            conn.close(close_code(CloseCode::ProtocolViolation), b"no HELLO");
+            conn.close(quic_code(CloseCode::ProtocolViolation), b"no HELLO");
             return;
         }
         Err(_) => {
             shared
                 .telemetry
                 .handshake_failed("hello_timeout", &"edge sent no HELLO in time");
-            conn.close(close_code(CloseCode::Timeout), b"no HELLO in time");
+            conn.close(quic_code(CloseCode::Timeout), b"no HELLO in time");
             return;
         }
     };
@@ -311,8 +283,8 @@ async fn serve_connection(
                     CloseCode::UnsupportedVersion,
                     format!("wire version {version}"),
                 ))
-            } else if !shared.config.tokens.is_empty()
-                && !shared.config.tokens.iter().any(|t| t.expose() == token)
+            } else if !shared.settings.tokens.is_empty()
+                && !shared.settings.tokens.iter().any(|t| t.expose() == token)
             {
                 Some((CloseCode::Unauthorized, "bad token".to_owned()))
             } else {
@@ -333,14 +305,14 @@ async fn serve_connection(
             code.as_str(),
             &format_args!("edge refused: {code}: {reason}"),
         );
-        conn.close(close_code(code), reason.as_bytes());
+        conn.close(quic_code(code), reason.as_bytes());
         return;
     }
     let welcome = Frame::Welcome {
         version: WIRE_VERSION,
         gateway_id: "rtmpq-gateway".into(),
     };
-    if let Err(e) = rtmpq_proto::io::write_frame(&mut control_send, &welcome).await {
+    if let Err(e) = write_frame(&mut control_send, &welcome).await {
         warn!(reason = %e, "could not answer HELLO");
         return;
     }
@@ -359,11 +331,11 @@ async fn serve_connection(
             Ok(permit) => permit,
             Err(_) => {
                 warn!(
-                    limit = shared.config.max_sessions,
+                    limit = shared.settings.max_sessions,
                     "session refused: gateway full"
                 );
                 let mut send = send;
-                rtmpq_proto::io::close_stream(
+                close_stream(
                     &mut send,
                     CloseCode::Overloaded,
                     "gateway has no room for another session",
@@ -373,10 +345,11 @@ async fn serve_connection(
             }
         };
         let shared = shared.clone();
-        let edge_id = edge_id.clone();
+        // The edge's name and the address its connection comes from.
+        let peer = format!("{edge_id}@{}", conn.remote_address());
         sessions.spawn(
             async move {
-                session::serve(send, recv, &shared, edge_id).await;
+                session::serve(send, recv, &shared, peer).await;
                 drop(permit);
             }
             .in_current_span(),

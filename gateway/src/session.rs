@@ -1,15 +1,14 @@
 //! One RTMP session at the gateway: SESSION_OPEN, a TCP connection and client handshake to the
-//! origin, then the relay until either side ends.
+//! origin, then the two pumps until either side ends.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rtmpq_hop::pump::{finish_session, run_session, EndedBy, RtmpPeer, SessionEnd};
+use rtmpq_hop::rtmp::{RtmpConnection, RtmpIoError};
+use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
 use rtmpq_proto::budget::SessionBudget;
-use rtmpq_proto::chunk::{ChunkLimits, OUR_CHUNK_SIZE};
-use rtmpq_proto::io::{
-    close_stream, handshake, FrameReader, HandshakeRole, RtmpReader, RtmpWriter,
-};
-use rtmpq_proto::session::{finish_tunnel, relay, EndedBy, RelayEnd, RtmpPeer, SessionTracker};
+use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
@@ -25,14 +24,14 @@ pub(crate) async fn serve(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     shared: &Shared,
-    edge_id: String,
+    peer: String,
 ) {
     let budget = shared.budget.session();
     let mut frames = FrameReader::new(recv);
     frames.set_budget(budget.clone());
-    let open = tokio::time::timeout(shared.config.handshake_timeout(), frames.next()).await;
+    let open = tokio::time::timeout(shared.settings.handshake_timeout, frames.next()).await;
     let session_id = match open {
-        Ok(Ok(Some(Frame::SessionOpen { session_id, .. }))) => session_id,
+        Ok(Ok(Some(Frame::SessionOpen { session_id }))) => session_id,
         other => {
             let reason = match other {
                 Err(_) => "no SESSION_OPEN in time".to_owned(),
@@ -40,7 +39,7 @@ pub(crate) async fn serve(
                 Ok(Ok(frame)) => format!("expected SESSION_OPEN, got {frame:?}"),
             };
             warn!(code = %CloseCode::ProtocolViolation, %reason, "session refused");
-            frames.stop(CloseCode::ProtocolViolation);
+            TunnelRecv::stop(&mut frames, CloseCode::ProtocolViolation);
             close_stream(&mut send, CloseCode::ProtocolViolation, &reason).await;
             return;
         }
@@ -50,84 +49,98 @@ pub(crate) async fn serve(
         let tracker = Arc::new(Mutex::new(SessionTracker::default()));
         shared
             .telemetry
-            .session_started(session_id, edge_id, tracker.clone());
-        let end = relay_to_origin(&mut send, &mut frames, shared, &tracker, budget).await;
-        finish_tunnel(&mut send, &end).await;
-        shared.telemetry.session_ended(session_id, end.code);
+            .session_started(session_id, peer, tracker.clone());
+        let end = to_origin(&mut send, &mut frames, shared, &tracker, budget).await;
+        shared
+            .telemetry
+            .session_ended(session_id, end.code, &end.reason);
         let t = tracker.lock().expect("tracker").clone();
-        let line = format!(
-            "session ended: {} ({})",
-            end.reason, end.code
-        );
+        let line = format!("session ended: {} ({})", end.reason, end.code);
         let (app, stream) = (t.app.unwrap_or_default(), t.stream.unwrap_or_default());
+        let (to_origin, to_client) = (t.to_origin.messages, t.to_client.messages);
         if end.code == CloseCode::Normal {
-            info!(%app, %stream, code = %end.code, reason = %end.reason, messages_up = t.upstream.messages, messages_down = t.downstream.messages, "{line}");
+            info!(%app, %stream, code = %end.code, reason = %end.reason, to_origin, to_client, "{line}");
         } else {
-            warn!(%app, %stream, code = %end.code, reason = %end.reason, messages_up = t.upstream.messages, messages_down = t.downstream.messages, "{line}");
+            warn!(%app, %stream, code = %end.code, reason = %end.reason, to_origin, to_client, "{line}");
         }
     }
     .instrument(span)
     .await
 }
 
-async fn relay_to_origin(
+/// Why the origin side of a session could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum OriginError {
+    #[error("origin {origin} unreachable: {source}")]
+    Refused {
+        origin: String,
+        source: std::io::Error,
+    },
+    #[error("origin {origin} did not answer within {limit:?}")]
+    Silent { origin: String, limit: Duration },
+    #[error("origin {origin}: {source}")]
+    Rtmp { origin: String, source: RtmpIoError },
+}
+
+impl OriginError {
+    fn end(self) -> SessionEnd {
+        let code = match &self {
+            OriginError::Rtmp {
+                source: RtmpIoError::Io(_),
+                ..
+            }
+            | OriginError::Refused { .. }
+            | OriginError::Silent { .. } => CloseCode::OriginUnreachable,
+            OriginError::Rtmp { .. } => CloseCode::OriginProtocolError,
+        };
+        SessionEnd::new(code, self.to_string(), EndedBy::Rtmp)
+    }
+}
+
+async fn connect_origin(shared: &Shared) -> Result<RtmpConnection, OriginError> {
+    let origin = shared.origin.clone();
+    let limit = shared.settings.origin_connect_timeout;
+    let tcp = match tokio::time::timeout(limit, TcpStream::connect(&origin)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(source)) => return Err(OriginError::Refused { origin, source }),
+        Err(_) => return Err(OriginError::Silent { origin, limit }),
+    };
+    RtmpConnection::connect(tcp, shared.settings.handshake_timeout)
+        .await
+        .map_err(|source| OriginError::Rtmp { origin, source })
+}
+
+async fn to_origin(
     send: &mut quinn::SendStream,
     frames: &mut FrameReader,
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
     budget: Arc<SessionBudget>,
-) -> RelayEnd {
-    let origin = &shared.origin;
-    let limit = Duration::from_millis(shared.config.origin_connect_timeout_ms);
-    let unreachable = |why: String| RelayEnd::new(CloseCode::OriginUnreachable, why, EndedBy::Rtmp);
-    let mut tcp = match tokio::time::timeout(limit, TcpStream::connect(origin)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return unreachable(format!("origin {origin} unreachable: {e}")),
-        Err(_) => return unreachable(format!("origin {origin} did not answer within {limit:?}")),
-    };
-    let _ = tcp.set_nodelay(true);
-    let leftover = match handshake(
-        &mut tcp,
-        HandshakeRole::Client,
-        shared.config.handshake_timeout(),
-    )
-    .await
-    {
-        Ok(leftover) => leftover,
+) -> SessionEnd {
+    let RtmpConnection { mut reader, writer } = match connect_origin(shared).await {
+        Ok(conn) => conn,
         Err(e) => {
-            return RelayEnd::new(
-                CloseCode::OriginProtocolError,
-                format!("origin {origin}: {e}"),
-                EndedBy::Rtmp,
-            )
+            let end = e.end();
+            close_stream(send, end.code, &end.reason).await;
+            return end;
         }
     };
-    let (read_half, write_half) = tcp.into_split();
-    let mut reader = RtmpReader::new(read_half, leftover, ChunkLimits::default());
     reader.set_budget(budget.clone());
-    let mut writer = RtmpWriter::new(write_half);
-    if let Err(e) = writer.set_chunk_size(OUR_CHUNK_SIZE).await {
-        return unreachable(format!("origin {origin}: {e}"));
-    }
-    let (to_origin, writer_task) = writer.spawn(ORIGIN_QUEUE, Some(budget));
+    let waiting = tracker.lock().expect("tracker").waiting(Flow::ToOrigin);
+    let (to_origin, writer_task) = writer.spawn_timed(ORIGIN_QUEUE, Some(budget), waiting);
     let abort_writer = writer_task.abort_handle();
-    let end = relay(
+    let end = run_session(
         RtmpPeer::Origin,
         &mut reader,
         &to_origin,
         frames,
         send,
         tracker,
-        &shared.config.session_limits(),
-        &shared.end_sessions,
+        &shared.settings.session_limits,
+        shared.drain.end_sessions(),
     )
     .await;
-    if end.ended_by == EndedBy::Local {
-        // Leave the origin the way a client does, so it ends the stream cleanly.
-        for msg in tracker.lock().expect("tracker").goodbye_messages() {
-            let _ = to_origin.try_send(msg);
-        }
-    }
+    finish_session(RtmpPeer::Origin, &end, tracker, &to_origin, send).await;
     // Everything queued for the origin is written before its connection closes.
     drop(to_origin);
     match tokio::time::timeout(FLUSH_LIMIT, writer_task).await {

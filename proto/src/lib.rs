@@ -1,8 +1,10 @@
-//! rtmpq-proto: the RTMP chunk codec, handshake glue, message classes, AMF0 command
-//! inspection, the tunnel wire format and the QUIC settings shared by edge and gateway.
+//! rtmpq-proto: the pure core of rtmpq, no I/O and no async runtime: the RTMP chunk codec,
+//! message classes, bounded AMF0 command inspection, the tunnel wire format, the session
+//! tracker and the process-wide buffer budget. The async layer (sockets, QUIC streams, the
+//! pumps) is `rtmpq-hop`.
 //!
 //! Parsing never does I/O: [`chunk::ChunkDecoder`] and [`wire::FrameDecoder`] take bytes and
-//! return "need more" as `Ok(None)`. The [`io`] module is the thin async layer over them.
+//! return "need more" as `Ok(None)`; policies take the time as an argument.
 //!
 //! # Tunnel wire format, version 1 (ALPN `rtmpq/1`)
 //!
@@ -18,7 +20,7 @@
 //! |------|---------------|-------------|------|
 //! | 0x01 | HELLO         | edge → gw   | `version:u8 edge_id:string token:string` |
 //! | 0x02 | WELCOME       | gw → edge   | `version:u8 gateway_id:string` |
-//! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64 resume_token:bytes-to-end` |
+//! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64` |
 //! | 0x11 | MSG           | both        | `type:u8 stream_id:varint timestamp:u32 payload:bytes-to-end` |
 //! | 0x12 | SESSION_CLOSE | both        | `code:varint reason:utf8-to-end` |
 //!
@@ -52,13 +54,9 @@
 pub mod amf0;
 pub mod budget;
 pub mod chunk;
-pub mod clock;
 pub mod command;
-pub mod io;
 pub mod message;
-pub mod secret;
 pub mod session;
-pub mod transport;
 pub mod wire;
 
 pub use chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits};

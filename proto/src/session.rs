@@ -1,21 +1,14 @@
-//! One RTMP session as both hops see it: [`SessionTracker`] (plain state: the commands that
-//! matter, per-direction counters, the RTMP error a client gets when the far side fails) and
-//! [`relay`], which moves end-to-end messages between an RTMP socket and a tunnel stream.
+//! One RTMP session as both hops see it: [`SessionTracker`], plain state with the commands that
+//! matter, counters per [`Flow`], when the messages still waiting at the hop arrived, and the
+//! RTMP messages a client gets when its session fails or a server when the hop leaves it.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::amf0::Amf0Error;
-use crate::chunk::ChunkError;
 use crate::command::{self, public_stream_name, Amf0Value, Command};
-use crate::io::{
-    write_frame, FrameReadError, FrameReader, Inbound, Outbound, OutboundError, RtmpIoError,
-    RtmpReader,
-};
-use crate::message::{Control, MediaKind, Message, MessageClass};
-use crate::wire::{CloseCode, Frame};
+use crate::message::{MediaKind, Message};
 
 /// Whether the client publishes or plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +29,35 @@ impl Direction {
     }
 }
 
-/// Counters for one direction of a session.
+/// The two ways messages cross a hop, named the same in code, metrics, the status API and
+/// logs: toward the origin (a pusher's media, every client's commands) and toward the client
+/// (a player's media, the origin's answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// From the client (pusher or player) toward the origin.
+    ToOrigin,
+    /// From the origin toward the client.
+    ToClient,
+}
+
+impl Flow {
+    /// `to_origin` or `to_client`: the `flow` label of metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flow::ToOrigin => "to_origin",
+            Flow::ToClient => "to_client",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Flow::ToOrigin => 0,
+            Flow::ToClient => 1,
+        }
+    }
+}
+
+/// Counters for one flow of a session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FlowStats {
     /// End-to-end messages.
@@ -82,6 +103,30 @@ impl FlowStats {
     }
 }
 
+/// When each message still waiting at a hop arrived, oldest first: whoever takes a message in
+/// notes it, whoever hands it on removes it, and the queue age is the oldest one's age.
+#[derive(Debug, Default)]
+pub struct WaitTimes(Mutex<VecDeque<Instant>>);
+
+impl WaitTimes {
+    /// A message arrived at `at` and waits.
+    pub fn arrived(&self, at: Instant) {
+        self.0.lock().expect("wait times").push_back(at);
+    }
+
+    /// The `n` oldest waiting messages were handed on.
+    pub fn handed_on(&self, n: usize) {
+        let mut times = self.0.lock().expect("wait times");
+        let n = n.min(times.len());
+        times.drain(..n);
+    }
+
+    /// When the oldest waiting message arrived.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.0.lock().expect("wait times").front().copied()
+    }
+}
+
 /// What a hop knows about one RTMP session from the messages crossing it.
 #[derive(Debug, Clone)]
 pub struct SessionTracker {
@@ -96,13 +141,12 @@ pub struct SessionTracker {
     /// When the first media message crossed this hop (start-up time: at the gateway, the first
     /// media written toward the origin).
     pub first_media: Option<Instant>,
-    /// Client → server counters.
-    pub upstream: FlowStats,
-    /// Server → client counters.
-    pub downstream: FlowStats,
-    /// Since when the oldest message taken from one side has waited to be handed to the other
-    /// (upstream, downstream); `None` when nothing waits.
-    pub waiting_since: [Option<Instant>; 2],
+    /// Counters toward the origin.
+    pub to_origin: FlowStats,
+    /// Counters toward the client.
+    pub to_client: FlowStats,
+    /// Messages waiting at this hop, per flow.
+    waiting: [Arc<WaitTimes>; 2],
     connect_transaction: Option<f64>,
     connected: bool,
     media_stream_id: Option<u32>,
@@ -116,9 +160,9 @@ impl Default for SessionTracker {
             stream: None,
             direction: None,
             first_media: None,
-            upstream: FlowStats::default(),
-            downstream: FlowStats::default(),
-            waiting_since: [None, None],
+            to_origin: FlowStats::default(),
+            to_client: FlowStats::default(),
+            waiting: Default::default(),
             connect_transaction: None,
             connected: false,
             media_stream_id: None,
@@ -127,10 +171,17 @@ impl Default for SessionTracker {
 }
 
 impl SessionTracker {
-    /// Records a message from the client (pusher or player) toward the server. `Err` for a
-    /// command too malformed or too deep to inspect: the session must end.
-    pub fn from_client(&mut self, msg: &Message) -> Result<(), Amf0Error> {
-        let kind = self.upstream.count(msg);
+    /// Records a message crossing the hop in `flow`. `Err` for a command too malformed or too
+    /// deep to inspect: the session must end.
+    pub fn record(&mut self, flow: Flow, msg: &Message) -> Result<(), Amf0Error> {
+        match flow {
+            Flow::ToOrigin => self.record_to_origin(msg),
+            Flow::ToClient => self.record_to_client(msg),
+        }
+    }
+
+    fn record_to_origin(&mut self, msg: &Message) -> Result<(), Amf0Error> {
+        let kind = self.to_origin.count(msg);
         self.note_media(kind);
         let Some(cmd) = Command::parse(msg)? else {
             return Ok(());
@@ -154,10 +205,8 @@ impl SessionTracker {
         Ok(())
     }
 
-    /// Records a message from the server toward the client; `Err` as for
-    /// [`from_client`](Self::from_client).
-    pub fn from_server(&mut self, msg: &Message) -> Result<(), Amf0Error> {
-        let kind = self.downstream.count(msg);
+    fn record_to_client(&mut self, msg: &Message) -> Result<(), Amf0Error> {
+        let kind = self.to_client.count(msg);
         self.note_media(kind);
         if let Some(cmd) = Command::parse(msg)? {
             if Some(cmd.transaction_id) == self.connect_transaction && cmd.name == "_result" {
@@ -171,6 +220,19 @@ impl SessionTracker {
         if self.first_media.is_none() && kind != MediaKind::Other {
             self.first_media = Some(Instant::now());
         }
+    }
+
+    /// The counters of `flow`.
+    pub fn flow(&self, flow: Flow) -> &FlowStats {
+        match flow {
+            Flow::ToOrigin => &self.to_origin,
+            Flow::ToClient => &self.to_client,
+        }
+    }
+
+    /// Where messages waiting at this hop in `flow` are noted.
+    pub fn waiting(&self, flow: Flow) -> Arc<WaitTimes> {
+        self.waiting[flow.index()].clone()
     }
 
     /// The RTMP messages that tell the client its session failed for `reason`: `_error` for a
@@ -216,21 +278,21 @@ impl SessionTracker {
         out
     }
 
-    /// The counters of the direction media flows in: upstream for a publisher, downstream for
-    /// a player (upstream until known).
+    /// The counters of the flow media goes in: toward the origin for a publisher, toward the
+    /// client for a player (toward the origin until known).
     pub fn media_flow(&self) -> &FlowStats {
         match self.direction {
-            Some(Direction::Play) => &self.downstream,
-            _ => &self.upstream,
+            Some(Direction::Play) => &self.to_client,
+            _ => &self.to_origin,
         }
     }
 
-    /// How long the oldest waiting message has waited, in either direction.
-    pub fn queue_age(&self, now: Instant) -> std::time::Duration {
-        self.waiting_since
+    /// How long the oldest message waiting at this hop has waited, in either flow.
+    pub fn queue_age(&self, now: Instant) -> Duration {
+        self.waiting
             .iter()
-            .flatten()
-            .map(|t| now.saturating_duration_since(*t))
+            .filter_map(|w| w.oldest())
+            .map(|t| now.saturating_duration_since(t))
             .max()
             .unwrap_or_default()
     }
@@ -251,322 +313,6 @@ impl SessionTracker {
     }
 }
 
-/// Which RTMP peer a hop relays for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RtmpPeer {
-    /// The edge's peer: a pusher or player.
-    Client,
-    /// The gateway's peer: the origin.
-    Origin,
-}
-
-impl RtmpPeer {
-    fn name(self) -> &'static str {
-        match self {
-            RtmpPeer::Client => "client",
-            RtmpPeer::Origin => "origin",
-        }
-    }
-}
-
-/// Which side ended a relayed session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndedBy {
-    /// The RTMP peer closed or misbehaved.
-    Rtmp,
-    /// The far hop sent SESSION_CLOSE.
-    RemoteClose,
-    /// The tunnel stream broke or carried bad frames.
-    Tunnel,
-    /// This hop is shutting down.
-    Local,
-}
-
-/// How a relayed session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayEnd {
-    /// The close code.
-    pub code: CloseCode,
-    /// Words for the log and for the client.
-    pub reason: String,
-    /// Who ended it.
-    pub ended_by: EndedBy,
-}
-
-impl RelayEnd {
-    /// A session ended with `code` for `reason`.
-    pub fn new(code: CloseCode, reason: impl Into<String>, ended_by: EndedBy) -> Self {
-        RelayEnd {
-            code,
-            reason: reason.into(),
-            ended_by,
-        }
-    }
-}
-
-/// What a hop enforces on a session besides the codec's limits.
-#[derive(Debug, Clone, Default)]
-pub struct SessionLimits {
-    /// The client must ask to publish or play within this long of the relay's start.
-    pub setup_deadline: Option<Duration>,
-    /// The RTMP peer is pinged after this long without a byte from it, and the session ends
-    /// after twice this long (set on the client-facing side only: an idle player still
-    /// answers pings, a dead or hostile one does not).
-    pub silence_period: Option<Duration>,
-}
-
-impl RtmpPeer {
-    /// The close code for bad RTMP from this peer.
-    fn protocol_error(self) -> CloseCode {
-        match self {
-            RtmpPeer::Client => CloseCode::ClientProtocolError,
-            RtmpPeer::Origin => CloseCode::OriginProtocolError,
-        }
-    }
-
-    /// How this hop names the far end of the tunnel.
-    fn tunnel_name(self) -> &'static str {
-        match self {
-            RtmpPeer::Client => "tunnel to the gateway",
-            RtmpPeer::Origin => "tunnel from the edge",
-        }
-    }
-
-    /// The close code and reason for a session whose RTMP reader failed with `e`.
-    fn read_failure(self, e: &RtmpIoError) -> RelayEnd {
-        let code = match e {
-            RtmpIoError::Chunk(ChunkError::Overloaded(_)) => CloseCode::Overloaded,
-            _ => self.protocol_error(),
-        };
-        RelayEnd::new(code, format!("{}: {e}", self.name()), EndedBy::Rtmp)
-    }
-}
-
-/// How a session ends when its tunnel stream fails: a code the far hop asked for (a stream
-/// stopped or reset with a close code, a connection closed with one), otherwise
-/// [`CloseCode::TunnelLost`]. Never `normal`: a tunnel that breaks under a live session is a
-/// failure the client must hear about.
-pub fn tunnel_failure(peer: RtmpPeer, code: Option<u64>, what: impl std::fmt::Display) -> RelayEnd {
-    let code = match code.map(CloseCode::from_code) {
-        Some(CloseCode::Normal | CloseCode::Unknown(_)) | None => CloseCode::TunnelLost,
-        Some(code) => code,
-    };
-    RelayEnd::new(
-        code,
-        format!("{} lost: {what}", peer.tunnel_name()),
-        EndedBy::Tunnel,
-    )
-}
-
-fn connection_code(e: &quinn::ConnectionError) -> Option<u64> {
-    match e {
-        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
-        quinn::ConnectionError::LocallyClosed => Some(CloseCode::Shutdown.to_code()),
-        _ => None,
-    }
-}
-
-fn write_failure(peer: RtmpPeer, e: &quinn::WriteError) -> RelayEnd {
-    let code = match e {
-        quinn::WriteError::Stopped(code) => Some(code.into_inner()),
-        quinn::WriteError::ConnectionLost(c) => connection_code(c),
-        _ => None,
-    };
-    tunnel_failure(peer, code, e)
-}
-
-fn read_failure(peer: RtmpPeer, e: &FrameReadError) -> RelayEnd {
-    let code = match e {
-        FrameReadError::Stream(quinn::ReadError::Reset(code)) => Some(code.into_inner()),
-        FrameReadError::Stream(quinn::ReadError::ConnectionLost(c)) => connection_code(c),
-        _ => None,
-    };
-    tunnel_failure(peer, code, e)
-}
-
-/// Moves end-to-end messages both ways until one side ends: RTMP messages from `rtmp` go out
-/// as MSG frames on `to_tunnel`; MSG frames from `tunnel` go to the RTMP writer via `to_rtmp`
-/// (which also carries the reader's hop-by-hop replies). Every message is recorded in `tracker`;
-/// empty messages carry nothing and are not forwarded. Cancelling `stop` ends the session with
-/// [`CloseCode::Shutdown`].
-#[allow(clippy::too_many_arguments)]
-pub async fn relay(
-    peer: RtmpPeer,
-    rtmp: &mut RtmpReader,
-    to_rtmp: &Outbound,
-    tunnel: &mut FrameReader,
-    to_tunnel: &mut quinn::SendStream,
-    tracker: &Mutex<SessionTracker>,
-    limits: &SessionLimits,
-    stop: &CancellationToken,
-) -> RelayEnd {
-    let started = Instant::now();
-    // Records a message and marks its direction as waiting until `handed_off`.
-    let record = |toward_server: bool, msg: &Message| {
-        let mut t = tracker.lock().expect("tracker lock");
-        let recorded = if toward_server {
-            t.from_client(msg)
-        } else {
-            t.from_server(msg)
-        };
-        t.waiting_since[usize::from(!toward_server)].get_or_insert_with(Instant::now);
-        recorded
-    };
-    let handed_off = |toward_server: bool| {
-        tracker.lock().expect("tracker lock").waiting_since[usize::from(!toward_server)] = None;
-    };
-    let queue_failed = |e: OutboundError| match e {
-        OutboundError::Overloaded(e) => {
-            RelayEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp)
-        }
-        OutboundError::Closed | OutboundError::Full => RelayEnd::new(
-            CloseCode::Normal,
-            format!("{} connection closed", peer.name()),
-            EndedBy::Rtmp,
-        ),
-    };
-    let from_rtmp = async {
-        loop {
-            match rtmp.next().await {
-                Ok(Some(Inbound::Message(msg))) => {
-                    if msg.payload.is_empty() {
-                        continue;
-                    }
-                    let toward_server = peer == RtmpPeer::Client;
-                    if let Err(e) = record(toward_server, &msg) {
-                        return RelayEnd::new(
-                            peer.protocol_error(),
-                            format!("{}: {e}", peer.name()),
-                            EndedBy::Rtmp,
-                        );
-                    }
-                    if let Err(e) = write_frame(to_tunnel, &Frame::Msg(msg)).await {
-                        return write_failure(peer, &e);
-                    }
-                    handed_off(toward_server);
-                }
-                Ok(Some(Inbound::Reply(reply))) => {
-                    if let Err(e) = to_rtmp.send(reply).await {
-                        return queue_failed(e);
-                    }
-                }
-                Ok(Some(Inbound::Silent(1))) => {
-                    let now = started.elapsed().as_millis() as u32;
-                    if let Err(e) = to_rtmp.send(Control::PingRequest(now).to_message()).await {
-                        return queue_failed(e);
-                    }
-                }
-                Ok(Some(Inbound::Silent(_))) => {
-                    let silent = limits.silence_period.unwrap_or_default() * 2;
-                    return RelayEnd::new(
-                        CloseCode::Timeout,
-                        format!(
-                            "{} sent nothing for {silent:?}, not even an answer to a ping",
-                            peer.name()
-                        ),
-                        EndedBy::Rtmp,
-                    );
-                }
-                Ok(None) => {
-                    let code = match peer {
-                        RtmpPeer::Client => CloseCode::Normal,
-                        RtmpPeer::Origin => CloseCode::OriginClosed,
-                    };
-                    let reason = format!("{} closed the connection", peer.name());
-                    return RelayEnd::new(code, reason, EndedBy::Rtmp);
-                }
-                Err(e) => return peer.read_failure(&e),
-            }
-        }
-    };
-    let from_tunnel = async {
-        loop {
-            let violation =
-                |what: String| RelayEnd::new(CloseCode::ProtocolViolation, what, EndedBy::Tunnel);
-            match tunnel.next().await {
-                Ok(Some(Frame::Msg(msg))) if msg.class() == MessageClass::EndToEnd => {
-                    if msg.payload.is_empty() {
-                        continue;
-                    }
-                    let toward_server = peer == RtmpPeer::Origin;
-                    if let Err(e) = record(toward_server, &msg) {
-                        return violation(format!("through the tunnel: {e}"));
-                    }
-                    if let Err(e) = to_rtmp.send(msg).await {
-                        return queue_failed(e);
-                    }
-                    handed_off(toward_server);
-                }
-                Ok(Some(Frame::Msg(msg))) => {
-                    return violation(format!(
-                        "hop-by-hop message type {} sent through the tunnel",
-                        msg.type_id
-                    ))
-                }
-                Ok(Some(Frame::SessionClose { code, reason })) => {
-                    return RelayEnd::new(code, reason, EndedBy::RemoteClose)
-                }
-                Ok(Some(other)) => {
-                    return violation(format!("unexpected {other:?} on a session stream"))
-                }
-                Ok(None) => return violation("tunnel stream ended without SESSION_CLOSE".into()),
-                Err(e @ (FrameReadError::Wire(_) | FrameReadError::Truncated)) => {
-                    return violation(e.to_string())
-                }
-                Err(FrameReadError::Overloaded(e)) => {
-                    return RelayEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Tunnel)
-                }
-                Err(e) => return read_failure(peer, &e),
-            }
-        }
-    };
-    // Ends a session whose client has not asked to publish or play by the deadline.
-    let setup_deadline = async {
-        let Some(deadline) = limits.setup_deadline else {
-            return std::future::pending().await;
-        };
-        tokio::time::sleep(deadline).await;
-        if tracker.lock().expect("tracker lock").set_up() {
-            return std::future::pending().await;
-        }
-        RelayEnd::new(
-            CloseCode::Timeout,
-            format!("no publish or play within {deadline:?}"),
-            EndedBy::Local,
-        )
-    };
-    let end = tokio::select! {
-        end = from_rtmp => end,
-        end = from_tunnel => end,
-        end = setup_deadline => end,
-        _ = stop.cancelled() => RelayEnd::new(
-            CloseCode::Shutdown,
-            format!("{} shutting down", match peer {
-                RtmpPeer::Client => "edge",
-                RtmpPeer::Origin => "gateway",
-            }),
-            EndedBy::Local,
-        ),
-    };
-    if end.code == CloseCode::ProtocolViolation {
-        tunnel.stop(end.code);
-    }
-    end
-}
-
-/// Ends the tunnel side after [`relay`]: SESSION_CLOSE with the reason unless the far side
-/// closed first, then FIN.
-pub async fn finish_tunnel(to_tunnel: &mut quinn::SendStream, end: &RelayEnd) {
-    match end.ended_by {
-        EndedBy::RemoteClose => {
-            let _ = to_tunnel.finish();
-        }
-        EndedBy::Rtmp | EndedBy::Tunnel | EndedBy::Local => {
-            crate::io::close_stream(to_tunnel, end.code, &end.reason).await
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,24 +322,30 @@ mod tests {
     fn tracks_connect_and_publish_and_maps_failures() {
         let mut t = SessionTracker::default();
         assert!(t.failure_messages("x").is_empty(), "nothing to answer yet");
-        t.from_client(&request(
-            "connect",
-            1.0,
-            0,
-            vec![connect_object("live", "rtmp://h/live")],
-        ))
+        t.record(
+            Flow::ToOrigin,
+            &request(
+                "connect",
+                1.0,
+                0,
+                vec![connect_object("live", "rtmp://h/live")],
+            ),
+        )
         .unwrap();
         let fail = t.failure_messages("origin down");
         let cmd = Command::parse(&fail[0]).unwrap().unwrap();
         assert_eq!((cmd.name.as_str(), cmd.transaction_id), ("_error", 1.0));
-        t.from_server(&connect_result(1.0)).unwrap();
+        t.record(Flow::ToClient, &connect_result(1.0)).unwrap();
         assert!(!t.set_up());
-        t.from_client(&request(
-            "publish",
-            5.0,
-            1,
-            vec![Amf0Value::Null, Amf0Value::Utf8String("cam?key=s".into())],
-        ))
+        t.record(
+            Flow::ToOrigin,
+            &request(
+                "publish",
+                5.0,
+                1,
+                vec![Amf0Value::Null, Amf0Value::Utf8String("cam?key=s".into())],
+            ),
+        )
         .unwrap();
         assert!(t.set_up());
         assert_eq!(t.app.as_deref(), Some("live"));
@@ -611,19 +363,46 @@ mod tests {
             .collect();
         assert_eq!(bye, ["FCUnpublish", "deleteStream"]);
 
-        t.from_client(&Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0, 9]))
+        t.record(
+            Flow::ToOrigin,
+            &Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0, 9]),
+        )
+        .unwrap();
+        t.record(
+            Flow::ToOrigin,
+            &Message::new(9, 1, 33, vec![0x27, 1, 0, 0, 0, 9]),
+        )
+        .unwrap();
+        t.record(Flow::ToOrigin, &Message::new(8, 1, 20, vec![0xaf, 1, 9]))
             .unwrap();
-        t.from_client(&Message::new(9, 1, 33, vec![0x27, 1, 0, 0, 0, 9]))
-            .unwrap();
-        t.from_client(&Message::new(8, 1, 20, vec![0xaf, 1, 9]))
-            .unwrap();
-        assert_eq!(t.upstream.video_frames, 2);
-        assert_eq!(t.upstream.keyframes, 1);
-        assert_eq!(t.upstream.audio_frames, 1);
+        assert_eq!(t.to_origin.video_frames, 2);
+        assert_eq!(t.to_origin.keyframes, 1);
+        assert_eq!(t.to_origin.audio_frames, 1);
         assert!(t.first_media.is_some());
-        t.from_client(&Message::new(9, 1, 2000, vec![0x17, 1, 0, 0, 0, 9]))
-            .unwrap();
-        assert_eq!(t.upstream.keyframe_interval_ms, Some(2000));
+        t.record(
+            Flow::ToOrigin,
+            &Message::new(9, 1, 2000, vec![0x17, 1, 0, 0, 0, 9]),
+        )
+        .unwrap();
+        assert_eq!(t.to_origin.keyframe_interval_ms, Some(2000));
         assert_eq!(t.media_flow().media_bytes, 6 + 6 + 3 + 6);
+    }
+
+    #[test]
+    fn queue_age_is_the_oldest_waiting_message() {
+        let t = SessionTracker::default();
+        let start = Instant::now();
+        assert_eq!(t.queue_age(start), Duration::ZERO);
+        let to_client = t.waiting(Flow::ToClient);
+        to_client.arrived(start);
+        to_client.arrived(start + Duration::from_millis(300));
+        t.waiting(Flow::ToOrigin)
+            .arrived(start + Duration::from_millis(100));
+        let now = start + Duration::from_secs(1);
+        assert_eq!(t.queue_age(now), Duration::from_secs(1));
+        to_client.handed_on(1);
+        assert_eq!(t.queue_age(now), Duration::from_millis(900));
+        to_client.handed_on(5);
+        assert_eq!(t.queue_age(now), Duration::from_millis(900));
     }
 }

@@ -165,8 +165,6 @@ pub enum Frame {
     SessionOpen {
         /// The session's id.
         session_id: SessionId,
-        /// Opaque token to resume an earlier session; empty for a new one.
-        resume_token: Bytes,
     },
     /// One end-to-end RTMP message.
     Msg(Message),
@@ -198,7 +196,7 @@ impl std::fmt::Debug for Frame {
                 .field("version", version)
                 .field("gateway_id", gateway_id)
                 .finish(),
-            Frame::SessionOpen { session_id, .. } => f
+            Frame::SessionOpen { session_id } => f
                 .debug_struct("SessionOpen")
                 .field("session_id", session_id)
                 .finish(),
@@ -294,12 +292,8 @@ impl Frame {
                 put_string(&mut body, gateway_id);
                 frame_kind::WELCOME
             }
-            Frame::SessionOpen {
-                session_id,
-                resume_token,
-            } => {
+            Frame::SessionOpen { session_id } => {
                 body.put_u64(session_id.0);
-                body.put_slice(resume_token);
                 frame_kind::SESSION_OPEN
             }
             Frame::Msg(m) => {
@@ -362,7 +356,33 @@ impl FrameDecoder {
 
     /// Takes one whole frame off the front of `buf`, if it is all there.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-        let mut peek = &buf[..];
+        let Some((head, len)) = self.length(buf)? else {
+            return Ok(None);
+        };
+        if buf.len() < head + len {
+            buf.reserve((head + len - buf.len()).min(RESERVE_AHEAD));
+            return Ok(None);
+        }
+        buf.advance(head);
+        parse_frame(buf.split_to(len).freeze())
+    }
+
+    /// Like [`decode`](Self::decode) on bytes already shared (a QUIC chunk): a whole frame
+    /// is sliced out without a copy; an incomplete one is left in `bytes`.
+    pub fn decode_bytes(&mut self, bytes: &mut Bytes) -> Result<Option<Frame>, WireError> {
+        let Some((head, len)) = self.length(bytes)? else {
+            return Ok(None);
+        };
+        if bytes.len() < head + len {
+            return Ok(None);
+        }
+        bytes.advance(head);
+        parse_frame(bytes.split_to(len))
+    }
+
+    /// The length prefix's size and the frame's length, once the prefix is all there.
+    fn length(&self, buf: &[u8]) -> Result<Option<(usize, usize)>, WireError> {
+        let mut peek = buf;
         let Some(len) = get_varint(&mut peek) else {
             return Ok(None);
         };
@@ -372,69 +392,62 @@ impl FrameDecoder {
         if len == 0 {
             return Err(WireError::Empty);
         }
-        let head = buf.len() - peek.len();
-        if peek.len() < len as usize {
-            buf.reserve((head + len as usize - buf.len()).min(RESERVE_AHEAD));
-            return Ok(None);
-        }
-        buf.advance(head);
-        let frame = buf.split_to(len as usize).freeze();
-        let kind = frame[0];
-        let malformed = WireError::Malformed(kind);
-        let mut body = &frame[1..];
-        let parsed = match kind {
-            frame_kind::HELLO => (|| {
-                let version = *body.first()?;
-                body.advance(1);
-                let edge_id = get_string(&mut body)?;
-                let token = get_string(&mut body)?;
-                Some(Frame::Hello {
-                    version,
-                    edge_id,
-                    token,
-                })
-            })(),
-            frame_kind::WELCOME => (|| {
-                let version = *body.first()?;
-                body.advance(1);
-                Some(Frame::Welcome {
-                    version,
-                    gateway_id: get_string(&mut body)?,
-                })
-            })(),
-            frame_kind::SESSION_OPEN => (body.len() >= 8).then(|| {
-                let session_id = SessionId(body.get_u64());
-                let consumed = frame.len() - body.len();
-                Frame::SessionOpen {
-                    session_id,
-                    resume_token: frame.slice(consumed..),
-                }
-            }),
-            frame_kind::MSG => (|| {
-                let type_id = *body.first()?;
-                body.advance(1);
-                let stream_id = u32::try_from(get_varint(&mut body)?).ok()?;
-                if body.len() < 4 {
-                    return None;
-                }
-                let timestamp = body.get_u32();
-                let consumed = frame.len() - body.len();
-                Some(Frame::Msg(Message {
-                    type_id,
-                    stream_id,
-                    timestamp,
-                    payload: frame.slice(consumed..),
-                }))
-            })(),
-            frame_kind::SESSION_CLOSE => (|| {
-                let code = CloseCode::from_code(get_varint(&mut body)?);
-                let reason = String::from_utf8_lossy(body).into_owned();
-                Some(Frame::SessionClose { code, reason })
-            })(),
-            other => return Err(WireError::UnknownKind(other)),
-        };
-        parsed.map(Some).ok_or(malformed)
+        Ok(Some((buf.len() - peek.len(), len as usize)))
     }
+}
+
+/// Parses one whole frame (kind and body).
+fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
+    let kind = frame[0];
+    let malformed = WireError::Malformed(kind);
+    let mut body = &frame[1..];
+    let parsed = match kind {
+        frame_kind::HELLO => (|| {
+            let version = *body.first()?;
+            body.advance(1);
+            let edge_id = get_string(&mut body)?;
+            let token = get_string(&mut body)?;
+            Some(Frame::Hello {
+                version,
+                edge_id,
+                token,
+            })
+        })(),
+        frame_kind::WELCOME => (|| {
+            let version = *body.first()?;
+            body.advance(1);
+            Some(Frame::Welcome {
+                version,
+                gateway_id: get_string(&mut body)?,
+            })
+        })(),
+        frame_kind::SESSION_OPEN => (body.len() == 8).then(|| Frame::SessionOpen {
+            session_id: SessionId(body.get_u64()),
+        }),
+        frame_kind::MSG => (|| {
+            let type_id = *body.first()?;
+            body.advance(1);
+            let stream_id = u32::try_from(get_varint(&mut body)?).ok()?;
+            if body.len() < 4 {
+                return None;
+            }
+            let timestamp = body.get_u32();
+            let consumed = frame.len() - body.len();
+            Some(Frame::Msg(Message {
+                type_id,
+                stream_id,
+                timestamp,
+                payload: frame.slice(consumed..),
+            }))
+        })(),
+        frame_kind::SESSION_CLOSE => (|| {
+            let code = CloseCode::from_code(get_varint(&mut body)?);
+            let reason = String::from_utf8_lossy(body).into_owned();
+            Some(Frame::SessionClose { code, reason })
+        })(),
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    parsed.map(Some).ok_or(malformed)
 }
 
 #[cfg(test)]
@@ -477,7 +490,6 @@ mod tests {
             },
             Frame::SessionOpen {
                 session_id: SessionId(0xdead_beef),
-                resume_token: Bytes::new(),
             },
             Frame::Msg(Message::new(9, 1, u32::MAX, vec![1, 2, 3])),
             Frame::Msg(Message::new(20, 70000, 0, Vec::new())),
@@ -521,6 +533,28 @@ mod tests {
             FrameDecoder::default().decode(&mut buf),
             Err(WireError::Malformed(frame_kind::MSG))
         );
+    }
+
+    #[test]
+    fn frames_whole_in_shared_bytes_are_sliced_without_a_copy() {
+        let msg = Frame::Msg(Message::new(9, 1, 7, vec![5u8; 1000]));
+        let mut buf = BytesMut::new();
+        msg.encode(&mut buf);
+        msg.encode(&mut buf);
+        let mut bytes = buf.freeze();
+        let whole = bytes.clone();
+        let Some(Frame::Msg(got)) = FrameDecoder::default().decode_bytes(&mut bytes).unwrap()
+        else {
+            panic!("a whole frame")
+        };
+        assert_eq!(got.payload.len(), 1000);
+        // The payload points into the shared bytes: no copy was made.
+        let inside = whole.as_ptr_range();
+        assert!(inside.contains(&got.payload.as_ptr()));
+        // Half a frame stays where it is.
+        let mut half = bytes.slice(..500);
+        assert_eq!(FrameDecoder::default().decode_bytes(&mut half), Ok(None));
+        assert_eq!(half.len(), 500);
     }
 
     #[test]

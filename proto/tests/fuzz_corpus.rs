@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rtmpq_proto::command::Command;
 use rtmpq_proto::message::Message;
-use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::session::{Flow, SessionTracker};
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,8 +40,8 @@ fn amf0_command_corpus_replays() {
             assert!(matches!(again, Ok(Some(_))), "{name}: re-encoded command");
         }
         let mut tracker = SessionTracker::default();
-        let _ = tracker.from_client(&msg);
-        let _ = tracker.from_server(&msg);
+        let _ = tracker.record(Flow::ToOrigin, &msg);
+        let _ = tracker.record(Flow::ToClient, &msg);
     }
     // The hand-written seeds (connect, publish, onStatus, ...) are real commands.
     assert!(

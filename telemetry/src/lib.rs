@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rtmpq_proto::budget::MemoryBudget;
-use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, SessionId};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -46,7 +46,8 @@ impl Role {
 pub struct SessionStatus {
     /// Session id (hex).
     pub id: String,
-    /// Who is on the other side: the client's address at the edge, the edge at the gateway.
+    /// Who is on the other side: the client's address at the edge; at the gateway the edge's
+    /// name and its connection's address, `NAME@IP:PORT`.
     pub peer: String,
     /// RTMP app.
     pub app: String,
@@ -59,13 +60,13 @@ pub struct SessionStatus {
     /// Session start to the first media message crossing this hop, s (start-up time).
     pub first_media_after_seconds: Option<f64>,
     /// Payload bytes toward the origin.
-    pub upstream_bytes: u64,
+    pub to_origin_bytes: u64,
     /// Payload bytes toward the client.
-    pub downstream_bytes: u64,
+    pub to_client_bytes: u64,
     /// Messages toward the origin.
-    pub upstream_messages: u64,
+    pub to_origin_messages: u64,
     /// Messages toward the client.
-    pub downstream_messages: u64,
+    pub to_client_messages: u64,
     /// Video frames in the media direction.
     pub video_frames: u64,
     /// Key frames in the media direction.
@@ -120,10 +121,10 @@ struct SessionEntry {
 /// Counter values already pushed to the metrics recorder.
 #[derive(Debug, Default, Clone, Copy)]
 struct Reported {
-    upstream_bytes: u64,
-    downstream_bytes: u64,
-    upstream_messages: u64,
-    downstream_messages: u64,
+    to_origin_bytes: u64,
+    to_client_bytes: u64,
+    to_origin_messages: u64,
+    to_client_messages: u64,
     video_frames: u64,
     keyframes: u64,
 }
@@ -148,6 +149,22 @@ pub struct Telemetry {
     connections: Mutex<HashMap<usize, ConnectionEntry>>,
     budget: OnceLock<MemoryBudget>,
     handshake_log: Mutex<HandshakeLog>,
+    ended: Mutex<VecDeque<EndedSession>>,
+}
+
+/// How many ended sessions the status API keeps.
+pub const ENDED_KEPT: usize = 100;
+
+/// A session that ended, as `GET /api/v1/sessions/ended` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndedSession {
+    /// The session as last seen.
+    #[serde(flatten)]
+    pub session: SessionStatus,
+    /// The close code's name (`normal`, `client_protocol_error`, ...).
+    pub code: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// Failed handshakes not yet logged: a flood of them writes one line per interval.
@@ -188,6 +205,7 @@ impl Telemetry {
             connections: Mutex::default(),
             budget: OnceLock::new(),
             handshake_log: Mutex::default(),
+            ended: Mutex::default(),
         })
     }
 
@@ -219,14 +237,31 @@ impl Telemetry {
         gauge!("rtmpq_sessions_open", "role" => self.role.as_str()).increment(1.0);
     }
 
-    /// Removes a session, pushing its final counts, and counts why it ended.
-    pub fn session_ended(&self, id: SessionId, code: CloseCode) {
+    /// Removes a session, pushing its final counts, counts why it ended, and keeps it among
+    /// the last [`ENDED_KEPT`] ended sessions.
+    pub fn session_ended(&self, id: SessionId, code: CloseCode, reason: &str) {
         let entry = self.sessions.lock().expect("lock").remove(&id);
         if let Some(mut entry) = entry {
             self.report_session(&mut entry, Instant::now());
             gauge!("rtmpq_sessions_open", "role" => self.role.as_str()).decrement(1.0);
+            if let Some(session) = entry.last_status {
+                let mut ended = self.ended.lock().expect("lock");
+                if ended.len() == ENDED_KEPT {
+                    ended.pop_front();
+                }
+                ended.push_back(EndedSession {
+                    session,
+                    code: code.as_str().to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
         }
         self.count_end(code);
+    }
+
+    /// The last [`ENDED_KEPT`] sessions that ended, oldest first, with why.
+    pub fn ended_sessions(&self) -> Vec<EndedSession> {
+        self.ended.lock().expect("lock").iter().cloned().collect()
     }
 
     /// Counts a session refused before it started (a full edge) by `code`.
@@ -379,10 +414,10 @@ impl Telemetry {
             first_media_after_seconds: t
                 .first_media
                 .map(|at| at.duration_since(t.started).as_secs_f64()),
-            upstream_bytes: t.upstream.bytes,
-            downstream_bytes: t.downstream.bytes,
-            upstream_messages: t.upstream.messages,
-            downstream_messages: t.downstream.messages,
+            to_origin_bytes: t.to_origin.bytes,
+            to_client_bytes: t.to_client.bytes,
+            to_origin_messages: t.to_origin.messages,
+            to_client_messages: t.to_client.messages,
             video_frames: media.video_frames,
             keyframes: media.keyframes,
             bitrate_bps: bitrate,
@@ -408,19 +443,26 @@ impl Telemetry {
             *before = now;
             d
         };
-        counter!("rtmpq_session_payload_bytes_total", &with_flow("upstream"))
-            .increment(delta(status.upstream_bytes, &mut r.upstream_bytes));
         counter!(
             "rtmpq_session_payload_bytes_total",
-            &with_flow("downstream")
+            &with_flow(Flow::ToOrigin.as_str())
         )
-        .increment(delta(status.downstream_bytes, &mut r.downstream_bytes));
-        counter!("rtmpq_session_messages_total", &with_flow("upstream"))
-            .increment(delta(status.upstream_messages, &mut r.upstream_messages));
-        counter!("rtmpq_session_messages_total", &with_flow("downstream")).increment(delta(
-            status.downstream_messages,
-            &mut r.downstream_messages,
-        ));
+        .increment(delta(status.to_origin_bytes, &mut r.to_origin_bytes));
+        counter!(
+            "rtmpq_session_payload_bytes_total",
+            &with_flow(Flow::ToClient.as_str())
+        )
+        .increment(delta(status.to_client_bytes, &mut r.to_client_bytes));
+        counter!(
+            "rtmpq_session_messages_total",
+            &with_flow(Flow::ToOrigin.as_str())
+        )
+        .increment(delta(status.to_origin_messages, &mut r.to_origin_messages));
+        counter!(
+            "rtmpq_session_messages_total",
+            &with_flow(Flow::ToClient.as_str())
+        )
+        .increment(delta(status.to_client_messages, &mut r.to_client_messages));
         counter!("rtmpq_session_video_frames_total", &labels)
             .increment(delta(status.video_frames, &mut r.video_frames));
         counter!("rtmpq_session_keyframes_total", &labels)
@@ -489,6 +531,54 @@ impl Telemetry {
     }
 }
 
+/// Redraws one line on the terminal each second: per session bitrate, fps, queue age, and the
+/// connection's RTT and loss.
+pub async fn status_line(telemetry: Arc<Telemetry>, stop: CancellationToken) {
+    use std::io::Write;
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let line = telemetry.status_summary();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+    }
+}
+
+impl Telemetry {
+    /// One line of the hop's state: the connection's RTT and loss, then per session its
+    /// stream, bitrate, fps and queue age.
+    pub fn status_summary(&self) -> String {
+        let link = match self.connections().first() {
+            Some(c) => format!(
+                "rtt {:.1} ms loss {:.1}%",
+                c.rtt_seconds * 1e3,
+                c.loss_percent
+            ),
+            None => "gateway not connected".to_owned(),
+        };
+        let sessions: Vec<String> = self
+            .sessions()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}/{} {} {:.2} Mbit/s {:.0} fps queue {:.0} ms",
+                    s.app,
+                    s.stream,
+                    s.direction,
+                    s.bitrate_bps / 1e6,
+                    s.fps,
+                    s.queue_age_seconds * 1e3
+                )
+            })
+            .collect();
+        format!("[{link}] {}", sessions.join(" | "))
+    }
+}
+
 /// The process-wide Prometheus recorder (the `metrics` facade has one per process).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -536,7 +626,7 @@ fn describe() {
     describe_counter!(
         "rtmpq_session_payload_bytes_total",
         Unit::Bytes,
-        "End-to-end payload bytes, by flow (upstream: toward the origin)"
+        "End-to-end payload bytes, by flow (to_origin or to_client)"
     );
     describe_counter!(
         "rtmpq_session_messages_total",
@@ -596,8 +686,10 @@ fn describe() {
     );
 }
 
-/// Serves `GET /metrics` (Prometheus text), `GET /api/v1/sessions` and
-/// `GET /api/v1/connections` (JSON) on `listener` until `shutdown`.
+/// Serves `GET /metrics` (Prometheus text), `GET /api/v1/sessions`,
+/// `GET /api/v1/sessions/ended` and `GET /api/v1/connections` (JSON) on `listener` until
+/// `shutdown`. The figures are refreshed by [`Telemetry::run_ticks`], which the hop runs
+/// whether or not anything is served.
 pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: CancellationToken) {
     use axum::routing::get;
     let handle = prometheus();
@@ -605,6 +697,7 @@ pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: C
     gauge!("rtmpq_sessions_open", "role" => role).increment(0.0);
     gauge!("rtmpq_connections_open", "role" => role).increment(0.0);
     let sessions = telemetry.clone();
+    let ended = telemetry.clone();
     let connections = telemetry.clone();
     let app = axum::Router::new()
         .route("/metrics", get(move || async move { handle.render() }))
@@ -613,10 +706,13 @@ pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: C
             get(move || async move { axum::Json(sessions.sessions()) }),
         )
         .route(
+            "/api/v1/sessions/ended",
+            get(move || async move { axum::Json(ended.ended_sessions()) }),
+        )
+        .route(
             "/api/v1/connections",
             get(move || async move { axum::Json(connections.connections()) }),
         );
-    tokio::spawn(telemetry.run_ticks(shutdown.clone()));
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -7,16 +7,19 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rtmpq_edge::{Edge, EdgeConfig};
 use rtmpq_gateway::{Gateway, GatewayConfig};
-use rtmpq_proto::io::{handshake, write_frame, FrameReader, HandshakeRole};
+use rtmpq_hop::rtmp::{handshake, HandshakeRole};
+use rtmpq_hop::tunnel::{write_frame, FrameReader};
 use rtmpq_proto::wire::{Frame, SessionId, WIRE_VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rtmpq_telemetry::{EndedSession, Telemetry};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Panics with a clear message when a tool the test needs is missing: these tests never skip.
@@ -134,7 +137,7 @@ impl RawTunnel {
     /// Connects with `tls`, says HELLO, waits for WELCOME and opens one session.
     pub async fn open(gateway: SocketAddr, tls: rustls::ClientConfig) -> RawTunnel {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let config = rtmpq_proto::transport::client_config(tls).unwrap();
+        let config = rtmpq_hop::transport::client_config(tls).unwrap();
         let conn = endpoint
             .connect_with(config, gateway, "127.0.0.1")
             .unwrap()
@@ -155,7 +158,6 @@ impl RawTunnel {
         let (mut send, recv) = conn.open_bi().await.unwrap();
         let open = Frame::SessionOpen {
             session_id: SessionId(rand_id()),
-            resume_token: Default::default(),
         };
         write_frame(&mut send, &open).await.unwrap();
         RawTunnel {
@@ -544,11 +546,101 @@ pub fn assert_same_packets(pushed: &Tracks, played: &Tracks, what: &str) {
     }
 }
 
+/// A `rtmpq` child process and the lines it writes to stderr.
+pub struct Process {
+    pub child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    pub fn start(args: &[&str]) -> Process {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rtmpq"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("[child] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("process ended without a line containing {needle:?}")
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no line containing {needle:?} within 60 s"))
+    }
+
+    /// Every line so far.
+    pub fn lines_so_far(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    /// Resident memory, bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+}
+
+/// The value after `key=` in a log line (up to the next space), with `Some(..)` unwrapped.
+pub fn field(line: &str, key: &str) -> String {
+    let start = line.find(&format!("{key}=")).unwrap() + key.len() + 1;
+    let value = line[start..].split_whitespace().next().unwrap();
+    value
+        .trim_start_matches("Some(")
+        .trim_end_matches(')')
+        .to_owned()
+}
+
+pub fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
 /// A gateway and an edge running in-process.
 pub struct Stack {
     pub gateway_addr: SocketAddr,
     pub edge_addr: SocketAddr,
     pub pin: String,
+    /// The hops' live registries: what their status APIs serve.
+    pub gateway: Arc<Telemetry>,
+    pub edge: Arc<Telemetry>,
     pub shutdown: CancellationToken,
     pub _state: tempfile::TempDir,
 }
@@ -576,9 +668,10 @@ impl Stack {
     ) -> Stack {
         let gateway_addr = gateway.local_addr();
         let pin = gateway.pin().to_string();
+        let gateway_telemetry = gateway.telemetry();
         let shutdown = CancellationToken::new();
         tokio::spawn(gateway.run(shutdown.clone()));
-        let edge_addr = start_edge(
+        let (edge_addr, edge) = spawn_edge(
             tweak(EdgeConfig {
                 pin: Some(pin.clone()),
                 ..edge_config(gateway_addr)
@@ -590,6 +683,8 @@ impl Stack {
             gateway_addr,
             edge_addr,
             pin,
+            gateway: gateway_telemetry,
+            edge,
             shutdown,
             _state: state,
         }
@@ -610,12 +705,47 @@ pub fn edge_config(gateway: SocketAddr) -> EdgeConfig {
     }
 }
 
-/// Starts an edge; returns its RTMP address once it is connected to the gateway.
+/// Starts an edge; returns its RTMP address.
 pub async fn start_edge(config: EdgeConfig, shutdown: &CancellationToken) -> SocketAddr {
+    spawn_edge(config, shutdown).await.0
+}
+
+/// Starts an edge; returns its RTMP address and its live registry.
+pub async fn spawn_edge(
+    config: EdgeConfig,
+    shutdown: &CancellationToken,
+) -> (SocketAddr, Arc<Telemetry>) {
     let edge = Edge::bind(config).await.unwrap();
     let addr = edge.local_addr();
+    let telemetry = edge.telemetry();
     tokio::spawn(edge.run(shutdown.clone()));
-    addr
+    (addr, telemetry)
+}
+
+/// Waits until `hop` lists an ended session that `wanted` picks (the status API's
+/// `/api/v1/sessions/ended`); returns it.
+pub async fn ended_session(
+    hop: &Telemetry,
+    what: &str,
+    wanted: impl Fn(&EndedSession) -> bool,
+) -> EndedSession {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = hop.ended_sessions().into_iter().find(|s| wanted(s)) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ended session {what}: {:#?}",
+            hop.ended_sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An ended session with close code `code` whose reason contains `words`.
+pub fn ended_with<'a>(code: &'a str, words: &'a str) -> impl Fn(&EndedSession) -> bool + 'a {
+    move |s| s.code == code && s.reason.contains(words)
 }
 
 impl Drop for Stack {

@@ -1,0 +1,435 @@
+//! The pumps over `tokio::io::duplex` (the RTMP peer) and in-memory channels (the tunnel), on
+//! tokio's paused clock: no sockets, no waiting on real time.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rtmpq_proto::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits};
+use rtmpq_proto::command::{self, Amf0Value, Command};
+use rtmpq_proto::message::{Control, Message};
+use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::wire::{CloseCode, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::rtmp::{RtmpReader, RtmpWriter};
+use crate::tunnel::{FrameReadError, StreamLost, TunnelRecv, TunnelSend};
+
+/// The sending half of an in-memory tunnel stream.
+struct MemorySend(Option<mpsc::Sender<Frame>>);
+
+impl TunnelSend for MemorySend {
+    async fn send(&mut self, frame: &Frame) -> Result<(), StreamLost> {
+        let lost = || StreamLost {
+            code: None,
+            reason: "connection lost".into(),
+        };
+        let tx = self.0.as_ref().ok_or_else(lost)?;
+        tx.send(frame.clone()).await.map_err(|_| lost())
+    }
+
+    fn finish(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// The receiving half: frames, or a loss the test injects.
+struct MemoryRecv(mpsc::Receiver<Result<Frame, StreamLost>>);
+
+impl TunnelRecv for MemoryRecv {
+    async fn next(&mut self) -> Result<Option<Frame>, FrameReadError> {
+        match self.0.recv().await {
+            Some(Ok(frame)) => Ok(Some(frame)),
+            Some(Err(lost)) => Err(lost.into()),
+            None => Ok(None),
+        }
+    }
+
+    fn stop(&mut self, _code: CloseCode) {
+        self.0.close();
+    }
+}
+
+/// A session under test and the far ends of both its sides.
+struct Harness {
+    /// The RTMP peer's end of the socket.
+    rtmp: DuplexStream,
+    rtmp_decoder: ChunkDecoder,
+    rtmp_buf: BytesMut,
+    encoder: ChunkEncoder,
+    /// Frames the far hop sends.
+    far_hop: mpsc::Sender<Result<Frame, StreamLost>>,
+    /// Frames the session sent toward the far hop.
+    from_session: mpsc::Receiver<Frame>,
+    stop: CancellationToken,
+    session: JoinHandle<SessionEnd>,
+}
+
+/// Starts a session for `peer`. `socket` is the duplex pipe's buffer (small values stall the
+/// RTMP side), `tunnel` the in-memory tunnel's capacity in frames each way.
+fn start(peer: RtmpPeer, limits: SessionLimits, socket: usize, tunnel: usize) -> Harness {
+    let (ours, theirs) = tokio::io::duplex(socket);
+    let (read, write) = tokio::io::split(ours);
+    let (far_hop, recv) = mpsc::channel(tunnel);
+    let (send, from_session) = mpsc::channel(tunnel);
+    let stop = CancellationToken::new();
+    let session_stop = stop.clone();
+    let session = tokio::spawn(async move {
+        let mut reader = RtmpReader::new(Box::pin(read), BytesMut::new(), ChunkLimits::default());
+        if let Some(period) = limits.silence_period {
+            reader.set_silence_period(period);
+        }
+        let (to_rtmp, writer) = RtmpWriter::new(Box::pin(write)).spawn(8, None);
+        let tracker = Mutex::new(SessionTracker::default());
+        let mut recv = MemoryRecv(recv);
+        let mut send = MemorySend(Some(send));
+        let end = run_session(
+            peer,
+            &mut reader,
+            &to_rtmp,
+            &mut recv,
+            &mut send,
+            &tracker,
+            &limits,
+            &session_stop,
+        )
+        .await;
+        finish_session(peer, &end, &tracker, &to_rtmp, &mut send).await;
+        drop(to_rtmp);
+        let _ = writer.await;
+        end
+    });
+    Harness {
+        rtmp: theirs,
+        rtmp_decoder: ChunkDecoder::new(ChunkLimits::default()),
+        rtmp_buf: BytesMut::new(),
+        encoder: ChunkEncoder::default(),
+        far_hop,
+        from_session,
+        stop,
+        session,
+    }
+}
+
+impl Harness {
+    async fn rtmp_sends(&mut self, msg: &Message) {
+        let mut out = BytesMut::new();
+        self.encoder.encode(msg, &mut out);
+        self.rtmp.write_all(&out).await.unwrap();
+    }
+
+    /// The next message the RTMP peer receives; `None` once the session closed its socket.
+    async fn rtmp_receives(&mut self) -> Option<Message> {
+        loop {
+            if let Some(msg) = self.rtmp_decoder.decode(&mut self.rtmp_buf).unwrap() {
+                return Some(msg);
+            }
+            if self.rtmp.read_buf(&mut self.rtmp_buf).await.unwrap() == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// The next command the RTMP peer receives, skipping the greeting and control messages.
+    async fn rtmp_receives_command(&mut self) -> Option<Command> {
+        loop {
+            let msg = self.rtmp_receives().await?;
+            if let Ok(Some(cmd)) = Command::parse(&msg) {
+                return Some(cmd);
+            }
+        }
+    }
+
+    async fn far_hop_sends(&self, frame: Frame) {
+        self.far_hop.send(Ok(frame)).await.unwrap();
+    }
+
+    async fn far_hop_receives(&mut self) -> Option<Frame> {
+        self.from_session.recv().await
+    }
+
+    async fn ended(self) -> SessionEnd {
+        self.session.await.unwrap()
+    }
+}
+
+fn connect() -> Message {
+    let obj = command::connect_object("live", "rtmp://h/live");
+    command::request("connect", 1.0, 0, vec![obj])
+}
+
+fn publish() -> Message {
+    let args = vec![Amf0Value::Null, Amf0Value::Utf8String("cam".into())];
+    command::request("publish", 0.0, 1, args)
+}
+
+fn video(timestamp: u32) -> Message {
+    Message::new(9, 1, timestamp, vec![0x27, 1, 0, 0, 0, 7, 7, 7])
+}
+
+#[tokio::test(start_paused = true)]
+async fn end_to_end_messages_cross_and_hop_by_hop_ones_do_not() {
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 64);
+    h.rtmp_sends(&connect()).await;
+    h.rtmp_sends(&Control::SetChunkSize(4096).to_message())
+        .await;
+    h.rtmp_sends(&Control::Acknowledgement(100).to_message())
+        .await;
+    h.rtmp_sends(&Control::PingRequest(77).to_message()).await;
+    h.rtmp_sends(&video(40)).await;
+    // Empty messages carry nothing and do not cross.
+    h.rtmp_sends(&Message::new(9, 1, 50, Vec::new())).await;
+    h.rtmp_sends(&video(80)).await;
+
+    let Some(Frame::Msg(first)) = h.far_hop_receives().await else {
+        panic!("connect crosses");
+    };
+    assert_eq!(Command::parse(&first).unwrap().unwrap().name, "connect");
+    for ts in [40, 80] {
+        let Some(Frame::Msg(m)) = h.far_hop_receives().await else {
+            panic!("video crosses");
+        };
+        assert_eq!((m.type_id, m.timestamp), (9, ts));
+    }
+    // The ping was answered here, not forwarded.
+    let pong = loop {
+        let msg = h.rtmp_receives().await.expect("the session answers");
+        if let Some(Control::PingResponse(t)) = Control::parse(&msg) {
+            break t;
+        }
+    };
+    assert_eq!(pong, 77);
+
+    // From the far hop to the client, with stream id and timestamp untouched.
+    let status = command::on_status(1, "status", "NetStream.Publish.Start", "go");
+    h.far_hop_sends(Frame::Msg(status.clone())).await;
+    let got = h.rtmp_receives_command().await.unwrap();
+    assert_eq!(got, Command::parse(&status).unwrap().unwrap());
+    // A hop-by-hop message arriving through the tunnel is a violation.
+    h.far_hop_sends(Frame::Msg(Control::Acknowledgement(5).to_message()))
+        .await;
+    let end = h.ended().await;
+    assert_eq!(end.code, CloseCode::ProtocolViolation);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_remote_close_reaches_the_client_as_its_rtmp_error() {
+    // While connecting: `_error` for the connect, with the gateway's reason.
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 64);
+    h.rtmp_sends(&connect()).await;
+    h.far_hop_receives().await.unwrap();
+    h.far_hop_sends(Frame::SessionClose {
+        code: CloseCode::OriginUnreachable,
+        reason: "origin 10.0.0.5:1935 unreachable".into(),
+    })
+    .await;
+    let err = h.rtmp_receives_command().await.unwrap();
+    assert_eq!((err.name.as_str(), err.transaction_id), ("_error", 1.0));
+    let status = err.status().unwrap();
+    assert_eq!(status.code, "NetConnection.Connect.Failed");
+    assert_eq!(status.description, "origin 10.0.0.5:1935 unreachable");
+    assert!(h.rtmp_receives().await.is_none(), "then the socket closes");
+    // The far hop closed first: no SESSION_CLOSE goes back, just the end of the stream.
+    assert_eq!(h.far_hop_receives().await, None);
+    let end = h.ended().await;
+    assert_eq!(
+        (end.code, end.ended_by),
+        (CloseCode::OriginUnreachable, EndedBy::RemoteClose)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_tunnel_is_a_failure_the_publisher_hears_about() {
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 64);
+    h.rtmp_sends(&connect()).await;
+    h.far_hop_receives().await.unwrap();
+    let result = command::connect_result(1.0);
+    h.far_hop_sends(Frame::Msg(result)).await;
+    h.rtmp_receives_command().await.unwrap();
+    h.rtmp_sends(&publish()).await;
+    h.far_hop_receives().await.unwrap();
+    h.far_hop
+        .send(Err(StreamLost {
+            code: None,
+            reason: "connection lost".into(),
+        }))
+        .await
+        .unwrap();
+    let failed = h.rtmp_receives_command().await.unwrap();
+    assert_eq!(failed.name, "onStatus");
+    let status = failed.status().unwrap();
+    assert_eq!(status.code, "NetStream.Failed");
+    assert!(
+        status.description.contains("tunnel to the gateway lost"),
+        "{}",
+        status.description
+    );
+    let end = h.ended().await;
+    assert_eq!(end.code, CloseCode::TunnelLost);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_client_leaving_closes_the_tunnel_normally() {
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 64);
+    h.rtmp_sends(&connect()).await;
+    h.far_hop_receives().await.unwrap();
+    h.rtmp.shutdown().await.unwrap();
+    let close = h.from_session.recv().await;
+    assert_eq!(
+        close,
+        Some(Frame::SessionClose {
+            code: CloseCode::Normal,
+            reason: "client closed the connection".into()
+        })
+    );
+    assert_eq!(h.session.await.unwrap().ended_by, EndedBy::Rtmp);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_gateway_the_origin_closing_is_origin_closed_and_a_shutdown_says_goodbye() {
+    let mut h = start(RtmpPeer::Origin, SessionLimits::default(), 64 << 10, 64);
+    h.rtmp_sends(&command::connect_result(1.0)).await;
+    h.rtmp.shutdown().await.unwrap();
+    h.far_hop_receives().await.unwrap();
+    let close = h.far_hop_receives().await;
+    assert!(
+        matches!(
+            close,
+            Some(Frame::SessionClose {
+                code: CloseCode::OriginClosed,
+                ..
+            })
+        ),
+        "{close:?}"
+    );
+
+    // A gateway shutting down leaves the origin the way a client does.
+    let mut h = start(RtmpPeer::Origin, SessionLimits::default(), 64 << 10, 64);
+    h.far_hop_sends(Frame::Msg(connect())).await;
+    h.far_hop_sends(Frame::Msg(publish())).await;
+    assert_eq!(h.rtmp_receives_command().await.unwrap().name, "connect");
+    assert_eq!(h.rtmp_receives_command().await.unwrap().name, "publish");
+    h.stop.cancel();
+    let names = [
+        h.rtmp_receives_command().await.unwrap().name,
+        h.rtmp_receives_command().await.unwrap().name,
+    ];
+    assert_eq!(names, ["FCUnpublish", "deleteStream"]);
+    let close = h.far_hop_receives().await;
+    assert!(
+        matches!(
+            close,
+            Some(Frame::SessionClose {
+                code: CloseCode::Shutdown,
+                ..
+            })
+        ),
+        "{close:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_reads_nothing_does_not_stall_what_it_sends() {
+    // A 1 KiB socket and a client that never reads: the way to the client is blocked.
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 1024, 64);
+    let flood = h.far_hop.clone();
+    let flooding = tokio::spawn(async move {
+        for ts in 0.. {
+            if flood.send(Ok(Frame::Msg(video(ts)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    for ts in 0..200 {
+        h.rtmp_sends(&video(ts)).await;
+        let Some(Frame::Msg(m)) = h.far_hop_receives().await else {
+            panic!("frame {ts} of the client's never crossed");
+        };
+        assert_eq!(m.timestamp, ts);
+    }
+    flooding.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tunnel_that_takes_nothing_does_not_stall_the_way_to_the_client() {
+    // A tunnel of one frame nobody drains: the way to the far hop is blocked.
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 1);
+    for ts in 0..20 {
+        h.rtmp_sends(&video(ts)).await;
+    }
+    for ts in 0..200 {
+        h.far_hop_sends(Frame::Msg(video(ts))).await;
+        let got = loop {
+            let msg = h.rtmp_receives().await.unwrap();
+            if msg.type_id == 9 {
+                break msg;
+            }
+        };
+        assert_eq!(got.timestamp, ts);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_sets_up_ends_at_the_deadline() {
+    let limits = SessionLimits {
+        setup_deadline: Some(Duration::from_secs(15)),
+        silence_period: None,
+    };
+    let mut h = start(RtmpPeer::Client, limits, 64 << 10, 64);
+    h.rtmp_sends(&connect()).await;
+    let started = tokio::time::Instant::now();
+    let close = loop {
+        match h.far_hop_receives().await.unwrap() {
+            Frame::SessionClose { code, reason } => break (code, reason),
+            _ => continue,
+        }
+    };
+    assert_eq!(close.0, CloseCode::Timeout);
+    assert!(
+        close.1.contains("no publish or play within 15s"),
+        "{}",
+        close.1
+    );
+    assert_eq!(started.elapsed().as_secs(), 15);
+    // The client hears why.
+    let err = h.rtmp_receives_command().await.unwrap();
+    assert_eq!(err.name, "_error");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_pinged_then_closed_and_an_answering_one_stays() {
+    let limits = SessionLimits {
+        setup_deadline: None,
+        silence_period: Some(Duration::from_secs(10)),
+    };
+    let mut h = start(RtmpPeer::Client, limits.clone(), 64 << 10, 64);
+    let started = tokio::time::Instant::now();
+    let ping = loop {
+        let msg = h.rtmp_receives().await.unwrap();
+        if let Some(Control::PingRequest(t)) = Control::parse(&msg) {
+            break t;
+        }
+    };
+    assert_eq!(started.elapsed().as_secs(), 10);
+    assert!((9_000..=11_000).contains(&ping), "ping timestamp {ping}");
+    let end = h.ended().await;
+    assert_eq!(end.code, CloseCode::Timeout);
+    assert_eq!(started.elapsed().as_secs(), 20);
+
+    // One that answers each ping is still there after a minute.
+    let mut h = start(RtmpPeer::Client, limits, 64 << 10, 64);
+    let mut pings = 0;
+    while pings < 6 {
+        let msg = h.rtmp_receives().await.unwrap();
+        if let Some(Control::PingRequest(t)) = Control::parse(&msg) {
+            pings += 1;
+            h.rtmp_sends(&Control::PingResponse(t).to_message()).await;
+        }
+    }
+    assert!(started.elapsed().as_secs() >= 60 + 20);
+    assert!(!h.session.is_finished());
+}

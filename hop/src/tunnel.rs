@@ -1,0 +1,231 @@
+//! Tunnel streams: frames over QUIC streams ([`FrameReader`], [`write_frame`]) and the small
+//! abstraction the pumps are written against ([`TunnelSend`], [`TunnelRecv`]), implemented by
+//! quinn's streams here and by in-memory channels in the pumps' tests.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
+use rtmpq_proto::wire::{CloseCode, Frame, FrameDecoder, WireError, MAX_CONTROL_FRAME_LEN};
+
+use crate::transport::quic_code;
+
+/// A tunnel stream that broke under a session: stopped or reset by the far hop (with the
+/// close code it gave), or its connection lost (with the application code it closed with).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct StreamLost {
+    /// The close code the far hop gave, if it gave one.
+    pub code: Option<u64>,
+    /// What happened, for logs and the client.
+    pub reason: String,
+}
+
+fn connection_code(e: &quinn::ConnectionError) -> Option<u64> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
+        quinn::ConnectionError::LocallyClosed => Some(CloseCode::Shutdown.to_code()),
+        _ => None,
+    }
+}
+
+impl From<quinn::WriteError> for StreamLost {
+    fn from(e: quinn::WriteError) -> Self {
+        let code = match &e {
+            quinn::WriteError::Stopped(code) => Some(code.into_inner()),
+            quinn::WriteError::ConnectionLost(c) => connection_code(c),
+            _ => None,
+        };
+        StreamLost {
+            code,
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl From<quinn::ReadError> for StreamLost {
+    fn from(e: quinn::ReadError) -> Self {
+        let code = match &e {
+            quinn::ReadError::Reset(code) => Some(code.into_inner()),
+            quinn::ReadError::ConnectionLost(c) => connection_code(c),
+            _ => None,
+        };
+        StreamLost {
+            code,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// What went wrong reading tunnel frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameReadError {
+    /// The stream broke (reset, connection lost).
+    #[error("quic stream: {0}")]
+    Lost(#[from] StreamLost),
+    /// The bytes were not valid frames.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// The stream ended in the middle of a frame.
+    #[error("tunnel stream ended inside a frame")]
+    Truncated,
+    /// The process-wide bound on buffered bytes is reached.
+    #[error("{0}")]
+    Overloaded(#[from] BudgetExceeded),
+}
+
+/// The sending half of a session's tunnel stream, as the pumps see it.
+pub trait TunnelSend: Send {
+    /// Sends one frame.
+    fn send(&mut self, frame: &Frame) -> impl Future<Output = Result<(), StreamLost>> + Send;
+    /// Ends the stream after what was sent.
+    fn finish(&mut self);
+}
+
+/// The receiving half of a session's tunnel stream, as the pumps see it.
+pub trait TunnelRecv: Send {
+    /// The next frame; `None` when the far hop finished the stream cleanly.
+    fn next(&mut self) -> impl Future<Output = Result<Option<Frame>, FrameReadError>> + Send;
+    /// Tells the far hop to send no more on this stream.
+    fn stop(&mut self, code: CloseCode);
+}
+
+impl TunnelSend for quinn::SendStream {
+    async fn send(&mut self, frame: &Frame) -> Result<(), StreamLost> {
+        Ok(write_frame(self, frame).await?)
+    }
+
+    fn finish(&mut self) {
+        let _ = quinn::SendStream::finish(self);
+    }
+}
+
+/// Reads tunnel frames from a QUIC receive stream. A frame that arrives whole in one of
+/// quinn's chunks is sliced out of it without a copy; only frames split across chunks are
+/// gathered in a buffer.
+#[derive(Debug)]
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    budget: Option<Arc<SessionBudget>>,
+    charged: usize,
+}
+
+impl FrameReader {
+    /// Reads session frames from `recv`.
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        FrameReader {
+            recv,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::default(),
+            budget: None,
+            charged: 0,
+        }
+    }
+
+    /// Reads only frames up to [`MAX_CONTROL_FRAME_LEN`]: for the control stream, where
+    /// HELLO arrives before the peer is known.
+    pub fn control(recv: quinn::RecvStream) -> Self {
+        FrameReader {
+            decoder: FrameDecoder::with_max_len(MAX_CONTROL_FRAME_LEN),
+            ..Self::new(recv)
+        }
+    }
+
+    /// Charges frames still arriving to `budget`.
+    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
+        self.budget = Some(budget);
+    }
+
+    /// The next frame; `None` when the peer finished the stream cleanly.
+    pub async fn next(&mut self) -> Result<Option<Frame>, FrameReadError> {
+        loop {
+            let frame = self.decoder.decode(&mut self.buf);
+            self.charge()?;
+            if let Some(frame) = frame? {
+                return Ok(Some(frame));
+            }
+            let chunk = self
+                .recv
+                .read_chunk(64 * 1024, true)
+                .await
+                .map_err(StreamLost::from)?;
+            match chunk {
+                Some(chunk) if self.buf.is_empty() => {
+                    if let Some(frame) = self.take_whole(chunk.bytes)? {
+                        return Ok(Some(frame));
+                    }
+                }
+                Some(chunk) => {
+                    self.buf.extend_from_slice(&chunk.bytes);
+                    self.charge()?;
+                }
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(FrameReadError::Truncated),
+            }
+        }
+    }
+
+    /// Decodes a frame straight out of `bytes` if it holds one whole; keeps the rest
+    /// buffered for the next call.
+    fn take_whole(&mut self, mut bytes: Bytes) -> Result<Option<Frame>, FrameReadError> {
+        let frame = self.decoder.decode_bytes(&mut bytes)?;
+        if !bytes.is_empty() {
+            self.buf.extend_from_slice(&bytes);
+            self.charge()?;
+        }
+        Ok(frame)
+    }
+
+    /// Brings the budget's charge in line with the bytes buffered.
+    fn charge(&mut self) -> Result<(), FrameReadError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let held = self.buf.len();
+        if held > self.charged {
+            budget.take(held - self.charged)?;
+        } else {
+            budget.give_back(self.charged - held);
+        }
+        self.charged = held;
+        Ok(())
+    }
+}
+
+impl TunnelRecv for FrameReader {
+    fn next(&mut self) -> impl Future<Output = Result<Option<Frame>, FrameReadError>> + Send {
+        FrameReader::next(self)
+    }
+
+    fn stop(&mut self, code: CloseCode) {
+        let _ = self.recv.stop(quic_code(code));
+    }
+}
+
+/// Writes one frame to a QUIC send stream without copying a MSG frame's payload.
+pub async fn write_frame(
+    send: &mut quinn::SendStream,
+    frame: &Frame,
+) -> Result<(), quinn::WriteError> {
+    let mut head = BytesMut::with_capacity(32);
+    match frame.encode_head(&mut head) {
+        Some(payload) if !payload.is_empty() => {
+            send.write_all_chunks(&mut [head.freeze(), payload]).await
+        }
+        _ => send.write_all(&head).await,
+    }
+}
+
+/// Writes a SESSION_CLOSE frame and finishes the stream, ignoring a peer that is already gone.
+pub async fn close_stream<S: TunnelSend>(send: &mut S, code: CloseCode, reason: &str) {
+    let frame = Frame::SessionClose {
+        code,
+        reason: reason.to_owned(),
+    };
+    if send.send(&frame).await.is_ok() {
+        send.finish();
+    }
+}
