@@ -1,27 +1,143 @@
-//! Loopback figures, the tunnel beside the alternatives in one run: start-up time (pusher TCP
-//! connect to the first media message at a player of the origin), and throughput with 1 and 16
-//! sessions through the tunnel and through a plain TCP relay of the same bytes, with the CPU
-//! time (user + system, whole process) per gigabit.
+//! Loopback figures, the tunnel beside a plain TCP relay in one run: start-up time (pusher TCP
+//! connect to the first media message at a player of the origin), and throughput with the CPU
+//! time each process spends per gigabit: the edge and the gateway are real `rtmpq` processes,
+//! the relay is a process of its own, and the origin, publishers and players run here, so no
+//! process's figure includes another's work.
 //!
-//! `cargo bench --bench loopback`
+//! Workloads: 64 KiB video messages (1 and 16 sessions) and a real media mix (30 fps video of
+//! ~12 KB with a ~60 KB key frame every 2 s, plus ~300-byte AAC frames, 50 sessions), sent as
+//! fast as the path takes them, so per-message costs show.
+//!
+//! `cargo bench --bench loopback` (uses `target/release/rtmpq`; `RTMPQ_BIN=PATH` to measure
+//! another build, for a before/after comparison).
 
+use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rtmpq_demo::client::RtmpClient;
-use rtmpq_edge::{Edge, EdgeConfig};
-use rtmpq_gateway::{Gateway, GatewayConfig};
+use rtmpq_gateway::EmbeddedOrigin;
 use rtmpq_proto::message::{message_type, Message};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 const STARTUP_TRIALS: usize = 30;
+/// Bytes pushed per throughput run (all sessions together).
 const THROUGHPUT_BYTES: usize = 512 << 20;
-const FRAME: usize = 64 << 10;
+/// Set in a child of this bench to make it the plain TCP relay: `LISTEN=ORIGIN`.
+const RELAY_ENV: &str = "RTMPQ_BENCH_RELAY";
 
-fn keyframe(len: usize, last: bool) -> Message {
-    let mut p = vec![0x17u8, 1, 0, 0, 0];
-    p.resize(len, if last { 0xee } else { 0x11 });
-    Message::new(message_type::VIDEO, 1, 0, Bytes::from(p))
+/// How the publishers' messages are shaped.
+#[derive(Debug, Clone, Copy)]
+enum Mix {
+    /// 64 KiB video messages only.
+    Big,
+    /// 30 fps video (12 KB, a 60 KB key frame every 60 frames) and 1.5 AAC frames of 300
+    /// bytes per video frame.
+    Media,
+}
+
+impl Mix {
+    fn name(self) -> &'static str {
+        match self {
+            Mix::Big => "64 KiB video messages",
+            Mix::Media => "media mix (12 KB video at 30 fps, 60 KB key frames, AAC)",
+        }
+    }
+
+    /// The `i`-th message of a stream; the last one is a key frame, so a player that fell
+    /// behind and waits for one still gets it.
+    fn message(self, i: usize, last: bool) -> Message {
+        let (type_id, len, key) = match self {
+            Mix::Big => (message_type::VIDEO, 64 << 10, true),
+            // Per 2 video frames, 3 audio frames: positions 0, 2 video; 1, 3, 4 audio.
+            Mix::Media => match i % 5 {
+                0 | 2 => {
+                    let frame = i / 5 * 2 + usize::from(i % 5 == 2);
+                    let key = frame % 60 == 0 || last;
+                    (message_type::VIDEO, if key { 60_000 } else { 12_000 }, key)
+                }
+                _ => (message_type::AUDIO, 300, false),
+            },
+        };
+        let mut p = match type_id {
+            message_type::VIDEO => vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0],
+            _ => vec![0xaf, 1],
+        };
+        p.resize(len, if last { 0xee } else { 0x11 });
+        Message::new(type_id, 1, (i * 13) as u32, Bytes::from(p))
+    }
+
+    /// Messages per stream for `bytes` of payload.
+    fn messages_for(self, bytes: usize) -> usize {
+        match self {
+            Mix::Big => bytes / (64 << 10),
+            // Five messages average 2 × 13.6 KB of video and 900 B of audio; the count ends
+            // on a video position.
+            Mix::Media => bytes / (2 * 13_600 + 900) * 5 + 1,
+        }
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// A child process whose stderr is read for its "ready" line.
+struct Child {
+    child: tokio::process::Child,
+    ready: String,
+}
+
+impl Child {
+    async fn start(cmd: &mut tokio::process::Command, ready: &str) -> Child {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "warn,rtmpq_edge=info,rtmpq_gateway=info")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start child");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let line = loop {
+            match lines.next_line().await.unwrap() {
+                Some(line) if line.contains(ready) => break line,
+                Some(_) => continue,
+                None => panic!("child ended before {ready:?}"),
+            }
+        };
+        // Keep draining so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Child { child, ready: line }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    /// The value after `key=` in the ready line.
+    fn field(&self, key: &str) -> String {
+        let start = self.ready.find(&format!("{key}=")).unwrap() + key.len() + 1;
+        self.ready[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
 }
 
 async fn player(origin: &str, name: &str) -> RtmpClient {
@@ -30,78 +146,45 @@ async fn player(origin: &str, name: &str) -> RtmpClient {
     p
 }
 
-async fn first_media(p: &mut RtmpClient) {
-    while let Some(m) = p.next_message().await.unwrap() {
-        if m.type_id == message_type::VIDEO {
-            return;
-        }
-    }
-    panic!("stream ended before media");
-}
-
 async fn startup(target: &str, origin: &str, name: &str) -> Duration {
     let mut p = player(origin, name).await;
     let t0 = Instant::now();
     let mut publisher = RtmpClient::connect(target, "live").await.unwrap();
     publisher.publish(name).await.unwrap();
     let id = publisher.stream_id();
-    publisher
-        .send(Message {
-            stream_id: id,
-            ..keyframe(1000, false)
-        })
-        .await
-        .unwrap();
-    first_media(&mut p).await;
+    let first = Message {
+        stream_id: id,
+        ..Mix::Big.message(0, false)
+    };
+    publisher.send(first).await.unwrap();
+    while let Some(m) = p.next_message().await.unwrap() {
+        if m.type_id == message_type::VIDEO {
+            break;
+        }
+    }
     let elapsed = t0.elapsed();
     publisher.close().await;
     elapsed
 }
 
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
-/// A plain TCP relay: every connection to `listener` is copied byte for byte to `origin`.
-async fn tcp_relay(listener: tokio::net::TcpListener, origin: String) {
-    loop {
-        let Ok((mut client, _)) = listener.accept().await else {
-            return;
-        };
-        let origin = origin.clone();
-        tokio::spawn(async move {
-            if let Ok(mut upstream) = tokio::net::TcpStream::connect(&origin).await {
-                let _ = client.set_nodelay(true);
-                let _ = upstream.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            }
-        });
-    }
-}
-
 struct Throughput {
     gbps: f64,
-    cpu_per_gbit: f64,
+    /// CPU-s per Gbit of each measured process, in the order given.
+    cpu_per_gbit: Vec<f64>,
     delivered: u64,
 }
 
 /// `sessions` publishers push `total` bytes between them through `target`; one player per
-/// stream on the origin receives them.
+/// stream on the origin receives them; `pids` are the processes whose CPU is measured.
 async fn throughput(
     target: &str,
     origin: &str,
     sessions: usize,
-    total: usize,
+    mix: Mix,
+    pids: &[u32],
     tag: &str,
 ) -> Throughput {
-    let frames = total / sessions / FRAME;
+    let messages = mix.messages_for(THROUGHPUT_BYTES / sessions);
     let mut players = Vec::new();
     let mut publishers = Vec::new();
     for i in 0..sessions {
@@ -111,18 +194,17 @@ async fn throughput(
         p.publish(&name).await.unwrap();
         publishers.push(p);
     }
-    let cpu0 = cpu_seconds();
+    let cpu0: Vec<f64> = pids.iter().map(|&p| process_cpu(p)).collect();
     let t0 = Instant::now();
     let senders: Vec<_> = publishers
         .into_iter()
         .map(|publisher| {
             tokio::spawn(async move {
                 let id = publisher.stream_id();
-                for i in 0..frames {
+                for i in 0..messages {
                     let m = Message {
                         stream_id: id,
-                        timestamp: i as u32,
-                        ..keyframe(FRAME, i + 1 == frames)
+                        ..mix.message(i, i + 1 == messages)
                     };
                     publisher.send(m).await.unwrap();
                 }
@@ -136,9 +218,9 @@ async fn throughput(
             tokio::spawn(async move {
                 let mut received = 0u64;
                 while let Some(m) = p.next_message().await.unwrap() {
-                    if m.type_id == message_type::VIDEO {
+                    if m.type_id == message_type::VIDEO || m.type_id == message_type::AUDIO {
                         received += m.payload.len() as u64;
-                        if m.payload[FRAME - 1] == 0xee {
+                        if m.payload.last() == Some(&0xee) {
                             break;
                         }
                     }
@@ -152,14 +234,18 @@ async fn throughput(
         delivered += r.await.unwrap();
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let gbit = delivered as f64 * 8.0 / 1e9;
+    let cpu_per_gbit = pids
+        .iter()
+        .zip(cpu0)
+        .map(|(&p, c0)| (process_cpu(p) - c0) / gbit)
+        .collect();
     for s in senders {
         s.await.unwrap().close().await;
     }
-    let gbit = delivered as f64 * 8.0 / 1e9;
     Throughput {
         gbps: gbit / secs,
-        cpu_per_gbit: cpu / gbit,
+        cpu_per_gbit,
         delivered,
     }
 }
@@ -169,36 +255,103 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
-        ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
-    let origin = gateway.origin().to_owned();
-    let edge = Edge::bind(EdgeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        gateway: gateway.local_addr().to_string(),
-        pin: Some(gateway.pin().to_string()),
-        ..EdgeConfig::default()
-    })
-    .await
-    .unwrap();
-    let edge_addr = edge.local_addr().to_string();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(gateway.run(shutdown.clone()));
-    tokio::spawn(edge.run(shutdown.clone()));
-    // Warm up the QUIC connection so start-up measures sessions, not the first handshake.
-    startup(&edge_addr, &origin, "warm").await;
+/// The plain TCP relay, when this bench runs as its own child.
+fn run_relay(spec: &str) {
+    let (listen, origin) = spec.split_once('=').expect("LISTEN=ORIGIN");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        eprintln!("relay ready listen={}", listener.local_addr().unwrap());
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let origin = origin.to_owned();
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&origin).await {
+                    let _ = client.set_nodelay(true);
+                    let _ = upstream.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+}
 
+fn main() {
+    if let Ok(spec) = std::env::var(RELAY_ENV) {
+        return run_relay(&spec);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench());
+}
+
+async fn bench() {
+    let bin = std::env::var("RTMPQ_BIN")
+        .unwrap_or_else(|_| format!("{}/target/release/rtmpq", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} not found: cargo build --release first, or set RTMPQ_BIN"
+    );
+    let shutdown = CancellationToken::new();
+    let origin = EmbeddedOrigin::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let origin_addr = origin.local_addr().to_string();
+    tokio::spawn(origin.run(shutdown.clone()));
+
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Child::start(
+        tokio::process::Command::new(&bin)
+            .args(["gateway", "--listen", "127.0.0.1:0", "--origin"])
+            .arg(format!("rtmp://{origin_addr}"))
+            .arg("--state-dir")
+            .arg(state.path()),
+        "gateway ready",
+    )
+    .await;
+    let gateway_addr: SocketAddr = gateway.field("listen").parse().unwrap();
+    let pin = rtmpq_certs::self_signed(state.path())
+        .unwrap()
+        .fingerprint()
+        .to_string();
+    let edge = Child::start(
+        tokio::process::Command::new(&bin).args([
+            "edge",
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            &gateway_addr.to_string(),
+            "--pin",
+            &pin,
+        ]),
+        "edge ready",
+    )
+    .await;
+    let edge_addr = edge.field("listen");
+    let relay = Child::start(
+        tokio::process::Command::new(std::env::current_exe().unwrap())
+            .env(RELAY_ENV, format!("127.0.0.1:0={origin_addr}")),
+        "relay ready",
+    )
+    .await;
+    let relay_addr = relay.field("listen");
+    println!("measuring {bin}");
+
+    // Warm up the QUIC connection so start-up measures sessions, not the first handshake.
+    startup(&edge_addr, &origin_addr, "warm").await;
     let (mut direct, mut tunnel) = (Vec::new(), Vec::new());
     for i in 0..STARTUP_TRIALS {
-        direct.push(startup(&origin, &origin, &format!("d{i}")).await);
-        tunnel.push(startup(&edge_addr, &origin, &format!("t{i}")).await);
+        direct.push(startup(&origin_addr, &origin_addr, &format!("d{i}")).await);
+        tunnel.push(startup(&edge_addr, &origin_addr, &format!("t{i}")).await);
     }
     let (d, t) = (median(direct), median(tunnel));
     println!(
@@ -208,36 +361,48 @@ async fn main() {
         t.as_secs_f64() / d.as_secs_f64()
     );
 
-    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_addr = relay.local_addr().unwrap().to_string();
-    tokio::spawn(tcp_relay(relay, origin.clone()));
-    for sessions in [1usize, 16] {
+    println!("| workload | sessions | relay Gbit/s | tunnel Gbit/s | relay CPU-s/Gbit | edge CPU-s/Gbit | gateway CPU-s/Gbit | edge/relay | gateway/relay |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (mix, sessions) in [
+        (Mix::Big, 1usize),
+        (Mix::Big, 16),
+        (Mix::Media, 1),
+        (Mix::Media, 50),
+    ] {
+        let tag = format!(
+            "{}{sessions}-",
+            if matches!(mix, Mix::Big) { "b" } else { "m" }
+        );
         let tcp = throughput(
             &relay_addr,
-            &origin,
+            &origin_addr,
             sessions,
-            THROUGHPUT_BYTES,
-            &format!("r{sessions}-"),
+            mix,
+            &[relay.pid()],
+            &format!("r{tag}"),
         )
         .await;
         let quic = throughput(
             &edge_addr,
-            &origin,
+            &origin_addr,
             sessions,
-            THROUGHPUT_BYTES,
-            &format!("q{sessions}-"),
+            mix,
+            &[edge.pid(), gateway.pid()],
+            &format!("q{tag}"),
         )
         .await;
+        assert!(tcp.delivered > 0 && quic.delivered > 0);
+        let relay_cpu = tcp.cpu_per_gbit[0];
         println!(
-            "{sessions:>2} session(s), {} MiB of 64 KiB video messages: TCP relay {:.2} Gbit/s, {:.2} CPU-s/Gbit ({} MiB delivered); tunnel {:.2} Gbit/s, {:.2} CPU-s/Gbit ({} MiB delivered); tunnel/relay CPU per Gbit {:.1}x",
-            THROUGHPUT_BYTES >> 20,
+            "| {} | {sessions} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            mix.name(),
             tcp.gbps,
-            tcp.cpu_per_gbit,
-            tcp.delivered >> 20,
             quic.gbps,
-            quic.cpu_per_gbit,
-            quic.delivered >> 20,
-            quic.cpu_per_gbit / tcp.cpu_per_gbit
+            relay_cpu,
+            quic.cpu_per_gbit[0],
+            quic.cpu_per_gbit[1],
+            quic.cpu_per_gbit[0] / relay_cpu,
+            quic.cpu_per_gbit[1] / relay_cpu,
         );
     }
     shutdown.cancel();

@@ -49,10 +49,10 @@ pub struct DemoReport {
 pub enum DemoError {
     /// The gateway did not start.
     #[error("gateway: {0}")]
-    Gateway(#[from] rtmpq_gateway::GatewayError),
+    Gateway(rtmpq_gateway::GatewayError),
     /// The edge did not start.
     #[error("edge: {0}")]
-    Edge(#[from] rtmpq_edge::EdgeError),
+    Edge(rtmpq_edge::EdgeError),
     /// The publisher or player failed.
     #[error("rtmp client: {0}")]
     Client(#[from] ClientError),
@@ -73,14 +73,16 @@ pub async fn run(
         state_dir: state_dir.path().to_owned(),
         ..GatewayConfig::default()
     })
-    .await?;
+    .await
+    .map_err(DemoError::Gateway)?;
     let edge = Edge::bind(EdgeConfig {
         listen: "127.0.0.1:0".parse().expect("valid"),
         gateway: gateway.local_addr().to_string(),
         pin: Some(gateway.pin().to_string()),
         ..EdgeConfig::default()
     })
-    .await?
+    .await
+    .map_err(DemoError::Edge)?
     .without_status_line();
     let edge_addr = edge.local_addr().to_string();
     println!(

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rtmpq_certs::Fingerprint;
+pub use rtmpq_hop::config::ConfigError;
+use rtmpq_hop::config::{above_zero, load_toml, millis};
 use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
 use serde::Deserialize;
@@ -80,45 +82,6 @@ impl Default for EdgeConfig {
     }
 }
 
-/// Why an edge config cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this config (names the key).
-    #[error("config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's words.
-        message: String,
-    },
-    /// No gateway address.
-    #[error("no gateway address: give --gateway HOST:PORT (TOML: gateway)")]
-    NoGateway,
-    /// The gateway address is not `HOST:PORT`.
-    #[error("gateway {0:?} is not HOST:PORT")]
-    BadGateway(String),
-    /// Neither `--ca` nor `--pin`, or both.
-    #[error("give exactly one of --ca FILE or --pin sha256:HEX to trust the gateway")]
-    NoTrust,
-    /// The pin is not `sha256:` and 64 hex digits.
-    #[error("pin: {0}")]
-    BadPin(rtmpq_certs::CertError),
-    /// A client certificate without its key, or the reverse.
-    #[error("client_cert and client_key go together")]
-    HalfClientIdentity,
-    /// A limit or time that must be above zero.
-    #[error("{0} must be above zero")]
-    Zero(&'static str),
-}
-
 /// How the edge trusts the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
@@ -164,14 +127,7 @@ pub struct EdgeSettings {
 impl EdgeConfig {
     /// Reads a TOML file (every key optional; unknown keys are named in the error).
     pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })
+        load_toml(path)
     }
 
     /// Checks everything that can be checked without touching files or sockets.
@@ -191,16 +147,6 @@ impl EdgeConfig {
             (None, None) => None,
             _ => return Err(ConfigError::HalfClientIdentity),
         };
-        let ms = |value: u64, key: &'static str| match value {
-            0 => Err(ConfigError::Zero(key)),
-            ms => Ok(Duration::from_millis(ms)),
-        };
-        if self.max_sessions == 0 {
-            return Err(ConfigError::Zero("max_sessions"));
-        }
-        if self.max_buffered_mb == 0 {
-            return Err(ConfigError::Zero("max_buffered_mb"));
-        }
         Ok(EdgeSettings {
             listen: self.listen,
             gateway: self.gateway.clone(),
@@ -210,15 +156,15 @@ impl EdgeConfig {
             token: self.token.clone().unwrap_or_else(|| Secret::new("")),
             edge_id: self.edge_id.clone().unwrap_or_else(default_edge_id),
             metrics: self.metrics,
-            max_sessions: self.max_sessions,
-            handshake_timeout: ms(self.handshake_timeout_ms, "handshake_timeout_ms")?,
-            gateway_wait: ms(self.gateway_wait_ms, "gateway_wait_ms")?,
+            max_sessions: above_zero(self.max_sessions, "max_sessions")?,
+            handshake_timeout: millis(self.handshake_timeout_ms, "handshake_timeout_ms")?,
+            gateway_wait: millis(self.gateway_wait_ms, "gateway_wait_ms")?,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             session_limits: SessionLimits {
-                setup_deadline: Some(ms(self.setup_timeout_ms, "setup_timeout_ms")?),
-                silence_period: Some(ms(self.client_timeout_ms, "client_timeout_ms")? / 2),
+                setup_deadline: Some(millis(self.setup_timeout_ms, "setup_timeout_ms")?),
+                silence_period: Some(millis(self.client_timeout_ms, "client_timeout_ms")? / 2),
             },
-            max_buffered_bytes: self.max_buffered_mb << 20,
+            max_buffered_bytes: above_zero(self.max_buffered_mb, "max_buffered_mb")? << 20,
         })
     }
 }

@@ -22,22 +22,8 @@ use tracing::{info, warn};
 pub use config::{ConfigError, EdgeConfig, EdgeSettings};
 pub use connector::{Connector, LinkState};
 
-/// What stops an edge from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    /// The configuration is unusable.
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    /// Certificates, TLS or a socket.
-    #[error("{0}")]
-    Start(#[from] StartError),
-}
-
-impl From<rtmpq_certs::CertError> for EdgeError {
-    fn from(e: rtmpq_certs::CertError) -> Self {
-        EdgeError::Start(e.into())
-    }
-}
+/// What stops the edge from starting.
+pub use rtmpq_hop::HopError as EdgeError;
 
 /// State the edge's sessions share.
 #[derive(Debug)]
@@ -76,7 +62,7 @@ impl Edge {
             None => None,
         };
         let tls = rtmpq_certs::client_tls(trust, identity)?;
-        let client_config = rtmpq_hop::transport::client_config(tls).map_err(StartError::from)?;
+        let client_config = rtmpq_hop::transport::client_config(tls)?;
         let listener = bind_tcp(settings.listen).await?;
         // The wildcard address lets quinn migrate when the route or address changes.
         let wildcard: SocketAddr = "0.0.0.0:0".parse().expect("valid");
@@ -151,14 +137,7 @@ impl Edge {
         info!(listen = %self.local_addr(), gateway = %settings.gateway, metrics = ?self.metrics_addr(), "edge ready");
         let services = CancellationToken::new();
         let telemetry = self.shared.telemetry.clone();
-        tokio::spawn(telemetry.clone().run_ticks(services.clone()));
-        if let Some(listener) = self.metrics {
-            tokio::spawn(rtmpq_telemetry::serve(
-                telemetry.clone(),
-                listener,
-                services.clone(),
-            ));
-        }
+        telemetry.start(self.metrics, services.clone());
         if self.status_line {
             tokio::spawn(rtmpq_telemetry::status_line(
                 telemetry.clone(),

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use rtmpq_hop::config::ConfigError;
+use rtmpq_hop::config::{above_zero, load_toml, millis};
 use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
 use serde::Deserialize;
@@ -65,39 +67,6 @@ impl Default for GatewayConfig {
     }
 }
 
-/// Why a gateway config cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this config (names the key).
-    #[error("config {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's words.
-        message: String,
-    },
-    /// The origin URL is not `rtmp://HOST[:PORT]`.
-    #[error("origin {0:?} is not rtmp://HOST[:PORT]")]
-    BadOrigin(String),
-    /// Mutual TLS was asked for without a CA to check edges against.
-    #[error("client_auth needs a cert dir with ca.pem (--cert-dir, TOML: cert_dir)")]
-    ClientAuthWithoutCa,
-    /// An empty token would let any edge in.
-    #[error("tokens must not be empty strings")]
-    EmptyToken,
-    /// A limit or time that must be above zero.
-    #[error("{0} must be above zero")]
-    Zero(&'static str),
-}
-
 /// The gateway's settings, checked: what [`Gateway::bind`](crate::Gateway::bind) starts
 /// from.
 #[derive(Debug, Clone)]
@@ -135,14 +104,7 @@ pub struct GatewaySettings {
 impl GatewayConfig {
     /// Reads a TOML file (every key optional; unknown keys are named in the error).
     pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })
+        load_toml(path)
     }
 
     /// Checks everything that can be checked without touching files or sockets.
@@ -159,16 +121,6 @@ impl GatewayConfig {
         if self.tokens.iter().any(|t| t.expose().is_empty()) {
             return Err(ConfigError::EmptyToken);
         }
-        let ms = |value: u64, key: &'static str| match value {
-            0 => Err(ConfigError::Zero(key)),
-            ms => Ok(Duration::from_millis(ms)),
-        };
-        if self.max_sessions == 0 {
-            return Err(ConfigError::Zero("max_sessions"));
-        }
-        if self.max_buffered_mb == 0 {
-            return Err(ConfigError::Zero("max_buffered_mb"));
-        }
         Ok(GatewaySettings {
             listen: self.listen,
             origin,
@@ -178,18 +130,18 @@ impl GatewayConfig {
             client_auth: self.client_auth,
             tokens: self.tokens.clone(),
             metrics: self.metrics,
-            max_sessions: self.max_sessions,
-            origin_connect_timeout: ms(
+            max_sessions: above_zero(self.max_sessions, "max_sessions")?,
+            origin_connect_timeout: millis(
                 self.origin_connect_timeout_ms,
                 "origin_connect_timeout_ms",
             )?,
-            handshake_timeout: ms(self.handshake_timeout_ms, "handshake_timeout_ms")?,
+            handshake_timeout: millis(self.handshake_timeout_ms, "handshake_timeout_ms")?,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             session_limits: SessionLimits {
-                setup_deadline: Some(ms(self.setup_timeout_ms, "setup_timeout_ms")?),
+                setup_deadline: Some(millis(self.setup_timeout_ms, "setup_timeout_ms")?),
                 silence_period: None,
             },
-            max_buffered_bytes: self.max_buffered_mb << 20,
+            max_buffered_bytes: above_zero(self.max_buffered_mb, "max_buffered_mb")? << 20,
         })
     }
 }

@@ -24,22 +24,8 @@ use tracing::{info, warn, Instrument};
 pub use config::{ConfigError, GatewayConfig, GatewaySettings};
 pub use embedded_origin::EmbeddedOrigin;
 
-/// What stops a gateway from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    /// The configuration is unusable.
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    /// Certificates, TLS or a socket.
-    #[error("{0}")]
-    Start(#[from] StartError),
-}
-
-impl From<rtmpq_certs::CertError> for GatewayError {
-    fn from(e: rtmpq_certs::CertError) -> Self {
-        GatewayError::Start(e.into())
-    }
-}
+/// What stops the gateway from starting.
+pub use rtmpq_hop::HopError as GatewayError;
 
 /// State every connection and session of a gateway shares.
 #[derive(Debug)]
@@ -96,7 +82,7 @@ impl Gateway {
         };
         let pin = identity.fingerprint();
         let tls = rtmpq_certs::server_tls(identity, client_ca)?;
-        let server_config = rtmpq_hop::transport::server_config(tls).map_err(StartError::from)?;
+        let server_config = rtmpq_hop::transport::server_config(tls)?;
         let endpoint = quinn::Endpoint::server(server_config, settings.listen)
             .map_err(StartError::bind(settings.listen))?;
         let (origin, embedded) = match &settings.origin {
@@ -175,14 +161,7 @@ impl Gateway {
         );
         let services = CancellationToken::new();
         let telemetry = self.shared.telemetry.clone();
-        tokio::spawn(telemetry.clone().run_ticks(services.clone()));
-        if let Some(listener) = self.metrics {
-            tokio::spawn(rtmpq_telemetry::serve(
-                telemetry.clone(),
-                listener,
-                services.clone(),
-            ));
-        }
+        telemetry.start(self.metrics, services.clone());
         let embedded = self
             .embedded
             .map(|embedded| tokio::spawn(embedded.run(services.clone())));

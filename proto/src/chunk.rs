@@ -20,6 +20,8 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 128;
 /// The chunk size our hops announce to their peers.
 pub const OUR_CHUNK_SIZE: u32 = 4096;
 const EXTENDED_TIMESTAMP: u32 = 0x00ff_ffff;
+/// The first allocation for a message's payload, and the least it grows by.
+const GROWTH_STEP: usize = 64 << 10;
 
 /// Bounds the decoder enforces; each one ends the session when crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +205,15 @@ impl ChunkDecoder {
                     .streams
                     .get_mut(&csid)
                     .expect("state exists for open chunk");
+                if state.partial.capacity() - state.partial.len() < n {
+                    // Grow toward the announced length in steps that double what arrived,
+                    // at most to the message's end: a message of up to 64 KiB is allocated
+                    // once, a larger one copied a few times, and an announced length that
+                    // never arrives is never reserved.
+                    let have = state.partial.len();
+                    let step = have.max(GROWTH_STEP).min(state.missing as usize);
+                    state.partial.reserve(step.max(n));
+                }
                 state.partial.extend_from_slice(&buf[..n]);
                 buf.advance(n);
                 self.consumed += n as u64;
@@ -679,6 +690,28 @@ mod tests {
         assert!(matches!(err, ChunkError::TooManyMessages { .. }), "{err}");
         assert!(decoded < 1200, "{decoded} messages before the bound");
         assert!(buf.len() > (1 << 20) - 1200, "stopped early in the input");
+    }
+
+    #[test]
+    fn a_message_buffer_grows_in_bounded_steps() {
+        // A 16 MiB announcement with one chunk of it: the buffer holds what arrived and the
+        // first step, not the announced length.
+        let mut dec = ChunkDecoder::new(ChunkLimits::default());
+        let mut enc = ChunkEncoder::default();
+        let mut bytes = BytesMut::new();
+        enc.encode(&Message::new(9, 1, 0, vec![1; 100_000]), &mut bytes);
+        let mut first = bytes.split_to(140);
+        assert_eq!(dec.decode(&mut first), Ok(None));
+        let state = dec.streams.values().next().unwrap();
+        assert!(
+            state.partial.capacity() <= 2 * GROWTH_STEP,
+            "{}",
+            state.partial.capacity()
+        );
+        // The whole message still arrives intact.
+        let msg = dec.decode(&mut bytes).unwrap().unwrap();
+        assert_eq!(msg.payload.len(), 100_000);
+        assert!(msg.payload.iter().all(|&b| b == 1));
     }
 
     #[test]

@@ -519,6 +519,15 @@ impl Telemetry {
         });
     }
 
+    /// Starts refreshing the figures every [`TICK`], whether or not anything serves them,
+    /// and serves them on `metrics` if given ([`serve`]), until `stop`.
+    pub fn start(self: &Arc<Self>, metrics: Option<TcpListener>, stop: CancellationToken) {
+        tokio::spawn(self.clone().run_ticks(stop.clone()));
+        if let Some(listener) = metrics {
+            tokio::spawn(serve(self.clone(), listener, stop));
+        }
+    }
+
     /// Refreshes figures every [`TICK`] until `shutdown`.
     pub async fn run_ticks(self: Arc<Self>, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(TICK);
