@@ -55,7 +55,7 @@ impl Mix {
             Mix::Media => match i % 5 {
                 0 | 2 => {
                     let frame = i / 5 * 2 + usize::from(i % 5 == 2);
-                    let key = frame % 60 == 0 || last;
+                    let key = frame.is_multiple_of(60) || last;
                     (message_type::VIDEO, if key { 60_000 } else { 12_000 }, key)
                 }
                 _ => (message_type::AUDIO, 300, false),
