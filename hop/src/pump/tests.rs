@@ -433,3 +433,61 @@ async fn a_silent_client_is_pinged_then_closed_and_an_answering_one_stays() {
     assert!(started.elapsed().as_secs() >= 60 + 20);
     assert!(!h.session.is_finished());
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_close_code_from_the_far_hop_reaches_a_publisher_as_the_right_rtmp_error() {
+    let codes = [
+        CloseCode::ProtocolViolation,
+        CloseCode::Unauthorized,
+        CloseCode::OriginUnreachable,
+        CloseCode::OriginClosed,
+        CloseCode::OriginProtocolError,
+        CloseCode::Timeout,
+        CloseCode::Overloaded,
+        CloseCode::Shutdown,
+        CloseCode::Internal,
+        CloseCode::TunnelLost,
+        CloseCode::Unknown(99),
+    ];
+    for code in codes {
+        let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 64);
+        h.rtmp_sends(&connect()).await;
+        h.far_hop_receives().await.unwrap();
+        h.far_hop_sends(Frame::Msg(command::connect_result(1.0)))
+            .await;
+        h.rtmp_receives_command().await.unwrap();
+        h.rtmp_sends(&publish()).await;
+        h.far_hop_receives().await.unwrap();
+        let reason = format!("because {code}");
+        h.far_hop_sends(Frame::SessionClose {
+            code,
+            reason: reason.clone(),
+        })
+        .await;
+        let failed = h.rtmp_receives_command().await.unwrap();
+        let status = failed.status().unwrap();
+        assert_eq!(
+            (
+                failed.name.as_str(),
+                status.code.as_str(),
+                status.description.as_str()
+            ),
+            ("onStatus", "NetStream.Failed", reason.as_str()),
+            "{code}"
+        );
+        assert_eq!(h.ended().await.code, code);
+    }
+    // A normal close from the far hop ends the session without an error.
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 64);
+    h.rtmp_sends(&connect()).await;
+    h.far_hop_receives().await.unwrap();
+    h.far_hop_sends(Frame::SessionClose {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    })
+    .await;
+    assert!(
+        h.rtmp_receives_command().await.is_none(),
+        "no RTMP error for a normal end"
+    );
+}
