@@ -173,14 +173,7 @@ async fn bad_input_ends_only_its_own_session() {
     })
     .await;
 
-    let out = healthy.await.unwrap();
-    assert!(
-        out.status.success(),
-        "healthy pusher failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let played = player.finish(pushed.len(), LIMIT).await;
-    assert_same_packets(&pushed, &played, "healthy push beside bad input");
+    assert_healthy_push(healthy, player, &pushed, "healthy push beside bad input").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

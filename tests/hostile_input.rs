@@ -157,14 +157,13 @@ async fn deep_commands_end_only_their_own_session_at_both_hops() {
         tunnel.conn.close(0u32.into(), b"done");
     }
 
-    let out = healthy.await.unwrap();
-    assert!(
-        out.status.success(),
-        "healthy pusher failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let played = player.finish(pushed.len(), LIMIT).await;
-    assert_same_packets(&pushed, &played, "healthy push beside deep commands");
+    assert_healthy_push(
+        healthy,
+        player,
+        &pushed,
+        "healthy push beside deep commands",
+    )
+    .await;
 }
 
 /// A raw RTMP player of `stream` through `edge`: handshake, then connect, createStream and
@@ -444,21 +443,16 @@ async fn a_killed_gateway_gives_the_pusher_an_rtmp_error() {
     capture_logs();
     rtmpq_telemetry::prometheus();
     let clip = clip(40).await;
-    let certs = tempfile::tempdir().unwrap();
-    let pin = rtmpq_certs::init(certs.path(), &[]).unwrap();
-    let mut gateway = Process::start(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--cert-dir",
-        &certs.path().display().to_string(),
-    ]);
-    let ready = gateway.wait_for("gateway ready").await;
-    let gateway_addr: SocketAddr = field(&ready, "listen").parse().unwrap();
+    let GatewayProcess {
+        process: mut gateway,
+        addr: gateway_addr,
+        pin,
+        ..
+    } = GatewayProcess::start(&[]).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let edge = start_edge(
         EdgeConfig {
-            pin: Some(pin.to_string()),
+            pin: Some(pin),
             ..edge_config(gateway_addr)
         },
         &shutdown,
@@ -506,24 +500,19 @@ async fn a_killed_gateway_gives_the_pusher_an_rtmp_error() {
 async fn a_flood_of_failed_handshakes_writes_a_bounded_log() {
     const ATTEMPTS: usize = 2000;
     capture_logs();
-    let certs = tempfile::tempdir().unwrap();
-    let pin = rtmpq_certs::init(certs.path(), &[]).unwrap();
-    let mut gateway = Process::start(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--cert-dir",
-        &certs.path().display().to_string(),
-    ]);
-    let ready = gateway.wait_for("gateway ready").await;
-    let gateway_addr: SocketAddr = field(&ready, "listen").parse().unwrap();
+    let GatewayProcess {
+        process: mut gateway,
+        addr: gateway_addr,
+        pin,
+        ready,
+        ..
+    } = GatewayProcess::start(&["--metrics", "127.0.0.1:0"]).await;
     let metrics: SocketAddr = field(&ready, "metrics").parse().unwrap();
     let lines_before = gateway.lines_so_far().len();
 
     // Handshakes the gateway must refuse: a protocol it does not speak (wrong ALPN).
-    let mut tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let trust = rtmpq_certs::GatewayTrust::Pin(pin.parse().unwrap());
+    let mut tls = rtmpq_certs::client_tls(trust, None).unwrap();
     tls.alpn_protocols = vec![b"not-rtmpq".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));

@@ -231,27 +231,24 @@ async fn sigterm_drains_the_gateway_and_nginx_sees_the_publisher_leave() {
     capture_logs();
     let clip = clip(30).await;
     let nginx = Nginx::start().await;
-    let certs = tempfile::tempdir().unwrap();
-    let pin = rtmpq_certs::init(certs.path(), &[]).unwrap();
     let grace = Duration::from_millis(2000);
-    let mut gateway = Process::start(&[
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
+    let GatewayProcess {
+        process: mut gateway,
+        addr: gateway_addr,
+        pin,
+        ..
+    } = GatewayProcess::start(&[
         "--origin",
         &format!("rtmp://{}", nginx.rtmp),
-        "--cert-dir",
-        &certs.path().display().to_string(),
         "--shutdown-grace",
         &grace.as_millis().to_string(),
-    ]);
-    let ready = gateway.wait_for("gateway ready").await;
-    let gateway_addr: SocketAddr = field(&ready, "listen").parse().unwrap();
+    ])
+    .await;
 
     let shutdown = CancellationToken::new();
     let edge = start_edge(
         EdgeConfig {
-            pin: Some(pin.to_string()),
+            pin: Some(pin),
             ..edge_config(gateway_addr)
         },
         &shutdown,

@@ -633,6 +633,56 @@ pub fn write_config(dir: &std::path::Path, text: &str) -> String {
     path.display().to_string()
 }
 
+/// A `rtmpq gateway` process with certificates from `rtmpq certs init`, on a UDP port of
+/// its own choosing (read from its ready line).
+pub struct GatewayProcess {
+    pub process: Process,
+    pub addr: SocketAddr,
+    /// Its certificate's pin, for edges.
+    pub pin: String,
+    /// The "gateway ready" log line (listen and metrics addresses).
+    pub ready: String,
+    _certs: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts `rtmpq gateway --listen 127.0.0.1:0 --cert-dir DIR` with `extra` arguments.
+    pub async fn start(extra: &[&str]) -> GatewayProcess {
+        let certs = tempfile::tempdir().unwrap();
+        let pin = rtmpq_certs::init(certs.path(), &[]).unwrap().to_string();
+        let dir = certs.path().display().to_string();
+        let mut args = vec!["gateway", "--listen", "127.0.0.1:0", "--cert-dir", &dir];
+        args.extend_from_slice(extra);
+        let mut process = Process::start(&args);
+        let ready = process.wait_for("gateway ready").await;
+        let addr = field(&ready, "listen").parse().unwrap();
+        GatewayProcess {
+            process,
+            addr,
+            pin,
+            ready,
+            _certs: certs,
+        }
+    }
+}
+
+/// Waits for a healthy push and its player, and checks the player got every packet.
+pub async fn assert_healthy_push(
+    pusher: tokio::task::JoinHandle<std::process::Output>,
+    player: Player,
+    pushed: &Tracks,
+    what: &str,
+) {
+    let out = pusher.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: the healthy pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), Duration::from_secs(60)).await;
+    assert_same_packets(pushed, &played, what);
+}
+
 /// A gateway and an edge running in-process.
 pub struct Stack {
     pub gateway_addr: SocketAddr,
