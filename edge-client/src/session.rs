@@ -82,9 +82,6 @@ async fn run(
     let budget = shared.budget.session();
     reader.set_budget(budget.clone());
     let limits = &settings.session_limits;
-    if let Some(period) = limits.silence_period {
-        reader.set_silence_period(period);
-    }
     let waiting = tracker.lock().expect("tracker").waiting(Flow::ToClient);
     let (to_client, writer_task) = writer.spawn_timed(CLIENT_QUEUE, Some(budget.clone()), waiting);
     let abort_writer = writer_task.abort_handle();

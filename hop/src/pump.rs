@@ -132,7 +132,7 @@ impl SessionEnd {
             OutboundError::Overloaded(e) => {
                 SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp)
             }
-            OutboundError::Closed | OutboundError::Full => SessionEnd::new(
+            OutboundError::Closed => SessionEnd::new(
                 CloseCode::Normal,
                 format!("{} connection closed", peer.name()),
                 EndedBy::Rtmp,
@@ -208,8 +208,20 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
                 Ok(Some(Inbound::Silent(1))) => {
                     let now = started.elapsed().as_millis() as u32;
                     let ping = Control::PingRequest(now).to_message();
-                    if let Err(e) = self.replies.send(ping).await {
-                        return SessionEnd::queue_failed(peer, e);
+                    // A peer whose queue stays full for a whole period reads nothing either:
+                    // waiting for room must not outlast the silence limit.
+                    let period = self.silence_period.unwrap_or_default();
+                    match tokio::time::timeout(period, self.replies.send(ping)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return SessionEnd::queue_failed(peer, e),
+                        Err(_) => {
+                            let reason = format!(
+                                "{} read nothing and sent nothing for {:?}",
+                                peer.name(),
+                                period * 2
+                            );
+                            return SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp);
+                        }
                     }
                 }
                 Ok(Some(Inbound::Silent(_))) => {
@@ -315,6 +327,9 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     limits: &SessionLimits,
     stop: &CancellationToken,
 ) -> SessionEnd {
+    if let Some(period) = limits.silence_period {
+        rtmp.set_silence_period(period);
+    }
     let from_rtmp = RtmpToTunnel {
         peer,
         rtmp,

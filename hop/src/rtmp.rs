@@ -191,7 +191,8 @@ impl RtmpReader {
         self.decoder.set_budget(budget);
     }
 
-    /// Reports [`Inbound::Silent`] after each `period` in which the peer sent no byte.
+    /// Reports [`Inbound::Silent`] after each `period` in which the peer sent no byte (the
+    /// pumps set it from [`SessionLimits`](crate::pump::SessionLimits)).
     pub fn set_silence_period(&mut self, period: Duration) {
         self.silence_period = Some(period);
     }
@@ -389,9 +390,6 @@ pub enum OutboundError {
     /// The process-wide bound on buffered bytes is reached.
     #[error("{0}")]
     Overloaded(#[from] BudgetExceeded),
-    /// The queue is full (only from [`Outbound::try_send`]).
-    #[error("writer queue full")]
-    Full,
 }
 
 impl Outbound {
@@ -418,24 +416,6 @@ impl Outbound {
         let permit = self.tx.reserve().await.map_err(|_| {
             self.give_back(len);
             OutboundError::Closed
-        })?;
-        self.waiting.arrived(std::time::Instant::now());
-        permit.send(msg);
-        Ok(())
-    }
-
-    /// Queues `msg` if there is room now.
-    pub fn try_send(&self, msg: Message) -> Result<(), OutboundError> {
-        let len = msg.payload.len();
-        if let Some(budget) = &self.budget {
-            budget.take(len)?;
-        }
-        let permit = self.tx.try_reserve().map_err(|e| {
-            self.give_back(len);
-            match e {
-                mpsc::error::TrySendError::Full(()) => OutboundError::Full,
-                mpsc::error::TrySendError::Closed(()) => OutboundError::Closed,
-            }
         })?;
         self.waiting.arrived(std::time::Instant::now());
         permit.send(msg);

@@ -222,14 +222,6 @@ impl SessionTracker {
         }
     }
 
-    /// The counters of `flow`.
-    pub fn flow(&self, flow: Flow) -> &FlowStats {
-        match flow {
-            Flow::ToOrigin => &self.to_origin,
-            Flow::ToClient => &self.to_client,
-        }
-    }
-
     /// Where messages waiting at this hop in `flow` are noted.
     pub fn waiting(&self, flow: Flow) -> Arc<WaitTimes> {
         self.waiting[flow.index()].clone()

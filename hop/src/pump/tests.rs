@@ -80,10 +80,7 @@ fn start(peer: RtmpPeer, limits: SessionLimits, socket: usize, tunnel: usize) ->
     let session_stop = stop.clone();
     let session = tokio::spawn(async move {
         let mut reader = RtmpReader::new(Box::pin(read), BytesMut::new(), ChunkLimits::default());
-        if let Some(period) = limits.silence_period {
-            reader.set_silence_period(period);
-        }
-        let (to_rtmp, writer) = RtmpWriter::new(Box::pin(write)).spawn(8, None);
+        let (to_rtmp, mut writer) = RtmpWriter::new(Box::pin(write)).spawn(8, None);
         let tracker = Mutex::new(SessionTracker::default());
         let mut recv = MemoryRecv(recv);
         let mut send = MemorySend(Some(send));
@@ -100,7 +97,13 @@ fn start(peer: RtmpPeer, limits: SessionLimits, socket: usize, tunnel: usize) ->
         .await;
         finish_session(peer, &end, &tracker, &to_rtmp, &mut send).await;
         drop(to_rtmp);
-        let _ = writer.await;
+        // As the hops do: a peer that reads nothing does not hold the writer forever.
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
         end
     });
     Harness {
@@ -490,4 +493,37 @@ async fn every_close_code_from_the_far_hop_reaches_a_publisher_as_the_right_rtmp
         h.rtmp_receives_command().await.is_none(),
         "no RTMP error for a normal end"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_player_that_neither_reads_nor_sends_is_closed_even_with_its_queue_full() {
+    let limits = SessionLimits {
+        setup_deadline: None,
+        silence_period: Some(Duration::from_secs(10)),
+    };
+    // A 1 KiB socket the player never reads, and media flooding toward it: its queue fills,
+    // so the ping cannot even be queued.
+    let h = start(RtmpPeer::Client, limits, 1024, 64);
+    let flood = h.far_hop.clone();
+    let flooding = tokio::spawn(async move {
+        for ts in 0.. {
+            if flood.send(Ok(Frame::Msg(video(ts)))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let end = h.ended().await;
+    assert_eq!(end.code, CloseCode::Timeout, "{end:?}");
+    assert!(
+        end.reason.contains("read nothing and sent nothing"),
+        "{end:?}"
+    );
+    // Ended at 20 s; telling it why and flushing give up within 2 + 5 s more.
+    assert!(
+        started.elapsed() <= Duration::from_secs(27),
+        "{:?}",
+        started.elapsed()
+    );
+    flooding.abort();
 }
