@@ -12,7 +12,6 @@ use bytes::BytesMut;
 use common::*;
 use rtmpq_demo::client::{ClientError, RtmpClient};
 use rtmpq_edge::EdgeConfig;
-use rtmpq_gateway::{Gateway, GatewayConfig};
 use rtmpq_hop::rtmp::{handshake, HandshakeRole, Inbound, Outbound, RtmpReader, RtmpWriter};
 use rtmpq_hop::tunnel::write_frame;
 use rtmpq_proto::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits};
@@ -243,15 +242,7 @@ async fn pinged(pings: &mut mpsc::UnboundedReceiver<u32>, n: u32) {
 async fn silent_clients_end_with_timeout_while_idle_players_stay() {
     capture_logs();
     rtmpq_telemetry::prometheus();
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
-        ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
-    let stack = Stack::with_gateway(gateway, state, |c| EdgeConfig {
+    let stack = Stack::start_with(None, |c| EdgeConfig {
         setup_timeout_ms: 1500,
         client_timeout_ms: 2000,
         ..c
@@ -293,15 +284,7 @@ async fn silent_clients_end_with_timeout_while_idle_players_stay() {
 async fn a_full_edge_answers_connect_with_an_error() {
     capture_logs();
     let clip = clip(4).await;
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
-        ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
-    let stack = Stack::with_gateway(gateway, state, |c| EdgeConfig {
+    let stack = Stack::start_with(None, |c| EdgeConfig {
         max_sessions: 1,
         ..c
     })
@@ -331,14 +314,7 @@ async fn buffered_bytes_stay_under_the_process_bound() {
     const CLIENTS: usize = 20;
     const PART: usize = 15 << 19; // 7.5 MiB: two unfinished messages make 15 MiB a client
     capture_logs();
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
-        ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
+    let (gateway, state) = local_gateway(None).await;
     let gateway_addr = gateway.local_addr();
     let pin = gateway.pin().to_string();
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -101,13 +101,15 @@ impl TunnelSend for quinn::SendStream {
     }
 }
 
-/// Reads tunnel frames from a QUIC receive stream. A frame that arrives whole in one of
-/// quinn's chunks is sliced out of it without a copy; only frames split across chunks are
+/// Reads tunnel frames from a QUIC receive stream. Frames that arrive whole in one of
+/// quinn's chunks are sliced out of it without a copy; only frames split across chunks are
 /// gathered in a buffer.
 #[derive(Debug)]
 pub struct FrameReader {
     recv: quinn::RecvStream,
     buf: BytesMut,
+    /// The rest of quinn's last chunk (at most 64 KiB), read from without a copy.
+    chunk: Bytes,
     decoder: FrameDecoder,
     budget: Option<Arc<SessionBudget>>,
     charged: usize,
@@ -119,6 +121,7 @@ impl FrameReader {
         FrameReader {
             recv,
             buf: BytesMut::new(),
+            chunk: Bytes::new(),
             decoder: FrameDecoder::default(),
             budget: None,
             charged: 0,
@@ -142,6 +145,15 @@ impl FrameReader {
     /// The next frame; `None` when the peer finished the stream cleanly.
     pub async fn next(&mut self) -> Result<Option<Frame>, FrameReadError> {
         loop {
+            // Whole frames in the last chunk are sliced out of it; a partial one moves to the
+            // buffer, where the next chunks complete it. At most one of the two holds bytes.
+            if !self.chunk.is_empty() {
+                if let Some(frame) = self.decoder.decode_bytes(&mut self.chunk)? {
+                    return Ok(Some(frame));
+                }
+                self.buf.extend_from_slice(&self.chunk);
+                self.chunk.clear();
+            }
             let frame = self.decoder.decode(&mut self.buf);
             self.charge()?;
             if let Some(frame) = frame? {
@@ -153,30 +165,12 @@ impl FrameReader {
                 .await
                 .map_err(StreamLost::from)?;
             match chunk {
-                Some(chunk) if self.buf.is_empty() => {
-                    if let Some(frame) = self.take_whole(chunk.bytes)? {
-                        return Ok(Some(frame));
-                    }
-                }
-                Some(chunk) => {
-                    self.buf.extend_from_slice(&chunk.bytes);
-                    self.charge()?;
-                }
+                Some(chunk) if self.buf.is_empty() => self.chunk = chunk.bytes,
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(FrameReadError::Truncated),
             }
         }
-    }
-
-    /// Decodes a frame straight out of `bytes` if it holds one whole; keeps the rest
-    /// buffered for the next call.
-    fn take_whole(&mut self, mut bytes: Bytes) -> Result<Option<Frame>, FrameReadError> {
-        let frame = self.decoder.decode_bytes(&mut bytes)?;
-        if !bytes.is_empty() {
-            self.buf.extend_from_slice(&bytes);
-            self.charge()?;
-        }
-        Ok(frame)
     }
 
     /// Brings the budget's charge in line with the bytes buffered.

@@ -683,6 +683,21 @@ pub async fn assert_healthy_push(
     assert_same_packets(pushed, &played, what);
 }
 
+/// A gateway bound on loopback for `origin` (None: embedded), its self-signed identity in a
+/// temp dir.
+pub async fn local_gateway(origin: Option<String>) -> (Gateway, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        origin,
+        state_dir: state.path().to_owned(),
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    (gateway, state)
+}
+
 /// A gateway and an edge running in-process.
 pub struct Stack {
     pub gateway_addr: SocketAddr,
@@ -698,16 +713,16 @@ pub struct Stack {
 impl Stack {
     /// Starts a gateway for `origin` (None: embedded) and an edge pinned to it.
     pub async fn start(origin: Option<String>) -> Stack {
-        let state = tempfile::tempdir().unwrap();
-        let gateway = Gateway::bind(GatewayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            origin,
-            state_dir: state.path().to_owned(),
-            ..GatewayConfig::default()
-        })
-        .await
-        .unwrap();
-        Self::with_gateway(gateway, state, |c| c).await
+        Self::start_with(origin, |c| c).await
+    }
+
+    /// Like [`start`](Self::start), with the edge configured further by `tweak`.
+    pub async fn start_with(
+        origin: Option<String>,
+        tweak: impl FnOnce(EdgeConfig) -> EdgeConfig,
+    ) -> Stack {
+        let (gateway, state) = local_gateway(origin).await;
+        Self::with_gateway(gateway, state, tweak).await
     }
 
     /// Starts `gateway` and an edge (configured further by `tweak`).
