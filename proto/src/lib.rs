@@ -22,7 +22,7 @@
 //! | 0x02 | WELCOME       | gw → edge   | `version:u8 gateway_id:string` |
 //! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64` |
 //! | 0x11 | MSG           | both        | `type:u8 stream_id:varint timestamp:u32 payload:bytes-to-end` |
-//! | 0x12 | SESSION_CLOSE | both        | `code:varint reason:utf8-to-end` |
+//! | 0x12 | SESSION_CLOSE | both        | `code:varint reason:utf8-to-end` (first 512 bytes kept) |
 //!
 //! Integers are big-endian. A frame longer than [`wire::MAX_FRAME_LEN`] or of an unknown kind
 //! ends the stream it arrived on with [`wire::CloseCode::ProtocolViolation`].

@@ -328,6 +328,10 @@ impl Frame {
 /// yet said who it is must not make the gateway hold more.
 pub const MAX_CONTROL_FRAME_LEN: u64 = 16 << 10;
 
+/// Most bytes of a SESSION_CLOSE reason kept; the rest is dropped at decoding (the reason is
+/// logged, shown to the client and kept among ended sessions).
+pub const MAX_REASON_LEN: usize = 512;
+
 /// Bytes reserved ahead for a frame still arriving: a peer may announce a 16 MiB frame and
 /// send nothing, so the buffer grows as bytes come, never by the announced length at once.
 const RESERVE_AHEAD: usize = 64 << 10;
@@ -442,7 +446,9 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
         })(),
         frame_kind::SESSION_CLOSE => (|| {
             let code = CloseCode::from_code(get_varint(&mut body)?);
-            let reason = String::from_utf8_lossy(body).into_owned();
+            // A reason is words for logs and clients; a peer's 16 MiB of them is not kept.
+            let reason = &body[..body.len().min(MAX_REASON_LEN)];
+            let reason = String::from_utf8_lossy(reason).into_owned();
             Some(Frame::SessionClose { code, reason })
         })(),
         other => return Err(WireError::UnknownKind(other)),
@@ -575,6 +581,23 @@ mod tests {
             FrameDecoder::with_max_len(MAX_CONTROL_FRAME_LEN).decode(&mut hello),
             Err(WireError::TooLong(MAX_CONTROL_FRAME_LEN + 1))
         );
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut() {
+        let close = Frame::SessionClose {
+            code: CloseCode::Internal,
+            reason: "é".repeat(100_000),
+        };
+        let mut buf = BytesMut::new();
+        close.encode(&mut buf);
+        let Some(Frame::SessionClose { reason, .. }) =
+            FrameDecoder::default().decode(&mut buf).unwrap()
+        else {
+            panic!("a close frame");
+        };
+        assert!(reason.len() <= MAX_REASON_LEN + 3, "{}", reason.len());
+        assert!(reason.starts_with("éé"));
     }
 
     #[test]
