@@ -230,8 +230,6 @@ fn gateway_config(args: GatewayArgs) -> anyhow::Result<GatewayConfig> {
     c.state_dir = args.state_dir.unwrap_or(c.state_dir);
     c.client_auth |= args.client_auth;
     c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
-    // Everything is checked here, before anything starts.
-    c.resolve()?;
     Ok(c)
 }
 
@@ -253,7 +251,7 @@ fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
     c.client_cert = args.client_cert.or(c.client_cert);
     c.client_key = args.client_key.or(c.client_key);
     c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
-    c.resolve()?;
+    // `Edge::bind` and `Gateway::bind` resolve (check) the config before they touch anything.
     Ok(c)
 }
 
