@@ -141,9 +141,14 @@ struct EdgeArgs {
     /// Name to check in the gateway's certificate [default: the gateway's host].
     #[arg(long)]
     server_name: Option<String>,
-    /// Latency budget in ms for media crossing the tunnel [default: 1000].
+    /// Latency budget in ms: media older than this is dropped a GOP tail at a time, never
+    /// headers or commands; 0: none [default: 1000].
     #[arg(long)]
     max_latency: Option<u64>,
+    /// Back-pressure mode for encoders that adapt their bitrate: stop reading a pusher whose
+    /// oldest waiting media is older than this many ms; 0: off, always read [default: 0].
+    #[arg(long)]
+    backpressure: Option<u64>,
     /// Address for Prometheus metrics and the status API.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -247,6 +252,7 @@ fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
     }
     c.server_name = args.server_name.or(c.server_name);
     c.max_latency_ms = args.max_latency.unwrap_or(c.max_latency_ms);
+    c.backpressure_ms = args.backpressure.unwrap_or(c.backpressure_ms);
     c.metrics = args.metrics.or(c.metrics);
     c.client_cert = args.client_cert.or(c.client_cert);
     c.client_key = args.client_key.or(c.client_key);

@@ -35,9 +35,17 @@ pub struct EdgeConfig {
     pub token: Option<Secret>,
     /// A name for this edge in the gateway's logs (default: the host name).
     pub edge_id: Option<String>,
-    /// Latency budget in ms for media waiting to cross the tunnel (accepted; no drop policy
-    /// enforces it yet).
+    /// Latency budget in ms: media that waited longer to cross the tunnel is dropped (the
+    /// rest of its GOP, resuming at the next key frame; never headers, metadata or commands).
+    /// Applied at the edge to what is published and, at the gateway, to what is played
+    /// through this edge. 0: no budget.
     pub max_latency_ms: u64,
+    /// Back-pressure mode, for encoders that adapt their rate to their socket (OBS's dynamic
+    /// bitrate): the edge stops reading a pusher whose oldest waiting media is older than this
+    /// many ms. 0: off, the edge always reads (the pusher never stalls).
+    pub backpressure_ms: u64,
+    /// Media waiting per session at most, MiB (past it the oldest GOP goes).
+    pub max_queue_mb: usize,
     /// Address for Prometheus metrics and the status API.
     pub metrics: Option<SocketAddr>,
     /// Most sessions at once.
@@ -70,6 +78,8 @@ impl Default for EdgeConfig {
             token: None,
             edge_id: None,
             max_latency_ms: 1000,
+            backpressure_ms: 0,
+            max_queue_mb: 32,
             metrics: None,
             max_sessions: 256,
             handshake_timeout_ms: 10_000,
@@ -122,6 +132,12 @@ pub struct EdgeSettings {
     pub session_limits: SessionLimits,
     /// Bound on bytes buffered by all sessions, bytes.
     pub max_buffered_bytes: usize,
+    /// The latency budget (`None`: none).
+    pub latency_budget: Option<Duration>,
+    /// The back-pressure threshold (`None`: always read the pusher).
+    pub backpressure: Option<Duration>,
+    /// Media waiting per session at most, bytes.
+    pub max_queue_bytes: usize,
 }
 
 impl EdgeConfig {
@@ -147,7 +163,20 @@ impl EdgeConfig {
             (None, None) => None,
             _ => return Err(ConfigError::HalfClientIdentity),
         };
+        if self.backpressure_ms > 0
+            && self.max_latency_ms > 0
+            && self.backpressure_ms >= self.max_latency_ms
+        {
+            return Err(ConfigError::BackpressureAboveBudget(
+                self.backpressure_ms,
+                self.max_latency_ms,
+            ));
+        }
+        let optional_ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         Ok(EdgeSettings {
+            latency_budget: optional_ms(self.max_latency_ms),
+            backpressure: optional_ms(self.backpressure_ms),
+            max_queue_bytes: above_zero(self.max_queue_mb, "max_queue_mb")? << 20,
             listen: self.listen,
             gateway: self.gateway.clone(),
             server_name: self.server_name.clone().unwrap_or(host),

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtmpq_hop::transport::quic_code;
+use rtmpq_hop::transport::{quic_code, PathWatch};
 use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::Telemetry;
@@ -19,9 +19,18 @@ pub enum LinkState {
     /// Not connected yet.
     Connecting,
     /// Connected and welcomed.
-    Up(quinn::Connection),
+    Up(GatewayLink),
     /// The last attempt failed or the connection was lost, for this reason.
     Down(ConnectError),
+}
+
+/// A live connection to the gateway and its path's figures.
+#[derive(Debug, Clone)]
+pub struct GatewayLink {
+    /// The connection.
+    pub conn: quinn::Connection,
+    /// Its path, kept up to date (and its send window bounded) while it lives.
+    pub path: Arc<PathWatch>,
 }
 
 /// Why the edge has no connection to the gateway.
@@ -53,6 +62,9 @@ pub enum ConnectError {
     /// The gateway answered HELLO with something other than WELCOME.
     #[error("gateway answered HELLO with {0}")]
     Unexpected(String),
+    /// The gateway welcomed us in another wire version.
+    #[error("gateway speaks wire version {0}, this edge speaks {WIRE_VERSION}")]
+    Version(u8),
     /// No WELCOME in time.
     #[error("no WELCOME within {0:?}")]
     NoWelcome(Duration),
@@ -114,16 +126,16 @@ impl Connector {
     pub async fn connection(
         &self,
         wait: Duration,
-    ) -> Result<quinn::Connection, GatewayUnavailable> {
+    ) -> Result<GatewayLink, GatewayUnavailable> {
         let mut rx = self.state.clone();
         let up = tokio::time::timeout(
             wait,
-            rx.wait_for(|s| matches!(s, LinkState::Up(c) if c.close_reason().is_none())),
+            rx.wait_for(|s| matches!(s, LinkState::Up(l) if l.conn.close_reason().is_none())),
         )
         .await;
         match up {
             Ok(Ok(state)) => match &*state {
-                LinkState::Up(conn) => Ok(conn.clone()),
+                LinkState::Up(link) => Ok(link.clone()),
                 _ => unreachable!("wait_for returned a matching state"),
             },
             _ => Err(match &*self.state.borrow() {
@@ -156,7 +168,12 @@ async fn maintain(
                     telemetry.reconnected();
                 }
                 telemetry.connection_opened(&conn, target.address.clone());
-                state.send_replace(LinkState::Up(conn.clone()));
+                let path = PathWatch::new();
+                tokio::spawn(path.clone().run(conn.clone()));
+                state.send_replace(LinkState::Up(GatewayLink {
+                    conn: conn.clone(),
+                    path,
+                }));
                 let reason = tokio::select! {
                     _ = shutdown.cancelled() => {
                         conn.close(quic_code(CloseCode::Shutdown), b"edge shutting down");
@@ -224,6 +241,7 @@ async fn connect_once(
             Ok(Some(Frame::Welcome { version, .. })) if version == WIRE_VERSION => {
                 Ok((send, frames))
             }
+            Ok(Some(Frame::Welcome { version, .. })) => Err(ConnectError::Version(version)),
             Ok(other) => Err(ConnectError::Unexpected(format!("{other:?}"))),
             Err(e) => Err(control(&e)),
         }

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rtmpq_hop::pump::{finish_session, run_session, EndedBy, RtmpPeer, SessionEnd};
+use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
+use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::command;
 use rtmpq_proto::session::{Flow, SessionTracker};
@@ -87,9 +88,16 @@ async fn run(
     let abort_writer = writer_task.abort_handle();
 
     let end = match open_tunnel(session_id, shared).await {
-        Ok((mut send, recv)) => {
+        Ok((mut send, recv, path)) => {
             let mut frames = FrameReader::new(recv);
-            frames.set_budget(budget);
+            frames.set_budget(budget.clone());
+            let queue = QueuePolicy {
+                budget: settings.latency_budget,
+                max_bytes: settings.max_queue_bytes,
+                pause_reading_above: settings.backpressure,
+                path: Some(path),
+                charge: Some(budget),
+            };
             let end = run_session(
                 RtmpPeer::Client,
                 &mut reader,
@@ -98,6 +106,7 @@ async fn run(
                 &mut send,
                 tracker,
                 limits,
+                queue,
                 shared.drain.end_sessions(),
             )
             .await;
@@ -127,16 +136,24 @@ async fn run(
 async fn open_tunnel(
     session_id: SessionId,
     shared: &Shared,
-) -> Result<(quinn::SendStream, quinn::RecvStream), OpenError> {
-    let conn = shared
+) -> Result<(quinn::SendStream, quinn::RecvStream, Arc<PathWatch>), OpenError> {
+    let link = shared
         .connector
         .connection(shared.settings.gateway_wait)
         .await?;
-    let (mut send, recv) = conn.open_bi().await?;
-    write_frame(&mut send, &Frame::SessionOpen { session_id })
+    let (mut send, recv) = link.conn.open_bi().await?;
+    let latency_budget_ms = shared
+        .settings
+        .latency_budget
+        .map_or(0, |b| b.as_millis().min(u128::from(u32::MAX)) as u32);
+    let open = Frame::SessionOpen {
+        session_id,
+        latency_budget_ms,
+    };
+    write_frame(&mut send, &open)
         .await
         .map_err(StreamLost::from)?;
-    Ok((send, recv))
+    Ok((send, recv, link.path))
 }
 
 /// Waits up to [`REFUSAL_WAIT`] for the client's connect; records what it sent in `tracker`.

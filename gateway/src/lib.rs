@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rtmpq_certs::{Fingerprint, Identity};
 use rtmpq_hop::scaffold::{bind_tcp, Drain, StartError, END_LIMIT};
-use rtmpq_hop::transport::quic_code;
+use rtmpq_hop::transport::{quic_code, PathWatch};
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader};
 use rtmpq_proto::budget::MemoryBudget;
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
@@ -260,7 +260,9 @@ async fn serve_connection(
             let refusal = if version != WIRE_VERSION {
                 Some((
                     CloseCode::UnsupportedVersion,
-                    format!("wire version {version}"),
+                    format!(
+                        "edge speaks wire version {version}, this gateway speaks {WIRE_VERSION}"
+                    ),
                 ))
             } else if !shared.settings.tokens.is_empty()
                 && !shared.settings.tokens.iter().any(|t| t.expose() == token)
@@ -297,6 +299,8 @@ async fn serve_connection(
     }
     info!(edge = %edge_id, "edge connected");
     shared.telemetry.connection_opened(&conn, edge_id.clone());
+    let path = PathWatch::new();
+    tokio::spawn(path.clone().run(conn.clone()));
     let sessions = TaskTracker::new();
     let reason = loop {
         let (send, recv) = tokio::select! {
@@ -326,9 +330,10 @@ async fn serve_connection(
         let shared = shared.clone();
         // The edge's name and the address its connection comes from.
         let peer = format!("{edge_id}@{}", conn.remote_address());
+        let path = path.clone();
         sessions.spawn(
             async move {
-                session::serve(send, recv, &shared, peer).await;
+                session::serve(send, recv, &shared, peer, path).await;
                 drop(permit);
             }
             .in_current_span(),

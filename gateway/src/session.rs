@@ -4,8 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rtmpq_hop::pump::{finish_session, run_session, EndedBy, RtmpPeer, SessionEnd};
+use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
 use rtmpq_hop::rtmp::{RtmpConnection, RtmpIoError};
+use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
 use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::session::{Flow, SessionTracker};
@@ -25,13 +26,17 @@ pub(crate) async fn serve(
     recv: quinn::RecvStream,
     shared: &Shared,
     peer: String,
+    path: Arc<PathWatch>,
 ) {
     let budget = shared.budget.session();
     let mut frames = FrameReader::new(recv);
     frames.set_budget(budget.clone());
     let open = tokio::time::timeout(shared.settings.handshake_timeout, frames.next()).await;
-    let session_id = match open {
-        Ok(Ok(Some(Frame::SessionOpen { session_id }))) => session_id,
+    let (session_id, latency_budget_ms) = match open {
+        Ok(Ok(Some(Frame::SessionOpen {
+            session_id,
+            latency_budget_ms,
+        }))) => (session_id, latency_budget_ms),
         other => {
             let reason = match other {
                 Err(_) => "no SESSION_OPEN in time".to_owned(),
@@ -50,7 +55,15 @@ pub(crate) async fn serve(
         shared
             .telemetry
             .session_started(session_id, peer, tracker.clone());
-        let end = to_origin(&mut send, &mut frames, shared, &tracker, budget).await;
+        // What the origin sends (a player's media) waits under the budget the edge asked for.
+        let queue = QueuePolicy {
+            budget: (latency_budget_ms > 0)
+                .then(|| Duration::from_millis(u64::from(latency_budget_ms))),
+            path: Some(path),
+            charge: Some(budget.clone()),
+            ..QueuePolicy::default()
+        };
+        let end = to_origin(&mut send, &mut frames, shared, &tracker, budget, queue).await;
         shared
             .telemetry
             .session_ended(session_id, end.code, &end.reason);
@@ -116,6 +129,7 @@ async fn to_origin(
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
     budget: Arc<SessionBudget>,
+    queue: QueuePolicy,
 ) -> SessionEnd {
     let RtmpConnection { mut reader, writer } = match connect_origin(shared).await {
         Ok(conn) => conn,
@@ -137,6 +151,7 @@ async fn to_origin(
         send,
         tracker,
         &shared.settings.session_limits,
+        queue,
         shared.drain.end_sessions(),
     )
     .await;

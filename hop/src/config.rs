@@ -50,6 +50,9 @@ pub enum ConfigError {
     /// Gateway: mutual TLS without a CA to check edges against.
     #[error("client_auth needs a cert dir with ca.pem (--cert-dir, TOML: cert_dir)")]
     ClientAuthWithoutCa,
+    /// Edge: a back-pressure threshold the budget never lets the queue reach.
+    #[error("backpressure_ms ({0}) must be under max_latency_ms ({1}): past the budget media is dropped, so the pusher would never feel it")]
+    BackpressureAboveBudget(u64, u64),
     /// Gateway: an empty token would let any edge in.
     #[error("tokens must not be empty strings")]
     EmptyToken,

@@ -3,16 +3,22 @@
 //! until either ends; [`finish_session`] then tells each side what it must hear. Both hops use
 //! them: at the edge the RTMP peer is the client, at the gateway it is the origin.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
 use rtmpq_proto::chunk::ChunkError;
+use rtmpq_proto::media_queue::{DropReason, Dropped, MediaQueue, QueueLimits};
 use rtmpq_proto::message::{Control, MessageClass};
-use rtmpq_proto::session::{Flow, SessionTracker};
+use rtmpq_proto::session::{Flow, QueueState, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::rtmp::{Inbound, Outbound, OutboundError, RtmpIoError, RtmpReader};
+use crate::transport::PathWatch;
 use crate::tunnel::{close_stream, FrameReadError, StreamLost, TunnelRecv, TunnelSend};
 
 /// Which RTMP peer a hop serves a session for.
@@ -157,8 +163,174 @@ impl SessionEnd {
     }
 }
 
-/// Pump from the RTMP peer into the tunnel: end-to-end messages become MSG frames, hop-by-hop
-/// ones are answered here through `replies`, a silent peer is pinged and then given up on.
+/// How a hop queues the media it reads from its RTMP peer before the tunnel takes it (see
+/// [`MediaQueue`]). Built per session: the budget may come from the far hop, the path is the
+/// session's connection.
+#[derive(Debug, Clone)]
+pub struct QueuePolicy {
+    /// Media that has waited longer than this (less the room left for the path) is dropped, a
+    /// GOP tail at a time; `None`: never for age.
+    pub budget: Option<Duration>,
+    /// Payload bytes of media waiting at most; past it the oldest media goes.
+    pub max_bytes: usize,
+    /// Back-pressure mode: while the oldest waiting media is older than this the hop stops
+    /// reading its RTMP peer, so the peer's socket backs up (an encoder that adapts its rate
+    /// sees congestion); the budget still drops what goes stale. `None`: always read.
+    pub pause_reading_above: Option<Duration>,
+    /// The path the tunnel leaves by: its round trip is taken out of the budget (up to half
+    /// of it), and its rate is reported with the queue.
+    pub path: Option<Arc<PathWatch>>,
+    /// The session's share of the process-wide buffer bound, charged for what waits.
+    pub charge: Option<Arc<SessionBudget>>,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            budget: None,
+            max_bytes: DEFAULT_QUEUE_BYTES,
+            pause_reading_above: None,
+            path: None,
+            charge: None,
+        }
+    }
+}
+
+/// The byte bound of a session's media queue unless configured.
+pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
+
+impl QueuePolicy {
+    /// The budget in force when the path's round trip is `rtt`: the budget less two round
+    /// trips (one for the way across, one for what QUIC holds), but never less than half.
+    pub fn effective_budget(&self, rtt: Duration) -> Option<Duration> {
+        self.budget.map(|b| b.saturating_sub((rtt * 2).min(b / 2)))
+    }
+}
+
+/// The queue between a pump's reading and sending halves, with what they tell each other
+/// (both halves run in one task; the lock is never contended or held across an await).
+struct QueueCell {
+    inner: Mutex<QueueInner>,
+    /// A message was queued, or reading ended.
+    pushed: Notify,
+    /// A message was taken or dropped.
+    popped: Notify,
+    reading_done: AtomicBool,
+}
+
+struct QueueInner {
+    queue: MediaQueue,
+    drops: DropLog,
+    /// Bytes charged to the session's share of the process-wide bound.
+    charged: usize,
+}
+
+impl QueueCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
+        self.inner.lock().expect("media queue")
+    }
+
+    /// Copies the queue's state into the tracker and charges its bytes to the session's share.
+    fn publish(
+        &self,
+        inner: &mut QueueInner,
+        policy: &QueuePolicy,
+        tracker: &Mutex<SessionTracker>,
+    ) -> Result<(), BudgetExceeded> {
+        let q = &inner.queue;
+        let state = QueueState {
+            budget: policy.budget.map(|_| q.limits().budget),
+            stale: q.dropped(DropReason::Stale),
+            overflow: q.dropped(DropReason::Overflow),
+            oldest: q.oldest(),
+            media_bytes: q.media_bytes(),
+            path_rate_bps: policy.path.as_ref().map_or(0, |p| p.rate_bps()),
+        };
+        let held = q.bytes();
+        inner.drops.note(&state, now());
+        tracker.lock().expect("tracker").queue = state;
+        if let Some(charge) = &policy.charge {
+            if held > inner.charged {
+                charge.take(held - inner.charged)?;
+            } else {
+                charge.give_back(inner.charged - held);
+            }
+        }
+        inner.charged = held;
+        Ok(())
+    }
+
+    fn release(&self, policy: &QueuePolicy) {
+        let mut inner = self.lock();
+        if let Some(charge) = &policy.charge {
+            charge.give_back(inner.charged);
+        }
+        inner.charged = 0;
+    }
+}
+
+/// Logs drops once per burst, not per frame: a line when a burst starts and one with its
+/// totals when nothing more was dropped for [`DROP_BURST_GAP`].
+#[derive(Default)]
+struct DropLog {
+    /// Totals when the current burst started, and when it last dropped.
+    burst: Option<(Dropped, Dropped, Instant)>,
+    last: (Dropped, Dropped),
+}
+
+/// A pause in dropping this long ends a burst.
+const DROP_BURST_GAP: Duration = Duration::from_secs(1);
+
+impl DropLog {
+    fn note(&mut self, state: &QueueState, now: Instant) {
+        let totals = (state.stale, state.overflow);
+        let dropped_now = totals != self.last;
+        if dropped_now {
+            match &mut self.burst {
+                Some((_, _, last)) => *last = now,
+                None => {
+                    let reason = if state.stale != self.last.0 { "stale" } else { "overflow" };
+                    let waited = state.oldest.map(|t| now.saturating_duration_since(t));
+                    warn!(
+                        reason,
+                        budget = ?state.budget,
+                        oldest_waited = ?waited,
+                        path_rate_bps = state.path_rate_bps,
+                        "dropping media: the path carries less than the stream"
+                    );
+                    self.burst = Some((self.last.0, self.last.1, now));
+                }
+            }
+            self.last = totals;
+        } else if let Some((stale0, over0, last)) = self.burst {
+            if now.saturating_duration_since(last) >= DROP_BURST_GAP {
+                let diff = |a: Dropped, b: Dropped| Dropped {
+                    video_frames: a.video_frames - b.video_frames,
+                    gops: a.gops - b.gops,
+                    audio_frames: a.audio_frames - b.audio_frames,
+                    bytes: a.bytes - b.bytes,
+                };
+                let (stale, over) = (diff(totals.0, stale0), diff(totals.1, over0));
+                info!(
+                    stale_video_frames = stale.video_frames,
+                    stale_gops = stale.gops,
+                    stale_audio_frames = stale.audio_frames,
+                    overflow_video_frames = over.video_frames,
+                    overflow_audio_frames = over.audio_frames,
+                    bytes = stale.bytes + over.bytes,
+                    "drop burst over"
+                );
+                self.burst = None;
+            }
+        }
+    }
+}
+
+/// Pump from the RTMP peer into the tunnel. Its reading half always reads the peer (unless
+/// back-pressure mode pauses it): end-to-end messages go into the session's [`MediaQueue`],
+/// hop-by-hop ones are answered here through `replies`, a silent peer is pinged and then given
+/// up on. Its sending half takes what the queue hands out, as fast as the tunnel takes it, so
+/// what the path cannot carry waits where the budget can drop it.
 pub struct RtmpToTunnel<'a, S> {
     /// Whose messages these are.
     pub peer: RtmpPeer,
@@ -172,85 +344,199 @@ pub struct RtmpToTunnel<'a, S> {
     pub tracker: &'a Mutex<SessionTracker>,
     /// See [`SessionLimits::silence_period`].
     pub silence_period: Option<Duration>,
+    /// How media waits.
+    pub queue: QueuePolicy,
+}
+
+/// How long what waits may take to cross once the RTMP peer has gone (its last frames, its
+/// `FCUnpublish` and `deleteStream`), beyond the budget.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+fn now() -> Instant {
+    // Tokio's clock, so a paused clock in tests moves the queue's time too.
+    tokio::time::Instant::now().into_std()
 }
 
 impl<S: TunnelSend> RtmpToTunnel<'_, S> {
-    /// Runs until the RTMP peer or the tunnel ends.
+    /// Runs until the RTMP peer or the tunnel ends; after the peer ends, what waits is handed
+    /// on (within [`DRAIN_LIMIT`] beyond the budget) before it returns.
     pub async fn run(self) -> SessionEnd {
-        let peer = self.peer;
-        let flow = peer.from_rtmp();
-        let waiting = self.tracker.lock().expect("tracker").waiting(flow);
-        // Tokio's clock, so ping timestamps follow a paused clock in tests.
-        let started = tokio::time::Instant::now();
-        loop {
-            match self.rtmp.next().await {
-                Ok(Some(Inbound::Message(msg))) => {
-                    // An empty message carries nothing; forwarding it would only cost.
-                    if msg.payload.is_empty() {
-                        continue;
-                    }
-                    if let Err(e) = self.tracker.lock().expect("tracker").record(flow, &msg) {
-                        let reason = format!("{}: {e}", peer.name());
-                        return SessionEnd::new(peer.protocol_error(), reason, EndedBy::Rtmp);
-                    }
-                    waiting.arrived(Instant::now());
-                    let sent = self.tunnel.send(&Frame::Msg(msg)).await;
-                    waiting.handed_on(1);
-                    if let Err(lost) = sent {
-                        return SessionEnd::tunnel_lost(peer, &lost);
-                    }
+        let RtmpToTunnel {
+            peer,
+            rtmp,
+            replies,
+            tunnel,
+            tracker,
+            silence_period,
+            queue: policy,
+        } = self;
+        let budget = policy.budget.unwrap_or(Duration::MAX);
+        let cell = QueueCell {
+            inner: Mutex::new(QueueInner {
+                queue: MediaQueue::new(QueueLimits {
+                    budget,
+                    max_bytes: policy.max_bytes,
+                }),
+                drops: DropLog::default(),
+                charged: 0,
+            }),
+            pushed: Notify::new(),
+            popped: Notify::new(),
+            reading_done: AtomicBool::new(false),
+        };
+        let reading = read_into_queue(peer, rtmp, replies, tracker, silence_period, &policy, &cell);
+        let sending = send_from_queue(peer, tunnel, tracker, &policy, &cell);
+        tokio::pin!(reading, sending);
+        let end = tokio::select! {
+            end = &mut reading => end,
+            end = &mut sending => {
+                cell.release(&policy);
+                return end;
+            }
+        };
+        cell.reading_done.store(true, Ordering::Relaxed);
+        cell.pushed.notify_one();
+        let limit = policy.budget.unwrap_or_default().min(DRAIN_LIMIT) + DRAIN_LIMIT;
+        let _ = tokio::time::timeout(limit, sending).await;
+        cell.release(&policy);
+        end
+    }
+}
+
+async fn read_into_queue(
+    peer: RtmpPeer,
+    rtmp: &mut RtmpReader,
+    replies: &Outbound,
+    tracker: &Mutex<SessionTracker>,
+    silence_period: Option<Duration>,
+    policy: &QueuePolicy,
+    cell: &QueueCell,
+) -> SessionEnd {
+    let flow = peer.from_rtmp();
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(limit) = policy.pause_reading_above {
+            // Back-pressure mode: leave the peer's bytes in its socket while media waits too
+            // long; time passing may drop the old media, so look again now and then.
+            while cell
+                .lock()
+                .queue
+                .oldest()
+                .is_some_and(|t| now().saturating_duration_since(t) > limit)
+            {
+                let _ = tokio::time::timeout(PAUSE_RECHECK, cell.popped.notified()).await;
+            }
+        }
+        match rtmp.next().await {
+            Ok(Some(Inbound::Message(msg))) => {
+                // An empty message carries nothing; forwarding it would only cost.
+                if msg.payload.is_empty() {
+                    continue;
                 }
-                Ok(Some(Inbound::Reply(reply))) => {
-                    if let Err(e) = self.replies.send(reply).await {
-                        return SessionEnd::queue_failed(peer, e);
-                    }
+                if let Err(e) = tracker.lock().expect("tracker").record(flow, &msg) {
+                    let reason = format!("{}: {e}", peer.name());
+                    return SessionEnd::new(peer.protocol_error(), reason, EndedBy::Rtmp);
                 }
-                Ok(Some(Inbound::Silent(1))) => {
-                    let now = started.elapsed().as_millis() as u32;
-                    let ping = Control::PingRequest(now).to_message();
-                    // A peer whose queue stays full for a whole period reads nothing either:
-                    // waiting for room must not outlast the silence limit.
-                    let period = self.silence_period.unwrap_or_default();
-                    match tokio::time::timeout(period, self.replies.send(ping)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return SessionEnd::queue_failed(peer, e),
-                        Err(_) => {
-                            let reason = format!(
-                                "{} read nothing and sent nothing for {:?}",
-                                peer.name(),
-                                period * 2
-                            );
-                            return SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp);
-                        }
-                    }
+                let charged = {
+                    let mut inner = cell.lock();
+                    inner.queue.push(msg, now());
+                    cell.publish(&mut inner, policy, tracker)
+                };
+                if let Err(e) = charged {
+                    return SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp);
                 }
-                Ok(Some(Inbound::Silent(_))) => {
-                    let silent = self.silence_period.unwrap_or_default() * 2;
-                    let reason = format!(
-                        "{} sent nothing for {silent:?}, not even an answer to a ping",
-                        peer.name()
-                    );
-                    return SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp);
-                }
-                Ok(None) => return peer.closed("closed the connection"),
-                // A peer that leaves with unread data in its socket resets it: it left, it
-                // did not break the protocol (ffmpeg does this at the end of every push).
-                Err(RtmpIoError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    ) =>
-                {
-                    return peer.closed("reset the connection")
-                }
-                Err(e) => {
-                    let code = match e {
-                        RtmpIoError::Chunk(ChunkError::Overloaded(_)) => CloseCode::Overloaded,
-                        _ => peer.protocol_error(),
-                    };
-                    return SessionEnd::new(code, format!("{}: {e}", peer.name()), EndedBy::Rtmp);
+                cell.pushed.notify_one();
+            }
+            Ok(Some(Inbound::Reply(reply))) => {
+                if let Err(e) = replies.send(reply).await {
+                    return SessionEnd::queue_failed(peer, e);
                 }
             }
+            Ok(Some(Inbound::Silent(1))) => {
+                let ms = started.elapsed().as_millis() as u32;
+                let ping = Control::PingRequest(ms).to_message();
+                // A peer whose queue stays full for a whole period reads nothing either:
+                // waiting for room must not outlast the silence limit.
+                let period = silence_period.unwrap_or_default();
+                match tokio::time::timeout(period, replies.send(ping)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return SessionEnd::queue_failed(peer, e),
+                    Err(_) => {
+                        let reason = format!(
+                            "{} read nothing and sent nothing for {:?}",
+                            peer.name(),
+                            period * 2
+                        );
+                        return SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp);
+                    }
+                }
+            }
+            Ok(Some(Inbound::Silent(_))) => {
+                let silent = silence_period.unwrap_or_default() * 2;
+                let reason = format!(
+                    "{} sent nothing for {silent:?}, not even an answer to a ping",
+                    peer.name()
+                );
+                return SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp);
+            }
+            Ok(None) => return peer.closed("closed the connection"),
+            // A peer that leaves with unread data in its socket resets it: it left, it
+            // did not break the protocol (ffmpeg does this at the end of every push).
+            Err(RtmpIoError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return peer.closed("reset the connection")
+            }
+            Err(e) => {
+                let code = match e {
+                    RtmpIoError::Chunk(ChunkError::Overloaded(_)) => CloseCode::Overloaded,
+                    _ => peer.protocol_error(),
+                };
+                return SessionEnd::new(code, format!("{}: {e}", peer.name()), EndedBy::Rtmp);
+            }
+        }
+    }
+}
+
+/// How often a paused reader looks at the queue's age again.
+const PAUSE_RECHECK: Duration = Duration::from_millis(20);
+
+/// Hands on what the queue gives out, one message at a time, at the tunnel's pace. Returns
+/// when the tunnel breaks, or when reading has ended and nothing waits.
+async fn send_from_queue<S: TunnelSend>(
+    peer: RtmpPeer,
+    tunnel: &mut S,
+    tracker: &Mutex<SessionTracker>,
+    policy: &QueuePolicy,
+    cell: &QueueCell,
+) -> SessionEnd {
+    loop {
+        let msg = {
+            let mut inner = cell.lock();
+            if let Some(path) = &policy.path {
+                if let Some(b) = policy.effective_budget(path.rtt()) {
+                    inner.queue.set_budget(b);
+                }
+            }
+            let msg = inner.queue.pop(now());
+            // The charge only shrinks here: what was taken or dropped is given back.
+            let _ = cell.publish(&mut inner, policy, tracker);
+            msg
+        };
+        cell.popped.notify_one();
+        match msg {
+            Some(msg) => {
+                if let Err(lost) = tunnel.send(&Frame::Msg(msg)).await {
+                    return SessionEnd::tunnel_lost(peer, &lost);
+                }
+            }
+            None if cell.reading_done.load(Ordering::Relaxed) => {
+                return SessionEnd::new(CloseCode::Normal, "queue drained", EndedBy::Rtmp)
+            }
+            None => cell.pushed.notified().await,
         }
     }
 }
@@ -314,8 +600,8 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
 }
 
 /// Runs both pumps of a session until one ends, the client misses `limits`' setup deadline,
-/// or `stop` is cancelled ([`CloseCode::Shutdown`]). A stalled RTMP peer or tunnel stalls
-/// only the pump that writes to it.
+/// or `stop` is cancelled ([`CloseCode::Shutdown`]); media read from the RTMP peer waits as
+/// `queue` says. A stalled RTMP peer or tunnel stalls only the pump that writes to it.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     peer: RtmpPeer,
@@ -325,6 +611,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     tunnel_send: &mut S,
     tracker: &Mutex<SessionTracker>,
     limits: &SessionLimits,
+    queue: QueuePolicy,
     stop: &CancellationToken,
 ) -> SessionEnd {
     if let Some(period) = limits.silence_period {
@@ -337,6 +624,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
         tunnel: tunnel_send,
         tracker,
         silence_period: limits.silence_period,
+        queue,
     };
     let to_rtmp_pump = TunnelToRtmp {
         peer,

@@ -1,12 +1,13 @@
 //! rtmpq-proto: the pure core of rtmpq, no I/O and no async runtime: the RTMP chunk codec,
 //! message classes, bounded AMF0 command inspection, the tunnel wire format, the session
-//! tracker and the process-wide buffer budget. The async layer (sockets, QUIC streams, the
+//! tracker, the media queue that enforces the latency budget, and the process-wide buffer
+//! budget. The async layer (sockets, QUIC streams, the
 //! pumps) is `rtmpq-hop`.
 //!
 //! Parsing never does I/O: [`chunk::ChunkDecoder`] and [`wire::FrameDecoder`] take bytes and
 //! return "need more" as `Ok(None)`; policies take the time as an argument.
 //!
-//! # Tunnel wire format, version 1 (ALPN `rtmpq/1`)
+//! # Tunnel wire format, version 2 (ALPN `rtmpq/2`)
 //!
 //! One QUIC connection (TLS 1.3) carries many RTMP sessions. Every frame on every stream is
 //!
@@ -20,7 +21,7 @@
 //! |------|---------------|-------------|------|
 //! | 0x01 | HELLO         | edge → gw   | `version:u8 edge_id:string token:string` |
 //! | 0x02 | WELCOME       | gw → edge   | `version:u8 gateway_id:string` |
-//! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64` |
+//! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64 latency_budget_ms:varint` (0: none) |
 //! | 0x11 | MSG           | both        | `type:u8 stream_id:varint timestamp:u32 payload:bytes-to-end` |
 //! | 0x12 | SESSION_CLOSE | both        | `code:varint reason:utf8-to-end` (first 512 bytes kept) |
 //!
@@ -47,9 +48,20 @@
 //! 12 gateway_unreachable (edge-local: no connection to the gateway), 13 tunnel_lost (the QUIC
 //! connection or stream under a live session broke; never sent, each side notes it itself).
 //!
-//! **Versioning.** HELLO carries [`wire::WIRE_VERSION`]; the ALPN names the major version.
-//! New frame kinds need a new version; new close codes may appear at any time and read as
-//! `unknown(n)`.
+//! **Latency budget.** Each hop keeps the media it has read from its RTMP peer in a
+//! [`media_queue::MediaQueue`] and hands QUIC only about a congestion window of it, so the
+//! backlog of a slow or dark link waits where the budget can drop it (whole GOP tails, never
+//! headers, metadata or commands). The edge applies its own budget to what it publishes and
+//! tells the gateway, in SESSION_OPEN, the budget for what the gateway sends toward a player.
+//!
+//! **Versioning.** HELLO carries [`wire::WIRE_VERSION`]; the ALPN names the version. Both
+//! hops offer every ALPN they know (`rtmpq/2`, `rtmpq/1`) so that a peer of another version
+//! completes the TLS handshake and is then refused by name: the gateway closes the connection
+//! with `unsupported_version` and a reason naming both versions, and both sides log it (a
+//! mismatch in ALPN alone would fail the TLS handshake with no words). New frame kinds or
+//! fields need a new version; new close codes may appear at any time and read as `unknown(n)`.
+//!
+//! Version 1 differed only in SESSION_OPEN, which carried the session id alone.
 
 pub mod amf0;
 pub mod budget;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::amf0::Amf0Error;
 use crate::command::{self, public_stream_name, Amf0Value, Command};
+use crate::media_queue::Dropped;
 use crate::message::{MediaKind, Message};
 
 /// Whether the client publishes or plays.
@@ -127,6 +128,23 @@ impl WaitTimes {
     }
 }
 
+/// A session's media queue as the hop last saw it (see [`crate::media_queue`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// The latency budget in force, after the room left for the path; `None`: no budget.
+    pub budget: Option<Duration>,
+    /// Media dropped for being older than the budget.
+    pub stale: Dropped,
+    /// Media dropped at the byte bound.
+    pub overflow: Dropped,
+    /// When the oldest message still waiting arrived.
+    pub oldest: Option<Instant>,
+    /// Payload bytes of media waiting.
+    pub media_bytes: usize,
+    /// The path's estimated rate (the congestion controller's), bit/s; 0 when unknown.
+    pub path_rate_bps: u64,
+}
+
 /// What a hop knows about one RTMP session from the messages crossing it.
 #[derive(Debug, Clone)]
 pub struct SessionTracker {
@@ -145,6 +163,8 @@ pub struct SessionTracker {
     pub to_origin: FlowStats,
     /// Counters toward the client.
     pub to_client: FlowStats,
+    /// The media queue of the flow this hop reads from its RTMP peer, as last seen.
+    pub queue: QueueState,
     /// Messages waiting at this hop, per flow.
     waiting: [Arc<WaitTimes>; 2],
     connect_transaction: Option<f64>,
@@ -162,6 +182,7 @@ impl Default for SessionTracker {
             first_media: None,
             to_origin: FlowStats::default(),
             to_client: FlowStats::default(),
+            queue: QueueState::default(),
             waiting: Default::default(),
             connect_transaction: None,
             connected: false,
@@ -284,6 +305,7 @@ impl SessionTracker {
         self.waiting
             .iter()
             .filter_map(|w| w.oldest())
+            .chain(self.queue.oldest)
             .map(|t| now.saturating_duration_since(t))
             .max()
             .unwrap_or_default()

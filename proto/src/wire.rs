@@ -1,4 +1,4 @@
-//! The tunnel wire format (ALPN `rtmpq/1`): frames, varints, session ids and close codes.
+//! The tunnel wire format (ALPN `rtmpq/2`): frames, varints, session ids and close codes.
 //! See the crate docs for the layout.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -6,7 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::message::Message;
 
 /// The wire format version carried in HELLO and WELCOME.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame body accepted: one maximal RTMP message plus its MSG header.
 pub const MAX_FRAME_LEN: u64 = (16 << 20) + 64;
 
@@ -165,6 +165,9 @@ pub enum Frame {
     SessionOpen {
         /// The session's id.
         session_id: SessionId,
+        /// The latency budget the gateway applies to media it sends toward the edge (play),
+        /// ms; 0: none.
+        latency_budget_ms: u32,
     },
     /// One end-to-end RTMP message.
     Msg(Message),
@@ -196,9 +199,13 @@ impl std::fmt::Debug for Frame {
                 .field("version", version)
                 .field("gateway_id", gateway_id)
                 .finish(),
-            Frame::SessionOpen { session_id } => f
+            Frame::SessionOpen {
+                session_id,
+                latency_budget_ms,
+            } => f
                 .debug_struct("SessionOpen")
                 .field("session_id", session_id)
+                .field("latency_budget_ms", latency_budget_ms)
                 .finish(),
             Frame::Msg(m) => f.debug_tuple("Msg").field(m).finish(),
             Frame::SessionClose { code, reason } => f
@@ -292,8 +299,12 @@ impl Frame {
                 put_string(&mut body, gateway_id);
                 frame_kind::WELCOME
             }
-            Frame::SessionOpen { session_id } => {
+            Frame::SessionOpen {
+                session_id,
+                latency_budget_ms,
+            } => {
                 body.put_u64(session_id.0);
+                put_varint(&mut body, u64::from(*latency_budget_ms));
                 frame_kind::SESSION_OPEN
             }
             Frame::Msg(m) => {
@@ -425,9 +436,17 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
                 gateway_id: get_string(&mut body)?,
             })
         })(),
-        frame_kind::SESSION_OPEN => (body.len() == 8).then(|| Frame::SessionOpen {
-            session_id: SessionId(body.get_u64()),
-        }),
+        frame_kind::SESSION_OPEN => (|| {
+            if body.len() < 8 {
+                return None;
+            }
+            let session_id = SessionId(body.get_u64());
+            let latency_budget_ms = u32::try_from(get_varint(&mut body)?).ok()?;
+            body.is_empty().then_some(Frame::SessionOpen {
+                session_id,
+                latency_budget_ms,
+            })
+        })(),
         frame_kind::MSG => (|| {
             let type_id = *body.first()?;
             body.advance(1);
@@ -496,6 +515,7 @@ mod tests {
             },
             Frame::SessionOpen {
                 session_id: SessionId(0xdead_beef),
+                latency_budget_ms: 1000,
             },
             Frame::Msg(Message::new(9, 1, u32::MAX, vec![1, 2, 3])),
             Frame::Msg(Message::new(20, 70000, 0, Vec::new())),

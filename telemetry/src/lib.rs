@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rtmpq_proto::budget::MemoryBudget;
+use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, SessionId};
 use serde::Serialize;
@@ -79,6 +80,41 @@ pub struct SessionStatus {
     pub keyframe_interval_seconds: Option<f64>,
     /// How long the oldest unsent message has waited, s.
     pub queue_age_seconds: f64,
+    /// The latency budget media waits under at this hop (after the room left for the
+    /// path), s; `None`: no budget.
+    pub latency_budget_seconds: Option<f64>,
+    /// Payload bytes of media waiting in the session's queue.
+    pub queue_media_bytes: usize,
+    /// Media dropped for waiting past the budget.
+    pub dropped_stale: DroppedStatus,
+    /// Media dropped at the queue's byte bound.
+    pub dropped_overflow: DroppedStatus,
+    /// The path's estimated rate (the congestion controller's), bit/s; 0 when unknown.
+    pub path_bitrate_bps: u64,
+}
+
+/// Media a session's queue dropped for one reason.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DroppedStatus {
+    /// Video frames.
+    pub video_frames: u64,
+    /// GOPs cut (whole or from some frame on).
+    pub gops: u64,
+    /// Audio frames.
+    pub audio_frames: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+impl From<Dropped> for DroppedStatus {
+    fn from(d: Dropped) -> Self {
+        DroppedStatus {
+            video_frames: d.video_frames,
+            gops: d.gops,
+            audio_frames: d.audio_frames,
+            bytes: d.bytes,
+        }
+    }
 }
 
 /// One QUIC connection as the status API lists it.
@@ -104,6 +140,8 @@ pub struct ConnectionStatus {
     pub congestion_events: u64,
     /// Times the peer's address changed (migrations).
     pub path_changes: u64,
+    /// The congestion controller's estimate of the path's rate (BBR's pacing rate), bit/s.
+    pub path_bitrate_bps: u64,
 }
 
 #[derive(Debug)]
@@ -127,6 +165,8 @@ struct Reported {
     to_client_messages: u64,
     video_frames: u64,
     keyframes: u64,
+    stale: Dropped,
+    overflow: Dropped,
 }
 
 #[derive(Debug)]
@@ -424,6 +464,11 @@ impl Telemetry {
             fps: (media.video_frames - entry.last_video_frames) as f64,
             keyframe_interval_seconds: media.keyframe_interval_ms.map(|ms| f64::from(ms) / 1000.0),
             queue_age_seconds: t.queue_age(now).as_secs_f64(),
+            latency_budget_seconds: t.queue.budget.map(|b| b.as_secs_f64()),
+            queue_media_bytes: t.queue.media_bytes,
+            dropped_stale: t.queue.stale.into(),
+            dropped_overflow: t.queue.overflow.into(),
+            path_bitrate_bps: t.queue.path_rate_bps,
         };
         entry.last_video_frames = media.video_frames;
         let labels = [
@@ -471,6 +516,34 @@ impl Telemetry {
         gauge!("rtmpq_session_keyframe_interval_seconds", &labels)
             .set(status.keyframe_interval_seconds.unwrap_or(0.0));
         gauge!("rtmpq_session_queue_age_seconds", &labels).set(status.queue_age_seconds);
+        for (reason, now_dropped, before) in [
+            ("stale", t.queue.stale, &mut r.stale),
+            ("overflow", t.queue.overflow, &mut r.overflow),
+        ] {
+            let with_reason = |kind: Option<&'static str>| {
+                let mut l = labels.to_vec();
+                l.push(("reason", reason.to_owned()));
+                if let Some(kind) = kind {
+                    l.push(("kind", kind.to_owned()));
+                }
+                l
+            };
+            counter!("rtmpq_session_dropped_frames_total", &with_reason(Some("video")))
+                .increment(now_dropped.video_frames - before.video_frames);
+            counter!("rtmpq_session_dropped_frames_total", &with_reason(Some("audio")))
+                .increment(now_dropped.audio_frames - before.audio_frames);
+            counter!("rtmpq_session_dropped_gops_total", &with_reason(None))
+                .increment(now_dropped.gops - before.gops);
+            counter!("rtmpq_session_dropped_bytes_total", &with_reason(None))
+                .increment(now_dropped.bytes - before.bytes);
+            *before = now_dropped;
+        }
+        gauge!("rtmpq_session_queue_media_bytes", &labels).set(status.queue_media_bytes as f64);
+        gauge!("rtmpq_session_path_bitrate_bits_per_second", &labels)
+            .set(status.path_bitrate_bps as f64);
+        if let Some(budget) = status.latency_budget_seconds {
+            gauge!("rtmpq_session_latency_budget_seconds", &labels).set(budget);
+        }
         gauge!("rtmpq_session_duration_seconds", &labels).set(status.duration_seconds);
         entry.last_status = Some(status);
     }
@@ -498,6 +571,13 @@ impl Telemetry {
         gauge!("rtmpq_quic_rtt_seconds", &labels).set(path.rtt.as_secs_f64());
         gauge!("rtmpq_quic_min_rtt_seconds", &labels).set(path.min_rtt.as_secs_f64());
         gauge!("rtmpq_quic_congestion_window_bytes", &labels).set(path.cwnd as f64);
+        let path_bitrate = entry
+            .conn
+            .congestion_state()
+            .metrics()
+            .pacing_rate
+            .unwrap_or(0);
+        gauge!("rtmpq_quic_path_bitrate_bits_per_second", &labels).set(path_bitrate as f64);
         entry.reported_sent = path.sent_packets;
         entry.reported_lost = path.lost_packets;
         entry.reported_congestion = path.congestion_events;
@@ -516,6 +596,7 @@ impl Telemetry {
             },
             congestion_events: path.congestion_events,
             path_changes: entry.path_changes,
+            path_bitrate_bps: path_bitrate,
         });
     }
 
@@ -563,9 +644,10 @@ impl Telemetry {
     pub fn status_summary(&self) -> String {
         let link = match self.connections().first() {
             Some(c) => format!(
-                "rtt {:.1} ms loss {:.1}%",
+                "rtt {:.1} ms loss {:.1}% path {:.2} Mbit/s",
                 c.rtt_seconds * 1e3,
-                c.loss_percent
+                c.loss_percent,
+                c.path_bitrate_bps as f64 / 1e6
             ),
             None => "gateway not connected".to_owned(),
         };
@@ -573,14 +655,18 @@ impl Telemetry {
             .sessions()
             .iter()
             .map(|s| {
+                let dropped = s.dropped_stale.video_frames + s.dropped_overflow.video_frames;
+                let dropped_audio = s.dropped_stale.audio_frames + s.dropped_overflow.audio_frames;
                 format!(
-                    "{}/{} {} {:.2} Mbit/s {:.0} fps queue {:.0} ms",
+                    "{}/{} {} {:.2} Mbit/s {:.0} fps queue {:.0} ms dropped {} video {} audio",
                     s.app,
                     s.stream,
                     s.direction,
                     s.bitrate_bps / 1e6,
                     s.fps,
-                    s.queue_age_seconds * 1e3
+                    s.queue_age_seconds * 1e3,
+                    dropped,
+                    dropped_audio
                 )
             })
             .collect();
@@ -662,6 +748,37 @@ fn describe() {
         "rtmpq_session_queue_age_seconds",
         Unit::Seconds,
         "Age of the oldest message waiting to be handed on"
+    );
+    describe_counter!(
+        "rtmpq_session_dropped_frames_total",
+        "Media frames the latency budget (reason stale) or the queue's byte bound (reason overflow) dropped, by kind"
+    );
+    describe_counter!(
+        "rtmpq_session_dropped_gops_total",
+        "GOPs cut by the media queue (whole or from some frame on), by reason"
+    );
+    describe_counter!(
+        "rtmpq_session_dropped_bytes_total",
+        Unit::Bytes,
+        "Payload bytes of media the queue dropped, by reason"
+    );
+    describe_gauge!(
+        "rtmpq_session_queue_media_bytes",
+        Unit::Bytes,
+        "Payload bytes of media waiting in the session's queue"
+    );
+    describe_gauge!(
+        "rtmpq_session_path_bitrate_bits_per_second",
+        "Estimated rate of the path the session's media leaves by (the congestion controller's)"
+    );
+    describe_gauge!(
+        "rtmpq_session_latency_budget_seconds",
+        Unit::Seconds,
+        "Latency budget media waits under at this hop, after the room left for the path"
+    );
+    describe_gauge!(
+        "rtmpq_quic_path_bitrate_bits_per_second",
+        "Estimated rate of the connection's path (BBR's pacing rate)"
     );
     describe_gauge!(
         "rtmpq_session_duration_seconds",

@@ -158,6 +158,7 @@ impl RawTunnel {
         let (mut send, recv) = conn.open_bi().await.unwrap();
         let open = Frame::SessionOpen {
             session_id: SessionId(rand_id()),
+            latency_budget_ms: 0,
         };
         write_frame(&mut send, &open).await.unwrap();
         RawTunnel {

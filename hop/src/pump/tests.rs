@@ -72,6 +72,17 @@ struct Harness {
 /// Starts a session for `peer`. `socket` is the duplex pipe's buffer (small values stall the
 /// RTMP side), `tunnel` the in-memory tunnel's capacity in frames each way.
 fn start(peer: RtmpPeer, limits: SessionLimits, socket: usize, tunnel: usize) -> Harness {
+    start_queued(peer, limits, QueuePolicy::default(), socket, tunnel)
+}
+
+/// [`start`] with media waiting as `queue` says.
+fn start_queued(
+    peer: RtmpPeer,
+    limits: SessionLimits,
+    queue: QueuePolicy,
+    socket: usize,
+    tunnel: usize,
+) -> Harness {
     let (ours, theirs) = tokio::io::duplex(socket);
     let (read, write) = tokio::io::split(ours);
     let (far_hop, recv) = mpsc::channel(tunnel);
@@ -92,6 +103,7 @@ fn start(peer: RtmpPeer, limits: SessionLimits, socket: usize, tunnel: usize) ->
             &mut send,
             &tracker,
             &limits,
+            queue,
             &session_stop,
         )
         .await;
@@ -526,4 +538,114 @@ async fn a_player_that_neither_reads_nor_sends_is_closed_even_with_its_queue_ful
         started.elapsed()
     );
     flooding.abort();
+}
+
+fn key_frame(timestamp: u32) -> Message {
+    Message::new(9, 1, timestamp, vec![0x17, 1, 0, 0, 0, 8, 8, 8])
+}
+
+fn avc_header() -> Message {
+    Message::new(9, 1, 0, vec![0x17, 0, 0, 0, 0, 1, 2])
+}
+
+fn aac_frame(timestamp: u32) -> Message {
+    Message::new(8, 1, timestamp, vec![0xaf, 1, 5, 5])
+}
+
+/// A 30 fps stream with a key frame every `gop` frames and an audio frame beside each video
+/// frame, from frame `from` to `to`, one frame period of the paused clock apart.
+async fn push_stream(h: &mut Harness, from: u32, to: u32, gop: u32) {
+    for i in from..to {
+        let ts = i * 33;
+        let frame = if i % gop == 0 { key_frame(ts) } else { video(ts) };
+        h.rtmp_sends(&frame).await;
+        h.rtmp_sends(&aac_frame(ts)).await;
+        tokio::time::advance(Duration::from_millis(33)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tunnel_slower_than_the_pusher_costs_stale_gop_tails_not_delay() {
+    let queue = QueuePolicy {
+        budget: Some(Duration::from_millis(500)),
+        ..QueuePolicy::default()
+    };
+    // A 1 KiB socket and a tunnel of one frame that nobody drains for three seconds: a pump
+    // that stopped reading the pusher would block its writes and fail the timeout.
+    let mut h = start_queued(RtmpPeer::Client, SessionLimits::default(), queue, 1024, 1);
+    h.rtmp_sends(&connect()).await;
+    h.rtmp_sends(&publish()).await;
+    h.rtmp_sends(&avc_header()).await;
+    let pushing = push_stream(&mut h, 0, 90, 10);
+    tokio::time::timeout(Duration::from_secs(10), pushing)
+        .await
+        .expect("the pusher is always read");
+    // 90 frames pushed, the clock at 2970 ms. Now the tunnel takes what the queue hands out.
+    let mut got = Vec::new();
+    while got.len() < 3 || !got.iter().any(|m: &Message| m.type_id == 9) {
+        match h.far_hop_receives().await {
+            Some(Frame::Msg(m)) => got.push(m),
+            other => panic!("{other:?}"),
+        }
+    }
+    tokio::time::timeout(Duration::from_millis(100), async {
+        while let Some(Frame::Msg(m)) = h.far_hop_receives().await {
+            got.push(m);
+        }
+    })
+    .await
+    .unwrap_err();
+    let names: Vec<String> = got
+        .iter()
+        .filter_map(|m| Command::parse(m).ok().flatten().map(|c| c.name))
+        .collect();
+    assert_eq!(names, ["connect", "publish"], "commands are never dropped");
+    assert!(got.contains(&avc_header()), "the sequence header is never dropped");
+    let video: Vec<&Message> = got
+        .iter()
+        .filter(|m| m.type_id == 9 && **m != avc_header())
+        .collect();
+    // The first video frame after the backlog is a key frame within the budget of the newest
+    // (2640 ms: the groups before it went stale), and the rest of its group follows whole.
+    assert_eq!(video[0].payload[0], 0x17, "resumes at a key frame");
+    assert!(video[0].timestamp + 500 >= 2937, "{}", video[0].timestamp);
+    for pair in video.windows(2) {
+        assert_eq!(pair[1].timestamp, pair[0].timestamp + 33, "no frame after a gap");
+    }
+    // Audio is dropped by age alone, and what is left is within the budget of the newest
+    // frame (2937 ms; what arrived together is judged by media time).
+    let audio: Vec<u32> = got
+        .iter()
+        .filter(|m| m.type_id == 8)
+        .map(|m| m.timestamp)
+        .collect();
+    assert!(audio.iter().all(|&t| t + 500 >= 2937), "{audio:?}");
+    assert!(!audio.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_back_pressure_mode_a_slow_tunnel_reaches_the_pusher() {
+    let queue = QueuePolicy {
+        budget: Some(Duration::from_millis(1000)),
+        pause_reading_above: Some(Duration::from_millis(200)),
+        ..QueuePolicy::default()
+    };
+    let mut h = start_queued(RtmpPeer::Client, SessionLimits::default(), queue, 1024, 1);
+    h.rtmp_sends(&connect()).await;
+    h.rtmp_sends(&publish()).await;
+    // With nothing drained, the pump stops reading once media has waited 200 ms and the
+    // pusher's writes back up within a few seconds of frames.
+    let pushing = push_stream(&mut h, 0, 300, 30);
+    let blocked = tokio::time::timeout(Duration::from_secs(20), pushing).await;
+    assert!(blocked.is_err(), "the pusher felt the slow tunnel");
+    // Draining the tunnel frees the pusher again.
+    let drained = async {
+        loop {
+            let _ = h.far_hop_receives().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drained).await;
+    tokio::time::timeout(Duration::from_secs(5), h.rtmp_sends(&video(99_999)))
+        .await
+        .expect("the pusher is read again");
 }
