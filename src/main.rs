@@ -47,13 +47,17 @@ struct BenchArgs {
     /// Profiles to run, comma separated [default: all].
     #[arg(long, value_delimiter = ',')]
     profiles: Vec<String>,
-    /// Transports to compare, comma separated: tcp-cubic, tcp-bbr, srt, quic-pipe, rtmpq.
+    /// Transports to compare, comma separated: tcp-cubic, tcp-bbr, srt, quic-pipe, rtmpq;
+    /// `rtmpq:MS` runs rtmpq with another latency budget, `rtmpq-bp` in back-pressure mode.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "tcp-cubic,tcp-bbr,srt,quic-pipe,rtmpq"
     )]
     transports: Vec<String>,
+    /// Directions, comma separated: publish (pusher behind the link), play (player behind it).
+    #[arg(long, value_delimiter = ',', default_value = "publish")]
+    directions: Vec<String>,
     /// Length of the pushed clip, seconds.
     #[arg(long, default_value_t = 30)]
     duration: u64,
@@ -63,7 +67,8 @@ struct BenchArgs {
     /// Results folder (results.md, results.json, SVG charts, logs).
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
-    /// The short run for CI: the 2 % loss profile with an 8 s clip.
+    /// The short run for CI: the 2 % loss and under-capacity profiles with an 8 s clip, both
+    /// directions.
     #[arg(long)]
     short: bool,
     /// The QUIC byte pipe reference [default: examples/quic_pipe beside this binary].
@@ -326,14 +331,29 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("unknown transport {t:?}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (profiles, duration) = if args.short {
-        (vec!["loss2".to_owned()], 8)
+    use rtmpq_bench::harness::Direction;
+    let directions = args
+        .directions
+        .iter()
+        .map(|d| match d.as_str() {
+            "publish" => Ok(Direction::Publish),
+            "play" => Ok(Direction::Play),
+            _ => anyhow::bail!("unknown direction {d:?}: publish or play"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (profiles, duration, directions) = if args.short {
+        (
+            vec!["loss2".to_owned(), "under-capacity".to_owned()],
+            8,
+            vec![Direction::Publish, Direction::Play],
+        )
     } else {
-        (args.profiles, args.duration)
+        (args.profiles, args.duration, directions)
     };
     let options = rtmpq_bench::BenchOptions {
         profiles,
         transports,
+        directions,
         duration: Duration::from_secs(duration),
         video_kbps: args.bitrate,
         out: args.out.clone(),

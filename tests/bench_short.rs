@@ -1,5 +1,6 @@
-//! The short bench profile (under 90 s) runs in CI and produces complete results for every
-//! transport. It asserts completeness and sane ranges, not our numbers. Needs root (CI is).
+//! The short bench (about 4 minutes: 2 % loss and a link under capacity, publish and play, 8 s
+//! clips) runs in CI and produces complete results for every transport. It asserts
+//! completeness and sane ranges, not our numbers. Needs root (CI is).
 
 use std::path::Path;
 use std::process::Command;
@@ -7,6 +8,20 @@ use std::process::Command;
 use serde_json::Value;
 
 const TRANSPORTS: [&str; 5] = ["tcp-cubic", "tcp-bbr", "srt", "quic-pipe", "rtmpq"];
+const PROFILES: [&str; 2] = ["loss2", "under-capacity"];
+
+/// Every run the short bench makes: each transport publishing, and each but SRT playing.
+fn labels() -> Vec<String> {
+    let play = TRANSPORTS
+        .iter()
+        .filter(|t| **t != "srt")
+        .map(|t| format!("{t} play"));
+    TRANSPORTS
+        .iter()
+        .map(|t| t.to_string())
+        .chain(play)
+        .collect()
+}
 
 #[test]
 fn short_bench_produces_complete_results_for_every_transport() {
@@ -38,14 +53,20 @@ fn short_bench_produces_complete_results_for_every_transport() {
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(
         runs.len(),
-        TRANSPORTS.len(),
-        "one run per transport: {stdout}"
+        labels().len() * PROFILES.len(),
+        "one run per transport, direction and profile: {stdout}"
     );
-    for t in TRANSPORTS {
+    for (profile, t) in PROFILES
+        .iter()
+        .flat_map(|p| labels().into_iter().map(move |t| (*p, t)))
+    {
         let r = runs
             .iter()
-            .find(|r| r["transport"] == t)
-            .unwrap_or_else(|| panic!("no result for {t}"));
+            .find(|r| r["transport"] == t.as_str() && r["profile"] == profile)
+            .unwrap_or_else(|| panic!("no result for {t} on {profile}"));
+        let t = format!("{t} on {profile}");
+        let audio = r["audio_delivered"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&audio), "{t}: audio share {audio}");
         let expected = r["frames_expected"].as_u64().unwrap();
         let received = r["frames_received"].as_u64().unwrap();
         assert!(
@@ -75,7 +96,7 @@ fn short_bench_produces_complete_results_for_every_transport() {
         let up = &r["link_up"];
         let sent = up["sent"].as_u64().unwrap();
         assert!(sent > 100, "{t}: the link carried packets");
-        if sent > 1000 {
+        if sent > 1000 && profile == "loss2" {
             // 2 % loss passes 1000 packets unscathed with probability 0.98^1000 ≈ 2e-9.
             assert!(
                 up["lost"].as_u64().unwrap() > 0,
@@ -101,15 +122,22 @@ fn short_bench_produces_complete_results_for_every_transport() {
         assert!(r["goodput_bps"].as_f64().unwrap() > 0.0, "{t}");
         assert!(r["pusher_survived"].is_boolean(), "{t}");
         assert!(!r["timeline"].as_array().unwrap().is_empty(), "{t}");
+        // ffmpeg decoded what the player received.
+        assert!(r["decode_errors"].is_u64(), "{t}: {}", r["decode_errors"]);
+        assert!(r["floor_ms"].as_f64().unwrap() > 0.0, "{t}");
     }
     let table = std::fs::read_to_string(out.join("results.md")).unwrap();
-    for t in TRANSPORTS {
+    for t in labels() {
         assert!(
             table.contains(&format!("| {t} |")),
             "table row for {t}:\n{table}"
         );
     }
-    for chart in ["latency-loss2.svg", "late-ratio.svg"] {
+    for chart in [
+        "latency-loss2.svg",
+        "latency-under-capacity.svg",
+        "late-ratio.svg",
+    ] {
         let svg = std::fs::read_to_string(out.join(chart)).unwrap();
         assert!(
             svg.starts_with("<svg") && svg.contains("polyline") || svg.contains("<rect"),

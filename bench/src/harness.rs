@@ -17,45 +17,108 @@ use tokio::process::{Child, Command};
 use crate::netem::{self, in_netns, CountsSnapshot, Link, ADDR_B};
 use crate::profiles::Profile;
 
-/// How a pusher reaches nginx-rtmp.
+/// How a pusher reaches nginx-rtmp (or, playing, how a player reaches it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Transport {
-    /// Plain RTMP over TCP, CUBIC congestion control on the pusher's side.
+    /// Plain RTMP over TCP, CUBIC congestion control on the sending side.
     TcpCubic,
-    /// Plain RTMP over TCP, BBR on the pusher's side.
+    /// Plain RTMP over TCP, BBR on the sending side.
     TcpBbr,
-    /// SRT through ffmpeg (MPEG-TS), remuxed to RTMP beside nginx.
+    /// SRT through ffmpeg (MPEG-TS), remuxed to RTMP beside nginx (publish only).
     Srt,
     /// A plain QUIC byte pipe, one stream per TCP connection, rtmpq's quinn settings.
     QuicPipe,
-    /// The rtmpq tunnel: edge beside the pusher, gateway beside nginx.
-    Rtmpq,
+    /// The rtmpq tunnel: edge beside the pusher (or player), gateway beside nginx.
+    Rtmpq {
+        /// The edge's `--max-latency`, ms.
+        budget_ms: u32,
+        /// The edge's `--backpressure`, ms (0: off).
+        backpressure_ms: u32,
+    },
 }
 
+/// The edge's default latency budget, ms.
+pub const DEFAULT_BUDGET_MS: u32 = 1000;
+/// The back-pressure threshold `rtmpq-bp` runs with, ms.
+pub const BENCH_BACKPRESSURE_MS: u32 = 250;
+
 impl Transport {
+    /// rtmpq with its defaults.
+    pub const RTMPQ: Transport = Transport::Rtmpq {
+        budget_ms: DEFAULT_BUDGET_MS,
+        backpressure_ms: 0,
+    };
+
     /// Every transport, in report order.
     pub const ALL: [Transport; 5] = [
         Transport::TcpCubic,
         Transport::TcpBbr,
         Transport::Srt,
         Transport::QuicPipe,
-        Transport::Rtmpq,
+        Transport::RTMPQ,
     ];
 
-    /// Short name for tables and the command line.
-    pub fn name(self) -> &'static str {
+    /// Short name for tables and the command line: `rtmpq` with the default budget,
+    /// `rtmpq:MS` with another, `rtmpq-bp` in back-pressure mode.
+    pub fn name(self) -> String {
         match self {
-            Transport::TcpCubic => "tcp-cubic",
-            Transport::TcpBbr => "tcp-bbr",
-            Transport::Srt => "srt",
-            Transport::QuicPipe => "quic-pipe",
-            Transport::Rtmpq => "rtmpq",
+            Transport::TcpCubic => "tcp-cubic".into(),
+            Transport::TcpBbr => "tcp-bbr".into(),
+            Transport::Srt => "srt".into(),
+            Transport::QuicPipe => "quic-pipe".into(),
+            Transport::Rtmpq {
+                budget_ms,
+                backpressure_ms,
+            } => {
+                let mut name = "rtmpq".to_owned();
+                if backpressure_ms > 0 {
+                    name.push_str("-bp");
+                }
+                if budget_ms != DEFAULT_BUDGET_MS {
+                    name.push_str(&format!(":{budget_ms}"));
+                }
+                name
+            }
         }
     }
 
-    /// The transport called `name`.
+    /// The transport called `name` (see [`Transport::name`]).
     pub fn parse(name: &str) -> Option<Transport> {
-        Transport::ALL.into_iter().find(|t| t.name() == name)
+        let (base, budget) = match name.split_once(':') {
+            Some((base, ms)) => (base, ms.parse().ok()?),
+            None => (name, DEFAULT_BUDGET_MS),
+        };
+        match base {
+            "rtmpq" => Some(Transport::Rtmpq {
+                budget_ms: budget,
+                backpressure_ms: 0,
+            }),
+            "rtmpq-bp" => Some(Transport::Rtmpq {
+                budget_ms: budget,
+                backpressure_ms: BENCH_BACKPRESSURE_MS,
+            }),
+            _ if budget != DEFAULT_BUDGET_MS => None,
+            _ => Transport::ALL.into_iter().find(|t| t.name() == name),
+        }
+    }
+}
+
+/// Which way the media goes through the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Direction {
+    /// The pusher is behind the link (A), nginx and the player beside each other (B).
+    Publish,
+    /// The pusher is beside nginx (B), the player behind the link (A): play through the edge.
+    Play,
+}
+
+impl Direction {
+    /// `publish` or `play`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Publish => "publish",
+            Direction::Play => "play",
+        }
     }
 }
 
@@ -69,8 +132,10 @@ pub const STALL_MS: f64 = 300.0;
 pub struct RunResult {
     /// Profile name.
     pub profile: String,
-    /// Transport name.
-    pub transport: &'static str,
+    /// Transport name, with " play" for the play direction.
+    pub transport: String,
+    /// `publish` or `play`.
+    pub direction: &'static str,
     /// Video frames in the clip.
     pub frames_expected: u64,
     /// Video frames the player received.
@@ -89,6 +154,15 @@ pub struct RunResult {
     pub start_seconds: Option<f64>,
     /// Whether the pusher pushed the whole clip without an error.
     pub pusher_survived: bool,
+    /// The floor the extra latency is measured from: the lowest arrival minus due time, ms.
+    pub floor_ms: f64,
+    /// Share of the clip's audio frames the player received.
+    pub audio_delivered: f64,
+    /// Errors ffmpeg reports decoding exactly what the player received.
+    pub decode_errors: Option<u64>,
+    /// After each blackout, from the link's return to the first video frame within 100 ms of
+    /// the floor, s (`None` if none came).
+    pub recovery_seconds: Vec<Option<f64>>,
     /// Link counts A → B.
     pub link_up: CountsSnapshot,
     /// Link counts B → A.
@@ -104,6 +178,8 @@ pub struct RunContext {
     pub clip: PathBuf,
     /// Video frames in it.
     pub frames_expected: u64,
+    /// Audio frames in it.
+    pub audio_expected: u64,
     /// Its length.
     pub duration: Duration,
     /// The rtmpq binary.
@@ -254,20 +330,76 @@ rtmp {{
 struct Arrivals {
     /// (RTMP timestamp ms, arrival ns) of each video frame.
     video: Vec<(u32, u64)>,
+    audio_frames: u64,
     media_bytes: u64,
 }
 
-/// Runs `transport` over `profile`'s link; `index` keeps namespace names unique.
+/// Writes what a player receives as an FLV file, for ffmpeg to decode afterwards.
+struct FlvRecorder {
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl FlvRecorder {
+    fn create(path: &Path) -> std::io::Result<FlvRecorder> {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        // Signature, version 1, audio and video present, header length 9, first back pointer.
+        out.write_all(b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00")?;
+        Ok(FlvRecorder { out })
+    }
+
+    fn write(&mut self, msg: &rtmpq_proto::Message) -> std::io::Result<()> {
+        use std::io::Write;
+        if !matches!(msg.type_id, 8 | 9 | 18) {
+            return Ok(());
+        }
+        let len = msg.payload.len() as u32;
+        let ts = msg.timestamp;
+        let mut head = [0u8; 11];
+        head[0] = msg.type_id;
+        head[1..4].copy_from_slice(&len.to_be_bytes()[1..]);
+        head[4..7].copy_from_slice(&ts.to_be_bytes()[1..]);
+        head[7] = (ts >> 24) as u8;
+        self.out.write_all(&head)?;
+        self.out.write_all(&msg.payload)?;
+        self.out.write_all(&(len + 11).to_be_bytes())
+    }
+}
+
+/// How many errors ffmpeg reports decoding `flv` (every frame decoded, nothing written).
+async fn decode_errors(flv: &Path) -> Option<u64> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
+        .arg(flv)
+        .args(["-f", "null", "-"])
+        .output()
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stderr).lines().count() as u64)
+}
+
+/// Runs `transport` over `profile`'s link in `direction`; `index` keeps namespace names
+/// unique.
 pub async fn run_one(
     profile: &Profile,
     transport: Transport,
+    direction: Direction,
     index: usize,
     ctx: &RunContext,
 ) -> Result<RunResult, RunError> {
     let tag = format!("rq{}x{index}", std::process::id() % 100_000);
     let link = Link::start(&tag, profile.link.clone()).await?;
     let (a, b) = (link.ns_a.clone(), link.ns_b.clone());
-    let run_dir = tempdir(&ctx.logs, &format!("{}-{}", profile.name, transport.name()))?;
+    let play = direction == Direction::Play;
+    let label = if play {
+        format!("{} play", transport.name())
+    } else {
+        transport.name()
+    };
+    let run_dir = tempdir(
+        &ctx.logs,
+        &format!("{}-{}", profile.name, label.replace(' ', "-")),
+    )?;
     let log = |name: &str| run_dir.join(format!("{name}.log"));
     let s = |v: &str| v.to_owned();
 
@@ -292,52 +424,24 @@ pub async fn run_one(
     ];
     wait_tcp(&b, "127.0.0.1:1935").await?;
 
-    // The player: our own RTMP client in B; it never probes, so arrival is arrival.
-    let std_tcp = in_netns(&b, || {
-        let tcp = std::net::TcpStream::connect("127.0.0.1:1935")?;
-        tcp.set_nonblocking(true)?;
-        Ok(tcp)
-    })
-    .map_err(io_err("player connect"))?;
-    let tcp = tokio::net::TcpStream::from_std(std_tcp).map_err(io_err("player socket"))?;
-    let mut player = RtmpClient::over(tcp, "127.0.0.1:1935", "live")
-        .await
-        .map_err(|e| RunError::Setup(format!("player: {e}")))?;
-    player
-        .play("s")
-        .await
-        .map_err(|e| RunError::Setup(format!("player: {e}")))?;
-    let arrivals = Arc::new(Mutex::new(Arrivals::default()));
-    let recorder = {
-        let arrivals = arrivals.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = player.next_message().await {
-                let now = monotonic_ns();
-                let kind = msg.media_kind();
-                let mut a = arrivals.lock().expect("arrivals");
-                if matches!(kind, MediaKind::VideoFrame | MediaKind::VideoKeyframe) {
-                    a.video.push((msg.timestamp, now));
-                }
-                if matches!(msg.type_id, message_type::AUDIO | message_type::VIDEO) {
-                    a.media_bytes += msg.payload.len() as u64;
-                }
-            }
-        })
-    };
-
     let rtt = profile.link.up.delay + profile.link.down.delay;
     let rtmpq = ctx.rtmpq.display().to_string();
     let pipe = ctx.quic_pipe.display().to_string();
     let certs = ctx.certs.display().to_string();
-    let (url, format) = match transport {
+    // The side media leaves from over the link, and where the pusher and player are.
+    let (sender_ns, pusher_ns, player_ns) = if play { (&b, &b, &a) } else { (&a, &a, &b) };
+    let direct = s("rtmp://127.0.0.1:1935/live/s");
+    let (mut url, mut format) = (direct.clone(), "flv");
+    let mut player_addr = s("127.0.0.1:1935");
+    match transport {
         Transport::TcpCubic | Transport::TcpBbr => {
             let cc = if transport == Transport::TcpCubic {
                 "cubic"
             } else {
                 "bbr"
             };
-            // ffmpeg cannot set its socket's congestion control; the pusher's namespace can,
-            // once the host allows the algorithm in other namespaces.
+            // ffmpeg and nginx cannot set their sockets' congestion control; the sending
+            // side's namespace can, once the host allows the algorithm in other namespaces.
             netem::run(&[
                 "sysctl",
                 "-qw",
@@ -347,14 +451,21 @@ pub async fn run_one(
                 "ip",
                 "netns",
                 "exec",
-                &a,
+                sender_ns,
                 "sysctl",
                 "-qw",
                 &format!("net.ipv4.tcp_congestion_control={cc}"),
             ])?;
-            (format!("rtmp://{ADDR_B}:1935/live/s"), "flv")
+            if play {
+                player_addr = format!("{ADDR_B}:1935");
+            } else {
+                url = format!("rtmp://{ADDR_B}:1935/live/s");
+            }
         }
-        Transport::Rtmpq => {
+        Transport::Rtmpq {
+            budget_ms,
+            backpressure_ms,
+        } => {
             procs.push(
                 spawn_in(
                     &b,
@@ -385,13 +496,16 @@ pub async fn run_one(
                         format!("{ADDR_B}:4433"),
                         s("--pin"),
                         ctx.pin.clone(),
+                        s("--max-latency"),
+                        budget_ms.to_string(),
+                        s("--backpressure"),
+                        backpressure_ms.to_string(),
                     ],
                     &log("edge"),
                     Some("connected to gateway"),
                 )
                 .await?,
             );
-            (s("rtmp://127.0.0.1:1935/live/s"), "flv")
         }
         Transport::QuicPipe => {
             procs.push(
@@ -424,7 +538,11 @@ pub async fn run_one(
                 )
                 .await?,
             );
-            (s("rtmp://127.0.0.1:1935/live/s"), "flv")
+        }
+        Transport::Srt if play => {
+            return Err(RunError::Setup(
+                "SRT is measured for publishing only (an SRT ingest)".into(),
+            ))
         }
         Transport::Srt => {
             // SRT's guides: latency about 4 x RTT, never under the 120 ms default. The receiver
@@ -449,7 +567,7 @@ pub async fn run_one(
                         s("copy"),
                         s("-f"),
                         s("flv"),
-                        s("rtmp://127.0.0.1:1935/live/s"),
+                        direct.clone(),
                     ],
                     &log("srt-receiver"),
                     None,
@@ -457,16 +575,57 @@ pub async fn run_one(
                 .await?,
             );
             wait_udp(&b, 9000).await?;
-            (
-                format!("srt://{ADDR_B}:9000?latency={latency_us}&pkt_size=1316"),
-                "mpegts",
-            )
+            url = format!("srt://{ADDR_B}:9000?latency={latency_us}&pkt_size=1316");
+            format = "mpegts";
         }
+    }
+
+    // The player: our own RTMP client; it never probes, so arrival is arrival. It plays
+    // before the pusher starts (nginx-rtmp keeps idle streams), so it gets the whole clip.
+    let target = player_addr.clone();
+    let std_tcp = in_netns(player_ns, move || {
+        let tcp = std::net::TcpStream::connect(&target)?;
+        tcp.set_nonblocking(true)?;
+        Ok(tcp)
+    })
+    .map_err(io_err("player connect"))?;
+    let tcp = tokio::net::TcpStream::from_std(std_tcp).map_err(io_err("player socket"))?;
+    let mut player = RtmpClient::over(tcp, &player_addr, "live")
+        .await
+        .map_err(|e| RunError::Setup(format!("player: {e}")))?;
+    player
+        .play("s")
+        .await
+        .map_err(|e| RunError::Setup(format!("player: {e}")))?;
+    let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+    let received_flv = run_dir.join("received.flv");
+    let mut flv = FlvRecorder::create(&received_flv).map_err(io_err("received.flv"))?;
+    let recorder = {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = player.next_message().await {
+                let now = monotonic_ns();
+                let kind = msg.media_kind();
+                let mut a = arrivals.lock().expect("arrivals");
+                if matches!(kind, MediaKind::VideoFrame | MediaKind::VideoKeyframe) {
+                    a.video.push((msg.timestamp, now));
+                }
+                if kind == MediaKind::Audio {
+                    a.audio_frames += 1;
+                }
+                if matches!(msg.type_id, message_type::AUDIO | message_type::VIDEO) {
+                    a.media_bytes += msg.payload.len() as u64;
+                }
+                drop(a);
+                let _ = flv.write(&msg);
+            }
+            flv
+        })
     };
 
     let started_ns = monotonic_ns();
     let mut pusher = spawn_in(
-        &a,
+        pusher_ns,
         &[
             s("ffmpeg"),
             s("-hide_banner"),
@@ -499,17 +658,28 @@ pub async fn run_one(
     }
     recorder.abort();
     drop(procs);
+    // The aborted recorder drops its file, which flushes it.
+    let _ = recorder.await;
     let arrivals = std::mem::take(&mut *arrivals.lock().expect("arrivals"));
-    let result = summarize(
-        profile.name,
-        transport,
+    let returns_ns: Vec<u64> = profile
+        .link
+        .blackouts
+        .iter()
+        .map(|&(at, len)| link.started_ns + (at + len).as_nanos() as u64)
+        .collect();
+    let mut result = summarize(
+        profile,
+        label,
+        direction,
         &arrivals,
         started_ns,
-        ctx.frames_expected,
+        ctx,
         survived,
-        link.up.snapshot(),
-        link.down.snapshot(),
+        &returns_ns,
     );
+    result.link_up = link.up.snapshot();
+    result.link_down = link.down.snapshot();
+    result.decode_errors = decode_errors(&received_flv).await;
     tracing::info!("link {}: {}", profile.name, link.summary());
     Ok(result)
 }
@@ -521,30 +691,56 @@ fn tempdir(parent: &Path, name: &str) -> Result<PathBuf, RunError> {
     Ok(dir)
 }
 
+/// The frames a run is judged on: those due in the profile's window (all by default).
+fn in_window(profile: &Profile, duration: Duration, due_ms: u32) -> bool {
+    match profile.window {
+        Some((skip_first, skip_last)) => {
+            let due = Duration::from_millis(u64::from(due_ms));
+            due >= skip_first && due + skip_last <= duration
+        }
+        None => true,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn summarize(
-    profile: &str,
-    transport: Transport,
+    profile: &Profile,
+    transport: String,
+    direction: Direction,
     arrivals: &Arrivals,
     started_ns: u64,
-    expected: u64,
+    ctx: &RunContext,
     pusher_survived: bool,
-    link_up: CountsSnapshot,
-    link_down: CountsSnapshot,
+    returns_ns: &[u64],
 ) -> RunResult {
     let frames = &arrivals.video;
-    let received = (frames.len() as u64).min(expected);
+    let expected_all = ctx.frames_expected;
     let latency: Vec<f64> = frames
         .iter()
         .map(|&(ts, at)| (at as f64 - started_ns as f64) / 1e6 - f64::from(ts))
         .collect();
     let floor = latency.iter().copied().fold(f64::INFINITY, f64::min);
     let extra: Vec<f64> = latency.iter().map(|l| l - floor).collect();
-    let q = |p: f64| rtmpq_demo::media::quantile(&extra, p).unwrap_or(f64::NAN);
-    let missing = expected - received;
+    // Latency and lateness over the window's frames; missing frames count as late.
+    let windowed: Vec<f64> = frames
+        .iter()
+        .zip(&extra)
+        .filter(|((ts, _), _)| in_window(profile, ctx.duration, *ts))
+        .map(|(_, &e)| e)
+        .collect();
+    let share = match profile.window {
+        Some((first, last)) => {
+            (ctx.duration.saturating_sub(first + last)).as_secs_f64() / ctx.duration.as_secs_f64()
+        }
+        None => 1.0,
+    };
+    let expected = ((expected_all as f64 * share).round() as u64).max(1);
+    let received_in_window = (windowed.len() as u64).min(expected);
+    let q = |p: f64| rtmpq_demo::media::quantile(&windowed, p).unwrap_or(f64::NAN);
+    let missing = expected - received_in_window;
     let late_ratio = BUDGETS_MS.map(|budget| {
-        let late = extra.iter().filter(|&&e| e > budget).count() as u64;
-        ((late.min(received) + missing) as f64 / expected as f64).min(1.0)
+        let late = windowed.iter().filter(|&&e| e > budget).count() as u64;
+        ((late.min(received_in_window) + missing) as f64 / expected as f64).min(1.0)
     });
     let mut stalls = 0;
     let mut stall_seconds = 0.0;
@@ -559,12 +755,23 @@ fn summarize(
         (Some(first), Some(last)) if last.1 > first.1 => (last.1 - first.1) as f64 / 1e9,
         _ => f64::NAN,
     };
+    let recovery_seconds = returns_ns
+        .iter()
+        .map(|&back| {
+            frames
+                .iter()
+                .zip(&extra)
+                .find(|((_, at), &e)| *at >= back && e <= RECOVERED_MS)
+                .map(|((_, at), _)| (at - back) as f64 / 1e9)
+        })
+        .collect();
     let step = (frames.len() / 600).max(1);
     RunResult {
-        profile: profile.to_owned(),
-        transport: transport.name(),
-        frames_expected: expected,
-        frames_received: received,
+        profile: profile.name.to_owned(),
+        transport,
+        direction: direction.name(),
+        frames_expected: expected_all,
+        frames_received: (frames.len() as u64).min(expected_all),
         extra_latency_ms: [q(0.5), q(0.95), q(0.99), q(1.0)],
         late_ratio,
         stalls,
@@ -574,8 +781,12 @@ fn summarize(
             .first()
             .map(|&(_, at)| (at.saturating_sub(started_ns)) as f64 / 1e9),
         pusher_survived,
-        link_up,
-        link_down,
+        floor_ms: floor,
+        audio_delivered: arrivals.audio_frames as f64 / ctx.audio_expected.max(1) as f64,
+        decode_errors: None,
+        recovery_seconds,
+        link_up: CountsSnapshot::default(),
+        link_down: CountsSnapshot::default(),
         timeline: frames
             .iter()
             .zip(&extra)
@@ -585,9 +796,36 @@ fn summarize(
     }
 }
 
+/// A frame this close to the floor, ms, marks the end of a recovery.
+pub const RECOVERED_MS: f64 = 100.0;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netem::LinkSpec;
+
+    fn profile(window: Option<(Duration, Duration)>) -> Profile {
+        Profile {
+            name: "p",
+            description: String::new(),
+            link: LinkSpec::symmetric(crate::netem::DirectionSpec::default()),
+            window,
+        }
+    }
+
+    fn context(frames: u64, duration: Duration) -> RunContext {
+        RunContext {
+            clip: PathBuf::new(),
+            frames_expected: frames,
+            audio_expected: 20,
+            duration,
+            rtmpq: PathBuf::new(),
+            quic_pipe: PathBuf::new(),
+            certs: PathBuf::new(),
+            pin: String::new(),
+            logs: PathBuf::new(),
+        }
+    }
 
     #[test]
     fn summary_counts_missing_frames_as_late_and_finds_stalls() {
@@ -600,17 +838,19 @@ mod tests {
         video.sort_by_key(|v| v.1);
         let arrivals = Arrivals {
             video,
+            audio_frames: 15,
             media_bytes: 8000,
         };
+        let ctx = context(10, Duration::from_secs(1));
         let r = summarize(
-            "p",
-            Transport::Rtmpq,
+            &profile(None),
+            "rtmpq".into(),
+            Direction::Publish,
             &arrivals,
             t0,
-            10,
+            &ctx,
             true,
-            CountsSnapshot::default(),
-            CountsSnapshot::default(),
+            &[],
         );
         assert_eq!(r.frames_received, 8);
         assert!((r.extra_latency_ms[3] - 700.0).abs() < 1e-6);
@@ -618,5 +858,51 @@ mod tests {
         assert_eq!(r.late_ratio, [0.3, 0.3, 0.2, 0.2]);
         assert_eq!(r.stalls, 1, "the gap before the late frame");
         assert!((r.start_seconds.unwrap() - 0.05).abs() < 1e-9);
+        assert!((r.floor_ms - 50.0).abs() < 1e-6);
+        assert!((r.audio_delivered - 0.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_window_and_the_recovery_after_a_blackout() {
+        let t0 = 0u64;
+        let ms = 1_000_000u64;
+        // 100 frames at 100 ms over 10 s; a blackout from 3 s to 5 s holds frames 30..50,
+        // which arrive at 5.2 s; frames from 5.3 s on are back at the floor.
+        let mut video: Vec<(u32, u64)> = (0..100u32)
+            .map(|i| {
+                let due = u64::from(i) * 100;
+                let at = if (30..50).contains(&i) {
+                    5200
+                } else {
+                    due + 10
+                };
+                (i * 100, t0 + at * ms)
+            })
+            .collect();
+        video.sort_by_key(|v| v.1);
+        let arrivals = Arrivals {
+            video,
+            audio_frames: 0,
+            media_bytes: 1,
+        };
+        let ctx = context(100, Duration::from_secs(10));
+        let window = Some((Duration::from_secs(2), Duration::from_secs(2)));
+        let r = summarize(
+            &profile(window),
+            "rtmpq".into(),
+            Direction::Publish,
+            &arrivals,
+            t0,
+            &ctx,
+            true,
+            &[5000 * ms],
+        );
+        // The window holds the 60 frames due from 2 s to 8 s; the 20 held ones are late
+        // beyond 200 ms, 12 of them (due before 4.2 s) beyond 1 s.
+        assert_eq!(r.late_ratio[0], 20.0 / 60.0);
+        assert_eq!(r.late_ratio[2], 12.0 / 60.0);
+        // Frame 50 (due 5.0 s, at 5.01 s) is the first back at the floor.
+        let back = r.recovery_seconds[0].unwrap();
+        assert!((back - 0.01).abs() < 1e-6, "{back}");
     }
 }

@@ -10,7 +10,7 @@ pub mod report;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use harness::{RunContext, RunResult, Transport};
+use harness::{Direction, RunContext, RunResult, Transport};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -19,6 +19,8 @@ pub struct BenchOptions {
     pub profiles: Vec<String>,
     /// Transports to compare.
     pub transports: Vec<Transport>,
+    /// Directions to run each in.
+    pub directions: Vec<Direction>,
     /// Clip length.
     pub duration: Duration,
     /// Video bitrate of the clip, kbit/s.
@@ -139,9 +141,9 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
     Ok(path)
 }
 
-fn count_video_frames(clip: &Path) -> Result<u64, BenchError> {
+fn count_frames(clip: &Path, stream: &str) -> Result<u64, BenchError> {
     let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v", "-count_packets"])
+        .args(["-v", "error", "-select_streams", stream, "-count_packets"])
         .args(["-show_entries", "stream=nb_read_packets", "-of", "csv=p=0"])
         .arg(clip)
         .output()
@@ -207,7 +209,8 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
         Err(e) => return Err(BenchError::Other(e.to_string())),
     };
     let ctx = RunContext {
-        frames_expected: count_video_frames(&clip)?,
+        frames_expected: count_frames(&clip, "v")?,
+        audio_expected: count_frames(&clip, "a")?,
         clip,
         duration: options.duration,
         rtmpq: options.rtmpq.clone(),
@@ -217,37 +220,61 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
         logs: out.join("logs"),
     };
     let mut results = Vec::new();
-    let names: Vec<&str> = options.transports.iter().map(|t| t.name()).collect();
+    let mut names: Vec<String> = Vec::new();
+    for &direction in &options.directions {
+        for t in &options.transports {
+            if direction == Direction::Play && *t == Transport::Srt {
+                continue;
+            }
+            names.push(match direction {
+                Direction::Publish => t.name(),
+                Direction::Play => format!("{} play", t.name()),
+            });
+        }
+    }
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut index = 0;
     for profile in &chosen {
-        for &transport in &options.transports {
-            index += 1;
-            match harness::run_one(profile, transport, index, &ctx).await {
-                Ok(r) => {
+        for &direction in &options.directions {
+            for &transport in &options.transports {
+                if direction == Direction::Play && transport == Transport::Srt {
                     println!(
-                        "{:<15} {:<10} frames {:>4}/{:<4} extra p50 {:>7.0} ms p99 {:>7.0} ms late>1s {:>5.1} % stalls {:>3} start {:>5.2} s survived {}",
-                        r.profile,
-                        r.transport,
-                        r.frames_received,
-                        r.frames_expected,
-                        r.extra_latency_ms[0],
-                        r.extra_latency_ms[2],
-                        r.late_ratio[2] * 100.0,
-                        r.stalls,
-                        r.start_seconds.unwrap_or(f64::NAN),
-                        r.pusher_survived
-                    );
-                    results.push(r);
-                }
-                Err(e) => {
-                    return Err(BenchError::Other(format!(
-                        "{} over {}: {e}",
-                        transport.name(),
+                        "{:<15} srt play   not measured: SRT is an ingest",
                         profile.name
-                    )))
+                    );
+                    continue;
                 }
+                index += 1;
+                let r = harness::run_one(profile, transport, direction, index, &ctx)
+                    .await
+                    .map_err(|e| {
+                        BenchError::Other(format!(
+                            "{} {} over {}: {e}",
+                            transport.name(),
+                            direction.name(),
+                            profile.name
+                        ))
+                    })?;
+                println!(
+                    "{:<15} {:<16} frames {:>4}/{:<4} audio {:>5.1} % extra p50 {:>6.0} ms p99 {:>6.0} ms (floor {:>4.0}) late>1s {:>5.1} % stalls {:>3} decode errors {} start {:>5.2} s back at floor {} survived {}",
+                    r.profile,
+                    r.transport,
+                    r.frames_received,
+                    r.frames_expected,
+                    r.audio_delivered * 100.0,
+                    r.extra_latency_ms[0],
+                    r.extra_latency_ms[2],
+                    r.floor_ms,
+                    r.late_ratio[2] * 100.0,
+                    r.stalls,
+                    r.decode_errors.map_or("?".into(), |n| n.to_string()),
+                    r.start_seconds.unwrap_or(f64::NAN),
+                    report::recovery_text(&r),
+                    r.pusher_survived
+                );
+                results.push(r);
+                report::write_all(&out, &chosen, &results, &name_refs).map_err(io)?;
             }
-            report::write_all(&out, &chosen, &results, &names).map_err(io)?;
         }
     }
     Ok(results)

@@ -237,6 +237,9 @@ pub struct Link {
     pub up: Arc<DirectionCounts>,
     /// B → A counts.
     pub down: Arc<DirectionCounts>,
+    /// When forwarding started (CLOCK_MONOTONIC ns): blackouts and the address change are
+    /// timed from here.
+    pub started_ns: u64,
     stop: CancellationToken,
 }
 
@@ -289,6 +292,7 @@ impl Link {
         let (up, down) = (Arc::default(), Arc::default());
         let stop = CancellationToken::new();
         let start = Instant::now();
+        let started_ns = rtmpq_demo::clock::monotonic_ns();
         let blackouts = Arc::new(spec.blackouts.clone());
         for (from, to, dir, counts) in [
             (tun_a.clone(), tun_b.clone(), spec.up, Arc::clone(&up)),
@@ -325,6 +329,7 @@ impl Link {
             ns_b,
             up,
             down,
+            started_ns,
             stop,
         })
     }

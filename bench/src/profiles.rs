@@ -15,6 +15,9 @@ pub struct Profile {
     pub description: String,
     /// The link.
     pub link: LinkSpec,
+    /// Frames due in the first and the last this long are left out of the figures (the
+    /// blackout profiles, so the start and end of a clip do not dilute the event).
+    pub window: Option<(Duration, Duration)>,
 }
 
 fn ms(v: u64) -> Duration {
@@ -35,8 +38,14 @@ fn lossy(rtt_ms: u64, loss: f64, mbps: f64) -> LinkSpec {
 pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
     let stream_bps = f64::from(stream_kbps) * 1e3;
     let event_at = duration / 3;
-    let mut blackout = lossy(50, 0.0, 10.0);
-    blackout.blackouts = vec![(event_at, Duration::from_secs(3))];
+    // Blackouts at 15 s of a 40 s clip (3/8 of it), judged from 6 s to 2 s before the end.
+    let blackout_at = duration * 3 / 8;
+    let blackout_window = Some((Duration::from_secs(6), Duration::from_secs(2)));
+    let dark = |secs: u64| {
+        let mut link = lossy(50, 0.0, 10.0);
+        link.blackouts = vec![(blackout_at, Duration::from_secs(secs))];
+        link
+    };
     let mut moved = lossy(50, 0.0, 10.0);
     moved.address_change_at = Some(event_at);
     let bursty = LinkSpec::symmetric(DirectionSpec {
@@ -59,65 +68,81 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
             ..DirectionSpec::default()
         })
     };
+    let profile = |name: &'static str, description: String, link: LinkSpec| Profile {
+        name,
+        description,
+        link,
+        window: None,
+    };
+    let blackout = |name: &'static str, secs: u64| {
+        Profile {
+        name,
+        description: format!(
+            "{secs} s blackout at {} s, 50 ms RTT, 10 Mbit/s (judged from 6 s to 2 s before the end)",
+            blackout_at.as_secs()
+        ),
+        link: dark(secs),
+        window: blackout_window,
+    }
+    };
     vec![
-        Profile {
-            name: "clean",
-            description: "50 ms RTT, no loss, 100 Mbit/s".into(),
-            link: lossy(50, 0.0, 100.0),
-        },
-        Profile {
-            name: "loss1",
-            description: "1 % random loss, 50 ms RTT, 10 Mbit/s".into(),
-            link: lossy(50, 0.01, 10.0),
-        },
-        Profile {
-            name: "loss2",
-            description: "2 % random loss, 50 ms RTT, 10 Mbit/s".into(),
-            link: lossy(50, 0.02, 10.0),
-        },
-        Profile {
-            name: "loss5",
-            description: "5 % random loss, 50 ms RTT, 10 Mbit/s".into(),
-            link: lossy(50, 0.05, 10.0),
-        },
-        Profile {
-            name: "loss1-rtt150",
-            description: "1 % random loss, 150 ms RTT, 8 Mbit/s".into(),
-            link: lossy(150, 0.01, 8.0),
-        },
-        Profile {
-            name: "bursty",
-            description: format!(
+        profile(
+            "clean",
+            "50 ms RTT, no loss, 100 Mbit/s".into(),
+            lossy(50, 0.0, 100.0),
+        ),
+        profile(
+            "loss1",
+            "1 % random loss, 50 ms RTT, 10 Mbit/s".into(),
+            lossy(50, 0.01, 10.0),
+        ),
+        profile(
+            "loss2",
+            "2 % random loss, 50 ms RTT, 10 Mbit/s".into(),
+            lossy(50, 0.02, 10.0),
+        ),
+        profile(
+            "loss5",
+            "5 % random loss, 50 ms RTT, 10 Mbit/s".into(),
+            lossy(50, 0.05, 10.0),
+        ),
+        profile(
+            "loss1-rtt150",
+            "1 % random loss, 150 ms RTT, 8 Mbit/s".into(),
+            lossy(150, 0.01, 8.0),
+        ),
+        profile(
+            "bursty",
+            format!(
                 "Gilbert-Elliott bursts (mean loss {:.1} %), 50 ms RTT, 10 Mbit/s",
                 bursty.up.burst.expect("burst").mean_loss() * 100.0
             ),
-            link: bursty,
-        },
-        Profile {
-            name: "near-capacity",
-            description: "stream at 75 % of the link rate, 200 ms queue, 50 ms RTT".into(),
-            link: capacity(1.0 / 0.75, 200),
-        },
-        Profile {
-            name: "under-capacity",
-            description: "link at 80 % of the stream's bitrate, 200 ms queue, 50 ms RTT".into(),
-            link: capacity(0.8, 200),
-        },
-        Profile {
-            name: "blackout",
-            description: format!(
-                "3 s blackout at {} s, 50 ms RTT, 10 Mbit/s",
-                event_at.as_secs()
-            ),
-            link: blackout,
-        },
-        Profile {
-            name: "address-change",
-            description: format!(
+            bursty,
+        ),
+        profile(
+            "near-capacity",
+            "stream at 75 % of the link rate, 200 ms queue, 50 ms RTT".into(),
+            capacity(1.0 / 0.75, 200),
+        ),
+        profile(
+            "under-capacity",
+            "link at 80 % of the stream's bitrate, 200 ms queue, 50 ms RTT".into(),
+            capacity(0.8, 200),
+        ),
+        profile(
+            "under50",
+            "link at 50 % of the stream's bitrate, 200 ms queue, 50 ms RTT".into(),
+            capacity(0.5, 200),
+        ),
+        blackout("blackout", 3),
+        blackout("blackout10", 10),
+        profile(
+            "address-change",
+            format!(
                 "pusher address changes at {} s (old address removed), 50 ms RTT",
                 event_at.as_secs()
             ),
-            link: moved,
-        },
+            moved,
+        ),
     ]
 }

@@ -8,7 +8,10 @@ use std::path::Path;
 use crate::harness::{RunResult, BUDGETS_MS};
 use crate::profiles::Profile;
 
-const COLORS: [&str; 5] = ["#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c"];
+const COLORS: [&str; 10] = [
+    "#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#2ca02c", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
 
 fn fmt_ms(v: f64) -> String {
     if v.is_nan() {
@@ -18,6 +21,19 @@ fn fmt_ms(v: f64) -> String {
     } else {
         format!("{v:.0}")
     }
+}
+
+/// After each blackout, the time from the link's return to the first frame back at the
+/// floor: `1.23 s`, `never`, or `–` without a blackout.
+pub fn recovery_text(r: &RunResult) -> String {
+    if r.recovery_seconds.is_empty() {
+        return "–".into();
+    }
+    r.recovery_seconds
+        .iter()
+        .map(|s| s.map_or("never".into(), |s| format!("{s:.2} s")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The Markdown table, one section per profile.
@@ -31,9 +47,9 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
         let _ = writeln!(md, "### {} — {}\n", p.name, p.description);
         let _ = writeln!(
             md,
-            "| transport | frames | extra latency p50 / p95 / p99 / max (ms) | late >200 / 500 / 1000 / 2000 ms | stalls (time) | goodput | start | pusher survived |"
+            "| transport | video frames | audio | extra latency p50 / p95 / p99 / max (ms) | floor | late >200 / 500 / 1000 / 2000 ms | stalls (time) | decode errors | back at floor | goodput | start | pusher survived |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in rows {
             let l = r.extra_latency_ms;
             let late: Vec<String> = r
@@ -43,17 +59,21 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                 .collect();
             let _ = writeln!(
                 md,
-                "| {} | {}/{} | {} / {} / {} / {} | {} | {} ({:.1} s) | {} | {} | {} |",
+                "| {} | {}/{} | {:.1} % | {} / {} / {} / {} | {} ms | {} | {} ({:.1} s) | {} | {} | {} | {} | {} |",
                 r.transport,
                 r.frames_received,
                 r.frames_expected,
+                r.audio_delivered * 100.0,
                 fmt_ms(l[0]),
                 fmt_ms(l[1]),
                 fmt_ms(l[2]),
                 fmt_ms(l[3]),
+                fmt_ms(r.floor_ms),
                 late.join(" / "),
                 r.stalls,
                 r.stall_seconds,
+                r.decode_errors.map_or("–".into(), |n| n.to_string()),
+                recovery_text(r),
                 if r.goodput_bps.is_finite() {
                     format!("{:.2} Mbit/s", r.goodput_bps / 1e6)
                 } else {

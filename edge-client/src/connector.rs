@@ -123,10 +123,7 @@ impl Connector {
     }
 
     /// The live connection, waiting up to `wait` for one; the last failure otherwise.
-    pub async fn connection(
-        &self,
-        wait: Duration,
-    ) -> Result<GatewayLink, GatewayUnavailable> {
+    pub async fn connection(&self, wait: Duration) -> Result<GatewayLink, GatewayUnavailable> {
         let mut rx = self.state.clone();
         let up = tokio::time::timeout(
             wait,

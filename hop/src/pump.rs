@@ -289,7 +289,11 @@ impl DropLog {
             match &mut self.burst {
                 Some((_, _, last)) => *last = now,
                 None => {
-                    let reason = if state.stale != self.last.0 { "stale" } else { "overflow" };
+                    let reason = if state.stale != self.last.0 {
+                        "stale"
+                    } else {
+                        "overflow"
+                    };
                     let waited = state.oldest.map(|t| now.saturating_duration_since(t));
                     warn!(
                         reason,

@@ -528,10 +528,16 @@ impl Telemetry {
                 }
                 l
             };
-            counter!("rtmpq_session_dropped_frames_total", &with_reason(Some("video")))
-                .increment(now_dropped.video_frames - before.video_frames);
-            counter!("rtmpq_session_dropped_frames_total", &with_reason(Some("audio")))
-                .increment(now_dropped.audio_frames - before.audio_frames);
+            counter!(
+                "rtmpq_session_dropped_frames_total",
+                &with_reason(Some("video"))
+            )
+            .increment(now_dropped.video_frames - before.video_frames);
+            counter!(
+                "rtmpq_session_dropped_frames_total",
+                &with_reason(Some("audio"))
+            )
+            .increment(now_dropped.audio_frames - before.audio_frames);
             counter!("rtmpq_session_dropped_gops_total", &with_reason(None))
                 .increment(now_dropped.gops - before.gops);
             counter!("rtmpq_session_dropped_bytes_total", &with_reason(None))

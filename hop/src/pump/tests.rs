@@ -557,7 +557,11 @@ fn aac_frame(timestamp: u32) -> Message {
 async fn push_stream(h: &mut Harness, from: u32, to: u32, gop: u32) {
     for i in from..to {
         let ts = i * 33;
-        let frame = if i % gop == 0 { key_frame(ts) } else { video(ts) };
+        let frame = if i % gop == 0 {
+            key_frame(ts)
+        } else {
+            video(ts)
+        };
         h.rtmp_sends(&frame).await;
         h.rtmp_sends(&aac_frame(ts)).await;
         tokio::time::advance(Duration::from_millis(33)).await;
@@ -600,7 +604,10 @@ async fn a_tunnel_slower_than_the_pusher_costs_stale_gop_tails_not_delay() {
         .filter_map(|m| Command::parse(m).ok().flatten().map(|c| c.name))
         .collect();
     assert_eq!(names, ["connect", "publish"], "commands are never dropped");
-    assert!(got.contains(&avc_header()), "the sequence header is never dropped");
+    assert!(
+        got.contains(&avc_header()),
+        "the sequence header is never dropped"
+    );
     let video: Vec<&Message> = got
         .iter()
         .filter(|m| m.type_id == 9 && **m != avc_header())
@@ -610,7 +617,11 @@ async fn a_tunnel_slower_than_the_pusher_costs_stale_gop_tails_not_delay() {
     assert_eq!(video[0].payload[0], 0x17, "resumes at a key frame");
     assert!(video[0].timestamp + 500 >= 2937, "{}", video[0].timestamp);
     for pair in video.windows(2) {
-        assert_eq!(pair[1].timestamp, pair[0].timestamp + 33, "no frame after a gap");
+        assert_eq!(
+            pair[1].timestamp,
+            pair[0].timestamp + 33,
+            "no frame after a gap"
+        );
     }
     // Audio is dropped by age alone, and what is left is within the budget of the newest
     // frame (2937 ms; what arrived together is judged by media time).
