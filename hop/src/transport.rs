@@ -2,9 +2,13 @@
 //! the send window kept to about a congestion window ([`PathWatch`]), and the one mapping of
 //! close codes to QUIC application codes.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use quinn_proto::congestion::{Bbr, BbrConfig, Controller, ControllerFactory, ControllerMetrics};
+use quinn_proto::RttEstimator;
 
 use rtmpq_proto::wire::CloseCode;
 
@@ -28,10 +32,11 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// The transport settings both ends use.
 ///
 /// BBR is the controller: on a 50 ms, 2 % loss link quinn's default Cubic collapses like TCP
-/// CUBIC while BBR keeps p99 latency under 150 ms (see DESIGN.md).
+/// CUBIC while BBR keeps p99 latency under 150 ms (see DESIGN.md); wrapped in
+/// [`ProbingBbr`] so that [`PathWatch`] can probe a dark path without exponential backoff.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t.congestion_controller_factory(Arc::new(ProbingBbrConfig::default()));
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout in range"),
     ));
@@ -66,6 +71,149 @@ pub fn server_config(mut tls: rustls::ServerConfig) -> Result<quinn::ServerConfi
 #[error("tls config unusable for quic: {0}")]
 pub struct TlsConfigError(String);
 
+/// quinn's BBR with a probe allowance: bytes that may be sent beyond the congestion window,
+/// used up as packets go out. [`PathWatch`] grants one small packet at a time to probe a path
+/// that stopped acknowledging, because quinn's own probe timeout doubles on every expiry (after
+/// a 3 s blackout the next probe may be 1.5 s away, after 10 s, 5 s) and nothing else may
+/// be sent while the window is full of packets lost in the dark.
+pub struct ProbingBbr {
+    inner: Box<dyn Controller>,
+    allowance: Arc<AtomicU64>,
+}
+
+impl ProbingBbr {
+    /// Lets about `bytes` go out beyond the congestion window.
+    fn grant(&self, bytes: u64) {
+        self.allowance.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Controller for ProbingBbr {
+    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        let _ = self
+            .allowance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                Some(a.saturating_sub(bytes))
+            });
+        self.inner.on_sent(now, bytes, last_packet_number);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        self.inner.on_ack(now, sent, bytes, app_limited, rtt);
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        app_limited: bool,
+        largest_packet_num_acked: Option<u64>,
+    ) {
+        self.inner
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+    }
+
+    fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, lost: u64) {
+        self.inner.on_congestion_event(now, sent, persistent, lost);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.inner.on_mtu_update(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        self.inner.window() + self.allowance.load(Ordering::Relaxed)
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        self.inner.metrics()
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        // The clone shares the allowance: `Connection::congestion_state` hands out a clone,
+        // and granting through it reaches the live controller.
+        Box::new(ProbingBbr {
+            inner: self.inner.clone_box(),
+            allowance: self.allowance.clone(),
+        })
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.inner.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// Builds a [`ProbingBbr`] for each path.
+#[derive(Debug, Default)]
+pub struct ProbingBbrConfig {
+    bbr: Arc<BbrConfig>,
+}
+
+impl ControllerFactory for ProbingBbrConfig {
+    fn build(self: Arc<Self>, _now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(ProbingBbr {
+            inner: Box::new(Bbr::new(self.bbr.clone(), current_mtu)),
+            allowance: Arc::default(),
+        })
+    }
+}
+
+/// Time beyond two round trips that the send window holds at the rate the connection sends.
+pub const WINDOW_SLACK: Duration = Duration::from_millis(100);
+
+/// The send window for a path whose controller allows `cwnd` bytes in flight, on which the
+/// connection sent `rate` bytes/s over the last second, with round trip `rtt`: enough for
+/// two round trips plus [`WINDOW_SLACK`] of that rate (room for the rate to double each
+/// round trip), at least [`MIN_SEND_WINDOW`] and at most a congestion window and a quarter.
+///
+/// Not the congestion window alone: quinn's BBR, fed by an application-limited live stream,
+/// stays in its start-up gains, and its window reached ~900 KB (2.4 s of a 3 Mbit/s stream)
+/// on a 10 Mbit/s, 50 ms path; a blackout then found seconds of media already in quinn,
+/// beyond the budget's reach.
+pub fn send_window(cwnd: u64, rate: u64, rtt: Duration) -> u64 {
+    let horizon = rtt * 2 + WINDOW_SLACK;
+    let by_rate = (rate as f64 * horizon.as_secs_f64()) as u64;
+    let ceiling = (cwnd + cwnd / 4).max(MIN_SEND_WINDOW);
+    by_rate.clamp(MIN_SEND_WINDOW, ceiling)
+}
+
+/// The bytes a connection sent per second over the last [`RATE_WINDOW`].
+#[derive(Debug, Default)]
+pub struct SendRate {
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+/// How far back [`SendRate`] looks.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+impl SendRate {
+    /// Notes the connection's byte counter `total` at `now`; returns the rate, bytes/s.
+    pub fn update(&mut self, total: u64, now: Instant) -> u64 {
+        self.samples.push_back((now, total));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let (since, from) = self.samples.front().copied().expect("just pushed");
+        let span = now.duration_since(since).max(PATH_WATCH_INTERVAL);
+        ((total - from) as f64 / span.as_secs_f64()) as u64
+    }
+}
+
 /// The smallest send window [`PathWatch`] sets: enough for a key frame of a few Mbit/s
 /// stream at start, before the congestion window has grown.
 pub const MIN_SEND_WINDOW: u64 = 64 << 10;
@@ -97,41 +245,163 @@ impl PathWatch {
         self.rate_bps.load(Ordering::Relaxed)
     }
 
-    /// The send window last set, bytes.
+    /// The send window last set, bytes (see [`send_window`]).
     pub fn send_window(&self) -> u64 {
         self.send_window.load(Ordering::Relaxed)
     }
 
-    /// Keeps `conn`'s send window (unsent plus unacknowledged bytes, all streams) at about
-    /// one congestion window plus a quarter, never under [`MIN_SEND_WINDOW`], and records the
-    /// path's figures, until the connection closes.
+    /// Keeps `conn`'s send window (unsent plus unacknowledged bytes, all streams) at what the
+    /// connection really sends in two round trips plus [`WINDOW_SLACK`] ([`send_window`]),
+    /// and records the path's figures, until the connection closes.
     ///
     /// quinn's default window (10 MB per connection, 1.25 MB per stream) holds seconds of a
     /// live stream where no policy can reach it; with this one, what quinn holds beyond what
     /// is in flight is a small part of a round trip, and the rest waits in the hop's media
     /// queue, which drops what goes stale.
+    ///
+    /// It also probes a path that stopped acknowledging: while something this side sent
+    /// waits for an acknowledgement longer than [`PROBE_INTERVAL`] (or two round trips), it
+    /// sends one tiny DATAGRAM past the congestion window every interval, so that the first
+    /// probe after a blackout ends brings an ACK, quinn declares what was lost in the dark
+    /// lost, and sending resumes within an interval of the link's return instead of at quinn's
+    /// next backed-off probe. Probes the far side receives are read and discarded here.
     pub async fn run(self: Arc<Self>, conn: quinn::Connection) {
         let mut tick = tokio::time::interval(PATH_WATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe = ProbeState::new(Instant::now());
+        let mut sent = SendRate::default();
+        let discard = conn.clone();
+        tokio::spawn(async move { while discard.read_datagram().await.is_ok() {} });
         loop {
             tokio::select! {
                 _ = conn.closed() => return,
                 _ = tick.tick() => {}
             }
-            self.update(&conn);
+            self.update(&conn, &mut sent);
+            if probe.due(&conn.stats(), self.rtt(), Instant::now()) {
+                let controller = conn.congestion_state().into_any().downcast::<ProbingBbr>();
+                if let Ok(controller) = controller {
+                    controller.grant(PROBE_ALLOWANCE);
+                    let _ = conn.send_datagram(bytes::Bytes::from_static(b"p"));
+                }
+            }
         }
     }
 
-    fn update(&self, conn: &quinn::Connection) {
+    fn update(&self, conn: &quinn::Connection, sent: &mut SendRate) {
         let stats = conn.stats();
-        let cwnd = stats.path.cwnd;
-        let window = (cwnd + cwnd / 4).max(MIN_SEND_WINDOW);
+        let rtt = stats.path.rtt;
+        let rate = sent.update(stats.udp_tx.bytes, Instant::now());
+        let window = send_window(stats.path.cwnd, rate, rtt);
         if window != self.send_window.swap(window, Ordering::Relaxed) {
             conn.set_send_window(window);
         }
-        self.rtt_us
-            .store(stats.path.rtt.as_micros() as u64, Ordering::Relaxed);
-        let rate = conn.congestion_state().metrics().pacing_rate;
-        self.rate_bps.store(rate.unwrap_or(0), Ordering::Relaxed);
+        self.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+        let pacing = conn.congestion_state().metrics().pacing_rate;
+        self.rate_bps.store(pacing.unwrap_or(0), Ordering::Relaxed);
+    }
+}
+
+/// How long a path may leave what was sent unacknowledged before [`PathWatch`] probes it (or
+/// two round trips, if longer); also the time between probes.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(150);
+/// Bytes a probe may send past the congestion window: one small packet.
+const PROBE_ALLOWANCE: u64 = 1200;
+
+/// When the last acknowledgement came and whether anything waits for one.
+struct ProbeState {
+    acks: u64,
+    eliciting_at_ack: u64,
+    last_ack: Instant,
+    last_probe: Instant,
+}
+
+impl ProbeState {
+    fn new(now: Instant) -> Self {
+        ProbeState {
+            acks: 0,
+            eliciting_at_ack: 0,
+            last_ack: now,
+            last_probe: now,
+        }
+    }
+
+    /// Whether to probe now, given the connection's counters.
+    fn due(&mut self, stats: &quinn::ConnectionStats, rtt: Duration, now: Instant) -> bool {
+        let sent = &stats.frame_tx;
+        // Frames that ask for an acknowledgement.
+        let eliciting = sent.stream + sent.datagram + sent.ping + sent.reset_stream;
+        if stats.frame_rx.acks != self.acks {
+            self.acks = stats.frame_rx.acks;
+            self.eliciting_at_ack = eliciting;
+            self.last_ack = now;
+            return false;
+        }
+        let interval = PROBE_INTERVAL.max(rtt * 2);
+        let waiting = eliciting > self.eliciting_at_ack;
+        if waiting
+            && now.duration_since(self.last_ack) >= interval
+            && now.duration_since(self.last_probe) >= interval
+        {
+            self.last_probe = now;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_window_follows_what_is_sent_not_the_congestion_window() {
+        let rtt = Duration::from_millis(50);
+        // 3 Mbit/s sent, BBR's start-up window of 900 KB: two round trips and the slack of
+        // 375 KB/s, 75 KB.
+        assert_eq!(send_window(900_000, 375_000, rtt), 75_000);
+        // Nothing sent (a blackout): the floor.
+        assert_eq!(send_window(900_000, 0, rtt), MIN_SEND_WINDOW);
+        // Never above what the controller allows in flight, and a quarter.
+        assert_eq!(send_window(100_000, 10_000_000, rtt), 125_000);
+    }
+
+    #[test]
+    fn the_send_rate_is_over_the_last_second() {
+        let t0 = Instant::now();
+        let mut r = SendRate::default();
+        assert_eq!(r.update(0, t0), 0);
+        assert_eq!(
+            r.update(500_000, t0 + Duration::from_millis(500)),
+            1_000_000
+        );
+        // Two seconds later with nothing sent since: the old samples are gone.
+        let later = t0 + Duration::from_millis(2500);
+        r.update(500_000, t0 + Duration::from_millis(2000));
+        assert_eq!(r.update(500_000, later), 0);
+    }
+
+    #[test]
+    fn a_probe_is_due_only_while_something_waits_unacknowledged() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = ProbeState::new(t0);
+        let mut stats = quinn::ConnectionStats::default();
+        // Nothing sent: never.
+        assert!(!p.due(&stats, ms(50), t0 + ms(1000)));
+        // Stream data sent and acknowledged: no.
+        stats.frame_tx.stream = 10;
+        stats.frame_rx.acks = 1;
+        assert!(!p.due(&stats, ms(50), t0 + ms(1100)));
+        // More sent, no acknowledgement for less than the interval: not yet; past it: yes,
+        // then once per interval.
+        stats.frame_tx.stream = 20;
+        assert!(!p.due(&stats, ms(50), t0 + ms(1200)));
+        assert!(p.due(&stats, ms(50), t0 + ms(1260)));
+        assert!(!p.due(&stats, ms(50), t0 + ms(1300)));
+        assert!(p.due(&stats, ms(50), t0 + ms(1410)));
+        // A long round trip stretches the interval to two of them.
+        assert!(!p.due(&stats, ms(200), t0 + ms(1560)));
+        assert!(p.due(&stats, ms(200), t0 + ms(1810)));
     }
 }
