@@ -196,6 +196,13 @@ impl Default for QueuePolicy {
     }
 }
 
+/// Most messages a session's queue holds before its reader stops reading: the byte bound
+/// counts payloads, and a message of one byte costs about a hundred in the queue.
+pub const MAX_WAITING_MESSAGES: usize = 1 << 16;
+/// Most bytes of messages the queue may not drop (commands, data, sequence headers) before
+/// its reader stops reading.
+pub const MAX_CONTROL_BYTES: usize = 4 << 20;
+
 /// The byte bound of a session's media queue unless configured.
 pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
 
@@ -260,8 +267,25 @@ impl QueueCell {
         Ok(())
     }
 
+    /// Whether the reading half must stop reading for now: the queue holds more messages than
+    /// [`MAX_WAITING_MESSAGES`] or more undroppable bytes (commands, data, headers) than
+    /// [`MAX_CONTROL_BYTES`] — a peer flooding tiny or control messages at a stalled tunnel
+    /// meets TCP back-pressure, as it did before the queue, instead of growing it — or, in
+    /// back-pressure mode, the oldest media has waited past the threshold.
+    fn must_wait(&self, policy: &QueuePolicy) -> bool {
+        let inner = self.lock();
+        let q = &inner.queue;
+        q.len() > MAX_WAITING_MESSAGES
+            || q.bytes() - q.media_bytes() > MAX_CONTROL_BYTES
+            || policy.pause_reading_above.is_some_and(|limit| {
+                q.oldest()
+                    .is_some_and(|t| now().saturating_duration_since(t) > limit)
+            })
+    }
+
     fn release(&self, policy: &QueuePolicy) {
         let mut inner = self.lock();
+        inner.drops.finish();
         if let Some(charge) = &policy.charge {
             charge.give_back(inner.charged);
         }
@@ -306,27 +330,35 @@ impl DropLog {
                 }
             }
             self.last = totals;
-        } else if let Some((stale0, over0, last)) = self.burst {
-            if now.saturating_duration_since(last) >= DROP_BURST_GAP {
-                let diff = |a: Dropped, b: Dropped| Dropped {
-                    video_frames: a.video_frames - b.video_frames,
-                    gops: a.gops - b.gops,
-                    audio_frames: a.audio_frames - b.audio_frames,
-                    bytes: a.bytes - b.bytes,
-                };
-                let (stale, over) = (diff(totals.0, stale0), diff(totals.1, over0));
-                info!(
-                    stale_video_frames = stale.video_frames,
-                    stale_gops = stale.gops,
-                    stale_audio_frames = stale.audio_frames,
-                    overflow_video_frames = over.video_frames,
-                    overflow_audio_frames = over.audio_frames,
-                    bytes = stale.bytes + over.bytes,
-                    "drop burst over"
-                );
-                self.burst = None;
-            }
+        } else if self
+            .burst
+            .is_some_and(|(_, _, last)| now.saturating_duration_since(last) >= DROP_BURST_GAP)
+        {
+            self.finish();
         }
+    }
+
+    /// Logs the totals of the burst under way, if any (when it ends, or with the session).
+    fn finish(&mut self) {
+        let Some((stale0, over0, _)) = self.burst.take() else {
+            return;
+        };
+        let diff = |a: Dropped, b: Dropped| Dropped {
+            video_frames: a.video_frames - b.video_frames,
+            gops: a.gops - b.gops,
+            audio_frames: a.audio_frames - b.audio_frames,
+            bytes: a.bytes - b.bytes,
+        };
+        let (stale, over) = (diff(self.last.0, stale0), diff(self.last.1, over0));
+        info!(
+            stale_video_frames = stale.video_frames,
+            stale_gops = stale.gops,
+            stale_audio_frames = stale.audio_frames,
+            overflow_video_frames = over.video_frames,
+            overflow_audio_frames = over.audio_frames,
+            bytes = stale.bytes + over.bytes,
+            "drop burst over"
+        );
     }
 }
 
@@ -419,17 +451,11 @@ async fn read_into_queue(
     let flow = peer.from_rtmp();
     let started = tokio::time::Instant::now();
     loop {
-        if let Some(limit) = policy.pause_reading_above {
-            // Back-pressure mode: leave the peer's bytes in its socket while media waits too
-            // long; time passing may drop the old media, so look again now and then.
-            while cell
-                .lock()
-                .queue
-                .oldest()
-                .is_some_and(|t| now().saturating_duration_since(t) > limit)
-            {
-                let _ = tokio::time::timeout(PAUSE_RECHECK, cell.popped.notified()).await;
-            }
+        // Leave the peer's bytes in its socket while the queue is full of what it may not
+        // drop, or, in back-pressure mode, while media waits too long; time passing may drop
+        // old media, so look again now and then.
+        while cell.must_wait(policy) {
+            let _ = tokio::time::timeout(PAUSE_RECHECK, cell.popped.notified()).await;
         }
         match rtmp.next().await {
             Ok(Some(Inbound::Message(msg))) => {

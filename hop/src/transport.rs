@@ -82,9 +82,11 @@ pub struct ProbingBbr {
 }
 
 impl ProbingBbr {
-    /// Lets about `bytes` go out beyond the congestion window.
+    /// Lets about `bytes` go out beyond the congestion window. Sets, does not add: a probe
+    /// that could not be sent (the peer takes no datagrams) leaves one packet's allowance,
+    /// not one per interval of the outage to burst out when the path returns.
     fn grant(&self, bytes: u64) {
-        self.allowance.fetch_add(bytes, Ordering::Relaxed);
+        self.allowance.store(bytes, Ordering::Relaxed);
     }
 }
 
@@ -270,6 +272,7 @@ impl PathWatch {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe = ProbeState::new(Instant::now());
         let mut sent = SendRate::default();
+        let mut rate_read: Option<Instant> = None;
         let discard = conn.clone();
         tokio::spawn(async move { while discard.read_datagram().await.is_ok() {} });
         loop {
@@ -277,8 +280,14 @@ impl PathWatch {
                 _ = conn.closed() => return,
                 _ = tick.tick() => {}
             }
-            self.update(&conn, &mut sent);
-            if probe.due(&conn.stats(), self.rtt(), Instant::now()) {
+            let stats = conn.stats();
+            let now = Instant::now();
+            self.update(&conn, &stats, &mut sent, now);
+            if rate_read.is_none_or(|t| now.duration_since(t) >= RATE_WINDOW) {
+                rate_read = Some(now);
+                self.read_rate(&conn);
+            }
+            if probe.due(&stats, self.rtt(), now) {
                 let controller = conn.congestion_state().into_any().downcast::<ProbingBbr>();
                 if let Ok(controller) = controller {
                     controller.grant(PROBE_ALLOWANCE);
@@ -288,15 +297,28 @@ impl PathWatch {
         }
     }
 
-    fn update(&self, conn: &quinn::Connection, sent: &mut SendRate) {
-        let stats = conn.stats();
+    fn update(
+        &self,
+        conn: &quinn::Connection,
+        stats: &quinn::ConnectionStats,
+        sent: &mut SendRate,
+        now: Instant,
+    ) {
         let rtt = stats.path.rtt;
-        let rate = sent.update(stats.udp_tx.bytes, Instant::now());
+        let rate = sent.update(stats.udp_tx.bytes, now);
         let window = send_window(stats.path.cwnd, rate, rtt);
-        if window != self.send_window.swap(window, Ordering::Relaxed) {
+        // Only a real change reaches quinn (each call wakes its connection driver).
+        let current = self.send_window.load(Ordering::Relaxed);
+        if window.abs_diff(current) > current / 8 {
+            self.send_window.store(window, Ordering::Relaxed);
             conn.set_send_window(window);
         }
         self.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Records the controller's pacing rate. It comes as a copy of the controller's whole
+    /// state, so this runs once per [`RATE_WINDOW`], not every tick: a figure people read.
+    fn read_rate(&self, conn: &quinn::Connection) {
         let pacing = conn.congestion_state().metrics().pacing_rate;
         self.rate_bps.store(pacing.unwrap_or(0), Ordering::Relaxed);
     }

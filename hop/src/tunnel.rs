@@ -214,12 +214,17 @@ pub async fn write_frame(
 }
 
 /// Writes a SESSION_CLOSE frame and finishes the stream, ignoring a peer that is already gone.
+/// A peer that reads nothing (its flow control never opens) gets [`CLOSE_LIMIT`], not the
+/// session's task forever.
 pub async fn close_stream<S: TunnelSend>(send: &mut S, code: CloseCode, reason: &str) {
     let frame = Frame::SessionClose {
         code,
         reason: reason.to_owned(),
     };
-    if send.send(&frame).await.is_ok() {
+    if let Ok(Ok(())) = tokio::time::timeout(CLOSE_LIMIT, send.send(&frame)).await {
         send.finish();
     }
 }
+
+/// How long SESSION_CLOSE may wait for room in the stream.
+pub const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);

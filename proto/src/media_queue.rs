@@ -76,6 +76,8 @@ pub struct MediaQueue {
     gop_open: bool,
     media_bytes: usize,
     control_bytes: usize,
+    /// Video frames waiting, in every group.
+    video_frames: usize,
     newest_audio: Option<u32>,
     newest_video: Option<u32>,
     stale: Dropped,
@@ -94,6 +96,7 @@ impl MediaQueue {
             gop_open: true,
             media_bytes: 0,
             control_bytes: 0,
+            video_frames: 0,
             newest_audio: None,
             newest_video: None,
             stale: Dropped::default(),
@@ -127,6 +130,7 @@ impl MediaQueue {
                 self.newest_video = Some(entry.msg.timestamp);
                 self.gop_open = true;
                 self.media_bytes += entry.msg.payload.len();
+                self.video_frames += 1;
                 self.video.push_back(Gop {
                     frames: VecDeque::from([entry]),
                 });
@@ -138,6 +142,7 @@ impl MediaQueue {
             MediaKind::VideoFrame => {
                 self.newest_video = Some(entry.msg.timestamp);
                 self.media_bytes += entry.msg.payload.len();
+                self.video_frames += 1;
                 // A group whose earlier frames were all sent continues in a new container.
                 match self.video.back_mut() {
                     Some(gop) => gop.frames.push_back(entry),
@@ -156,7 +161,15 @@ impl MediaQueue {
                 self.control.push_back(entry)
             }
         }
+        // The age limit holds whether or not anything is taken out: a tunnel that takes
+        // nothing for a whole blackout leaves about a budget of media here, not `max_bytes`.
+        self.expire(now);
         while self.media_bytes > self.limits.max_bytes && self.drop_oldest_media() {}
+    }
+
+    /// Messages waiting, of every kind.
+    pub fn len(&self) -> usize {
+        self.control.len() + self.audio.len() + self.video_frames
     }
 
     /// The next message to hand on at `now`, after dropping what went stale; `None` when
@@ -169,6 +182,7 @@ impl MediaQueue {
         let media = if audio.is_some() {
             self.audio.pop_front()
         } else if video.is_some() {
+            self.video_frames -= 1;
             self.pop_video()
         } else {
             let entry = self.control.pop_front()?;
@@ -266,6 +280,7 @@ impl MediaQueue {
             self.gop_open = false;
         }
         let mut first = true;
+        self.video_frames -= gop.frames.len();
         for entry in gop.frames {
             self.media_bytes -= entry.msg.payload.len();
             self.count(reason, &entry.msg, first);
@@ -521,6 +536,7 @@ mod tests {
                 popped.push(m);
             }
             prop_assert_eq!(q.media_bytes(), 0);
+            prop_assert_eq!(q.len(), 0);
             for m in &popped {
                 let k = m.media_kind();
                 if k == MediaKind::SequenceHeader || m.type_id == 20 {

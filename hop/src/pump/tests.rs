@@ -660,3 +660,22 @@ async fn in_back_pressure_mode_a_slow_tunnel_reaches_the_pusher() {
         .await
         .expect("the pusher is read again");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_tiny_undroppable_messages_at_a_stalled_tunnel_meets_back_pressure() {
+    // Data messages are never dropped; with the tunnel taking nothing the queue may not grow
+    // past its message bound, so the pusher's writes stop instead. (Payloads of 24 bytes keep
+    // the flood under the chunk decoder's one message per 16 bytes, and its bytes under the
+    // bound on undroppable bytes.)
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 1024, 1);
+    let flood = async {
+        for i in 0..(MAX_WAITING_MESSAGES as u32 + 1000) {
+            h.rtmp_sends(&Message::new(18, 1, i, vec![5; 24])).await;
+        }
+    };
+    let blocked = tokio::time::timeout(Duration::from_secs(60), flood).await;
+    assert!(
+        blocked.is_err(),
+        "the queue took more than its message bound"
+    );
+}
