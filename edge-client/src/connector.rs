@@ -165,8 +165,7 @@ async fn maintain(
                     telemetry.reconnected();
                 }
                 telemetry.connection_opened(&conn, target.address.clone());
-                let path = PathWatch::new();
-                tokio::spawn(path.clone().run(conn.clone()));
+                let path = PathWatch::start(&conn);
                 state.send_replace(LinkState::Up(GatewayLink {
                     conn: conn.clone(),
                     path,

@@ -299,8 +299,7 @@ async fn serve_connection(
     }
     info!(edge = %edge_id, "edge connected");
     shared.telemetry.connection_opened(&conn, edge_id.clone());
-    let path = PathWatch::new();
-    tokio::spawn(path.clone().run(conn.clone()));
+    let path = PathWatch::start(&conn);
     let sessions = TaskTracker::new();
     let reason = loop {
         let (send, recv) = tokio::select! {

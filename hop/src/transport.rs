@@ -232,9 +232,11 @@ pub struct PathWatch {
 }
 
 impl PathWatch {
-    /// A watch with no figures yet.
-    pub fn new() -> Arc<PathWatch> {
-        Arc::new(PathWatch::default())
+    /// Starts watching `conn` ([`PathWatch::run`]) until it closes.
+    pub fn start(conn: &quinn::Connection) -> Arc<PathWatch> {
+        let watch = Arc::new(PathWatch::default());
+        tokio::spawn(watch.clone().run(conn.clone()));
+        watch
     }
 
     /// The smoothed round trip; zero before the first figure.
