@@ -149,3 +149,73 @@ fn short_bench_produces_complete_results_for_every_transport() {
         );
     }
 }
+
+/// A push through a 3 s blackout, publish and play through the edge (real ffmpeg, real
+/// nginx-rtmp, the emulated link dark from 4.5 s to 7.5 s of a 12 s clip): the pusher finishes
+/// the clip, the session survives, video comes back at the floor after the link returns, and
+/// everything the player received decodes.
+#[test]
+fn a_push_through_a_blackout_finishes_and_comes_back_at_the_floor() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_rtmpq"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-blackout");
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new(exe)
+        .args([
+            "bench",
+            "--duration",
+            "12",
+            "--profiles",
+            "blackout",
+            "--transports",
+            "rtmpq",
+            "--directions",
+            "publish,play",
+            "--out",
+        ])
+        .arg(&out)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "rtmpq bench (blackout) failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    for r in runs {
+        let t = format!("{} {}", r["transport"], r["direction"]);
+        assert_eq!(r["pusher_survived"], true, "{t}: the push finished");
+        let dark = r["link_up"]["blackout_dropped"].as_u64().unwrap()
+            + r["link_down"]["blackout_dropped"].as_u64().unwrap();
+        assert!(dark > 0, "{t}: the link went dark");
+        let back = r["recovery_seconds"].as_array().unwrap();
+        assert_eq!(
+            back.len(),
+            1,
+            "{t}: back at the floor after the blackout: {back:?}"
+        );
+        let back = back[0].as_f64().unwrap_or(f64::INFINITY);
+        assert!(
+            back < 4.0,
+            "{t}: back at the floor {back} s after the return"
+        );
+        // Frames arrived after the link returned (7.5 s on).
+        let timeline = r["timeline"].as_array().unwrap();
+        let after = timeline
+            .iter()
+            .filter(|p| p[0].as_f64().unwrap() > 8.0)
+            .count();
+        assert!(after > 0, "{t}: nothing arrived after the blackout");
+        assert_eq!(r["decode_errors"], 0, "{t}: decode errors");
+        let received = r["frames_received"].as_u64().unwrap();
+        let expected = r["frames_expected"].as_u64().unwrap();
+        assert!(
+            received * 10 >= expected * 5,
+            "{t}: at least half the clip arrived: {received}/{expected}"
+        );
+    }
+}

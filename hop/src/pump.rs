@@ -207,10 +207,11 @@ pub const MAX_CONTROL_BYTES: usize = 4 << 20;
 pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
 
 impl QueuePolicy {
-    /// The budget in force when the path's round trip is `rtt`: the budget less two round
-    /// trips (one for the way across, one for what QUIC holds), but never less than half.
-    pub fn effective_budget(&self, rtt: Duration) -> Option<Duration> {
-        self.budget.map(|b| b.saturating_sub((rtt * 2).min(b / 2)))
+    /// The budget in force for the queue when what is handed to QUIC waits there about
+    /// `quic_wait` ([`crate::transport::PathWatch::quic_wait`]): the budget less that, but
+    /// never less than a quarter of it (a budget shorter than the path leaves a quarter).
+    pub fn effective_budget(&self, quic_wait: Duration) -> Option<Duration> {
+        self.budget.map(|b| b.saturating_sub(quic_wait).max(b / 4))
     }
 }
 
@@ -547,7 +548,7 @@ async fn send_from_queue<S: TunnelSend>(
         let msg = {
             let mut inner = cell.lock();
             if let Some(path) = &policy.path {
-                if let Some(b) = policy.effective_budget(path.rtt()) {
+                if let Some(b) = policy.effective_budget(path.quic_wait()) {
                     inner.queue.set_budget(b);
                 }
             }

@@ -79,6 +79,9 @@ pub struct TlsConfigError(String);
 pub struct ProbingBbr {
     inner: Box<dyn Controller>,
     allowance: Arc<AtomicU64>,
+    /// The path's smallest round trip so far (quinn's `RttEstimator::min`), microseconds;
+    /// shared with clones like the allowance.
+    min_rtt_us: Arc<AtomicU64>,
 }
 
 impl ProbingBbr {
@@ -87,6 +90,11 @@ impl ProbingBbr {
     /// not one per interval of the outage to burst out when the path returns.
     fn grant(&self, bytes: u64) {
         self.allowance.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The path's smallest round trip seen so far; zero before the first acknowledgement.
+    fn min_rtt(&self) -> Duration {
+        Duration::from_micros(self.min_rtt_us.load(Ordering::Relaxed))
     }
 }
 
@@ -108,6 +116,8 @@ impl Controller for ProbingBbr {
         app_limited: bool,
         rtt: &RttEstimator,
     ) {
+        self.min_rtt_us
+            .store(rtt.min().as_micros() as u64, Ordering::Relaxed);
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
     }
 
@@ -144,6 +154,7 @@ impl Controller for ProbingBbr {
         Box::new(ProbingBbr {
             inner: self.inner.clone_box(),
             allowance: self.allowance.clone(),
+            min_rtt_us: self.min_rtt_us.clone(),
         })
     }
 
@@ -167,6 +178,7 @@ impl ControllerFactory for ProbingBbrConfig {
         Box::new(ProbingBbr {
             inner: Box::new(Bbr::new(self.bbr.clone(), current_mtu)),
             allowance: Arc::default(),
+            min_rtt_us: Arc::default(),
         })
     }
 }
@@ -174,17 +186,30 @@ impl ControllerFactory for ProbingBbrConfig {
 /// Time beyond two round trips that the send window holds at the rate the connection sends.
 pub const WINDOW_SLACK: Duration = Duration::from_millis(100);
 
+/// How long what the send window holds takes to cross at the rate it was sent: two of the
+/// path's smallest round trips plus [`WINDOW_SLACK`] (room for the rate to double each round
+/// trip), or the smoothed round trip plus a quarter of the slack when that is longer.
+///
+/// From the smallest round trip, not the smoothed one: a bottleneck queue inflates the
+/// smoothed round trip, a window sized from it lets more wait in that queue, and the two feed
+/// each other (measured: with the link at 80 % of the stream and a 200 ms bottleneck queue,
+/// two smoothed round trips plus the slack held 600 ms, which alone is over a 200 ms budget).
+/// Never under the smoothed round trip: a queue other traffic fills is not ours to drain, and
+/// a window below it would shrink the rate it is sized from, round after round.
+pub fn horizon(min_rtt: Duration, rtt: Duration) -> Duration {
+    (min_rtt * 2 + WINDOW_SLACK).max(rtt + WINDOW_SLACK / 4)
+}
+
 /// The send window for a path whose controller allows `cwnd` bytes in flight, on which the
-/// connection sent `rate` bytes/s over the last second, with round trip `rtt`: enough for
-/// two round trips plus [`WINDOW_SLACK`] of that rate (room for the rate to double each
-/// round trip), at least [`MIN_SEND_WINDOW`] and at most a congestion window and a quarter.
+/// connection sent `rate` bytes/s over the last second, given the path's [`horizon`]: what
+/// that rate sends in the horizon, at least [`MIN_SEND_WINDOW`] and at most a congestion
+/// window and a quarter.
 ///
 /// Not the congestion window alone: quinn's BBR, fed by an application-limited live stream,
 /// stays in its start-up gains, and its window reached ~900 KB (2.4 s of a 3 Mbit/s stream)
 /// on a 10 Mbit/s, 50 ms path; a blackout then found seconds of media already in quinn,
 /// beyond the budget's reach.
-pub fn send_window(cwnd: u64, rate: u64, rtt: Duration) -> u64 {
-    let horizon = rtt * 2 + WINDOW_SLACK;
+pub fn send_window(cwnd: u64, rate: u64, horizon: Duration) -> u64 {
     let by_rate = (rate as f64 * horizon.as_secs_f64()) as u64;
     let ceiling = (cwnd + cwnd / 4).max(MIN_SEND_WINDOW);
     by_rate.clamp(MIN_SEND_WINDOW, ceiling)
@@ -216,6 +241,10 @@ impl SendRate {
     }
 }
 
+/// The longest [`PathWatch::quic_wait`] reported (a path that sends nothing drains its
+/// window in no finite time).
+pub const MAX_QUIC_WAIT: Duration = Duration::from_secs(10);
+
 /// The smallest send window [`PathWatch`] sets: enough for a key frame of a few Mbit/s
 /// stream at start, before the congestion window has grown.
 pub const MIN_SEND_WINDOW: u64 = 64 << 10;
@@ -227,6 +256,8 @@ pub const PATH_WATCH_INTERVAL: Duration = Duration::from_millis(25);
 #[derive(Debug, Default)]
 pub struct PathWatch {
     rtt_us: AtomicU64,
+    min_rtt_us: AtomicU64,
+    quic_wait_us: AtomicU64,
     rate_bps: AtomicU64,
     send_window: AtomicU64,
 }
@@ -244,6 +275,14 @@ impl PathWatch {
         Duration::from_micros(self.rtt_us.load(Ordering::Relaxed))
     }
 
+    /// About how long a message handed to quinn now waits there until it is across: the
+    /// path's [`horizon`], or the send window at the rate the connection sends (or the
+    /// controller's pacing rate, if higher) if that is longer: the window's floor on a slow
+    /// path, 64 KiB, is 350 ms at 1.5 Mbit/s. Zero before the first figure.
+    pub fn quic_wait(&self) -> Duration {
+        Duration::from_micros(self.quic_wait_us.load(Ordering::Relaxed))
+    }
+
     /// The congestion controller's estimate of the path's rate (BBR's pacing rate), bit/s.
     pub fn rate_bps(&self) -> u64 {
         self.rate_bps.load(Ordering::Relaxed)
@@ -255,7 +294,7 @@ impl PathWatch {
     }
 
     /// Keeps `conn`'s send window (unsent plus unacknowledged bytes, all streams) at what the
-    /// connection really sends in two round trips plus [`WINDOW_SLACK`] ([`send_window`]),
+    /// connection really sends in the path's [`horizon`] ([`send_window`]),
     /// and records the path's figures, until the connection closes.
     ///
     /// quinn's default window (10 MB per connection, 1.25 MB per stream) holds seconds of a
@@ -307,22 +346,43 @@ impl PathWatch {
         now: Instant,
     ) {
         let rtt = stats.path.rtt;
+        self.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
         let rate = sent.update(stats.udp_tx.bytes, now);
-        let window = send_window(stats.path.cwnd, rate, rtt);
+        let min_rtt = match Duration::from_micros(self.min_rtt_us.load(Ordering::Relaxed)) {
+            d if d.is_zero() => rtt,
+            d => d,
+        };
+        let horizon = horizon(min_rtt, rtt);
+        let window = send_window(stats.path.cwnd, rate, horizon);
+        // Drained at the rate sent when the path is the limit, faster when the stream is:
+        // the controller's pacing rate is what the path could take (an idle connection, a
+        // stream starting up, a blackout's old estimate).
+        let pacing = self.rate_bps.load(Ordering::Relaxed) / 8;
+        let drain = Duration::from_secs_f64(window as f64 / rate.max(pacing).max(1) as f64);
+        let wait = horizon.max(drain.min(MAX_QUIC_WAIT));
+        self.quic_wait_us
+            .store(wait.as_micros() as u64, Ordering::Relaxed);
         // Only a real change reaches quinn (each call wakes its connection driver).
         let current = self.send_window.load(Ordering::Relaxed);
         if window.abs_diff(current) > current / 8 {
             self.send_window.store(window, Ordering::Relaxed);
             conn.set_send_window(window);
         }
-        self.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Records the controller's pacing rate. It comes as a copy of the controller's whole
-    /// state, so this runs once per [`RATE_WINDOW`], not every tick: a figure people read.
+    /// Records the controller's pacing rate and the path's smallest round trip. They come as
+    /// a copy of the controller's whole state, so this runs once per [`RATE_WINDOW`], not
+    /// every tick. Until there is a smallest, the smoothed round trip stands in for it.
     fn read_rate(&self, conn: &quinn::Connection) {
-        let pacing = conn.congestion_state().metrics().pacing_rate;
+        let controller = conn.congestion_state();
+        let pacing = controller.metrics().pacing_rate;
         self.rate_bps.store(pacing.unwrap_or(0), Ordering::Relaxed);
+        let min_rtt = match controller.into_any().downcast::<ProbingBbr>() {
+            Ok(c) => c.min_rtt(),
+            Err(_) => Duration::ZERO,
+        };
+        self.min_rtt_us
+            .store(min_rtt.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -380,14 +440,27 @@ mod tests {
 
     #[test]
     fn the_send_window_follows_what_is_sent_not_the_congestion_window() {
-        let rtt = Duration::from_millis(50);
+        let ms = Duration::from_millis;
+        let h = horizon(ms(50), ms(50));
+        assert_eq!(h, ms(200));
         // 3 Mbit/s sent, BBR's start-up window of 900 KB: two round trips and the slack of
         // 375 KB/s, 75 KB.
-        assert_eq!(send_window(900_000, 375_000, rtt), 75_000);
+        assert_eq!(send_window(900_000, 375_000, h), 75_000);
         // Nothing sent (a blackout): the floor.
-        assert_eq!(send_window(900_000, 0, rtt), MIN_SEND_WINDOW);
+        assert_eq!(send_window(900_000, 0, h), MIN_SEND_WINDOW);
         // Never above what the controller allows in flight, and a quarter.
-        assert_eq!(send_window(100_000, 10_000_000, rtt), 125_000);
+        assert_eq!(send_window(100_000, 10_000_000, h), 125_000);
+    }
+
+    #[test]
+    fn the_horizon_follows_the_smallest_round_trip_not_a_queue_it_could_fill() {
+        let ms = Duration::from_millis;
+        // A 50 ms path whose bottleneck queue holds 200 ms: still two smallest round trips
+        // and the slack (the smoothed 250 ms would have made it 600 ms).
+        assert_eq!(horizon(ms(50), ms(150)), ms(200));
+        // A queue that stays fuller than that (other traffic): the smoothed round trip and a
+        // quarter of the slack, so the rate is not starved round after round.
+        assert_eq!(horizon(ms(50), ms(250)), ms(275));
     }
 
     #[test]

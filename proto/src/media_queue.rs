@@ -11,8 +11,10 @@
 //! arrived or in media time behind the newest timestamp of its lane, whichever is more. A stale
 //! video frame drops the rest of its GOP (every later frame of the group references it or a
 //! frame before it) and, if no newer key frame is queued, every inter frame until one arrives:
-//! each frame handed out decodes. Stale audio frames are dropped one by one. Past the byte
-//! bound the oldest GOP (or the oldest audio) goes first. Time is always passed in.
+//! each frame handed out decodes. The group handed out after a dropped one also loses its
+//! leading pictures (frames presented before its key frame: in an open GOP they reference
+//! the group before). Stale audio frames are dropped one by one. Past the byte bound the
+//! oldest GOP (or the oldest audio) goes first. Time is always passed in.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -61,6 +63,30 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Gop {
     frames: VecDeque<Entry>,
+    /// When the group before this one was dropped: its key frame's presentation time. Frames
+    /// presented before it are leading pictures that may reference the dropped group.
+    leading_before: Option<i64>,
+}
+
+impl Gop {
+    fn new(first: Entry) -> Self {
+        Gop {
+            frames: VecDeque::from([first]),
+            leading_before: None,
+        }
+    }
+}
+
+/// A video frame's presentation time (timestamp plus composition offset), in ms.
+fn presentation_time(msg: &Message) -> i64 {
+    i64::from(msg.timestamp) + i64::from(msg.composition_offset())
+}
+
+/// Whether `msg` is a leading picture of a group whose key frame is presented at `key_pts`:
+/// presented before it (compared within half the timestamp range, so a wrap reads right).
+fn is_leading(msg: &Message, key_pts: i64) -> bool {
+    let delta = (presentation_time(msg) - key_pts).rem_euclid(1 << 32);
+    delta >= 1 << 31
 }
 
 /// A hop's queue of one session's messages in one flow; see the module docs.
@@ -128,12 +154,24 @@ impl MediaQueue {
         match kind {
             MediaKind::VideoKeyframe => {
                 self.newest_video = Some(entry.msg.timestamp);
+                // Resuming after a drop: this group's leading pictures go too.
+                let resumed = !self.gop_open;
                 self.gop_open = true;
                 self.media_bytes += entry.msg.payload.len();
                 self.video_frames += 1;
-                self.video.push_back(Gop {
-                    frames: VecDeque::from([entry]),
-                });
+                let mut gop = Gop::new(entry);
+                if resumed {
+                    gop.leading_before = gop.frames.front().map(|e| presentation_time(&e.msg));
+                }
+                self.video.push_back(gop);
+            }
+            MediaKind::VideoFrame
+                if self.video.back().is_some_and(|g| {
+                    g.leading_before
+                        .is_some_and(|pts| is_leading(&entry.msg, pts))
+                }) =>
+            {
+                self.count(DropReason::Stale, &entry.msg, false);
             }
             MediaKind::VideoFrame if !self.gop_open => {
                 // Its group's key frame (or an earlier frame of it) was dropped.
@@ -146,9 +184,7 @@ impl MediaQueue {
                 // A group whose earlier frames were all sent continues in a new container.
                 match self.video.back_mut() {
                     Some(gop) => gop.frames.push_back(entry),
-                    None => self.video.push_back(Gop {
-                        frames: VecDeque::from([entry]),
-                    }),
+                    None => self.video.push_back(Gop::new(entry)),
                 }
             }
             MediaKind::Audio => {
@@ -285,6 +321,34 @@ impl MediaQueue {
             self.media_bytes -= entry.msg.payload.len();
             self.count(reason, &entry.msg, first);
             first = false;
+        }
+        self.drop_leading_pictures();
+    }
+
+    /// After a group was dropped, the leading pictures of the next waiting group (which
+    /// starts with its key frame) go too.
+    fn drop_leading_pictures(&mut self) {
+        let Some(next) = self.video.front_mut() else {
+            return;
+        };
+        let Some(key_pts) = next.frames.front().map(|e| presentation_time(&e.msg)) else {
+            return;
+        };
+        next.leading_before = Some(key_pts);
+        let mut kept = VecDeque::with_capacity(next.frames.len());
+        let mut leading = Vec::new();
+        for (i, entry) in std::mem::take(&mut next.frames).into_iter().enumerate() {
+            if i > 0 && is_leading(&entry.msg, key_pts) {
+                leading.push(entry);
+            } else {
+                kept.push_back(entry);
+            }
+        }
+        next.frames = kept;
+        self.video_frames -= leading.len();
+        for entry in leading {
+            self.media_bytes -= entry.msg.payload.len();
+            self.count(DropReason::Stale, &entry.msg, false);
         }
     }
 
@@ -482,6 +546,177 @@ mod tests {
         q.push(key(2970), t0);
         let order = drain(&mut q, t0);
         assert_eq!(order, [(9, 2970)]);
+    }
+
+    /// A 30 fps video frame with composition offset `cts` (B-frames have negative ones).
+    fn frame(ts: u32, key: bool, cts: i32) -> Message {
+        let c = cts.to_be_bytes();
+        let first = if key { 0x17 } else { 0x27 };
+        Message::new(9, 1, ts, vec![first, 1, c[1], c[2], c[3], 7])
+    }
+
+    /// Pushes a clip of `secs` seconds: video every 33 ms (a key frame where `is_key` says),
+    /// audio every 21 ms, arriving on time from `t0`; pops everything whenever `popping` says
+    /// (given the time); returns what came out.
+    fn run_clip(
+        q: &mut MediaQueue,
+        t0: Instant,
+        secs: u32,
+        is_key: impl Fn(u32) -> bool,
+        popping: impl Fn(u32) -> bool,
+    ) -> Vec<(u8, u32)> {
+        let mut out = Vec::new();
+        for ms in 0..secs * 1000 {
+            let now = t0 + ms * MS;
+            if ms % 33 == 0 {
+                q.push(frame(ms, is_key(ms), 0), now);
+            }
+            if ms % 21 == 0 {
+                q.push(audio(ms), now);
+            }
+            if popping(ms) {
+                out.extend(drain(q, now));
+            }
+        }
+        out
+    }
+
+    fn video_of(out: &[(u8, u32)]) -> Vec<u32> {
+        out.iter().filter(|m| m.0 == 9).map(|m| m.1).collect()
+    }
+
+    fn audio_of(out: &[(u8, u32)]) -> Vec<u32> {
+        out.iter().filter(|m| m.0 == 8).map(|m| m.1).collect()
+    }
+
+    #[test]
+    fn a_long_gop_stays_dropped_until_its_next_key_frame_while_audio_flows() {
+        // 10 s GOPs; the link takes nothing from 3 s to 5 s.
+        let t0 = Instant::now();
+        let mut q = queue(1000);
+        let stalled = |ms: u32| (3000..5000).contains(&ms);
+        let out = run_clip(&mut q, t0, 12, |ms| ms % 9999 == 0, |ms| !stalled(ms));
+        let video = video_of(&out);
+        // Video up to the stall, then nothing until the key frame at 9999 ms.
+        let resumed = video
+            .iter()
+            .position(|&ts| ts >= 3000)
+            .expect("video resumed");
+        assert_eq!(video[resumed], 9999, "resumed only at the next key frame");
+        assert!(video[..resumed].iter().all(|&ts| ts < 3000));
+        // Audio resumes at once, with what is within the budget of the stall's end.
+        let audio = audio_of(&out);
+        let first_after = audio.iter().find(|&&ts| ts >= 3000).expect("audio resumed");
+        assert!((4000..=4021).contains(first_after), "{first_after}");
+        let stale = q.dropped(DropReason::Stale);
+        assert_eq!(stale.gops, 1);
+        let in_stall_or_after = (3000..9999).filter(|ms| ms % 33 == 0).count();
+        assert_eq!(stale.video_frames as usize, in_stall_or_after);
+    }
+
+    #[test]
+    fn an_intra_refresh_stream_loses_video_until_a_key_frame_comes() {
+        // Only the first frame is a key frame (intra refresh). After a stall nothing of the
+        // video can be handed out that decodes; audio flows on.
+        let t0 = Instant::now();
+        let mut q = queue(500);
+        let out = run_clip(
+            &mut q,
+            t0,
+            6,
+            |ms| ms == 0,
+            |ms| !(2000..3000).contains(&ms),
+        );
+        let video = video_of(&out);
+        assert!(video.iter().all(|&ts| ts < 2000), "no video after the drop");
+        assert!(audio_of(&out).iter().any(|&ts| ts > 5900), "audio flows on");
+        // A key frame (an encoder restart, a forced IDR) brings video back.
+        let now = t0 + 6000 * MS;
+        q.push(frame(6000, true, 0), now);
+        q.push(frame(6033, false, 0), now);
+        assert_eq!(drain(&mut q, now), [(9, 6000), (9, 6033)]);
+    }
+
+    #[test]
+    fn an_open_gop_after_a_drop_loses_its_leading_pictures() {
+        // Decode order I P B B per group: the B-frames after the key frame are presented
+        // before it (negative offsets relative to it) and reference the group before.
+        let t0 = Instant::now();
+        let mut q = queue(500);
+        let gop = |q: &mut MediaQueue, base: u32, at: Instant| {
+            q.push(frame(base, true, 100), at);
+            q.push(frame(base + 33, false, 33), at);
+            q.push(frame(base + 66, false, -33), at);
+            q.push(frame(base + 100, false, 0), at);
+            q.push(frame(base + 133, false, 100), at);
+        };
+        // Nothing dropped: every frame comes out, leading pictures included.
+        gop(&mut q, 0, t0);
+        let mut out = drain(&mut q, t0);
+        let later = t0 + 1000 * MS;
+        gop(&mut q, 1000, later);
+        out.extend(drain(&mut q, later));
+        assert_eq!(video_of(&out).len(), 10);
+        // The link stalls, the first group goes stale, the second arrives after the drop: its
+        // frames presented before its key frame (pts 1100) go, 1033 (pts 1066) and 1066
+        // (pts 1033).
+        let mut q = queue(500);
+        q.push(frame(0, true, 100), t0);
+        q.push(frame(33, false, 100), t0);
+        assert_eq!(drain(&mut q, later), []);
+        gop(&mut q, 1000, later);
+        assert_eq!(video_of(&drain(&mut q, later)), [1000, 1100, 1133]);
+        // And when the second group was already waiting when the first was dropped.
+        let mut q = queue(500);
+        q.push(frame(0, true, 100), t0);
+        gop(&mut q, 1000, t0 + 600 * MS);
+        assert_eq!(video_of(&drain(&mut q, t0 + 600 * MS)), [1000, 1100, 1133]);
+        assert_eq!(q.dropped(DropReason::Stale).video_frames, 3);
+    }
+
+    #[test]
+    fn an_audio_only_stream_drops_stale_audio_and_keeps_the_rest() {
+        let t0 = Instant::now();
+        let mut q = queue(300);
+        let mut out = Vec::new();
+        for ms in 0..3000u32 {
+            if ms % 21 == 0 {
+                q.push(audio(ms), t0 + ms * MS);
+            }
+            if !(1000..2000).contains(&ms) {
+                out.extend(drain(&mut q, t0 + ms * MS));
+            }
+        }
+        let audio = audio_of(&out);
+        assert!(audio.windows(2).all(|w| w[0] < w[1]));
+        // After the 1 s stall, the first frame out is within 300 ms of its end.
+        let first_after = *audio.iter().find(|&&ts| ts >= 1000).expect("resumed");
+        assert!((1700..=1721).contains(&first_after), "{first_after}");
+        assert_eq!(q.dropped(DropReason::Stale).video_frames, 0);
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn timestamps_that_wrap_or_jump_back_do_not_read_as_stale() {
+        let t0 = Instant::now();
+        let mut q = queue(200);
+        // Two seconds across the 2^32 ms wrap, taken as they come: nothing dropped.
+        let start = u32::MAX - 999;
+        let mut sent = 0;
+        for i in 0..60u32 {
+            let ts = start.wrapping_add(i * 33);
+            let now = t0 + i * 33 * MS;
+            q.push(frame(ts, i % 30 == 0, 0), now);
+            q.push(audio(ts), now);
+            sent += drain(&mut q, now).len();
+        }
+        assert_eq!(sent, 120);
+        // A jump back (a pusher that restarted its clock): not a lag of 2^32 - 2 s.
+        let now = t0 + 2000 * MS;
+        q.push(frame(0, true, 0), now);
+        q.push(audio(0), now);
+        assert_eq!(drain(&mut q, now), [(8, 0), (9, 0)]);
+        assert_eq!(q.dropped(DropReason::Stale), Dropped::default());
     }
 
     use proptest::prelude::*;

@@ -132,6 +132,33 @@ impl Message {
             .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 
+    /// A video frame's composition time offset in ms (presentation time minus its timestamp,
+    /// the decode time): the SI24 after the packet type of legacy AVC/HEVC NALUs, and after
+    /// the FourCC of Enhanced RTMP `CodedFrames` for `avc1`/`hvc1`; 0 for everything else.
+    pub fn composition_offset(&self) -> i32 {
+        if self.type_id != message_type::VIDEO {
+            return 0;
+        }
+        let p = &self.payload;
+        let at = match p.first() {
+            Some(&b) if b & 0x80 != 0 => {
+                let coded_frames = b & 0x0f == 1;
+                let with_offset = matches!(p.get(1..5), Some(b"avc1" | b"hvc1"));
+                if !(coded_frames && with_offset) {
+                    return 0;
+                }
+                5
+            }
+            Some(&b) if matches!(b & 0x0f, 7 | 12) && p.get(1) == Some(&1) => 2,
+            _ => return 0,
+        };
+        match p.get(at..at + 3) {
+            // Sign-extend the 24-bit value.
+            Some(&[a, b, c]) => i32::from_be_bytes([a, b, c, 0]) >> 8,
+            _ => 0,
+        }
+    }
+
     /// What kind of media this is, from the FLV tag header at the start of the payload.
     /// Understands legacy AVC/AAC and Enhanced RTMP (ex-header) video.
     pub fn media_kind(&self) -> MediaKind {
@@ -398,5 +425,23 @@ mod tests {
         assert_eq!(ex_end.media_kind(), MediaKind::Other);
         let command_frame = Message::new(9, 1, 0, vec![0x57, 0]);
         assert_eq!(command_frame.media_kind(), MediaKind::Other);
+    }
+
+    #[test]
+    fn composition_offsets() {
+        let b_frame = Message::new(9, 1, 0, vec![0x27, 1, 0xff, 0xff, 0xdf, 9]);
+        assert_eq!(b_frame.composition_offset(), -33);
+        let p_frame = Message::new(9, 1, 0, vec![0x27, 1, 0, 0, 66, 9]);
+        assert_eq!(p_frame.composition_offset(), 66);
+        let ex = Message::new(9, 1, 0, vec![0xa1, b'h', b'v', b'c', b'1', 0, 0, 33, 9]);
+        assert_eq!(ex.composition_offset(), 33);
+        let ex_x = Message::new(9, 1, 0, vec![0xa3, b'h', b'v', b'c', b'1', 9]);
+        assert_eq!(ex_x.composition_offset(), 0);
+        let short = Message::new(9, 1, 0, vec![0x27, 1, 0]);
+        assert_eq!(short.composition_offset(), 0);
+        assert_eq!(
+            Message::new(8, 1, 0, vec![0xaf, 1, 1, 1, 1]).composition_offset(),
+            0
+        );
     }
 }
