@@ -115,9 +115,13 @@ struct GatewayArgs {
     /// Address for Prometheus metrics and the status API.
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// Where the self-signed certificate is kept.
+    /// Where the stateless-reset key (and the self-signed certificate) are kept.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// QUIC-LB server id (hex, 1 to 15 bytes) carried in every connection ID, for load
+    /// balancers that route QUIC by connection ID.
+    #[arg(long)]
+    server_id: Option<String>,
     /// Require edge client certificates signed by the cert dir's CA.
     #[arg(long)]
     client_auth: bool,
@@ -238,6 +242,7 @@ fn gateway_config(args: GatewayArgs) -> anyhow::Result<GatewayConfig> {
     c.cert_dir = args.cert_dir.or(c.cert_dir);
     c.metrics = args.metrics.or(c.metrics);
     c.state_dir = args.state_dir.unwrap_or(c.state_dir);
+    c.server_id = args.server_id.or(c.server_id);
     c.client_auth |= args.client_auth;
     c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
     Ok(c)

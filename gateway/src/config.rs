@@ -12,6 +12,8 @@ use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
 use serde::Deserialize;
 
+use crate::connection_ids::ServerId;
+
 /// Gateway settings as written: a TOML file, then flags over it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,8 +24,12 @@ pub struct GatewayConfig {
     pub origin: Option<String>,
     /// Directory made by `rtmpq certs init` (gateway.pem, gateway.key, ca.pem).
     pub cert_dir: Option<PathBuf>,
-    /// Where a gateway without a cert dir keeps its self-signed certificate.
+    /// Where the gateway keeps its stateless-reset key (and, without a cert dir, its
+    /// self-signed certificate).
     pub state_dir: PathBuf,
+    /// QUIC-LB server id, hex (1 to 15 bytes): every connection ID carries it, so a load
+    /// balancer that routes QUIC by connection ID keeps a migrating edge on this gateway.
+    pub server_id: Option<String>,
     /// Require edges to present a certificate signed by the cert dir's CA.
     pub client_auth: bool,
     /// Tokens edges may present in HELLO; empty accepts any edge that passes TLS.
@@ -53,6 +59,7 @@ impl Default for GatewayConfig {
             origin: None,
             cert_dir: None,
             state_dir: default_state_dir(),
+            server_id: None,
             client_auth: false,
             tokens: Vec::new(),
             metrics: None,
@@ -79,8 +86,10 @@ pub struct GatewaySettings {
     pub embedded_origin_listen: SocketAddr,
     /// Certificates from `rtmpq certs init`, if any.
     pub cert_dir: Option<PathBuf>,
-    /// Where a self-signed identity is kept.
+    /// Where the reset key and a self-signed identity are kept.
     pub state_dir: PathBuf,
+    /// The QUIC-LB server id in every connection ID, if configured.
+    pub server_id: Option<ServerId>,
     /// Whether edges must present a certificate.
     pub client_auth: bool,
     /// Tokens edges may present; empty accepts any edge that passes TLS.
@@ -127,6 +136,7 @@ impl GatewayConfig {
             embedded_origin_listen: self.embedded_origin_listen,
             cert_dir: self.cert_dir.clone(),
             state_dir: self.state_dir.clone(),
+            server_id: self.server_id.as_deref().map(str::parse).transpose()?,
             client_auth: self.client_auth,
             tokens: self.tokens.clone(),
             metrics: self.metrics,

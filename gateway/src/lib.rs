@@ -2,6 +2,7 @@
 //! RTMP session its own TCP connection to the origin (or to the embedded origin).
 
 pub mod config;
+pub mod connection_ids;
 pub mod embedded_origin;
 mod session;
 
@@ -83,8 +84,18 @@ impl Gateway {
         let pin = identity.fingerprint();
         let tls = rtmpq_certs::server_tls(identity, client_ca)?;
         let server_config = rtmpq_hop::transport::server_config(tls)?;
-        let endpoint = quinn::Endpoint::server(server_config, settings.listen)
+        let reset_key = connection_ids::reset_key(&settings.state_dir)?;
+        let endpoint_config =
+            connection_ids::endpoint_config(&reset_key, settings.server_id.as_ref());
+        let socket = std::net::UdpSocket::bind(settings.listen)
             .map_err(StartError::bind(settings.listen))?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(StartError::bind(settings.listen))?;
         let (origin, embedded) = match &settings.origin {
             Some(origin) => (origin.clone(), None),
             None => {

@@ -44,6 +44,9 @@ pub enum ConfigError {
     /// Edge: a client certificate without its key, or the reverse.
     #[error("client_cert and client_key go together")]
     HalfClientIdentity,
+    /// Gateway: the QUIC-LB server id is not 1 to 15 bytes of hex.
+    #[error("server_id {0:?} is not 1 to 15 bytes of hex (e.g. \"c4605e\")")]
+    BadServerId(String),
     /// Gateway: the origin URL is not `rtmp://HOST[:PORT]`.
     #[error("origin {0:?} is not rtmp://HOST[:PORT]")]
     BadOrigin(String),

@@ -20,6 +20,14 @@ pub enum StartError {
     /// The TLS config could not be used for QUIC.
     #[error("{0}")]
     Tls(#[from] crate::transport::TlsConfigError),
+    /// A file the hop keeps in its state directory could not be read or made.
+    #[error("state file {path}: {source}")]
+    State {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A socket could not be bound.
     #[error("bind {addr}: {source}")]
     Bind {

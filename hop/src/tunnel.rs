@@ -30,6 +30,12 @@ fn connection_code(e: &quinn::ConnectionError) -> Option<u64> {
     }
 }
 
+/// "connection lost" and why: quinn's stream errors leave the why out, and "timed out" (a
+/// silent path) and "reset by peer" (a gateway that restarted) call for different actions.
+fn connection_lost(e: &quinn::ConnectionError) -> String {
+    format!("connection lost: {e}")
+}
+
 impl From<quinn::WriteError> for StreamLost {
     fn from(e: quinn::WriteError) -> Self {
         let code = match &e {
@@ -37,10 +43,11 @@ impl From<quinn::WriteError> for StreamLost {
             quinn::WriteError::ConnectionLost(c) => connection_code(c),
             _ => None,
         };
-        StreamLost {
-            code,
-            reason: e.to_string(),
-        }
+        let reason = match &e {
+            quinn::WriteError::ConnectionLost(c) => connection_lost(c),
+            e => e.to_string(),
+        };
+        StreamLost { code, reason }
     }
 }
 
@@ -51,10 +58,11 @@ impl From<quinn::ReadError> for StreamLost {
             quinn::ReadError::ConnectionLost(c) => connection_code(c),
             _ => None,
         };
-        StreamLost {
-            code,
-            reason: e.to_string(),
-        }
+        let reason = match &e {
+            quinn::ReadError::ConnectionLost(c) => connection_lost(c),
+            e => e.to_string(),
+        };
+        StreamLost { code, reason }
     }
 }
 

@@ -605,6 +605,16 @@ impl Process {
         self.child.id().unwrap()
     }
 
+    /// Kills it with SIGKILL (a crash: nothing is closed or flushed) and waits until it is gone.
+    pub async fn crash(&mut self) {
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.child.wait().await.unwrap();
+    }
+
     /// Resident memory, bytes.
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -643,16 +653,36 @@ pub struct GatewayProcess {
     pub pin: String,
     /// The "gateway ready" log line (listen and metrics addresses).
     pub ready: String,
-    _certs: tempfile::TempDir,
+    /// Its cert dir, also its state dir: a restart in it keeps the pin and the reset key.
+    pub dir: tempfile::TempDir,
 }
 
 impl GatewayProcess {
     /// Starts `rtmpq gateway --listen 127.0.0.1:0 --cert-dir DIR` with `extra` arguments.
     pub async fn start(extra: &[&str]) -> GatewayProcess {
-        let certs = tempfile::tempdir().unwrap();
-        let pin = rtmpq_certs::init(certs.path(), &[]).unwrap().to_string();
-        let dir = certs.path().display().to_string();
-        let mut args = vec!["gateway", "--listen", "127.0.0.1:0", "--cert-dir", &dir];
+        let dir = tempfile::tempdir().unwrap();
+        let pin = rtmpq_certs::init(dir.path(), &[]).unwrap().to_string();
+        GatewayProcess::start_in(dir, pin, "127.0.0.1:0", extra).await
+    }
+
+    /// Starts `rtmpq gateway --listen LISTEN --cert-dir DIR --state-dir DIR` with `extra`
+    /// arguments, in a `dir` made by [`GatewayProcess::start`] (a restart).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        pin: String,
+        listen: &str,
+        extra: &[&str],
+    ) -> GatewayProcess {
+        let path = dir.path().display().to_string();
+        let mut args = vec![
+            "gateway",
+            "--listen",
+            listen,
+            "--cert-dir",
+            &path,
+            "--state-dir",
+            &path,
+        ];
         args.extend_from_slice(extra);
         let mut process = Process::start(&args);
         let ready = process.wait_for("gateway ready").await;
@@ -662,7 +692,7 @@ impl GatewayProcess {
             addr,
             pin,
             ready,
-            _certs: certs,
+            dir,
         }
     }
 }
