@@ -105,3 +105,35 @@ async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     }
     out
 }
+
+/// nginx restarts under a live push through the tunnel: the gateway connects again and sets
+/// the session up from what the pusher said; ffmpeg never notices and pushes its whole clip,
+/// and a player that connects to the restarted nginx receives the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nginx_restart_under_a_push_is_not_noticed_by_the_pusher() {
+    capture_logs();
+    let clip = clip(20).await;
+    let mut nginx = Nginx::start().await;
+    let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
+    let url = stack.edge_url("cam");
+    let pusher = tokio::spawn(async move { push(&clip, &url).await });
+    nginx.wait_for_publisher("cam", true, LIMIT).await;
+    nginx.restart().await;
+    // The restarted nginx has the publisher again, set up by the gateway (ffmpeg would have
+    // failed, not reconnected).
+    wait_for_log(&["session set up again on the origin"], LIMIT).await;
+    nginx.wait_for_publisher("cam", true, LIMIT).await;
+    let player = Player::start(&format!("rtmp://{}/live/cam", nginx.rtmp));
+    let out = pusher.await.unwrap();
+    assert!(
+        out.status.success(),
+        "the pusher noticed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(30, LIMIT).await;
+    assert!(
+        played.video.len() >= 30,
+        "the player on the restarted nginx got {} video packets",
+        played.video.len()
+    );
+}

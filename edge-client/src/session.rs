@@ -107,6 +107,7 @@ async fn run(
                 tracker,
                 limits,
                 queue,
+                None,
                 shared.drain.end_sessions(),
             )
             .await;

@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub max_sessions: usize,
     /// How long to wait for the origin's TCP connect, in ms.
     pub origin_connect_timeout_ms: u64,
+    /// How long a live publish waits for an origin that closed or failed under it (a restart)
+    /// to take the session again, in ms; the pusher never notices. 0 ends the session at once.
+    pub origin_retry_ms: u64,
     /// How long an RTMP handshake or HELLO may take, in ms.
     pub handshake_timeout_ms: u64,
     /// Address the embedded origin listens on (TCP) when there is no `origin`.
@@ -65,6 +68,7 @@ impl Default for GatewayConfig {
             metrics: None,
             max_sessions: 1000,
             origin_connect_timeout_ms: 5000,
+            origin_retry_ms: 30_000,
             handshake_timeout_ms: 10_000,
             embedded_origin_listen: "127.0.0.1:0".parse().expect("valid"),
             shutdown_grace_ms: 10_000,
@@ -100,6 +104,8 @@ pub struct GatewaySettings {
     pub max_sessions: usize,
     /// The origin's TCP connect limit.
     pub origin_connect_timeout: Duration,
+    /// How long a live publish waits for a lost origin to take it again (zero: not at all).
+    pub origin_retry: Duration,
     /// The RTMP handshake and HELLO limit.
     pub handshake_timeout: Duration,
     /// The shutdown grace period.
@@ -145,6 +151,7 @@ impl GatewayConfig {
                 self.origin_connect_timeout_ms,
                 "origin_connect_timeout_ms",
             )?,
+            origin_retry: Duration::from_millis(self.origin_retry_ms),
             handshake_timeout: millis(self.handshake_timeout_ms, "handshake_timeout_ms")?,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             session_limits: SessionLimits {

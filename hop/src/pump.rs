@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
 use rtmpq_proto::chunk::ChunkError;
+use rtmpq_proto::journal::ResumeFilter;
 use rtmpq_proto::media_queue::{DropReason, Dropped, MediaQueue, QueueLimits};
 use rtmpq_proto::message::{Control, MessageClass};
 use rtmpq_proto::session::{Flow, QueueState, SessionTracker};
@@ -138,11 +139,7 @@ impl SessionEnd {
             OutboundError::Overloaded(e) => {
                 SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp)
             }
-            OutboundError::Closed => SessionEnd::new(
-                CloseCode::Normal,
-                format!("{} connection closed", peer.name()),
-                EndedBy::Rtmp,
-            ),
+            OutboundError::Closed => peer.closed("connection closed"),
         }
     }
 
@@ -577,6 +574,9 @@ async fn send_from_queue<S: TunnelSend>(
 pub struct TunnelToRtmp<'a, R> {
     /// Whom the messages go to.
     pub peer: RtmpPeer,
+    /// On an origin connection that set the session up again: how the client's messages
+    /// continue on it.
+    pub resume: Option<ResumeFilter>,
     /// The tunnel stream's receiving half.
     pub tunnel: &'a mut R,
     /// The queue toward the RTMP peer.
@@ -587,7 +587,7 @@ pub struct TunnelToRtmp<'a, R> {
 
 impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
     /// Runs until the tunnel or the RTMP writer ends.
-    pub async fn run(self) -> SessionEnd {
+    pub async fn run(mut self) -> SessionEnd {
         let peer = self.peer;
         let flow = peer.from_tunnel();
         let violation =
@@ -601,6 +601,13 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                     if let Err(e) = self.tracker.lock().expect("tracker").record(flow, &msg) {
                         return violation(format!("through the tunnel: {e}"));
                     }
+                    let msg = match &mut self.resume {
+                        Some(resume) => match resume.pass(msg) {
+                            Some(msg) => msg,
+                            None => continue,
+                        },
+                        None => msg,
+                    };
                     if let Err(e) = self.to_rtmp.send(msg).await {
                         return SessionEnd::queue_failed(peer, e);
                     }
@@ -632,7 +639,8 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
 
 /// Runs both pumps of a session until one ends, the client misses `limits`' setup deadline,
 /// or `stop` is cancelled ([`CloseCode::Shutdown`]); media read from the RTMP peer waits as
-/// `queue` says. A stalled RTMP peer or tunnel stalls only the pump that writes to it.
+/// `queue` says; `resume` says how messages continue on an origin connection that set the
+/// session up again. A stalled RTMP peer or tunnel stalls only the pump that writes to it.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     peer: RtmpPeer,
@@ -643,6 +651,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     tracker: &Mutex<SessionTracker>,
     limits: &SessionLimits,
     queue: QueuePolicy,
+    resume: Option<ResumeFilter>,
     stop: &CancellationToken,
 ) -> SessionEnd {
     if let Some(period) = limits.silence_period {
@@ -659,6 +668,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     };
     let to_rtmp_pump = TunnelToRtmp {
         peer,
+        resume,
         tunnel: &mut *tunnel_recv,
         to_rtmp,
         tracker,

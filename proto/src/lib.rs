@@ -67,6 +67,7 @@ pub mod amf0;
 pub mod budget;
 pub mod chunk;
 pub mod command;
+pub mod journal;
 pub mod media_queue;
 pub mod message;
 pub mod session;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::amf0::Amf0Error;
 use crate::command::{self, public_stream_name, Amf0Value, Command};
+use crate::journal::SessionJournal;
 use crate::media_queue::Dropped;
 use crate::message::{MediaKind, Message};
 
@@ -165,6 +166,9 @@ pub struct SessionTracker {
     pub to_client: FlowStats,
     /// The media queue of the flow this hop reads from its RTMP peer, as last seen.
     pub queue: QueueState,
+    /// What the client said to set the session up, to set it up again on a new origin
+    /// connection.
+    pub journal: SessionJournal,
     /// Messages waiting at this hop, per flow.
     waiting: [Arc<WaitTimes>; 2],
     connect_transaction: Option<f64>,
@@ -183,6 +187,7 @@ impl Default for SessionTracker {
             to_origin: FlowStats::default(),
             to_client: FlowStats::default(),
             queue: QueueState::default(),
+            journal: SessionJournal::default(),
             waiting: Default::default(),
             connect_transaction: None,
             connected: false,
@@ -204,7 +209,9 @@ impl SessionTracker {
     fn record_to_origin(&mut self, msg: &Message) -> Result<(), Amf0Error> {
         let kind = self.to_origin.count(msg);
         self.note_media(kind);
-        let Some(cmd) = Command::parse(msg)? else {
+        let cmd = Command::parse(msg)?;
+        self.journal.observe(msg, cmd.as_ref());
+        let Some(cmd) = cmd else {
             return Ok(());
         };
         match cmd.name.as_str() {

@@ -380,6 +380,11 @@ impl Telemetry {
         }
     }
 
+    /// Counts a session set up again on a new origin connection after its origin was lost.
+    pub fn origin_reconnected(&self) {
+        counter!("rtmpq_origin_reconnects_total", "role" => self.role.as_str()).increment(1);
+    }
+
     /// Counts a reconnect to the gateway.
     pub fn reconnected(&self) {
         counter!("rtmpq_quic_reconnects_total", "role" => self.role.as_str()).increment(1);
@@ -723,6 +728,10 @@ fn describe() {
     describe_counter!(
         "rtmpq_quic_reconnects_total",
         "Reconnects to the gateway after a lost connection"
+    );
+    describe_counter!(
+        "rtmpq_origin_reconnects_total",
+        "Live sessions set up again on a new origin connection after the origin closed or failed"
     );
     describe_counter!(
         "rtmpq_session_payload_bytes_total",

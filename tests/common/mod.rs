@@ -286,26 +286,38 @@ http {{
             module = module.display()
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nginx");
         let rtmp: SocketAddr = format!("127.0.0.1:{rtmp_port}").parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
-        wait_for_port(rtmp, Duration::from_secs(10)).await;
-        wait_for_port(http, Duration::from_secs(10)).await;
+        let child = Nginx::spawn(dir.path(), rtmp, http).await;
         Nginx {
             rtmp,
             http,
             child,
             _dir: dir,
         }
+    }
+
+    async fn spawn(dir: &Path, rtmp: SocketAddr, http: SocketAddr) -> Child {
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nginx");
+        wait_for_port(rtmp, Duration::from_secs(10)).await;
+        wait_for_port(http, Duration::from_secs(10)).await;
+        child
+    }
+
+    /// Stops nginx (SIGKILL: every connection drops, as in a crash or `systemctl restart`)
+    /// and starts it again on the same ports.
+    pub async fn restart(&mut self) {
+        self.child.kill().await.unwrap();
+        self.child = Nginx::spawn(self._dir.path(), self.rtmp, self.http).await;
     }
 
     /// The stat page's XML.

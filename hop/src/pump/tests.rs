@@ -104,6 +104,7 @@ fn start_queued(
             &tracker,
             &limits,
             queue,
+            None,
             &session_stop,
         )
         .await;
