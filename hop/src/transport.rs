@@ -302,6 +302,12 @@ impl PathWatch {
     /// is in flight is a small part of a round trip, and the rest waits in the hop's media
     /// queue, which drops what goes stale.
     ///
+    /// A side that mostly receives (an edge serving a player) sends almost nothing, so when its
+    /// address changes the far side keeps sending to the old one until a keep-alive goes out
+    /// (2 s). When a connection that was receiving hears nothing for [`SILENCE_PROBE`] (or
+    /// three round trips), it sends a tiny DATAGRAM, once per interval: from a new address
+    /// that moves the far side's path at once.
+    ///
     /// It also probes a path that stopped acknowledging: while something this side sent
     /// waits for an acknowledgement longer than [`PROBE_INTERVAL`] (or two round trips), it
     /// sends one tiny DATAGRAM past the congestion window every interval, so that the first
@@ -312,6 +318,7 @@ impl PathWatch {
         let mut tick = tokio::time::interval(PATH_WATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe = ProbeState::new(Instant::now());
+        let mut silence = SilenceProbe::new(Instant::now());
         let mut sent = SendRate::default();
         let mut rate_read: Option<Instant> = None;
         let discard = conn.clone();
@@ -334,6 +341,9 @@ impl PathWatch {
                     controller.grant(PROBE_ALLOWANCE);
                     let _ = conn.send_datagram(bytes::Bytes::from_static(b"p"));
                 }
+            }
+            if silence.due(stats.udp_rx.datagrams, self.rtt(), now) {
+                let _ = conn.send_datagram(bytes::Bytes::from_static(b"s"));
             }
         }
     }
@@ -391,6 +401,49 @@ impl PathWatch {
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(150);
 /// Bytes a probe may send past the congestion window: one small packet.
 const PROBE_ALLOWANCE: u64 = 1200;
+
+/// How long a receiving connection may hear nothing before [`PathWatch`] sends a probe (or
+/// three round trips, if longer); also the time between such probes.
+pub const SILENCE_PROBE: Duration = Duration::from_millis(300);
+/// How long after the last datagram received a silent connection still probes: a flow that
+/// ended is not probed forever (keep-alives take over).
+pub const SILENCE_PROBE_FOR: Duration = Duration::from_secs(10);
+
+/// When the connection last received anything, and last probed because it did not.
+struct SilenceProbe {
+    received: u64,
+    last_rx: Instant,
+    last_probe: Instant,
+}
+
+impl SilenceProbe {
+    fn new(now: Instant) -> Self {
+        SilenceProbe {
+            received: 0,
+            last_rx: now,
+            last_probe: now,
+        }
+    }
+
+    /// Whether to probe now, given the connection's count of datagrams received.
+    fn due(&mut self, received: u64, rtt: Duration, now: Instant) -> bool {
+        if received != self.received {
+            self.received = received;
+            self.last_rx = now;
+            return false;
+        }
+        let interval = SILENCE_PROBE.max(rtt * 3);
+        let quiet = now.duration_since(self.last_rx);
+        if quiet >= interval
+            && quiet <= SILENCE_PROBE_FOR
+            && now.duration_since(self.last_probe) >= interval
+        {
+            self.last_probe = now;
+            return true;
+        }
+        false
+    }
+}
 
 /// When the last acknowledgement came and whether anything waits for one.
 struct ProbeState {
@@ -476,6 +529,29 @@ mod tests {
         let later = t0 + Duration::from_millis(2500);
         r.update(500_000, t0 + Duration::from_millis(2000));
         assert_eq!(r.update(500_000, later), 0);
+    }
+
+    #[test]
+    fn a_receiving_connection_that_hears_nothing_probes_for_a_while() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = SilenceProbe::new(t0);
+        let rtt = ms(50);
+        // Receiving steadily: never.
+        for i in 1..20u64 {
+            assert!(!p.due(i, rtt, t0 + ms(i * 20)));
+        }
+        let last = t0 + ms(19 * 20);
+        // Quiet for less than the interval: no; past it: yes, then once per interval.
+        assert!(!p.due(19, rtt, last + ms(200)));
+        assert!(p.due(19, rtt, last + ms(310)));
+        assert!(!p.due(19, rtt, last + ms(400)));
+        assert!(p.due(19, rtt, last + ms(620)));
+        // Long quiet: the flow ended; keep-alives take over.
+        assert!(!p.due(19, rtt, last + ms(10_400)));
+        // Something arrives again: quiet again starts from there.
+        assert!(!p.due(20, rtt, last + ms(11_000)));
+        assert!(p.due(20, rtt, last + ms(11_300)));
     }
 
     #[test]
