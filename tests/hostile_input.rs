@@ -426,15 +426,17 @@ async fn a_killed_gateway_gives_the_pusher_an_rtmp_error() {
         ..
     } = GatewayProcess::start(&[]).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
+    // A gateway that does not come back: after a second of trying, the pusher is told.
     let edge = start_edge(
         EdgeConfig {
             pin: Some(pin),
+            reconnect_limit_ms: 1000,
             ..edge_config(gateway_addr)
         },
         &shutdown,
     )
     .await;
-    let before = (ended("edge", "tunnel_lost"), ended("edge", "normal"));
+    let before = ended("edge", "tunnel_lost");
     let url = format!("rtmp://{edge}/live/victim");
     let pusher = tokio::spawn(async move { push(&clip, &url).await });
     wait_until(LIMIT, "the push to reach the gateway", || {
@@ -456,26 +458,33 @@ async fn a_killed_gateway_gives_the_pusher_an_rtmp_error() {
         stderr.contains("tunnel to the gateway lost"),
         "ffmpeg shows the RTMP error's reason: {stderr}"
     );
+    assert!(
+        stderr.contains("no gateway took the session within 1s"),
+        "after trying to set the session up again: {stderr}"
+    );
     wait_until(LIMIT, "the edge to count a lost tunnel", || {
-        ended("edge", "tunnel_lost") > before.0
+        ended("edge", "tunnel_lost") > before
     })
     .await;
-    assert_eq!(
-        ended("edge", "normal"),
-        before.1,
-        "a lost tunnel is not normal"
-    );
+    // Not normal (the counter is shared with tests running beside this one; the line is not).
+    wait_for_log(
+        &["session ended", "stream=victim", "code=tunnel_lost"],
+        LIMIT,
+    )
+    .await;
     shutdown.cancel();
 }
 
 /// A gateway that crashes and comes back on the same port with the same state directory
 /// answers the old connection's next packet with a stateless reset (its reset key is kept in
-/// the state directory), so the pusher learns at once, not after the 15 s idle timeout.
+/// the state directory), so the edge learns at once, not after the 15 s idle timeout; it then
+/// sets the live publish up again through the restarted gateway from its journal, and the
+/// pusher never notices: ffmpeg pushes its whole clip and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_gateway_resets_the_connections_it_lost() {
+async fn a_restarted_gateway_takes_the_live_publish_again() {
     capture_logs();
     rtmpq_telemetry::prometheus();
-    let clip = clip(40).await;
+    let clip = clip(15).await;
     let GatewayProcess {
         process: mut gateway,
         addr: gateway_addr,
@@ -497,17 +506,23 @@ async fn a_restarted_gateway_resets_the_connections_it_lost() {
     let pusher = tokio::spawn(async move { push(&clip, &url).await });
     gateway.wait_for("publish started").await;
     gateway.crash().await;
-    let _restarted = GatewayProcess::start_in(dir, pin, &gateway_addr.to_string(), &[]).await;
+    let mut restarted = GatewayProcess::start_in(dir, pin, &gateway_addr.to_string(), &[]).await;
+    wait_for_log(
+        &["tunnel lost under a live publish", "reset by peer"],
+        LIMIT,
+    )
+    .await;
+    wait_for_log(&["session set up again through the gateway"], LIMIT).await;
+    restarted.process.wait_for("publish started").await;
 
     let out = tokio::time::timeout(LIMIT, pusher)
         .await
-        .expect("the pusher was never told")
+        .expect("the pusher finishes")
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "ffmpeg must fail: {stderr}");
     assert!(
-        stderr.contains("tunnel to the gateway lost: connection lost: reset by peer"),
-        "a stateless reset, not the idle timeout: {stderr}"
+        out.status.success(),
+        "the pusher noticed the restart: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     shutdown.cancel();
 }

@@ -54,6 +54,10 @@ pub struct EdgeConfig {
     pub handshake_timeout_ms: u64,
     /// How long a new session waits for a gateway connection before it is refused, in ms.
     pub gateway_wait_ms: u64,
+    /// How long a live publish whose tunnel was lost (a gateway restart, a dead path) waits
+    /// for a gateway to take it again, in ms; the pusher is held meanwhile and never notices.
+    /// 0 ends the session at once.
+    pub reconnect_limit_ms: u64,
     /// On SIGTERM, how long live sessions may go on before they are ended, in ms.
     pub shutdown_grace_ms: u64,
     /// How long a client has from its handshake to publish or play, in ms.
@@ -84,6 +88,7 @@ impl Default for EdgeConfig {
             max_sessions: 256,
             handshake_timeout_ms: 10_000,
             gateway_wait_ms: 3000,
+            reconnect_limit_ms: 30_000,
             shutdown_grace_ms: 10_000,
             setup_timeout_ms: 15_000,
             client_timeout_ms: 30_000,
@@ -126,6 +131,8 @@ pub struct EdgeSettings {
     pub handshake_timeout: Duration,
     /// How long a new session waits for the gateway.
     pub gateway_wait: Duration,
+    /// How long a live publish whose tunnel was lost waits to be set up again (zero: not).
+    pub reconnect_limit: Duration,
     /// The shutdown grace period.
     pub shutdown_grace: Duration,
     /// What each client session must keep to.
@@ -188,6 +195,7 @@ impl EdgeConfig {
             max_sessions: above_zero(self.max_sessions, "max_sessions")?,
             handshake_timeout: millis(self.handshake_timeout_ms, "handshake_timeout_ms")?,
             gateway_wait: millis(self.gateway_wait_ms, "gateway_wait_ms")?,
+            reconnect_limit: Duration::from_millis(self.reconnect_limit_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             session_limits: SessionLimits {
                 setup_deadline: Some(millis(self.setup_timeout_ms, "setup_timeout_ms")?),

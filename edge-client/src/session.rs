@@ -11,7 +11,8 @@ use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::command;
-use rtmpq_proto::session::{Flow, SessionTracker};
+use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
+use rtmpq_proto::session::{Direction, Flow, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
@@ -88,31 +89,76 @@ async fn run(
     let abort_writer = writer_task.abort_handle();
 
     let end = match open_tunnel(session_id, shared).await {
-        Ok((mut send, recv, path)) => {
-            let mut frames = FrameReader::new(recv);
-            frames.set_budget(budget.clone());
+        Ok((send, recv, path)) => {
             let queue = QueuePolicy {
                 budget: settings.latency_budget,
                 max_bytes: settings.max_queue_bytes,
                 pause_reading_above: settings.backpressure,
                 path: Some(path),
-                charge: Some(budget),
+                charge: Some(budget.clone()),
             };
-            let end = run_session(
-                RtmpPeer::Client,
-                &mut reader,
-                &to_client,
-                &mut frames,
-                &mut send,
-                tracker,
-                limits,
+            let mut tunnel = Tunnel {
+                send,
+                frames: FrameReader::new(recv),
                 queue,
-                None,
-                shared.drain.end_sessions(),
-            )
-            .await;
-            finish_session(RtmpPeer::Client, &end, tracker, &to_client, &mut send).await;
-            end
+                resume: None,
+            };
+            tunnel.frames.set_budget(budget.clone());
+            loop {
+                let end = run_session(
+                    RtmpPeer::Client,
+                    &mut reader,
+                    &to_client,
+                    &mut tunnel.frames,
+                    &mut tunnel.send,
+                    tracker,
+                    limits,
+                    tunnel.queue.clone(),
+                    tunnel.resume.take(),
+                    shared.drain.end_sessions(),
+                )
+                .await;
+                let journal = tracker.lock().expect("tracker").journal.clone();
+                let replay = journal
+                    .replay()
+                    .filter(|_| journal.direction() == Some(Direction::Publish));
+                let limit = settings.reconnect_limit;
+                let lost = end.ended_by == EndedBy::Tunnel && end.code == CloseCode::TunnelLost;
+                let (Some(replay), true, false) = (replay, lost, limit.is_zero()) else {
+                    finish_session(
+                        RtmpPeer::Client,
+                        &end,
+                        tracker,
+                        &to_client,
+                        &mut tunnel.send,
+                    )
+                    .await;
+                    break end;
+                };
+                warn!(
+                    reason = %end.reason,
+                    "tunnel lost under a live publish: setting the session up again through a gateway (for up to {limit:?})"
+                );
+                match set_up_again(shared, &budget, replay, limit, &end.reason).await {
+                    Ok(mut again) => {
+                        shared.telemetry.session_set_up_again();
+                        info!("session set up again through the gateway; media resumes at the next key frame");
+                        again.queue.pause_reading_above = tunnel.queue.pause_reading_above;
+                        tunnel = again;
+                    }
+                    Err(end) => {
+                        finish_session(
+                            RtmpPeer::Client,
+                            &end,
+                            tracker,
+                            &to_client,
+                            &mut tunnel.send,
+                        )
+                        .await;
+                        break end;
+                    }
+                }
+            }
         }
         Err(e) => {
             let reason = e.to_string();
@@ -132,6 +178,117 @@ async fn run(
         reader.discard_until_closed(LINGER).await;
     }
     Ok(end)
+}
+
+/// A session's tunnel stream and how the client's messages go on it.
+struct Tunnel {
+    send: quinn::SendStream,
+    frames: FrameReader,
+    queue: QueuePolicy,
+    resume: Option<ResumeFilter>,
+}
+
+/// First wait between attempts to set a session up again; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Opens a new tunnel session (on whichever gateway the connector reaches) and replays the
+/// client's set-up through it, with backoff, for up to `limit`. The origin's answers come
+/// back through the tunnel and stay here: the client never left.
+async fn set_up_again(
+    shared: &Shared,
+    budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+    replay: Replay,
+    limit: Duration,
+    lost: &str,
+) -> Result<Tunnel, SessionEnd> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut wait = RETRY_FIRST;
+    let mut attempts = 0u32;
+    let mut why = lost.to_owned();
+    loop {
+        attempts += 1;
+        let attempt = async {
+            let session_id = SessionId(rand::random());
+            let (mut send, recv, path) = open_tunnel(session_id, shared)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut frames = FrameReader::new(recv);
+            frames.set_budget(budget.clone());
+            let filter = replay_through(&mut send, &mut frames, replay.clone()).await?;
+            info!(new_session = %session_id, "the gateway took the session");
+            Ok::<_, String>(Tunnel {
+                send,
+                frames,
+                queue: QueuePolicy {
+                    budget: shared.settings.latency_budget,
+                    max_bytes: shared.settings.max_queue_bytes,
+                    pause_reading_above: None,
+                    path: Some(path),
+                    charge: Some(budget.clone()),
+                },
+                resume: Some(filter),
+            })
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(tunnel)) => return Ok(tunnel),
+            Ok(Err(e)) => why = e,
+            Err(_) => why = format!("no answer ({why})"),
+        }
+        if tokio::time::Instant::now() + wait >= deadline {
+            let reason = format!(
+                "tunnel to the gateway lost and no gateway took the session within {limit:?} ({attempts} attempts; last: {why})"
+            );
+            return Err(SessionEnd::new(
+                CloseCode::TunnelLost,
+                reason,
+                EndedBy::Tunnel,
+            ));
+        }
+        info!(attempt = attempts, reason = %why, "session not set up again yet; retrying in {wait:?}");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// Runs `replay` through a fresh tunnel session until the origin takes the session.
+async fn replay_through(
+    send: &mut quinn::SendStream,
+    frames: &mut FrameReader,
+    mut replay: Replay,
+) -> Result<ResumeFilter, String> {
+    let mut out = replay.begin();
+    loop {
+        for msg in out.drain(..) {
+            write_frame(send, &Frame::Msg(msg))
+                .await
+                .map_err(|e| format!("tunnel: {e}"))?;
+        }
+        let msg = match frames.next().await {
+            Ok(Some(Frame::Msg(msg))) => msg,
+            Ok(Some(Frame::SessionClose { code, reason })) => {
+                return Err(format!("gateway closed the session: {reason} ({code})"))
+            }
+            Ok(Some(other)) => return Err(format!("unexpected {other:?} while setting up")),
+            Ok(None) => return Err("tunnel stream ended while setting up".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        match replay.on_origin(&msg).map_err(|e| e.to_string())? {
+            ReplayStep::Waiting => {}
+            ReplayStep::Send(msgs) => out = msgs,
+            ReplayStep::Started { stream_id, then } => {
+                for msg in then {
+                    write_frame(send, &Frame::Msg(msg))
+                        .await
+                        .map_err(|e| format!("tunnel: {e}"))?;
+                }
+                return Ok(ResumeFilter::new(replay.client_stream_id(), stream_id));
+            }
+            ReplayStep::Refused { code, description } => {
+                return Err(format!("origin refused: {code} {description}"))
+            }
+        }
+    }
 }
 
 async fn open_tunnel(

@@ -218,7 +218,7 @@ async fn to_origin(
         );
         match set_up_again(shared, &budget, tracker, replay, limit).await {
             Ok((new_link, filter)) => {
-                shared.telemetry.origin_reconnected();
+                shared.telemetry.session_set_up_again();
                 info!("session set up again on the origin; media resumes at the next key frame");
                 link = new_link;
                 resume = Some(filter);

@@ -380,6 +380,8 @@ pub struct RtmpToTunnel<'a, S> {
     pub silence_period: Option<Duration>,
     /// How media waits.
     pub queue: QueuePolicy,
+    /// On a tunnel session that set the client's session up again: how its messages continue.
+    pub resume: Option<ResumeFilter>,
 }
 
 /// How long what waits may take to cross once the RTMP peer has gone (its last frames, its
@@ -403,6 +405,7 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
             tracker,
             silence_period,
             queue: policy,
+            resume,
         } = self;
         let budget = policy.budget.unwrap_or(Duration::MAX);
         let cell = QueueCell {
@@ -419,7 +422,7 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
             reading_done: AtomicBool::new(false),
         };
         let reading = read_into_queue(peer, rtmp, replies, tracker, silence_period, &policy, &cell);
-        let sending = send_from_queue(peer, tunnel, tracker, &policy, &cell);
+        let sending = send_from_queue(peer, tunnel, tracker, &policy, resume, &cell);
         tokio::pin!(reading, sending);
         let end = tokio::select! {
             end = &mut reading => end,
@@ -539,6 +542,7 @@ async fn send_from_queue<S: TunnelSend>(
     tunnel: &mut S,
     tracker: &Mutex<SessionTracker>,
     policy: &QueuePolicy,
+    mut resume: Option<ResumeFilter>,
     cell: &QueueCell,
 ) -> SessionEnd {
     loop {
@@ -555,6 +559,13 @@ async fn send_from_queue<S: TunnelSend>(
             msg
         };
         cell.popped.notify_one();
+        let msg = match (msg, &mut resume) {
+            (Some(msg), Some(resume)) => match resume.pass(msg) {
+                Some(msg) => Some(msg),
+                None => continue,
+            },
+            (msg, _) => msg,
+        };
         match msg {
             Some(msg) => {
                 if let Err(lost) = tunnel.send(&Frame::Msg(msg)).await {
@@ -639,8 +650,9 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
 
 /// Runs both pumps of a session until one ends, the client misses `limits`' setup deadline,
 /// or `stop` is cancelled ([`CloseCode::Shutdown`]); media read from the RTMP peer waits as
-/// `queue` says; `resume` says how messages continue on an origin connection that set the
-/// session up again. A stalled RTMP peer or tunnel stalls only the pump that writes to it.
+/// `queue` says; `resume` says how the client's messages continue on an origin connection
+/// (gateway) or tunnel session (edge) that set the session up again. A stalled RTMP peer or
+/// tunnel stalls only the pump that writes to it.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     peer: RtmpPeer,
@@ -657,6 +669,12 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     if let Some(period) = limits.silence_period {
         rtmp.set_silence_period(period);
     }
+    // The client's messages toward the origin: read from the RTMP peer at the edge, from the
+    // tunnel at the gateway.
+    let (resume_read, resume_tunnel) = match peer {
+        RtmpPeer::Client => (resume, None),
+        RtmpPeer::Origin => (None, resume),
+    };
     let from_rtmp = RtmpToTunnel {
         peer,
         rtmp,
@@ -665,10 +683,11 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
         tracker,
         silence_period: limits.silence_period,
         queue,
+        resume: resume_read,
     };
     let to_rtmp_pump = TunnelToRtmp {
         peer,
-        resume,
+        resume: resume_tunnel,
         tunnel: &mut *tunnel_recv,
         to_rtmp,
         tracker,

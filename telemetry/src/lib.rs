@@ -380,9 +380,10 @@ impl Telemetry {
         }
     }
 
-    /// Counts a session set up again on a new origin connection after its origin was lost.
-    pub fn origin_reconnected(&self) {
-        counter!("rtmpq_origin_reconnects_total", "role" => self.role.as_str()).increment(1);
+    /// Counts a live session set up again after what carried it was lost: a new origin
+    /// connection (gateway), a new tunnel session on a gateway (edge).
+    pub fn session_set_up_again(&self) {
+        counter!("rtmpq_sessions_set_up_again_total", "role" => self.role.as_str()).increment(1);
     }
 
     /// Counts a reconnect to the gateway.
@@ -730,8 +731,8 @@ fn describe() {
         "Reconnects to the gateway after a lost connection"
     );
     describe_counter!(
-        "rtmpq_origin_reconnects_total",
-        "Live sessions set up again on a new origin connection after the origin closed or failed"
+        "rtmpq_sessions_set_up_again_total",
+        "Live sessions set up again after what carried them was lost (gateway: the origin connection; edge: the tunnel)"
     );
     describe_counter!(
         "rtmpq_session_payload_bytes_total",
