@@ -137,3 +137,64 @@ async fn an_nginx_restart_under_a_push_is_not_noticed_by_the_pusher() {
         played.video.len()
     );
 }
+
+/// The gateway is killed (SIGKILL) under a live push to nginx and started again: the edge
+/// sets the session up again through it, ffmpeg pushes its whole clip and exits 0, and a
+/// player connected to nginx throughout receives the stream after the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_under_a_push_to_nginx_is_not_noticed_by_the_pusher() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let origin = format!("rtmp://{}", nginx.rtmp);
+    let GatewayProcess {
+        process: mut gateway,
+        addr,
+        pin,
+        dir,
+        ..
+    } = GatewayProcess::start(&["--origin", &origin]).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let edge = start_edge(
+        rtmpq_edge::EdgeConfig {
+            pin: Some(pin.clone()),
+            ..edge_config(addr)
+        },
+        &shutdown,
+    )
+    .await;
+    let player = Player::start(&format!("rtmp://{}/live/show", nginx.rtmp));
+    nginx.wait_for_players("show", 1, LIMIT).await;
+    let url = format!("rtmp://{edge}/live/show");
+    let pusher = tokio::spawn(async move { push(&clip, &url).await });
+    nginx.wait_for_publisher("show", true, LIMIT).await;
+    gateway.crash().await;
+    let _restarted =
+        GatewayProcess::start_in(dir, pin, &addr.to_string(), &["--origin", &origin]).await;
+    wait_for_log(&["session set up again through the gateway"], LIMIT).await;
+    let out = pusher.await.unwrap();
+    assert!(
+        out.status.success(),
+        "the pusher noticed the gateway restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The outage costs the frames until the next key frame after the restart; the player
+    // still gets most of the clip, which it cannot without frames from after the event.
+    let most = pushed.video.len() * 6 / 10;
+    let played = player
+        .finish(pushed.video.len(), Duration::from_secs(5))
+        .await;
+    eprintln!(
+        "player on nginx: {} of {} video packets across the gateway restart",
+        played.video.len(),
+        pushed.video.len()
+    );
+    assert!(
+        played.video.len() >= most,
+        "the player got {} of {} video packets",
+        played.video.len(),
+        pushed.video.len()
+    );
+    shutdown.cancel();
+}
