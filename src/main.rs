@@ -138,9 +138,10 @@ struct EdgeArgs {
     /// TCP address for pushers and players [default: 127.0.0.1:1935].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// The gateway, HOST:PORT.
+    /// The gateway, HOST:PORT; repeat for several (the first to answer is used, the next
+    /// takes the sessions when it stops answering).
     #[arg(long)]
-    gateway: Option<String>,
+    gateway: Vec<String>,
     /// CA certificate that signed the gateway's certificate.
     #[arg(long, conflicts_with = "pin")]
     ca: Option<PathBuf>,
@@ -254,7 +255,9 @@ fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
         None => EdgeConfig::default(),
     };
     c.listen = args.listen.unwrap_or(c.listen);
-    c.gateway = args.gateway.unwrap_or(c.gateway);
+    if !args.gateway.is_empty() {
+        c.gateway = args.gateway.into();
+    }
     // A trust flag replaces whatever trust the file gave.
     if args.ca.is_some() || args.pin.is_some() {
         c.ca = args.ca;

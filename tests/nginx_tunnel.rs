@@ -198,3 +198,82 @@ async fn a_gateway_restart_under_a_push_to_nginx_is_not_noticed_by_the_pusher() 
     );
     shutdown.cancel();
 }
+
+/// Two gateways in front of nginx; the active one is killed under a live push and stays
+/// dead: the edge notices it stopped acknowledging, moves the session to the other, and
+/// ffmpeg pushes its whole clip; a player connected to nginx throughout gets the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_active_gateway_dies_the_other_takes_the_push() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let origin = format!("rtmp://{}", nginx.rtmp);
+    // Both gateways share a certificate (one cert dir), as a pool behind one name would.
+    let mut first = GatewayProcess::start(&["--origin", &origin]).await;
+    let shared_dir = first.dir.path().display().to_string();
+    let second_state = tempfile::tempdir().unwrap();
+    let second_state = second_state.path().display().to_string();
+    let mut second = Process::start(&[
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--cert-dir",
+        &shared_dir,
+        "--state-dir",
+        &second_state,
+        "--origin",
+        &origin,
+    ]);
+    let ready = second.wait_for("gateway ready").await;
+    let second_addr = field(&ready, "listen");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let edge = start_edge(
+        rtmpq_edge::EdgeConfig {
+            pin: Some(first.pin.clone()),
+            gateway: vec![first.addr.to_string(), second_addr].into(),
+            ..edge_config(first.addr)
+        },
+        &shutdown,
+    )
+    .await;
+    let player = Player::start(&format!("rtmp://{}/live/pool", nginx.rtmp));
+    nginx.wait_for_players("pool", 1, LIMIT).await;
+    let url = format!("rtmp://{edge}/live/pool");
+    let pusher = tokio::spawn(async move { push(&clip, &url).await });
+    nginx.wait_for_publisher("pool", true, LIMIT).await;
+    assert!(
+        first
+            .process
+            .lines_so_far()
+            .iter()
+            .any(|l| l.contains("edge connected")),
+        "the first gateway answered first"
+    );
+    first.process.crash().await;
+    wait_for_log(&["moving its sessions to another gateway"], LIMIT).await;
+    wait_for_log(&["session set up again through the gateway"], LIMIT).await;
+    second.wait_for("edge connected").await;
+    let out = pusher.await.unwrap();
+    assert!(
+        out.status.success(),
+        "the pusher noticed the failover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let most = pushed.video.len() * 6 / 10;
+    let played = player
+        .finish(pushed.video.len(), Duration::from_secs(5))
+        .await;
+    eprintln!(
+        "player on nginx: {} of {} video packets across the failover",
+        played.video.len(),
+        pushed.video.len()
+    );
+    assert!(
+        played.video.len() >= most,
+        "the player got {} of {} video packets",
+        played.video.len(),
+        pushed.video.len()
+    );
+    shutdown.cancel();
+}

@@ -19,8 +19,9 @@ use serde::Deserialize;
 pub struct EdgeConfig {
     /// TCP address pushers and players connect to.
     pub listen: SocketAddr,
-    /// The gateway as `HOST:PORT` (UDP).
-    pub gateway: String,
+    /// The gateway as `HOST:PORT` (UDP), or several (TOML: a list): the edge connects to the
+    /// one answering first and moves its sessions to another when it stops answering.
+    pub gateway: GatewayList,
     /// CA certificate (PEM) that signed the gateway's certificate.
     pub ca: Option<PathBuf>,
     /// The gateway certificate's pin, `sha256:HEX`, instead of a CA.
@@ -73,7 +74,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
             listen: "127.0.0.1:1935".parse().expect("valid"),
-            gateway: String::new(),
+            gateway: GatewayList::default(),
             ca: None,
             pin: None,
             server_name: None,
@@ -97,6 +98,56 @@ impl Default for EdgeConfig {
     }
 }
 
+/// One gateway address or several, as written: `gateway = "a:4433"` or
+/// `gateway = ["a:4433", "b:4433"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "OneOrMany")]
+pub struct GatewayList(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for GatewayList {
+    fn from(v: OneOrMany) -> Self {
+        match v {
+            OneOrMany::One(s) if s.is_empty() => GatewayList(Vec::new()),
+            OneOrMany::One(s) => GatewayList(vec![s]),
+            OneOrMany::Many(v) => GatewayList(v),
+        }
+    }
+}
+
+impl From<String> for GatewayList {
+    fn from(s: String) -> Self {
+        GatewayList(vec![s])
+    }
+}
+
+impl From<&str> for GatewayList {
+    fn from(s: &str) -> Self {
+        GatewayList(vec![s.to_owned()])
+    }
+}
+
+impl From<Vec<String>> for GatewayList {
+    fn from(v: Vec<String>) -> Self {
+        GatewayList(v)
+    }
+}
+
+/// A gateway to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAddress {
+    /// `HOST:PORT`, resolved on every attempt.
+    pub address: String,
+    /// The name checked in its certificate.
+    pub server_name: String,
+}
+
 /// How the edge trusts the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
@@ -111,10 +162,9 @@ pub enum Trust {
 pub struct EdgeSettings {
     /// TCP address for clients.
     pub listen: SocketAddr,
-    /// The gateway, `HOST:PORT`.
-    pub gateway: String,
-    /// The name checked in the gateway's certificate.
-    pub server_name: String,
+    /// The gateways, in order of preference (the first is tried first, the next a moment
+    /// later, and so on; the first to answer wins).
+    pub gateways: Vec<GatewayAddress>,
     /// How the gateway is trusted.
     pub trust: Trust,
     /// Client certificate and key files, for mutual TLS.
@@ -155,11 +205,22 @@ impl EdgeConfig {
 
     /// Checks everything that can be checked without touching files or sockets.
     pub fn resolve(&self) -> Result<EdgeSettings, ConfigError> {
-        if self.gateway.is_empty() {
+        if self.gateway.0.is_empty() {
             return Err(ConfigError::NoGateway);
         }
-        let host = gateway_host(&self.gateway)
-            .ok_or_else(|| ConfigError::BadGateway(self.gateway.clone()))?;
+        let gateways = self
+            .gateway
+            .0
+            .iter()
+            .map(|address| {
+                let host = gateway_host(address)
+                    .ok_or_else(|| ConfigError::BadGateway(address.clone()))?;
+                Ok(GatewayAddress {
+                    address: address.clone(),
+                    server_name: self.server_name.clone().unwrap_or(host),
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let trust = match (&self.ca, &self.pin) {
             (Some(ca), None) => Trust::Ca(ca.clone()),
             (None, Some(pin)) => Trust::Pin(pin.parse().map_err(ConfigError::BadPin)?),
@@ -185,8 +246,7 @@ impl EdgeConfig {
             backpressure: optional_ms(self.backpressure_ms),
             max_queue_bytes: above_zero(self.max_queue_mb, "max_queue_mb")? << 20,
             listen: self.listen,
-            gateway: self.gateway.clone(),
-            server_name: self.server_name.clone().unwrap_or(host),
+            gateways,
             trust,
             client_identity,
             token: self.token.clone().unwrap_or_else(|| Secret::new("")),
@@ -246,7 +306,7 @@ mod tests {
             ..EdgeConfig::default()
         };
         let s = cfg.resolve().unwrap();
-        assert_eq!(s.server_name, "::1");
+        assert_eq!(s.gateways[0].server_name, "::1");
         assert_eq!(s.trust, Trust::Pin(pin.parse().unwrap()));
         assert_eq!(
             s.session_limits.silence_period,
@@ -257,5 +317,19 @@ mod tests {
             ..cfg
         };
         assert!(matches!(no_port.resolve(), Err(ConfigError::BadGateway(_))));
+    }
+
+    #[test]
+    fn one_gateway_or_a_list() {
+        let pin = format!("pin = \"sha256:{}\"\n", "ab".repeat(32));
+        let one: EdgeConfig = toml::from_str(&format!("{pin}gateway = \"a:1\"")).unwrap();
+        assert_eq!(one.gateway, GatewayList(vec!["a:1".into()]));
+        let two: EdgeConfig =
+            toml::from_str(&format!("{pin}gateway = [\"a:1\", \"b.example:2\"]")).unwrap();
+        let s = two.resolve().unwrap();
+        let names: Vec<&str> = s.gateways.iter().map(|g| g.server_name.as_str()).collect();
+        assert_eq!(names, ["a", "b.example"]);
+        let none: EdgeConfig = toml::from_str(&format!("{pin}gateway = []")).unwrap();
+        assert!(matches!(none.resolve(), Err(ConfigError::NoGateway)));
     }
 }

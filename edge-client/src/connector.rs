@@ -1,5 +1,7 @@
-//! The edge's one QUIC connection to the gateway: connect, HELLO/WELCOME, watch it, and
-//! reconnect with backoff when it is lost. Sessions ask for the current connection.
+//! The edge's one QUIC connection to a gateway: connect (racing several gateways, the first
+//! tried first and each next one a moment later), HELLO/WELCOME, watch it, and reconnect with
+//! backoff when it is lost; with several gateways, a gateway that stops acknowledging is left
+//! for another. Sessions ask for the current connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use rtmpq_hop::transport::{quic_code, PathWatch};
 use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::Telemetry;
+
+use crate::config::GatewayAddress;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -84,13 +88,11 @@ pub enum GatewayUnavailable {
     NotYet(Duration),
 }
 
-/// What the connector needs to reach the gateway.
+/// What the connector needs to reach a gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayTarget {
-    /// `HOST:PORT`, resolved on every attempt.
-    pub address: String,
-    /// The TLS server name.
-    pub server_name: String,
+    /// The gateways, in order of preference.
+    pub gateways: Vec<GatewayAddress>,
     /// TLS and transport settings.
     pub client_config: quinn::ClientConfig,
     /// This edge's name.
@@ -98,6 +100,14 @@ pub struct GatewayTarget {
     /// Token for HELLO.
     pub token: String,
 }
+
+/// How long after one gateway's attempt the next gateway's starts (RFC 8305's "connection
+/// attempt delay"): the first answers first unless it is slow or gone.
+pub const RACE_STAGGER: Duration = Duration::from_millis(250);
+/// With more than one gateway: how long the active one may leave what was sent unacknowledged
+/// before the edge closes its connection and moves its sessions to another. (With one there
+/// is nowhere to go: a dark path is probed until it returns or the idle timeout ends it.)
+pub const FAILOVER_AFTER: Duration = Duration::from_secs(3);
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -155,21 +165,22 @@ async fn maintain(
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return,
-            attempt = connect_once(&endpoint, &target) => attempt,
+            attempt = race(&endpoint, &target) => attempt,
         };
         match attempt {
-            Ok((conn, _control)) => {
-                info!(gateway = %target.address, remote = %conn.remote_address(), "connected to gateway");
+            Ok((conn, _control, address)) => {
+                info!(gateway = %address, remote = %conn.remote_address(), "connected to gateway");
                 backoff = FIRST_BACKOFF;
                 if std::mem::replace(&mut was_connected, true) {
                     telemetry.reconnected();
                 }
-                telemetry.connection_opened(&conn, target.address.clone());
+                telemetry.connection_opened(&conn, address.clone());
                 let path = PathWatch::start(&conn);
                 state.send_replace(LinkState::Up(GatewayLink {
                     conn: conn.clone(),
-                    path,
+                    path: path.clone(),
                 }));
+                let can_move = target.gateways.len() > 1;
                 let reason = tokio::select! {
                     _ = shutdown.cancelled() => {
                         conn.close(quic_code(CloseCode::Shutdown), b"edge shutting down");
@@ -177,6 +188,12 @@ async fn maintain(
                         return;
                     }
                     reason = conn.closed() => reason,
+                    _ = stops_acknowledging(&path), if can_move => {
+                        warn!(gateway = %address, "gateway left what was sent unacknowledged for {FAILOVER_AFTER:?}: moving its sessions to another gateway");
+                        telemetry.failed_over();
+                        conn.close(quic_code(CloseCode::TunnelLost), b"gateway stopped acknowledging");
+                        conn.closed().await
+                    }
                 };
                 telemetry.connection_closed(&conn);
                 match &reason {
@@ -190,7 +207,9 @@ async fn maintain(
                 state.send_replace(LinkState::Down(ConnectError::Lost(reason)));
             }
             Err(reason) => {
-                warn!(gateway = %target.address, %reason, retry_in = ?backoff, "cannot connect to gateway");
+                let gateways: Vec<&str> =
+                    target.gateways.iter().map(|g| g.address.as_str()).collect();
+                warn!(gateway = %gateways.join(","), %reason, retry_in = ?backoff, "cannot connect to gateway");
                 telemetry.count_handshake_failure("connect");
                 state.send_replace(LinkState::Down(reason));
             }
@@ -206,20 +225,66 @@ async fn maintain(
 /// The control stream stays open as long as the connection lives.
 type ControlStream = (quinn::SendStream, FrameReader);
 
-async fn connect_once(
+/// Returns once `path` has left something unacknowledged for [`FAILOVER_AFTER`].
+async fn stops_acknowledging(path: &PathWatch) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if path.unacknowledged_for() >= FAILOVER_AFTER {
+            return;
+        }
+    }
+}
+
+/// Connects to the first gateway that answers: the first is tried at once, each next one
+/// [`RACE_STAGGER`] after the one before; the others are dropped. The last error if none.
+async fn race(
     endpoint: &quinn::Endpoint,
     target: &GatewayTarget,
+) -> Result<(quinn::Connection, ControlStream, String), ConnectError> {
+    let mut attempts = tokio::task::JoinSet::new();
+    for (i, gateway) in target.gateways.iter().enumerate() {
+        let (endpoint, target, gateway) = (endpoint.clone(), target.clone(), gateway.clone());
+        attempts.spawn(async move {
+            tokio::time::sleep(RACE_STAGGER * i as u32).await;
+            let attempt = connect_once(&endpoint, &gateway, &target).await;
+            (attempt, gateway.address)
+        });
+    }
+    let mut last = None;
+    while let Some(joined) = attempts.join_next().await {
+        match joined {
+            Ok((Ok((conn, control)), address)) => {
+                attempts.abort_all();
+                return Ok((conn, control, address));
+            }
+            Ok((Err(e), address)) => {
+                if target.gateways.len() > 1 {
+                    info!(gateway = %address, reason = %e, "gateway did not answer");
+                }
+                last = Some(e);
+            }
+            Err(_) => {}
+        }
+    }
+    Err(last.unwrap_or_else(|| ConnectError::NoAddress("no gateway configured".into())))
+}
+
+async fn connect_once(
+    endpoint: &quinn::Endpoint,
+    gateway: &GatewayAddress,
+    target: &GatewayTarget,
 ) -> Result<(quinn::Connection, ControlStream), ConnectError> {
-    let addr: SocketAddr = tokio::net::lookup_host(&target.address)
+    let addr: SocketAddr = tokio::net::lookup_host(&gateway.address)
         .await
         .map_err(|e| ConnectError::Resolve {
-            address: target.address.clone(),
+            address: gateway.address.clone(),
             reason: e.to_string(),
         })?
         .next()
-        .ok_or_else(|| ConnectError::NoAddress(target.address.clone()))?;
+        .ok_or_else(|| ConnectError::NoAddress(gateway.address.clone()))?;
     let conn = endpoint
-        .connect_with(target.client_config.clone(), addr, &target.server_name)?
+        .connect_with(target.client_config.clone(), addr, &gateway.server_name)?
         .await?;
     let welcome = tokio::time::timeout(WELCOME_LIMIT, async {
         let control = |e: &dyn std::fmt::Display| ConnectError::Control(e.to_string());

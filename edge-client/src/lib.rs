@@ -68,8 +68,7 @@ impl Edge {
         let wildcard: SocketAddr = "0.0.0.0:0".parse().expect("valid");
         let endpoint = quinn::Endpoint::client(wildcard).map_err(StartError::bind(wildcard))?;
         let target = connector::GatewayTarget {
-            address: settings.gateway.clone(),
-            server_name: settings.server_name.clone(),
+            gateways: settings.gateways.clone(),
             client_config,
             edge_id: settings.edge_id.clone(),
             token: settings.token.expose().to_owned(),
@@ -134,7 +133,12 @@ impl Edge {
     /// the gateway), and closes the QUIC connection with the `shutdown` code.
     pub async fn run(self, shutdown: CancellationToken) {
         let settings = &self.shared.settings;
-        info!(listen = %self.local_addr(), gateway = %settings.gateway, metrics = ?self.metrics_addr(), "edge ready");
+        let gateways: Vec<&str> = settings
+            .gateways
+            .iter()
+            .map(|g| g.address.as_str())
+            .collect();
+        info!(listen = %self.local_addr(), gateway = %gateways.join(","), metrics = ?self.metrics_addr(), "edge ready");
         let services = CancellationToken::new();
         let telemetry = self.shared.telemetry.clone();
         telemetry.start(self.metrics, services.clone());

@@ -228,6 +228,9 @@ struct QueueInner {
     drops: DropLog,
     /// Bytes charged to the session's share of the process-wide bound.
     charged: usize,
+    /// What the session's earlier queues dropped (stale, overflow): a session set up again
+    /// on a new tunnel or origin connection keeps counting from there.
+    earlier: (Dropped, Dropped),
 }
 
 impl QueueCell {
@@ -245,8 +248,8 @@ impl QueueCell {
         let q = &inner.queue;
         let state = QueueState {
             budget: policy.budget.map(|_| q.limits().budget),
-            stale: q.dropped(DropReason::Stale),
-            overflow: q.dropped(DropReason::Overflow),
+            stale: inner.earlier.0.plus(q.dropped(DropReason::Stale)),
+            overflow: inner.earlier.1.plus(q.dropped(DropReason::Overflow)),
             oldest: q.oldest(),
             media_bytes: q.media_bytes(),
             path_rate_bps: policy.path.as_ref().map_or(0, |p| p.rate_bps()),
@@ -416,6 +419,10 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
                 }),
                 drops: DropLog::default(),
                 charged: 0,
+                earlier: {
+                    let t = tracker.lock().expect("tracker");
+                    (t.queue.stale, t.queue.overflow)
+                },
             }),
             pushed: Notify::new(),
             popped: Notify::new(),

@@ -255,6 +255,7 @@ pub const PATH_WATCH_INTERVAL: Duration = Duration::from_millis(25);
 /// use the round trip to leave room in the latency budget for the way across.
 #[derive(Debug, Default)]
 pub struct PathWatch {
+    unacked_us: AtomicU64,
     rtt_us: AtomicU64,
     min_rtt_us: AtomicU64,
     quic_wait_us: AtomicU64,
@@ -281,6 +282,12 @@ impl PathWatch {
     /// path, 64 KiB, is 350 ms at 1.5 Mbit/s. Zero before the first figure.
     pub fn quic_wait(&self) -> Duration {
         Duration::from_micros(self.quic_wait_us.load(Ordering::Relaxed))
+    }
+
+    /// How long what this side sent has waited for an acknowledgement, as of the last look;
+    /// zero while nothing waits.
+    pub fn unacknowledged_for(&self) -> Duration {
+        Duration::from_micros(self.unacked_us.load(Ordering::Relaxed))
     }
 
     /// The congestion controller's estimate of the path's rate (BBR's pacing rate), bit/s.
@@ -342,6 +349,9 @@ impl PathWatch {
                     let _ = conn.send_datagram(bytes::Bytes::from_static(b"p"));
                 }
             }
+            let unacked = probe.unacknowledged_for(now);
+            self.unacked_us
+                .store(unacked.as_micros() as u64, Ordering::Relaxed);
             if silence.due(stats.udp_rx.datagrams, self.rtt(), now) {
                 let _ = conn.send_datagram(bytes::Bytes::from_static(b"s"));
             }
@@ -368,7 +378,11 @@ impl PathWatch {
         // the controller's pacing rate is what the path could take (an idle connection, a
         // stream starting up, a blackout's old estimate).
         let pacing = self.rate_bps.load(Ordering::Relaxed) / 8;
-        let drain = Duration::from_secs_f64(window as f64 / rate.max(pacing).max(1) as f64);
+        // Neither figure yet (a new connection): the horizon alone.
+        let drain = match rate.max(pacing) {
+            0 => Duration::ZERO,
+            speed => Duration::from_secs_f64(window as f64 / speed as f64),
+        };
         let wait = horizon.max(drain.min(MAX_QUIC_WAIT));
         self.quic_wait_us
             .store(wait.as_micros() as u64, Ordering::Relaxed);
@@ -448,6 +462,7 @@ impl SilenceProbe {
 /// When the last acknowledgement came and whether anything waits for one.
 struct ProbeState {
     acks: u64,
+    waiting: bool,
     eliciting_at_ack: u64,
     last_ack: Instant,
     last_probe: Instant,
@@ -457,9 +472,19 @@ impl ProbeState {
     fn new(now: Instant) -> Self {
         ProbeState {
             acks: 0,
+            waiting: false,
             eliciting_at_ack: 0,
             last_ack: now,
             last_probe: now,
+        }
+    }
+
+    /// How long something sent has waited for an acknowledgement (zero if nothing waits).
+    fn unacknowledged_for(&self, now: Instant) -> Duration {
+        if self.waiting {
+            now.duration_since(self.last_ack)
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -472,10 +497,12 @@ impl ProbeState {
             self.acks = stats.frame_rx.acks;
             self.eliciting_at_ack = eliciting;
             self.last_ack = now;
+            self.waiting = false;
             return false;
         }
         let interval = PROBE_INTERVAL.max(rtt * 2);
         let waiting = eliciting > self.eliciting_at_ack;
+        self.waiting = waiting;
         if waiting
             && now.duration_since(self.last_ack) >= interval
             && now.duration_since(self.last_probe) >= interval
@@ -571,6 +598,7 @@ mod tests {
         stats.frame_tx.stream = 20;
         assert!(!p.due(&stats, ms(50), t0 + ms(1200)));
         assert!(p.due(&stats, ms(50), t0 + ms(1260)));
+        assert_eq!(p.unacknowledged_for(t0 + ms(1260)), ms(160));
         assert!(!p.due(&stats, ms(50), t0 + ms(1300)));
         assert!(p.due(&stats, ms(50), t0 + ms(1410)));
         // A long round trip stretches the interval to two of them.

@@ -25,7 +25,6 @@ pub struct StreamLost {
 fn connection_code(e: &quinn::ConnectionError) -> Option<u64> {
     match e {
         quinn::ConnectionError::ApplicationClosed(close) => Some(close.error_code.into_inner()),
-        quinn::ConnectionError::LocallyClosed => Some(CloseCode::Shutdown.to_code()),
         _ => None,
     }
 }

@@ -52,6 +52,18 @@ pub struct Dropped {
     pub bytes: u64,
 }
 
+impl Dropped {
+    /// Both counts together (a session's totals across the queues it had).
+    pub fn plus(self, other: Dropped) -> Dropped {
+        Dropped {
+            video_frames: self.video_frames + other.video_frames,
+            gops: self.gops + other.gops,
+            audio_frames: self.audio_frames + other.audio_frames,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     seq: u64,

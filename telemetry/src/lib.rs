@@ -386,6 +386,11 @@ impl Telemetry {
         counter!("rtmpq_sessions_set_up_again_total", "role" => self.role.as_str()).increment(1);
     }
 
+    /// Counts a gateway left for another because it stopped acknowledging.
+    pub fn failed_over(&self) {
+        counter!("rtmpq_gateway_failovers_total", "role" => self.role.as_str()).increment(1);
+    }
+
     /// Counts a reconnect to the gateway.
     pub fn reconnected(&self) {
         counter!("rtmpq_quic_reconnects_total", "role" => self.role.as_str()).increment(1);
@@ -490,7 +495,7 @@ impl Telemetry {
         };
         let r = &mut entry.reported;
         let delta = |now: u64, before: &mut u64| {
-            let d = now - *before;
+            let d = now.saturating_sub(*before);
             *before = now;
             d
         };
@@ -538,16 +543,16 @@ impl Telemetry {
                 "rtmpq_session_dropped_frames_total",
                 &with_reason(Some("video"))
             )
-            .increment(now_dropped.video_frames - before.video_frames);
+            .increment(now_dropped.video_frames.saturating_sub(before.video_frames));
             counter!(
                 "rtmpq_session_dropped_frames_total",
                 &with_reason(Some("audio"))
             )
-            .increment(now_dropped.audio_frames - before.audio_frames);
+            .increment(now_dropped.audio_frames.saturating_sub(before.audio_frames));
             counter!("rtmpq_session_dropped_gops_total", &with_reason(None))
-                .increment(now_dropped.gops - before.gops);
+                .increment(now_dropped.gops.saturating_sub(before.gops));
             counter!("rtmpq_session_dropped_bytes_total", &with_reason(None))
-                .increment(now_dropped.bytes - before.bytes);
+                .increment(now_dropped.bytes.saturating_sub(before.bytes));
             *before = now_dropped;
         }
         gauge!("rtmpq_session_queue_media_bytes", &labels).set(status.queue_media_bytes as f64);
@@ -729,6 +734,10 @@ fn describe() {
     describe_counter!(
         "rtmpq_quic_reconnects_total",
         "Reconnects to the gateway after a lost connection"
+    );
+    describe_counter!(
+        "rtmpq_gateway_failovers_total",
+        "Gateways the edge left for another because they stopped acknowledging"
     );
     describe_counter!(
         "rtmpq_sessions_set_up_again_total",

@@ -808,7 +808,7 @@ impl Stack {
 pub fn edge_config(gateway: SocketAddr) -> EdgeConfig {
     EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        gateway: gateway.to_string(),
+        gateway: gateway.to_string().into(),
         ..EdgeConfig::default()
     }
 }
