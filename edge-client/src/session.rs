@@ -139,7 +139,19 @@ async fn run(
                     reason = %end.reason,
                     "tunnel lost under a live publish: setting the session up again through a gateway (for up to {limit:?})"
                 );
-                match set_up_again(shared, &budget, replay, limit, &end.reason).await {
+                let (app, stream) = {
+                    let t = tracker.lock().expect("tracker");
+                    (
+                        t.app.clone().unwrap_or_default(),
+                        t.stream.clone().unwrap_or_default(),
+                    )
+                };
+                let held = Held {
+                    session_id,
+                    app,
+                    stream,
+                };
+                match set_up_again(shared, &budget, replay, limit, &end.reason, &held).await {
                     Ok(mut again) => {
                         shared.telemetry.session_set_up_again();
                         info!("session set up again through the gateway; media resumes at the next key frame");
@@ -188,6 +200,30 @@ struct Tunnel {
     resume: Option<ResumeFilter>,
 }
 
+/// A session held while it is set up again: a new publish of its stream takes over.
+struct Held {
+    session_id: SessionId,
+    app: String,
+    stream: String,
+}
+
+impl Held {
+    /// The end of a held session whose pusher came back by itself (its new session publishes
+    /// the same stream): this one gives way instead of meeting the new one as `BadName`.
+    fn taken_over(&self, shared: &Shared) -> Option<SessionEnd> {
+        shared
+            .telemetry
+            .publishing_elsewhere(self.session_id, &self.app, &self.stream)
+            .then(|| {
+                let reason = format!(
+                    "taken over by a new publish of {}/{} while held",
+                    self.app, self.stream
+                );
+                SessionEnd::new(CloseCode::Normal, reason, EndedBy::Local)
+            })
+    }
+}
+
 /// First wait between attempts to set a session up again; doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
@@ -201,12 +237,16 @@ async fn set_up_again(
     replay: Replay,
     limit: Duration,
     lost: &str,
+    held: &Held,
 ) -> Result<Tunnel, SessionEnd> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut wait = RETRY_FIRST;
     let mut attempts = 0u32;
     let mut why = lost.to_owned();
     loop {
+        if let Some(end) = held.taken_over(shared) {
+            return Err(end);
+        }
         attempts += 1;
         let attempt = async {
             let session_id = SessionId(rand::random());

@@ -1,7 +1,7 @@
 //! rtmpq-proto: the pure core of rtmpq, no I/O and no async runtime: the RTMP chunk codec,
 //! message classes, bounded AMF0 command inspection, the tunnel wire format, the session
-//! tracker, the media queue that enforces the latency budget, and the process-wide buffer
-//! budget. The async layer (sockets, QUIC streams, the
+//! tracker, the session journal that sets a session up again, the media queue that enforces
+//! the latency budget, and the process-wide buffer budget. The async layer (sockets, QUIC streams, the
 //! pumps) is `rtmpq-hop`.
 //!
 //! Parsing never does I/O: [`chunk::ChunkDecoder`] and [`wire::FrameDecoder`] take bytes and
@@ -53,6 +53,32 @@
 //! backlog of a slow or dark link waits where the budget can drop it (whole GOP tails, never
 //! headers, metadata or commands). The edge applies its own budget to what it publishes and
 //! tells the gateway, in SESSION_OPEN, the budget for what the gateway sends toward a player.
+//!
+//! **Setting a session up again.** A session outlives the connections under it without a new
+//! frame kind: whoever set it up replays the client's own set-up as ordinary MSG frames or
+//! RTMP messages ([`journal`]). Each hop keeps a [`journal::SessionJournal`] of what the
+//! client sent toward the origin: `connect` (command object and transaction id as sent),
+//! `releaseStream` / `FCPublish` / `FCSubscribe` (at most 8), `createStream`, `publish` or
+//! `play`, the last `@setDataFrame` / `onMetaData`, and the latest sequence header per track.
+//! A [`journal::Replay`] sends `connect`; on its `_result`, the preparation and `createStream`;
+//! on that `_result`, `publish`/`play` on the stream id the origin handed out; on
+//! `NetStream.Publish.Start` (or `Play.Start`), the metadata and sequence headers on that
+//! stream id. An `_error`, or an `onStatus` of level `error`, is a refusal with the origin's
+//! code (`NetStream.Publish.BadName` while the origin still holds the old publisher: retried).
+//! The origin's answers stay with the replaying hop; media then continues through a
+//! [`journal::ResumeFilter`]: moved to the origin's stream id, video from the next key frame,
+//! timestamps as the client sends them.
+//!
+//! - *Origin lost* (gateway): the origin closed or failed under a live publish: the gateway
+//!   connects again with backoff (100 ms doubling to 2 s) for up to `origin_retry_ms` and
+//!   replays to the origin; the tunnel session is untouched.
+//! - *Tunnel lost* (edge): the connection or stream under a live publish broke (a gateway
+//!   restart, which the gateway's persistent stateless-reset key makes a stateless reset at
+//!   the edge's next packet; a gateway that stopped acknowledging for 3 s when several are
+//!   configured; the idle timeout): the edge stops reading the pusher, opens a new session
+//!   stream (a new session id, SESSION_OPEN as usual) on whichever gateway it reaches, and
+//!   replays through it as MSG frames, for up to `reconnect_limit_ms`. The new gateway sees an
+//!   ordinary session.
 //!
 //! **Versioning.** HELLO carries [`wire::WIRE_VERSION`]; the ALPN names the version. Both
 //! hops offer every ALPN they know (`rtmpq/2`, `rtmpq/1`) so that a peer of another version

@@ -405,6 +405,19 @@ impl Telemetry {
             .collect()
     }
 
+    /// Whether a live session other than `id` publishes `app`/`stream` now (a pusher that
+    /// came back by itself while its old session was held).
+    pub fn publishing_elsewhere(&self, id: SessionId, app: &str, stream: &str) -> bool {
+        let sessions = self.sessions.lock().expect("lock");
+        sessions.values().any(|s| {
+            let t = s.tracker.lock().expect("tracker");
+            s.id != id
+                && t.direction == Some(rtmpq_proto::session::Direction::Publish)
+                && t.app.as_deref() == Some(app)
+                && t.stream.as_deref() == Some(stream)
+        })
+    }
+
     /// The live connections as of the last tick.
     pub fn connections(&self) -> Vec<ConnectionStatus> {
         let connections = self.connections.lock().expect("lock");
@@ -869,5 +882,53 @@ pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: C
         .await
     {
         tracing::warn!(reason = %e, "metrics server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtmpq_proto::session::Direction;
+
+    fn tracker(app: &str, stream: &str, direction: Direction) -> Arc<Mutex<SessionTracker>> {
+        let mut t = SessionTracker::default();
+        t.app = Some(app.into());
+        t.stream = Some(stream.into());
+        t.direction = Some(direction);
+        Arc::new(Mutex::new(t))
+    }
+
+    #[test]
+    fn a_new_publish_of_the_same_stream_is_seen_by_a_held_session() {
+        let telemetry = Telemetry::new(Role::Edge);
+        let held = SessionId(1);
+        telemetry.session_started(held, "a".into(), tracker("live", "cam", Direction::Publish));
+        assert!(
+            !telemetry.publishing_elsewhere(held, "live", "cam"),
+            "only itself"
+        );
+        telemetry.session_started(
+            SessionId(2),
+            "b".into(),
+            tracker("live", "cam", Direction::Play),
+        );
+        telemetry.session_started(
+            SessionId(3),
+            "c".into(),
+            tracker("live", "other", Direction::Publish),
+        );
+        assert!(
+            !telemetry.publishing_elsewhere(held, "live", "cam"),
+            "a player, another stream"
+        );
+        telemetry.session_started(
+            SessionId(4),
+            "d".into(),
+            tracker("live", "cam", Direction::Publish),
+        );
+        assert!(
+            telemetry.publishing_elsewhere(held, "live", "cam"),
+            "the pusher came back"
+        );
     }
 }
