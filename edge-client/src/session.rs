@@ -11,6 +11,7 @@ use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::command;
+use rtmpq_proto::fast_start::FastStart;
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
 use rtmpq_proto::session::{Direction, Flow, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
@@ -47,7 +48,9 @@ pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
     let session_id = SessionId(rand::random());
     let span = tracing::info_span!("session", id = %session_id, client = %remote);
     async {
-        let tracker = Arc::new(Mutex::new(SessionTracker::default()));
+        let mut new_tracker = SessionTracker::default();
+        new_tracker.fast_start = Some(FastStart::default());
+        let tracker = Arc::new(Mutex::new(new_tracker));
         shared
             .telemetry
             .session_started(session_id, remote.to_string(), tracker.clone());

@@ -471,9 +471,19 @@ async fn read_into_queue(
                 if msg.payload.is_empty() {
                     continue;
                 }
-                if let Err(e) = tracker.lock().expect("tracker").record(flow, &msg) {
-                    let reason = format!("{}: {e}", peer.name());
-                    return SessionEnd::new(peer.protocol_error(), reason, EndedBy::Rtmp);
+                let mut msg = msg;
+                let answers = {
+                    let mut t = tracker.lock().expect("tracker");
+                    if let Err(e) = t.record(flow, &msg) {
+                        let reason = format!("{}: {e}", peer.name());
+                        return SessionEnd::new(peer.protocol_error(), reason, EndedBy::Rtmp);
+                    }
+                    t.answer_locally(&mut msg)
+                };
+                for answer in answers {
+                    if let Err(e) = replies.send(answer).await {
+                        return SessionEnd::queue_failed(peer, e);
+                    }
                 }
                 let charged = {
                     let mut inner = cell.lock();
@@ -616,9 +626,18 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                     if msg.payload.is_empty() {
                         continue;
                     }
-                    if let Err(e) = self.tracker.lock().expect("tracker").record(flow, &msg) {
-                        return violation(format!("through the tunnel: {e}"));
-                    }
+                    let passed = {
+                        let mut t = self.tracker.lock().expect("tracker");
+                        match t.record(flow, &msg) {
+                            Ok(()) => t.pass_to_client(msg),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    let msg = match passed {
+                        Ok(Some(msg)) => msg,
+                        Ok(None) => continue,
+                        Err(e) => return violation(format!("through the tunnel: {e}")),
+                    };
                     let msg = match &mut self.resume {
                         Some(resume) => match resume.pass(msg) {
                             Some(msg) => msg,

@@ -93,6 +93,7 @@ pub mod amf0;
 pub mod budget;
 pub mod chunk;
 pub mod command;
+pub mod fast_start;
 pub mod journal;
 pub mod media_queue;
 pub mod message;

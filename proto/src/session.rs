@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::amf0::Amf0Error;
 use crate::command::{self, public_stream_name, Amf0Value, Command};
+use crate::fast_start::FastStart;
 use crate::journal::SessionJournal;
 use crate::media_queue::Dropped;
 use crate::message::{MediaKind, Message};
@@ -169,6 +170,8 @@ pub struct SessionTracker {
     /// What the client said to set the session up, to set it up again on a new origin
     /// connection.
     pub journal: SessionJournal,
+    /// At the edge: the client's set-up is answered here ([`FastStart`]).
+    pub fast_start: Option<FastStart>,
     /// Messages waiting at this hop, per flow.
     waiting: [Arc<WaitTimes>; 2],
     connect_transaction: Option<f64>,
@@ -188,6 +191,7 @@ impl Default for SessionTracker {
             to_client: FlowStats::default(),
             queue: QueueState::default(),
             journal: SessionJournal::default(),
+            fast_start: None,
             waiting: Default::default(),
             connect_transaction: None,
             connected: false,
@@ -247,6 +251,30 @@ impl SessionTracker {
     fn note_media(&mut self, kind: MediaKind) {
         if self.first_media.is_none() && kind != MediaKind::Other {
             self.first_media = Some(Instant::now());
+        }
+    }
+
+    /// With fast start on: the answers to send the client now for `msg` (recorded already),
+    /// which goes on toward the origin with its stream id moved to the origin's.
+    pub fn answer_locally(&mut self, msg: &mut Message) -> Vec<Message> {
+        let Some(fast) = &mut self.fast_start else {
+            return Vec::new();
+        };
+        // Recorded already, so it parses (a malformed command ended the session there).
+        let cmd = Command::parse(msg).ok().flatten();
+        let answers = fast.from_client(msg, cmd.as_ref());
+        if cmd.is_some_and(|c| c.name == "connect") && !answers.is_empty() {
+            self.connected = true;
+        }
+        answers
+    }
+
+    /// With fast start on: `msg` from the origin as the client gets it, `None` when it
+    /// answers what was answered here.
+    pub fn pass_to_client(&mut self, msg: Message) -> Result<Option<Message>, Amf0Error> {
+        match &mut self.fast_start {
+            Some(fast) => fast.from_origin(msg),
+            None => Ok(Some(msg)),
         }
     }
 
