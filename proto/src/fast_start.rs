@@ -102,14 +102,14 @@ impl FastStart {
                     }
                     return Ok(None);
                 }
-                "onStatus" if self.publish_pending => {
-                    if cmd
-                        .status()
-                        .is_some_and(|s| s.code == "NetStream.Publish.Start")
-                    {
-                        self.publish_pending = false;
-                        return Ok(None);
-                    }
+                "onStatus"
+                    if self.publish_pending
+                        && cmd
+                            .status()
+                            .is_some_and(|s| s.code == "NetStream.Publish.Start") =>
+                {
+                    self.publish_pending = false;
+                    return Ok(None);
                 }
                 _ => {}
             }
