@@ -277,3 +277,31 @@ async fn when_the_active_gateway_dies_the_other_takes_the_push() {
     );
     shutdown.cancel();
 }
+
+/// Fast start: the edge answers the pusher's publish itself, so a refusal comes later, from
+/// nginx, through the tunnel: the pusher still gets nginx's own code and words and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_nginx_refuses_fails_with_nginx_words_despite_fast_start() {
+    capture_logs();
+    let clip = clip(10).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
+    // The name is taken by a pusher straight to nginx.
+    let direct = format!("rtmp://{}/live/taken", nginx.rtmp);
+    let first = {
+        let clip = clip.clone();
+        tokio::spawn(async move { push(&clip, &direct).await })
+    };
+    nginx.wait_for_publisher("taken", true, LIMIT).await;
+    let out = push(&clip, &stack.edge_url("taken")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the second publisher must fail: {stderr}"
+    );
+    assert!(
+        stderr.contains("Already publishing"),
+        "ffmpeg shows nginx's words: {stderr}"
+    );
+    assert!(first.await.unwrap().status.success());
+}

@@ -137,6 +137,21 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         blackout("blackout", 3),
         blackout("blackout10", 10),
         profile(
+            "start-rtt20",
+            "start-up: 20 ms RTT, no loss, 100 Mbit/s".into(),
+            lossy(20, 0.0, 100.0),
+        ),
+        profile(
+            "start-rtt150",
+            "start-up: 150 ms RTT, no loss, 100 Mbit/s".into(),
+            lossy(150, 0.0, 100.0),
+        ),
+        profile(
+            "start-rtt250",
+            "start-up: 250 ms RTT, no loss, 100 Mbit/s".into(),
+            lossy(250, 0.0, 100.0),
+        ),
+        profile(
             "address-change",
             format!(
                 "pusher address changes at {} s (old address removed), 50 ms RTT",
