@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::netem::{self, in_netns, CountsSnapshot, Link, ADDR_B};
-use crate::profiles::Profile;
+use crate::profiles::{Profile, Restarted};
 
 /// How a pusher reaches nginx-rtmp (or, playing, how a player reaches it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -405,24 +405,20 @@ pub async fn run_one(
 
     std::fs::write(run_dir.join("nginx.conf"), nginx_conf(&run_dir))
         .map_err(io_err("nginx.conf"))?;
-    let mut procs = vec![
-        spawn_in(
-            &b,
-            &[
-                s("nginx"),
-                s("-p"),
-                run_dir.display().to_string(),
-                s("-c"),
-                run_dir.join("nginx.conf").display().to_string(),
-                s("-e"),
-                run_dir.join("nginx-error.log").display().to_string(),
-            ],
-            &log("nginx"),
-            None,
-        )
-        .await?,
+    let nginx_args = vec![
+        s("nginx"),
+        s("-p"),
+        run_dir.display().to_string(),
+        s("-c"),
+        run_dir.join("nginx.conf").display().to_string(),
+        s("-e"),
+        run_dir.join("nginx-error.log").display().to_string(),
     ];
+    let mut nginx = spawn_in(&b, &nginx_args, &log("nginx"), None).await?;
     wait_tcp(&b, "127.0.0.1:1935").await?;
+    let mut procs = Vec::new();
+    // The server end of the tunnel, to kill and start again: (process, args, ready line).
+    let mut server: Option<(NsProcess, Vec<String>, &str)> = None;
 
     let rtt = profile.link.up.delay + profile.link.down.delay;
     let rtmpq = ctx.rtmpq.display().to_string();
@@ -466,24 +462,20 @@ pub async fn run_one(
             budget_ms,
             backpressure_ms,
         } => {
-            procs.push(
-                spawn_in(
-                    &b,
-                    &[
-                        rtmpq.clone(),
-                        s("gateway"),
-                        s("--listen"),
-                        s("0.0.0.0:4433"),
-                        s("--origin"),
-                        s("rtmp://127.0.0.1:1935"),
-                        s("--cert-dir"),
-                        certs.clone(),
-                    ],
-                    &log("gateway"),
-                    Some("gateway ready"),
-                )
-                .await?,
-            );
+            let args = vec![
+                rtmpq.clone(),
+                s("gateway"),
+                s("--listen"),
+                s("0.0.0.0:4433"),
+                s("--origin"),
+                s("rtmp://127.0.0.1:1935"),
+                s("--cert-dir"),
+                certs.clone(),
+                s("--state-dir"),
+                run_dir.display().to_string(),
+            ];
+            let gateway = spawn_in(&b, &args, &log("gateway"), Some("gateway ready")).await?;
+            server = Some((gateway, args, "gateway ready"));
             procs.push(
                 spawn_in(
                     &a,
@@ -508,21 +500,15 @@ pub async fn run_one(
             );
         }
         Transport::QuicPipe => {
-            procs.push(
-                spawn_in(
-                    &b,
-                    &[
-                        pipe.clone(),
-                        s("server"),
-                        s("0.0.0.0:4434"),
-                        s("127.0.0.1:1935"),
-                        certs,
-                    ],
-                    &log("pipe-server"),
-                    Some("ready"),
-                )
-                .await?,
-            );
+            let args = vec![
+                pipe.clone(),
+                s("server"),
+                s("0.0.0.0:4434"),
+                s("127.0.0.1:1935"),
+                certs,
+            ];
+            let pipe_server = spawn_in(&b, &args, &log("pipe-server"), Some("ready")).await?;
+            server = Some((pipe_server, args, "ready"));
             procs.push(
                 spawn_in(
                     &a,
@@ -582,48 +568,61 @@ pub async fn run_one(
 
     // The player: our own RTMP client; it never probes, so arrival is arrival. It plays
     // before the pusher starts (nginx-rtmp keeps idle streams), so it gets the whole clip.
-    let target = player_addr.clone();
-    let std_tcp = in_netns(player_ns, move || {
-        let tcp = std::net::TcpStream::connect(&target)?;
-        tcp.set_nonblocking(true)?;
-        Ok(tcp)
-    })
-    .map_err(io_err("player connect"))?;
-    let tcp = tokio::net::TcpStream::from_std(std_tcp).map_err(io_err("player socket"))?;
-    let mut player = RtmpClient::over(tcp, &player_addr, "live")
-        .await
-        .map_err(|e| RunError::Setup(format!("player: {e}")))?;
-    player
-        .play("s")
+    if profile
+        .restart
+        .is_some_and(|r| r.what == Restarted::Gateway)
+        && server.is_none()
+    {
+        return Err(RunError::Setup(format!(
+            "{} has no server end to restart",
+            transport.name()
+        )));
+    }
+    let mut player = play_in(player_ns, &player_addr)
         .await
         .map_err(|e| RunError::Setup(format!("player: {e}")))?;
     let arrivals = Arc::new(Mutex::new(Arrivals::default()));
     let received_flv = run_dir.join("received.flv");
     let mut flv = FlvRecorder::create(&received_flv).map_err(io_err("received.flv"))?;
+    // A player of a restarted nginx connects again, as players do.
+    let replay_after_restart = profile.restart.is_some_and(|r| r.what == Restarted::Origin);
     let recorder = {
         let arrivals = arrivals.clone();
+        let (player_ns, player_addr) = (player_ns.clone(), player_addr.clone());
         tokio::spawn(async move {
-            while let Ok(Some(msg)) = player.next_message().await {
-                let now = monotonic_ns();
-                let kind = msg.media_kind();
-                let mut a = arrivals.lock().expect("arrivals");
-                if matches!(kind, MediaKind::VideoFrame | MediaKind::VideoKeyframe) {
-                    a.video.push((msg.timestamp, now));
+            loop {
+                while let Ok(Some(msg)) = player.next_message().await {
+                    let now = monotonic_ns();
+                    let kind = msg.media_kind();
+                    let mut a = arrivals.lock().expect("arrivals");
+                    if matches!(kind, MediaKind::VideoFrame | MediaKind::VideoKeyframe) {
+                        a.video.push((msg.timestamp, now));
+                    }
+                    if kind == MediaKind::Audio {
+                        a.audio_frames += 1;
+                    }
+                    if matches!(msg.type_id, message_type::AUDIO | message_type::VIDEO) {
+                        a.media_bytes += msg.payload.len() as u64;
+                    }
+                    drop(a);
+                    let _ = flv.write(&msg);
                 }
-                if kind == MediaKind::Audio {
-                    a.audio_frames += 1;
+                if !replay_after_restart {
+                    break;
                 }
-                if matches!(msg.type_id, message_type::AUDIO | message_type::VIDEO) {
-                    a.media_bytes += msg.payload.len() as u64;
-                }
-                drop(a);
-                let _ = flv.write(&msg);
+                player = loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Ok(p) = play_in(&player_ns, &player_addr).await {
+                        break p;
+                    }
+                };
             }
             flv
         })
     };
 
     let started_ns = monotonic_ns();
+    let started = std::time::Instant::now();
     let mut pusher = spawn_in(
         pusher_ns,
         &[
@@ -645,10 +644,32 @@ pub async fn run_one(
     )
     .await?;
     let limit = ctx.duration + Duration::from_secs(30);
-    let survived = match tokio::time::timeout(limit, pusher.child.wait()).await {
-        Ok(Ok(status)) => status.success(),
-        _ => false,
+    let pushing = async {
+        match tokio::time::timeout(limit, pusher.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => false,
+        }
     };
+    // The restart: killed at its time, started again at once; when it is back is the
+    // event's end for "back at floor".
+    let restarting = async {
+        let restart = profile.restart?;
+        tokio::time::sleep_until((started + restart.at).into()).await;
+        let (proc, args, ready, log_name) = match restart.what {
+            Restarted::Gateway => {
+                let (proc, args, ready) = server.as_mut()?;
+                (proc, args.clone(), Some(*ready), "server-restarted")
+            }
+            Restarted::Origin => (&mut nginx, nginx_args.clone(), None, "nginx-restarted"),
+        };
+        let _ = proc.child.kill().await;
+        *proc = spawn_in(&b, &args, &log(log_name), ready).await.ok()?;
+        if restart.what == Restarted::Origin {
+            wait_tcp(&b, "127.0.0.1:1935").await.ok()?;
+        }
+        Some(monotonic_ns())
+    };
+    let (survived, restarted_ns) = tokio::join!(pushing, restarting);
     // Frames still in flight get a little time to land; late ones count as late anyway.
     let settle = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < settle
@@ -658,15 +679,18 @@ pub async fn run_one(
     }
     recorder.abort();
     drop(procs);
+    drop(server);
+    drop(nginx);
     // The aborted recorder drops its file, which flushes it.
     let _ = recorder.await;
     let arrivals = std::mem::take(&mut *arrivals.lock().expect("arrivals"));
-    let returns_ns: Vec<u64> = profile
+    let mut returns_ns: Vec<u64> = profile
         .link
         .blackouts
         .iter()
         .map(|&(at, len)| link.started_ns + (at + len).as_nanos() as u64)
         .collect();
+    returns_ns.extend(restarted_ns);
     let mut result = summarize(
         profile,
         label,
@@ -682,6 +706,23 @@ pub async fn run_one(
     result.decode_errors = decode_errors(&received_flv).await;
     tracing::info!("link {}: {}", profile.name, link.summary());
     Ok(result)
+}
+
+/// Our RTMP player in `ns`, connected to `addr` and playing `live/s`.
+async fn play_in(ns: &str, addr: &str) -> Result<RtmpClient, String> {
+    let target = addr.to_owned();
+    let std_tcp = in_netns(ns, move || {
+        let tcp = std::net::TcpStream::connect(&target)?;
+        tcp.set_nonblocking(true)?;
+        Ok(tcp)
+    })
+    .map_err(|e| format!("connect: {e}"))?;
+    let tcp = tokio::net::TcpStream::from_std(std_tcp).map_err(|e| e.to_string())?;
+    let mut player = RtmpClient::over(tcp, addr, "live")
+        .await
+        .map_err(|e| e.to_string())?;
+    player.play("s").await.map_err(|e| e.to_string())?;
+    Ok(player)
 }
 
 fn tempdir(parent: &Path, name: &str) -> Result<PathBuf, RunError> {
@@ -810,6 +851,7 @@ mod tests {
             description: String::new(),
             link: LinkSpec::symmetric(crate::netem::DirectionSpec::default()),
             window,
+            restart: None,
         }
     }
 

@@ -18,6 +18,27 @@ pub struct Profile {
     /// Frames due in the first and the last this long are left out of the figures (the
     /// blackout profiles, so the start and end of a clip do not dilute the event).
     pub window: Option<(Duration, Duration)>,
+    /// A process killed and started again during the run.
+    pub restart: Option<Restart>,
+}
+
+/// A process the bench kills (SIGKILL) and starts again at `at` into the run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Restart {
+    /// Which.
+    pub what: Restarted,
+    /// When, from the pusher's start.
+    pub at: Duration,
+}
+
+/// What a [`Restart`] restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Restarted {
+    /// The server end of the tunnel: `rtmpq gateway`, the QUIC pipe's server (nothing for TCP
+    /// and SRT, which have none).
+    Gateway,
+    /// nginx-rtmp.
+    Origin,
 }
 
 fn ms(v: u64) -> Duration {
@@ -73,6 +94,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         description,
         link,
         window: None,
+        restart: None,
     };
     let blackout = |name: &'static str, secs: u64| {
         Profile {
@@ -83,6 +105,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         ),
         link: dark(secs),
         window: blackout_window,
+        restart: None,
     }
     };
     vec![
@@ -136,6 +159,34 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         ),
         blackout("blackout", 3),
         blackout("blackout10", 10),
+        Profile {
+            restart: Some(Restart {
+                what: Restarted::Gateway,
+                at: duration / 2,
+            }),
+            ..profile(
+                "gateway-restart",
+                format!(
+                    "the gateway (or the QUIC pipe's server) killed and started again at {} s, 50 ms RTT, 10 Mbit/s",
+                    (duration / 2).as_secs()
+                ),
+                lossy(50, 0.0, 10.0),
+            )
+        },
+        Profile {
+            restart: Some(Restart {
+                what: Restarted::Origin,
+                at: duration / 2,
+            }),
+            ..profile(
+                "origin-restart",
+                format!(
+                    "nginx killed and started again at {} s (its players reconnect), 50 ms RTT, 10 Mbit/s",
+                    (duration / 2).as_secs()
+                ),
+                lossy(50, 0.0, 10.0),
+            )
+        },
         profile(
             "start-rtt20",
             "start-up: 20 ms RTT, no loss, 100 Mbit/s".into(),
