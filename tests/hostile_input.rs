@@ -508,7 +508,7 @@ async fn a_restarted_gateway_takes_the_live_publish_again() {
     gateway.crash().await;
     let mut restarted = GatewayProcess::start_in(dir, pin, &gateway_addr.to_string(), &[]).await;
     wait_for_log(
-        &["tunnel lost under a live publish", "reset by peer"],
+        &["tunnel lost under a live session", "reset by peer"],
         LIMIT,
     )
     .await;

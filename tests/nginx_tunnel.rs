@@ -305,3 +305,57 @@ async fn a_publish_nginx_refuses_fails_with_nginx_words_despite_fast_start() {
     );
     assert!(first.await.unwrap().status.success());
 }
+
+/// A player through the edge while the gateway is killed and started again: the edge sets
+/// its session up again (play replayed through the restarted gateway) and the player keeps
+/// receiving the stream, from nginx's next key frame on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_through_the_edge_survives_a_gateway_restart() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let origin = format!("rtmp://{}", nginx.rtmp);
+    let GatewayProcess {
+        process: mut gateway,
+        addr,
+        pin,
+        dir,
+        ..
+    } = GatewayProcess::start(&["--origin", &origin]).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let edge = start_edge(
+        rtmpq_edge::EdgeConfig {
+            pin: Some(pin.clone()),
+            ..edge_config(addr)
+        },
+        &shutdown,
+    )
+    .await;
+    let player = Player::start(&format!("rtmp://{edge}/live/watched"));
+    nginx.wait_for_players("watched", 1, LIMIT).await;
+    let direct = format!("rtmp://{}/live/watched", nginx.rtmp);
+    let pusher = tokio::spawn(async move { push(&clip, &direct).await });
+    nginx.wait_for_publisher("watched", true, LIMIT).await;
+    gateway.crash().await;
+    let _restarted =
+        GatewayProcess::start_in(dir, pin, &addr.to_string(), &["--origin", &origin]).await;
+    wait_for_log(&["session set up again through the gateway"], LIMIT).await;
+    assert!(pusher.await.unwrap().status.success());
+    let played = player
+        .finish(pushed.video.len(), Duration::from_secs(5))
+        .await;
+    eprintln!(
+        "player through the edge: {} of {} video packets across the gateway restart",
+        played.video.len(),
+        pushed.video.len()
+    );
+    let most = pushed.video.len() * 6 / 10;
+    assert!(
+        played.video.len() >= most,
+        "the player got {} of {} video packets",
+        played.video.len(),
+        pushed.video.len()
+    );
+    shutdown.cancel();
+}

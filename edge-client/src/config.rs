@@ -55,7 +55,7 @@ pub struct EdgeConfig {
     pub handshake_timeout_ms: u64,
     /// How long a new session waits for a gateway connection before it is refused, in ms.
     pub gateway_wait_ms: u64,
-    /// How long a live publish whose tunnel was lost (a gateway restart, a dead path) waits
+    /// How long a live session whose tunnel was lost (a gateway restart, a dead path) waits
     /// for a gateway to take it again, in ms; the pusher is held meanwhile and never notices.
     /// 0 ends the session at once.
     pub reconnect_limit_ms: u64,
@@ -181,7 +181,7 @@ pub struct EdgeSettings {
     pub handshake_timeout: Duration,
     /// How long a new session waits for the gateway.
     pub gateway_wait: Duration,
-    /// How long a live publish whose tunnel was lost waits to be set up again (zero: not).
+    /// How long a live session whose tunnel was lost waits to be set up again (zero: not).
     pub reconnect_limit: Duration,
     /// The shutdown grace period.
     pub shutdown_grace: Duration,

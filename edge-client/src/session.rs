@@ -13,7 +13,7 @@ use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::command;
 use rtmpq_proto::fast_start::FastStart;
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
-use rtmpq_proto::session::{Direction, Flow, SessionTracker};
+use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
@@ -122,9 +122,7 @@ async fn run(
                 )
                 .await;
                 let journal = tracker.lock().expect("tracker").journal.clone();
-                let replay = journal
-                    .replay()
-                    .filter(|_| journal.direction() == Some(Direction::Publish));
+                let replay = journal.replay().filter(|_| journal.direction().is_some());
                 let limit = settings.reconnect_limit;
                 let lost = end.ended_by == EndedBy::Tunnel && end.code == CloseCode::TunnelLost;
                 let (Some(replay), true, false) = (replay, lost, limit.is_zero()) else {
@@ -140,7 +138,7 @@ async fn run(
                 };
                 warn!(
                     reason = %end.reason,
-                    "tunnel lost under a live publish: setting the session up again through a gateway (for up to {limit:?})"
+                    "tunnel lost under a live session: setting the session up again through a gateway (for up to {limit:?})"
                 );
                 let (app, stream) = {
                     let t = tracker.lock().expect("tracker");

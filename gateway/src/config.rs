@@ -40,7 +40,7 @@ pub struct GatewayConfig {
     pub max_sessions: usize,
     /// How long to wait for the origin's TCP connect, in ms.
     pub origin_connect_timeout_ms: u64,
-    /// How long a live publish waits for an origin that closed or failed under it (a restart)
+    /// How long a live session waits for an origin that closed or failed under it (a restart)
     /// to take the session again, in ms; the pusher never notices. 0 ends the session at once.
     pub origin_retry_ms: u64,
     /// How long an RTMP handshake or HELLO may take, in ms.
@@ -104,7 +104,7 @@ pub struct GatewaySettings {
     pub max_sessions: usize,
     /// The origin's TCP connect limit.
     pub origin_connect_timeout: Duration,
-    /// How long a live publish waits for a lost origin to take it again (zero: not at all).
+    /// How long a live session waits for a lost origin to take it again (zero: not at all).
     pub origin_retry: Duration,
     /// The RTMP handshake and HELLO limit.
     pub handshake_timeout: Duration,

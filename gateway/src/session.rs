@@ -10,7 +10,7 @@ use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
 use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
-use rtmpq_proto::session::{Direction, Flow, SessionTracker};
+use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::wire::{CloseCode, Frame};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
@@ -203,9 +203,7 @@ async fn to_origin(
             );
         let journal = tracker.lock().expect("tracker").journal.clone();
         let limit = shared.settings.origin_retry;
-        let replay = journal
-            .replay()
-            .filter(|_| journal.direction() == Some(Direction::Publish));
+        let replay = journal.replay().filter(|_| journal.direction().is_some());
         let (Some(replay), true, false) = (replay, origin_lost, limit.is_zero()) else {
             finish_session(RtmpPeer::Origin, &end, tracker, &link.to_origin, send).await;
             link.close().await;
@@ -214,7 +212,7 @@ async fn to_origin(
         link.writer_task.abort();
         warn!(
             reason = %end.reason,
-            "origin lost under a live publish: setting the session up again (for up to {limit:?})"
+            "origin lost under a live session: setting the session up again (for up to {limit:?})"
         );
         match set_up_again(shared, &budget, tracker, replay, limit).await {
             Ok((new_link, filter)) => {

@@ -383,7 +383,8 @@ pub struct RtmpToTunnel<'a, S> {
     pub silence_period: Option<Duration>,
     /// How media waits.
     pub queue: QueuePolicy,
-    /// On a tunnel session that set the client's session up again: how its messages continue.
+    /// On a tunnel session or origin connection that set the session up again: how the
+    /// messages read here continue.
     pub resume: Option<ResumeFilter>,
 }
 
@@ -430,6 +431,8 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
         };
         let reading = read_into_queue(peer, rtmp, replies, tracker, silence_period, &policy, &cell);
         let sending = send_from_queue(peer, tunnel, tracker, &policy, resume, &cell);
+        // (`resume` moves what the RTMP peer sent: toward the origin at the edge, toward the
+        // client at the gateway.)
         tokio::pin!(reading, sending);
         let end = tokio::select! {
             end = &mut reading => end,
@@ -577,7 +580,10 @@ async fn send_from_queue<S: TunnelSend>(
         };
         cell.popped.notify_one();
         let msg = match (msg, &mut resume) {
-            (Some(msg), Some(resume)) => match resume.pass(msg) {
+            (Some(msg), Some(resume)) => match match peer {
+                RtmpPeer::Client => resume.toward_origin(msg),
+                RtmpPeer::Origin => resume.toward_client(msg),
+            } {
                 Some(msg) => Some(msg),
                 None => continue,
             },
@@ -602,8 +608,8 @@ async fn send_from_queue<S: TunnelSend>(
 pub struct TunnelToRtmp<'a, R> {
     /// Whom the messages go to.
     pub peer: RtmpPeer,
-    /// On an origin connection that set the session up again: how the client's messages
-    /// continue on it.
+    /// On a tunnel session or origin connection that set the session up again: how the
+    /// messages from the tunnel continue.
     pub resume: Option<ResumeFilter>,
     /// The tunnel stream's receiving half.
     pub tunnel: &'a mut R,
@@ -639,7 +645,10 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                         Err(e) => return violation(format!("through the tunnel: {e}")),
                     };
                     let msg = match &mut self.resume {
-                        Some(resume) => match resume.pass(msg) {
+                        Some(resume) => match match peer {
+                            RtmpPeer::Client => resume.toward_client(msg),
+                            RtmpPeer::Origin => resume.toward_origin(msg),
+                        } {
                             Some(msg) => msg,
                             None => continue,
                         },
@@ -695,12 +704,8 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     if let Some(period) = limits.silence_period {
         rtmp.set_silence_period(period);
     }
-    // The client's messages toward the origin: read from the RTMP peer at the edge, from the
-    // tunnel at the gateway.
-    let (resume_read, resume_tunnel) = match peer {
-        RtmpPeer::Client => (resume, None),
-        RtmpPeer::Origin => (None, resume),
-    };
+    // Each pump moves the messages it carries, in its own direction.
+    let (resume_read, resume_tunnel) = (resume.clone(), resume);
     let from_rtmp = RtmpToTunnel {
         peer,
         rtmp,

@@ -224,35 +224,51 @@ impl Replay {
     }
 }
 
-/// How the client's messages continue toward a new origin connection: moved from the
-/// client's stream id to the origin's, and video held back until a key frame (the frames
-/// before it reference pictures the new connection never carried).
+/// How a session's messages continue on a new origin connection: the client's moved from its
+/// stream id to the origin's, the origin's moved back, and video held back in each direction
+/// until a key frame (the frames before it reference pictures the new connection never
+/// carried).
 #[derive(Debug, Clone)]
 pub struct ResumeFilter {
-    from: u32,
-    to: u32,
-    waiting_for_key_frame: bool,
+    client: u32,
+    origin: u32,
+    origin_waits_for_key_frame: bool,
+    client_waits_for_key_frame: bool,
 }
 
 impl ResumeFilter {
-    /// Moves messages on stream `from` to stream `to`, video from the next key frame.
-    pub fn new(from: u32, to: u32) -> Self {
+    /// The client's stream `client` is the origin's stream `origin` now.
+    pub fn new(client: u32, origin: u32) -> Self {
         ResumeFilter {
-            from,
-            to,
-            waiting_for_key_frame: true,
+            client,
+            origin,
+            origin_waits_for_key_frame: true,
+            client_waits_for_key_frame: true,
         }
     }
 
-    /// `msg` as the new origin connection gets it, or `None` if it must not go.
-    pub fn pass(&mut self, mut msg: Message) -> Option<Message> {
+    /// `msg` from the client as the new origin connection gets it, or `None` if it must not
+    /// go.
+    pub fn toward_origin(&mut self, msg: Message) -> Option<Message> {
+        let (from, to) = (self.client, self.origin);
+        Self::pass(&mut self.origin_waits_for_key_frame, from, to, msg)
+    }
+
+    /// `msg` from the new origin connection as the client gets it, or `None` if it must not
+    /// go.
+    pub fn toward_client(&mut self, msg: Message) -> Option<Message> {
+        let (from, to) = (self.origin, self.client);
+        Self::pass(&mut self.client_waits_for_key_frame, from, to, msg)
+    }
+
+    fn pass(waiting: &mut bool, from: u32, to: u32, mut msg: Message) -> Option<Message> {
         match msg.media_kind() {
-            MediaKind::VideoKeyframe => self.waiting_for_key_frame = false,
-            MediaKind::VideoFrame if self.waiting_for_key_frame => return None,
+            MediaKind::VideoKeyframe => *waiting = false,
+            MediaKind::VideoFrame if *waiting => return None,
             _ => {}
         }
-        if msg.stream_id == self.from {
-            msg.stream_id = self.to;
+        if msg.stream_id == from {
+            msg.stream_id = to;
         }
         Some(msg)
     }
@@ -426,17 +442,23 @@ mod tests {
     #[test]
     fn media_resumes_at_a_key_frame_on_the_new_stream_id() {
         let mut f = ResumeFilter::new(1, 7);
-        assert_eq!(f.pass(Message::new(9, 1, 80, vec![0x27, 1, 0, 0, 0])), None);
-        let audio = f.pass(Message::new(8, 1, 80, vec![0xaf, 1, 1])).unwrap();
-        assert_eq!(audio.stream_id, 7, "audio goes on at once");
-        let key = f
-            .pass(Message::new(9, 1, 100, vec![0x17, 1, 0, 0, 0]))
+        let inter = |ts, stream| Message::new(9, stream, ts, vec![0x27, 1, 0, 0, 0]);
+        let key = |ts, stream| Message::new(9, stream, ts, vec![0x17, 1, 0, 0, 0]);
+        assert_eq!(f.toward_origin(inter(80, 1)), None);
+        let audio = f
+            .toward_origin(Message::new(8, 1, 80, vec![0xaf, 1, 1]))
             .unwrap();
-        assert_eq!((key.stream_id, key.timestamp), (7, 100), "timestamps kept");
-        assert!(f
-            .pass(Message::new(9, 1, 133, vec![0x27, 1, 0, 0, 0]))
-            .is_some());
-        let control = f.pass(Message::new(20, 0, 0, vec![2, 0, 1, b'x'])).unwrap();
+        assert_eq!(audio.stream_id, 7, "audio goes on at once");
+        let k = f.toward_origin(key(100, 1)).unwrap();
+        assert_eq!((k.stream_id, k.timestamp), (7, 100), "timestamps kept");
+        assert!(f.toward_origin(inter(133, 1)).is_some());
+        let control = f
+            .toward_origin(Message::new(20, 0, 0, vec![2, 0, 1, b'x']))
+            .unwrap();
         assert_eq!(control.stream_id, 0, "stream 0 stays");
+        // A player's media from the new origin connection: back on the client's stream id,
+        // video from its own next key frame.
+        assert_eq!(f.toward_client(inter(90, 7)), None);
+        assert_eq!(f.toward_client(key(100, 7)).unwrap().stream_id, 1);
     }
 }

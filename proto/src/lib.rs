@@ -69,10 +69,10 @@
 //! [`journal::ResumeFilter`]: moved to the origin's stream id, video from the next key frame,
 //! timestamps as the client sends them.
 //!
-//! - *Origin lost* (gateway): the origin closed or failed under a live publish: the gateway
+//! - *Origin lost* (gateway): the origin closed or failed under a live session: the gateway
 //!   connects again with backoff (100 ms doubling to 2 s) for up to `origin_retry_ms` and
 //!   replays to the origin; the tunnel session is untouched.
-//! - *Tunnel lost* (edge): the connection or stream under a live publish broke (a gateway
+//! - *Tunnel lost* (edge): the connection or stream under a live session broke (a gateway
 //!   restart, which the gateway's persistent stateless-reset key makes a stateless reset at
 //!   the edge's next packet; a gateway that stopped acknowledging for 3 s when several are
 //!   configured; the idle timeout): the edge stops reading the pusher, opens a new session
