@@ -71,10 +71,16 @@ async fn unknown_tunnel_frame_kind(stack: &Stack, tls: rustls::ClientConfig) {
 }
 
 /// A client of `edge` must be refused with an RTMP error whose description contains `words`.
+/// The edge answers `connect` itself (fast start), so a refusal from beyond it may come as
+/// the answer to `publish` instead.
 async fn expect_refused(edge: SocketAddr, words: &str) -> String {
-    let err = RtmpClient::connect(&edge.to_string(), "live")
-        .await
-        .expect_err("the session must fail");
+    let err = match RtmpClient::connect(&edge.to_string(), "live").await {
+        Ok(mut client) => client
+            .publish("refused")
+            .await
+            .expect_err("the session must fail"),
+        Err(e) => e,
+    };
     match err {
         ClientError::Refused { description, .. } => {
             assert!(description.contains(words), "{description}");

@@ -14,7 +14,7 @@ use rtmpq_proto::command;
 use rtmpq_proto::fast_start::FastStart;
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
 use rtmpq_proto::session::{Flow, SessionTracker};
-use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
+use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
@@ -152,7 +152,24 @@ async fn run(
                     app,
                     stream,
                 };
-                match set_up_again(shared, &budget, replay, limit, &end.reason, &held).await {
+                // The same session on a new stream, if the gateway still holds it.
+                let token = tracker.lock().expect("tracker").resume_token.take();
+                if let Some(token) = token {
+                    match resume(shared, &budget, session_id, token, tracker).await {
+                        Ok(mut again) => {
+                            info!("session resumed on the gateway that held it; media resumes at the next key frame");
+                            again.queue.pause_reading_above = tunnel.queue.pause_reading_above;
+                            tunnel = again;
+                            continue;
+                        }
+                        Err(why) => {
+                            info!(reason = %why, "not resumed; setting the session up again")
+                        }
+                    }
+                }
+                match set_up_again(shared, &budget, replay, limit, &end.reason, &held, tracker)
+                    .await
+                {
                     Ok(mut again) => {
                         shared.telemetry.session_set_up_again();
                         info!("session set up again through the gateway; media resumes at the next key frame");
@@ -239,6 +256,7 @@ async fn set_up_again(
     limit: Duration,
     lost: &str,
     held: &Held,
+    tracker: &Mutex<SessionTracker>,
 ) -> Result<Tunnel, SessionEnd> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut wait = RETRY_FIRST;
@@ -256,18 +274,12 @@ async fn set_up_again(
                 .map_err(|e| e.to_string())?;
             let mut frames = FrameReader::new(recv);
             frames.set_budget(budget.clone());
-            let filter = replay_through(&mut send, &mut frames, replay.clone()).await?;
+            let filter = replay_through(&mut send, &mut frames, replay.clone(), tracker).await?;
             info!(new_session = %session_id, "the gateway took the session");
             Ok::<_, String>(Tunnel {
                 send,
                 frames,
-                queue: QueuePolicy {
-                    budget: shared.settings.latency_budget,
-                    max_bytes: shared.settings.max_queue_bytes,
-                    pause_reading_above: None,
-                    path: Some(path),
-                    charge: Some(budget.clone()),
-                },
+                queue: queue_policy(shared, budget, path),
                 resume: Some(filter),
             })
         };
@@ -297,6 +309,7 @@ async fn replay_through(
     send: &mut quinn::SendStream,
     frames: &mut FrameReader,
     mut replay: Replay,
+    tracker: &Mutex<SessionTracker>,
 ) -> Result<ResumeFilter, String> {
     let mut out = replay.begin();
     loop {
@@ -307,6 +320,10 @@ async fn replay_through(
         }
         let msg = match frames.next().await {
             Ok(Some(Frame::Msg(msg))) => msg,
+            Ok(Some(Frame::ResumeToken(token))) => {
+                tracker.lock().expect("tracker").resume_token = Some(token);
+                continue;
+            }
             Ok(Some(Frame::SessionClose { code, reason })) => {
                 return Err(format!("gateway closed the session: {reason} ({code})"))
             }
@@ -330,6 +347,74 @@ async fn replay_through(
             }
         }
     }
+}
+
+/// How a session's media waits at the edge, on the connection of `path`.
+fn queue_policy(
+    shared: &Shared,
+    budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+    path: Arc<PathWatch>,
+) -> QueuePolicy {
+    QueuePolicy {
+        budget: shared.settings.latency_budget,
+        max_bytes: shared.settings.max_queue_bytes,
+        pause_reading_above: None,
+        path: Some(path),
+        charge: Some(budget.clone()),
+    }
+}
+
+/// How long the gateway has to answer a SESSION_RESUME.
+const RESUME_LIMIT: Duration = Duration::from_secs(3);
+
+/// Takes session `session_id` over on a new stream with `token`, if the gateway the connector
+/// reaches still holds it; the gateway answers with a new token.
+async fn resume(
+    shared: &Shared,
+    budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+    session_id: SessionId,
+    token: ResumeToken,
+    tracker: &Mutex<SessionTracker>,
+) -> Result<Tunnel, String> {
+    let attempt = async {
+        let link = shared
+            .connector
+            .connection(shared.settings.gateway_wait)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
+        let latency_budget_ms = shared
+            .settings
+            .latency_budget
+            .map_or(0, |b| b.as_millis().min(u128::from(u32::MAX)) as u32);
+        let frame = Frame::SessionResume {
+            session_id,
+            latency_budget_ms,
+            token,
+        };
+        write_frame(&mut send, &frame)
+            .await
+            .map_err(|e| StreamLost::from(e).to_string())?;
+        let mut frames = FrameReader::new(recv);
+        frames.set_budget(budget.clone());
+        match frames.next().await {
+            Ok(Some(Frame::ResumeToken(next))) => {
+                tracker.lock().expect("tracker").resume_token = Some(next);
+                Ok(Tunnel {
+                    send,
+                    frames,
+                    queue: queue_policy(shared, budget, link.path),
+                    resume: Some(ResumeFilter::same_stream()),
+                })
+            }
+            Ok(Some(Frame::SessionClose { code, reason })) => Err(format!("{reason} ({code})")),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    tokio::time::timeout(RESUME_LIMIT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {RESUME_LIMIT:?}")))
 }
 
 async fn open_tunnel(

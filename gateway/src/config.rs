@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub max_sessions: usize,
     /// How long to wait for the origin's TCP connect, in ms.
     pub origin_connect_timeout_ms: u64,
+    /// How long the gateway holds a live session whose tunnel was lost (the origin side kept)
+    /// for its edge to resume it, in ms; 0: sessions are not resumable.
+    pub resume_grace_ms: u64,
     /// How long a live session waits for an origin that closed or failed under it (a restart)
     /// to take the session again, in ms; the pusher never notices. 0 ends the session at once.
     pub origin_retry_ms: u64,
@@ -69,6 +72,7 @@ impl Default for GatewayConfig {
             max_sessions: 1000,
             origin_connect_timeout_ms: 5000,
             origin_retry_ms: 30_000,
+            resume_grace_ms: 10_000,
             handshake_timeout_ms: 10_000,
             embedded_origin_listen: "127.0.0.1:0".parse().expect("valid"),
             shutdown_grace_ms: 10_000,
@@ -104,6 +108,8 @@ pub struct GatewaySettings {
     pub max_sessions: usize,
     /// The origin's TCP connect limit.
     pub origin_connect_timeout: Duration,
+    /// How long a session whose tunnel was lost is held for its edge to resume (zero: never).
+    pub resume_grace: Duration,
     /// How long a live session waits for a lost origin to take it again (zero: not at all).
     pub origin_retry: Duration,
     /// The RTMP handshake and HELLO limit.
@@ -152,6 +158,7 @@ impl GatewayConfig {
                 "origin_connect_timeout_ms",
             )?,
             origin_retry: Duration::from_millis(self.origin_retry_ms),
+            resume_grace: Duration::from_millis(self.resume_grace_ms),
             handshake_timeout: millis(self.handshake_timeout_ms, "handshake_timeout_ms")?,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             session_limits: SessionLimits {

@@ -40,6 +40,8 @@ struct Shared {
     drain: Drain,
     /// The bound on bytes buffered by all sessions.
     budget: MemoryBudget,
+    /// Live sessions an edge may take over on a new stream (SESSION_RESUME).
+    resumable: session::Resumable,
 }
 
 /// A bound gateway, ready to [`run`](Gateway::run).
@@ -124,6 +126,7 @@ impl Gateway {
             telemetry,
             drain: Drain::default(),
             budget,
+            resumable: session::Resumable::default(),
         });
         Ok(Gateway {
             endpoint,
@@ -262,7 +265,7 @@ async fn serve_connection(
             return;
         }
     };
-    let (edge_id, refusal) = match hello {
+    let (edge_id, hello_token, refusal) = match hello {
         Some(Frame::Hello {
             version,
             edge_id,
@@ -282,9 +285,10 @@ async fn serve_connection(
             } else {
                 None
             };
-            (edge_id, refusal)
+            (edge_id, token, refusal)
         }
         other => (
+            String::new(),
             String::new(),
             Some((
                 CloseCode::ProtocolViolation,
@@ -340,10 +344,11 @@ async fn serve_connection(
         let shared = shared.clone();
         // The edge's name and the address its connection comes from.
         let peer = format!("{edge_id}@{}", conn.remote_address());
+        let edge = session::EdgeIdentity::of(&conn, &edge_id, &hello_token);
         let path = path.clone();
         sessions.spawn(
             async move {
-                session::serve(send, recv, &shared, peer, path).await;
+                session::serve(send, recv, &shared, peer, edge, path).await;
                 drop(permit);
             }
             .in_current_span(),

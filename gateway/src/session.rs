@@ -1,8 +1,14 @@
 //! One RTMP session at the gateway: SESSION_OPEN, a TCP connection and client handshake to the
 //! origin, then the two pumps until either side ends.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use rand::RngCore;
+use rtmpq_hop::transport::quic_code;
+use rtmpq_hop::tunnel::write_frame;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
@@ -11,7 +17,7 @@ use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
 use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
 use rtmpq_proto::session::{Flow, SessionTracker};
-use rtmpq_proto::wire::{CloseCode, Frame};
+use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_LEN};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
@@ -27,6 +33,7 @@ pub(crate) async fn serve(
     recv: quinn::RecvStream,
     shared: &Shared,
     peer: String,
+    edge: EdgeIdentity,
     path: Arc<PathWatch>,
 ) {
     let budget = shared.budget.session();
@@ -38,6 +45,23 @@ pub(crate) async fn serve(
             session_id,
             latency_budget_ms,
         }))) => (session_id, latency_budget_ms),
+        Ok(Ok(Some(Frame::SessionResume {
+            session_id, token, ..
+        }))) => {
+            let tunnel = Tunnel { send, frames, path };
+            match shared
+                .resumable
+                .hand_over(session_id, &token, &edge, tunnel)
+            {
+                Ok(()) => info!(session = %session_id, "session resumed on a new stream"),
+                Err(refused) => {
+                    let (mut tunnel, why) = *refused;
+                    warn!(session = %session_id, code = %CloseCode::ResumeRefused, reason = %why, "resume refused");
+                    close_stream(&mut tunnel.send, CloseCode::ResumeRefused, &why).await;
+                }
+            }
+            return;
+        }
         other => {
             let reason = match other {
                 Err(_) => "no SESSION_OPEN in time".to_owned(),
@@ -60,11 +84,11 @@ pub(crate) async fn serve(
         let queue = QueuePolicy {
             budget: (latency_budget_ms > 0)
                 .then(|| Duration::from_millis(u64::from(latency_budget_ms))),
-            path: Some(path),
             charge: Some(budget.clone()),
             ..QueuePolicy::default()
         };
-        let end = to_origin(&mut send, &mut frames, shared, &tracker, budget, queue).await;
+        let tunnel = Tunnel { send, frames, path };
+        let end = to_origin(tunnel, shared, &tracker, budget, queue, session_id, &edge).await;
         shared
             .telemetry
             .session_ended(session_id, end.code, &end.reason);
@@ -165,37 +189,232 @@ impl OriginLink {
     }
 }
 
+/// A session's tunnel stream (it changes when the edge resumes the session on a new one).
+pub(crate) struct Tunnel {
+    send: quinn::SendStream,
+    frames: FrameReader,
+    path: Arc<PathWatch>,
+}
+
+/// Who may resume a session: the edge's name, its client certificate's fingerprint and a
+/// digest of its HELLO token (the token itself is not kept).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct EdgeIdentity(String);
+
+impl std::fmt::Debug for EdgeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EdgeIdentity(****)")
+    }
+}
+
+impl EdgeIdentity {
+    /// The identity of the edge on `conn` that said HELLO with `edge_id` and `token`.
+    pub(crate) fn of(conn: &quinn::Connection, edge_id: &str, token: &str) -> Self {
+        let digest = |bytes: &[u8]| {
+            let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+            d.as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let cert = conn
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .and_then(|certs| certs.first().map(|c| digest(c.as_ref())))
+            .unwrap_or_default();
+        EdgeIdentity(format!("{edge_id}|{cert}|{}", digest(token.as_bytes())))
+    }
+}
+
+/// Live sessions an edge may take over on a new stream: each holds a single-use token (sent
+/// to its edge in RESUME_TOKEN) and waits for a stream handed over by SESSION_RESUME.
+#[derive(Default)]
+pub(crate) struct Resumable(Mutex<HashMap<SessionId, Holder>>);
+
+impl std::fmt::Debug for Resumable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().expect("resumable").len();
+        f.debug_tuple("Resumable").field(&n).finish()
+    }
+}
+
+struct Holder {
+    token: ResumeToken,
+    edge: EdgeIdentity,
+    handoff: oneshot::Sender<Tunnel>,
+}
+
+impl Resumable {
+    /// Offers session `id` for resumption by `edge` with a new token (any earlier one no
+    /// longer works); the receiver gets the stream of a successful SESSION_RESUME.
+    fn offer(
+        &self,
+        id: SessionId,
+        edge: &EdgeIdentity,
+    ) -> (ResumeToken, oneshot::Receiver<Tunnel>) {
+        let mut token = [0u8; RESUME_TOKEN_LEN];
+        rand::rng().fill_bytes(&mut token);
+        let token = ResumeToken(token);
+        let (handoff, rx) = oneshot::channel();
+        let holder = Holder {
+            token,
+            edge: edge.clone(),
+            handoff,
+        };
+        self.0.lock().expect("resumable").insert(id, holder);
+        (token, rx)
+    }
+
+    /// Session `id` can no longer be resumed.
+    fn withdraw(&self, id: SessionId) {
+        self.0.lock().expect("resumable").remove(&id);
+    }
+
+    /// Hands `tunnel` to session `id` if `token` is its current token and `edge` the edge it
+    /// belongs to; the token is then spent. Else gives the stream back, with why.
+    fn hand_over(
+        &self,
+        id: SessionId,
+        token: &ResumeToken,
+        edge: &EdgeIdentity,
+        tunnel: Tunnel,
+    ) -> Result<(), Box<(Tunnel, String)>> {
+        let mut held = self.0.lock().expect("resumable");
+        let refusal = match held.get(&id) {
+            None => Some("no such session is held here"),
+            Some(h) if !h.token.matches(token) => {
+                Some("the token does not match (forged, or used already)")
+            }
+            Some(h) if h.edge != *edge => Some("the session belongs to another edge"),
+            Some(_) => None,
+        };
+        if let Some(why) = refusal {
+            return Err(Box::new((tunnel, why.to_owned())));
+        }
+        let holder = held.remove(&id).expect("checked above");
+        holder
+            .handoff
+            .send(tunnel)
+            .map_err(|t| Box::new((t, "the session ended meanwhile".to_owned())))
+    }
+}
+
+/// The stream a SESSION_RESUME handed over, or never.
+async fn handed_over(rx: &mut Option<oneshot::Receiver<Tunnel>>) -> Tunnel {
+    match rx {
+        Some(rx) => match rx.await {
+            Ok(tunnel) => tunnel,
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the origin while its session is held: answers what the hop must answer, drops the
+/// rest; returns when the origin connection ends.
+async fn keep_origin_alive(link: &mut OriginLink) {
+    loop {
+        match link.reader.next().await {
+            Ok(Some(Inbound::Reply(reply))) => {
+                if link.to_origin.send(reply).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// How a turn of the session loop ended.
+enum Turn {
+    Ended(SessionEnd),
+    Resumed(Tunnel),
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn to_origin(
-    send: &mut quinn::SendStream,
-    frames: &mut FrameReader,
+    mut tunnel: Tunnel,
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
     budget: Arc<SessionBudget>,
-    queue: QueuePolicy,
+    mut queue: QueuePolicy,
+    session_id: SessionId,
+    edge: &EdgeIdentity,
 ) -> SessionEnd {
     let mut link = match connect_origin(shared).await {
         Ok(conn) => OriginLink::new(conn, &budget, tracker),
         Err(e) => {
             let end = e.end();
-            close_stream(send, end.code, &end.reason).await;
+            close_stream(&mut tunnel.send, end.code, &end.reason).await;
             return end;
         }
     };
+    let grace = shared.settings.resume_grace;
     let mut resume = None;
     loop {
-        let end = run_session(
-            RtmpPeer::Origin,
-            &mut link.reader,
-            &link.to_origin,
-            frames,
-            send,
-            tracker,
-            &shared.settings.session_limits,
-            queue.clone(),
-            resume.take(),
-            shared.drain.end_sessions(),
-        )
-        .await;
+        // A new single-use token for each stream the session runs on.
+        let mut handoff = None;
+        if !grace.is_zero() {
+            let (token, rx) = shared.resumable.offer(session_id, edge);
+            if write_frame(&mut tunnel.send, &Frame::ResumeToken(token))
+                .await
+                .is_ok()
+            {
+                handoff = Some(rx);
+            }
+        }
+        queue.path = Some(tunnel.path.clone());
+        let turn = tokio::select! {
+            end = run_session(
+                RtmpPeer::Origin,
+                &mut link.reader,
+                &link.to_origin,
+                &mut tunnel.frames,
+                &mut tunnel.send,
+                tracker,
+                &shared.settings.session_limits,
+                queue.clone(),
+                resume.take(),
+                shared.drain.end_sessions(),
+            ) => Turn::Ended(end),
+            // The edge took the session over on a new stream (it lost the old one first).
+            new = handed_over(&mut handoff) => Turn::Resumed(new),
+        };
+        let end = match turn {
+            Turn::Resumed(new) => {
+                tunnel.send.reset(quic_code(CloseCode::TunnelLost)).ok();
+                tunnel = new;
+                resume = Some(ResumeFilter::same_stream());
+                continue;
+            }
+            Turn::Ended(end) => end,
+        };
+        let set_up = tracker
+            .lock()
+            .expect("tracker")
+            .journal
+            .direction()
+            .is_some();
+        let tunnel_lost = end.ended_by == EndedBy::Tunnel && end.code == CloseCode::TunnelLost;
+        if tunnel_lost && set_up && handoff.is_some() {
+            warn!(reason = %end.reason, "tunnel lost under a live session: holding it for {grace:?} for its edge to resume it");
+            let held = tokio::select! {
+                new = handed_over(&mut handoff) => Some(new),
+                _ = tokio::time::sleep(grace) => None,
+                _ = keep_origin_alive(&mut link) => None,
+            };
+            if let Some(new) = held {
+                tunnel = new;
+                resume = Some(ResumeFilter::same_stream());
+                continue;
+            }
+            info!("not resumed within {grace:?}: the session ends");
+        }
+        shared.resumable.withdraw(session_id);
         let origin_lost = end.ended_by == EndedBy::Rtmp
             && matches!(
                 end.code,
@@ -205,7 +424,14 @@ async fn to_origin(
         let limit = shared.settings.origin_retry;
         let replay = journal.replay().filter(|_| journal.direction().is_some());
         let (Some(replay), true, false) = (replay, origin_lost, limit.is_zero()) else {
-            finish_session(RtmpPeer::Origin, &end, tracker, &link.to_origin, send).await;
+            finish_session(
+                RtmpPeer::Origin,
+                &end,
+                tracker,
+                &link.to_origin,
+                &mut tunnel.send,
+            )
+            .await;
             link.close().await;
             return end;
         };
@@ -222,7 +448,7 @@ async fn to_origin(
                 resume = Some(filter);
             }
             Err(end) => {
-                close_stream(send, end.code, &end.reason).await;
+                close_stream(&mut tunnel.send, end.code, &end.reason).await;
                 return end;
             }
         }

@@ -667,6 +667,9 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                 Ok(Some(Frame::SessionClose { code, reason })) => {
                     return SessionEnd::new(code, reason, EndedBy::RemoteClose)
                 }
+                Ok(Some(Frame::ResumeToken(token))) if peer == RtmpPeer::Client => {
+                    self.tracker.lock().expect("tracker").resume_token = Some(token);
+                }
                 Ok(Some(other)) => {
                     return violation(format!("unexpected {other:?} on a session stream"))
                 }

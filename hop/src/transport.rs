@@ -17,12 +17,12 @@ pub fn quic_code(code: CloseCode) -> quinn::VarInt {
     quinn::VarInt::from_u64(code.to_code()).unwrap_or(quinn::VarInt::MAX)
 }
 
-/// The ALPN protocol id of the tunnel, wire version 2.
-pub const ALPN: &[u8] = b"rtmpq/2";
+/// The ALPN protocol id of the tunnel, wire version 3.
+pub const ALPN: &[u8] = b"rtmpq/3";
 
 /// Every ALPN offered and accepted, newest first: a peer of another wire version completes the
 /// TLS handshake and is refused by name in HELLO instead of by a silent TLS failure.
-pub const ALPNS: [&[u8]; 2] = [ALPN, b"rtmpq/1"];
+pub const ALPNS: [&[u8]; 3] = [ALPN, b"rtmpq/2", b"rtmpq/1"];
 
 /// How long a silent connection lives before it is declared dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);

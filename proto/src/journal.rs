@@ -247,6 +247,13 @@ impl ResumeFilter {
         }
     }
 
+    /// For a session resumed on a new tunnel stream over the same origin connection: stream
+    /// ids stay, video in each direction from its next key frame (what was lost between
+    /// referenced what came before).
+    pub fn same_stream() -> Self {
+        ResumeFilter::new(u32::MAX, u32::MAX)
+    }
+
     /// `msg` from the client as the new origin connection gets it, or `None` if it must not
     /// go.
     pub fn toward_origin(&mut self, msg: Message) -> Option<Message> {

@@ -7,7 +7,7 @@
 //! Parsing never does I/O: [`chunk::ChunkDecoder`] and [`wire::FrameDecoder`] take bytes and
 //! return "need more" as `Ok(None)`; policies take the time as an argument.
 //!
-//! # Tunnel wire format, version 2 (ALPN `rtmpq/2`)
+//! # Tunnel wire format, version 3 (ALPN `rtmpq/3`)
 //!
 //! One QUIC connection (TLS 1.3) carries many RTMP sessions. Every frame on every stream is
 //!
@@ -24,6 +24,8 @@
 //! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64 latency_budget_ms:varint` (0: none) |
 //! | 0x11 | MSG           | both        | `type:u8 stream_id:varint timestamp:u32 payload:bytes-to-end` |
 //! | 0x12 | SESSION_CLOSE | both        | `code:varint reason:utf8-to-end` (first 512 bytes kept) |
+//! | 0x13 | SESSION_RESUME | edge → gw  | `session_id:u64 latency_budget_ms:varint token:32 bytes` |
+//! | 0x14 | RESUME_TOKEN  | gw → edge   | `token:32 bytes` |
 //!
 //! Integers are big-endian. A frame longer than [`wire::MAX_FRAME_LEN`] or of an unknown kind
 //! ends the stream it arrived on with [`wire::CloseCode::ProtocolViolation`].
@@ -46,7 +48,23 @@
 //! 3 unauthorized, 4 origin_unreachable, 5 origin_closed, 6 origin_protocol_error,
 //! 7 client_protocol_error, 8 timeout, 9 overloaded, 10 shutdown, 11 internal,
 //! 12 gateway_unreachable (edge-local: no connection to the gateway), 13 tunnel_lost (the QUIC
-//! connection or stream under a live session broke; never sent, each side notes it itself).
+//! connection or stream under a live session broke; never sent, each side notes it itself),
+//! 14 resume_refused.
+//!
+//! **Resuming a session.** Once a session's origin side is up, the gateway sends RESUME_TOKEN
+//! on its stream: 32 random bytes, single use, bound to the edge that opened the session (its
+//! HELLO `edge_id`, its client certificate if any, a digest of its HELLO token). If the
+//! session's stream or connection is lost while both hops live, the gateway keeps the origin
+//! side for `resume_grace_ms` (10 s; it keeps answering the origin meanwhile) and the edge
+//! opens a new session stream whose first frame is SESSION_RESUME with the session's id and
+//! the last token, on whatever connection it has (a new one after a path died). The gateway
+//! compares the token in constant time and the edge's identity; on a match the session goes on
+//! over the new stream (a live stream the session still had is dropped: the edge lost it
+//! first), the token is spent, and a new RESUME_TOKEN follows. Otherwise the stream gets
+//! SESSION_CLOSE `resume_refused` with why ("no such session is held here", "the token does
+//! not match (forged, or used already)", "the session belongs to another edge"), and the edge
+//! sets the session up again from its journal (below). Media continues from the next key
+//! frame; the origin sees a gap, not a new publisher.
 //!
 //! **Latency budget.** Each hop keeps the media it has read from its RTMP peer in a
 //! [`media_queue::MediaQueue`] and hands QUIC only about a congestion window of it, so the
@@ -72,7 +90,8 @@
 //! - *Origin lost* (gateway): the origin closed or failed under a live session: the gateway
 //!   connects again with backoff (100 ms doubling to 2 s) for up to `origin_retry_ms` and
 //!   replays to the origin; the tunnel session is untouched.
-//! - *Tunnel lost* (edge): the connection or stream under a live session broke (a gateway
+//! - *Tunnel lost* (edge), when no gateway resumes the session: the connection or stream
+//!   under a live session broke (a gateway
 //!   restart, which the gateway's persistent stateless-reset key makes a stateless reset at
 //!   the edge's next packet; a gateway that stopped acknowledging for 3 s when several are
 //!   configured; the idle timeout): the edge stops reading the pusher, opens a new session
@@ -87,7 +106,8 @@
 //! mismatch in ALPN alone would fail the TLS handshake with no words). New frame kinds or
 //! fields need a new version; new close codes may appear at any time and read as `unknown(n)`.
 //!
-//! Version 1 differed only in SESSION_OPEN, which carried the session id alone.
+//! Version 2 had no SESSION_RESUME or RESUME_TOKEN. Version 1 also differed in SESSION_OPEN,
+//! which carried the session id alone.
 
 pub mod amf0;
 pub mod budget;

@@ -12,6 +12,7 @@ use crate::fast_start::FastStart;
 use crate::journal::SessionJournal;
 use crate::media_queue::Dropped;
 use crate::message::{MediaKind, Message};
+use crate::wire::ResumeToken;
 
 /// Whether the client publishes or plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +173,8 @@ pub struct SessionTracker {
     pub journal: SessionJournal,
     /// At the edge: the client's set-up is answered here ([`FastStart`]).
     pub fast_start: Option<FastStart>,
+    /// At the edge: the token the gateway gave last to resume this session on a new stream.
+    pub resume_token: Option<ResumeToken>,
     /// Messages waiting at this hop, per flow.
     waiting: [Arc<WaitTimes>; 2],
     connect_transaction: Option<f64>,
@@ -192,6 +195,7 @@ impl Default for SessionTracker {
             queue: QueueState::default(),
             journal: SessionJournal::default(),
             fast_start: None,
+            resume_token: None,
             waiting: Default::default(),
             connect_transaction: None,
             connected: false,

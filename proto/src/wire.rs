@@ -1,4 +1,4 @@
-//! The tunnel wire format (ALPN `rtmpq/2`): frames, varints, session ids and close codes.
+//! The tunnel wire format (ALPN `rtmpq/3`): frames, varints, session ids and close codes.
 //! See the crate docs for the layout.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -6,7 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::message::Message;
 
 /// The wire format version carried in HELLO and WELCOME.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// Largest frame body accepted: one maximal RTMP message plus its MSG header.
 pub const MAX_FRAME_LEN: u64 = (16 << 20) + 64;
 
@@ -22,6 +22,36 @@ pub mod frame_kind {
     pub const MSG: u8 = 0x11;
     /// SESSION_CLOSE: the session ends, with a code and a reason; both ways.
     pub const SESSION_CLOSE: u8 = 0x12;
+    /// SESSION_RESUME: edge to gateway, first frame on a stream that takes over a session the
+    /// gateway still holds.
+    pub const SESSION_RESUME: u8 = 0x13;
+    /// RESUME_TOKEN: gateway to edge on a session stream, the single-use token that resumes it.
+    pub const RESUME_TOKEN: u8 = 0x14;
+}
+
+/// Bytes of a resume token.
+pub const RESUME_TOKEN_LEN: usize = 32;
+
+/// A single-use secret that lets the edge that holds it resume a session on the gateway that
+/// issued it. Never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ResumeToken(pub [u8; RESUME_TOKEN_LEN]);
+
+impl std::fmt::Debug for ResumeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeToken(****)")
+    }
+}
+
+impl ResumeToken {
+    /// Whether `other` is the same token, in time that does not depend on where they differ.
+    pub fn matches(&self, other: &ResumeToken) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
 }
 
 /// An RTMP session's id, chosen by the edge, unique per edge.
@@ -67,6 +97,9 @@ pub enum CloseCode {
     /// The QUIC connection or stream carrying the session broke (the far hop vanished, the
     /// path died, the stream was reset).
     TunnelLost,
+    /// A SESSION_RESUME the gateway refuses: no such session held, a token that does not
+    /// match (forged, or used already), or another edge's session.
+    ResumeRefused,
     /// A code this version does not know.
     Unknown(u64),
 }
@@ -89,6 +122,7 @@ impl CloseCode {
             CloseCode::Internal => 11,
             CloseCode::GatewayUnreachable => 12,
             CloseCode::TunnelLost => 13,
+            CloseCode::ResumeRefused => 14,
             CloseCode::Unknown(c) => c,
         }
     }
@@ -110,6 +144,7 @@ impl CloseCode {
             11 => CloseCode::Internal,
             12 => CloseCode::GatewayUnreachable,
             13 => CloseCode::TunnelLost,
+            14 => CloseCode::ResumeRefused,
             c => CloseCode::Unknown(c),
         }
     }
@@ -131,6 +166,7 @@ impl CloseCode {
             CloseCode::Internal => "internal",
             CloseCode::GatewayUnreachable => "gateway_unreachable",
             CloseCode::TunnelLost => "tunnel_lost",
+            CloseCode::ResumeRefused => "resume_refused",
             CloseCode::Unknown(_) => "unknown",
         }
     }
@@ -169,6 +205,19 @@ pub enum Frame {
         /// ms; 0: none.
         latency_budget_ms: u32,
     },
+    /// Takes over a session the gateway holds (its tunnel stream was lost), instead of
+    /// SESSION_OPEN.
+    SessionResume {
+        /// The session's id.
+        session_id: SessionId,
+        /// As in SESSION_OPEN.
+        latency_budget_ms: u32,
+        /// The last token the gateway gave for it.
+        token: ResumeToken,
+    },
+    /// The token that resumes this session once (the gateway sends a new one after each
+    /// resume).
+    ResumeToken(ResumeToken),
     /// One end-to-end RTMP message.
     Msg(Message),
     /// Ends the session.
@@ -207,6 +256,17 @@ impl std::fmt::Debug for Frame {
                 .field("session_id", session_id)
                 .field("latency_budget_ms", latency_budget_ms)
                 .finish(),
+            Frame::SessionResume {
+                session_id,
+                latency_budget_ms,
+                ..
+            } => f
+                .debug_struct("SessionResume")
+                .field("session_id", session_id)
+                .field("latency_budget_ms", latency_budget_ms)
+                .field("token", &"****")
+                .finish(),
+            Frame::ResumeToken(_) => f.write_str("ResumeToken(****)"),
             Frame::Msg(m) => f.debug_tuple("Msg").field(m).finish(),
             Frame::SessionClose { code, reason } => f
                 .debug_struct("SessionClose")
@@ -306,6 +366,20 @@ impl Frame {
                 body.put_u64(session_id.0);
                 put_varint(&mut body, u64::from(*latency_budget_ms));
                 frame_kind::SESSION_OPEN
+            }
+            Frame::SessionResume {
+                session_id,
+                latency_budget_ms,
+                token,
+            } => {
+                body.put_u64(session_id.0);
+                put_varint(&mut body, u64::from(*latency_budget_ms));
+                body.put_slice(&token.0);
+                frame_kind::SESSION_RESUME
+            }
+            Frame::ResumeToken(token) => {
+                body.put_slice(&token.0);
+                frame_kind::RESUME_TOKEN
             }
             Frame::Msg(m) => {
                 body.put_u8(m.type_id);
@@ -447,6 +521,23 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
                 latency_budget_ms,
             })
         })(),
+        frame_kind::SESSION_RESUME => (|| {
+            if body.len() < 8 {
+                return None;
+            }
+            let session_id = SessionId(body.get_u64());
+            let latency_budget_ms = u32::try_from(get_varint(&mut body)?).ok()?;
+            let token = ResumeToken(body.try_into().ok()?);
+            Some(Frame::SessionResume {
+                session_id,
+                latency_budget_ms,
+                token,
+            })
+        })(),
+        frame_kind::RESUME_TOKEN => {
+            let token: Option<[u8; RESUME_TOKEN_LEN]> = body.try_into().ok();
+            token.map(|t| Frame::ResumeToken(ResumeToken(t)))
+        }
         frame_kind::MSG => (|| {
             let type_id = *body.first()?;
             body.advance(1);
@@ -517,6 +608,12 @@ mod tests {
                 session_id: SessionId(0xdead_beef),
                 latency_budget_ms: 1000,
             },
+            Frame::SessionResume {
+                session_id: SessionId(7),
+                latency_budget_ms: 500,
+                token: ResumeToken([0xab; RESUME_TOKEN_LEN]),
+            },
+            Frame::ResumeToken(ResumeToken([0xcd; RESUME_TOKEN_LEN])),
             Frame::Msg(Message::new(9, 1, u32::MAX, vec![1, 2, 3])),
             Frame::Msg(Message::new(20, 70000, 0, Vec::new())),
             Frame::SessionClose {
@@ -539,6 +636,12 @@ mod tests {
         }
         assert_eq!(got, frames);
         assert!(!format!("{:?}", frames[0]).contains("secret"));
+        assert!(
+            !format!("{:?}", frames[3]).contains("171"),
+            "tokens are not printed"
+        );
+        assert!(ResumeToken([1; 32]).matches(&ResumeToken([1; 32])));
+        assert!(!ResumeToken([1; 32]).matches(&ResumeToken([2; 32])));
     }
 
     #[test]

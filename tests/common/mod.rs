@@ -87,6 +87,15 @@ pub async fn wait_for_log(needles: &[&str], limit: Duration) -> String {
     }
 }
 
+/// How many captured log lines contain every one of `needles`.
+pub fn count_logs(needles: &[&str]) -> usize {
+    let logs = LOGS.get_or_init(Default::default).lock().unwrap();
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
 /// Reads until the peer closes; fails if it does not within the limit.
 pub async fn expect_closed(tcp: &mut TcpStream, what: &str) {
     let mut buf = [0u8; 4096];
@@ -136,6 +145,21 @@ pub struct RawTunnel {
 impl RawTunnel {
     /// Connects with `tls`, says HELLO, waits for WELCOME and opens one session.
     pub async fn open(gateway: SocketAddr, tls: rustls::ClientConfig) -> RawTunnel {
+        let open = Frame::SessionOpen {
+            session_id: SessionId(rand_id()),
+            latency_budget_ms: 0,
+        };
+        RawTunnel::open_as(gateway, tls, "rogue", open).await
+    }
+
+    /// Connects with `tls` as `edge_id`, says HELLO, waits for WELCOME and opens a session
+    /// stream whose first frame is `first`.
+    pub async fn open_as(
+        gateway: SocketAddr,
+        tls: rustls::ClientConfig,
+        edge_id: &str,
+        first: Frame,
+    ) -> RawTunnel {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let config = rtmpq_hop::transport::client_config(tls).unwrap();
         let conn = endpoint
@@ -146,7 +170,7 @@ impl RawTunnel {
         let (mut control, recv) = conn.open_bi().await.unwrap();
         let hello = Frame::Hello {
             version: WIRE_VERSION,
-            edge_id: "rogue".into(),
+            edge_id: edge_id.into(),
             token: String::new(),
         };
         write_frame(&mut control, &hello).await.unwrap();
@@ -156,11 +180,7 @@ impl RawTunnel {
             "{welcome:?}"
         );
         let (mut send, recv) = conn.open_bi().await.unwrap();
-        let open = Frame::SessionOpen {
-            session_id: SessionId(rand_id()),
-            latency_budget_ms: 0,
-        };
-        write_frame(&mut send, &open).await.unwrap();
+        write_frame(&mut send, &first).await.unwrap();
         RawTunnel {
             conn,
             send,
@@ -175,14 +195,14 @@ impl RawTunnel {
         loop {
             match self.frames.next().await.unwrap() {
                 Some(Frame::SessionClose { code, reason }) => return (code, reason),
-                Some(Frame::Msg(_)) => continue,
+                Some(Frame::Msg(_) | Frame::ResumeToken(_)) => continue,
                 other => panic!("expected SESSION_CLOSE, got {other:?}"),
             }
         }
     }
 }
 
-fn rand_id() -> u64 {
+pub fn rand_id() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
 }

@@ -1,0 +1,151 @@
+//! Resuming a session on the gateway that holds it: the edge's connection dies while both
+//! processes live (here: a relay in its path stops forwarding), the edge takes the session
+//! over on a new stream with its single-use token, and the origin sees only a gap.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rtmpq_edge::EdgeConfig;
+use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
+use tokio::net::UdpSocket;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A UDP relay to `to` that forwards until `cut` is set, then drops everything.
+async fn cuttable_relay(to: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut up) => {
+                    let (n, from) = r.unwrap();
+                    client = Some(from);
+                    if !cut.load(Ordering::Relaxed) {
+                        let _ = back.send_to(&up[..n], to).await;
+                    }
+                }
+                r = back.recv_from(&mut down) => {
+                    let (n, _) = r.unwrap();
+                    if let (Some(c), false) = (client, cut.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&down[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_connection_dies_is_resumed_and_the_origin_sees_one_publish() {
+    capture_logs();
+    let clip = clip(20).await;
+    let (gateway, _state) = local_gateway(None).await;
+    let (gateway_addr, pin) = (gateway.local_addr(), gateway.pin().to_string());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.run(shutdown.clone()));
+    let cut = Arc::new(AtomicBool::new(false));
+    let relay = cuttable_relay(gateway_addr, cut.clone()).await;
+    // The relay first (it answers first), the gateway itself second: when the relay's path
+    // dies, the edge moves to the direct one, where the gateway still holds the session.
+    let edge = start_edge(
+        EdgeConfig {
+            pin: Some(pin),
+            gateway: vec![relay.to_string(), gateway_addr.to_string()].into(),
+            ..edge_config(gateway_addr)
+        },
+        &shutdown,
+    )
+    .await;
+    let url = format!("rtmp://{edge}/live/resumed");
+    let pusher = tokio::spawn(async move { push(&clip, &url).await });
+    wait_for_log(&["publish started", "resumed"], LIMIT).await;
+    cut.store(true, Ordering::Relaxed);
+    wait_for_log(&["session resumed on the gateway that held it"], LIMIT).await;
+    let out = pusher.await.unwrap();
+    assert!(
+        out.status.success(),
+        "the pusher noticed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        count_logs(&["publish started", "stream=live/resumed"]),
+        1,
+        "the origin saw one publish, not a second set-up"
+    );
+    shutdown.cancel();
+}
+
+/// The token is single use, bound to the edge that holds it, and a forged, replayed or
+/// foreign one is refused with `resume_refused` and a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_tokens_are_single_use_and_bound_to_their_edge() {
+    capture_logs();
+    let (gateway, _state) = local_gateway(None).await;
+    let (addr, pin) = (gateway.local_addr(), gateway.pin());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.run(shutdown.clone()));
+    let tls = || rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let id = SessionId(rand_id());
+    let open = Frame::SessionOpen {
+        session_id: id,
+        latency_budget_ms: 0,
+    };
+    let mut first = RawTunnel::open_as(addr, tls(), "cam-edge", open).await;
+    let token = next_token(&mut first).await;
+    let resume = |token| Frame::SessionResume {
+        session_id: id,
+        latency_budget_ms: 0,
+        token,
+    };
+    let refused = |reason: &str| {
+        let reason = reason.to_owned();
+        move |(code, why): (CloseCode, String)| {
+            assert_eq!(code, CloseCode::ResumeRefused, "{why}");
+            assert!(why.contains(&reason), "{why}");
+        }
+    };
+    // Forged.
+    let mut forged =
+        RawTunnel::open_as(addr, tls(), "cam-edge", resume(ResumeToken([7; 32]))).await;
+    refused("does not match")(forged.closed().await);
+    // The right token from another edge.
+    let mut foreign = RawTunnel::open_as(addr, tls(), "other-edge", resume(token)).await;
+    refused("another edge")(foreign.closed().await);
+    // The right one: taken over, with a new token.
+    let mut again = RawTunnel::open_as(addr, tls(), "cam-edge", resume(token)).await;
+    let next = next_token(&mut again).await;
+    assert!(!next.matches(&token), "a new token after each resume");
+    // The first token again: spent.
+    let mut replayed = RawTunnel::open_as(addr, tls(), "cam-edge", resume(token)).await;
+    refused("used already")(replayed.closed().await);
+    // A session nobody holds.
+    let unknown = Frame::SessionResume {
+        session_id: SessionId(rand_id()),
+        latency_budget_ms: 0,
+        token: next,
+    };
+    let mut nobody = RawTunnel::open_as(addr, tls(), "cam-edge", unknown).await;
+    refused("no such session")(nobody.closed().await);
+    shutdown.cancel();
+}
+
+/// Reads frames until a RESUME_TOKEN.
+async fn next_token(tunnel: &mut RawTunnel) -> ResumeToken {
+    loop {
+        match tunnel.frames.next().await.unwrap() {
+            Some(Frame::ResumeToken(t)) => return t,
+            Some(Frame::Msg(_)) => continue,
+            other => panic!("expected RESUME_TOKEN, got {other:?}"),
+        }
+    }
+}
