@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
 use rtmpq_proto::chunk::ChunkError;
 use rtmpq_proto::journal::ResumeFilter;
+use rtmpq_proto::late_arrivals::LateArrivals;
 use rtmpq_proto::media_queue::{DropReason, Dropped, MediaQueue, QueueLimits};
 use rtmpq_proto::message::{Control, MessageClass};
 use rtmpq_proto::session::{Flow, QueueState, SessionTracker};
@@ -617,6 +618,15 @@ pub struct TunnelToRtmp<'a, R> {
     pub to_rtmp: &'a Outbound,
     /// The session's tracker.
     pub tracker: &'a Mutex<SessionTracker>,
+    /// Media that arrives past the budget (and [`late_margin`]) is not written.
+    pub late: Option<LateArrivals>,
+}
+
+/// How much later than the budget media may arrive before the receiving hop drops it: the
+/// sending hop keeps to the budget; this catches only what waited where it could not drop it
+/// (QUIC's send buffer through an outage), without cutting GOPs the sender kept in time.
+pub fn late_margin(budget: Duration) -> Duration {
+    (budget / 4).max(Duration::from_millis(250))
 }
 
 impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
@@ -654,6 +664,12 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                         },
                         None => msg,
                     };
+                    if let Some(late) = &mut self.late {
+                        if !late.admit(&msg, now()) {
+                            self.tracker.lock().expect("tracker").arrived_late = late.dropped();
+                            continue;
+                        }
+                    }
                     if let Err(e) = self.to_rtmp.send(msg).await {
                         return SessionEnd::queue_failed(peer, e);
                     }
@@ -707,6 +723,9 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
     if let Some(period) = limits.silence_period {
         rtmp.set_silence_period(period);
     }
+    let late = queue
+        .budget
+        .map(|b| LateArrivals::new(b + late_margin(b), now()));
     // Each pump moves the messages it carries, in its own direction.
     let (resume_read, resume_tunnel) = (resume.clone(), resume);
     let from_rtmp = RtmpToTunnel {
@@ -725,6 +744,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
         tunnel: &mut *tunnel_recv,
         to_rtmp,
         tracker,
+        late,
     };
     let setup_deadline = async {
         let Some(deadline) = limits.setup_deadline else {

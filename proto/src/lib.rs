@@ -115,6 +115,7 @@ pub mod chunk;
 pub mod command;
 pub mod fast_start;
 pub mod journal;
+pub mod late_arrivals;
 pub mod media_queue;
 pub mod message;
 pub mod session;

@@ -173,6 +173,8 @@ pub struct SessionTracker {
     pub journal: SessionJournal,
     /// At the edge: the client's set-up is answered here ([`FastStart`]).
     pub fast_start: Option<FastStart>,
+    /// Media the receiving side of this hop dropped because it arrived past the budget.
+    pub arrived_late: Dropped,
     /// At the edge: the token the gateway gave last to resume this session on a new stream.
     pub resume_token: Option<ResumeToken>,
     /// Messages waiting at this hop, per flow.
@@ -196,6 +198,7 @@ impl Default for SessionTracker {
             journal: SessionJournal::default(),
             fast_start: None,
             resume_token: None,
+            arrived_late: Dropped::default(),
             waiting: Default::default(),
             connect_transaction: None,
             connected: false,

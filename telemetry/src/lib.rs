@@ -167,6 +167,7 @@ struct Reported {
     keyframes: u64,
     stale: Dropped,
     overflow: Dropped,
+    late: Dropped,
 }
 
 #[derive(Debug)]
@@ -543,6 +544,7 @@ impl Telemetry {
         for (reason, now_dropped, before) in [
             ("stale", t.queue.stale, &mut r.stale),
             ("overflow", t.queue.overflow, &mut r.overflow),
+            ("late", t.arrived_late, &mut r.late),
         ] {
             let with_reason = |kind: Option<&'static str>| {
                 let mut l = labels.to_vec();
