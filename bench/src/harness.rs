@@ -82,6 +82,12 @@ impl Transport {
         }
     }
 
+    /// Whether it has a server end beside nginx to kill and start again (the restart
+    /// profiles): rtmpq's gateway, the QUIC pipe's server.
+    pub fn has_server_end(self) -> bool {
+        matches!(self, Transport::Rtmpq { .. } | Transport::QuicPipe)
+    }
+
     /// The transport called `name` (see [`Transport::name`]).
     pub fn parse(name: &str) -> Option<Transport> {
         let (base, budget) = match name.split_once(':') {

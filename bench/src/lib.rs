@@ -226,6 +226,13 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
             if direction == Direction::Play && *t == Transport::Srt {
                 continue;
             }
+            let restarts_server = chosen.iter().all(|p| {
+                p.restart
+                    .is_some_and(|r| r.what == profiles::Restarted::Gateway)
+            });
+            if restarts_server && !t.has_server_end() {
+                continue;
+            }
             names.push(match direction {
                 Direction::Publish => t.name(),
                 Direction::Play => format!("{} play", t.name()),
@@ -241,6 +248,17 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                     println!(
                         "{:<15} srt play   not measured: SRT is an ingest",
                         profile.name
+                    );
+                    continue;
+                }
+                let restarts_server = profile
+                    .restart
+                    .is_some_and(|r| r.what == profiles::Restarted::Gateway);
+                if restarts_server && !transport.has_server_end() {
+                    println!(
+                        "{:<15} {:<16} not measured: no server end to restart",
+                        profile.name,
+                        transport.name()
                     );
                     continue;
                 }
