@@ -228,10 +228,10 @@ async fn when_the_active_gateway_dies_the_other_takes_the_push() {
     let ready = second.wait_for("gateway ready").await;
     let second_addr = field(&ready, "listen");
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let edge = start_edge(
+    let (edge, edge_status) = spawn_edge(
         rtmpq_edge::EdgeConfig {
             pin: Some(first.pin.clone()),
-            gateway: vec![first.addr.to_string(), second_addr].into(),
+            gateway: vec![first.addr.to_string(), second_addr.clone()].into(),
             ..edge_config(first.addr)
         },
         &shutdown,
@@ -254,6 +254,14 @@ async fn when_the_active_gateway_dies_the_other_takes_the_push() {
     wait_for_log(&["moving its sessions to another gateway"], LIMIT).await;
     wait_for_log(&["session set up again through the gateway"], LIMIT).await;
     second.wait_for("edge connected").await;
+    // The status API names the gateway the session runs through now.
+    wait_until(LIMIT, "the session's gateway in the status API", || {
+        edge_status
+            .sessions()
+            .iter()
+            .any(|s| s.stream == "pool" && s.gateway == second_addr)
+    })
+    .await;
     let out = pusher.await.unwrap();
     assert!(
         out.status.success(),

@@ -35,6 +35,8 @@ pub struct GatewayLink {
     pub conn: quinn::Connection,
     /// Its path, kept up to date (and its send window bounded) while it lives.
     pub path: Arc<PathWatch>,
+    /// The gateway it goes to, as configured.
+    pub address: String,
 }
 
 /// Why the edge has no connection to the gateway.
@@ -179,6 +181,7 @@ async fn maintain(
                 state.send_replace(LinkState::Up(GatewayLink {
                     conn: conn.clone(),
                     path: path.clone(),
+                    address: address.clone(),
                 }));
                 let can_move = target.gateways.len() > 1;
                 let reason = tokio::select! {

@@ -91,7 +91,7 @@ async fn run(
     let (to_client, writer_task) = writer.spawn_timed(CLIENT_QUEUE, Some(budget.clone()), waiting);
     let abort_writer = writer_task.abort_handle();
 
-    let end = match open_tunnel(session_id, shared).await {
+    let end = match open_tunnel(session_id, shared, tracker).await {
         Ok((send, recv, path)) => {
             let queue = QueuePolicy {
                 budget: settings.latency_budget,
@@ -269,7 +269,7 @@ async fn set_up_again(
         attempts += 1;
         let attempt = async {
             let session_id = SessionId(rand::random());
-            let (mut send, recv, path) = open_tunnel(session_id, shared)
+            let (mut send, recv, path) = open_tunnel(session_id, shared, tracker)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut frames = FrameReader::new(recv);
@@ -383,6 +383,7 @@ async fn resume(
             .await
             .map_err(|e| e.to_string())?;
         let (mut send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
+        tracker.lock().expect("tracker").gateway = Some(link.address.clone());
         let latency_budget_ms = shared
             .settings
             .latency_budget
@@ -420,11 +421,13 @@ async fn resume(
 async fn open_tunnel(
     session_id: SessionId,
     shared: &Shared,
+    tracker: &Mutex<SessionTracker>,
 ) -> Result<(quinn::SendStream, quinn::RecvStream, Arc<PathWatch>), OpenError> {
     let link = shared
         .connector
         .connection(shared.settings.gateway_wait)
         .await?;
+    tracker.lock().expect("tracker").gateway = Some(link.address.clone());
     let (mut send, recv) = link.conn.open_bi().await?;
     let latency_budget_ms = shared
         .settings

@@ -173,6 +173,8 @@ pub struct SessionTracker {
     pub journal: SessionJournal,
     /// At the edge: the client's set-up is answered here ([`FastStart`]).
     pub fast_start: Option<FastStart>,
+    /// At the edge: the gateway the session's tunnel runs through now.
+    pub gateway: Option<String>,
     /// Media the receiving side of this hop dropped because it arrived past the budget.
     pub arrived_late: Dropped,
     /// At the edge: the token the gateway gave last to resume this session on a new stream.
@@ -199,6 +201,7 @@ impl Default for SessionTracker {
             fast_start: None,
             resume_token: None,
             arrived_late: Dropped::default(),
+            gateway: None,
             waiting: Default::default(),
             connect_transaction: None,
             connected: false,

@@ -91,6 +91,11 @@ pub struct SessionStatus {
     pub dropped_overflow: DroppedStatus,
     /// The path's estimated rate (the congestion controller's), bit/s; 0 when unknown.
     pub path_bitrate_bps: u64,
+    /// Media dropped on arrival at this hop for arriving past the budget.
+    pub dropped_late: DroppedStatus,
+    /// At the edge: the gateway (`HOST:PORT` as configured) the session's tunnel runs
+    /// through now; empty at the gateway.
+    pub gateway: String,
 }
 
 /// Media a session's queue dropped for one reason.
@@ -486,7 +491,7 @@ impl Telemetry {
             video_frames: media.video_frames,
             keyframes: media.keyframes,
             bitrate_bps: bitrate,
-            fps: (media.video_frames - entry.last_video_frames) as f64,
+            fps: media.video_frames.saturating_sub(entry.last_video_frames) as f64,
             keyframe_interval_seconds: media.keyframe_interval_ms.map(|ms| f64::from(ms) / 1000.0),
             queue_age_seconds: t.queue_age(now).as_secs_f64(),
             latency_budget_seconds: t.queue.budget.map(|b| b.as_secs_f64()),
@@ -494,6 +499,8 @@ impl Telemetry {
             dropped_stale: t.queue.stale.into(),
             dropped_overflow: t.queue.overflow.into(),
             path_bitrate_bps: t.queue.path_rate_bps,
+            dropped_late: t.arrived_late.into(),
+            gateway: t.gateway.clone().unwrap_or_default(),
         };
         entry.last_video_frames = media.video_frames;
         let labels = [
