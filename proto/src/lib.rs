@@ -100,7 +100,7 @@
 //!   ordinary session.
 //!
 //! **Versioning.** HELLO carries [`wire::WIRE_VERSION`]; the ALPN names the version. Both
-//! hops offer every ALPN they know (`rtmpq/2`, `rtmpq/1`) so that a peer of another version
+//! hops offer every ALPN they know (`rtmpq/3`, `rtmpq/2`, `rtmpq/1`) so that a peer of another version
 //! completes the TLS handshake and is then refused by name: the gateway closes the connection
 //! with `unsupported_version` and a reason naming both versions, and both sides log it (a
 //! mismatch in ALPN alone would fail the TLS handshake with no words). New frame kinds or
