@@ -378,10 +378,18 @@ impl PathWatch {
         // the controller's pacing rate is what the path could take (an idle connection, a
         // stream starting up, a blackout's old estimate).
         let pacing = self.rate_bps.load(Ordering::Relaxed) / 8;
-        // Neither figure yet (a new connection): the horizon alone.
-        let drain = match rate.max(pacing) {
-            0 => Duration::ZERO,
-            speed => Duration::from_secs_f64(window as f64 / speed as f64),
+        // A connection that has not sent a window yet (new, idle since it came up): the
+        // horizon alone. One that did and now sends nothing (a dark path) drains in no known
+        // time: the longest wait, so that its queue keeps a quarter of the budget through the
+        // outage and little stale media stands before the fresh when the path returns (with
+        // the horizon alone, back at the floor took 1.39 s after a 10 s blackout, not 0.45).
+        let speed = rate.max(pacing);
+        let drain = if stats.udp_tx.bytes < MIN_SEND_WINDOW {
+            Duration::ZERO
+        } else if speed == 0 {
+            MAX_QUIC_WAIT
+        } else {
+            Duration::from_secs_f64(window as f64 / speed as f64)
         };
         let wait = horizon.max(drain.min(MAX_QUIC_WAIT));
         self.quic_wait_us
