@@ -75,10 +75,28 @@ async fn unknown_tunnel_frame_kind(stack: &Stack, tls: rustls::ClientConfig) {
 /// the answer to `publish` instead.
 async fn expect_refused(edge: SocketAddr, words: &str) -> String {
     let err = match RtmpClient::connect(&edge.to_string(), "live").await {
-        Ok(mut client) => client
-            .publish("refused")
-            .await
-            .expect_err("the session must fail"),
+        Ok(mut client) => match client.publish("refused").await {
+            Err(e) => e,
+            // Answered at the edge before the failure came back: it comes next.
+            Ok(()) => loop {
+                let msg = client
+                    .next_message()
+                    .await
+                    .expect("the session must fail with an RTMP error")
+                    .expect("the session must fail with an RTMP error, not just close");
+                let status = rtmpq_proto::command::Command::parse(&msg)
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.status());
+                if let Some(s) = status.filter(|s| s.level == "error") {
+                    break ClientError::Refused {
+                        step: "publish",
+                        code: s.code,
+                        description: s.description,
+                    };
+                }
+            },
+        },
         Err(e) => e,
     };
     match err {

@@ -49,7 +49,9 @@ impl LateArrivals {
         LateArrivals {
             budget,
             start: now,
-            tracks: [Track::default(), Track::default()],
+            // Video passes from its first frame on: a stream joined mid-GOP (or judged from
+            // the end of the warm-up) is not held to a key frame until something is dropped.
+            tracks: [Track::open(), Track::open()],
             dropped: Dropped::default(),
         }
     }
@@ -101,6 +103,13 @@ impl LateArrivals {
 }
 
 impl Track {
+    fn open() -> Self {
+        Track {
+            open: true,
+            ..Track::default()
+        }
+    }
+
     /// Notes an arrival and returns how much later than the earliest of the last
     /// [`LOOKBACK`] arrivals it is, ms.
     fn lateness(&mut self, timestamp: u32, arrived: i64) -> i64 {
@@ -220,6 +229,17 @@ mod tests {
         // The pusher restarts its clock at 0.
         assert!(l.admit(&audio(0), t0 + 2000 * MS));
         assert!(l.admit(&audio(33), t0 + 2033 * MS));
+    }
+
+    #[test]
+    fn video_judged_from_mid_gop_passes_until_something_is_dropped() {
+        // The first frame judged after the warm-up is an inter frame: it passes.
+        let t0 = Instant::now();
+        let mut l = LateArrivals::new(Duration::from_millis(500), t0);
+        assert!(l.admit(&key(0), t0));
+        let after = t0 + WARMUP + 10 * MS;
+        assert!(l.admit(&inter(3010), after));
+        assert!(l.admit(&inter(3043), after + 33 * MS));
     }
 
     #[test]
