@@ -364,6 +364,14 @@ fn queue_policy(
     }
 }
 
+/// The latency budget as SESSION_OPEN and SESSION_RESUME carry it: ms, 0 for none.
+fn budget_ms(shared: &Shared) -> u32 {
+    shared
+        .settings
+        .latency_budget
+        .map_or(0, |b| b.as_millis().min(u128::from(u32::MAX)) as u32)
+}
+
 /// How long the gateway has to answer a SESSION_RESUME.
 const RESUME_LIMIT: Duration = Duration::from_secs(3);
 
@@ -384,10 +392,7 @@ async fn resume(
             .map_err(|e| e.to_string())?;
         let (mut send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
         tracker.lock().expect("tracker").gateway = Some(link.address.clone());
-        let latency_budget_ms = shared
-            .settings
-            .latency_budget
-            .map_or(0, |b| b.as_millis().min(u128::from(u32::MAX)) as u32);
+        let latency_budget_ms = budget_ms(shared);
         let frame = Frame::SessionResume {
             session_id,
             latency_budget_ms,
@@ -429,10 +434,7 @@ async fn open_tunnel(
         .await?;
     tracker.lock().expect("tracker").gateway = Some(link.address.clone());
     let (mut send, recv) = link.conn.open_bi().await?;
-    let latency_budget_ms = shared
-        .settings
-        .latency_budget
-        .map_or(0, |b| b.as_millis().min(u128::from(u32::MAX)) as u32);
+    let latency_budget_ms = budget_ms(shared);
     let open = Frame::SessionOpen {
         session_id,
         latency_budget_ms,
