@@ -93,13 +93,7 @@ async fn run(
 
     let end = match open_tunnel(session_id, shared, tracker).await {
         Ok((send, recv, path)) => {
-            let queue = QueuePolicy {
-                budget: settings.latency_budget,
-                max_bytes: settings.max_queue_bytes,
-                pause_reading_above: settings.backpressure,
-                path: Some(path),
-                charge: Some(budget.clone()),
-            };
+            let queue = queue_policy(shared, &budget, path);
             let mut tunnel = Tunnel {
                 send,
                 frames: FrameReader::new(recv),
@@ -156,9 +150,8 @@ async fn run(
                 let token = tracker.lock().expect("tracker").resume_token.take();
                 if let Some(token) = token {
                     match resume(shared, &budget, session_id, token, tracker).await {
-                        Ok(mut again) => {
+                        Ok(again) => {
                             info!("session resumed on the gateway that held it; media resumes at the next key frame");
-                            again.queue.pause_reading_above = tunnel.queue.pause_reading_above;
                             tunnel = again;
                             continue;
                         }
@@ -170,10 +163,9 @@ async fn run(
                 match set_up_again(shared, &budget, replay, limit, &end.reason, &held, tracker)
                     .await
                 {
-                    Ok(mut again) => {
+                    Ok(again) => {
                         shared.telemetry.session_set_up_again();
                         info!("session set up again through the gateway; media resumes at the next key frame");
-                        again.queue.pause_reading_above = tunnel.queue.pause_reading_above;
                         tunnel = again;
                     }
                     Err(end) => {
@@ -358,7 +350,7 @@ fn queue_policy(
     QueuePolicy {
         budget: shared.settings.latency_budget,
         max_bytes: shared.settings.max_queue_bytes,
-        pause_reading_above: None,
+        pause_reading_above: shared.settings.backpressure,
         path: Some(path),
         charge: Some(budget.clone()),
     }

@@ -315,6 +315,8 @@ async fn serve_connection(
     info!(edge = %edge_id, "edge connected");
     shared.telemetry.connection_opened(&conn, edge_id.clone());
     let path = PathWatch::start(&conn);
+    // Once per connection: who may resume this connection's sessions.
+    let edge = session::EdgeIdentity::of(&conn, &edge_id, &hello_token);
     let sessions = TaskTracker::new();
     let reason = loop {
         let (send, recv) = tokio::select! {
@@ -344,7 +346,7 @@ async fn serve_connection(
         let shared = shared.clone();
         // The edge's name and the address its connection comes from.
         let peer = format!("{edge_id}@{}", conn.remote_address());
-        let edge = session::EdgeIdentity::of(&conn, &edge_id, &hello_token);
+        let edge = edge.clone();
         let path = path.clone();
         sessions.spawn(
             async move {

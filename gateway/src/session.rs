@@ -249,12 +249,18 @@ struct Holder {
 
 impl Resumable {
     /// Offers session `id` for resumption by `edge` with a new token (any earlier one no
-    /// longer works); the receiver gets the stream of a successful SESSION_RESUME.
+    /// longer works); the receiver gets the stream of a successful SESSION_RESUME. `None` if
+    /// another edge's session holds that id (ids are the edges' choice: one edge must not
+    /// displace another's session by reusing its id).
     fn offer(
         &self,
         id: SessionId,
         edge: &EdgeIdentity,
-    ) -> (ResumeToken, oneshot::Receiver<Tunnel>) {
+    ) -> Option<(ResumeToken, oneshot::Receiver<Tunnel>)> {
+        let mut held = self.0.lock().expect("resumable");
+        if held.get(&id).is_some_and(|h| h.edge != *edge) {
+            return None;
+        }
         let mut token = [0u8; RESUME_TOKEN_LEN];
         rand::rng().fill_bytes(&mut token);
         let token = ResumeToken(token);
@@ -264,13 +270,16 @@ impl Resumable {
             edge: edge.clone(),
             handoff,
         };
-        self.0.lock().expect("resumable").insert(id, holder);
-        (token, rx)
+        held.insert(id, holder);
+        Some((token, rx))
     }
 
-    /// Session `id` can no longer be resumed.
-    fn withdraw(&self, id: SessionId) {
-        self.0.lock().expect("resumable").remove(&id);
+    /// `edge`'s session `id` can no longer be resumed (another edge's of the same id stays).
+    fn withdraw(&self, id: SessionId, edge: &EdgeIdentity) {
+        let mut held = self.0.lock().expect("resumable");
+        if held.get(&id).is_some_and(|h| h.edge == *edge) {
+            held.remove(&id);
+        }
     }
 
     /// Hands `tunnel` to session `id` if `token` is its current token and `edge` the edge it
@@ -358,8 +367,10 @@ async fn to_origin(
     loop {
         // A new single-use token for each stream the session runs on.
         let mut handoff = None;
-        if !grace.is_zero() {
-            let (token, rx) = shared.resumable.offer(session_id, edge);
+        if let Some((token, rx)) = (!grace.is_zero())
+            .then(|| shared.resumable.offer(session_id, edge))
+            .flatten()
+        {
             if write_frame(&mut tunnel.send, &Frame::ResumeToken(token))
                 .await
                 .is_ok()
@@ -414,7 +425,7 @@ async fn to_origin(
             }
             info!("not resumed within {grace:?}: the session ends");
         }
-        shared.resumable.withdraw(session_id);
+        shared.resumable.withdraw(session_id, edge);
         let origin_lost = end.ended_by == EndedBy::Rtmp
             && matches!(
                 end.code,

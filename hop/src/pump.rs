@@ -476,13 +476,19 @@ async fn read_into_queue(
                     continue;
                 }
                 let mut msg = msg;
-                let answers = {
+                let recorded = {
                     let mut t = tracker.lock().expect("tracker");
-                    if let Err(e) = t.record(flow, &msg) {
+                    match flow {
+                        Flow::ToOrigin => t.record_from_client(&mut msg),
+                        Flow::ToClient => t.record(flow, &msg).map(|()| Vec::new()),
+                    }
+                };
+                let answers = match recorded {
+                    Ok(answers) => answers,
+                    Err(e) => {
                         let reason = format!("{}: {e}", peer.name());
                         return SessionEnd::new(peer.protocol_error(), reason, EndedBy::Rtmp);
                     }
-                    t.answer_locally(&mut msg)
                 };
                 for answer in answers {
                     if let Err(e) = replies.send(answer).await {

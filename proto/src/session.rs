@@ -215,18 +215,19 @@ impl SessionTracker {
     /// deep to inspect: the session must end.
     pub fn record(&mut self, flow: Flow, msg: &Message) -> Result<(), Amf0Error> {
         match flow {
-            Flow::ToOrigin => self.record_to_origin(msg),
+            Flow::ToOrigin => self.record_to_origin(msg).map(drop),
             Flow::ToClient => self.record_to_client(msg),
         }
     }
 
-    fn record_to_origin(&mut self, msg: &Message) -> Result<(), Amf0Error> {
+    /// Records a message toward the origin; returns it parsed, if it is a command.
+    fn record_to_origin(&mut self, msg: &Message) -> Result<Option<Command>, Amf0Error> {
         let kind = self.to_origin.count(msg);
         self.note_media(kind);
         let cmd = Command::parse(msg)?;
         self.journal.observe(msg, cmd.as_ref());
         let Some(cmd) = cmd else {
-            return Ok(());
+            return Ok(None);
         };
         match cmd.name.as_str() {
             "connect" => {
@@ -244,7 +245,7 @@ impl SessionTracker {
             }
             _ => {}
         }
-        Ok(())
+        Ok(Some(cmd))
     }
 
     fn record_to_client(&mut self, msg: &Message) -> Result<(), Amf0Error> {
@@ -264,19 +265,19 @@ impl SessionTracker {
         }
     }
 
-    /// With fast start on: the answers to send the client now for `msg` (recorded already),
-    /// which goes on toward the origin with its stream id moved to the origin's.
-    pub fn answer_locally(&mut self, msg: &mut Message) -> Vec<Message> {
+    /// Records a message the client sent toward the origin ([`record`](Self::record)) and,
+    /// with fast start on, returns the answers to send the client now; `msg` goes on with its
+    /// stream id moved to the origin's. The command is parsed once for both.
+    pub fn record_from_client(&mut self, msg: &mut Message) -> Result<Vec<Message>, Amf0Error> {
+        let cmd = self.record_to_origin(msg)?;
         let Some(fast) = &mut self.fast_start else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        // Recorded already, so it parses (a malformed command ended the session there).
-        let cmd = Command::parse(msg).ok().flatten();
         let answers = fast.from_client(msg, cmd.as_ref());
         if cmd.is_some_and(|c| c.name == "connect") && !answers.is_empty() {
             self.connected = true;
         }
-        answers
+        Ok(answers)
     }
 
     /// With fast start on: `msg` from the origin as the client gets it, `None` when it
