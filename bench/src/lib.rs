@@ -88,8 +88,12 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
     if path.exists() {
         return Ok(path);
     }
-    // Written aside and renamed, so a half-made clip is never taken for a whole one.
-    let partial = path.with_extension(format!("{}.part", std::process::id()));
+    // Written aside and renamed, so a half-made clip is never taken for a whole one. The aside
+    // name is unique per call: tests in one process make the same clip at once, and a shared
+    // aside file would be renamed away under the second maker.
+    static MAKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let maker = MAKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = path.with_extension(format!("{}-{maker}.part", std::process::id()));
     let rate = format!("{video_kbps}k");
     let status = std::process::Command::new("ffmpeg")
         .args([
@@ -137,7 +141,8 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
     if !status.success() {
         return Err(BenchError::Other("ffmpeg could not make the clip".into()));
     }
-    std::fs::rename(&partial, &path).map_err(|e| BenchError::Other(e.to_string()))?;
+    std::fs::rename(&partial, &path)
+        .map_err(|e| BenchError::Other(format!("{}: {e}", partial.display())))?;
     Ok(path)
 }
 
