@@ -1,0 +1,4 @@
+//! The tunnel frame decoder on a peer's bytes; the case itself is `rtmpq_fuzz_cases::wire_frames`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rtmpq_fuzz_cases::wire_frames(data));
