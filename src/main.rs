@@ -98,7 +98,7 @@ enum CertsCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct GatewayArgs {
     /// TOML config file; flags override it.
     #[arg(long)]
@@ -207,7 +207,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}\n{}", cert.display(), key.display());
             Ok(())
         }
-        Command::Gateway(args) => runtime()?.block_on(run_gateway(gateway_config(args)?)),
+        Command::Gateway(args) => runtime()?.block_on(run_gateway(args)),
         Command::Edge(args) => runtime()?.block_on(run_edge(edge_config(args)?)),
         Command::Demo(args) => runtime()?.block_on(run_demo(args)),
         Command::Bench(args) => runtime()?.block_on(run_bench(args)),
@@ -297,8 +297,22 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-async fn run_gateway(config: GatewayConfig) -> anyhow::Result<()> {
-    let gateway = rtmpq_gateway::Gateway::bind(config).await?;
+async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let gateway = rtmpq_gateway::Gateway::bind(gateway_config(args.clone())?).await?;
+    let reloader = gateway.reloader();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // SIGHUP: the config file is read again, flags applied over it, and what can change live
+    // (tokens, [[edge]] rules, certificates) changes; a config that does not load changes
+    // nothing.
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let reloaded = gateway_config(args.clone())
+                .and_then(|config| reloader.reload(config).map_err(anyhow::Error::from));
+            if let Err(e) = reloaded {
+                tracing::warn!(reason = %format!("{e:#}"), "SIGHUP: configuration not reloaded; the running one stays");
+            }
+        }
+    });
     gateway.run(shutdown_on_signal()).await;
     Ok(())
 }

@@ -20,6 +20,14 @@ fn every_example_config_loads_and_resolves() {
     assert_eq!(gateway.listen.port(), 4433);
     assert_eq!(gateway.origin.as_deref(), Some("rtmp://127.0.0.1:1935"));
     assert_eq!(gateway.shutdown_grace_ms, 10_000);
+    assert!(
+        settings.access.has_identities(),
+        "the example shows [[edge]] tables"
+    );
+    assert!(
+        !format!("{gateway:?}").contains("change-me"),
+        "tokens stay out of Debug"
+    );
     let edge: EdgeConfig = toml::from_str(&example("edge.toml")).unwrap();
     let settings = edge.resolve().unwrap();
     assert_eq!(settings.gateways[0].server_name, "ingest.example.com");

@@ -322,6 +322,42 @@ pub fn server_tls(
     Ok(builder.with_single_cert(identity.chain, identity.key)?)
 }
 
+/// The names a certificate is issued for: its DNS subject alternative names (what
+/// `rtmpq certs edge --name` writes), else its common name. Empty when it does not parse.
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(name) => Some((*name).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok().map(str::to_owned)),
+        );
+    }
+    names
+}
+
+/// When a certificate stops being valid (its notAfter), as seconds since the Unix epoch;
+/// `None` when it does not parse.
+pub fn certificate_expiry(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// How an edge decides to trust the gateway.
 #[derive(Debug, Clone)]
 pub enum GatewayTrust {
@@ -454,6 +490,17 @@ mod tests {
         let (cert, key) = issue_edge(dir.path(), "cam1").unwrap();
         let edge = Identity::load(&cert, &key).unwrap();
         assert!(!format!("{edge:?}").contains("BEGIN"));
+        assert_eq!(certificate_names(edge.chain[0].as_ref()), ["cam1"]);
+        assert!(certificate_names(b"not a certificate").is_empty());
+        let expires = certificate_expiry(edge.chain[0].as_ref()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(
+            expires > now + 365 * 86_400,
+            "rcgen's default validity is years"
+        );
         let ca = load_certs(&dir.path().join(files::CA_CERT)).unwrap();
         server_tls(gw, Some(ca.clone())).unwrap();
         client_tls(GatewayTrust::Ca(ca), Some(edge)).unwrap();

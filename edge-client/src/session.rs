@@ -18,7 +18,7 @@ use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
-use crate::connector::GatewayUnavailable;
+use crate::connector::{ConnectError, GatewayUnavailable};
 use crate::Shared;
 
 /// How long a refused client has to send its connect command so it can be told why.
@@ -42,6 +42,19 @@ enum OpenError {
     /// The stream broke before SESSION_OPEN was sent.
     #[error("gateway: {0}")]
     Lost(#[from] StreamLost),
+}
+
+impl OpenError {
+    /// The close code the session ends with: the gateway's own when it refused this edge
+    /// (`unauthorized`, `unsupported_version`), else `gateway_unreachable`.
+    fn code(&self) -> CloseCode {
+        match self {
+            OpenError::Unavailable(GatewayUnavailable::Down(ConnectError::Refused(
+                quinn::ConnectionError::ApplicationClosed(close),
+            ))) => CloseCode::from_code(close.error_code.into_inner()),
+            _ => CloseCode::GatewayUnreachable,
+        }
+    }
 }
 
 pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
@@ -183,9 +196,9 @@ async fn run(
             }
         }
         Err(e) => {
-            let reason = e.to_string();
-            refuse(&mut reader, &to_client, tracker, &reason).await;
-            SessionEnd::new(CloseCode::GatewayUnreachable, reason, EndedBy::Tunnel)
+            let (code, reason) = (e.code(), e.to_string());
+            refuse(&mut reader, &to_client, tracker, code, &reason).await;
+            SessionEnd::new(code, reason, EndedBy::Tunnel)
         }
     };
     drop(to_client);
@@ -473,11 +486,12 @@ async fn refuse(
     reader: &mut RtmpReader,
     to_client: &Outbound,
     tracker: &Mutex<SessionTracker>,
+    code: CloseCode,
     reason: &str,
 ) {
     let mut t = tracker.lock().expect("tracker").clone();
     if wait_for_connect(reader, to_client, &mut t).await {
-        for msg in t.failure_messages(reason) {
+        for msg in t.failure_messages(code, reason) {
             let _ = to_client.send_unbudgeted(msg).await;
         }
     }

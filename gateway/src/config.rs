@@ -12,6 +12,7 @@ use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
 use serde::Deserialize;
 
+use crate::access::{AccessPolicy, EdgeRuleConfig};
 use crate::connection_ids::ServerId;
 
 /// Gateway settings as written: a TOML file, then flags over it.
@@ -34,6 +35,10 @@ pub struct GatewayConfig {
     pub client_auth: bool,
     /// Tokens edges may present in HELLO; empty accepts any edge that passes TLS.
     pub tokens: Vec<Secret>,
+    /// Edge identities and what each may publish and play (TOML `[[edge]]` tables); with any,
+    /// an edge none of them names is refused.
+    #[serde(rename = "edge")]
+    pub edges: Vec<EdgeRuleConfig>,
     /// Address for Prometheus metrics and the status API.
     pub metrics: Option<SocketAddr>,
     /// Most sessions at once; more are refused with `overloaded`.
@@ -68,6 +73,7 @@ impl Default for GatewayConfig {
             server_id: None,
             client_auth: false,
             tokens: Vec::new(),
+            edges: Vec::new(),
             metrics: None,
             max_sessions: 1000,
             origin_connect_timeout_ms: 5000,
@@ -100,8 +106,8 @@ pub struct GatewaySettings {
     pub server_id: Option<ServerId>,
     /// Whether edges must present a certificate.
     pub client_auth: bool,
-    /// Tokens edges may present; empty accepts any edge that passes TLS.
-    pub tokens: Vec<Secret>,
+    /// Which edges may connect and what each may publish and play.
+    pub access: AccessPolicy,
     /// Metrics and status API address.
     pub metrics: Option<SocketAddr>,
     /// Most sessions at once.
@@ -139,9 +145,7 @@ impl GatewayConfig {
         if self.client_auth && self.cert_dir.is_none() {
             return Err(ConfigError::ClientAuthWithoutCa);
         }
-        if self.tokens.iter().any(|t| t.expose().is_empty()) {
-            return Err(ConfigError::EmptyToken);
-        }
+        let access = AccessPolicy::new(&self.tokens, &self.edges, self.client_auth)?;
         Ok(GatewaySettings {
             listen: self.listen,
             origin,
@@ -150,7 +154,7 @@ impl GatewayConfig {
             state_dir: self.state_dir.clone(),
             server_id: self.server_id.as_deref().map(str::parse).transpose()?,
             client_auth: self.client_auth,
-            tokens: self.tokens.clone(),
+            access,
             metrics: self.metrics,
             max_sessions: above_zero(self.max_sessions, "max_sessions")?,
             origin_connect_timeout: millis(

@@ -1,13 +1,15 @@
 //! rtmpq-gateway: the QUIC server that terminates edges' tunnels, checks them, and gives each
 //! RTMP session its own TCP connection to the origin (or to the embedded origin).
 
+pub mod access;
 pub mod config;
 pub mod connection_ids;
 pub mod embedded_origin;
 mod session;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rtmpq_certs::{Fingerprint, Identity};
 use rtmpq_hop::scaffold::{bind_tcp, Drain, StartError, END_LIMIT};
@@ -17,11 +19,12 @@ use rtmpq_proto::budget::MemoryBudget;
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use access::{AccessPolicy, Credentials};
 pub use config::{ConfigError, GatewayConfig, GatewaySettings};
 pub use embedded_origin::EmbeddedOrigin;
 
@@ -42,6 +45,115 @@ struct Shared {
     budget: MemoryBudget,
     /// Live sessions an edge may take over on a new stream (SESSION_RESUME).
     resumable: session::Resumable,
+    /// Who may connect and what each may do; replaced on reload, watched by live sessions.
+    access: watch::Sender<Arc<AccessPolicy>>,
+    /// When the certificates the gateway presents and trusts expire (name, Unix seconds).
+    expiries: Mutex<Vec<(&'static str, i64)>>,
+}
+
+/// How long before a certificate expires the gateway starts warning in its log.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+/// How often the gateway looks at its certificates' expiry again.
+const EXPIRY_CHECK: Duration = Duration::from_secs(6 * 3600);
+
+/// The QUIC server config a gateway's settings ask for: its identity, and the CA edges'
+/// certificates must chain to with `client_auth`.
+struct TlsSetup {
+    server_config: quinn::ServerConfig,
+    pin: Fingerprint,
+    /// When each certificate expires (name, Unix seconds).
+    expiries: Vec<(&'static str, i64)>,
+}
+
+impl TlsSetup {
+    /// Loads the certificates `settings` name (or the self-signed identity in the state dir).
+    fn load(settings: &GatewaySettings) -> Result<TlsSetup, GatewayError> {
+        let mut expiries = Vec::new();
+        let (identity, client_ca) = match &settings.cert_dir {
+            Some(dir) => {
+                let identity = Identity::load(
+                    &dir.join(rtmpq_certs::files::GATEWAY_CERT),
+                    &dir.join(rtmpq_certs::files::GATEWAY_KEY),
+                )?;
+                let ca = rtmpq_certs::load_certs(&dir.join(rtmpq_certs::files::CA_CERT))?;
+                if let Some(t) = ca.first().and_then(|c| rtmpq_certs::certificate_expiry(c)) {
+                    expiries.push(("ca", t));
+                }
+                (identity, settings.client_auth.then_some(ca))
+            }
+            None => {
+                let identity = rtmpq_certs::self_signed(&settings.state_dir)?;
+                info!(
+                    pin = %identity.fingerprint(),
+                    state_dir = %settings.state_dir.display(),
+                    "no cert dir: using a self-signed certificate; give edges --pin"
+                );
+                (identity, None)
+            }
+        };
+        if let Some(t) = identity
+            .chain
+            .first()
+            .and_then(|c| rtmpq_certs::certificate_expiry(c))
+        {
+            expiries.push(("gateway", t));
+        }
+        let pin = identity.fingerprint();
+        let tls = rtmpq_certs::server_tls(identity, client_ca)?;
+        Ok(TlsSetup {
+            server_config: rtmpq_hop::transport::server_config(tls)?,
+            pin,
+            expiries,
+        })
+    }
+}
+
+/// Sets the expiry gauges and warns of every certificate that expires within
+/// [`EXPIRY_WARNING`] (or has expired).
+fn check_expiry(telemetry: &Telemetry, expiries: &[(&'static str, i64)]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for &(name, at) in expiries {
+        telemetry.certificate_expiry(name, at);
+        let days = (at - now) / 86_400;
+        if at < now {
+            warn!(
+                certificate = name,
+                "certificate expired {} days ago: edges refuse it", -days
+            );
+        } else if at - now < EXPIRY_WARNING.as_secs() as i64 {
+            warn!(
+                certificate = name,
+                days_left = days,
+                "certificate expires in {days} days: renew it and send the gateway SIGHUP"
+            );
+        }
+    }
+}
+
+/// Applies a changed configuration to a running gateway (SIGHUP): tokens, `[[edge]]` tables
+/// and certificates. Live sessions go on; one whose edge lost the right to its stream ends
+/// with `unauthorized`. Other settings need a restart.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Checks `config` and, when all of it loads, applies it; on error nothing changes.
+    pub fn reload(&self, config: GatewayConfig) -> Result<(), GatewayError> {
+        let settings = config.resolve()?;
+        let tls = TlsSetup::load(&settings)?;
+        self.endpoint.set_server_config(Some(tls.server_config));
+        check_expiry(&self.shared.telemetry, &tls.expiries);
+        *self.shared.expiries.lock().expect("expiries") = tls.expiries;
+        let identities = settings.access.has_identities();
+        self.shared.access.send_replace(Arc::new(settings.access));
+        info!(pin = %tls.pin, identities, "configuration reloaded: tokens, [[edge]] rules and certificates");
+        Ok(())
+    }
 }
 
 /// A bound gateway, ready to [`run`](Gateway::run).
@@ -59,33 +171,11 @@ impl Gateway {
     /// origin configured, the embedded origin.
     pub async fn bind(config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let settings = config.resolve()?;
-        let (identity, client_ca) = match &settings.cert_dir {
-            Some(dir) => {
-                let identity = Identity::load(
-                    &dir.join(rtmpq_certs::files::GATEWAY_CERT),
-                    &dir.join(rtmpq_certs::files::GATEWAY_KEY),
-                )?;
-                let ca = dir.join(rtmpq_certs::files::CA_CERT);
-                let client_ca = if settings.client_auth {
-                    Some(rtmpq_certs::load_certs(&ca)?)
-                } else {
-                    None
-                };
-                (identity, client_ca)
-            }
-            None => {
-                let identity = rtmpq_certs::self_signed(&settings.state_dir)?;
-                info!(
-                    pin = %identity.fingerprint(),
-                    state_dir = %settings.state_dir.display(),
-                    "no cert dir: using a self-signed certificate; give edges --pin"
-                );
-                (identity, None)
-            }
-        };
-        let pin = identity.fingerprint();
-        let tls = rtmpq_certs::server_tls(identity, client_ca)?;
-        let server_config = rtmpq_hop::transport::server_config(tls)?;
+        let TlsSetup {
+            server_config,
+            pin,
+            expiries,
+        } = TlsSetup::load(&settings)?;
         let reset_key = connection_ids::reset_key(&settings.state_dir)?;
         let endpoint_config =
             connection_ids::endpoint_config(&reset_key, settings.server_id.as_ref());
@@ -119,7 +209,11 @@ impl Gateway {
         let budget = MemoryBudget::new(settings.max_buffered_bytes);
         let telemetry = Telemetry::new(Role::Gateway);
         telemetry.watch_budget(budget.clone());
+        check_expiry(&telemetry, &expiries);
+        let (access, _) = watch::channel(Arc::new(settings.access.clone()));
         let shared = Arc::new(Shared {
+            access,
+            expiries: Mutex::new(expiries),
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),
             settings,
             origin,
@@ -135,6 +229,14 @@ impl Gateway {
             embedded,
             metrics,
         })
+    }
+
+    /// A handle that applies a changed configuration while the gateway runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            endpoint: self.endpoint.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// The UDP address QUIC listens on.
@@ -180,6 +282,18 @@ impl Gateway {
             .embedded
             .map(|embedded| tokio::spawn(embedded.run(services.clone())));
         let drain = &self.shared.drain;
+        let shared = self.shared.clone();
+        let expiry_watch = services.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = expiry_watch.cancelled() => return,
+                    _ = tokio::time::sleep(EXPIRY_CHECK) => {}
+                }
+                let expiries = shared.expiries.lock().expect("expiries").clone();
+                check_expiry(&shared.telemetry, &expiries);
+            }
+        });
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -225,6 +339,17 @@ fn handshake_failure_reason(e: &quinn::ConnectionError) -> &'static str {
     }
 }
 
+/// The client certificate the edge on `conn` presented, if any.
+fn peer_certificate(
+    conn: &quinn::Connection,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    conn.peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?
+        .into_iter()
+        .next()
+}
+
 /// One edge's QUIC connection: HELLO, then a session per bidirectional stream.
 async fn serve_connection(
     incoming: quinn::Incoming,
@@ -265,12 +390,20 @@ async fn serve_connection(
             return;
         }
     };
+    let cert_names = peer_certificate(&conn)
+        .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
+        .unwrap_or_default();
     let (edge_id, hello_token, refusal) = match hello {
         Some(Frame::Hello {
             version,
             edge_id,
             token,
         }) => {
+            let creds = Credentials {
+                token: rtmpq_hop::secret::Secret::new(token.clone()),
+                cert_names: cert_names.clone(),
+            };
+            let admitted = shared.access.borrow().admit(&creds, &edge_id);
             let refusal = if version != WIRE_VERSION {
                 Some((
                     CloseCode::UnsupportedVersion,
@@ -278,10 +411,9 @@ async fn serve_connection(
                         "edge speaks wire version {version}, this gateway speaks {WIRE_VERSION}"
                     ),
                 ))
-            } else if !shared.settings.tokens.is_empty()
-                && !shared.settings.tokens.iter().any(|t| t.expose() == token)
-            {
-                Some((CloseCode::Unauthorized, "bad token".to_owned()))
+            } else if let Err(refused) = admitted {
+                shared.telemetry.unauthorized(&refused.identity, "connect");
+                Some((CloseCode::Unauthorized, refused.reason))
             } else {
                 None
             };
@@ -315,8 +447,12 @@ async fn serve_connection(
     info!(edge = %edge_id, "edge connected");
     shared.telemetry.connection_opened(&conn, edge_id.clone());
     let path = PathWatch::start(&conn);
-    // Once per connection: who may resume this connection's sessions.
+    // Once per connection: who may resume this connection's sessions, and what it proved.
     let edge = session::EdgeIdentity::of(&conn, &edge_id, &hello_token);
+    let creds = Arc::new(Credentials {
+        token: rtmpq_hop::secret::Secret::new(hello_token),
+        cert_names,
+    });
     let sessions = TaskTracker::new();
     let reason = loop {
         let (send, recv) = tokio::select! {
@@ -344,13 +480,17 @@ async fn serve_connection(
             }
         };
         let shared = shared.clone();
-        // The edge's name and the address its connection comes from.
-        let peer = format!("{edge_id}@{}", conn.remote_address());
-        let edge = edge.clone();
+        let who = session::Who {
+            // What the edge calls itself and the address its connection comes from.
+            peer: format!("{edge_id}@{}", conn.remote_address()),
+            edge: edge.clone(),
+            edge_id: edge_id.clone(),
+            creds: creds.clone(),
+        };
         let path = path.clone();
         sessions.spawn(
             async move {
-                session::serve(send, recv, &shared, peer, edge, path).await;
+                session::serve(send, recv, &shared, who, path).await;
                 drop(permit);
             }
             .in_current_span(),

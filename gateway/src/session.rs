@@ -8,7 +8,7 @@ use rand::RngCore;
 use rtmpq_hop::transport::quic_code;
 use rtmpq_hop::tunnel::write_frame;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
@@ -21,19 +21,62 @@ use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_L
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
+use crate::access::{AccessPolicy, Credentials};
 use crate::Shared;
+use rtmpq_proto::access::Rights;
 
 /// How long the writer toward the origin may take to flush after the session ends.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// Messages queued toward the origin.
 const ORIGIN_QUEUE: usize = 1024;
 
+/// Who a session belongs to: the edge as its connection proved it.
+pub(crate) struct Who {
+    /// What the edge calls itself and the address its connection comes from.
+    pub peer: String,
+    /// Who may resume its sessions.
+    pub edge: EdgeIdentity,
+    /// What the edge calls itself (HELLO).
+    pub edge_id: String,
+    /// What it proved: judged against the access policy now and after each reload.
+    pub creds: Arc<Credentials>,
+}
+
+impl Who {
+    /// Its rights under `policy` (none at all once the policy no longer lists it).
+    fn rights(&self, policy: &AccessPolicy) -> Arc<Rights> {
+        policy
+            .admit(&self.creds, &self.edge_id)
+            .unwrap_or_else(|refused| Arc::new(Rights::nothing(refused.identity)))
+    }
+}
+
+/// Ends when a reloaded access policy takes away the right the session uses; meanwhile keeps
+/// the tracker's rights current (a session not set up yet is judged when it asks).
+async fn rights_withdrawn(
+    access: &mut watch::Receiver<Arc<AccessPolicy>>,
+    who: &Who,
+    tracker: &Mutex<SessionTracker>,
+) -> SessionEnd {
+    loop {
+        if access.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let rights = who.rights(&access.borrow_and_update());
+        let mut t = tracker.lock().expect("tracker");
+        t.rights = Some(rights);
+        if let Some(why) = t.refusal() {
+            let reason = format!("{why} (rights changed on reload)");
+            return SessionEnd::new(CloseCode::Unauthorized, reason, EndedBy::Local);
+        }
+    }
+}
+
 pub(crate) async fn serve(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     shared: &Shared,
-    peer: String,
-    edge: EdgeIdentity,
+    who: Who,
     path: Arc<PathWatch>,
 ) {
     let budget = shared.budget.session();
@@ -51,7 +94,7 @@ pub(crate) async fn serve(
             let tunnel = Tunnel { send, frames, path };
             match shared
                 .resumable
-                .hand_over(session_id, &token, &edge, tunnel)
+                .hand_over(session_id, &token, &who.edge, tunnel)
             {
                 Ok(()) => info!(session = %session_id, "session resumed on a new stream"),
                 Err(refused) => {
@@ -76,10 +119,14 @@ pub(crate) async fn serve(
     };
     let span = tracing::info_span!("session", id = %session_id);
     async {
-        let tracker = Arc::new(Mutex::new(SessionTracker::default()));
+        let mut access = shared.access.subscribe();
+        let rights = who.rights(&access.borrow_and_update());
+        let mut tracker = SessionTracker::default();
+        tracker.rights = Some(rights);
+        let tracker = Arc::new(Mutex::new(tracker));
         shared
             .telemetry
-            .session_started(session_id, peer, tracker.clone());
+            .session_started(session_id, who.peer.clone(), tracker.clone());
         // What the origin sends (a player's media) waits under the budget the edge asked for.
         let queue = QueuePolicy {
             budget: (latency_budget_ms > 0)
@@ -88,11 +135,16 @@ pub(crate) async fn serve(
             ..QueuePolicy::default()
         };
         let tunnel = Tunnel { send, frames, path };
-        let end = to_origin(tunnel, shared, &tracker, budget, queue, session_id, &edge).await;
+        let end = to_origin(tunnel, shared, &tracker, budget, queue, session_id, &who, &mut access).await;
         shared
             .telemetry
             .session_ended(session_id, end.code, &end.reason);
         let t = tracker.lock().expect("tracker").clone();
+        if let (CloseCode::Unauthorized, Some(rights), Some(direction)) =
+            (end.code, &t.rights, t.direction)
+        {
+            shared.telemetry.unauthorized(&rights.identity, direction.as_str());
+        }
         let line = format!("session ended: {} ({})", end.reason, end.code);
         let (app, stream) = (t.app.unwrap_or_default(), t.stream.unwrap_or_default());
         let (to_origin, to_client) = (t.to_origin.messages, t.to_client.messages);
@@ -217,13 +269,8 @@ impl EdgeIdentity {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         };
-        let cert = conn
-            .peer_identity()
-            .and_then(|id| {
-                id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                    .ok()
-            })
-            .and_then(|certs| certs.first().map(|c| digest(c.as_ref())))
+        let cert = crate::peer_certificate(conn)
+            .map(|c| digest(c.as_ref()))
             .unwrap_or_default();
         EdgeIdentity(format!("{edge_id}|{cert}|{}", digest(token.as_bytes())))
     }
@@ -352,8 +399,10 @@ async fn to_origin(
     budget: Arc<SessionBudget>,
     mut queue: QueuePolicy,
     session_id: SessionId,
-    edge: &EdgeIdentity,
+    who: &Who,
+    access: &mut watch::Receiver<Arc<AccessPolicy>>,
 ) -> SessionEnd {
+    let edge = &who.edge;
     let mut link = match connect_origin(shared).await {
         Ok(conn) => OriginLink::new(conn, &budget, tracker),
         Err(e) => {
@@ -394,6 +443,7 @@ async fn to_origin(
             ) => Turn::Ended(end),
             // The edge took the session over on a new stream (it lost the old one first).
             new = handed_over(&mut handoff) => Turn::Resumed(new),
+            end = rights_withdrawn(access, who, tracker) => Turn::Ended(end),
         };
         let end = match turn {
             Turn::Resumed(new) => {

@@ -56,6 +56,9 @@ pub enum ConfigError {
     /// Edge: a back-pressure threshold the budget never lets the queue reach.
     #[error("backpressure_ms ({0}) must be under max_latency_ms ({1}): past the budget media is dropped, so the pusher would never feel it")]
     BackpressureAboveBudget(u64, u64),
+    /// Gateway: `[[edge]]` tables that cannot be applied.
+    #[error("{0}")]
+    Access(String),
     /// Gateway: an empty token would let any edge in.
     #[error("tokens must not be empty strings")]
     EmptyToken,

@@ -653,10 +653,12 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                     }
                     let passed = {
                         let mut t = self.tracker.lock().expect("tracker");
-                        match t.record(flow, &msg) {
-                            Ok(()) => t.pass_to_client(msg),
-                            Err(e) => Err(e),
+                        let recorded = t.record(flow, &msg);
+                        // A publish or play its edge has no right to goes no further.
+                        if let (Ok(()), Some(why)) = (&recorded, t.refusal()) {
+                            return SessionEnd::new(CloseCode::Unauthorized, why, EndedBy::Local);
                         }
+                        recorded.and_then(|()| t.pass_to_client(msg))
                     };
                     let msg = match passed {
                         Ok(Some(msg)) => msg,
@@ -803,7 +805,7 @@ pub async fn finish_session<S: TunnelSend>(
         let t = tracker.lock().expect("tracker");
         match peer {
             RtmpPeer::Client if end.ended_by != EndedBy::Rtmp && end.code != CloseCode::Normal => {
-                t.failure_messages(&end.reason)
+                t.failure_messages(end.code, &end.reason)
             }
             RtmpPeer::Origin if end.ended_by == EndedBy::Local => t.goodbye_messages(),
             _ => Vec::new(),

@@ -109,6 +109,7 @@
 //! Version 2 had no SESSION_RESUME or RESUME_TOKEN. Version 1 also differed in SESSION_OPEN,
 //! which carried the session id alone.
 
+pub mod access;
 pub mod amf0;
 pub mod budget;
 pub mod chunk;

@@ -6,13 +6,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::access::Rights;
 use crate::amf0::Amf0Error;
 use crate::command::{self, public_stream_name, Amf0Value, Command};
 use crate::fast_start::FastStart;
 use crate::journal::SessionJournal;
 use crate::media_queue::Dropped;
 use crate::message::{MediaKind, Message};
-use crate::wire::ResumeToken;
+use crate::wire::{CloseCode, ResumeToken};
 
 /// Whether the client publishes or plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +180,8 @@ pub struct SessionTracker {
     pub arrived_late: Dropped,
     /// At the edge: the token the gateway gave last to resume this session on a new stream.
     pub resume_token: Option<ResumeToken>,
+    /// At the gateway with ACLs: what the client's edge may publish and play.
+    pub rights: Option<Arc<Rights>>,
     /// Messages waiting at this hop, per flow.
     waiting: [Arc<WaitTimes>; 2],
     connect_transaction: Option<f64>,
@@ -200,6 +203,7 @@ impl Default for SessionTracker {
             journal: SessionJournal::default(),
             fast_start: None,
             resume_token: None,
+            rights: None,
             arrived_late: Dropped::default(),
             gateway: None,
             waiting: Default::default(),
@@ -294,19 +298,38 @@ impl SessionTracker {
         self.waiting[flow.index()].clone()
     }
 
-    /// The RTMP messages that tell the client its session failed for `reason`: `_error` for a
-    /// connect still waiting for its answer, else `onStatus` `NetStream.Failed`.
-    pub fn failure_messages(&self, reason: &str) -> Vec<Message> {
+    /// Why the client's publish or play is refused by [`rights`](Self::rights), once it
+    /// asked; `None` while allowed or not asked yet.
+    pub fn refusal(&self) -> Option<String> {
+        let (rights, direction) = (self.rights.as_ref()?, self.direction?);
+        let app = self.app.as_deref().unwrap_or_default();
+        rights.refusal(direction, app, self.stream.as_deref().unwrap_or_default())
+    }
+
+    /// The RTMP messages that tell the client its session failed with `code` for `reason`:
+    /// `_error` for a connect still waiting for its answer, else `onStatus`: for a refused
+    /// right `NetStream.Publish.Unauthorized` or `NetStream.Play.Failed`, otherwise
+    /// `NetStream.Failed`. The reason is the description, which pushers log.
+    pub fn failure_messages(&self, code: CloseCode, reason: &str) -> Vec<Message> {
+        let status = match (code, self.direction) {
+            (CloseCode::Unauthorized, Some(Direction::Publish)) => "NetStream.Publish.Unauthorized",
+            (CloseCode::Unauthorized, Some(Direction::Play)) => "NetStream.Play.Failed",
+            _ => "NetStream.Failed",
+        };
         match (self.connect_transaction, self.connected) {
             (Some(txn), false) => vec![command::error_response(
                 txn,
-                "NetConnection.Connect.Failed",
+                if code == CloseCode::Unauthorized {
+                    "NetConnection.Connect.Rejected"
+                } else {
+                    "NetConnection.Connect.Failed"
+                },
                 reason,
             )],
             (Some(_), true) => vec![command::on_status(
                 self.media_stream_id.unwrap_or(0),
                 "error",
-                "NetStream.Failed",
+                status,
                 reason,
             )],
             (None, _) => Vec::new(),
@@ -381,7 +404,11 @@ mod tests {
     #[test]
     fn tracks_connect_and_publish_and_maps_failures() {
         let mut t = SessionTracker::default();
-        assert!(t.failure_messages("x").is_empty(), "nothing to answer yet");
+        assert!(
+            t.failure_messages(CloseCode::OriginUnreachable, "x")
+                .is_empty(),
+            "nothing to answer yet"
+        );
         t.record(
             Flow::ToOrigin,
             &request(
@@ -392,7 +419,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let fail = t.failure_messages("origin down");
+        let fail = t.failure_messages(CloseCode::OriginUnreachable, "origin down");
         let cmd = Command::parse(&fail[0]).unwrap().unwrap();
         assert_eq!((cmd.name.as_str(), cmd.transaction_id), ("_error", 1.0));
         t.record(Flow::ToClient, &connect_result(1.0)).unwrap();
@@ -411,11 +438,19 @@ mod tests {
         assert_eq!(t.app.as_deref(), Some("live"));
         assert_eq!(t.stream.as_deref(), Some("cam"));
         assert_eq!(t.direction, Some(Direction::Publish));
-        let fail = t.failure_messages("origin closed");
+        let fail = t.failure_messages(CloseCode::OriginClosed, "origin closed");
         let cmd = Command::parse(&fail[0]).unwrap().unwrap();
         assert_eq!(cmd.name, "onStatus");
         assert_eq!(fail[0].stream_id, 1);
         assert_eq!(cmd.status().unwrap().code, "NetStream.Failed");
+        let denied = t.failure_messages(CloseCode::Unauthorized, "edge \"a\" may not publish");
+        let status = Command::parse(&denied[0])
+            .unwrap()
+            .unwrap()
+            .status()
+            .unwrap();
+        assert_eq!(status.code, "NetStream.Publish.Unauthorized");
+        assert!(status.description.contains("may not publish"));
         let bye: Vec<String> = t
             .goodbye_messages()
             .iter()

@@ -392,6 +392,30 @@ impl Telemetry {
         counter!("rtmpq_sessions_set_up_again_total", "role" => self.role.as_str()).increment(1);
     }
 
+    /// Counts an edge refused what it asked for: `action` `connect` (its identity is not
+    /// listed or its token is wrong), `publish` or `play` (its rights do not cover the
+    /// stream); `edge` is the `[[edge]]` name, or `unlisted`.
+    pub fn unauthorized(&self, edge: &str, action: &'static str) {
+        counter!(
+            "rtmpq_unauthorized_total",
+            "role" => self.role.as_str(),
+            "edge" => edge.to_owned(),
+            "action" => action
+        )
+        .increment(1);
+    }
+
+    /// Sets when the certificate `name` (`gateway`, `ca`) expires, in seconds since the Unix
+    /// epoch (`rtmpq_certificate_expiry_timestamp_seconds`; alert on it minus `time()`).
+    pub fn certificate_expiry(&self, name: &'static str, unix_seconds: i64) {
+        gauge!(
+            "rtmpq_certificate_expiry_timestamp_seconds",
+            "role" => self.role.as_str(),
+            "certificate" => name
+        )
+        .set(unix_seconds as f64);
+    }
+
     /// Counts a gateway left for another because it stopped acknowledging.
     pub fn failed_over(&self) {
         counter!("rtmpq_gateway_failovers_total", "role" => self.role.as_str()).increment(1);

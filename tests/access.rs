@@ -1,0 +1,297 @@
+//! Edge identities and stream ACLs (`[[edge]]` tables): a real ffmpeg pusher through a real
+//! edge to a gateway that knows each edge by token or client-certificate name. Allowed streams
+//! flow; a denied publish ends with `unauthorized` and words the pusher's log shows; a reload
+//! that takes a right away ends the live session using it and no other.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rtmpq_gateway::access::EdgeRuleConfig;
+use rtmpq_gateway::{Gateway, GatewayConfig};
+use rtmpq_hop::secret::Secret;
+
+fn edge_rule(name: &str, token: &str, publish: &[&str]) -> EdgeRuleConfig {
+    EdgeRuleConfig {
+        name: name.into(),
+        token: Some(Secret::new(token)),
+        cert: None,
+        publish: publish.iter().map(|s| s.to_string()).collect(),
+        play: vec!["live/*".into()],
+    }
+}
+
+fn gateway_config(state: &std::path::Path, edges: Vec<EdgeRuleConfig>) -> GatewayConfig {
+    GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.to_owned(),
+        edges,
+        ..GatewayConfig::default()
+    }
+}
+
+/// `rtmpq_unauthorized_total` for `edge` and `action`, from this process's recorder.
+fn unauthorized(edge: &str, action: &str) -> f64 {
+    let scrape = rtmpq_telemetry::prometheus().render();
+    let labels = [format!("edge=\"{edge}\""), format!("action=\"{action}\"")];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    sample(&scrape, "rtmpq_unauthorized_total", &labels).unwrap_or(0.0)
+}
+
+/// Starts an ffmpeg pusher of `clip` to `url` in the background.
+fn start_push(clip: &std::path::Path, url: &str) -> tokio::task::JoinHandle<std::process::Output> {
+    let (clip, url) = (clip.to_owned(), url.to_owned());
+    tokio::spawn(async move { push(&clip, &url).await })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_edge_publishes_what_its_rules_allow_and_nothing_else() {
+    rtmpq_telemetry::prometheus();
+    let clip = clip(4).await;
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(gateway_config(
+        state.path(),
+        vec![edge_rule("cam-a", "token-a", &["live/cam-*"])],
+    ))
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        token: Some(Secret::new("token-a")),
+        ..c
+    })
+    .await;
+
+    let allowed = push(&clip, &stack.edge_url("cam-1")).await;
+    assert!(
+        allowed.status.success(),
+        "an allowed publish failed: {}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+
+    let before = unauthorized("cam-a", "publish");
+    let denied = push(&clip, &stack.edge_url("studio")).await;
+    assert!(!denied.status.success(), "a denied publish succeeded");
+    let said = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        said.contains("may not publish live/studio"),
+        "the pusher's log does not say why: {said}"
+    );
+    let ended = ended_session(&stack.gateway, "denied at the gateway", |s| {
+        s.code == "unauthorized"
+    })
+    .await;
+    assert!(
+        ended
+            .reason
+            .contains("\"cam-a\" may not publish live/studio"),
+        "{ended:?}"
+    );
+    ended_session(&stack.edge, "denied at the edge", |s| {
+        s.code == "unauthorized"
+    })
+    .await;
+    assert_eq!(unauthorized("cam-a", "publish"), before + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_no_rule_names_is_refused_with_words_its_pusher_shows() {
+    rtmpq_telemetry::prometheus();
+    let clip = clip(4).await;
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(gateway_config(
+        state.path(),
+        vec![edge_rule("cam-a", "token-a", &["live/*"])],
+    ))
+    .await
+    .unwrap();
+    let before = unauthorized("unlisted", "connect");
+    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        token: Some(Secret::new("not-a-listed-token")),
+        ..c
+    })
+    .await;
+    let refused = push(&clip, &stack.edge_url("cam-1")).await;
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("not listed at the gateway"), "{said}");
+    assert!(
+        !said.contains("not-a-listed-token"),
+        "the token is never shown"
+    );
+    let ended = ended_session(&stack.edge, "refused edge", |s| s.code == "unauthorized").await;
+    assert!(!ended.reason.contains("not-a-listed-token"));
+    assert!(unauthorized("unlisted", "connect") > before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_name_is_an_identity() {
+    let clip = clip(4).await;
+    let certs = tempfile::tempdir().unwrap();
+    let pin = rtmpq_certs::init(certs.path(), &[]).unwrap();
+    let (cert, key) = rtmpq_certs::issue_edge(certs.path(), "studio-1").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        cert_dir: Some(certs.path().to_owned()),
+        client_auth: true,
+        ..gateway_config(
+            state.path(),
+            vec![EdgeRuleConfig {
+                name: "studio".into(),
+                token: None,
+                cert: Some("studio-1".into()),
+                publish: vec!["live/studio".into()],
+                play: vec![],
+            }],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(gateway.pin(), pin);
+    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        client_cert: Some(cert),
+        client_key: Some(key),
+        ..c
+    })
+    .await;
+    let allowed = push(&clip, &stack.edge_url("studio")).await;
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    let denied = push(&clip, &stack.edge_url("cam-1")).await;
+    assert!(!denied.status.success());
+    let ended = ended_session(&stack.gateway, "denied by cert name", |s| {
+        s.code == "unauthorized"
+    })
+    .await;
+    assert!(
+        ended
+            .reason
+            .contains("\"studio\" may not publish live/cam-1"),
+        "{ended:?}"
+    );
+
+    // Its rules list nothing to play.
+    let play = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-i", &stack.edge_url("studio")])
+        .args(["-t", "1", "-f", "null", "-"])
+        .kill_on_drop(true)
+        .output();
+    let play = tokio::time::timeout(Duration::from_secs(60), play)
+        .await
+        .expect("the denied player was told")
+        .unwrap();
+    assert!(!play.status.success());
+    let said = String::from_utf8_lossy(&play.stderr);
+    assert!(said.contains("may not play live/studio"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_ends_only_the_sessions_whose_rights_it_took() {
+    let clip = clip(30).await;
+    let state = tempfile::tempdir().unwrap();
+    let rules = |a_publishes: &str| {
+        vec![
+            edge_rule("cam-a", "token-a", &[a_publishes]),
+            edge_rule("cam-b", "token-b", &["live/cam-b"]),
+        ]
+    };
+    let gateway = Gateway::bind(gateway_config(state.path(), rules("live/cam-a")))
+        .await
+        .unwrap();
+    let reloader = gateway.reloader();
+    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        token: Some(Secret::new("token-a")),
+        ..c
+    })
+    .await;
+    let edge_b = start_edge(
+        rtmpq_edge::EdgeConfig {
+            pin: Some(stack.pin.clone()),
+            token: Some(Secret::new("token-b")),
+            ..edge_config(stack.gateway_addr)
+        },
+        &stack.shutdown,
+    )
+    .await;
+    let push_a = start_push(&clip, &stack.edge_url("cam-a"));
+    let push_b = start_push(&clip, &format!("rtmp://{edge_b}/live/cam-b"));
+    let publishing = |gateway: &rtmpq_telemetry::Telemetry, stream: &str| {
+        gateway
+            .sessions()
+            .iter()
+            .any(|s| s.stream == stream && s.video_frames > 30)
+    };
+    wait_until(Duration::from_secs(30), "both pushes under way", || {
+        publishing(&stack.gateway, "cam-a") && publishing(&stack.gateway, "cam-b")
+    })
+    .await;
+
+    // A config that does not load changes nothing.
+    let mut bad = gateway_config(stack._state.path(), rules("live//x"));
+    bad.listen = "127.0.0.1:0".parse().unwrap();
+    assert!(reloader.reload(bad).is_err());
+    assert!(publishing(&stack.gateway, "cam-a"));
+
+    reloader
+        .reload(gateway_config(stack._state.path(), rules("live/other")))
+        .unwrap();
+    let ended = ended_session(&stack.gateway, "cam-a revoked", |s| {
+        s.code == "unauthorized"
+    })
+    .await;
+    assert!(
+        ended.reason.contains("rights changed on reload"),
+        "{ended:?}"
+    );
+    let out_a = push_a.await.unwrap();
+    assert!(!out_a.status.success(), "the revoked pusher was not told");
+    assert!(
+        String::from_utf8_lossy(&out_a.stderr).contains("may not publish live/cam-a"),
+        "{}",
+        String::from_utf8_lossy(&out_a.stderr)
+    );
+    // cam-b's rights did not change: its push goes on to the end.
+    let out_b = push_b.await.unwrap();
+    assert!(
+        out_b.status.success(),
+        "cam-b was cut: {}",
+        String::from_utf8_lossy(&out_b.stderr)
+    );
+    assert!(
+        !stack
+            .gateway
+            .ended_sessions()
+            .iter()
+            .any(|s| s.session.stream == "cam-b" && s.code != "normal"),
+        "{:#?}",
+        stack.gateway.ended_sessions()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config_file_of_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |publish: &str| {
+        format!("[[edge]]\nname = \"cam-a\"\ntoken = \"token-a\"\npublish = [\"{publish}\"]\n")
+    };
+    let path = write_config(dir.path(), &config("live/a"));
+    let mut gateway = GatewayProcess::start(&["--config", &path]).await;
+    let hangup = |pid: u32| {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    std::fs::write(&path, config("live/b")).unwrap();
+    hangup(gateway.process.pid());
+    gateway.process.wait_for("configuration reloaded").await;
+    std::fs::write(&path, config("live//broken")).unwrap();
+    hangup(gateway.process.pid());
+    let line = gateway.process.wait_for("configuration not reloaded").await;
+    assert!(line.contains("empty segment"), "{line}");
+    assert!(!line.contains("token-a"));
+}
