@@ -2,6 +2,7 @@
 //! on the server side, the transport's pieces, and a real ffmpeg pusher on the pusher side; record
 //! when every video frame reaches the player and turn that into figures.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,14 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::flood::FloodReport;
 use crate::netem::{self, in_netns, CountsSnapshot, Link, ADDR_B};
 use crate::profiles::{Profile, Restarted};
+
+/// The token of the one edge identity the bench's gateway lists.
+const BENCH_TOKEN: &str = "bench-edge-token";
+/// Where the bench's gateway serves metrics, inside its namespace.
+const GATEWAY_METRICS: &str = "127.0.0.1:9464";
 
 /// How a pusher reaches nginx-rtmp (or, playing, how a player reaches it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,6 +182,14 @@ pub struct RunResult {
     pub link_down: CountsSnapshot,
     /// (seconds since the pusher started, extra latency ms) per received frame, thinned.
     pub timeline: Vec<(f64, f64)>,
+    /// The flood sent at the gateway during the run, and what came of it.
+    pub flood: Option<FloodReport>,
+    /// The server end's (gateway's, QUIC pipe server's) largest resident memory during the
+    /// run, bytes.
+    pub server_rss_peak_bytes: Option<u64>,
+    /// The gateway's refusal counters at the run's end (`reason` of
+    /// `rtmpq_handshake_failures_total`, `retries` for `rtmpq_quic_retries_total`).
+    pub server_refusals: BTreeMap<String, f64>,
 }
 
 /// What every run shares.
@@ -227,6 +242,72 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
 /// A process in a namespace whose stderr goes to a log file; killed on drop.
 struct NsProcess {
     child: Child,
+}
+
+/// Resident memory of the command `ip netns exec` (process `pid`) runs, bytes.
+fn rss_of(pid: u32) -> Option<u64> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    // `ip netns exec` execs the command in place: then the pid is the command itself.
+    let pid = children
+        .split_whitespace()
+        .next()
+        .map_or(pid.to_string(), str::to_owned);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The gateway's metrics page in `ns` at `addr`, over plain HTTP/1.0.
+fn scrape_in(ns: &str, addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = addr.to_owned();
+    in_netns(ns, move || {
+        let mut tcp = std::net::TcpStream::connect(&addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: gateway\r\n\r\n")?;
+        let mut body = String::new();
+        tcp.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .ok()
+}
+
+/// The refusal counters of a gateway's metrics page: failed handshakes by reason, Retries,
+/// unauthorized edges by action.
+fn refusals(page: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let label = |name: &str| {
+            let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+            let len = series[start..].find('"')?;
+            Some(series[start..start + len].to_owned())
+        };
+        let key = if series.starts_with("rtmpq_handshake_failures_total") {
+            label("reason")
+        } else if series.starts_with("rtmpq_quic_retries_total") {
+            Some("retries".to_owned())
+        } else if series.starts_with("rtmpq_unauthorized_total") {
+            label("action").map(|a| format!("unauthorized_{a}"))
+        } else {
+            None
+        };
+        if let Some(key) = key {
+            *out.entry(key).or_insert(0.0) += value;
+        }
+    }
+    out
 }
 
 async fn spawn_in(
@@ -468,9 +549,23 @@ pub async fn run_one(
             budget_ms,
             backpressure_ms,
         } => {
+            // One listed edge identity (a token), as a deployment has: flooders know no token.
+            let gateway_toml = run_dir.join("gateway.toml");
+            let edge_toml = run_dir.join("edge.toml");
+            std::fs::write(
+                &gateway_toml,
+                format!("[[edge]]\nname = \"bench\"\ntoken = \"{BENCH_TOKEN}\"\npublish = [\"live/*\"]\nplay = [\"live/*\"]\n"),
+            )
+            .map_err(io_err("gateway.toml"))?;
+            std::fs::write(&edge_toml, format!("token = \"{BENCH_TOKEN}\"\n"))
+                .map_err(io_err("edge.toml"))?;
             let args = vec![
                 rtmpq.clone(),
                 s("gateway"),
+                s("--config"),
+                gateway_toml.display().to_string(),
+                s("--metrics"),
+                s(GATEWAY_METRICS),
                 s("--listen"),
                 s("0.0.0.0:4433"),
                 s("--origin"),
@@ -488,6 +583,8 @@ pub async fn run_one(
                     &[
                         rtmpq,
                         s("edge"),
+                        s("--config"),
+                        edge_toml.display().to_string(),
                         s("--listen"),
                         s("127.0.0.1:1935"),
                         s("--gateway"),
@@ -574,6 +671,12 @@ pub async fn run_one(
 
     // The player: our own RTMP client; it never probes, so arrival is arrival. It plays
     // before the pusher starts (nginx-rtmp keeps idle streams), so it gets the whole clip.
+    if profile.flood.is_some() && !matches!(transport, Transport::Rtmpq { .. }) {
+        return Err(RunError::Setup(format!(
+            "the flood is aimed at rtmpq's gateway, not {}",
+            transport.name()
+        )));
+    }
     if profile
         .restart
         .is_some_and(|r| r.what == Restarted::Gateway)
@@ -658,6 +761,12 @@ pub async fn run_one(
     };
     // The restart: killed at its time, started again at once; when it is back is the
     // event's end for "back at floor".
+    let server_pid = std::sync::atomic::AtomicU32::new(
+        server
+            .as_ref()
+            .and_then(|(p, _, _)| p.child.id())
+            .unwrap_or(0),
+    );
     let restarting = async {
         let restart = profile.restart?;
         tokio::time::sleep_until((started + restart.at).into()).await;
@@ -670,12 +779,55 @@ pub async fn run_one(
         };
         let _ = proc.child.kill().await;
         *proc = spawn_in(&b, &args, &log(log_name), ready).await.ok()?;
+        if restart.what == Restarted::Gateway {
+            server_pid.store(
+                proc.child.id().unwrap_or(0),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         if restart.what == Restarted::Origin {
             wait_tcp(&b, "127.0.0.1:1935").await.ok()?;
         }
         Some(monotonic_ns())
     };
-    let (survived, restarted_ns) = tokio::join!(pushing, restarting);
+    // The flood, from the pusher's side of the link at the gateway's port.
+    let flooding = async {
+        let spec = profile.flood?;
+        tokio::time::sleep_until((started + spec.at).into()).await;
+        let pin = ctx.pin.parse().ok()?;
+        let target = format!("{ADDR_B}:4433").parse().ok()?;
+        match crate::flood::flood(&a, target, pin, spec).await {
+            Ok(report) => Some(report),
+            Err(e) => {
+                tracing::warn!(reason = %e, "flood failed");
+                None
+            }
+        }
+    };
+    // The server end's memory, sampled until the pusher is done.
+    let rss_peak = std::sync::atomic::AtomicU64::new(0);
+    let sampling = async {
+        loop {
+            let pid = server_pid.load(std::sync::atomic::Ordering::Relaxed);
+            if let Some(rss) = (pid > 0).then(|| rss_of(pid)).flatten() {
+                rss_peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let pushing_sampled = async {
+        tokio::select! {
+            survived = pushing => survived,
+            _ = sampling => unreachable!("sampling never ends"),
+        }
+    };
+    let (survived, restarted_ns, flood) = tokio::join!(pushing_sampled, restarting, flooding);
+    let server_refusals = match transport {
+        Transport::Rtmpq { .. } => scrape_in(&b, GATEWAY_METRICS)
+            .map(|page| refusals(&page))
+            .unwrap_or_default(),
+        _ => BTreeMap::new(),
+    };
     // Frames still in flight get a little time to land; late ones count as late anyway.
     let settle = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < settle
@@ -710,6 +862,9 @@ pub async fn run_one(
     result.link_up = link.up.snapshot();
     result.link_down = link.down.snapshot();
     result.decode_errors = decode_errors(&received_flv).await;
+    result.flood = flood;
+    result.server_rss_peak_bytes = Some(rss_peak.into_inner()).filter(|&b| b > 0);
+    result.server_refusals = server_refusals;
     tracing::info!("link {}: {}", profile.name, link.summary());
     Ok(result)
 }
@@ -840,6 +995,9 @@ fn summarize(
             .step_by(step)
             .map(|(&(_, at), &e)| ((at.saturating_sub(started_ns)) as f64 / 1e9, e))
             .collect(),
+        flood: None,
+        server_rss_peak_bytes: None,
+        server_refusals: BTreeMap::new(),
     }
 }
 
@@ -858,6 +1016,7 @@ mod tests {
             link: LinkSpec::symmetric(crate::netem::DirectionSpec::default()),
             window,
             restart: None,
+            flood: None,
         }
     }
 

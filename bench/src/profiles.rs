@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::flood::FloodSpec;
 use crate::netem::{DirectionSpec, GilbertElliott, LinkSpec};
 
 /// A named link.
@@ -20,6 +21,8 @@ pub struct Profile {
     pub window: Option<(Duration, Duration)>,
     /// A process killed and started again during the run.
     pub restart: Option<Restart>,
+    /// A flood at the gateway's port during the run.
+    pub flood: Option<FloodSpec>,
 }
 
 /// A process the bench kills (SIGKILL) and starts again at `at` into the run.
@@ -95,6 +98,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         link,
         window: None,
         restart: None,
+        flood: None,
     };
     let blackout = |name: &'static str, secs: u64| {
         Profile {
@@ -106,6 +110,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         link: dark(secs),
         window: blackout_window,
         restart: None,
+        flood: None,
     }
     };
     vec![
@@ -202,6 +207,24 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
             "start-up: 250 ms RTT, no loss, 100 Mbit/s".into(),
             lossy(250, 0.0, 100.0),
         ),
+        Profile {
+            flood: Some(FloodSpec {
+                at: duration / 4,
+                wrong_alpn: 1000,
+                bad_hellos: 1000,
+                half_open: 2000,
+                garbage: 20_000,
+                concurrency: 64,
+            }),
+            ..profile(
+                "flood",
+                format!(
+                    "as clean, and from {} s a flood at the gateway's port from the pusher's side: 1000 wrong-ALPN handshakes, 1000 HELLOs with a wrong token, 2000 half-open Initials, 20000 garbage datagrams",
+                    (duration / 4).as_secs()
+                ),
+                lossy(50, 0.0, 100.0),
+            )
+        },
         profile(
             "address-change",
             format!(

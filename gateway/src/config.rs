@@ -13,6 +13,7 @@ use rtmpq_hop::secret::Secret;
 use serde::Deserialize;
 
 use crate::access::{AccessPolicy, EdgeRuleConfig};
+use crate::admission::AdmissionLimits;
 use crate::connection_ids::ServerId;
 
 /// Gateway settings as written: a TOML file, then flags over it.
@@ -43,6 +44,15 @@ pub struct GatewayConfig {
     pub metrics: Option<SocketAddr>,
     /// Most sessions at once; more are refused with `overloaded`.
     pub max_sessions: usize,
+    /// Most sessions on one edge connection; more are refused with `overloaded`.
+    pub max_sessions_per_connection: usize,
+    /// From this many QUIC handshakes in progress on, a source must prove its address with a
+    /// Retry round trip first (costs the gateway no state: spoofed floods stop there).
+    pub retry_above_pending: usize,
+    /// Most QUIC handshakes in progress at once; more are refused.
+    pub max_pending_handshakes: usize,
+    /// Most connections from one IP address (edges behind one NAT share one).
+    pub max_connections_per_address: usize,
     /// How long to wait for the origin's TCP connect, in ms.
     pub origin_connect_timeout_ms: u64,
     /// How long the gateway holds a live session whose tunnel was lost (the origin side kept)
@@ -76,6 +86,10 @@ impl Default for GatewayConfig {
             edges: Vec::new(),
             metrics: None,
             max_sessions: 1000,
+            max_sessions_per_connection: 256,
+            retry_above_pending: 32,
+            max_pending_handshakes: 512,
+            max_connections_per_address: 64,
             origin_connect_timeout_ms: 5000,
             origin_retry_ms: 30_000,
             resume_grace_ms: 10_000,
@@ -112,6 +126,10 @@ pub struct GatewaySettings {
     pub metrics: Option<SocketAddr>,
     /// Most sessions at once.
     pub max_sessions: usize,
+    /// Most sessions on one edge connection.
+    pub max_sessions_per_connection: usize,
+    /// Handshake admission: Retry threshold, pending and per-address bounds.
+    pub admission: AdmissionLimits,
     /// The origin's TCP connect limit.
     pub origin_connect_timeout: Duration,
     /// How long a session whose tunnel was lost is held for its edge to resume (zero: never).
@@ -157,6 +175,18 @@ impl GatewayConfig {
             access,
             metrics: self.metrics,
             max_sessions: above_zero(self.max_sessions, "max_sessions")?,
+            max_sessions_per_connection: above_zero(
+                self.max_sessions_per_connection,
+                "max_sessions_per_connection",
+            )?,
+            admission: AdmissionLimits {
+                retry_above_pending: self.retry_above_pending,
+                max_pending: above_zero(self.max_pending_handshakes, "max_pending_handshakes")?,
+                max_per_address: above_zero(
+                    self.max_connections_per_address,
+                    "max_connections_per_address",
+                )?,
+            },
             origin_connect_timeout: millis(
                 self.origin_connect_timeout_ms,
                 "origin_connect_timeout_ms",

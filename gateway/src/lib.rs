@@ -2,6 +2,7 @@
 //! RTMP session its own TCP connection to the origin (or to the embedded origin).
 
 pub mod access;
+pub mod admission;
 pub mod config;
 pub mod connection_ids;
 pub mod embedded_origin;
@@ -49,6 +50,8 @@ struct Shared {
     access: watch::Sender<Arc<AccessPolicy>>,
     /// When the certificates the gateway presents and trusts expire (name, Unix seconds).
     expiries: Mutex<Vec<(&'static str, i64)>>,
+    /// Pending handshakes and connections per address.
+    admission: Arc<admission::Admission>,
 }
 
 /// How long before a certificate expires the gateway starts warning in its log.
@@ -100,8 +103,15 @@ impl TlsSetup {
         }
         let pin = identity.fingerprint();
         let tls = rtmpq_certs::server_tls(identity, client_ca)?;
+        let mut server_config = rtmpq_hop::transport::server_config(tls)?;
+        // What quinn holds for handshakes the accept loop has not judged yet: bounded well
+        // below its defaults (65536 of them, 100 MiB of their early data).
+        server_config
+            .max_incoming(settings.admission.max_pending * 2)
+            .incoming_buffer_size(64 << 10)
+            .incoming_buffer_size_total(8 << 20);
         Ok(TlsSetup {
-            server_config: rtmpq_hop::transport::server_config(tls)?,
+            server_config,
             pin,
             expiries,
         })
@@ -214,6 +224,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             access,
             expiries: Mutex::new(expiries),
+            admission: admission::Admission::new(settings.admission),
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),
             settings,
             origin,
@@ -304,8 +315,33 @@ impl Gateway {
             };
             let shared = self.shared.clone();
             let remote = incoming.remote_address();
+            let verdict = shared
+                .admission
+                .judge(remote.ip(), incoming.remote_address_validated());
+            let ticket = match verdict {
+                admission::Verdict::Accept(ticket) => ticket,
+                admission::Verdict::Retry if incoming.may_retry() => {
+                    shared.telemetry.quic_retry();
+                    // Stateless: the source comes back with a token proving its address.
+                    let _ = incoming.retry();
+                    continue;
+                }
+                admission::Verdict::Retry => {
+                    // Already validated (cannot happen: validated sources are not retried).
+                    incoming.refuse();
+                    continue;
+                }
+                admission::Verdict::Refuse(reason) => {
+                    shared.telemetry.handshake_failed(
+                        reason,
+                        &format_args!("handshake from {remote} refused: {reason} reached"),
+                    );
+                    incoming.refuse();
+                    continue;
+                }
+            };
             drain.spawn(
-                serve_connection(incoming, shared, shutdown.clone())
+                serve_connection(incoming, ticket, shared, shutdown.clone())
                     .instrument(tracing::info_span!("edge", %remote)),
             );
         }
@@ -353,10 +389,13 @@ fn peer_certificate(
 /// One edge's QUIC connection: HELLO, then a session per bidirectional stream.
 async fn serve_connection(
     incoming: quinn::Incoming,
+    mut ticket: admission::Ticket,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let conn = match incoming.await {
+    let handshake = incoming.await;
+    ticket.established();
+    let conn = match handshake {
         Ok(conn) => conn,
         Err(e) => {
             shared.telemetry.handshake_failed(
@@ -454,6 +493,7 @@ async fn serve_connection(
         cert_names,
     });
     let sessions = TaskTracker::new();
+    let per_connection = Arc::new(Semaphore::new(shared.settings.max_sessions_per_connection));
     let reason = loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => break "gateway shutting down".to_owned(),
@@ -461,6 +501,21 @@ async fn serve_connection(
                 Ok(stream) => stream,
                 Err(e) => break e.to_string(),
             },
+        };
+        let Ok(own_permit) = per_connection.clone().try_acquire_owned() else {
+            let limit = shared.settings.max_sessions_per_connection;
+            warn!(
+                limit,
+                "session refused: this edge connection has its most sessions"
+            );
+            let mut send = send;
+            close_stream(
+                &mut send,
+                CloseCode::Overloaded,
+                &format!("this connection carries {limit} sessions already"),
+            )
+            .await;
+            continue;
         };
         let permit = match shared.sessions.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -491,7 +546,7 @@ async fn serve_connection(
         sessions.spawn(
             async move {
                 session::serve(send, recv, &shared, who, path).await;
-                drop(permit);
+                drop((permit, own_permit));
             }
             .in_current_span(),
         );

@@ -557,8 +557,15 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
         frame_kind::SESSION_CLOSE => (|| {
             let code = CloseCode::from_code(get_varint(&mut body)?);
             // A reason is words for logs and clients; a peer's 16 MiB of them is not kept.
+            // Cut after the lossy conversion too (each bad byte becomes a 3-byte U+FFFD), at a
+            // character boundary: a reason read back from its own encoding is the same reason.
             let reason = &body[..body.len().min(MAX_REASON_LEN)];
-            let reason = String::from_utf8_lossy(reason).into_owned();
+            let mut reason = String::from_utf8_lossy(reason).into_owned();
+            let mut cut = reason.len().min(MAX_REASON_LEN);
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
             Some(Frame::SessionClose { code, reason })
         })(),
         other => return Err(WireError::UnknownKind(other)),
@@ -719,8 +726,39 @@ mod tests {
         else {
             panic!("a close frame");
         };
-        assert!(reason.len() <= MAX_REASON_LEN + 3, "{}", reason.len());
+        assert!(reason.len() <= MAX_REASON_LEN, "{}", reason.len());
         assert!(reason.starts_with("éé"));
+        // Bytes that are not UTF-8 grow threefold as U+FFFD: still cut, and stable.
+        let mut bad = BytesMut::new();
+        Frame::SessionClose {
+            code: CloseCode::Internal,
+            reason: String::new(),
+        }
+        .encode(&mut bad);
+        let mut raw = bad.to_vec();
+        raw.extend(std::iter::repeat_n(0xff, 600));
+        let body = &raw[1..];
+        let mut framed = BytesMut::new();
+        put_varint(&mut framed, body.len() as u64);
+        framed.extend_from_slice(body);
+        let Some(Frame::SessionClose { reason, code }) =
+            FrameDecoder::default().decode(&mut framed).unwrap()
+        else {
+            panic!("a close frame");
+        };
+        assert!(reason.len() <= MAX_REASON_LEN, "{}", reason.len());
+        let mut again = BytesMut::new();
+        Frame::SessionClose {
+            code,
+            reason: reason.clone(),
+        }
+        .encode(&mut again);
+        let Some(Frame::SessionClose { reason: same, .. }) =
+            FrameDecoder::default().decode(&mut again).unwrap()
+        else {
+            panic!("a close frame");
+        };
+        assert_eq!(same, reason);
     }
 
     #[test]

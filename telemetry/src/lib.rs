@@ -416,6 +416,11 @@ impl Telemetry {
         .set(unix_seconds as f64);
     }
 
+    /// Counts a QUIC Retry sent: a handshake asked to prove its source address first.
+    pub fn quic_retry(&self) {
+        counter!("rtmpq_quic_retries_total", "role" => self.role.as_str()).increment(1);
+    }
+
     /// Counts a gateway left for another because it stopped acknowledging.
     pub fn failed_over(&self) {
         counter!("rtmpq_gateway_failovers_total", "role" => self.role.as_str()).increment(1);
