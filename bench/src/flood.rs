@@ -84,26 +84,44 @@ fn endpoint_in(ns: &str) -> std::io::Result<quinn::Endpoint> {
     )
 }
 
-/// A real client Initial for `target` (captured by a local socket in `ns` standing in for the
-/// gateway): replayed from a new source port, it starts a handshake the gateway must work on.
-async fn captured_initial(ns: &str, pin: Fingerprint) -> std::io::Result<Vec<u8>> {
+/// `n` real client Initials, each of its own connection (its own destination connection ID),
+/// captured by a local socket in `ns` standing in for the gateway: each replayed once from a
+/// new source port starts a handshake the gateway must work on (the same Initial twice would
+/// be one connection to it).
+async fn captured_initials(ns: &str, pin: Fingerprint, n: usize) -> std::io::Result<Vec<Vec<u8>>> {
     let capture = in_netns(ns, || UdpSocket::bind("127.0.0.1:0"))?;
     capture.set_read_timeout(Some(Duration::from_secs(5)))?;
     let addr = capture.local_addr()?;
     let endpoint = endpoint_in(ns)?;
-    let connecting = endpoint
-        .connect_with(client(pin, b"rtmpq/3"), addr, "localhost")
-        .map_err(std::io::Error::other)?;
+    let config = client(pin, b"rtmpq/3");
+    let mut connecting = Vec::with_capacity(n);
+    for _ in 0..n {
+        connecting.push(
+            endpoint
+                .connect_with(config.clone(), addr, "localhost")
+                .map_err(std::io::Error::other)?,
+        );
+    }
     let grab = tokio::task::spawn_blocking(move || {
+        let mut seen = std::collections::HashSet::new();
+        let mut initials = Vec::with_capacity(n);
         let mut buf = vec![0u8; 65_536];
-        let (n, _) = capture.recv_from(&mut buf)?;
-        buf.truncate(n);
-        Ok::<_, std::io::Error>(buf)
+        while initials.len() < n {
+            let Ok((len, _)) = capture.recv_from(&mut buf) else {
+                break;
+            };
+            // Byte 5 is the destination connection ID's length, the ID follows.
+            let dcid_end = 6 + usize::from(*buf.get(5).unwrap_or(&0));
+            if len > dcid_end && seen.insert(buf[6..dcid_end].to_vec()) {
+                initials.push(buf[..len].to_vec());
+            }
+        }
+        initials
     });
-    let initial = grab.await.map_err(std::io::Error::other)??;
+    let initials = grab.await.map_err(std::io::Error::other)?;
     drop(connecting);
     endpoint.close(0u32.into(), b"");
-    Ok(initial)
+    Ok(initials)
 }
 
 /// Floods `target` from namespace `ns` as `spec` says; returns what came of it.
@@ -115,14 +133,14 @@ pub async fn flood(
 ) -> std::io::Result<FloodReport> {
     let started = Instant::now();
     let mut report = FloodReport::default();
-    let initial = captured_initial(ns, pin).await?;
+    let initials = captured_initials(ns, pin, spec.half_open).await?;
 
     // Garbage and half-open Initials interleaved with the handshakes below.
-    let (ns_owned, garbage, half_open) = (ns.to_owned(), spec.garbage, spec.half_open);
+    let (ns_owned, garbage) = (ns.to_owned(), spec.garbage);
     let datagrams = tokio::task::spawn_blocking(move || {
         let mut rng = rand::rng();
         let spray = socket_in(&ns_owned)?;
-        let steps = garbage.max(half_open).max(1);
+        let steps = garbage.max(initials.len()).max(1);
         let (mut sent_garbage, mut sent_initials) = (0, 0);
         for i in 0..steps {
             if i < garbage {
@@ -137,10 +155,10 @@ pub async fn flood(
                     sent_garbage += 1;
                 }
             }
-            if i < half_open {
+            if let Some(initial) = initials.get(i) {
                 // A fresh source port per Initial: each is a new handshake to the gateway.
                 let s = socket_in(&ns_owned)?;
-                if s.send_to(&initial, target).is_ok() {
+                if s.send_to(initial, target).is_ok() {
                     sent_initials += 1;
                 }
             }

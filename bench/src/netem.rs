@@ -99,6 +99,12 @@ pub struct LinkSpec {
     pub blackouts: Vec<(Duration, Duration)>,
     /// When A's address changes (old removed, new added).
     pub address_change_at: Option<Duration>,
+    /// When a NAT in front of A rebinds: from then on A's UDP packets leave from another
+    /// source port (and only answers to that port come back).
+    pub rebind_at: Option<Duration>,
+    /// Extra random loss in both directions until this long after the start (handshakes
+    /// under loss).
+    pub early_loss: Option<(f64, Duration)>,
 }
 
 impl LinkSpec {
@@ -109,6 +115,8 @@ impl LinkSpec {
             down: dir,
             blackouts: Vec::new(),
             address_change_at: None,
+            rebind_at: None,
+            early_loss: None,
         }
     }
 }
@@ -294,19 +302,28 @@ impl Link {
         let start = Instant::now();
         let started_ns = rtmpq_demo::clock::monotonic_ns();
         let blackouts = Arc::new(spec.blackouts.clone());
-        for (from, to, dir, counts) in [
-            (tun_a.clone(), tun_b.clone(), spec.up, Arc::clone(&up)),
-            (tun_b, tun_a, spec.down, Arc::clone(&down)),
+        for (from, to, dir, counts, rebind) in [
+            (
+                tun_a.clone(),
+                tun_b.clone(),
+                spec.up,
+                Arc::clone(&up),
+                spec.rebind_at.map(|at| (at, Rebind::SourcePort)),
+            ),
+            (
+                tun_b,
+                tun_a,
+                spec.down,
+                Arc::clone(&down),
+                spec.rebind_at.map(|at| (at, Rebind::DestinationPort)),
+            ),
         ] {
-            tokio::spawn(forward(
-                from,
-                to,
-                dir,
-                blackouts.clone(),
-                start,
-                counts,
-                stop.clone(),
-            ));
+            let events = Events {
+                blackouts: blackouts.clone(),
+                rebind,
+                early_loss: spec.early_loss,
+            };
+            tokio::spawn(forward(from, to, dir, events, start, counts, stop.clone()));
         }
         if let Some(at) = spec.address_change_at {
             let ns = ns_a.clone();
@@ -381,11 +398,52 @@ impl LossModel {
     }
 }
 
+/// Which port of UDP packets a NAT rebinding rewrites in a direction.
+#[derive(Debug, Clone, Copy)]
+enum Rebind {
+    /// A → B: the source port.
+    SourcePort,
+    /// B → A: the destination port (back to what A bound).
+    DestinationPort,
+}
+
+/// The timed events one direction applies.
+#[derive(Debug, Clone)]
+struct Events {
+    blackouts: Arc<Vec<(Duration, Duration)>>,
+    rebind: Option<(Duration, Rebind)>,
+    early_loss: Option<(f64, Duration)>,
+}
+
+/// The port a rebinding NAT maps A's port to (and back: the map is its own inverse).
+fn rebound(port: u16) -> u16 {
+    port ^ 0x2000
+}
+
+/// Rewrites a UDP packet's port as `rebind` says; its checksum becomes 0 (none, valid in
+/// IPv4). Other packets pass untouched.
+fn rebind_udp(packet: &mut [u8], rebind: Rebind) {
+    if packet.len() < 20 || packet[0] >> 4 != 4 || packet[9] != 17 {
+        return;
+    }
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    if packet.len() < ihl + 8 {
+        return;
+    }
+    let at = match rebind {
+        Rebind::SourcePort => ihl,
+        Rebind::DestinationPort => ihl + 2,
+    };
+    let port = u16::from_be_bytes([packet[at], packet[at + 1]]);
+    packet[at..at + 2].copy_from_slice(&rebound(port).to_be_bytes());
+    packet[ihl + 6..ihl + 8].copy_from_slice(&[0, 0]);
+}
+
 async fn forward(
     from: Arc<AsyncFd<OwnedFd>>,
     to: Arc<AsyncFd<OwnedFd>>,
     spec: DirectionSpec,
-    blackouts: Arc<Vec<(Duration, Duration)>>,
+    events: Events,
     start: Instant,
     counts: Arc<DirectionCounts>,
     stop: CancellationToken,
@@ -419,14 +477,18 @@ async fn forward(
         };
         let now = Instant::now();
         let since = now - start;
-        if blackouts
+        if events
+            .blackouts
             .iter()
             .any(|(at, len)| since >= *at && since < *at + *len)
         {
             counts.blackout_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        if loss.drop_packet(&mut rng) {
+        let early_lost = events
+            .early_loss
+            .is_some_and(|(p, until)| since < until && rng.random::<f64>() < p);
+        if early_lost || loss.drop_packet(&mut rng) {
             counts.lost.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -449,7 +511,13 @@ async fn forward(
         };
         let delivery = (departure + spec.delay + jitter).max(last_delivery);
         last_delivery = delivery;
-        match tx.try_send((delivery, buf[..n].to_vec())) {
+        let mut packet = buf[..n].to_vec();
+        if let Some((at, rebind)) = events.rebind {
+            if since >= at {
+                rebind_udp(&mut packet, rebind);
+            }
+        }
+        match tx.try_send((delivery, packet)) {
             Ok(()) => {}
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 counts.queue_dropped.fetch_add(1, Ordering::Relaxed);

@@ -225,6 +225,40 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
                 lossy(50, 0.0, 100.0),
             )
         },
+        Profile {
+            window: None,
+            ..profile(
+                "handshake-loss30",
+                "30 % random loss both ways for the first 10 s (the edge's handshake and the start), then 50 ms RTT, 10 Mbit/s".into(),
+                LinkSpec {
+                    early_loss: Some((0.3, Duration::from_secs(10))),
+                    ..lossy(50, 0.0, 10.0)
+                },
+            )
+        },
+        profile(
+            "blackhole-cycles",
+            "the path blackholes 5 s, then passes 2 s, over and over from 3 s, 50 ms RTT, 10 Mbit/s"
+                .into(),
+            LinkSpec {
+                blackouts: (0..)
+                    .map(|n| (Duration::from_secs(3 + 7 * n), Duration::from_secs(5)))
+                    .take_while(|(at, _)| *at < duration)
+                    .collect(),
+                ..lossy(50, 0.0, 10.0)
+            },
+        ),
+        profile(
+            "nat-rebinding",
+            format!(
+                "a NAT rebinds the pusher side's UDP port at {} s (the old port gets nothing back), 50 ms RTT",
+                event_at.as_secs()
+            ),
+            LinkSpec {
+                rebind_at: Some(event_at),
+                ..lossy(50, 0.0, 10.0)
+            },
+        ),
         profile(
             "address-change",
             format!(

@@ -84,6 +84,30 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
             );
         }
         md.push('\n');
+        for r in results.iter().filter(|r| r.profile == p.name) {
+            if let Some(f) = &r.flood {
+                let refusals: Vec<String> = r
+                    .server_refusals
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.0}"))
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "Flood ({}, {:.1} s): wrong ALPN {} refused / {} accepted; wrong-token HELLOs {} closed / {} never connected; {} half-open Initials and {} garbage datagrams sent. The gateway counted: {}. Its peak resident memory: {}.\n",
+                    r.transport,
+                    f.seconds,
+                    f.wrong_alpn_refused,
+                    f.wrong_alpn_accepted,
+                    f.bad_hellos_closed,
+                    f.bad_hellos_not_connected,
+                    f.half_open_sent,
+                    f.garbage_sent,
+                    refusals.join(", "),
+                    r.server_rss_peak_bytes
+                        .map_or("–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+                );
+            }
+        }
     }
     md
 }

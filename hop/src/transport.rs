@@ -330,10 +330,17 @@ impl PathWatch {
         let mut rate_read: Option<Instant> = None;
         let discard = conn.clone();
         tokio::spawn(async move { while discard.read_datagram().await.is_ok() {} });
+        let mut remote = conn.remote_address();
         loop {
             tokio::select! {
                 _ = conn.closed() => return,
                 _ = tick.tick() => {}
+            }
+            // The peer's address changes when it moves networks or a NAT rebinds its port;
+            // QUIC carries on, and the operator sees it here.
+            if conn.remote_address() != remote {
+                let from = std::mem::replace(&mut remote, conn.remote_address());
+                tracing::info!(%from, to = %remote, "peer address changed; the connection goes on");
             }
             let stats = conn.stats();
             let now = Instant::now();

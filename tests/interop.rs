@@ -1,0 +1,118 @@
+//! The QUIC interop runner's cases that apply to us, and a flood, each on the link emulator with
+//! a real ffmpeg push through a real edge and gateway to real nginx (`rtmpq bench`, 12 s clips):
+//! a handshake under 30 % loss, a path blackholing 5 s of every 7, a NAT rebinding the edge's
+//! port, the edge's address changing, and a bounded flood at the gateway's port. Each push must
+//! finish. Needs root (CI is).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The gateway's resident memory stays under this through the flood (the README states it).
+const FLOOD_RSS_BOUND: f64 = 128.0 * 1024.0 * 1024.0;
+
+fn log(out: &Path, profile: &str, name: &str) -> String {
+    std::fs::read_to_string(out.join(format!("logs/{profile}-rtmpq/{name}.log")))
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_interop_case_and_a_flood_leave_the_push_alive() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_rtmpq"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-interop");
+    let _ = std::fs::remove_dir_all(&out);
+    let profiles = [
+        "handshake-loss30",
+        "blackhole-cycles",
+        "nat-rebinding",
+        "address-change",
+        "flood",
+    ];
+    let run = Command::new(exe)
+        .args(["bench", "--duration", "12", "--transports", "rtmpq"])
+        .args(["--directions", "publish", "--profiles", &profiles.join(",")])
+        .arg("--out")
+        .arg(&out)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "rtmpq bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    for profile in profiles {
+        let r = runs
+            .iter()
+            .find(|r| r["profile"] == profile)
+            .unwrap_or_else(|| panic!("no result for {profile}: {stdout}"));
+        assert_eq!(
+            r["pusher_survived"], true,
+            "{profile}: the push died: {stdout}"
+        );
+        assert!(
+            r["frames_received"].as_u64().unwrap() > 0,
+            "{profile}: nothing arrived"
+        );
+        assert_eq!(
+            r["decode_errors"], 0,
+            "{profile}: what arrived does not decode"
+        );
+    }
+
+    // The path really moved: the gateway saw the edge's port, then its address, change.
+    let rebound = log(&out, "nat-rebinding", "gateway");
+    let moved = rebound
+        .lines()
+        .find(|l| l.contains("peer address changed"))
+        .unwrap_or_else(|| panic!("no rebinding seen by the gateway:\n{rebound}"));
+    assert!(moved.matches("198.18.0.1:").count() == 2, "{moved}");
+    let changed = log(&out, "address-change", "gateway");
+    assert!(
+        changed
+            .lines()
+            .any(|l| l.contains("peer address changed") && l.contains("198.18.0.3:")),
+        "no address change seen by the gateway:\n{changed}"
+    );
+
+    let flood = runs.iter().find(|r| r["profile"] == "flood").unwrap();
+    let report = &flood["flood"];
+    assert_eq!(report["wrong_alpn_accepted"], 0, "{report}");
+    assert!(
+        report["wrong_alpn_refused"].as_u64().unwrap() >= 1000,
+        "{report}"
+    );
+    assert!(
+        report["bad_hellos_closed"].as_u64().unwrap() >= 1000,
+        "{report}"
+    );
+    assert!(
+        report["half_open_sent"].as_u64().unwrap() >= 1000,
+        "{report}"
+    );
+    let refusals = &flood["server_refusals"];
+    let count = |key: &str| refusals[key].as_f64().unwrap_or(0.0);
+    assert!(
+        count("tls") >= 1000.0,
+        "wrong ALPNs not counted: {refusals}"
+    );
+    assert!(
+        count("unauthorized_connect") >= 1000.0,
+        "wrong tokens not counted: {refusals}"
+    );
+    assert!(
+        count("retries") > 0.0,
+        "no Retry under the flood: {refusals}"
+    );
+    let rss = flood["server_rss_peak_bytes"].as_f64().unwrap();
+    assert!(
+        rss < FLOOD_RSS_BOUND,
+        "the gateway grew to {:.0} MiB under the flood",
+        rss / 1048576.0
+    );
+}
