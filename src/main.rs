@@ -40,6 +40,12 @@ enum Command {
     Demo(DemoArgs),
     /// Compare plain RTMP/TCP, SRT, a QUIC byte pipe and rtmpq on emulated links (needs root).
     Bench(BenchArgs),
+    /// Many sessions through one edge and one gateway for minutes, on loopback with nginx:
+    /// memory, descriptors, lateness and how sessions end.
+    Soak(SoakArgs),
+    /// How many sessions one gateway carries before a frame is late beyond 500 ms, on loopback
+    /// with nginx, and its CPU per gigabit beside a plain TCP relay.
+    Capacity(CapacityArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +80,48 @@ struct BenchArgs {
     /// The QUIC byte pipe reference [default: examples/quic_pipe beside this binary].
     #[arg(long)]
     quic_pipe: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// Sessions at once.
+    #[arg(long, default_value_t = 50)]
+    sessions: usize,
+    /// How long, seconds.
+    #[arg(long, default_value_t = 600)]
+    duration: u64,
+    /// Left out of the memory growth figure, seconds.
+    #[arg(long, default_value_t = 60)]
+    warmup: u64,
+    /// Video bitrate of each session, kbit/s.
+    #[arg(long, default_value_t = 1000)]
+    bitrate: u32,
+    /// The short run for CI: 90 s with a 30 s warm-up.
+    #[arg(long)]
+    short: bool,
+    /// Results folder (soak.json, logs).
+    #[arg(long, default_value = "soak-results")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct CapacityArgs {
+    /// Session counts to step through, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "25,50,100,150,200,250,300"
+    )]
+    steps: Vec<usize>,
+    /// How long each step runs, seconds.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Video bitrate of each session, kbit/s.
+    #[arg(long, default_value_t = 3000)]
+    bitrate: u32,
+    /// Results folder (capacity.json, logs).
+    #[arg(long, default_value = "capacity-results")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +259,8 @@ fn main() -> anyhow::Result<()> {
         Command::Edge(args) => runtime()?.block_on(run_edge(edge_config(args)?)),
         Command::Demo(args) => runtime()?.block_on(run_demo(args)),
         Command::Bench(args) => runtime()?.block_on(run_bench(args)),
+        Command::Soak(args) => runtime()?.block_on(run_soak(args)),
+        Command::Capacity(args) => runtime()?.block_on(run_capacity(args)),
     }
 }
 
@@ -330,6 +380,82 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let report = rtmpq_demo::run(options, shutdown_on_signal()).await?;
     anyhow::ensure!(report.video_delivered > 0, "the player received no frames");
+    Ok(())
+}
+
+/// What a soak or capacity run starts from: this binary, the TCP relay beside it, fresh
+/// certificates in `out`.
+fn load_context(out: &std::path::Path) -> anyhow::Result<rtmpq_bench::load::LoadContext> {
+    let exe = std::env::current_exe()?;
+    let tcp_relay = exe
+        .parent()
+        .map(|d| d.join("examples/tcp_relay"))
+        .unwrap_or_default();
+    anyhow::ensure!(
+        tcp_relay.exists(),
+        "{} not found: build it with `cargo build --release --example tcp_relay`",
+        tcp_relay.display()
+    );
+    anyhow::ensure!(
+        std::process::Command::new("nginx").arg("-v").output().is_ok(),
+        "nginx not found (apt-get install nginx libnginx-mod-rtmp)"
+    );
+    let _ = std::fs::remove_dir_all(out);
+    let certs = out.join("certs");
+    let pin = rtmpq_certs::init(&certs, &[])?;
+    Ok(rtmpq_bench::load::LoadContext {
+        rtmpq: exe,
+        tcp_relay,
+        certs,
+        pin: pin.to_string(),
+        dir: out.to_owned(),
+    })
+}
+
+async fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
+    let ctx = load_context(&args.out)?;
+    let (duration, warmup) = if args.short {
+        (90, 30)
+    } else {
+        (args.duration, args.warmup)
+    };
+    anyhow::ensure!(
+        warmup < duration,
+        "the warm-up must be shorter than the run"
+    );
+    let report = rtmpq_bench::load::soak(
+        &ctx,
+        args.sessions,
+        args.bitrate,
+        Duration::from_secs(duration),
+        Duration::from_secs(warmup),
+    )
+    .await?;
+    for line in rtmpq_bench::load::soak_lines(&report) {
+        println!("{line}");
+    }
+    rtmpq_bench::load::write_json(&args.out.join("soak.json"), &report)?;
+    println!("results in {}", args.out.display());
+    Ok(())
+}
+
+async fn run_capacity(args: CapacityArgs) -> anyhow::Result<()> {
+    let ctx = load_context(&args.out)?;
+    let report = rtmpq_bench::load::capacity(
+        &ctx,
+        &args.steps,
+        args.bitrate,
+        Duration::from_secs(args.duration),
+    )
+    .await?;
+    println!(
+        "rtmpq carried {} sessions of {} kbit/s with no frame late beyond {} ms",
+        report.rtmpq_capacity,
+        args.bitrate,
+        rtmpq_bench::load::LATE_MS
+    );
+    rtmpq_bench::load::write_json(&args.out.join("capacity.json"), &report)?;
+    println!("results in {}", args.out.display());
     Ok(())
 }
 

@@ -240,12 +240,15 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
 }
 
 /// A process in a namespace whose stderr goes to a log file; killed on drop.
-struct NsProcess {
-    child: Child,
+pub(crate) struct NsProcess {
+    pub(crate) child: Child,
+    /// The line that said it was ready, if one was awaited.
+    pub(crate) ready_line: String,
 }
 
-/// Resident memory of the command `ip netns exec` (process `pid`) runs, bytes.
-fn rss_of(pid: u32) -> Option<u64> {
+/// Resident memory of the command `ip netns exec` (process `pid`) runs, or of `pid` itself
+/// when it has no child, bytes.
+pub(crate) fn rss_of(pid: u32) -> Option<u64> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     // `ip netns exec` execs the command in place: then the pid is the command itself.
     let pid = children
@@ -310,15 +313,23 @@ fn refusals(page: &str) -> BTreeMap<String, f64> {
     out
 }
 
-async fn spawn_in(
+/// Starts `args` in namespace `ns` (the host's with `ns` empty), its stderr to `log`; waits
+/// for a line containing `ready`, if given.
+pub(crate) async fn spawn_in(
     ns: &str,
     args: &[String],
     log: &Path,
     ready: Option<&str>,
 ) -> Result<NsProcess, RunError> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
+    let mut command = if ns.is_empty() {
+        Command::new(&args[0])
+    } else {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, &args[0]]);
+        c
+    };
+    let mut child = command
+        .args(&args[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -336,13 +347,14 @@ async fn spawn_in(
             let _ = writeln!(file, "{line}");
             if wanted.as_deref().is_some_and(|w| line.contains(w)) {
                 if let Some(tx) = ready_tx.take() {
-                    let _ = tx.send(());
+                    let _ = tx.send(line);
                 }
             }
         }
     });
+    let mut ready_line = String::new();
     if let Some(text) = ready {
-        tokio::time::timeout(Duration::from_secs(15), ready_rx)
+        ready_line = tokio::time::timeout(Duration::from_secs(15), ready_rx)
             .await
             .map_err(|_| {
                 RunError::Setup(format!(
@@ -359,7 +371,7 @@ async fn spawn_in(
                 ))
             })?;
     }
-    Ok(NsProcess { child })
+    Ok(NsProcess { child, ready_line })
 }
 
 /// Waits until something in `ns` accepts TCP on `addr`.
@@ -392,7 +404,8 @@ async fn wait_udp(ns: &str, port: u16) -> Result<(), RunError> {
     Err(RunError::Setup(format!("nothing bound UDP {port} in {ns}")))
 }
 
-fn nginx_conf(dir: &Path) -> String {
+/// An nginx-rtmp config keeping its files in `dir`, listening on `listen` (`live` app).
+pub(crate) fn nginx_conf(dir: &Path, listen: &str) -> String {
     let d = dir.display();
     format!(
         r#"load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
@@ -401,10 +414,10 @@ master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log info;
-events {{ worker_connections 256; }}
+events {{ worker_connections 2048; }}
 rtmp {{
     server {{
-        listen 0.0.0.0:1935;
+        listen {listen};
         chunk_size 4096;
         application live {{ live on; record off; }}
     }}
@@ -490,8 +503,11 @@ pub async fn run_one(
     let log = |name: &str| run_dir.join(format!("{name}.log"));
     let s = |v: &str| v.to_owned();
 
-    std::fs::write(run_dir.join("nginx.conf"), nginx_conf(&run_dir))
-        .map_err(io_err("nginx.conf"))?;
+    std::fs::write(
+        run_dir.join("nginx.conf"),
+        nginx_conf(&run_dir, "0.0.0.0:1935"),
+    )
+    .map_err(io_err("nginx.conf"))?;
     let nginx_args = vec![
         s("nginx"),
         s("-p"),

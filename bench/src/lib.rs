@@ -4,6 +4,7 @@
 
 pub mod flood;
 pub mod harness;
+pub mod load;
 pub mod netem;
 pub mod profiles;
 pub mod report;

@@ -1,0 +1,71 @@
+//! The short soak (`rtmpq soak --short`: 50 sessions of built-in publishers and players
+//! through one edge and one gateway to a real nginx for 90 s) runs in CI and prints its
+//! figures. It asserts what must hold however loaded the machine is: every session ends
+//! normally at both hops, every publisher finishes, nothing arrives late on loopback, and
+//! descriptors come back to where they were; the ≤ 5 % memory growth target is the full
+//! soak's figure (BENCHMARKS.md), here only a leak would fail it.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn fifty_sessions_for_ninety_seconds_end_normally_with_flat_descriptors() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_rtmpq"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("soak-short");
+    let run = Command::new(exe)
+        .args(["soak", "--short", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    assert!(
+        run.status.success(),
+        "rtmpq soak --short failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("soak.json")).unwrap()).unwrap();
+    let sessions = r["sessions"].as_f64().unwrap();
+    assert_eq!(sessions, 50.0);
+    assert_eq!(r["published"].as_f64().unwrap(), sessions, "{stdout}");
+    assert_eq!(r["late_frames"], 0, "{stdout}");
+    let (sent, received) = (
+        r["frames_sent"].as_u64().unwrap(),
+        r["frames_received"].as_u64().unwrap(),
+    );
+    assert!(sent > 50 * 80 * 30, "{stdout}");
+    assert_eq!(received, sent, "frames lost on loopback: {stdout}");
+    for hop in r["ended"].as_array().unwrap() {
+        let (name, reasons) = (&hop[0], hop[1].as_object().unwrap());
+        assert_eq!(
+            reasons.get("normal").and_then(Value::as_f64),
+            Some(sessions),
+            "{name}: {reasons:?}"
+        );
+        assert_eq!(
+            reasons.len(),
+            1,
+            "{name} ended sessions otherwise: {reasons:?}"
+        );
+    }
+    for fds in r["fds"].as_array().unwrap() {
+        let (start, end) = (fds[1].as_u64().unwrap(), fds[2].as_u64().unwrap());
+        assert!(
+            end <= start + 2,
+            "{} descriptors grew {start} -> {end}",
+            fds[0]
+        );
+    }
+    for growth in r["rss_growth"].as_array().unwrap() {
+        let g = growth[1].as_f64().unwrap();
+        assert!(
+            g < 0.25,
+            "{} memory grew {:.1} % in 60 s",
+            growth[0],
+            g * 100.0
+        );
+    }
+}
