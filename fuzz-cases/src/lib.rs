@@ -192,8 +192,7 @@ pub fn config(data: &[u8]) {
         return;
     };
     let path = Path::new("fuzz.toml");
-    if let Ok(gateway) = rtmpq_hop::config::parse_toml::<rtmpq_gateway::GatewayConfig>(text, path)
-    {
+    if let Ok(gateway) = rtmpq_hop::config::parse_toml::<rtmpq_gateway::GatewayConfig>(text, path) {
         let _ = gateway.resolve();
         let _ = format!("{gateway:?}");
     }

@@ -6,7 +6,10 @@ use std::path::Path;
 use rtmpq_fuzz_cases::TARGETS;
 
 fn replay(dir: &str, target: &str, run: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz").join(dir).join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz")
+        .join(dir)
+        .join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
     };
@@ -25,7 +28,10 @@ fn replay(dir: &str, target: &str, run: fn(&[u8])) -> usize {
 fn every_target_has_a_corpus_and_passes_it() {
     for (target, run) in TARGETS {
         let n = replay("corpus", target, run);
-        assert!(n >= 10, "fuzz/corpus/{target} holds {n} inputs: run the fuzzer");
+        assert!(
+            n >= 10,
+            "fuzz/corpus/{target} holds {n} inputs: run the fuzzer"
+        );
         replay("regressions", target, run);
     }
 }
