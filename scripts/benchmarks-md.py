@@ -1,32 +1,96 @@
 #!/usr/bin/env python3
 """Builds BENCHMARKS.md from one or more `rtmpq bench` results folders (runs with different
 clip lengths or transports, e.g. the blackout profiles' 40 s clips): copies the charts into
-docs/bench/ and puts the tables between the hand-written explanation blocks."""
+docs/bench/ and puts the tables between the hand-written explanation blocks.
+
+`--append` keeps the results already in BENCHMARKS.md and docs/bench/ (an earlier stop's runs)
+and adds the folders' after them; `--soak FILE` and `--capacity FILE` add the figures of
+`rtmpq soak` (soak.json) and `rtmpq capacity` (capacity.json)."""
 import json, pathlib, shutil, sys
 
-folders = [pathlib.Path(a) for a in sys.argv[1:]] or [pathlib.Path("bench-results")]
+args = sys.argv[1:]
+append = "--append" in args
+soak = capacity = None
+folders = []
+i = 0
+while i < len(args):
+    a = args[i]
+    if a == "--soak":
+        soak, i = pathlib.Path(args[i + 1]), i + 2
+    elif a == "--capacity":
+        capacity, i = pathlib.Path(args[i + 1]), i + 2
+    elif a == "--append":
+        i += 1
+    else:
+        folders.append(pathlib.Path(a))
+        i += 1
+if not folders and not append:
+    folders = [pathlib.Path("bench-results")]
 root = pathlib.Path(__file__).resolve().parent.parent
 charts = root / "docs" / "bench"
-if charts.exists():
-    shutil.rmtree(charts)
-charts.mkdir(parents=True)
 intro = (root / "docs" / "bench-intro.md").read_text()
 outro = (root / "docs" / "bench-outro.md").read_text()
-parts = [intro, "\n## Results\n\n"]
 all_runs, all_profiles = [], []
+parts = [intro, "\n## Results\n\n"]
+first_late = 1
+if append:
+    old = (root / "BENCHMARKS.md").read_text()
+    start = old.index("\n## Results\n\n") + len("\n## Results\n\n")
+    end = old.index(outro.splitlines()[0])
+    parts.append(old[start:end].split("\n## This stop's runs")[0].rstrip() + "\n\n")
+    data = json.loads((charts / "results.json").read_text())
+    all_runs, all_profiles = data["runs"], data["profiles"]
+    first_late = len(list(charts.glob("late-ratio-*.svg"))) + 1
+    if folders or soak or capacity:
+        parts.append("## This stop's runs: trust (flood, interop cases, soak, capacity)\n\n")
+else:
+    if charts.exists():
+        shutil.rmtree(charts)
+    charts.mkdir(parents=True)
 for i, results in enumerate(folders):
     data = json.loads((results / "results.json").read_text())
     all_runs += data["runs"]
     all_profiles += data["profiles"]
     for svg in results.glob("latency-*.svg"):
         shutil.copy(svg, charts / svg.name)
-    late = f"late-ratio-{i + 1}.svg"
+    late = f"late-ratio-{first_late + i}.svg"
     shutil.copy(results / "late-ratio.svg", charts / late)
     parts.append(f"![late ratio]({'docs/bench/' + late})\n\n")
     for section in (results / "results.md").read_text().split("### ")[1:]:
         name = section.split(" ", 1)[0]
         parts.append("### " + section.rstrip() + "\n\n")
         parts.append(f"![latency over time, {name}](docs/bench/latency-{name}.svg)\n\n")
+if soak:
+    r = json.loads(soak.read_text())
+    parts.append(
+        f"### soak — {r['sessions']} sessions of {r['video_kbps']} kbit/s built-in media through one edge and one gateway to nginx, {r['seconds']:.0f} s on loopback\n\n"
+        "| hop | memory after warm-up → end | peak | descriptors after warm-up → end | sessions ended |\n|---|---|---|---|---|\n"
+    )
+    ended = dict((n, e) for n, e in r["ended"])
+    for (name, growth), (_, fd0, fd1) in zip(r["rss_growth"], r["fds"]):
+        samples = dict((n, s) for n, s in r["samples"])[name]
+        peak = max(s["rss"] for s in samples) / 1048576
+        parts.append(
+            f"| {name} | {growth * 100:+.1f} % | {peak:.1f} MiB | {fd0} → {fd1} | {ended.get(name)} |\n"
+        )
+    parts.append(
+        f"\nFrames {r['frames_received']}/{r['frames_sent']}, late beyond 500 ms: {r['late_frames']}, latest {r['max_latency_ms']:.0f} ms; publishers finished {r['published']}/{r['sessions']}. Warm-up {r['warmup_seconds']:.0f} s; memory growth compares the median of the samples just after the warm-up with the median of the last ones.\n\n"
+    )
+if capacity:
+    r = json.loads(capacity.read_text())
+    parts.append(
+        f"### capacity — sessions of {r['video_kbps']} kbit/s built-in media on loopback to nginx, through an edge and a gateway, and through a plain TCP relay\n\n"
+        "| path | sessions | carried | frames | late > 500 ms | latest | CPU (cores) | CPU per Gbit/s |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    for s in r["steps"]:
+        cpu = ", ".join(f"{n} {c:.2f}" for n, c in s["cpu_cores"])
+        per = ", ".join(f"{n} {c:.2f}" for n, c in s["cores_per_gbps"])
+        parts.append(
+            f"| {s['path']} | {s['sessions']} | {s['mbps']:.0f} Mbit/s | {s['frames_received']}/{s['frames_sent']} | {s['late_frames']} | {s['max_latency_ms']:.0f} ms | {cpu} | {per} |\n"
+        )
+    parts.append(
+        f"\nrtmpq carried **{r['rtmpq_capacity']} sessions** with no frame late beyond 500 ms (a step counts when no frame was late and at least 99 % arrived).\n\n"
+    )
 (charts / "results.json").write_text(
     json.dumps({"profiles": all_profiles, "runs": all_runs}, indent=1)
 )

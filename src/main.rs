@@ -134,6 +134,9 @@ enum CertsCommand {
         /// A name or IP address the gateway is reached by (repeat for more).
         #[arg(long = "san")]
         sans: Vec<String>,
+        /// How long the gateway certificate is valid, days [default: until 4096].
+        #[arg(long)]
+        days: Option<u32>,
     },
     /// Create an edge client certificate signed by DIR's CA (for mutual TLS).
     Edge {
@@ -240,8 +243,8 @@ fn main() -> anyhow::Result<()> {
     };
     init_logging(cli.log_format, default_level);
     match cli.command {
-        Command::Certs(CertsCommand::Init { dir, sans }) => {
-            let pin = rtmpq_certs::init(&dir, &sans)?;
+        Command::Certs(CertsCommand::Init { dir, sans, days }) => {
+            let pin = rtmpq_certs::init_valid_for(&dir, &sans, days)?;
             println!("{pin}");
             eprintln!(
                 "wrote {}/{{ca.pem,ca.key,gateway.pem,gateway.key}}; edges trust the gateway with --ca {}/ca.pem or --pin {pin}",
@@ -397,7 +400,10 @@ fn load_context(out: &std::path::Path) -> anyhow::Result<rtmpq_bench::load::Load
         tcp_relay.display()
     );
     anyhow::ensure!(
-        std::process::Command::new("nginx").arg("-v").output().is_ok(),
+        std::process::Command::new("nginx")
+            .arg("-v")
+            .output()
+            .is_ok(),
         "nginx not found (apt-get install nginx libnginx-mod-rtmp)"
     );
     let _ = std::fs::remove_dir_all(out);

@@ -295,3 +295,125 @@ async fn sighup_reloads_the_config_file_of_a_running_gateway() {
     assert!(line.contains("empty segment"), "{line}");
     assert!(!line.contains("token-a"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_near_its_end_is_a_gauge_and_a_warning() {
+    capture_logs();
+    rtmpq_telemetry::prometheus();
+    let certs = tempfile::tempdir().unwrap();
+    rtmpq_certs::init_valid_for(certs.path(), &[], Some(3)).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let _gateway = Gateway::bind(GatewayConfig {
+        cert_dir: Some(certs.path().to_owned()),
+        ..gateway_config(state.path(), Vec::new())
+    })
+    .await
+    .unwrap();
+    let line = wait_for_log(
+        &["certificate expires in 3 days", "gateway"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(line.contains("WARN"), "{line}");
+    let scrape = rtmpq_telemetry::prometheus().render();
+    let expiry = sample(
+        &scrape,
+        "rtmpq_certificate_expiry_timestamp_seconds",
+        &["certificate=\"gateway\""],
+    )
+    .expect("the expiry gauge");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let days = (expiry - now) / 86_400.0;
+    assert!((2.9..3.01).contains(&days), "expires in {days} days");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_connection_carries_at_most_its_share_of_sessions() {
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        max_sessions_per_connection: 2,
+        ..gateway_config(state.path(), Vec::new())
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| c).await;
+    let edge = stack.edge_addr.to_string();
+    let mut held = Vec::new();
+    for n in 0..2 {
+        let mut client = rtmpq_demo::client::RtmpClient::connect(&edge, "live")
+            .await
+            .unwrap();
+        client.publish(&format!("held-{n}")).await.unwrap();
+        held.push(client);
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "two sessions at the gateway",
+        || stack.gateway.sessions().len() == 2,
+    )
+    .await;
+    // The third is refused by the gateway, whatever the edge answered first.
+    let third = rtmpq_demo::client::RtmpClient::connect(&edge, "live").await;
+    if let Ok(mut third) = third {
+        let _ = third.publish("third").await;
+    }
+    let ended = ended_session(&stack.edge, "the third session", |s| s.code == "overloaded").await;
+    assert!(ended.reason.contains("carries 2 sessions"), "{ended:?}");
+    assert_eq!(stack.gateway.sessions().len(), 2, "the held ones stay");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_opens_at_most_its_share_of_connections() {
+    rtmpq_telemetry::prometheus();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        max_connections_per_address: 1,
+        ..gateway_config(state.path(), Vec::new())
+    })
+    .await
+    .unwrap();
+    let before = {
+        let scrape = rtmpq_telemetry::prometheus().render();
+        sample(
+            &scrape,
+            "rtmpq_handshake_failures_total",
+            &["reason=\"address_limit\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let stack = Stack::with_gateway(gateway, state, |c| c).await;
+    // The first edge's connection is up (its session reaches the gateway).
+    let mut first = rtmpq_demo::client::RtmpClient::connect(&stack.edge_addr.to_string(), "live")
+        .await
+        .unwrap();
+    first.publish("first").await.unwrap();
+    wait_until(Duration::from_secs(10), "the first edge's session", || {
+        stack.gateway.sessions().len() == 1
+    })
+    .await;
+    // A second edge from the same address is refused at the QUIC handshake.
+    let second = start_edge(
+        rtmpq_edge::EdgeConfig {
+            pin: Some(stack.pin.clone()),
+            ..edge_config(stack.gateway_addr)
+        },
+        &stack.shutdown,
+    )
+    .await;
+    let refused = rtmpq_demo::client::RtmpClient::connect(&second.to_string(), "live").await;
+    assert!(refused.is_err(), "the second edge's client was served");
+    let after = {
+        let scrape = rtmpq_telemetry::prometheus().render();
+        sample(
+            &scrape,
+            "rtmpq_handshake_failures_total",
+            &["reason=\"address_limit\""],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(after > before, "the refusal was not counted");
+    assert_eq!(stack.gateway.sessions().len(), 1);
+}

@@ -213,6 +213,16 @@ fn leaf_params(
 /// Creates a CA and a gateway certificate for `sans` (default `localhost`, `127.0.0.1`) in
 /// `dir`; returns the gateway certificate's pin. Never overwrites existing files.
 pub fn init(dir: &Path, sans: &[String]) -> Result<Fingerprint, CertError> {
+    init_valid_for(dir, sans, None)
+}
+
+/// Like [`init`], the gateway certificate valid for `days` from now (`None`: rcgen's default,
+/// far in the future).
+pub fn init_valid_for(
+    dir: &Path,
+    sans: &[String],
+    days: Option<u32>,
+) -> Result<Fingerprint, CertError> {
     std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
         path: dir.to_owned(),
         source,
@@ -236,8 +246,13 @@ pub fn init(dir: &Path, sans: &[String]) -> Result<Fingerprint, CertError> {
     };
     let gw_key = KeyPair::generate()?;
     let issuer = Issuer::new(ca_params(), &ca_key);
-    let gw_cert = leaf_params("rtmpq gateway", sans, ExtendedKeyUsagePurpose::ServerAuth)?
-        .signed_by(&gw_key, &issuer)?;
+    let mut gw_params = leaf_params("rtmpq gateway", sans, ExtendedKeyUsagePurpose::ServerAuth)?;
+    if let Some(days) = days {
+        let now = time::OffsetDateTime::now_utc();
+        gw_params.not_before = now - time::Duration::days(1);
+        gw_params.not_after = now + time::Duration::days(days.into());
+    }
+    let gw_cert = gw_params.signed_by(&gw_key, &issuer)?;
     write_new(&dir.join(files::CA_KEY), &ca_key.serialize_pem(), true)?;
     write_new(&dir.join(files::CA_CERT), &ca_cert.pem(), false)?;
     write_new(&dir.join(files::GATEWAY_KEY), &gw_key.serialize_pem(), true)?;

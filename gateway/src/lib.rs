@@ -126,13 +126,15 @@ fn check_expiry(telemetry: &Telemetry, expiries: &[(&'static str, i64)]) {
         .map_or(0, |d| d.as_secs() as i64);
     for &(name, at) in expiries {
         telemetry.certificate_expiry(name, at);
-        let days = (at - now) / 86_400;
         if at < now {
+            let days = (now - at) / 86_400;
             warn!(
                 certificate = name,
-                "certificate expired {} days ago: edges refuse it", -days
+                "certificate expired {days} days ago: edges refuse it"
             );
         } else if at - now < EXPIRY_WARNING.as_secs() as i64 {
+            // Whole days left, rounded up: "3 days" until the last 72 hours begin.
+            let days = (at - now + 86_399) / 86_400;
             warn!(
                 certificate = name,
                 days_left = days,
