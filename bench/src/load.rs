@@ -55,7 +55,7 @@ fn free_port() -> Result<u16, RunError> {
 
 /// nginx, and what media enters through: an edge and a gateway, or a TCP relay.
 struct Stack {
-    _nginx: NsProcess,
+    nginx: NsProcess,
     /// The hops' processes (gateway, edge) or the relay's, with names.
     hops: Vec<(&'static str, NsProcess)>,
     /// Where publishers connect.
@@ -106,6 +106,16 @@ async fn start_stack(ctx: &LoadContext, path: IngestPath, tag: &str) -> Result<S
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rtmpq = ctx.rtmpq.display().to_string();
+    // One edge carries every session on one connection: the default limits (256 sessions per
+    // edge and per connection) would refuse the ramp's upper steps.
+    let (gateway_toml, edge_toml) = (dir.join("gateway.toml"), dir.join("edge.toml"));
+    std::fs::write(
+        &gateway_toml,
+        "max_sessions_per_connection = 4096\nmax_sessions = 4096\n",
+    )
+    .map_err(|e| RunError::Setup(e.to_string()))?;
+    std::fs::write(&edge_toml, "max_sessions = 4096\n")
+        .map_err(|e| RunError::Setup(e.to_string()))?;
     let (hops, ingest, metrics) = match path {
         IngestPath::Rtmpq => {
             let gateway = spawn_in(
@@ -113,6 +123,8 @@ async fn start_stack(ctx: &LoadContext, path: IngestPath, tag: &str) -> Result<S
                 &[
                     rtmpq.clone(),
                     s("gateway"),
+                    s("--config"),
+                    gateway_toml.display().to_string(),
                     s("--listen"),
                     s("127.0.0.1:0"),
                     s("--origin"),
@@ -135,6 +147,8 @@ async fn start_stack(ctx: &LoadContext, path: IngestPath, tag: &str) -> Result<S
                 &[
                     rtmpq,
                     s("edge"),
+                    s("--config"),
+                    edge_toml.display().to_string(),
                     s("--listen"),
                     s("127.0.0.1:0"),
                     s("--gateway"),
@@ -173,7 +187,7 @@ async fn start_stack(ctx: &LoadContext, path: IngestPath, tag: &str) -> Result<S
         }
     };
     Ok(Stack {
-        _nginx: nginx,
+        nginx,
         hops,
         ingest,
         origin,
@@ -190,6 +204,8 @@ pub struct SessionOutcome {
     pub received: u64,
     /// Of those, later than [`LATE_MS`].
     pub late: u64,
+    /// Media payload bytes the player received.
+    pub bytes: u64,
     /// The latest, ms.
     pub max_latency_ms: f64,
     /// Whether the publisher published to the end without an error.
@@ -252,6 +268,7 @@ async fn run_sessions(
             outcome.published = published;
             outcome.sent = sent.load(std::sync::atomic::Ordering::Relaxed);
             outcome.received = stats.video_frames;
+            outcome.bytes = stats.bytes;
             outcome.late = stats
                 .video_latency_ms
                 .iter()
@@ -470,10 +487,13 @@ pub struct CapacityStep {
     pub path: IngestPath,
     /// Sessions at once.
     pub sessions: usize,
-    /// Media carried, Mbit/s (what the players received over the step).
+    /// Media carried, Mbit/s: the payload bytes the players received over the step's wall
+    /// time (session start-up and the last frames' landing included, as in the CPU figure).
     pub mbps: f64,
     /// Frames later than [`LATE_MS`], over all sessions.
     pub late_frames: u64,
+    /// Sessions whose publisher published to the end (the others were refused or failed).
+    pub published: usize,
     /// Frames sent and received.
     pub frames_sent: u64,
     /// Received.
@@ -482,7 +502,8 @@ pub struct CapacityStep {
     pub max_latency_ms: f64,
     /// CPU each hop process used, in cores (CPU seconds per second), by name.
     pub cpu_cores: Vec<(String, f64)>,
-    /// CPU per gigabit carried, cores per Gbit/s, by name.
+    /// CPU per gigabit carried, by name: CPU seconds per gigabit of media delivered (cores
+    /// busy per Gbit/s).
     pub cores_per_gbps: Vec<(String, f64)>,
 }
 
@@ -502,11 +523,14 @@ pub async fn capacity_step(
         }
     );
     let stack = start_stack(ctx, path, &tag).await?;
-    let pids: Vec<(&str, u32)> = stack
+    // The hops, and for the whole machine's picture nginx and this process (the clients).
+    let mut pids: Vec<(&str, u32)> = stack
         .hops
         .iter()
         .filter_map(|(name, p)| Some((*name, p.child.id()?)))
         .collect();
+    pids.extend(stack.nginx.child.id().map(|pid| ("nginx", pid)));
+    pids.push(("clients", std::process::id()));
     let cpu_before: Vec<f64> = pids
         .iter()
         .map(|(_, pid)| cpu_seconds(*pid).unwrap_or(0.0))
@@ -516,9 +540,9 @@ pub async fn capacity_step(
     let wall = started.elapsed().as_secs_f64();
     let received: u64 = outcomes.iter().map(|o| o.received).sum();
     let sent: u64 = outcomes.iter().map(|o| u64::from(o.sent)).sum();
-    // What the sessions carried: the publishers' bitrate over the frames that arrived.
-    let mbps =
-        f64::from(video_kbps) * sessions as f64 / 1e3 * (received as f64 / sent.max(1) as f64);
+    // What the sessions carried over the same wall time the CPU is divided by.
+    let bytes: u64 = outcomes.iter().map(|o| o.bytes).sum();
+    let mbps = bytes as f64 * 8.0 / wall / 1e6;
     let cpu_cores: Vec<(String, f64)> = pids
         .iter()
         .zip(&cpu_before)
@@ -534,6 +558,7 @@ pub async fn capacity_step(
     Ok(CapacityStep {
         path,
         sessions,
+        published: outcomes.iter().filter(|o| o.published).count(),
         mbps,
         late_frames: outcomes.iter().map(|o| o.late).sum(),
         frames_sent: sent,
@@ -573,8 +598,9 @@ pub async fn capacity(
         for &n in steps {
             let step = capacity_step(ctx, path, n, video_kbps, duration).await?;
             println!("{}", step_line(&step));
-            let clean =
-                step.late_frames == 0 && step.frames_received * 100 >= step.frames_sent * 99;
+            let clean = step.late_frames == 0
+                && step.published == n
+                && step.frames_received * 100 >= step.frames_sent * 99;
             if path == IngestPath::Rtmpq && clean {
                 rtmpq_capacity = n;
             }
@@ -600,9 +626,10 @@ pub fn step_line(s: &CapacityStep) -> String {
         .map(|((n, c), (_, g))| format!("{n} {c:.2} cores ({g:.2}/Gbit/s)"))
         .collect();
     format!(
-        "{:?} {:>4} sessions {:>7.1} Mbit/s frames {}/{} late>{LATE_MS} ms {} max {:.0} ms; {}",
+        "{:?} {:>4} sessions ({} published) {:>7.1} Mbit/s frames {}/{} late>{LATE_MS} ms {} max {:.0} ms; {}",
         s.path,
         s.sessions,
+        s.published,
         s.mbps,
         s.frames_received,
         s.frames_sent,
