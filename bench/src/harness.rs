@@ -806,13 +806,14 @@ pub async fn run_one(
         }
         Some(monotonic_ns())
     };
-    // The flood, from the pusher's side of the link at the gateway's port.
+    // The flood at the gateway's port from beside it (its own namespace, not across the
+    // emulated link: a flood that fills the pusher's own uplink defeats any server).
     let flooding = async {
         let spec = profile.flood?;
         tokio::time::sleep_until((started + spec.at).into()).await;
         let pin = ctx.pin.parse().ok()?;
         let target = format!("{ADDR_B}:4433").parse().ok()?;
-        match crate::flood::flood(&a, target, pin, spec).await {
+        match crate::flood::flood(&b, target, pin, spec).await {
             Ok(report) => Some(report),
             Err(e) => {
                 tracing::warn!(reason = %e, "flood failed");

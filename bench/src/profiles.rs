@@ -219,7 +219,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
             ..profile(
                 "flood",
                 format!(
-                    "as clean, and from {} s a flood at the gateway's port from the pusher's side: 1000 wrong-ALPN handshakes, 1000 HELLOs with a wrong token, 2000 half-open Initials, 20000 garbage datagrams",
+                    "as clean, and from {} s a flood at the gateway's port from beside it: 1000 wrong-ALPN handshakes, 1000 HELLOs with a wrong token, 2000 half-open Initials, 20000 garbage datagrams",
                     (duration / 4).as_secs()
                 ),
                 lossy(50, 0.0, 100.0),
