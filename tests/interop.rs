@@ -1,8 +1,9 @@
 //! The QUIC interop runner's cases that apply to us, and a flood, each on the link emulator with
 //! a real ffmpeg push through a real edge and gateway to real nginx (`rtmpq bench`, 12 s clips):
 //! a handshake under 30 % loss, a path blackholing 5 s of every 7, a NAT rebinding the edge's
-//! port, the edge's address changing, and a bounded flood at the gateway's port. Each push must
-//! finish. Needs root (CI is).
+//! port, the edge's address changing, and a bounded flood at the gateway's port (sent from the
+//! gateway's side, so it does not fill the pusher's uplink). Each push must finish. Needs root
+//! (CI is).
 
 use std::path::Path;
 use std::process::Command;
@@ -97,13 +98,13 @@ fn every_interop_case_and_a_flood_leave_the_push_alive() {
     );
     let refusals = &flood["server_refusals"];
     let count = |key: &str| refusals[key].as_f64().unwrap_or(0.0);
+    // Each refused handshake is counted once, by why: a wrong ALPN (tls), a wrong token, or
+    // a limit reached first (the flood comes from one address).
+    let refused = count("tls") + count("unauthorized_connect") + count("address_limit");
+    assert!(refused >= 2000.0, "refusals not counted: {refusals}");
     assert!(
-        count("tls") >= 1000.0,
-        "wrong ALPNs not counted: {refusals}"
-    );
-    assert!(
-        count("unauthorized_connect") >= 1000.0,
-        "wrong tokens not counted: {refusals}"
+        count("tls") >= 500.0 && count("unauthorized_connect") >= 500.0,
+        "{refusals}"
     );
     assert!(
         count("retries") > 0.0,
