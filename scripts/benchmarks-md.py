@@ -51,15 +51,18 @@ for i, results in enumerate(folders):
     data = json.loads((results / "results.json").read_text())
     all_runs += data["runs"]
     all_profiles += data["profiles"]
+    # Appended runs' charts carry their folder's name: a profile run again (clean) keeps
+    # the earlier run's chart.
+    suffix = f"-{results.name}" if append else ""
     for svg in results.glob("latency-*.svg"):
-        shutil.copy(svg, charts / svg.name)
+        shutil.copy(svg, charts / f"{svg.stem}{suffix}.svg")
     late = f"late-ratio-{first_late + i}.svg"
     shutil.copy(results / "late-ratio.svg", charts / late)
     parts.append(f"![late ratio]({'docs/bench/' + late})\n\n")
     for section in (results / "results.md").read_text().split("### ")[1:]:
         name = section.split(" ", 1)[0]
         parts.append("### " + section.rstrip() + "\n\n")
-        parts.append(f"![latency over time, {name}](docs/bench/latency-{name}.svg)\n\n")
+        parts.append(f"![latency over time, {name}](docs/bench/latency-{name}{suffix}.svg)\n\n")
 if soak:
     r = json.loads(soak.read_text())
     parts.append(
