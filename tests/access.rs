@@ -296,26 +296,29 @@ async fn sighup_reloads_the_config_file_of_a_running_gateway() {
     assert!(!line.contains("token-a"));
 }
 
+/// A gateway process of its own: the expiry gauge is per process, and other tests' gateways
+/// here would set it too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_near_its_end_is_a_gauge_and_a_warning() {
-    capture_logs();
-    rtmpq_telemetry::prometheus();
-    let certs = tempfile::tempdir().unwrap();
-    rtmpq_certs::init_valid_for(certs.path(), &[], Some(3)).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let _gateway = Gateway::bind(GatewayConfig {
-        cert_dir: Some(certs.path().to_owned()),
-        ..gateway_config(state.path(), Vec::new())
-    })
-    .await
-    .unwrap();
-    let line = wait_for_log(
-        &["certificate expires in 3 days", "gateway"],
-        Duration::from_secs(10),
-    )
-    .await;
-    assert!(line.contains("WARN"), "{line}");
-    let scrape = rtmpq_telemetry::prometheus().render();
+    let dir = tempfile::tempdir().unwrap();
+    let pin = rtmpq_certs::init_valid_for(dir.path(), &[], Some(3))
+        .unwrap()
+        .to_string();
+    let mut gateway =
+        GatewayProcess::start_in(dir, pin, "127.0.0.1:0", &["--metrics", "127.0.0.1:0"]).await;
+    let metrics: std::net::SocketAddr = field(&gateway.ready, "metrics").parse().unwrap();
+    let warning = gateway
+        .process
+        .lines_so_far()
+        .iter()
+        .find(|l| l.contains("certificate expires in 3 days"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        warning.contains("WARN") && warning.contains("gateway"),
+        "{warning:?}"
+    );
+    let scrape = http_get(metrics, "/metrics").await;
     let expiry = sample(
         &scrape,
         "rtmpq_certificate_expiry_timestamp_seconds",
