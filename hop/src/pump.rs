@@ -211,6 +211,22 @@ impl QueuePolicy {
     pub fn effective_budget(&self, quic_wait: Duration) -> Option<Duration> {
         self.budget.map(|b| b.saturating_sub(quic_wait).max(b / 4))
     }
+
+    /// Sets `queue`'s budgets from the path as it is now: the [effective
+    /// budget](Self::effective_budget), and while the path is dark and for a budget after
+    /// ([`PathWatch::dark_within`]) the whole budget for the newest group, so that it goes
+    /// out when the path returns (right after the return the path's figures are at their
+    /// worst, and the effective budget at its floor, a quarter).
+    fn apply(&self, queue: &mut MediaQueue) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        if let Some(b) = self.effective_budget(path.quic_wait()) {
+            queue.set_budget(b);
+        }
+        let held = self.budget.filter(|&b| path.dark_within(b));
+        queue.hold_newest_group(held);
+    }
 }
 
 /// The queue between a pump's reading and sending halves, with what they tell each other
@@ -497,6 +513,9 @@ async fn read_into_queue(
                 }
                 let charged = {
                     let mut inner = cell.lock();
+                    // The sender may be blocked on a full window (a dark path): the budgets
+                    // are applied here too.
+                    policy.apply(&mut inner.queue);
                     inner.queue.push(msg, now());
                     cell.publish(&mut inner, policy, tracker)
                 };
@@ -575,11 +594,7 @@ async fn send_from_queue<S: TunnelSend>(
     loop {
         let msg = {
             let mut inner = cell.lock();
-            if let Some(path) = &policy.path {
-                if let Some(b) = policy.effective_budget(path.quic_wait()) {
-                    inner.queue.set_budget(b);
-                }
-            }
+            policy.apply(&mut inner.queue);
             let msg = inner.queue.pop(now());
             // The charge only shrinks here: what was taken or dropped is given back.
             let _ = cell.publish(&mut inner, policy, tracker);

@@ -12,6 +12,15 @@ use quinn_proto::RttEstimator;
 
 use rtmpq_proto::wire::CloseCode;
 
+/// A path whose acknowledgements stopped this long (or four round trips) is dark.
+pub const DARK_AFTER: Duration = Duration::from_millis(300);
+
+/// Time since the first call in this process: a clock [`PathWatch`] can keep in an atomic.
+fn since_epoch() -> Duration {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed()
+}
+
 /// The QUIC application error code for `code` (streams stopped or reset, connections closed).
 pub fn quic_code(code: CloseCode) -> quinn::VarInt {
     quinn::VarInt::from_u64(code.to_code()).unwrap_or(quinn::VarInt::MAX)
@@ -256,6 +265,9 @@ pub const PATH_WATCH_INTERVAL: Duration = Duration::from_millis(25);
 #[derive(Debug, Default)]
 pub struct PathWatch {
     unacked_us: AtomicU64,
+    /// When the path was last seen dark, as microseconds since the process's first
+    /// [`PathWatch`] ([`epoch`]); 0: never.
+    dark_at_us: AtomicU64,
     rtt_us: AtomicU64,
     min_rtt_us: AtomicU64,
     quic_wait_us: AtomicU64,
@@ -288,6 +300,13 @@ impl PathWatch {
     /// zero while nothing waits.
     pub fn unacknowledged_for(&self) -> Duration {
         Duration::from_micros(self.unacked_us.load(Ordering::Relaxed))
+    }
+
+    /// Whether the path was dark (what was sent waited for an acknowledgement longer than
+    /// [`DARK_AFTER`] or four round trips) at any look within the last `within`.
+    pub fn dark_within(&self, within: Duration) -> bool {
+        let at = self.dark_at_us.load(Ordering::Relaxed);
+        at > 0 && since_epoch().saturating_sub(Duration::from_micros(at)) <= within
     }
 
     /// The congestion controller's estimate of the path's rate (BBR's pacing rate), bit/s.
@@ -359,6 +378,10 @@ impl PathWatch {
             let unacked = probe.unacknowledged_for(now);
             self.unacked_us
                 .store(unacked.as_micros() as u64, Ordering::Relaxed);
+            if unacked > DARK_AFTER.max(self.rtt() * 4) {
+                let at = since_epoch().as_micros().max(1) as u64;
+                self.dark_at_us.store(at, Ordering::Relaxed);
+            }
             if silence.due(stats.udp_rx.datagrams, self.rtt(), now) {
                 let _ = conn.send_datagram(bytes::Bytes::from_static(b"s"));
             }

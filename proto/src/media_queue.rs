@@ -118,6 +118,8 @@ pub struct MediaQueue {
     video_frames: usize,
     newest_audio: Option<u32>,
     newest_video: Option<u32>,
+    /// While set (the path is dark), the newest group is judged against this instead.
+    newest_group_budget: Option<Duration>,
     stale: Dropped,
     overflow: Dropped,
 }
@@ -137,6 +139,7 @@ impl MediaQueue {
             video_frames: 0,
             newest_audio: None,
             newest_video: None,
+            newest_group_budget: None,
             stale: Dropped::default(),
             overflow: Dropped::default(),
         }
@@ -151,6 +154,17 @@ impl MediaQueue {
     /// changes).
     pub fn set_budget(&mut self, budget: Duration) {
         self.limits.budget = budget;
+    }
+
+    /// While `budget` is set, the newest group (the one a decoder needs to go on at all) is
+    /// judged against it rather than the queue's budget, if that is longer. A hop sets it while
+    /// its path is dark and for a budget after: the budget in force leaves room for the way
+    /// across, which nothing crosses then (and right after the return it sits at its floor),
+    /// and dropping the group in progress just before the path returns leaves nothing
+    /// decodable until the next key frame (a 10 s blackout ending 0.80 s after a key frame,
+    /// with 0.797 s in force: back at the floor 1.5 s after the return instead of 0.5 s).
+    pub fn hold_newest_group(&mut self, budget: Option<Duration>) {
+        self.newest_group_budget = budget;
     }
 
     /// Takes in a message that arrived at `now`.
@@ -290,17 +304,27 @@ impl MediaQueue {
         None
     }
 
-    fn is_stale(&self, entry: &Entry, newest: Option<u32>, now: Instant) -> bool {
+    fn is_stale(&self, entry: &Entry, newest: Option<u32>, now: Instant, budget: Duration) -> bool {
         let waited = now.saturating_duration_since(entry.arrived);
         let behind = newest.map_or(0, |n| n.wrapping_sub(entry.msg.timestamp));
         // A timestamp jump backwards reads as a huge lag: only trust lags under 2^31 ms.
         let behind = if behind < 1 << 31 { behind } else { 0 };
-        waited.max(Duration::from_millis(u64::from(behind))) > self.limits.budget
+        waited.max(Duration::from_millis(u64::from(behind))) > budget
+    }
+
+    /// The budget the waiting video's head is judged against: the queue's, or while the newest
+    /// group is held and the head belongs to it, the longer of that and the held one.
+    fn video_head_budget(&self) -> Duration {
+        let head_group = self.video.iter().position(|g| !g.frames.is_empty());
+        match (self.newest_group_budget, head_group) {
+            (Some(held), Some(i)) if i + 1 == self.video.len() => held.max(self.limits.budget),
+            _ => self.limits.budget,
+        }
     }
 
     fn expire(&mut self, now: Instant) {
         while let Some(entry) = self.audio.front() {
-            if !self.is_stale(entry, self.newest_audio, now) {
+            if !self.is_stale(entry, self.newest_audio, now, self.limits.budget) {
                 break;
             }
             let entry = self.audio.pop_front().expect("front exists");
@@ -308,7 +332,7 @@ impl MediaQueue {
             self.count(DropReason::Stale, &entry.msg, false);
         }
         while let Some(head) = self.video_head() {
-            if !self.is_stale(head, self.newest_video, now) {
+            if !self.is_stale(head, self.newest_video, now, self.video_head_budget()) {
                 break;
             }
             self.drop_first_gop(DropReason::Stale);
@@ -465,6 +489,43 @@ mod tests {
         );
         assert!(q.is_empty());
         assert_eq!(q.media_bytes(), 0);
+    }
+
+    #[test]
+    fn a_dark_path_holds_the_newest_group_to_the_full_budget_and_no_older_one() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // Frames every 100 ms, a key frame every 1000 ms, the path dark from the start: the
+        // budget in force is 800 ms, the full one 1000 ms.
+        let fill = |q: &mut MediaQueue| {
+            for n in 0..=18u32 {
+                let ts = n * 100;
+                q.push(
+                    if ts % 1000 == 0 { key(ts) } else { inter(ts) },
+                    t0 + ms(ts.into()),
+                );
+            }
+        };
+        let mut held = queue(800);
+        held.hold_newest_group(Some(ms(1000)));
+        fill(&mut held);
+        // At 1850 ms the group from 1000 ms is 850 ms old: held, whole, from its key frame;
+        // the group from 0 ms (older than either budget) is gone.
+        let out = drain(&mut held, t0 + ms(1850));
+        assert_eq!(out.first(), Some(&(9, 1000)), "{out:?}");
+        assert_eq!(out.len(), 9, "{out:?}");
+
+        let mut plain = queue(800);
+        fill(&mut plain);
+        // Without the hold the same group went stale: nothing decodable is left.
+        assert!(drain(&mut plain, t0 + ms(1850)).is_empty());
+
+        // An older group is not held, however long the held budget.
+        let mut older = queue(300);
+        older.hold_newest_group(Some(ms(5000)));
+        fill(&mut older);
+        let out = drain(&mut older, t0 + ms(1850));
+        assert_eq!(out.first(), Some(&(9, 1000)), "{out:?}");
     }
 
     #[test]
