@@ -564,14 +564,22 @@ async fn a_flood_of_failed_handshakes_writes_a_bounded_log() {
             );
         }
     }
+    // Each is counted once: refused by TLS, or first by a limit (one address, 100 at once:
+    // past 64 connections from it, or past the pending bound).
     let failures = || async {
         let text = http_get(metrics, "/metrics").await;
-        sample(
-            &text,
-            "rtmpq_handshake_failures_total",
-            &["role=\"gateway\"", "reason=\"tls\""],
-        )
-        .unwrap_or(0.0)
+        ["tls", "address_limit", "pending_limit"]
+            .iter()
+            .map(|reason| {
+                let reason = format!("reason=\"{reason}\"");
+                sample(
+                    &text,
+                    "rtmpq_handshake_failures_total",
+                    &["role=\"gateway\"", &reason],
+                )
+                .unwrap_or(0.0)
+            })
+            .sum::<f64>()
     };
     let deadline = Instant::now() + LIMIT;
     while failures().await < ATTEMPTS as f64 {
