@@ -429,3 +429,58 @@ async fn one_address_opens_at_most_its_share_of_connections() {
     assert!(after > before, "the refusal was not counted");
     assert_eq!(stack.gateway.sessions().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_with_new_certificates_serves_them_to_new_edges_and_keeps_live_sessions() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old_pin = rtmpq_certs::init(old_dir.path(), &[]).unwrap();
+    let new_pin = rtmpq_certs::init(new_dir.path(), &[]).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = |dir: &std::path::Path| GatewayConfig {
+        cert_dir: Some(dir.to_owned()),
+        ..gateway_config(state.path(), Vec::new())
+    };
+    let gateway = Gateway::bind(config(old_dir.path())).await.unwrap();
+    let reloader = gateway.reloader();
+    let state_kept = tempfile::tempdir().unwrap();
+    let stack = Stack::with_gateway(gateway, state_kept, |c| c).await;
+    assert_eq!(stack.pin, old_pin.to_string());
+    let mut live = rtmpq_demo::client::RtmpClient::connect(&stack.edge_addr.to_string(), "live")
+        .await
+        .unwrap();
+    live.publish("live-across-reload").await.unwrap();
+    wait_until(Duration::from_secs(10), "the live session", || {
+        stack.gateway.sessions().len() == 1
+    })
+    .await;
+
+    reloader.reload(config(new_dir.path())).unwrap();
+
+    // A new edge that trusts only the new certificate gets in; one that trusts the old does not.
+    let edge_for = |pin: String| rtmpq_edge::EdgeConfig {
+        pin: Some(pin),
+        ..edge_config(stack.gateway_addr)
+    };
+    let new_edge = start_edge(edge_for(new_pin.to_string()), &stack.shutdown).await;
+    let mut fresh = rtmpq_demo::client::RtmpClient::connect(&new_edge.to_string(), "live")
+        .await
+        .unwrap();
+    fresh.publish("after-reload").await.unwrap();
+    wait_until(Duration::from_secs(10), "the new edge's session", || {
+        stack.gateway.sessions().len() == 2
+    })
+    .await;
+    let old_edge = start_edge(edge_for(old_pin.to_string()), &stack.shutdown).await;
+    let refused = rtmpq_demo::client::RtmpClient::connect(&old_edge.to_string(), "live").await;
+    assert!(
+        refused.is_err(),
+        "an edge pinned to the old certificate got in"
+    );
+    // The session that was live before the reload is still there.
+    assert!(stack
+        .gateway
+        .sessions()
+        .iter()
+        .any(|s| s.stream == "live-across-reload"));
+    drop((live, fresh));
+}
