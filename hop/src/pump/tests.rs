@@ -488,7 +488,16 @@ async fn every_close_code_from_the_far_hop_reaches_a_publisher_as_the_right_rtmp
                 status.code.as_str(),
                 status.description.as_str()
             ),
-            ("onStatus", "NetStream.Failed", reason.as_str()),
+            (
+                "onStatus",
+                // A refused right says so, in the status pushers know.
+                if code == CloseCode::Unauthorized {
+                    "NetStream.Publish.Unauthorized"
+                } else {
+                    "NetStream.Failed"
+                },
+                reason.as_str()
+            ),
             "{code}"
         );
         assert_eq!(h.ended().await.code, code);
