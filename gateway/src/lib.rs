@@ -434,15 +434,16 @@ async fn serve_connection(
     let cert_names = peer_certificate(&conn)
         .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
         .unwrap_or_default();
-    let (edge_id, hello_token, refusal) = match hello {
+    let (edge_id, creds, refusal) = match hello {
         Some(Frame::Hello {
             version,
             edge_id,
             token,
         }) => {
+            // What the edge proved, once: judged here and after each reload by its sessions.
             let creds = Credentials {
-                token: rtmpq_hop::secret::Secret::new(token.clone()),
-                cert_names: cert_names.clone(),
+                token: rtmpq_hop::secret::Secret::new(token),
+                cert_names,
             };
             let admitted = shared.access.borrow().admit(&creds, &edge_id);
             let refusal = if version != WIRE_VERSION {
@@ -458,11 +459,14 @@ async fn serve_connection(
             } else {
                 None
             };
-            (edge_id, token, refusal)
+            (edge_id, creds, refusal)
         }
         other => (
             String::new(),
-            String::new(),
+            Credentials {
+                token: rtmpq_hop::secret::Secret::new(""),
+                cert_names,
+            },
             Some((
                 CloseCode::ProtocolViolation,
                 format!("expected HELLO, got {other:?}"),
@@ -489,11 +493,8 @@ async fn serve_connection(
     shared.telemetry.connection_opened(&conn, edge_id.clone());
     let path = PathWatch::start(&conn);
     // Once per connection: who may resume this connection's sessions, and what it proved.
-    let edge = session::EdgeIdentity::of(&conn, &edge_id, &hello_token);
-    let creds = Arc::new(Credentials {
-        token: rtmpq_hop::secret::Secret::new(hello_token),
-        cert_names,
-    });
+    let edge = session::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());
+    let creds = Arc::new(creds);
     let sessions = TaskTracker::new();
     let per_connection = Arc::new(Semaphore::new(shared.settings.max_sessions_per_connection));
     let reason = loop {
