@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use rtmpq_gateway::access::EdgeRuleConfig;
-use rtmpq_gateway::{Gateway, GatewayConfig};
+use rtmpq_gateway::{Gateway, GatewayConfig, Reloader};
 use rtmpq_hop::secret::Secret;
 
 fn edge_rule(name: &str, token: &str, publish: &[&str]) -> EdgeRuleConfig {
@@ -39,6 +39,21 @@ fn unauthorized(edge: &str, action: &str) -> f64 {
     sample(&scrape, "rtmpq_unauthorized_total", &labels).unwrap_or(0.0)
 }
 
+/// A gateway listing `edges` and an edge presenting `token`, and the gateway's reloader.
+async fn stack_with_edges(edges: Vec<EdgeRuleConfig>, token: &str) -> (Stack, Reloader) {
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(gateway_config(state.path(), edges))
+        .await
+        .unwrap();
+    let reloader = gateway.reloader();
+    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        token: Some(Secret::new(token)),
+        ..c
+    })
+    .await;
+    (stack, reloader)
+}
+
 /// Starts an ffmpeg pusher of `clip` to `url` in the background.
 fn start_push(clip: &std::path::Path, url: &str) -> tokio::task::JoinHandle<std::process::Output> {
     let (clip, url) = (clip.to_owned(), url.to_owned());
@@ -49,17 +64,10 @@ fn start_push(clip: &std::path::Path, url: &str) -> tokio::task::JoinHandle<std:
 async fn each_edge_publishes_what_its_rules_allow_and_nothing_else() {
     rtmpq_telemetry::prometheus();
     let clip = clip(4).await;
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(gateway_config(
-        state.path(),
+    let (stack, _) = stack_with_edges(
         vec![edge_rule("cam-a", "token-a", &["live/cam-*"])],
-    ))
-    .await
-    .unwrap();
-    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
-        token: Some(Secret::new("token-a")),
-        ..c
-    })
+        "token-a",
+    )
     .await;
 
     let allowed = push(&clip, &stack.edge_url("cam-1")).await;
@@ -98,18 +106,11 @@ async fn each_edge_publishes_what_its_rules_allow_and_nothing_else() {
 async fn an_edge_no_rule_names_is_refused_with_words_its_pusher_shows() {
     rtmpq_telemetry::prometheus();
     let clip = clip(4).await;
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(gateway_config(
-        state.path(),
-        vec![edge_rule("cam-a", "token-a", &["live/*"])],
-    ))
-    .await
-    .unwrap();
     let before = unauthorized("unlisted", "connect");
-    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
-        token: Some(Secret::new("not-a-listed-token")),
-        ..c
-    })
+    let (stack, _) = stack_with_edges(
+        vec![edge_rule("cam-a", "token-a", &["live/*"])],
+        "not-a-listed-token",
+    )
     .await;
     let refused = push(&clip, &stack.edge_url("cam-1")).await;
     assert!(!refused.status.success());
@@ -191,22 +192,13 @@ async fn a_client_certificate_name_is_an_identity() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_ends_only_the_sessions_whose_rights_it_took() {
     let clip = clip(30).await;
-    let state = tempfile::tempdir().unwrap();
     let rules = |a_publishes: &str| {
         vec![
             edge_rule("cam-a", "token-a", &[a_publishes]),
             edge_rule("cam-b", "token-b", &["live/cam-b"]),
         ]
     };
-    let gateway = Gateway::bind(gateway_config(state.path(), rules("live/cam-a")))
-        .await
-        .unwrap();
-    let reloader = gateway.reloader();
-    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
-        token: Some(Secret::new("token-a")),
-        ..c
-    })
-    .await;
+    let (stack, reloader) = stack_with_edges(rules("live/cam-a"), "token-a").await;
     let edge_b = start_edge(
         rtmpq_edge::EdgeConfig {
             pin: Some(stack.pin.clone()),
