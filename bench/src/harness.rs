@@ -284,31 +284,36 @@ fn scrape_in(ns: &str, addr: &str) -> Option<String> {
 /// The refusal counters of a gateway's metrics page: failed handshakes by reason, Retries,
 /// unauthorized edges by action.
 fn refusals(page: &str) -> BTreeMap<String, f64> {
+    let mut out = sum_by_label(page, "rtmpq_handshake_failures_total", "reason");
+    let retries: f64 = sum_by_label(page, "rtmpq_quic_retries_total", "role")
+        .values()
+        .sum();
+    if retries > 0.0 {
+        out.insert("retries".to_owned(), retries);
+    }
+    for (action, n) in sum_by_label(page, "rtmpq_unauthorized_total", "action") {
+        out.insert(format!("unauthorized_{action}"), n);
+    }
+    out
+}
+
+/// The samples of `metric` on a Prometheus page, summed by the value of their `label`.
+pub(crate) fn sum_by_label(page: &str, metric: &str, label: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in page.lines().filter(|l| !l.starts_with('#')) {
+    let prefix = format!("{metric}{{");
+    let key = format!("{label}=\"");
+    for line in page.lines().filter(|l| l.starts_with(&prefix)) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
-        let Ok(value) = value.parse::<f64>() else {
+        let (Ok(value), Some(start)) = (value.parse::<f64>(), series.find(&key)) else {
             continue;
         };
-        let label = |name: &str| {
-            let start = series.find(&format!("{name}=\""))? + name.len() + 2;
-            let len = series[start..].find('"')?;
-            Some(series[start..start + len].to_owned())
+        let rest = &series[start + key.len()..];
+        let Some(len) = rest.find('"') else {
+            continue;
         };
-        let key = if series.starts_with("rtmpq_handshake_failures_total") {
-            label("reason")
-        } else if series.starts_with("rtmpq_quic_retries_total") {
-            Some("retries".to_owned())
-        } else if series.starts_with("rtmpq_unauthorized_total") {
-            label("action").map(|a| format!("unauthorized_{a}"))
-        } else {
-            None
-        };
-        if let Some(key) = key {
-            *out.entry(key).or_insert(0.0) += value;
-        }
+        *out.entry(rest[..len].to_owned()).or_insert(0.0) += value;
     }
     out
 }
@@ -1024,6 +1029,22 @@ pub const RECOVERED_MS: f64 = 100.0;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_sum_each_reason_from_a_metrics_page() {
+        let page = "# TYPE x counter\n\
+rtmpq_handshake_failures_total{role=\"gateway\",reason=\"tls\"} 989\n\
+rtmpq_handshake_failures_total{role=\"gateway\",reason=\"address_limit\"} 23\n\
+rtmpq_quic_retries_total{role=\"gateway\"} 3924\n\
+rtmpq_unauthorized_total{role=\"gateway\",edge=\"unlisted\",action=\"connect\"} 988\n\
+rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
+        let r = refusals(page);
+        assert_eq!(r["tls"], 989.0);
+        assert_eq!(r["address_limit"], 23.0);
+        assert_eq!(r["retries"], 3924.0);
+        assert_eq!(r["unauthorized_connect"], 988.0);
+        assert_eq!(r.len(), 4);
+    }
     use crate::netem::LinkSpec;
 
     fn profile(window: Option<(Duration, Duration)>) -> Profile {

@@ -15,7 +15,7 @@ use rtmpq_demo::media::{publish_synthetic, PlayStats, StreamShape};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::harness::{nginx_conf, rss_of, spawn_in, NsProcess, RunError};
+use crate::harness::{nginx_conf, rss_of, spawn_in, sum_by_label, NsProcess, RunError};
 
 /// A frame later than this (arrival minus due time) is late.
 pub const LATE_MS: f64 = 500.0;
@@ -318,26 +318,6 @@ async fn scrape(addr: &str) -> String {
     page
 }
 
-/// `rtmpq_sessions_ended_total` by reason on a metrics page.
-fn ended_by_reason(page: &str) -> std::collections::BTreeMap<String, f64> {
-    let mut out = std::collections::BTreeMap::new();
-    for line in page
-        .lines()
-        .filter(|l| l.starts_with("rtmpq_sessions_ended_total{"))
-    {
-        let (Some(reason), Some(value)) = (
-            line.split("reason=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next()),
-            line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
-        ) else {
-            continue;
-        };
-        *out.entry(reason.to_owned()).or_insert(0.0) += value;
-    }
-    out
-}
-
 /// One look at a hop process.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
@@ -457,7 +437,10 @@ pub async fn soak(
         .collect();
     let mut ended = Vec::new();
     for (name, addr) in ["gateway", "edge"].iter().zip(&stack.metrics) {
-        ended.push((name.to_string(), ended_by_reason(&scrape(addr).await)));
+        ended.push((
+            name.to_string(),
+            sum_by_label(&scrape(addr).await, "rtmpq_sessions_ended_total", "reason"),
+        ));
     }
     Ok(SoakReport {
         sessions,
