@@ -2,6 +2,9 @@
 //! clips) runs in CI and produces complete results for every transport. It asserts
 //! completeness and sane ranges, not our numbers. Needs root (CI is).
 
+mod rtmpq_run;
+
+use rtmpq_run::run_rtmpq;
 use std::path::Path;
 use std::process::Command;
 
@@ -32,24 +35,7 @@ fn short_bench_produces_complete_results_for_every_transport() {
         "{} missing: `cargo test` builds examples; run the README's test command",
         pipe.display()
     );
-    // Kept after the run (under target/) so a failure's logs can be read.
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-short");
-    let _ = std::fs::remove_dir_all(&out);
-    let run = Command::new(exe)
-        .args(["bench", "--short", "--out"])
-        .arg(&out)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "rtmpq bench --short failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let (stdout, json, out) = run_rtmpq(&["bench", "--short"], "bench-short", "results.json");
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(
         runs.len(),

@@ -5,10 +5,10 @@
 //! gateway's side, so it does not fill the pusher's uplink). Each push must finish. Needs root
 //! (CI is).
 
-use std::path::Path;
-use std::process::Command;
+mod rtmpq_run;
 
-use serde_json::Value;
+use rtmpq_run::run_rtmpq;
+use std::path::Path;
 
 /// The gateway's resident memory stays under this through the flood (the README states it).
 const FLOOD_RSS_BOUND: f64 = 128.0 * 1024.0 * 1024.0;
@@ -20,9 +20,6 @@ fn log(out: &Path, profile: &str, name: &str) -> String {
 
 #[test]
 fn every_interop_case_and_a_flood_leave_the_push_alive() {
-    let exe = Path::new(env!("CARGO_BIN_EXE_rtmpq"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-interop");
-    let _ = std::fs::remove_dir_all(&out);
     let profiles = [
         "handshake-loss30",
         "blackhole-cycles",
@@ -30,22 +27,22 @@ fn every_interop_case_and_a_flood_leave_the_push_alive() {
         "address-change",
         "flood",
     ];
-    let run = Command::new(exe)
-        .args(["bench", "--duration", "12", "--transports", "rtmpq"])
-        .args(["--directions", "publish", "--profiles", &profiles.join(",")])
-        .arg("--out")
-        .arg(&out)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "rtmpq bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
+    let profile_list = profiles.join(",");
+    let (stdout, json, out) = run_rtmpq(
+        &[
+            "bench",
+            "--duration",
+            "12",
+            "--transports",
+            "rtmpq",
+            "--directions",
+            "publish",
+            "--profiles",
+            &profile_list,
+        ],
+        "bench-interop",
+        "results.json",
     );
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let runs = json["runs"].as_array().unwrap();
     for profile in profiles {
         let r = runs

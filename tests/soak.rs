@@ -5,29 +5,15 @@
 //! descriptors come back to where they were; the ≤ 5 % memory growth target is the full
 //! soak's figure (BENCHMARKS.md), here only a leak would fail it.
 
-use std::path::Path;
-use std::process::Command;
+mod rtmpq_run;
+
+use rtmpq_run::run_rtmpq;
 
 use serde_json::Value;
 
 #[test]
 fn fifty_sessions_for_ninety_seconds_end_normally_with_flat_descriptors() {
-    let exe = Path::new(env!("CARGO_BIN_EXE_rtmpq"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("soak-short");
-    let run = Command::new(exe)
-        .args(["soak", "--short", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    println!("{stdout}");
-    assert!(
-        run.status.success(),
-        "rtmpq soak --short failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("soak.json")).unwrap()).unwrap();
+    let (stdout, r, _) = run_rtmpq(&["soak", "--short"], "soak-short", "soak.json");
     let sessions = r["sessions"].as_f64().unwrap();
     assert_eq!(sessions, 50.0);
     assert_eq!(r["published"].as_f64().unwrap(), sessions, "{stdout}");
