@@ -193,6 +193,10 @@ struct EdgeArgs {
     /// takes the sessions when it stops answering).
     #[arg(long)]
     gateway: Vec<String>,
+    /// With several gateways: keep a connection to the next one up too, so a failover moves
+    /// the sessions without a handshake.
+    #[arg(long)]
+    standby: bool,
     /// CA certificate that signed the gateway's certificate.
     #[arg(long, conflicts_with = "pin")]
     ca: Option<PathBuf>,
@@ -311,6 +315,7 @@ fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
     if !args.gateway.is_empty() {
         c.gateway = args.gateway.into();
     }
+    c.standby |= args.standby;
     // A trust flag replaces whatever trust the file gave.
     if args.ca.is_some() || args.pin.is_some() {
         c.ca = args.ca;

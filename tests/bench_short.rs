@@ -205,3 +205,44 @@ fn a_push_through_a_blackout_finishes_and_comes_back_at_the_floor() {
         );
     }
 }
+
+/// The gateway killed and started again, and (two gateways) the active one's host cut off,
+/// each at 8 s of a 16 s push through the emulated link (real ffmpeg, real nginx-rtmp, a
+/// player on nginx throughout): the pusher finishes, frames reach the player after the event,
+/// every track's timestamps at the origin go forward across the re-setup, and everything
+/// the player received decodes.
+#[test]
+fn a_session_set_up_again_keeps_every_track_going_forward_at_the_origin() {
+    let (stdout, json, _) = run_rtmpq(
+        &[
+            "bench",
+            "--duration",
+            "16",
+            "--profiles",
+            "gateway-restart,gateway-cutoff",
+            "--transports",
+            "rtmpq",
+            "--directions",
+            "publish",
+        ],
+        "bench-resetup",
+        "results.json",
+    );
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    for r in runs {
+        let t = r["profile"].to_string();
+        assert_eq!(r["pusher_survived"], true, "{t}: the push finished");
+        assert_eq!(r["timestamps_back"], 0, "{t}: a track went back in time");
+        assert_eq!(r["decode_errors"], 0, "{t}: decode errors");
+        let after = r["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p[0].as_f64().unwrap() > 10.0)
+            .count();
+        assert!(after > 0, "{t}: nothing arrived after the event");
+        let back = &r["recovery_seconds"][0];
+        assert!(back.is_f64(), "{t}: never back at the floor: {back}");
+    }
+}

@@ -204,6 +204,17 @@ async fn a_gateway_restart_under_a_push_to_nginx_is_not_noticed_by_the_pusher() 
 /// ffmpeg pushes its whole clip; a player connected to nginx throughout gets the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_active_gateway_dies_the_other_takes_the_push() {
+    failover_under_a_push(false).await;
+}
+
+/// As above with a warm standby: the edge holds a welcomed connection to the second gateway
+/// before the first dies, and the session moves onto that connection (no new handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_standby_the_failover_takes_the_warm_connection() {
+    failover_under_a_push(true).await;
+}
+
+async fn failover_under_a_push(standby: bool) {
     capture_logs();
     let clip = clip(20).await;
     let pushed = framemd5_of(&clip).await;
@@ -232,6 +243,7 @@ async fn when_the_active_gateway_dies_the_other_takes_the_push() {
         rtmpq_edge::EdgeConfig {
             pin: Some(first.pin.clone()),
             gateway: vec![first.addr.to_string(), second_addr.clone()].into(),
+            standby,
             ..edge_config(first.addr)
         },
         &shutdown,
@@ -250,10 +262,19 @@ async fn when_the_active_gateway_dies_the_other_takes_the_push() {
             .any(|l| l.contains("edge connected")),
         "the first gateway answered first"
     );
+    if standby {
+        wait_for_log(&["standby connection to gateway ready"], LIMIT).await;
+        second.wait_for("edge connected").await;
+    }
     first.process.crash().await;
     wait_for_log(&["moving its sessions to another gateway"], LIMIT).await;
+    if standby {
+        wait_for_log(&["the standby connection takes over"], LIMIT).await;
+    }
     wait_for_log(&["session set up again through the gateway"], LIMIT).await;
-    second.wait_for("edge connected").await;
+    if !standby {
+        second.wait_for("edge connected").await;
+    }
     // The status API names the gateway the session runs through now.
     wait_until(LIMIT, "the session's gateway in the status API", || {
         edge_status

@@ -23,6 +23,10 @@ use crate::profiles::{Profile, Restarted};
 const BENCH_TOKEN: &str = "bench-edge-token";
 /// Where the bench's gateway serves metrics, inside its namespace.
 const GATEWAY_METRICS: &str = "127.0.0.1:9464";
+/// The UDP port the bench's rtmpq gateway listens on in B.
+pub const GATEWAY_PORT: u16 = 4433;
+/// The port of the second gateway of profiles that have one.
+const SECOND_GATEWAY_PORT: u16 = 4435;
 
 /// How a pusher reaches nginx-rtmp (or, playing, how a player reaches it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -173,6 +177,10 @@ pub struct RunResult {
     pub audio_delivered: f64,
     /// Errors ffmpeg reports decoding exactly what the player received.
     pub decode_errors: Option<u64>,
+    /// Audio or video frames whose timestamp was below the one before on the same track, in
+    /// what one player connection received from the origin (a re-setup that restarted a
+    /// track's clock would show here).
+    pub timestamps_back: u64,
     /// After each blackout, from the link's return to the first video frame within 100 ms of
     /// the floor, s (`None` if none came).
     pub recovery_seconds: Vec<Option<f64>>,
@@ -437,6 +445,29 @@ struct Arrivals {
     video: Vec<(u32, u64)>,
     audio_frames: u64,
     media_bytes: u64,
+    /// Frames whose timestamp went below their track's previous one (per player connection).
+    timestamps_back: u64,
+}
+
+/// The last frame timestamp per track of one player connection; counts those that go back.
+#[derive(Debug, Default)]
+struct TrackClocks {
+    audio: Option<u32>,
+    video: Option<u32>,
+}
+
+impl TrackClocks {
+    /// Notes a frame of `kind` at `timestamp`; true if it is below its track's last one.
+    fn went_back(&mut self, kind: MediaKind, timestamp: u32) -> bool {
+        let last = match kind {
+            MediaKind::Audio => &mut self.audio,
+            MediaKind::VideoFrame | MediaKind::VideoKeyframe => &mut self.video,
+            _ => return false,
+        };
+        let back = last.is_some_and(|l| timestamp < l);
+        *last = Some(timestamp);
+        back
+    }
 }
 
 /// Writes what a player receives as an FLV file, for ffmpeg to decode afterwards.
@@ -588,7 +619,7 @@ pub async fn run_one(
                 s("--metrics"),
                 s(GATEWAY_METRICS),
                 s("--listen"),
-                s("0.0.0.0:4433"),
+                format!("0.0.0.0:{GATEWAY_PORT}"),
                 s("--origin"),
                 s("rtmp://127.0.0.1:1935"),
                 s("--cert-dir"),
@@ -597,31 +628,50 @@ pub async fn run_one(
                 run_dir.display().to_string(),
             ];
             let gateway = spawn_in(&b, &args, &log("gateway"), Some("gateway ready")).await?;
+            let mut edge_args = vec![
+                rtmpq.clone(),
+                s("edge"),
+                s("--config"),
+                edge_toml.display().to_string(),
+                s("--listen"),
+                s("127.0.0.1:1935"),
+                s("--gateway"),
+                format!("{ADDR_B}:{GATEWAY_PORT}"),
+                s("--pin"),
+                ctx.pin.clone(),
+                s("--max-latency"),
+                budget_ms.to_string(),
+                s("--backpressure"),
+                backpressure_ms.to_string(),
+            ];
+            if profile.second_gateway {
+                // Same certificate and identities; its own port, metrics and state.
+                let state = run_dir.join("second-gateway");
+                std::fs::create_dir_all(&state).map_err(io_err("second gateway state"))?;
+                let mut second = args.clone();
+                let value_after = |args: &mut Vec<String>, flag: &str, value: String| {
+                    if let Some(i) = args.iter().position(|a| a == flag) {
+                        args[i + 1] = value;
+                    }
+                };
+                value_after(
+                    &mut second,
+                    "--listen",
+                    format!("0.0.0.0:{SECOND_GATEWAY_PORT}"),
+                );
+                value_after(&mut second, "--metrics", s("127.0.0.1:9465"));
+                value_after(&mut second, "--state-dir", state.display().to_string());
+                procs.push(
+                    spawn_in(&b, &second, &log("gateway-second"), Some("gateway ready")).await?,
+                );
+                edge_args.extend([
+                    s("--gateway"),
+                    format!("{ADDR_B}:{SECOND_GATEWAY_PORT}"),
+                    s("--standby"),
+                ]);
+            }
             server = Some((gateway, args, "gateway ready"));
-            procs.push(
-                spawn_in(
-                    &a,
-                    &[
-                        rtmpq,
-                        s("edge"),
-                        s("--config"),
-                        edge_toml.display().to_string(),
-                        s("--listen"),
-                        s("127.0.0.1:1935"),
-                        s("--gateway"),
-                        format!("{ADDR_B}:4433"),
-                        s("--pin"),
-                        ctx.pin.clone(),
-                        s("--max-latency"),
-                        budget_ms.to_string(),
-                        s("--backpressure"),
-                        backpressure_ms.to_string(),
-                    ],
-                    &log("edge"),
-                    Some("connected to gateway"),
-                )
-                .await?,
-            );
+            procs.push(spawn_in(&a, &edge_args, &log("edge"), Some("connected to gateway")).await?);
         }
         Transport::QuicPipe => {
             let args = vec![
@@ -698,6 +748,12 @@ pub async fn run_one(
             transport.name()
         )));
     }
+    if profile.second_gateway && !matches!(transport, Transport::Rtmpq { .. }) {
+        return Err(RunError::Setup(format!(
+            "{} has no second server to fail over to",
+            transport.name()
+        )));
+    }
     if profile
         .restart
         .is_some_and(|r| r.what == Restarted::Gateway)
@@ -721,10 +777,13 @@ pub async fn run_one(
         let (player_ns, player_addr) = (player_ns.clone(), player_addr.clone());
         tokio::spawn(async move {
             loop {
+                let mut clocks = TrackClocks::default();
                 while let Ok(Some(msg)) = player.next_message().await {
                     let now = monotonic_ns();
                     let kind = msg.media_kind();
+                    let back = clocks.went_back(kind, msg.timestamp);
                     let mut a = arrivals.lock().expect("arrivals");
+                    a.timestamps_back += back as u64;
                     if matches!(kind, MediaKind::VideoFrame | MediaKind::VideoKeyframe) {
                         a.video.push((msg.timestamp, now));
                     }
@@ -817,7 +876,7 @@ pub async fn run_one(
         let spec = profile.flood?;
         tokio::time::sleep_until((started + spec.at).into()).await;
         let pin = ctx.pin.parse().ok()?;
-        let target = format!("{ADDR_B}:4433").parse().ok()?;
+        let target = format!("{ADDR_B}:{GATEWAY_PORT}").parse().ok()?;
         match crate::flood::flood(&b, target, pin, spec).await {
             Ok(report) => Some(report),
             Err(e) => {
@@ -871,6 +930,13 @@ pub async fn run_one(
         .map(|&(at, len)| link.started_ns + (at + len).as_nanos() as u64)
         .collect();
     returns_ns.extend(restarted_ns);
+    // A host cut off for good: recovery counts from the cut (failure detection included).
+    returns_ns.extend(
+        profile
+            .link
+            .cut_port
+            .map(|(at, _)| link.started_ns + at.as_nanos() as u64),
+    );
     let mut result = summarize(
         profile,
         label,
@@ -1008,6 +1074,7 @@ fn summarize(
         floor_ms: floor,
         audio_delivered: arrivals.audio_frames as f64 / ctx.audio_expected.max(1) as f64,
         decode_errors: None,
+        timestamps_back: arrivals.timestamps_back,
         recovery_seconds,
         link_up: CountsSnapshot::default(),
         link_down: CountsSnapshot::default(),
@@ -1028,6 +1095,19 @@ pub const RECOVERED_MS: f64 = 100.0;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_track_whose_timestamp_goes_below_its_last_counts_once_per_frame() {
+        let mut clocks = TrackClocks::default();
+        assert!(!clocks.went_back(MediaKind::VideoKeyframe, 1000));
+        // Audio has its own clock; a header is no frame.
+        assert!(!clocks.went_back(MediaKind::Audio, 990));
+        assert!(!clocks.went_back(MediaKind::SequenceHeader, 0));
+        assert!(!clocks.went_back(MediaKind::VideoFrame, 1000));
+        assert!(clocks.went_back(MediaKind::VideoFrame, 999));
+        assert!(!clocks.went_back(MediaKind::VideoFrame, 1033));
+        assert!(clocks.went_back(MediaKind::Audio, 0));
+    }
+
     use super::*;
 
     #[test]
@@ -1055,6 +1135,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             window,
             restart: None,
             flood: None,
+            second_gateway: false,
         }
     }
 
@@ -1085,6 +1166,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             video,
             audio_frames: 15,
             media_bytes: 8000,
+            timestamps_back: 2,
         };
         let ctx = context(10, Duration::from_secs(1));
         let r = summarize(
@@ -1105,6 +1187,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         assert!((r.start_seconds.unwrap() - 0.05).abs() < 1e-9);
         assert!((r.floor_ms - 50.0).abs() < 1e-6);
         assert!((r.audio_delivered - 0.75).abs() < 1e-9);
+        assert_eq!(r.timestamps_back, 2, "carried from the arrivals");
     }
 
     #[test]
@@ -1129,6 +1212,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             video,
             audio_frames: 0,
             media_bytes: 1,
+            timestamps_back: 0,
         };
         let ctx = context(100, Duration::from_secs(10));
         let window = Some((Duration::from_secs(2), Duration::from_secs(2)));

@@ -281,7 +281,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                         ))
                     })?;
                 println!(
-                    "{:<15} {:<16} frames {:>4}/{:<4} audio {:>5.1} % extra p50 {:>6.0} ms p99 {:>6.0} ms (floor {:>4.0}) late>1s {:>5.1} % stalls {:>3} decode errors {} start {:>5.2} s back at floor {} survived {}",
+                    "{:<15} {:<16} frames {:>4}/{:<4} audio {:>5.1} % extra p50 {:>6.0} ms p99 {:>6.0} ms (floor {:>4.0}) late>1s {:>5.1} % stalls {:>3} decode errors {} ts back {} start {:>5.2} s back at floor {} survived {}",
                     r.profile,
                     r.transport,
                     r.frames_received,
@@ -293,6 +293,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                     r.late_ratio[2] * 100.0,
                     r.stalls,
                     r.decode_errors.map_or("?".into(), |n| n.to_string()),
+                    r.timestamps_back,
                     r.start_seconds.unwrap_or(f64::NAN),
                     report::recovery_text(&r),
                     r.pusher_survived

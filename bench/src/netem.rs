@@ -105,6 +105,9 @@ pub struct LinkSpec {
     /// Extra random loss in both directions until this long after the start (handshakes
     /// under loss).
     pub early_loss: Option<(f64, Duration)>,
+    /// From this long after the start, UDP packets to or from this port (a server in B) are
+    /// dropped both ways: that server's host is cut off; others in B still answer.
+    pub cut_port: Option<(Duration, u16)>,
 }
 
 impl LinkSpec {
@@ -117,6 +120,7 @@ impl LinkSpec {
             address_change_at: None,
             rebind_at: None,
             early_loss: None,
+            cut_port: None,
         }
     }
 }
@@ -322,6 +326,7 @@ impl Link {
                 blackouts: blackouts.clone(),
                 rebind,
                 early_loss: spec.early_loss,
+                cut_port: spec.cut_port,
             };
             tokio::spawn(forward(from, to, dir, events, start, counts, stop.clone()));
         }
@@ -413,6 +418,20 @@ struct Events {
     blackouts: Arc<Vec<(Duration, Duration)>>,
     rebind: Option<(Duration, Rebind)>,
     early_loss: Option<(f64, Duration)>,
+    cut_port: Option<(Duration, u16)>,
+}
+
+/// Whether `packet` is IPv4 UDP to or from `port`.
+fn udp_port_is(packet: &[u8], port: u16) -> bool {
+    if packet.len() < 20 || packet[0] >> 4 != 4 || packet[9] != 17 {
+        return false;
+    }
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    if packet.len() < ihl + 4 {
+        return false;
+    }
+    let at = |i: usize| u16::from_be_bytes([packet[ihl + i], packet[ihl + i + 1]]);
+    at(0) == port || at(2) == port
 }
 
 /// The port a rebinding NAT maps A's port to (and back: the map is its own inverse).
@@ -481,6 +500,9 @@ async fn forward(
             .blackouts
             .iter()
             .any(|(at, len)| since >= *at && since < *at + *len)
+            || events
+                .cut_port
+                .is_some_and(|(at, port)| since >= at && udp_port_is(&buf[..n], port))
         {
             counts.blackout_dropped.fetch_add(1, Ordering::Relaxed);
             continue;

@@ -23,6 +23,9 @@ pub struct Profile {
     pub restart: Option<Restart>,
     /// A flood at the gateway's port during the run.
     pub flood: Option<FloodSpec>,
+    /// A second gateway (rtmpq only) the edge keeps as a warm standby; the link's
+    /// `cut_port` cuts the first one off.
+    pub second_gateway: bool,
 }
 
 /// A process the bench kills (SIGKILL) and starts again at `at` into the run.
@@ -99,6 +102,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         window: None,
         restart: None,
         flood: None,
+        second_gateway: false,
     };
     let blackout = |name: &'static str, secs: u64| {
         Profile {
@@ -111,6 +115,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         window: blackout_window,
         restart: None,
         flood: None,
+        second_gateway: false,
     }
     };
     vec![
@@ -190,6 +195,20 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
                     (duration / 2).as_secs()
                 ),
                 lossy(50, 0.0, 10.0),
+            )
+        },
+        Profile {
+            second_gateway: true,
+            ..profile(
+                "gateway-cutoff",
+                format!(
+                    "two gateways, the edge on the first with the second as a warm standby; the first one's host cut off at {} s for good, 50 ms RTT, 10 Mbit/s",
+                    (duration / 2).as_secs()
+                ),
+                LinkSpec {
+                    cut_port: Some((duration / 2, crate::harness::GATEWAY_PORT)),
+                    ..lossy(50, 0.0, 10.0)
+                },
             )
         },
         profile(

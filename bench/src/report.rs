@@ -47,9 +47,9 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
         let _ = writeln!(md, "### {} — {}\n", p.name, p.description);
         let _ = writeln!(
             md,
-            "| transport | video frames | audio | extra latency p50 / p95 / p99 / max (ms) | floor | late >200 / 500 / 1000 / 2000 ms | stalls (time) | decode errors | back at floor | goodput | start | pusher survived |"
+            "| transport | video frames | audio | extra latency p50 / p95 / p99 / max (ms) | floor | late >200 / 500 / 1000 / 2000 ms | stalls (time) | decode errors | timestamps back | back at floor | goodput | start | pusher survived |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in rows {
             let l = r.extra_latency_ms;
             let late: Vec<String> = r
@@ -59,7 +59,7 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                 .collect();
             let _ = writeln!(
                 md,
-                "| {} | {}/{} | {:.1} % | {} / {} / {} / {} | {} ms | {} | {} ({:.1} s) | {} | {} | {} | {} | {} |",
+                "| {} | {}/{} | {:.1} % | {} / {} / {} / {} | {} ms | {} | {} ({:.1} s) | {} | {} | {} | {} | {} | {} |",
                 r.transport,
                 r.frames_received,
                 r.frames_expected,
@@ -73,6 +73,7 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                 r.stalls,
                 r.stall_seconds,
                 r.decode_errors.map_or("–".into(), |n| n.to_string()),
+                r.timestamps_back,
                 recovery_text(r),
                 if r.goodput_bps.is_finite() {
                     format!("{:.2} Mbit/s", r.goodput_bps / 1e6)

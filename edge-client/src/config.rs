@@ -22,6 +22,9 @@ pub struct EdgeConfig {
     /// The gateway as `HOST:PORT` (UDP), or several (TOML: a list): the edge connects to the
     /// one answering first and moves its sessions to another when it stops answering.
     pub gateway: GatewayList,
+    /// With several gateways: keep a connection to the next one up as well, so that a
+    /// failover moves the sessions without a handshake.
+    pub standby: bool,
     /// CA certificate (PEM) that signed the gateway's certificate.
     pub ca: Option<PathBuf>,
     /// The gateway certificate's pin, `sha256:HEX`, instead of a CA.
@@ -75,6 +78,7 @@ impl Default for EdgeConfig {
         EdgeConfig {
             listen: "127.0.0.1:1935".parse().expect("valid"),
             gateway: GatewayList::default(),
+            standby: false,
             ca: None,
             pin: None,
             server_name: None,
@@ -165,6 +169,8 @@ pub struct EdgeSettings {
     /// The gateways, in order of preference (the first is tried first, the next a moment
     /// later, and so on; the first to answer wins).
     pub gateways: Vec<GatewayAddress>,
+    /// Keep a standby connection to the next gateway.
+    pub standby: bool,
     /// How the gateway is trusted.
     pub trust: Trust,
     /// Client certificate and key files, for mutual TLS.
@@ -247,6 +253,7 @@ impl EdgeConfig {
             max_queue_bytes: above_zero(self.max_queue_mb, "max_queue_mb")? << 20,
             listen: self.listen,
             gateways,
+            standby: self.standby,
             trust,
             client_identity,
             token: self.token.clone().unwrap_or_else(|| Secret::new("")),

@@ -101,6 +101,9 @@ pub struct GatewayTarget {
     pub edge_id: String,
     /// Token for HELLO.
     pub token: String,
+    /// With several gateways: keep a connection to the next one up (welcomed, kept alive),
+    /// so a failover moves sessions without a handshake.
+    pub standby: bool,
 }
 
 /// How long after one gateway's attempt the next gateway's starts (RFC 8305's "connection
@@ -110,6 +113,10 @@ pub const RACE_STAGGER: Duration = Duration::from_millis(250);
 /// before the edge closes its connection and moves its sessions to another. (With one there
 /// is nowhere to go: a dark path is probed until it returns or the idle timeout ends it.)
 pub const FAILOVER_AFTER: Duration = Duration::from_secs(3);
+
+/// With a standby connection up: how long the active gateway may leave what was sent
+/// unacknowledged before the standby is probed; if it answers, the sessions move at once.
+pub const FAILOVER_WITH_STANDBY_AFTER: Duration = Duration::from_secs(1);
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -164,14 +171,25 @@ async fn maintain(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut was_connected = false;
+    let mut standby: Option<Standby> = None;
     loop {
-        let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            attempt = race(&endpoint, &target) => attempt,
+        let warm = standby.as_ref().and_then(Standby::take);
+        let attempt = match warm {
+            Some(warm) => {
+                info!(gateway = %warm.2, "the standby connection takes over");
+                Ok(warm)
+            }
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                attempt = race(&endpoint, &target) => attempt,
+            },
         };
         match attempt {
             Ok((conn, _control, address)) => {
                 info!(gateway = %address, remote = %conn.remote_address(), "connected to gateway");
+                if target.standby && target.gateways.len() > 1 {
+                    standby = Some(Standby::start(&endpoint, &target, &address));
+                }
                 backoff = FIRST_BACKOFF;
                 if std::mem::replace(&mut was_connected, true) {
                     telemetry.reconnected();
@@ -191,8 +209,8 @@ async fn maintain(
                         return;
                     }
                     reason = conn.closed() => reason,
-                    _ = stops_acknowledging(&path), if can_move => {
-                        warn!(gateway = %address, "gateway left what was sent unacknowledged for {FAILOVER_AFTER:?}: moving its sessions to another gateway");
+                    waited = stops_acknowledging(&path, standby.as_ref()), if can_move => {
+                        warn!(gateway = %address, "gateway left what was sent unacknowledged for {waited:?}: moving its sessions to another gateway");
                         telemetry.failed_over();
                         conn.close(quic_code(CloseCode::TunnelLost), b"gateway stopped acknowledging");
                         conn.closed().await
@@ -217,6 +235,9 @@ async fn maintain(
                 state.send_replace(LinkState::Down(reason));
             }
         }
+        if standby.as_ref().is_some_and(Standby::ready) {
+            continue;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
@@ -228,13 +249,116 @@ async fn maintain(
 /// The control stream stays open as long as the connection lives.
 type ControlStream = (quinn::SendStream, FrameReader);
 
-/// Returns once `path` has left something unacknowledged for [`FAILOVER_AFTER`].
-async fn stops_acknowledging(path: &PathWatch) {
+/// A connection kept up to another gateway than the active one, welcomed and kept alive,
+/// for a failover to take at once; its task connects again (with backoff) while it is not up.
+struct Standby {
+    slot: Arc<std::sync::Mutex<Option<(quinn::Connection, ControlStream, String)>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Standby {
+    /// Starts keeping a standby to the first of `target`'s gateways that is not `active`
+    /// and answers.
+    fn start(endpoint: &quinn::Endpoint, target: &GatewayTarget, active: &str) -> Standby {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let others = GatewayTarget {
+            gateways: target
+                .gateways
+                .iter()
+                .filter(|g| g.address != active)
+                .cloned()
+                .collect(),
+            ..target.clone()
+        };
+        let (endpoint, filled) = (endpoint.clone(), slot.clone());
+        let task = tokio::spawn(async move {
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                match race(&endpoint, &others).await {
+                    Ok((conn, control, address)) => {
+                        info!(gateway = %address, "standby connection to gateway ready");
+                        backoff = FIRST_BACKOFF;
+                        *filled.lock().expect("standby") = Some((conn.clone(), control, address));
+                        let reason = conn.closed().await;
+                        filled.lock().expect("standby").take();
+                        info!(%reason, "standby connection lost; connecting again");
+                    }
+                    Err(reason) => {
+                        info!(%reason, retry_in = ?backoff, "no standby gateway answers");
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+        .abort_handle();
+        Standby { slot, task }
+    }
+
+    /// Whether the standby connection is up.
+    fn ready(&self) -> bool {
+        let slot = self.slot.lock().expect("standby");
+        slot.as_ref()
+            .is_some_and(|(conn, ..)| conn.close_reason().is_none())
+    }
+
+    /// Whether the standby gateway acknowledges a probe within a few of its round trips.
+    async fn answers(&self) -> bool {
+        let conn = match &*self.slot.lock().expect("standby") {
+            Some((conn, ..)) if conn.close_reason().is_none() => conn.clone(),
+            _ => return false,
+        };
+        let before = conn.stats().udp_rx.datagrams;
+        if conn.send_datagram(bytes::Bytes::from_static(b"p")).is_err() {
+            return false;
+        }
+        let limit = conn.rtt() * 3 + Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + limit;
+        // quinn tells no one when an acknowledgement arrives; its counters do.
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if conn.stats().udp_rx.datagrams > before {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The standby connection if it is up and alive; the keeping stops (the next active
+    /// connection starts its own standby).
+    fn take(&self) -> Option<(quinn::Connection, ControlStream, String)> {
+        self.task.abort();
+        let warm = self.slot.lock().expect("standby").take()?;
+        warm.0.close_reason().is_none().then_some(warm)
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some((conn, ..)) = self.slot.lock().expect("standby").take() {
+            conn.close(quic_code(CloseCode::Shutdown), b"standby no longer needed");
+        }
+    }
+}
+
+/// Returns (with how long) once `path` has left something unacknowledged for
+/// [`FAILOVER_AFTER`], or for [`FAILOVER_WITH_STANDBY_AFTER`] while the standby gateway
+/// answers a probe: then it is the active gateway that is gone, not this edge's network.
+async fn stops_acknowledging(path: &PathWatch, standby: Option<&Standby>) -> Duration {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        if path.unacknowledged_for() >= FAILOVER_AFTER {
-            return;
+        let waited = path.unacknowledged_for();
+        if waited >= FAILOVER_AFTER {
+            return waited;
+        }
+        if waited >= FAILOVER_WITH_STANDBY_AFTER {
+            if let Some(standby) = standby {
+                if standby.answers().await {
+                    return path.unacknowledged_for();
+                }
+            }
         }
     }
 }

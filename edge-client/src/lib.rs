@@ -72,6 +72,7 @@ impl Edge {
             client_config,
             edge_id: settings.edge_id.clone(),
             token: settings.token.expose().to_owned(),
+            standby: settings.standby,
         };
         let metrics = match settings.metrics {
             Some(addr) => {
