@@ -38,6 +38,7 @@ async fn a_gateway_refuses_an_edge_of_another_wire_version_naming_both() {
         version: 1,
         edge_id: "old-edge".into(),
         token: String::new(),
+        release_after_ms: 0,
     };
     write_frame(&mut control, &hello).await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())

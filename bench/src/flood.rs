@@ -207,6 +207,7 @@ pub async fn flood(
                     version: WIRE_VERSION,
                     edge_id: "flood".into(),
                     token: "wrong-token".into(),
+                    release_after_ms: 0,
                 };
                 rtmpq_hop::tunnel::write_frame(&mut send, &hello).await.ok()
             };

@@ -269,6 +269,14 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                     );
                     continue;
                 }
+                if profile.second_gateway && !matches!(transport, Transport::Rtmpq { .. }) {
+                    println!(
+                        "{:<15} {:<16} not measured: one server end, nowhere to fail over",
+                        profile.name,
+                        transport.name()
+                    );
+                    continue;
+                }
                 index += 1;
                 let r = harness::run_one(profile, transport, direction, index, &ctx)
                     .await

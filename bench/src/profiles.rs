@@ -169,6 +169,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         ),
         blackout("blackout", 3),
         blackout("blackout10", 10),
+        blackout("blackout20", 20),
         Profile {
             restart: Some(Restart {
                 what: Restarted::Gateway,

@@ -106,6 +106,27 @@ pub struct GatewayTarget {
     pub standby: bool,
 }
 
+impl GatewayTarget {
+    /// What HELLO's `release_after_ms` says: with other gateways to go to, [`POOL_RELEASE_AFTER`]
+    /// (a gateway that hears nothing from this edge for so long lets its sessions go); with one,
+    /// 0 (hold them for a resume).
+    pub fn release_after_ms(&self) -> u32 {
+        match self.gateways.len() > 1 {
+            true => POOL_RELEASE_AFTER.as_millis() as u32,
+            false => 0,
+        }
+    }
+}
+
+/// With several gateways: how often the edge sends a keep-alive on an otherwise idle
+/// connection, so that its gateway can tell silence from a quiet session within
+/// [`POOL_RELEASE_AFTER`].
+pub const POOL_KEEP_ALIVE: Duration = Duration::from_millis(400);
+/// With several gateways: how long a gateway that hears nothing from this edge waits before it
+/// ends the edge's sessions and lets their origin side go (three keep-alives), so that the
+/// gateway the edge moves them to is not refused by the origin for a name still published.
+pub const POOL_RELEASE_AFTER: Duration = Duration::from_millis(1200);
+
 /// How long after one gateway's attempt the next gateway's starts (RFC 8305's "connection
 /// attempt delay"): the first answers first unless it is slow or gone.
 pub const RACE_STAGGER: Duration = Duration::from_millis(250);
@@ -420,6 +441,7 @@ async fn connect_once(
             version: WIRE_VERSION,
             edge_id: target.edge_id.clone(),
             token: target.token.clone(),
+            release_after_ms: target.release_after_ms(),
         };
         write_frame(&mut send, &hello)
             .await

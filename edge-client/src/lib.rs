@@ -62,7 +62,14 @@ impl Edge {
             None => None,
         };
         let tls = rtmpq_certs::client_tls(trust, identity)?;
-        let client_config = rtmpq_hop::transport::client_config(tls)?;
+        let mut client_config = rtmpq_hop::transport::client_config(tls)?;
+        if settings.gateways.len() > 1 {
+            // Keep-alives often enough for a gateway to tell silence from a quiet session
+            // within HELLO's `release_after_ms`.
+            let mut transport = rtmpq_hop::transport::transport_config();
+            transport.keep_alive_interval(Some(connector::POOL_KEEP_ALIVE));
+            client_config.transport_config(Arc::new(transport));
+        }
         let listener = bind_tcp(settings.listen).await?;
         // The wildcard address lets quinn migrate when the route or address changes.
         let wildcard: SocketAddr = "0.0.0.0:0".parse().expect("valid");

@@ -388,6 +388,25 @@ fn peer_certificate(
         .next()
 }
 
+/// The least silence after which a gateway lets an edge's sessions go when its HELLO asks
+/// (`release_after_ms`): a few of the watch's looks, whatever a peer asks.
+const MIN_RELEASE_AFTER: Duration = Duration::from_millis(250);
+
+/// Returns (with how long) once `path` has been silent for `after`; never without one.
+async fn edge_silent(path: &PathWatch, after: Option<Duration>) -> Duration {
+    let Some(after) = after else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let silent = path.silent_for();
+        if silent >= after {
+            return silent;
+        }
+    }
+}
+
 /// One edge's QUIC connection: HELLO, then a session per bidirectional stream.
 async fn serve_connection(
     incoming: quinn::Incoming,
@@ -434,12 +453,15 @@ async fn serve_connection(
     let cert_names = peer_certificate(&conn)
         .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
         .unwrap_or_default();
+    let mut release_after = Duration::ZERO;
     let (edge_id, creds, refusal) = match hello {
         Some(Frame::Hello {
             version,
             edge_id,
             token,
+            release_after_ms,
         }) => {
+            release_after = Duration::from_millis(release_after_ms.into());
             // What the edge proved, once: judged here and after each reload by its sessions.
             let creds = Credentials {
                 token: rtmpq_hop::secret::Secret::new(token),
@@ -495,11 +517,25 @@ async fn serve_connection(
     // Once per connection: who may resume this connection's sessions, and what it proved.
     let edge = session::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());
     let creds = Arc::new(creds);
+    // An edge with other gateways: its sessions are not held for a resume here (it moves them
+    // elsewhere), and once it is silent for what it asked, they end and their origin side goes.
+    let hold = match release_after.is_zero() {
+        true => shared.settings.resume_grace,
+        false => Duration::ZERO,
+    };
+    let release_after = (!release_after.is_zero()).then(|| release_after.max(MIN_RELEASE_AFTER));
+    let silent = edge_silent(&path, release_after);
+    tokio::pin!(silent);
     let sessions = TaskTracker::new();
     let per_connection = Arc::new(Semaphore::new(shared.settings.max_sessions_per_connection));
     let reason = loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => break "gateway shutting down".to_owned(),
+            silence = &mut silent => {
+                let reason = format!("edge silent for {silence:?}: it has other gateways; its sessions end here and their origin side goes");
+                conn.close(quic_code(CloseCode::TunnelLost), b"edge silent");
+                break reason;
+            }
             stream = conn.accept_bi() => match stream {
                 Ok(stream) => stream,
                 Err(e) => break e.to_string(),
@@ -544,6 +580,7 @@ async fn serve_connection(
             edge: edge.clone(),
             edge_id: edge_id.clone(),
             creds: creds.clone(),
+            hold,
         };
         let path = path.clone();
         sessions.spawn(

@@ -40,6 +40,9 @@ pub(crate) struct Who {
     pub edge_id: String,
     /// What it proved: judged against the access policy now and after each reload.
     pub creds: Arc<Credentials>,
+    /// How long its sessions are held for a resume when their tunnel is lost (zero for an
+    /// edge that has other gateways: it moves them there).
+    pub hold: Duration,
 }
 
 impl Who {
@@ -411,7 +414,7 @@ async fn to_origin(
             return end;
         }
     };
-    let grace = shared.settings.resume_grace;
+    let grace = who.hold;
     let mut resume = None;
     loop {
         // A new single-use token for each stream the session runs on.

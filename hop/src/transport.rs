@@ -291,6 +291,9 @@ pub struct PathWatch {
     quic_wait_us: AtomicU64,
     rate_bps: AtomicU64,
     send_window: AtomicU64,
+    /// When the connection last received a datagram, as microseconds since [`epoch`]; 0:
+    /// not yet looked.
+    heard_at_us: AtomicU64,
 }
 
 impl PathWatch {
@@ -325,6 +328,16 @@ impl PathWatch {
     pub fn dark_within(&self, within: Duration) -> bool {
         let at = self.dark_at_us.load(Ordering::Relaxed);
         at > 0 && since_epoch().saturating_sub(Duration::from_micros(at)) <= within
+    }
+
+    /// How long the connection has received nothing, as of the last look (zero before the
+    /// first look).
+    pub fn silent_for(&self) -> Duration {
+        let at = self.heard_at_us.load(Ordering::Relaxed);
+        match at {
+            0 => Duration::ZERO,
+            at => since_epoch().saturating_sub(Duration::from_micros(at)),
+        }
     }
 
     /// The congestion controller's estimate of the path's rate (BBR's pacing rate), bit/s.
@@ -368,6 +381,7 @@ impl PathWatch {
         let discard = conn.clone();
         tokio::spawn(async move { while discard.read_datagram().await.is_ok() {} });
         let mut remote = conn.remote_address();
+        let mut received = u64::MAX;
         loop {
             tokio::select! {
                 _ = conn.closed() => return,
@@ -381,6 +395,11 @@ impl PathWatch {
             }
             let stats = conn.stats();
             let now = Instant::now();
+            if stats.udp_rx.datagrams != received {
+                received = stats.udp_rx.datagrams;
+                let at = since_epoch().as_micros().max(1) as u64;
+                self.heard_at_us.store(at, Ordering::Relaxed);
+            }
             self.update(&conn, &stats, &mut sent, now);
             if rate_read.is_none_or(|t| now.duration_since(t) >= RATE_WINDOW) {
                 rate_read = Some(now);

@@ -19,7 +19,7 @@
 //!
 //! | kind | name          | direction   | body |
 //! |------|---------------|-------------|------|
-//! | 0x01 | HELLO         | edge → gw   | `version:u8 edge_id:string token:string` |
+//! | 0x01 | HELLO         | edge → gw   | `version:u8 edge_id:string token:string [release_after_ms:varint]` |
 //! | 0x02 | WELCOME       | gw → edge   | `version:u8 gateway_id:string` |
 //! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64 latency_budget_ms:varint` (0: none) |
 //! | 0x11 | MSG           | both        | `type:u8 stream_id:varint timestamp:u32 payload:bytes-to-end` |
@@ -65,6 +65,15 @@
 //! not match (forged, or used already)", "the session belongs to another edge"), and the edge
 //! sets the session up again from its journal (below). Media continues from the next key
 //! frame; the origin sees a gap, not a new publisher.
+//!
+//! **Releasing for another gateway.** An edge configured with several gateways sets HELLO's
+//! `release_after_ms` (1200; it also sends a keep-alive every 400 ms). A gateway that then hears
+//! nothing on that connection for so long closes it (`tunnel_lost`, "edge silent") and ends
+//! its sessions without holding them: their origin side goes at once, so the gateway the edge
+//! moved them to is not refused with `NetStream.Publish.BadName` while this one still
+//! publishes the same name to the origin. (A gateway cut off from its edges cannot hear the
+//! edge leave; holding for a resume there blocked the other gateway for the whole idle
+//! timeout and grace, 25 s.) Absent or 0: the gateway holds for `resume_grace_ms`.
 //!
 //! **Latency budget.** Each hop keeps the media it has read from its RTMP peer in a
 //! [`media_queue::MediaQueue`] and hands QUIC only about a congestion window of it, so the

@@ -189,6 +189,11 @@ pub enum Frame {
         edge_id: String,
         /// Shared-secret token when the gateway asks for one (empty: none).
         token: String,
+        /// An edge that has other gateways to go to: once the gateway has heard nothing from
+        /// it for this many ms, it may end the edge's sessions and let their origin side go
+        /// (the edge has moved them elsewhere) instead of holding them for a resume. 0: hold
+        /// by the gateway's own rules. Optional on the wire (absent reads as 0).
+        release_after_ms: u32,
     },
     /// Accepts a connection.
     Welcome {
@@ -233,12 +238,16 @@ impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Frame::Hello {
-                version, edge_id, ..
+                version,
+                edge_id,
+                release_after_ms,
+                ..
             } => f
                 .debug_struct("Hello")
                 .field("version", version)
                 .field("edge_id", edge_id)
                 .field("token", &"****")
+                .field("release_after_ms", release_after_ms)
                 .finish(),
             Frame::Welcome {
                 version,
@@ -345,10 +354,12 @@ impl Frame {
                 version,
                 edge_id,
                 token,
+                release_after_ms,
             } => {
                 body.put_u8(*version);
                 put_string(&mut body, edge_id);
                 put_string(&mut body, token);
+                put_varint(&mut body, u64::from(*release_after_ms));
                 frame_kind::HELLO
             }
             Frame::Welcome {
@@ -496,10 +507,15 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
             body.advance(1);
             let edge_id = get_string(&mut body)?;
             let token = get_string(&mut body)?;
+            let release_after_ms = match body.is_empty() {
+                true => 0,
+                false => u32::try_from(get_varint(&mut body)?).ok()?,
+            };
             Some(Frame::Hello {
                 version,
                 edge_id,
                 token,
+                release_after_ms,
             })
         })(),
         frame_kind::WELCOME => (|| {
@@ -600,12 +616,38 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_without_release_after_reads_as_hold() {
+        // An edge built before the field: version, edge id, token and nothing more.
+        let mut body = BytesMut::new();
+        body.put_u8(WIRE_VERSION);
+        put_string(&mut body, "old-edge");
+        put_string(&mut body, "");
+        let mut frame = BytesMut::new();
+        put_varint(&mut frame, body.len() as u64 + 1);
+        frame.put_u8(frame_kind::HELLO);
+        frame.extend_from_slice(&body);
+        let hello = FrameDecoder::default().decode(&mut frame).unwrap().unwrap();
+        assert!(
+            matches!(hello, Frame::Hello { release_after_ms: 0, ref edge_id, .. } if edge_id == "old-edge"),
+            "{hello:?}"
+        );
+        // One past u32: malformed, not cut.
+        put_varint(&mut body, 1 << 32);
+        let mut frame = BytesMut::new();
+        put_varint(&mut frame, body.len() as u64 + 1);
+        frame.put_u8(frame_kind::HELLO);
+        frame.extend_from_slice(&body);
+        assert!(FrameDecoder::default().decode(&mut frame).is_err());
+    }
+
+    #[test]
     fn frames_round_trip_byte_by_byte() {
         let frames = vec![
             Frame::Hello {
                 version: 1,
                 edge_id: "edge-a".into(),
                 token: "secret".into(),
+                release_after_ms: 1200,
             },
             Frame::Welcome {
                 version: 1,

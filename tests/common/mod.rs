@@ -172,6 +172,7 @@ impl RawTunnel {
             version: WIRE_VERSION,
             edge_id: edge_id.into(),
             token: String::new(),
+            release_after_ms: 0,
         };
         write_frame(&mut control, &hello).await.unwrap();
         let welcome = FrameReader::new(recv).next().await.unwrap();
