@@ -4,13 +4,15 @@ clip lengths or transports, e.g. the blackout profiles' 40 s clips): copies the 
 docs/bench/ and puts the tables between the hand-written explanation blocks.
 
 `--append` keeps the results already in BENCHMARKS.md and docs/bench/ (an earlier stop's runs)
-and adds the folders' after them; `--soak FILE` and `--capacity FILE` add the figures of
-`rtmpq soak` (soak.json) and `rtmpq capacity` (capacity.json)."""
+and adds the folders' after them under `--heading TEXT` (a section of that heading already
+there is replaced); `--soak FILE` and `--capacity FILE` add the figures of `rtmpq soak`
+(soak.json) and `rtmpq capacity` (capacity.json)."""
 import json, pathlib, shutil, sys
 
 args = sys.argv[1:]
 append = "--append" in args
 soak = capacity = None
+heading = "This stop's runs: trust (flood, interop cases, soak, capacity)"
 folders = []
 i = 0
 while i < len(args):
@@ -21,6 +23,8 @@ while i < len(args):
         capacity, i = pathlib.Path(args[i + 1]), i + 2
     elif a == "--append":
         i += 1
+    elif a == "--heading":
+        heading, i = args[i + 1], i + 2
     else:
         folders.append(pathlib.Path(a))
         i += 1
@@ -37,12 +41,12 @@ if append:
     old = (root / "BENCHMARKS.md").read_text()
     start = old.index("\n## Results\n\n") + len("\n## Results\n\n")
     end = old.index(outro.splitlines()[0])
-    parts.append(old[start:end].split("\n## This stop's runs")[0].rstrip() + "\n\n")
+    parts.append(old[start:end].split(f"\n## {heading}")[0].rstrip() + "\n\n")
     data = json.loads((charts / "results.json").read_text())
     all_runs, all_profiles = data["runs"], data["profiles"]
     first_late = len(list(charts.glob("late-ratio-*.svg"))) + 1
     if folders or soak or capacity:
-        parts.append("## This stop's runs: trust (flood, interop cases, soak, capacity)\n\n")
+        parts.append(f"## {heading}\n\n")
 else:
     if charts.exists():
         shutil.rmtree(charts)

@@ -206,10 +206,12 @@ fn a_push_through_a_blackout_finishes_and_comes_back_at_the_floor() {
     }
 }
 
-/// The gateway killed and started again, and nginx restarted, each at 8 s of a 16 s push
+/// The gateway killed and started again, nginx restarted, and (two gateways, the second a
+/// warm standby) the active gateway's host cut off for good, each at 8 s of a 16 s push
 /// through the emulated link (real ffmpeg, real nginx-rtmp, the bench's player on nginx): the
-/// pusher finishes, frames reach the player after the event, every track's timestamps at the
-/// origin go forward across the re-setup, and everything the player received decodes.
+/// pusher finishes, frames reach the player after the event (after the cut-off, only once the
+/// cut-off gateway let the name go at nginx), every track's timestamps at the origin go
+/// forward across the re-setup, and everything the player received decodes.
 #[test]
 fn a_session_set_up_again_keeps_every_track_going_forward_at_the_origin() {
     let (stdout, json, _) = run_rtmpq(
@@ -218,7 +220,7 @@ fn a_session_set_up_again_keeps_every_track_going_forward_at_the_origin() {
             "--duration",
             "16",
             "--profiles",
-            "gateway-restart,origin-restart",
+            "gateway-restart,origin-restart,gateway-cutoff",
             "--transports",
             "rtmpq",
             "--directions",
@@ -228,7 +230,7 @@ fn a_session_set_up_again_keeps_every_track_going_forward_at_the_origin() {
         "results.json",
     );
     let runs = json["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2, "{stdout}");
+    assert_eq!(runs.len(), 3, "{stdout}");
     for r in runs {
         let t = r["profile"].to_string();
         assert_eq!(r["pusher_survived"], true, "{t}: the push finished");

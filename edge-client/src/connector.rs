@@ -384,38 +384,63 @@ async fn stops_acknowledging(path: &PathWatch, standby: Option<&Standby>) -> Dur
     }
 }
 
+/// While every attempt of a [`race`] is still waiting for an answer (a dark path), a new
+/// round of attempts starts this often: quinn backs off its handshake retransmissions (1 s,
+/// 2 s, 4 s...), so after a long outage the first attempt's next packet may be seconds after
+/// the path returns; a fresh one sends its first packet at once.
+pub const REATTEMPT_EVERY: Duration = Duration::from_secs(1);
+/// Most attempts in flight at once per gateway (older ones end at the idle timeout).
+const MAX_ATTEMPTS_PER_GATEWAY: usize = 16;
+
 /// Connects to the first gateway that answers: the first is tried at once, each next one
-/// [`RACE_STAGGER`] after the one before; the others are dropped. The last error if none.
+/// [`RACE_STAGGER`] after the one before; while none has answered or failed, a new round
+/// starts every [`REATTEMPT_EVERY`]. The others are dropped. The last error once every
+/// attempt failed.
 async fn race(
     endpoint: &quinn::Endpoint,
     target: &GatewayTarget,
 ) -> Result<(quinn::Connection, ControlStream, String), ConnectError> {
     let mut attempts = tokio::task::JoinSet::new();
-    for (i, gateway) in target.gateways.iter().enumerate() {
-        let (endpoint, target, gateway) = (endpoint.clone(), target.clone(), gateway.clone());
-        attempts.spawn(async move {
-            tokio::time::sleep(RACE_STAGGER * i as u32).await;
-            let attempt = connect_once(&endpoint, &gateway, &target).await;
-            (attempt, gateway.address)
-        });
-    }
     let mut last = None;
-    while let Some(joined) = attempts.join_next().await {
+    let most = MAX_ATTEMPTS_PER_GATEWAY * target.gateways.len();
+    let mut next_round = tokio::time::Instant::now();
+    loop {
+        // A new round only while nothing failed outright: a refusal is an answer.
+        if last.is_none() && attempts.len() < most && tokio::time::Instant::now() >= next_round {
+            for (i, gateway) in target.gateways.iter().enumerate() {
+                let (endpoint, target, gateway) =
+                    (endpoint.clone(), target.clone(), gateway.clone());
+                attempts.spawn(async move {
+                    tokio::time::sleep(RACE_STAGGER * i as u32).await;
+                    let attempt = connect_once(&endpoint, &gateway, &target).await;
+                    (attempt, gateway.address)
+                });
+            }
+            next_round += REATTEMPT_EVERY;
+        }
+        let joined = tokio::select! {
+            joined = attempts.join_next() => joined,
+            _ = tokio::time::sleep_until(next_round), if last.is_none() => continue,
+        };
         match joined {
-            Ok((Ok((conn, control)), address)) => {
+            Some(Ok((Ok((conn, control)), address))) => {
                 attempts.abort_all();
                 return Ok((conn, control, address));
             }
-            Ok((Err(e), address)) => {
+            Some(Ok((Err(e), address))) => {
                 if target.gateways.len() > 1 {
                     info!(gateway = %address, reason = %e, "gateway did not answer");
                 }
                 last = Some(e);
             }
-            Err(_) => {}
+            Some(Err(_)) => {}
+            None => {
+                return Err(
+                    last.unwrap_or_else(|| ConnectError::NoAddress("no gateway configured".into()))
+                )
+            }
         }
     }
-    Err(last.unwrap_or_else(|| ConnectError::NoAddress("no gateway configured".into())))
 }
 
 async fn connect_once(

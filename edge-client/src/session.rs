@@ -9,7 +9,7 @@ use std::time::Duration;
 use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
 use rtmpq_hop::transport::PathWatch;
-use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
+use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader, StreamLost};
 use rtmpq_proto::command;
 use rtmpq_proto::fast_start::FastStart;
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
@@ -160,9 +160,11 @@ async fn run(
                     stream,
                 };
                 // The same session on a new stream, if the gateway still holds it.
+                let deadline = tokio::time::Instant::now() + limit;
                 let token = tracker.lock().expect("tracker").resume_token.take();
                 if let Some(token) = token {
-                    match resume(shared, &budget, session_id, token, tracker).await {
+                    match resume_within(shared, &budget, session_id, token, tracker, deadline).await
+                    {
                         Ok(again) => {
                             info!("session resumed on the gateway that held it; media resumes at the next key frame");
                             tunnel = again;
@@ -173,8 +175,8 @@ async fn run(
                         }
                     }
                 }
-                match set_up_again(shared, &budget, replay, limit, &end.reason, &held, tracker)
-                    .await
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match set_up_again(shared, &budget, replay, left, &end.reason, &held, tracker).await
                 {
                     Ok(again) => {
                         shared.telemetry.session_set_up_again();
@@ -279,7 +281,16 @@ async fn set_up_again(
                 .map_err(|e| e.to_string())?;
             let mut frames = FrameReader::new(recv);
             frames.set_budget(budget.clone());
-            let filter = replay_through(&mut send, &mut frames, replay.clone(), tracker).await?;
+            let filter = match replay_through(&mut send, &mut frames, replay.clone(), tracker).await
+            {
+                Ok(filter) => filter,
+                Err(why) => {
+                    // The gateway hears why this attempt ends (not a stream that just stops).
+                    let reason = format!("set-up attempt given up: {why}");
+                    close_stream(&mut send, CloseCode::Normal, &reason).await;
+                    return Err(why);
+                }
+            };
             info!(new_session = %session_id, "the gateway took the session");
             Ok::<_, String>(Tunnel {
                 send,
@@ -382,19 +393,56 @@ const RESUME_LIMIT: Duration = Duration::from_secs(3);
 
 /// Takes session `session_id` over on a new stream with `token`, if the gateway the connector
 /// reaches still holds it; the gateway answers with a new token.
+/// Resumes the session with `token` on whichever gateway connection comes up before
+/// `deadline`: while no gateway is reachable (a path still dark after the idle timeout ended
+/// the connection) the token is kept and the edge waits for one, so the gateway that holds the
+/// session gets it back (the first measured 20 s blackout spent the token on "gateway
+/// unreachable" 3 s after the connection died, and the re-setup then met the session the
+/// gateway still held: `NetStream.Publish.BadName` until its grace ran out).
+async fn resume_within(
+    shared: &Shared,
+    budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+    session_id: SessionId,
+    token: ResumeToken,
+    tracker: &Mutex<SessionTracker>,
+    deadline: tokio::time::Instant,
+) -> Result<Tunnel, String> {
+    loop {
+        match resume(shared, budget, session_id, token, tracker).await {
+            Err(ResumeError::NoGateway(why)) if tokio::time::Instant::now() < deadline => {
+                info!(reason = %why, "no gateway to resume the session on yet; waiting for one");
+                tokio::time::sleep(RETRY_FIRST).await;
+            }
+            Err(e) => return Err(e.to_string()),
+            Ok(tunnel) => return Ok(tunnel),
+        }
+    }
+}
+
+/// Why a resume did not happen.
+#[derive(Debug, thiserror::Error)]
+enum ResumeError {
+    /// No gateway connection came up (the token was not shown to anyone).
+    #[error("{0}")]
+    NoGateway(String),
+    /// A gateway answered, or the stream broke after the token went out.
+    #[error("{0}")]
+    Failed(String),
+}
+
 async fn resume(
     shared: &Shared,
     budget: &Arc<rtmpq_proto::budget::SessionBudget>,
     session_id: SessionId,
     token: ResumeToken,
     tracker: &Mutex<SessionTracker>,
-) -> Result<Tunnel, String> {
+) -> Result<Tunnel, ResumeError> {
+    let link = shared
+        .connector
+        .connection(shared.settings.gateway_wait)
+        .await
+        .map_err(|e| ResumeError::NoGateway(e.to_string()))?;
     let attempt = async {
-        let link = shared
-            .connector
-            .connection(shared.settings.gateway_wait)
-            .await
-            .map_err(|e| e.to_string())?;
         let (mut send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
         tracker.lock().expect("tracker").gateway = Some(link.address.clone());
         let latency_budget_ms = budget_ms(shared);
@@ -426,6 +474,7 @@ async fn resume(
     tokio::time::timeout(RESUME_LIMIT, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {RESUME_LIMIT:?}")))
+        .map_err(ResumeError::Failed)
 }
 
 async fn open_tunnel(
