@@ -173,6 +173,13 @@ async fn a_gateway_restart_under_a_push_to_nginx_is_not_noticed_by_the_pusher() 
     let _restarted =
         GatewayProcess::start_in(dir, pin, &addr.to_string(), &["--origin", &origin]).await;
     wait_for_log(&["session set up again through the gateway"], LIMIT).await;
+    // The restarted process has no resumption state: the edge's 0-RTT HELLO is refused and
+    // said again in 1-RTT.
+    wait_for_log(
+        &["0-RTT refused (a new gateway process?): HELLO again"],
+        LIMIT,
+    )
+    .await;
     let out = pusher.await.unwrap();
     assert!(
         out.status.success(),

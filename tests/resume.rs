@@ -71,6 +71,8 @@ async fn a_session_whose_connection_dies_is_resumed_and_the_origin_sees_one_publ
     wait_for_log(&["publish started", "resumed"], LIMIT).await;
     cut.store(true, Ordering::Relaxed);
     wait_for_log(&["session resumed on the gateway that held it"], LIMIT).await;
+    // The new connection went to a gateway process the edge had talked to: 0-RTT.
+    wait_for_log(&["0-RTT accepted: HELLO went with the handshake"], LIMIT).await;
     let out = pusher.await.unwrap();
     assert!(
         out.status.success(),
@@ -148,4 +150,64 @@ async fn next_token(tunnel: &mut RawTunnel) -> ResumeToken {
             other => panic!("expected RESUME_TOKEN, got {other:?}"),
         }
     }
+}
+
+/// A connection to a gateway process this client has talked to goes in 0-RTT: HELLO leaves
+/// with the handshake (replay-safe: it opens nothing), WELCOME comes back in the gateway's first
+/// flight, and the gateway took the early data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_to_the_same_gateway_says_hello_in_0rtt() {
+    capture_logs();
+    let (gateway, _state) = local_gateway(None).await;
+    let (addr, pin) = (gateway.local_addr(), gateway.pin());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.run(shutdown.clone()));
+    let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let config = rtmpq_hop::transport::client_config(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connect = || {
+        endpoint
+            .connect_with(config.clone(), addr, "127.0.0.1")
+            .unwrap()
+    };
+    // The first has no ticket: a full handshake, after which the gateway issues one. Its
+    // ticket may land just after WELCOME, so a few more full connections are allowed.
+    let first = connect();
+    assert!(first.into_0rtt().is_err(), "no ticket yet, no 0-RTT");
+    let mut early = None;
+    for _ in 0..5 {
+        match connect().into_0rtt() {
+            Ok(pair) => {
+                early = Some(pair);
+                break;
+            }
+            Err(connecting) => {
+                let conn = connecting.await.unwrap();
+                hello_and_welcome(&conn).await;
+                conn.close(0u32.into(), b"done");
+            }
+        }
+    }
+    let (conn, accepted) = early.expect("0-RTT after a connection to the same gateway");
+    hello_and_welcome(&conn).await;
+    assert!(accepted.await, "the gateway took the early data");
+    shutdown.cancel();
+}
+
+/// HELLO on a new control stream of `conn`; asserts WELCOME.
+async fn hello_and_welcome(conn: &quinn::Connection) {
+    use rtmpq_hop::tunnel::{write_frame, FrameReader};
+    let (mut control, recv) = conn.open_bi().await.unwrap();
+    let hello = Frame::Hello {
+        version: rtmpq_proto::wire::WIRE_VERSION,
+        edge_id: "early".into(),
+        token: String::new(),
+        release_after_ms: 0,
+    };
+    write_frame(&mut control, &hello).await.unwrap();
+    let welcome = FrameReader::control(recv).next().await.unwrap();
+    assert!(
+        matches!(welcome, Some(Frame::Welcome { .. })),
+        "{welcome:?}"
+    );
 }

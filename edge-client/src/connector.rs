@@ -107,24 +107,29 @@ pub struct GatewayTarget {
 }
 
 impl GatewayTarget {
-    /// What HELLO's `release_after_ms` says: with other gateways to go to, [`POOL_RELEASE_AFTER`]
-    /// (a gateway that hears nothing from this edge for so long lets its sessions go); with one,
-    /// 0 (hold them for a resume).
+    /// Whether this edge works a pool: several gateways and a warm standby to move to.
+    pub fn pool(&self) -> bool {
+        self.standby && self.gateways.len() > 1
+    }
+
+    /// What HELLO's `release_after_ms` says: in a [pool](Self::pool), [`POOL_RELEASE_AFTER`]
+    /// (a gateway that hears nothing from this edge for so long lets its sessions go: the edge
+    /// has moved them to its standby); otherwise 0 (hold them for a resume: the edge may come
+    /// back to the same gateway, by another address or after an outage).
     pub fn release_after_ms(&self) -> u32 {
-        match self.gateways.len() > 1 {
+        match self.pool() {
             true => POOL_RELEASE_AFTER.as_millis() as u32,
             false => 0,
         }
     }
 }
 
-/// With several gateways: how often the edge sends a keep-alive on an otherwise idle
-/// connection, so that its gateway can tell silence from a quiet session within
-/// [`POOL_RELEASE_AFTER`].
+/// In a pool: how often the edge sends a keep-alive on an otherwise idle connection, so that
+/// its gateway can tell silence from a quiet session within [`POOL_RELEASE_AFTER`].
 pub const POOL_KEEP_ALIVE: Duration = Duration::from_millis(400);
-/// With several gateways: how long a gateway that hears nothing from this edge waits before it
-/// ends the edge's sessions and lets their origin side go (three keep-alives), so that the
-/// gateway the edge moves them to is not refused by the origin for a name still published.
+/// In a pool: how long a gateway that hears nothing from this edge waits before it ends the
+/// edge's sessions and lets their origin side go (three keep-alives), so that the gateway the
+/// edge moves them to is not refused by the origin for a name still published.
 pub const POOL_RELEASE_AFTER: Duration = Duration::from_millis(1200);
 
 /// How long after one gateway's attempt the next gateway's starts (RFC 8305's "connection
@@ -456,9 +461,37 @@ async fn connect_once(
         })?
         .next()
         .ok_or_else(|| ConnectError::NoAddress(gateway.address.clone()))?;
-    let conn = endpoint
-        .connect_with(target.client_config.clone(), addr, &gateway.server_name)?
-        .await?;
+    let connecting =
+        endpoint.connect_with(target.client_config.clone(), addr, &gateway.server_name)?;
+    // A gateway process this edge has talked to before (TLS resumption ticket): HELLO goes in
+    // 0-RTT data with the handshake and WELCOME comes back with the gateway's first flight, one
+    // round trip sooner. HELLO is safe to replay (it opens nothing); sessions wait for WELCOME.
+    let (conn, early) = match connecting.into_0rtt() {
+        Ok((conn, accepted)) => (conn, Some(accepted)),
+        Err(connecting) => (connecting.await?, None),
+    };
+    let mut welcome = hello_exchange(&conn, target).await;
+    if let Some(accepted) = early {
+        match (&welcome, accepted.await) {
+            (Ok(_), true) => {
+                info!(gateway = %gateway.address, "0-RTT accepted: HELLO went with the handshake")
+            }
+            // A gateway without our ticket (restarted) drops the early data: HELLO again.
+            (Err(_), false) if conn.close_reason().is_none() => {
+                info!(gateway = %gateway.address, "0-RTT refused (a new gateway process?): HELLO again");
+                welcome = hello_exchange(&conn, target).await;
+            }
+            _ => {}
+        }
+    }
+    welcome.map(|control| (conn, control))
+}
+
+/// HELLO on a new control stream of `conn`, and the gateway's WELCOME.
+async fn hello_exchange(
+    conn: &quinn::Connection,
+    target: &GatewayTarget,
+) -> Result<ControlStream, ConnectError> {
     let welcome = tokio::time::timeout(WELCOME_LIMIT, async {
         let control = |e: &dyn std::fmt::Display| ConnectError::Control(e.to_string());
         let (mut send, recv) = conn.open_bi().await.map_err(|e| control(&e))?;
@@ -483,9 +516,13 @@ async fn connect_once(
     })
     .await;
     match welcome {
-        Ok(Ok(control)) => Ok((conn, control)),
+        Ok(Ok(control)) => Ok(control),
         Ok(Err(e)) => Err(match conn.close_reason() {
-            Some(reason) => ConnectError::Refused(reason),
+            Some(reason @ quinn::ConnectionError::ApplicationClosed(_)) => {
+                ConnectError::Refused(reason)
+            }
+            // Under 0-RTT the handshake's own failure shows here, not before HELLO.
+            Some(reason) => ConnectError::Handshake(reason),
             None => e,
         }),
         Err(_) => Err(ConnectError::NoWelcome(WELCOME_LIMIT)),

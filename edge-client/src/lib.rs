@@ -63,7 +63,7 @@ impl Edge {
         };
         let tls = rtmpq_certs::client_tls(trust, identity)?;
         let mut client_config = rtmpq_hop::transport::client_config(tls)?;
-        if settings.gateways.len() > 1 {
+        if settings.standby && settings.gateways.len() > 1 {
             // Keep-alives often enough for a gateway to tell silence from a quiet session
             // within HELLO's `release_after_ms`.
             let mut transport = rtmpq_hop::transport::transport_config();

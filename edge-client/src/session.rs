@@ -175,9 +175,13 @@ async fn run(
                         }
                     }
                 }
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match set_up_again(shared, &budget, replay, left, &end.reason, &held, tracker).await
-                {
+                let again = SetUpAgain {
+                    limit,
+                    deadline,
+                    lost: &end.reason,
+                    held: &held,
+                };
+                match set_up_again(shared, &budget, replay, again, tracker).await {
                     Ok(again) => {
                         shared.telemetry.session_set_up_again();
                         info!("session set up again through the gateway; media resumes at the next key frame");
@@ -256,16 +260,28 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Opens a new tunnel session (on whichever gateway the connector reaches) and replays the
 /// client's set-up through it, with backoff, for up to `limit`. The origin's answers come
 /// back through the tunnel and stay here: the client never left.
+/// What a re-setup goes by: the reconnect limit (for the words), when it runs out (a resume
+/// tried first may have used part of it), why the tunnel went, and the session held.
+struct SetUpAgain<'a> {
+    limit: Duration,
+    deadline: tokio::time::Instant,
+    lost: &'a str,
+    held: &'a Held,
+}
+
 async fn set_up_again(
     shared: &Shared,
     budget: &Arc<rtmpq_proto::budget::SessionBudget>,
     replay: Replay,
-    limit: Duration,
-    lost: &str,
-    held: &Held,
+    again: SetUpAgain<'_>,
     tracker: &Mutex<SessionTracker>,
 ) -> Result<Tunnel, SessionEnd> {
-    let deadline = tokio::time::Instant::now() + limit;
+    let SetUpAgain {
+        limit,
+        deadline,
+        lost,
+        held,
+    } = again;
     let mut wait = RETRY_FIRST;
     let mut attempts = 0u32;
     let mut why = lost.to_owned();

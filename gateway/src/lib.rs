@@ -407,6 +407,14 @@ async fn edge_silent(path: &PathWatch, after: Option<Duration>) -> Duration {
     }
 }
 
+/// Counts and logs an edge whose connection came up but whose HELLO did not, and closes it.
+fn no_hello(shared: &Shared, conn: &quinn::Connection, e: &dyn std::fmt::Display) {
+    shared
+        .telemetry
+        .handshake_failed("no_hello", &format_args!("edge sent no HELLO: {e}"));
+    conn.close(quic_code(CloseCode::ProtocolViolation), b"no HELLO");
+}
+
 /// One edge's QUIC connection: HELLO, then a session per bidirectional stream.
 async fn serve_connection(
     incoming: quinn::Incoming,
@@ -414,11 +422,10 @@ async fn serve_connection(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let handshake = incoming.await;
-    ticket.established();
-    let conn = match handshake {
-        Ok(conn) => conn,
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
         Err(e) => {
+            ticket.established();
             shared.telemetry.handshake_failed(
                 handshake_failure_reason(&e),
                 &format_args!("quic handshake: {e}"),
@@ -426,23 +433,72 @@ async fn serve_connection(
             return;
         }
     };
-    let hello = tokio::time::timeout(shared.settings.handshake_timeout, async {
-        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let mut frames = FrameReader::control(recv);
-        let hello = frames.next().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((send, frames, hello))
-    })
-    .await;
-    let (mut control_send, _control_recv, hello) = match hello {
-        Ok(Ok(got)) => got,
-        Ok(Err(e)) => {
+    // 0.5-RTT: the HELLO a resuming edge sends in its 0-RTT data is answered at once, a round
+    // trip before the handshake ends. Safe to answer: a replayed HELLO gets a WELCOME only the
+    // real edge can read, and an edge opens sessions only after WELCOME (1-RTT). Client
+    // certificates are judged only once the handshake has proved them.
+    let (conn, handshake) = match connecting.into_0rtt() {
+        Ok(pair) => pair,
+        Err(_) => {
+            // quinn: "for incoming connections, conversion to 0.5-RTT will always succeed".
+            ticket.established();
             shared
                 .telemetry
-                .handshake_failed("no_hello", &format_args!("edge sent no HELLO: {e}"));
-            conn.close(quic_code(CloseCode::ProtocolViolation), b"no HELLO");
+                .handshake_failed("other", &"quinn refused 0.5-RTT for an incoming connection");
             return;
         }
-        Err(_) => {
+    };
+    // Whether the handshake completed. quinn's future says whether 0-RTT was taken (false for
+    // an edge that sent none) and resolves false on failure too: a live connection tells.
+    let (done_tx, done) = watch::channel(false);
+    let watched = conn.clone();
+    tokio::spawn(async move {
+        handshake.await;
+        let _ = done_tx.send(watched.close_reason().is_none());
+    });
+    let handshake_done = |mut done: watch::Receiver<bool>| async move {
+        done.wait_for(|completed| *completed).await.is_ok()
+    };
+    let hello_limit = shared.settings.handshake_timeout;
+    let hello = async {
+        let read = async {
+            let (send, recv) = conn.accept_bi().await?;
+            let mut frames = FrameReader::control(recv);
+            let hello = frames.next().await;
+            Ok::<_, quinn::ConnectionError>((send, frames, hello))
+        };
+        // HELLO is due `handshake_timeout` after the handshake ends (it may come before).
+        let deadline = async {
+            if !handshake_done(done.clone()).await {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(hello_limit).await;
+        };
+        tokio::select! {
+            read = read => Some(read),
+            _ = deadline => None,
+        }
+    }
+    .await;
+    ticket.established();
+    let (mut control_send, _control_recv, hello) = match hello {
+        Some(Ok((send, frames, Ok(hello)))) => (send, frames, hello),
+        Some(Err(e)) if !*done.borrow() => {
+            shared.telemetry.handshake_failed(
+                handshake_failure_reason(&e),
+                &format_args!("quic handshake: {e}"),
+            );
+            return;
+        }
+        Some(Err(e)) => {
+            no_hello(&shared, &conn, &e);
+            return;
+        }
+        Some(Ok((_, _, Err(e)))) => {
+            no_hello(&shared, &conn, &e);
+            return;
+        }
+        None => {
             shared
                 .telemetry
                 .handshake_failed("hello_timeout", &"edge sent no HELLO in time");
@@ -450,6 +506,16 @@ async fn serve_connection(
             return;
         }
     };
+    if shared.settings.client_auth && !handshake_done(done.clone()).await {
+        let e = conn
+            .close_reason()
+            .unwrap_or(quinn::ConnectionError::LocallyClosed);
+        shared.telemetry.handshake_failed(
+            handshake_failure_reason(&e),
+            &format_args!("quic handshake: {e}"),
+        );
+        return;
+    }
     let cert_names = peer_certificate(&conn)
         .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
         .unwrap_or_default();
@@ -500,6 +566,9 @@ async fn serve_connection(
             code.as_str(),
             &format_args!("edge refused: {code}: {reason}"),
         );
+        // A close before the handshake ends reaches the edge as a bare "application error"
+        // (QUIC hides the code and reason until then): refuse a 0-RTT HELLO once it has.
+        handshake_done(done.clone()).await;
         conn.close(quic_code(code), reason.as_bytes());
         return;
     }

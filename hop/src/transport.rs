@@ -58,6 +58,9 @@ pub fn transport_config() -> quinn::TransportConfig {
 /// A quinn client config over `tls` (ALPN set here) with the shared transport settings.
 pub fn client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsConfigError> {
     tls.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
+    // 0-RTT to a gateway process this client has a resumption ticket from (rustls keeps
+    // tickets in memory for 256 server names); only replay-safe HELLO goes in it.
+    tls.enable_early_data = true;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsConfigError(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -68,6 +71,10 @@ pub fn client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfi
 /// A quinn server config over `tls` (ALPN set here) with the shared transport settings.
 pub fn server_config(mut tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsConfigError> {
     tls.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
+    // Accept 0-RTT from resuming clients (QUIC allows only 0 or u32::MAX here); resumption
+    // state lives in this config's in-memory session cache, so a restarted or reloaded
+    // gateway refuses early data and the client says HELLO again in 1-RTT.
+    tls.max_early_data_size = u32::MAX;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsConfigError(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

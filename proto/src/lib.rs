@@ -33,7 +33,12 @@
 //! **Connection.** The edge opens the first bidirectional stream and sends HELLO. The gateway
 //! answers WELCOME on it, or closes the connection with a QUIC application error whose code is
 //! a [`wire::CloseCode`] (`unsupported_version` 2, `unauthorized` 3). The control stream stays
-//! open for the connection's life.
+//! open for the connection's life. An edge connecting again to a gateway process it holds a TLS
+//! resumption ticket from sends HELLO as 0-RTT data and the gateway answers it at once (0.5-RTT;
+//! after the handshake if it checks client certificates): WELCOME one round trip sooner. Only
+//! HELLO travels early (a replay opens nothing; sessions are opened after WELCOME). A gateway
+//! without the ticket (restarted, or reloaded with new certificates) refuses the early data and
+//! the edge sends HELLO again on a new control stream.
 //!
 //! **Session.** Each RTMP connection (one pusher or player) is one further bidirectional stream
 //! opened by the edge: SESSION_OPEN first, then MSG frames both ways, carrying only end-to-end
@@ -66,14 +71,15 @@
 //! sets the session up again from its journal (below). Media continues from the next key
 //! frame; the origin sees a gap, not a new publisher.
 //!
-//! **Releasing for another gateway.** An edge configured with several gateways sets HELLO's
-//! `release_after_ms` (1200; it also sends a keep-alive every 400 ms). A gateway that then hears
-//! nothing on that connection for so long closes it (`tunnel_lost`, "edge silent") and ends
-//! its sessions without holding them: their origin side goes at once, so the gateway the edge
-//! moved them to is not refused with `NetStream.Publish.BadName` while this one still
-//! publishes the same name to the origin. (A gateway cut off from its edges cannot hear the
-//! edge leave; holding for a resume there blocked the other gateway for the whole idle
-//! timeout and grace, 25 s.) Absent or 0: the gateway holds for `resume_grace_ms`.
+//! **Releasing for another gateway.** An edge working a pool (several gateways, a warm standby
+//! connection to the next) sets HELLO's `release_after_ms` (1200; it also sends a keep-alive every
+//! 400 ms). A gateway that then hears nothing on that connection for so long closes it
+//! (`tunnel_lost`, "edge silent") and ends its sessions without holding them: their origin side
+//! goes at once, so the gateway the edge moved them to is not refused with
+//! `NetStream.Publish.BadName` while this one still publishes the same name to the origin. (A
+//! gateway cut off from its edges cannot hear the edge leave; holding for a resume there blocked
+//! the other gateway for the whole idle timeout and grace, 25 s.) Absent or 0: the gateway holds
+//! for `resume_grace_ms`.
 //!
 //! **Latency budget.** Each hop keeps the media it has read from its RTMP peer in a
 //! [`media_queue::MediaQueue`] and hands QUIC only about a congestion window of it, so the
