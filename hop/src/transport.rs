@@ -75,12 +75,22 @@ pub fn server_config(mut tls: rustls::ServerConfig) -> Result<quinn::ServerConfi
     // state lives in this config's in-memory session cache, so a restarted or reloaded
     // gateway refuses early data and the client says HELLO again in 1-RTT.
     tls.max_early_data_size = u32::MAX;
+    // Each attempt to reconnect spends a ticket, found or not; an edge retrying through an
+    // outage makes one a second. rustls keeps up to 8 per server at the client: send 8 (the
+    // default 2 were gone before a 20 s outage ended), and keep room for many edges' worth.
+    tls.send_tls13_tickets = RESUMPTION_TICKETS;
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(RESUMPTION_CACHE);
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsConfigError(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
     Ok(config)
 }
+
+/// TLS 1.3 resumption tickets the gateway sends each edge connection.
+pub const RESUMPTION_TICKETS: usize = 8;
+/// Resumption entries the gateway keeps (a few hundred bytes each).
+pub const RESUMPTION_CACHE: usize = 16_384;
 
 /// A TLS config QUIC cannot use (for example one allowing TLS 1.2 only).
 #[derive(Debug, thiserror::Error)]
