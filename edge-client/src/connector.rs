@@ -411,17 +411,21 @@ async fn race(
     let mut next_round = tokio::time::Instant::now();
     loop {
         // A new round only while nothing failed outright: a refusal is an answer.
-        if last.is_none() && attempts.len() < most && tokio::time::Instant::now() >= next_round {
-            for (i, gateway) in target.gateways.iter().enumerate() {
-                let (endpoint, target, gateway) =
-                    (endpoint.clone(), target.clone(), gateway.clone());
-                attempts.spawn(async move {
-                    tokio::time::sleep(RACE_STAGGER * i as u32).await;
-                    let attempt = connect_once(&endpoint, &gateway, &target).await;
-                    (attempt, gateway.address)
-                });
+        let now = tokio::time::Instant::now();
+        if last.is_none() && now >= next_round {
+            // At the cap a round is skipped, not tried again at once.
+            next_round = now + REATTEMPT_EVERY;
+            if attempts.len() < most {
+                for (i, gateway) in target.gateways.iter().enumerate() {
+                    let (endpoint, target, gateway) =
+                        (endpoint.clone(), target.clone(), gateway.clone());
+                    attempts.spawn(async move {
+                        tokio::time::sleep(RACE_STAGGER * i as u32).await;
+                        let attempt = connect_once(&endpoint, &gateway, &target).await;
+                        (attempt, gateway.address)
+                    });
+                }
             }
-            next_round += REATTEMPT_EVERY;
         }
         let joined = tokio::select! {
             joined = attempts.join_next() => joined,

@@ -407,8 +407,6 @@ fn budget_ms(shared: &Shared) -> u32 {
 /// How long the gateway has to answer a SESSION_RESUME.
 const RESUME_LIMIT: Duration = Duration::from_secs(3);
 
-/// Takes session `session_id` over on a new stream with `token`, if the gateway the connector
-/// reaches still holds it; the gateway answers with a new token.
 /// Resumes the session with `token` on whichever gateway connection comes up before
 /// `deadline`: while no gateway is reachable (a path still dark after the idle timeout ended
 /// the connection) the token is kept and the edge waits for one, so the gateway that holds the
@@ -446,6 +444,8 @@ enum ResumeError {
     Failed(String),
 }
 
+/// Takes session `session_id` over on a new stream with `token`, if the gateway the connector
+/// reaches still holds it; the gateway answers with a new token.
 async fn resume(
     shared: &Shared,
     budget: &Arc<rtmpq_proto::budget::SessionBudget>,
