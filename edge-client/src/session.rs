@@ -422,7 +422,12 @@ async fn resume_within(
     deadline: tokio::time::Instant,
 ) -> Result<Tunnel, String> {
     loop {
-        match resume(shared, budget, session_id, token, tracker).await {
+        // Never past the reconnect limit waiting for a connection.
+        let wait = shared
+            .settings
+            .gateway_wait
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match resume(shared, budget, session_id, token, tracker, wait).await {
             Err(ResumeError::NoGateway(why)) if tokio::time::Instant::now() < deadline => {
                 info!(reason = %why, "no gateway to resume the session on yet; waiting for one");
                 tokio::time::sleep(RETRY_FIRST).await;
@@ -445,17 +450,18 @@ enum ResumeError {
 }
 
 /// Takes session `session_id` over on a new stream with `token`, if the gateway the connector
-/// reaches still holds it; the gateway answers with a new token.
+/// reaches (within `wait`) still holds it; the gateway answers with a new token.
 async fn resume(
     shared: &Shared,
     budget: &Arc<rtmpq_proto::budget::SessionBudget>,
     session_id: SessionId,
     token: ResumeToken,
     tracker: &Mutex<SessionTracker>,
+    wait: Duration,
 ) -> Result<Tunnel, ResumeError> {
     let link = shared
         .connector
-        .connection(shared.settings.gateway_wait)
+        .connection(wait)
         .await
         .map_err(|e| ResumeError::NoGateway(e.to_string()))?;
     let attempt = async {
