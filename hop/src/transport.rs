@@ -572,7 +572,9 @@ struct ProbeState {
     acks: u64,
     waiting: bool,
     eliciting_at_ack: u64,
-    last_ack: Instant,
+    /// When the last acknowledgement came, or the first frame after everything was
+    /// acknowledged went out (looked at), whichever is later: what waits has waited since.
+    waiting_since: Instant,
     last_probe: Instant,
 }
 
@@ -582,7 +584,7 @@ impl ProbeState {
             acks: 0,
             waiting: false,
             eliciting_at_ack: 0,
-            last_ack: now,
+            waiting_since: now,
             last_probe: now,
         }
     }
@@ -590,7 +592,7 @@ impl ProbeState {
     /// How long something sent has waited for an acknowledgement (zero if nothing waits).
     fn unacknowledged_for(&self, now: Instant) -> Duration {
         if self.waiting {
-            now.duration_since(self.last_ack)
+            now.duration_since(self.waiting_since)
         } else {
             Duration::ZERO
         }
@@ -604,15 +606,23 @@ impl ProbeState {
         if stats.frame_rx.acks != self.acks {
             self.acks = stats.frame_rx.acks;
             self.eliciting_at_ack = eliciting;
-            self.last_ack = now;
+            self.waiting_since = now;
             self.waiting = false;
             return false;
         }
         let interval = PROBE_INTERVAL.max(rtt * 2);
         let waiting = eliciting > self.eliciting_at_ack;
+        if waiting && !self.waiting {
+            // A connection that sat idle with everything acknowledged starts sending: the
+            // wait starts now, not at the last acknowledgement seconds ago (which read as a
+            // dark path at every stream's start on an idle connection, and held the first
+            // GOP to the dark path's budget: 1.7 s late at a link of half the stream).
+            // (It went out since the last look, at most one interval ago.)
+            self.waiting_since = now;
+        }
         self.waiting = waiting;
         if waiting
-            && now.duration_since(self.last_ack) >= interval
+            && now.duration_since(self.waiting_since) >= interval
             && now.duration_since(self.last_probe) >= interval
         {
             self.last_probe = now;
@@ -739,13 +749,23 @@ mod tests {
         // More sent, no acknowledgement for less than the interval: not yet; past it: yes,
         // then once per interval.
         stats.frame_tx.stream = 20;
+        assert!(!p.due(&stats, ms(50), t0 + ms(1110)));
         assert!(!p.due(&stats, ms(50), t0 + ms(1200)));
         assert!(p.due(&stats, ms(50), t0 + ms(1260)));
-        assert_eq!(p.unacknowledged_for(t0 + ms(1260)), ms(160));
+        assert_eq!(p.unacknowledged_for(t0 + ms(1260)), ms(150));
         assert!(!p.due(&stats, ms(50), t0 + ms(1300)));
         assert!(p.due(&stats, ms(50), t0 + ms(1410)));
         // A long round trip stretches the interval to two of them.
         assert!(!p.due(&stats, ms(200), t0 + ms(1560)));
         assert!(p.due(&stats, ms(200), t0 + ms(1810)));
+        // Acknowledged; then the connection idles for seconds and starts sending again: the
+        // wait counts from the first look that saw it, not from the last acknowledgement.
+        stats.frame_rx.acks = 2;
+        assert!(!p.due(&stats, ms(50), t0 + ms(1900)));
+        assert_eq!(p.unacknowledged_for(t0 + ms(5000)), Duration::ZERO);
+        stats.frame_tx.stream = 30;
+        assert!(!p.due(&stats, ms(50), t0 + ms(5000)));
+        assert_eq!(p.unacknowledged_for(t0 + ms(5025)), ms(25));
+        assert!(!p.due(&stats, ms(50), t0 + ms(5100)));
     }
 }
