@@ -175,6 +175,9 @@ pub struct RunResult {
     pub floor_ms: f64,
     /// Share of the clip's audio frames the player received.
     pub audio_delivered: f64,
+    /// Audio's extra latency above its own floor, ms, p99 over the window's frames (audio
+    /// behind a lost video packet on the same QUIC stream waits for its retransmission).
+    pub audio_extra_p99_ms: f64,
     /// Errors ffmpeg reports decoding exactly what the player received.
     pub decode_errors: Option<u64>,
     /// Audio or video frames whose timestamp was below the one before on the same track, in
@@ -443,7 +446,8 @@ rtmp {{
 struct Arrivals {
     /// (RTMP timestamp ms, arrival ns) of each video frame.
     video: Vec<(u32, u64)>,
-    audio_frames: u64,
+    /// The same of each audio frame.
+    audio: Vec<(u32, u64)>,
     media_bytes: u64,
     /// Frames whose timestamp went below their track's previous one (per player connection).
     timestamps_back: u64,
@@ -788,7 +792,7 @@ pub async fn run_one(
                         a.video.push((msg.timestamp, now));
                     }
                     if kind == MediaKind::Audio {
-                        a.audio_frames += 1;
+                        a.audio.push((msg.timestamp, now));
                     }
                     if matches!(msg.type_id, message_type::AUDIO | message_type::VIDEO) {
                         a.media_bytes += msg.payload.len() as u64;
@@ -992,6 +996,30 @@ fn in_window(profile: &Profile, duration: Duration, due_ms: u32) -> bool {
     }
 }
 
+/// Arrival minus due time of each of `frames` (timestamp ms, arrival ns), less the smallest:
+/// the floor, every frame's extra latency, and those of the frames in the profile's window.
+fn extra_latency(
+    profile: &Profile,
+    duration: Duration,
+    frames: &[(u32, u64)],
+    started_ns: u64,
+) -> (f64, Vec<f64>, Vec<f64>) {
+    let latency: Vec<f64> = frames
+        .iter()
+        .map(|&(ts, at)| (at as f64 - started_ns as f64) / 1e6 - f64::from(ts))
+        .collect();
+    let floor = latency.iter().copied().fold(f64::INFINITY, f64::min);
+    let extra: Vec<f64> = latency.iter().map(|l| l - floor).collect();
+    // Latency and lateness over the window's frames; missing frames count as late.
+    let windowed = frames
+        .iter()
+        .zip(&extra)
+        .filter(|((ts, _), _)| in_window(profile, duration, *ts))
+        .map(|(_, &e)| e)
+        .collect();
+    (floor, extra, windowed)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn summarize(
     profile: &Profile,
@@ -1005,19 +1033,8 @@ fn summarize(
 ) -> RunResult {
     let frames = &arrivals.video;
     let expected_all = ctx.frames_expected;
-    let latency: Vec<f64> = frames
-        .iter()
-        .map(|&(ts, at)| (at as f64 - started_ns as f64) / 1e6 - f64::from(ts))
-        .collect();
-    let floor = latency.iter().copied().fold(f64::INFINITY, f64::min);
-    let extra: Vec<f64> = latency.iter().map(|l| l - floor).collect();
-    // Latency and lateness over the window's frames; missing frames count as late.
-    let windowed: Vec<f64> = frames
-        .iter()
-        .zip(&extra)
-        .filter(|((ts, _), _)| in_window(profile, ctx.duration, *ts))
-        .map(|(_, &e)| e)
-        .collect();
+    let (floor, extra, windowed) = extra_latency(profile, ctx.duration, frames, started_ns);
+    let (_, _, audio_windowed) = extra_latency(profile, ctx.duration, &arrivals.audio, started_ns);
     let share = match profile.window {
         Some((first, last)) => {
             (ctx.duration.saturating_sub(first + last)).as_secs_f64() / ctx.duration.as_secs_f64()
@@ -1072,7 +1089,8 @@ fn summarize(
             .map(|&(_, at)| (at.saturating_sub(started_ns)) as f64 / 1e9),
         pusher_survived,
         floor_ms: floor,
-        audio_delivered: arrivals.audio_frames as f64 / ctx.audio_expected.max(1) as f64,
+        audio_delivered: arrivals.audio.len() as f64 / ctx.audio_expected.max(1) as f64,
+        audio_extra_p99_ms: rtmpq_demo::media::quantile(&audio_windowed, 0.99).unwrap_or(f64::NAN),
         decode_errors: None,
         timestamps_back: arrivals.timestamps_back,
         recovery_seconds,
@@ -1164,7 +1182,13 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         video.sort_by_key(|v| v.1);
         let arrivals = Arrivals {
             video,
-            audio_frames: 15,
+            // 15 audio frames at 60 ms, one of them 300 ms late.
+            audio: (0..15u32)
+                .map(|i| {
+                    let late = if i == 9 { 300_000_000 } else { 0 };
+                    (i * 60, t0 + 30_000_000 + u64::from(i) * 60_000_000 + late)
+                })
+                .collect(),
             media_bytes: 8000,
             timestamps_back: 2,
         };
@@ -1187,6 +1211,8 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         assert!((r.start_seconds.unwrap() - 0.05).abs() < 1e-9);
         assert!((r.floor_ms - 50.0).abs() < 1e-6);
         assert!((r.audio_delivered - 0.75).abs() < 1e-9);
+        // Audio against its own floor (30 ms): the late frame is its p99.
+        assert!((r.audio_extra_p99_ms - 300.0).abs() < 1e-6);
         assert_eq!(r.timestamps_back, 2, "carried from the arrivals");
     }
 
@@ -1210,7 +1236,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         video.sort_by_key(|v| v.1);
         let arrivals = Arrivals {
             video,
-            audio_frames: 0,
+            audio: Vec::new(),
             media_bytes: 1,
             timestamps_back: 0,
         };

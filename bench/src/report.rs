@@ -47,9 +47,12 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
         let _ = writeln!(md, "### {} — {}\n", p.name, p.description);
         let _ = writeln!(
             md,
-            "| transport | video frames | audio | extra latency p50 / p95 / p99 / max (ms) | floor | late >200 / 500 / 1000 / 2000 ms | stalls (time) | decode errors | timestamps back | back at floor | goodput | start | pusher survived |"
+            "| transport | video frames | audio | audio p99 | extra latency p50 / p95 / p99 / max (ms) | floor | late >200 / 500 / 1000 / 2000 ms | stalls (time) | decode errors | timestamps back | back at floor | goodput | start | pusher survived |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for r in rows {
             let l = r.extra_latency_ms;
             let late: Vec<String> = r
@@ -59,11 +62,12 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                 .collect();
             let _ = writeln!(
                 md,
-                "| {} | {}/{} | {:.1} % | {} / {} / {} / {} | {} ms | {} | {} ({:.1} s) | {} | {} | {} | {} | {} | {} |",
+                "| {} | {}/{} | {:.1} % | {} ms | {} / {} / {} / {} | {} ms | {} | {} ({:.1} s) | {} | {} | {} | {} | {} | {} |",
                 r.transport,
                 r.frames_received,
                 r.frames_expected,
                 r.audio_delivered * 100.0,
+                fmt_ms(r.audio_extra_p99_ms),
                 fmt_ms(l[0]),
                 fmt_ms(l[1]),
                 fmt_ms(l[2]),
