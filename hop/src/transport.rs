@@ -363,6 +363,13 @@ impl PathWatch {
         at > 0 && since_epoch().saturating_sub(Duration::from_micros(at)) <= within
     }
 
+    /// Marks the path dark now, as a look that saw it so would.
+    #[cfg(test)]
+    pub(crate) fn mark_dark(&self) {
+        let at = since_epoch().as_micros().max(1) as u64;
+        self.dark_at_us.store(at, Ordering::Relaxed);
+    }
+
     /// How long the connection has received nothing, as of the last look (zero before the
     /// first look).
     pub fn silent_for(&self) -> Duration {

@@ -689,3 +689,49 @@ async fn a_flood_of_tiny_undroppable_messages_at_a_stalled_tunnel_meets_back_pre
         "the queue took more than its message bound"
     );
 }
+
+/// A 30 fps GOP from a key frame, arrived on time from `t0`, until `until_ms`.
+fn gop_until(q: &mut MediaQueue, t0: std::time::Instant, until_ms: u32) {
+    for ts in (0..until_ms).step_by(33) {
+        let first = if ts == 0 { 0x17 } else { 0x27 };
+        let msg = Message::new(9, 1, ts, vec![first, 1, 0, 0, 0, 7]);
+        q.push(msg, t0 + Duration::from_millis(ts.into()));
+    }
+}
+
+#[test]
+fn a_dark_path_holds_the_gop_in_progress_past_the_budget_within_the_receiving_hops_limit() {
+    let budget = Duration::from_secs(1);
+    let limits = QueueLimits {
+        budget,
+        max_bytes: 1 << 20,
+    };
+    let path = Arc::new(crate::transport::PathWatch::default());
+    let policy = QueuePolicy {
+        budget: Some(budget),
+        path: Some(path.clone()),
+        ..QueuePolicy::default()
+    };
+    let t0 = std::time::Instant::now();
+    let first_out = |dark: bool, at_ms: u64| {
+        let mut q = MediaQueue::new(limits);
+        if dark {
+            path.mark_dark();
+        }
+        policy.apply(&mut q);
+        gop_until(&mut q, t0, 1000);
+        q.pop(t0 + Duration::from_millis(at_ms))
+            .map(|m| m.timestamp)
+    };
+    // A lit path drops the GOP once its key frame is a budget old.
+    assert_eq!(first_out(false, 1100), None);
+    // A dark one keeps it, from its key frame, up to the budget and half the receiving
+    // hop's margin (1.5 s for 1 s: the other half is QUIC's restart), and no longer.
+    assert_eq!(
+        late_margin(budget),
+        budget,
+        "the receiving hop writes up to 2 s late"
+    );
+    assert_eq!(first_out(true, 1400), Some(0));
+    assert_eq!(first_out(true, 1600), None);
+}
