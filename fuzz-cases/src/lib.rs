@@ -16,8 +16,11 @@ use rtmpq_proto::message::{Control, HopControl, Message};
 use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::wire::FrameDecoder;
 
+/// A fuzz case: it takes any bytes and panics only on a finding.
+pub type FuzzCase = fn(&[u8]);
+
 /// The fuzz targets by name, as `fuzz/fuzz_targets/NAME.rs` and `fuzz/corpus/NAME/` know them.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, FuzzCase); 5] = [
     ("chunk_decoder", chunk_decoder),
     ("wire_frames", wire_frames),
     ("amf0_command", amf0_command),
