@@ -620,11 +620,10 @@ impl ProbeState {
         let interval = PROBE_INTERVAL.max(rtt * 2);
         let waiting = eliciting > self.eliciting_at_ack;
         if waiting && !self.waiting {
-            // A connection that sat idle with everything acknowledged starts sending: the
-            // wait starts now, not at the last acknowledgement seconds ago (which read as a
-            // dark path at every stream's start on an idle connection, and held the first
-            // GOP to the dark path's budget: 1.7 s late at a link of half the stream).
-            // (It went out since the last look, at most one interval ago.)
+            // The first frame after everything was acknowledged went out since the last look
+            // (at most one interval ago): the wait starts here, not at the acknowledgement
+            // before it, seconds ago on an idle connection (which read every stream's start
+            // as a dark path).
             self.waiting_since = now;
         }
         self.waiting = waiting;
