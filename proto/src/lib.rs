@@ -131,6 +131,7 @@ pub mod chunk;
 pub mod command;
 pub mod fast_start;
 pub mod journal;
+pub mod lanes;
 pub mod late_arrivals;
 pub mod media_queue;
 pub mod message;

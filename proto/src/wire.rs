@@ -1,4 +1,4 @@
-//! The tunnel wire format (ALPN `rtmpq/3`): frames, varints, session ids and close codes.
+//! The tunnel wire format (ALPN `rtmpq/4`): frames, varints, session ids and close codes.
 //! See the crate docs for the layout.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -6,7 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::message::Message;
 
 /// The wire format version carried in HELLO and WELCOME.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// Largest frame body accepted: one maximal RTMP message plus its MSG header.
 pub const MAX_FRAME_LEN: u64 = (16 << 20) + 64;
 
@@ -27,6 +27,71 @@ pub mod frame_kind {
     pub const SESSION_RESUME: u8 = 0x13;
     /// RESUME_TOKEN: gateway to edge on a session stream, the single-use token that resumes it.
     pub const RESUME_TOKEN: u8 = 0x14;
+    /// MEDIA_STREAM: first frame of a unidirectional media stream: which session stream and
+    /// lane it belongs to, and the lane index of its first message.
+    pub const MEDIA_STREAM: u8 = 0x15;
+    /// MEDIA: one audio or video message on a media stream, with its control fence.
+    pub const MEDIA: u8 = 0x16;
+    /// FENCE: on a session stream, what follows waits for the media lanes to reach these
+    /// indices.
+    pub const FENCE: u8 = 0x17;
+    /// LANE_SKIP: on a session stream, a range of a lane's indices that will never arrive
+    /// (their stream was reset).
+    pub const LANE_SKIP: u8 = 0x18;
+}
+
+/// How a session carries its media (SESSION_OPEN / SESSION_RESUME, both directions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Carrier {
+    /// Everything on the session's bidirectional stream, in order (wire version 3's way).
+    #[default]
+    SessionStream,
+    /// Audio on a unidirectional stream of its own, video on one unidirectional stream per
+    /// GOP, the rest on the session stream; see [`crate::lanes`].
+    MediaLanes,
+}
+
+impl Carrier {
+    fn to_u8(self) -> u8 {
+        match self {
+            Carrier::SessionStream => 0,
+            Carrier::MediaLanes => 1,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Carrier> {
+        match v {
+            0 => Some(Carrier::SessionStream),
+            1 => Some(Carrier::MediaLanes),
+            _ => None,
+        }
+    }
+}
+
+/// A media lane of a session carried with [`Carrier::MediaLanes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Audio messages, on one stream.
+    Audio,
+    /// Video messages, one stream per GOP.
+    Video,
+}
+
+impl Lane {
+    fn to_u8(self) -> u8 {
+        match self {
+            Lane::Audio => 1,
+            Lane::Video => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Lane> {
+        match v {
+            1 => Some(Lane::Audio),
+            2 => Some(Lane::Video),
+            _ => None,
+        }
+    }
 }
 
 /// Bytes of a resume token.
@@ -209,6 +274,9 @@ pub enum Frame {
         /// The latency budget the gateway applies to media it sends toward the edge (play),
         /// ms; 0: none.
         latency_budget_ms: u32,
+        /// How the session carries media, both ways. Optional on the wire (absent: the
+        /// session stream).
+        carrier: Carrier,
     },
     /// Takes over a session the gateway holds (its tunnel stream was lost), instead of
     /// SESSION_OPEN.
@@ -219,6 +287,8 @@ pub enum Frame {
         latency_budget_ms: u32,
         /// The last token the gateway gave for it.
         token: ResumeToken,
+        /// As in SESSION_OPEN.
+        carrier: Carrier,
     },
     /// The token that resumes this session once (the gateway sends a new one after each
     /// resume).
@@ -231,6 +301,41 @@ pub enum Frame {
         code: CloseCode,
         /// Words for people.
         reason: String,
+    },
+    /// Opens a media stream of a session carried on lanes.
+    MediaStream {
+        /// The QUIC stream id of the session's bidirectional stream.
+        session_stream: u64,
+        /// The lane.
+        lane: Lane,
+        /// The lane index of the stream's first message (the rest follow one by one).
+        first_index: u64,
+    },
+    /// One audio or video message on a media stream.
+    Media {
+        /// Messages on the session stream the sender had sent before this one: it is
+        /// written after them.
+        control_before: u64,
+        /// The message.
+        msg: Message,
+    },
+    /// What follows on the session stream waits until each lane has reached this index
+    /// (every earlier message of it written or skipped).
+    Fence {
+        /// Audio messages sent before.
+        audio_before: u64,
+        /// Video messages sent before.
+        video_before: u64,
+    },
+    /// Indices `from..to` of `lane` will never arrive: the stream that carried them was reset
+    /// (its GOP went stale in QUIC's buffer).
+    LaneSkip {
+        /// The lane.
+        lane: Lane,
+        /// First index skipped.
+        from: u64,
+        /// One past the last index skipped.
+        to: u64,
     },
 }
 
@@ -260,20 +365,24 @@ impl std::fmt::Debug for Frame {
             Frame::SessionOpen {
                 session_id,
                 latency_budget_ms,
+                carrier,
             } => f
                 .debug_struct("SessionOpen")
                 .field("session_id", session_id)
                 .field("latency_budget_ms", latency_budget_ms)
+                .field("carrier", carrier)
                 .finish(),
             Frame::SessionResume {
                 session_id,
                 latency_budget_ms,
+                carrier,
                 ..
             } => f
                 .debug_struct("SessionResume")
                 .field("session_id", session_id)
                 .field("latency_budget_ms", latency_budget_ms)
                 .field("token", &"****")
+                .field("carrier", carrier)
                 .finish(),
             Frame::ResumeToken(_) => f.write_str("ResumeToken(****)"),
             Frame::Msg(m) => f.debug_tuple("Msg").field(m).finish(),
@@ -281,6 +390,38 @@ impl std::fmt::Debug for Frame {
                 .debug_struct("SessionClose")
                 .field("code", code)
                 .field("reason", reason)
+                .finish(),
+            Frame::MediaStream {
+                session_stream,
+                lane,
+                first_index,
+            } => f
+                .debug_struct("MediaStream")
+                .field("session_stream", session_stream)
+                .field("lane", lane)
+                .field("first_index", first_index)
+                .finish(),
+            Frame::Media {
+                control_before,
+                msg,
+            } => f
+                .debug_struct("Media")
+                .field("control_before", control_before)
+                .field("msg", msg)
+                .finish(),
+            Frame::Fence {
+                audio_before,
+                video_before,
+            } => f
+                .debug_struct("Fence")
+                .field("audio_before", audio_before)
+                .field("video_before", video_before)
+                .finish(),
+            Frame::LaneSkip { lane, from, to } => f
+                .debug_struct("LaneSkip")
+                .field("lane", lane)
+                .field("from", from)
+                .field("to", to)
                 .finish(),
         }
     }
@@ -373,19 +514,23 @@ impl Frame {
             Frame::SessionOpen {
                 session_id,
                 latency_budget_ms,
+                carrier,
             } => {
                 body.put_u64(session_id.0);
                 put_varint(&mut body, u64::from(*latency_budget_ms));
+                body.put_u8(carrier.to_u8());
                 frame_kind::SESSION_OPEN
             }
             Frame::SessionResume {
                 session_id,
                 latency_budget_ms,
                 token,
+                carrier,
             } => {
                 body.put_u64(session_id.0);
                 put_varint(&mut body, u64::from(*latency_budget_ms));
                 body.put_slice(&token.0);
+                body.put_u8(carrier.to_u8());
                 frame_kind::SESSION_RESUME
             }
             Frame::ResumeToken(token) => {
@@ -393,11 +538,42 @@ impl Frame {
                 frame_kind::RESUME_TOKEN
             }
             Frame::Msg(m) => {
-                body.put_u8(m.type_id);
-                put_varint(&mut body, u64::from(m.stream_id));
-                body.put_u32(m.timestamp);
+                put_message_head(&mut body, m);
                 tail = Some(m.payload.clone());
                 frame_kind::MSG
+            }
+            Frame::MediaStream {
+                session_stream,
+                lane,
+                first_index,
+            } => {
+                put_varint(&mut body, *session_stream);
+                body.put_u8(lane.to_u8());
+                put_varint(&mut body, *first_index);
+                frame_kind::MEDIA_STREAM
+            }
+            Frame::Media {
+                control_before,
+                msg,
+            } => {
+                put_varint(&mut body, *control_before);
+                put_message_head(&mut body, msg);
+                tail = Some(msg.payload.clone());
+                frame_kind::MEDIA
+            }
+            Frame::Fence {
+                audio_before,
+                video_before,
+            } => {
+                put_varint(&mut body, *audio_before);
+                put_varint(&mut body, *video_before);
+                frame_kind::FENCE
+            }
+            Frame::LaneSkip { lane, from, to } => {
+                body.put_u8(lane.to_u8());
+                put_varint(&mut body, *from);
+                put_varint(&mut body, *to);
+                frame_kind::LANE_SKIP
             }
             Frame::SessionClose { code, reason } => {
                 put_varint(&mut body, code.to_code());
@@ -496,6 +672,43 @@ impl FrameDecoder {
     }
 }
 
+/// A message's type, stream id and timestamp (MSG and MEDIA frames; the payload follows).
+fn put_message_head(body: &mut BytesMut, m: &Message) {
+    body.put_u8(m.type_id);
+    put_varint(body, u64::from(m.stream_id));
+    body.put_u32(m.timestamp);
+}
+
+/// The message at the end of `frame`, whose unread rest is `body`: the payload is sliced out
+/// of `frame` without a copy.
+fn get_message(frame: &Bytes, mut body: &[u8]) -> Option<Message> {
+    let type_id = *body.first()?;
+    body.advance(1);
+    let stream_id = u32::try_from(get_varint(&mut body)?).ok()?;
+    if body.len() < 4 {
+        return None;
+    }
+    let timestamp = body.get_u32();
+    let consumed = frame.len() - body.len();
+    Some(Message {
+        type_id,
+        stream_id,
+        timestamp,
+        payload: frame.slice(consumed..),
+    })
+}
+
+/// SESSION_OPEN's and SESSION_RESUME's optional carrier byte (absent: the session stream).
+fn get_carrier(body: &mut &[u8]) -> Option<Carrier> {
+    match body.first() {
+        None => Some(Carrier::SessionStream),
+        Some(&v) => {
+            body.advance(1);
+            Carrier::from_u8(v)
+        }
+    }
+}
+
 /// Parses one whole frame (kind and body).
 fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
     let kind = frame[0];
@@ -532,9 +745,11 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
             }
             let session_id = SessionId(body.get_u64());
             let latency_budget_ms = u32::try_from(get_varint(&mut body)?).ok()?;
+            let carrier = get_carrier(&mut body)?;
             body.is_empty().then_some(Frame::SessionOpen {
                 session_id,
                 latency_budget_ms,
+                carrier,
             })
         })(),
         frame_kind::SESSION_RESUME => (|| {
@@ -543,32 +758,54 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
             }
             let session_id = SessionId(body.get_u64());
             let latency_budget_ms = u32::try_from(get_varint(&mut body)?).ok()?;
-            let token = ResumeToken(body.try_into().ok()?);
-            Some(Frame::SessionResume {
+            let token = ResumeToken(body.get(..RESUME_TOKEN_LEN)?.try_into().ok()?);
+            body.advance(RESUME_TOKEN_LEN);
+            let carrier = get_carrier(&mut body)?;
+            body.is_empty().then_some(Frame::SessionResume {
                 session_id,
                 latency_budget_ms,
                 token,
+                carrier,
             })
         })(),
         frame_kind::RESUME_TOKEN => {
             let token: Option<[u8; RESUME_TOKEN_LEN]> = body.try_into().ok();
             token.map(|t| Frame::ResumeToken(ResumeToken(t)))
         }
-        frame_kind::MSG => (|| {
-            let type_id = *body.first()?;
+        frame_kind::MSG => get_message(&frame, body).map(Frame::Msg),
+        frame_kind::MEDIA => (|| {
+            let control_before = get_varint(&mut body)?;
+            let msg = get_message(&frame, body)?;
+            Some(Frame::Media {
+                control_before,
+                msg,
+            })
+        })(),
+        frame_kind::MEDIA_STREAM => (|| {
+            let session_stream = get_varint(&mut body)?;
+            let lane = Lane::from_u8(*body.first()?)?;
             body.advance(1);
-            let stream_id = u32::try_from(get_varint(&mut body)?).ok()?;
-            if body.len() < 4 {
-                return None;
-            }
-            let timestamp = body.get_u32();
-            let consumed = frame.len() - body.len();
-            Some(Frame::Msg(Message {
-                type_id,
-                stream_id,
-                timestamp,
-                payload: frame.slice(consumed..),
-            }))
+            let first_index = get_varint(&mut body)?;
+            body.is_empty().then_some(Frame::MediaStream {
+                session_stream,
+                lane,
+                first_index,
+            })
+        })(),
+        frame_kind::FENCE => (|| {
+            let audio_before = get_varint(&mut body)?;
+            let video_before = get_varint(&mut body)?;
+            body.is_empty().then_some(Frame::Fence {
+                audio_before,
+                video_before,
+            })
+        })(),
+        frame_kind::LANE_SKIP => (|| {
+            let lane = Lane::from_u8(*body.first()?)?;
+            body.advance(1);
+            let from = get_varint(&mut body)?;
+            let to = get_varint(&mut body)?;
+            (body.is_empty() && from <= to).then_some(Frame::LaneSkip { lane, from, to })
         })(),
         frame_kind::SESSION_CLOSE => (|| {
             let code = CloseCode::from_code(get_varint(&mut body)?);
@@ -656,11 +893,18 @@ mod tests {
             Frame::SessionOpen {
                 session_id: SessionId(0xdead_beef),
                 latency_budget_ms: 1000,
+                carrier: Carrier::MediaLanes,
+            },
+            Frame::SessionOpen {
+                session_id: SessionId(1),
+                latency_budget_ms: 0,
+                carrier: Carrier::SessionStream,
             },
             Frame::SessionResume {
                 session_id: SessionId(7),
                 latency_budget_ms: 500,
                 token: ResumeToken([0xab; RESUME_TOKEN_LEN]),
+                carrier: Carrier::MediaLanes,
             },
             Frame::ResumeToken(ResumeToken([0xcd; RESUME_TOKEN_LEN])),
             Frame::Msg(Message::new(9, 1, u32::MAX, vec![1, 2, 3])),
@@ -668,6 +912,24 @@ mod tests {
             Frame::SessionClose {
                 code: CloseCode::OriginUnreachable,
                 reason: "connection refused".into(),
+            },
+            Frame::MediaStream {
+                session_stream: 4,
+                lane: Lane::Video,
+                first_index: 1 << 40,
+            },
+            Frame::Media {
+                control_before: 17,
+                msg: Message::new(8, 1, 33, vec![0xaf, 1, 2]),
+            },
+            Frame::Fence {
+                audio_before: 3,
+                video_before: 90,
+            },
+            Frame::LaneSkip {
+                lane: Lane::Audio,
+                from: 5,
+                to: 9,
             },
         ];
         let mut bytes = BytesMut::new();
@@ -686,11 +948,50 @@ mod tests {
         assert_eq!(got, frames);
         assert!(!format!("{:?}", frames[0]).contains("secret"));
         assert!(
-            !format!("{:?}", frames[3]).contains("171"),
+            !format!("{:?}", frames[4]).contains("171"),
             "tokens are not printed"
         );
         assert!(ResumeToken([1; 32]).matches(&ResumeToken([1; 32])));
         assert!(!ResumeToken([1; 32]).matches(&ResumeToken([2; 32])));
+    }
+
+    #[test]
+    fn a_session_open_without_a_carrier_reads_as_the_session_stream() {
+        let mut frame = BytesMut::new();
+        Frame::SessionOpen {
+            session_id: SessionId(3),
+            latency_budget_ms: 700,
+            carrier: Carrier::SessionStream,
+        }
+        .encode(&mut frame);
+        // Drop the carrier byte and shorten the length prefix by one.
+        let body = frame[1..frame.len() - 1].to_vec();
+        let mut short = BytesMut::new();
+        put_varint(&mut short, body.len() as u64);
+        short.extend_from_slice(&body);
+        let open = FrameDecoder::default().decode(&mut short).unwrap().unwrap();
+        assert!(matches!(
+            open,
+            Frame::SessionOpen {
+                carrier: Carrier::SessionStream,
+                latency_budget_ms: 700,
+                ..
+            }
+        ));
+        // An unknown carrier is malformed.
+        let mut bad = frame.clone();
+        let last = bad.len() - 1;
+        bad[last] = 9;
+        assert!(FrameDecoder::default().decode(&mut bad).is_err());
+        // A skip whose end is before its start is malformed.
+        let mut skip = BytesMut::new();
+        Frame::LaneSkip {
+            lane: Lane::Video,
+            from: 9,
+            to: 5,
+        }
+        .encode(&mut skip);
+        assert!(FrameDecoder::default().decode(&mut skip).is_err());
     }
 
     #[test]

@@ -1,0 +1,596 @@
+//! Media lanes ([`Carrier::MediaLanes`](crate::wire::Carrier)): how a session's messages are
+//! split over several QUIC streams at the sending hop ([`LaneSplitter`]) and put back in an
+//! order the RTMP peer can take at the receiving hop ([`LaneMerge`]).
+//!
+//! The sender numbers what it hands out per lane: the session stream's messages (commands,
+//! data, sequence headers), audio (one stream), and video (one stream per GOP; a key frame
+//! starts one). Each audio or video message carries how many session-stream messages were
+//! sent before it (MEDIA's `control_before`); a FENCE on the session stream says how many
+//! audio and video messages were sent before what follows it. The receiver writes a media
+//! message only after the session-stream messages before it, and a session-stream message
+//! only after every earlier media message was written or skipped. Within a lane, messages go
+//! out by index: a later GOP's frames wait for the end of the GOP before (a GOP stream reset
+//! by the sender, its LANE_SKIP says which indices will never come). Between lanes, whichever
+//! is ready goes first, the smaller timestamp first: tracks interleave as they arrive, with no
+//! constant wait. So every track's order at the receiving RTMP peer is the order the sending
+//! peer sent it in, less what was dropped, and a sequence header still follows the frames
+//! coded before it and precedes those coded after.
+//!
+//! Everything a peer can make the merge hold is bounded ([`MergeLimits`]): messages waiting,
+//! their bytes, and skip ranges.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::message::{MediaKind, Message};
+use crate::wire::{Frame, Lane};
+
+/// Where the sender puts a message, with the numbers the receiver orders it by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// On the session stream; if `fence` is set, a FENCE with these (audio, video) counts
+    /// goes first (they changed since the last one).
+    Control {
+        /// Audio and video messages sent before, when a FENCE must precede.
+        fence: Option<(u64, u64)>,
+    },
+    /// On the audio stream.
+    Audio {
+        /// The message's audio index.
+        index: u64,
+        /// Session-stream messages sent before it.
+        control_before: u64,
+    },
+    /// On the video stream of the current GOP.
+    Video {
+        /// The message's video index.
+        index: u64,
+        /// Session-stream messages sent before it.
+        control_before: u64,
+        /// It starts a new GOP: a new stream, the previous one finished.
+        new_group: bool,
+    },
+}
+
+/// Numbers a session's outgoing messages over the lanes; see the module docs.
+#[derive(Debug, Default)]
+pub struct LaneSplitter {
+    control_sent: u64,
+    audio_sent: u64,
+    video_sent: u64,
+    /// The counts the last FENCE carried.
+    fenced: (u64, u64),
+    /// Whether a GOP stream is open.
+    in_group: bool,
+}
+
+impl LaneSplitter {
+    /// Where `msg` goes, counting it as sent.
+    pub fn route(&mut self, msg: &Message) -> Route {
+        match msg.media_kind() {
+            MediaKind::Audio => {
+                self.audio_sent += 1;
+                Route::Audio {
+                    index: self.audio_sent - 1,
+                    control_before: self.control_sent,
+                }
+            }
+            kind @ (MediaKind::VideoKeyframe | MediaKind::VideoFrame) => {
+                let new_group = kind == MediaKind::VideoKeyframe || !self.in_group;
+                self.in_group = true;
+                self.video_sent += 1;
+                Route::Video {
+                    index: self.video_sent - 1,
+                    control_before: self.control_sent,
+                    new_group,
+                }
+            }
+            MediaKind::SequenceHeader | MediaKind::Other => {
+                self.control_sent += 1;
+                Route::Control {
+                    fence: self.fence(),
+                }
+            }
+        }
+    }
+
+    /// The FENCE a frame on the session stream other than a message (SESSION_CLOSE) needs
+    /// first, if the media counts changed since the last one.
+    pub fn fence(&mut self) -> Option<(u64, u64)> {
+        let now = (self.audio_sent, self.video_sent);
+        (now != self.fenced).then(|| {
+            self.fenced = now;
+            now
+        })
+    }
+}
+
+/// What a [`LaneMerge`] holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeLimits {
+    /// Messages waiting, over every lane.
+    pub max_messages: usize,
+    /// Payload bytes waiting, over every lane.
+    pub max_bytes: usize,
+    /// Skip ranges not yet reached, per lane.
+    pub max_skips: usize,
+}
+
+impl Default for MergeLimits {
+    fn default() -> Self {
+        MergeLimits {
+            max_messages: 1 << 14,
+            max_bytes: 32 << 20,
+            max_skips: 1024,
+        }
+    }
+}
+
+/// What the far hop sent that the merge cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    /// More waiting than [`MergeLimits`] allows.
+    #[error("media lanes hold more than their limit ({0})")]
+    Overloaded(&'static str),
+    /// An index that was written already, or two messages with one index.
+    #[error("media lane {0:?}: index {1} arrived twice")]
+    Duplicate(Lane, u64),
+    /// A frame that does not belong on the session stream of a lanes session.
+    #[error("unexpected {0} on a lanes session's stream")]
+    Unexpected(&'static str),
+}
+
+#[derive(Debug)]
+struct Waiting {
+    control_before: u64,
+    msg: Message,
+}
+
+/// One lane at the receiver: the next index to write and what waits.
+#[derive(Debug, Default)]
+struct LaneState {
+    next: u64,
+    waiting: BTreeMap<u64, Waiting>,
+    /// Ranges `from..to` that will never arrive, not yet reached; sorted by `from`.
+    skips: BTreeMap<u64, u64>,
+}
+
+impl LaneState {
+    /// Moves `next` past skipped ranges and drops what waits below it.
+    fn advance(&mut self) {
+        while let Some((&from, &to)) = self.skips.first_key_value() {
+            if from > self.next {
+                break;
+            }
+            self.skips.pop_first();
+            self.next = self.next.max(to);
+        }
+    }
+
+    /// The message that may go out next, if its turn has come.
+    fn ready(&self, control_written: u64) -> Option<&Waiting> {
+        self.waiting
+            .get(&self.next)
+            .filter(|w| w.control_before <= control_written)
+    }
+}
+
+/// Puts a lanes session's messages back in order at the receiving hop; see the module docs.
+#[derive(Debug, Default)]
+pub struct LaneMerge {
+    limits: MergeLimits,
+    /// Session-stream frames written (MSG frames only count).
+    control_written: u64,
+    /// Session-stream frames in arrival order, each with the fence it waits for.
+    control: VecDeque<((u64, u64), Frame)>,
+    /// The last fence read on the session stream.
+    fence: (u64, u64),
+    audio: LaneState,
+    video: LaneState,
+    messages: usize,
+    bytes: usize,
+}
+
+impl LaneMerge {
+    /// An empty merge keeping to `limits`.
+    pub fn new(limits: MergeLimits) -> Self {
+        LaneMerge {
+            limits,
+            ..LaneMerge::default()
+        }
+    }
+
+    fn lane(&mut self, lane: Lane) -> &mut LaneState {
+        match lane {
+            Lane::Audio => &mut self.audio,
+            Lane::Video => &mut self.video,
+        }
+    }
+
+    /// Takes a frame read from the session stream: FENCE and LANE_SKIP act at once, every
+    /// other frame waits its turn.
+    pub fn from_session_stream(&mut self, frame: Frame) -> Result<(), MergeError> {
+        match frame {
+            Frame::Fence {
+                audio_before,
+                video_before,
+            } => self.fence = (audio_before, video_before),
+            Frame::LaneSkip { lane, from, to } => {
+                let max = self.limits.max_skips;
+                let state = self.lane(lane);
+                if to > state.next {
+                    let end = state.skips.entry(from.max(state.next)).or_insert(to);
+                    *end = (*end).max(to);
+                    if state.skips.len() > max {
+                        return Err(MergeError::Overloaded("skip ranges"));
+                    }
+                    // What waits in the skipped range will never be written.
+                    let dropped: Vec<u64> = state.waiting.range(from..to).map(|(&i, _)| i).collect();
+                    for i in dropped {
+                        if let Some(w) = self.lane(lane).waiting.remove(&i) {
+                            self.messages -= 1;
+                            self.bytes -= w.msg.payload.len();
+                        }
+                    }
+                    self.lane(lane).advance();
+                }
+            }
+            Frame::MediaStream { .. } => return Err(MergeError::Unexpected("MEDIA_STREAM")),
+            Frame::Media { .. } => return Err(MergeError::Unexpected("MEDIA")),
+            other => {
+                if self.control.len() >= self.limits.max_messages {
+                    return Err(MergeError::Overloaded("session stream frames"));
+                }
+                self.control.push_back((self.fence, other));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a media message of `lane` with its index and control fence. A message below the
+    /// lane's next index (written, or skipped) is dropped.
+    pub fn media(
+        &mut self,
+        lane: Lane,
+        index: u64,
+        control_before: u64,
+        msg: Message,
+    ) -> Result<(), MergeError> {
+        let state = self.lane(lane);
+        let skipped = state
+            .skips
+            .range(..=index)
+            .next_back()
+            .is_some_and(|(_, &to)| index < to);
+        if index < state.next || skipped {
+            return Ok(());
+        }
+        if state.waiting.contains_key(&index) {
+            return Err(MergeError::Duplicate(lane, index));
+        }
+        let len = msg.payload.len();
+        state.waiting.insert(
+            index,
+            Waiting {
+                control_before,
+                msg,
+            },
+        );
+        self.messages += 1;
+        self.bytes += len;
+        if self.messages > self.limits.max_messages {
+            return Err(MergeError::Overloaded("messages"));
+        }
+        if self.bytes > self.limits.max_bytes {
+            return Err(MergeError::Overloaded("bytes"));
+        }
+        Ok(())
+    }
+
+    /// The next frame whose turn has come, if any.
+    pub fn pop(&mut self) -> Option<Frame> {
+        if let Some(((audio_before, video_before), _)) = self.control.front() {
+            if self.audio.next >= *audio_before && self.video.next >= *video_before {
+                let (_, frame) = self.control.pop_front()?;
+                if matches!(frame, Frame::Msg(_)) {
+                    self.control_written += 1;
+                }
+                return Some(frame);
+            }
+        }
+        let written = self.control_written;
+        let audio = self.audio.ready(written).map(|w| w.msg.timestamp);
+        let video = self.video.ready(written).map(|w| w.msg.timestamp);
+        let lane = match (audio, video) {
+            (Some(a), Some(v)) if timestamp_before(v, a) => Lane::Video,
+            (Some(_), _) => Lane::Audio,
+            (None, Some(_)) => Lane::Video,
+            (None, None) => return None,
+        };
+        let state = self.lane(lane);
+        let next = state.next;
+        let w = state.waiting.remove(&next)?;
+        state.next += 1;
+        state.advance();
+        self.messages -= 1;
+        self.bytes -= w.msg.payload.len();
+        Some(Frame::Msg(w.msg))
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.messages == 0
+    }
+
+    /// Payload bytes of media waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Whether timestamp `a` is before `b`, read within half the 32-bit range (a wrap reads right).
+fn timestamp_before(a: u32, b: u32) -> bool {
+    a != b && b.wrapping_sub(a) < 1 << 31
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::message_type;
+
+    fn audio(ts: u32) -> Message {
+        Message::new(message_type::AUDIO, 1, ts, vec![0xaf, 1, ts as u8])
+    }
+    fn key(ts: u32) -> Message {
+        Message::new(message_type::VIDEO, 1, ts, vec![0x17, 1, 0, 0, 0, ts as u8])
+    }
+    fn inter(ts: u32) -> Message {
+        Message::new(message_type::VIDEO, 1, ts, vec![0x27, 1, 0, 0, 0, ts as u8])
+    }
+    fn header(ts: u32) -> Message {
+        Message::new(message_type::VIDEO, 1, ts, vec![0x17, 0, 0, 0, 0, 9])
+    }
+    fn command(n: u8) -> Message {
+        Message::new(20, 0, 0, vec![2, 0, 1, n])
+    }
+
+    /// What the sender puts on the wire for `msgs`: per lane, (index, control_before, msg),
+    /// and the session stream's frames (FENCEs included).
+    struct Sent {
+        control: Vec<Frame>,
+        audio: Vec<(u64, u64, Message)>,
+        video: Vec<(u64, u64, Message)>,
+        groups: Vec<u64>,
+    }
+
+    fn split(msgs: &[Message]) -> Sent {
+        let mut s = LaneSplitter::default();
+        let mut sent = Sent {
+            control: Vec::new(),
+            audio: Vec::new(),
+            video: Vec::new(),
+            groups: Vec::new(),
+        };
+        for m in msgs {
+            match s.route(m) {
+                Route::Control { fence } => {
+                    if let Some((a, v)) = fence {
+                        sent.control.push(Frame::Fence {
+                            audio_before: a,
+                            video_before: v,
+                        });
+                    }
+                    sent.control.push(Frame::Msg(m.clone()));
+                }
+                Route::Audio {
+                    index,
+                    control_before,
+                } => sent.audio.push((index, control_before, m.clone())),
+                Route::Video {
+                    index,
+                    control_before,
+                    new_group,
+                } => {
+                    if new_group {
+                        sent.groups.push(index);
+                    }
+                    sent.video.push((index, control_before, m.clone()))
+                }
+            }
+        }
+        sent
+    }
+
+    fn drain(merge: &mut LaneMerge, out: &mut Vec<Message>) {
+        while let Some(f) = merge.pop() {
+            match f {
+                Frame::Msg(m) => out.push(m),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn media_overtaking_the_session_stream_still_follows_its_header() {
+        let msgs = vec![command(1), header(0), key(0), audio(0), inter(33), audio(23)];
+        let sent = split(&msgs);
+        let mut merge = LaneMerge::default();
+        let mut out = Vec::new();
+        // All media first, the session stream last: nothing may go out before it.
+        for (i, c, m) in sent.video.iter().chain(&sent.audio) {
+            let lane = if m.type_id == message_type::AUDIO {
+                Lane::Audio
+            } else {
+                Lane::Video
+            };
+            merge.media(lane, *i, *c, m.clone()).unwrap();
+        }
+        drain(&mut merge, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        for f in sent.control {
+            merge.from_session_stream(f).unwrap();
+        }
+        drain(&mut merge, &mut out);
+        assert_eq!(out[..2], msgs[..2]);
+        // Tracks interleave by timestamp; each track keeps its order.
+        let ts: Vec<u32> = out[2..].iter().map(|m| m.timestamp).collect();
+        assert_eq!(ts, vec![0, 0, 23, 33]);
+        assert!(merge.is_empty());
+    }
+
+    #[test]
+    fn a_header_that_follows_frames_waits_for_them() {
+        // A mid-stream sequence header (new resolution) after frames of the old one.
+        let msgs = vec![header(0), key(0), inter(33), header(66), key(66)];
+        let sent = split(&msgs);
+        let mut merge = LaneMerge::default();
+        let mut out = Vec::new();
+        for f in sent.control {
+            merge.from_session_stream(f).unwrap();
+        }
+        drain(&mut merge, &mut out);
+        assert_eq!(out, msgs[..1]);
+        // The second GOP arrives before the first.
+        for (i, c, m) in sent.video.iter().rev() {
+            merge.media(Lane::Video, *i, *c, m.clone()).unwrap();
+        }
+        drain(&mut merge, &mut out);
+        assert_eq!(out, msgs);
+    }
+
+    #[test]
+    fn a_skipped_gop_lets_the_next_one_and_the_session_stream_go_on() {
+        let msgs = vec![
+            key(0),
+            inter(33),
+            inter(66),
+            key(100),
+            inter(133),
+            command(2),
+        ];
+        let sent = split(&msgs);
+        assert_eq!(sent.groups, vec![0, 3]);
+        let mut merge = LaneMerge::default();
+        let mut out = Vec::new();
+        // The first frame arrives, the rest of the first GOP is reset in QUIC.
+        merge.media(Lane::Video, 0, 0, key(0)).unwrap();
+        for (i, c, m) in &sent.video[3..] {
+            merge.media(Lane::Video, *i, *c, m.clone()).unwrap();
+        }
+        for f in sent.control {
+            merge.from_session_stream(f).unwrap();
+        }
+        drain(&mut merge, &mut out);
+        assert_eq!(out, vec![key(0)], "the command waits for the first GOP's end");
+        merge
+            .from_session_stream(Frame::LaneSkip {
+                lane: Lane::Video,
+                from: 0,
+                to: 3,
+            })
+            .unwrap();
+        // A late copy of a skipped frame is not written.
+        merge.media(Lane::Video, 2, 0, inter(66)).unwrap();
+        drain(&mut merge, &mut out);
+        assert_eq!(out, vec![key(0), key(100), inter(133), command(2)]);
+        assert!(merge.is_empty());
+    }
+
+    #[test]
+    fn a_skip_that_arrives_first_drops_what_comes_later_in_its_range() {
+        let mut merge = LaneMerge::default();
+        merge
+            .from_session_stream(Frame::LaneSkip {
+                lane: Lane::Video,
+                from: 2,
+                to: 5,
+            })
+            .unwrap();
+        for (i, m) in [(0, key(0)), (3, inter(99)), (1, inter(33)), (5, key(165))] {
+            merge.media(Lane::Video, i, 0, m).unwrap();
+        }
+        let mut out = Vec::new();
+        drain(&mut merge, &mut out);
+        assert_eq!(out, vec![key(0), inter(33), key(165)]);
+        assert!(merge.is_empty());
+    }
+
+    #[test]
+    fn session_close_waits_for_the_media_sent_before_it() {
+        let mut s = LaneSplitter::default();
+        s.route(&key(0));
+        s.route(&audio(0));
+        let (a, v) = s.fence().unwrap();
+        let mut merge = LaneMerge::default();
+        merge
+            .from_session_stream(Frame::Fence {
+                audio_before: a,
+                video_before: v,
+            })
+            .unwrap();
+        let close = Frame::SessionClose {
+            code: crate::wire::CloseCode::Normal,
+            reason: "done".into(),
+        };
+        merge.from_session_stream(close.clone()).unwrap();
+        assert_eq!(merge.pop(), None);
+        merge.media(Lane::Audio, 0, 0, audio(0)).unwrap();
+        merge.media(Lane::Video, 0, 0, key(0)).unwrap();
+        assert_eq!(merge.pop(), Some(Frame::Msg(audio(0))));
+        assert_eq!(merge.pop(), Some(Frame::Msg(key(0))));
+        assert_eq!(merge.pop(), Some(close));
+        assert_eq!(s.fence(), None, "no FENCE while nothing changed");
+    }
+
+    #[test]
+    fn what_a_peer_can_make_it_hold_is_bounded() {
+        let limits = MergeLimits {
+            max_messages: 4,
+            max_bytes: 1 << 20,
+            max_skips: 2,
+        };
+        // Messages far ahead of a gap that never fills.
+        let mut merge = LaneMerge::new(limits);
+        for i in 1..=4 {
+            merge.media(Lane::Video, i, 0, inter(i as u32)).unwrap();
+        }
+        assert!(matches!(
+            merge.media(Lane::Video, 9, 0, inter(9)),
+            Err(MergeError::Overloaded(_))
+        ));
+        assert_eq!(
+            merge.media(Lane::Video, 4, 0, inter(4)),
+            Err(MergeError::Duplicate(Lane::Video, 4))
+        );
+        // Skip ranges ahead that are never reached.
+        let mut merge = LaneMerge::new(limits);
+        let skip = |from| Frame::LaneSkip {
+            lane: Lane::Audio,
+            from,
+            to: from + 1,
+        };
+        merge.from_session_stream(skip(10)).unwrap();
+        merge.from_session_stream(skip(20)).unwrap();
+        assert!(merge.from_session_stream(skip(30)).is_err());
+        // Bytes.
+        let mut merge = LaneMerge::new(MergeLimits {
+            max_bytes: 10,
+            ..limits
+        });
+        let big = Message::new(message_type::AUDIO, 1, 0, vec![0xaf; 11]);
+        assert!(merge.media(Lane::Audio, 1, 0, big).is_err());
+        assert!(matches!(
+            merge.from_session_stream(Frame::Media {
+                control_before: 0,
+                msg: audio(0)
+            }),
+            Err(MergeError::Unexpected(_))
+        ));
+    }
+
+    #[test]
+    fn timestamps_compare_across_a_wrap() {
+        assert!(timestamp_before(u32::MAX - 5, 3));
+        assert!(!timestamp_before(3, u32::MAX - 5));
+        assert!(!timestamp_before(7, 7));
+    }
+}
