@@ -214,6 +214,10 @@ struct EdgeArgs {
     /// oldest waiting media is older than this many ms; 0: off, always read [default: 0].
     #[arg(long)]
     backpressure: Option<u64>,
+    /// How sessions carry media: "stream" (all on the session's QUIC stream) or "lanes"
+    /// (audio and each GOP on streams of their own) [default: stream].
+    #[arg(long)]
+    carrier: Option<rtmpq_edge::config::MediaCarrier>,
     /// Address for Prometheus metrics and the status API.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -324,6 +328,7 @@ fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
     c.server_name = args.server_name.or(c.server_name);
     c.max_latency_ms = args.max_latency.unwrap_or(c.max_latency_ms);
     c.backpressure_ms = args.backpressure.unwrap_or(c.backpressure_ms);
+    c.carrier = args.carrier.unwrap_or(c.carrier);
     c.metrics = args.metrics.or(c.metrics);
     c.client_cert = args.client_cert.or(c.client_cert);
     c.client_key = args.client_key.or(c.client_key);

@@ -52,6 +52,35 @@ async fn ffmpeg_play_through_the_tunnel_is_byte_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_play_over_media_lanes_are_byte_exact() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start_with(Some(format!("rtmp://{}", nginx.rtmp)), |c| {
+        rtmpq_edge::EdgeConfig {
+            carrier: rtmpq_edge::config::MediaCarrier::Lanes,
+            ..c
+        }
+    })
+    .await;
+
+    // Both ways through the lanes: the player plays through the edge, the pusher pushes
+    // through it.
+    let player = Player::start(&stack.edge_url("lanes"));
+    nginx.wait_for_players("lanes", 1, LIMIT).await;
+    let out = push(&clip, &stack.edge_url("lanes")).await;
+    assert!(
+        out.status.success(),
+        "pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "push and play over media lanes");
+    nginx.wait_for_publisher("lanes", false, LIMIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_pushes_share_one_edge_and_one_quic_connection() {
     capture_logs();
     let clip = clip(10).await;

@@ -101,6 +101,7 @@ async fn resume_tokens_are_single_use_and_bound_to_their_edge() {
     let open = Frame::SessionOpen {
         session_id: id,
         latency_budget_ms: 0,
+        carrier: Default::default(),
     };
     let mut first = RawTunnel::open_as(addr, tls(), "cam-edge", open).await;
     let token = next_token(&mut first).await;
@@ -108,6 +109,7 @@ async fn resume_tokens_are_single_use_and_bound_to_their_edge() {
         session_id: id,
         latency_budget_ms: 0,
         token,
+        carrier: Default::default(),
     };
     let refused = |reason: &str| {
         let reason = reason.to_owned();
@@ -135,6 +137,7 @@ async fn resume_tokens_are_single_use_and_bound_to_their_edge() {
         session_id: SessionId(rand_id()),
         latency_budget_ms: 0,
         token: next,
+        carrier: Default::default(),
     };
     let mut nobody = RawTunnel::open_as(addr, tls(), "cam-edge", unknown).await;
     refused("no such session")(nobody.closed().await);

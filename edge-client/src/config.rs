@@ -11,6 +11,7 @@ pub use rtmpq_hop::config::ConfigError;
 use rtmpq_hop::config::{above_zero, load_toml, millis};
 use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
+use rtmpq_proto::wire::Carrier;
 use serde::Deserialize;
 
 /// Edge settings as written: a TOML file, then flags over it.
@@ -50,6 +51,10 @@ pub struct EdgeConfig {
     pub backpressure_ms: u64,
     /// Media waiting per session at most, MiB (past it the oldest GOP goes).
     pub max_queue_mb: usize,
+    /// How sessions carry media through the tunnel, both ways: `"stream"`, everything on the
+    /// session's own QUIC stream, or `"lanes"`, audio on a stream of its own and video on a
+    /// stream per GOP (a stale GOP is reset inside QUIC).
+    pub carrier: MediaCarrier,
     /// Address for Prometheus metrics and the status API.
     pub metrics: Option<SocketAddr>,
     /// Most sessions at once.
@@ -89,6 +94,7 @@ impl Default for EdgeConfig {
             max_latency_ms: 1000,
             backpressure_ms: 0,
             max_queue_mb: 32,
+            carrier: MediaCarrier::default(),
             metrics: None,
             max_sessions: 256,
             handshake_timeout_ms: 10_000,
@@ -98,6 +104,40 @@ impl Default for EdgeConfig {
             setup_timeout_ms: 15_000,
             client_timeout_ms: 30_000,
             max_buffered_mb: 512,
+        }
+    }
+}
+
+/// How the edge's sessions carry media (TOML `carrier`, flag `--carrier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaCarrier {
+    /// Everything on the session's QUIC stream, in order.
+    #[default]
+    Stream,
+    /// Audio and each GOP on streams of their own.
+    Lanes,
+}
+
+impl MediaCarrier {
+    /// The wire's name for it.
+    pub fn wire(self) -> Carrier {
+        match self {
+            MediaCarrier::Stream => Carrier::SessionStream,
+            MediaCarrier::Lanes => Carrier::MediaLanes,
+        }
+    }
+}
+
+impl std::str::FromStr for MediaCarrier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stream" => Ok(MediaCarrier::Stream),
+            "lanes" => Ok(MediaCarrier::Lanes),
+            other => Err(format!(
+                "carrier {other:?}: expected \"stream\" or \"lanes\""
+            )),
         }
     }
 }
@@ -201,6 +241,8 @@ pub struct EdgeSettings {
     pub backpressure: Option<Duration>,
     /// Media waiting per session at most, bytes.
     pub max_queue_bytes: usize,
+    /// How sessions carry media.
+    pub carrier: Carrier,
 }
 
 impl EdgeConfig {
@@ -251,6 +293,7 @@ impl EdgeConfig {
             latency_budget: optional_ms(self.max_latency_ms),
             backpressure: optional_ms(self.backpressure_ms),
             max_queue_bytes: above_zero(self.max_queue_mb, "max_queue_mb")? << 20,
+            carrier: self.carrier.wire(),
             listen: self.listen,
             gateways,
             standby: self.standby,

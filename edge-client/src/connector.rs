@@ -37,6 +37,8 @@ pub struct GatewayLink {
     pub path: Arc<PathWatch>,
     /// The gateway it goes to, as configured.
     pub address: String,
+    /// Hands the media streams the gateway opens (lanes sessions' play side) to their sessions.
+    pub lanes: Arc<rtmpq_hop::lanes::LaneRouter>,
 }
 
 /// Why the edge has no connection to the gateway.
@@ -226,6 +228,7 @@ async fn maintain(
                     conn: conn.clone(),
                     path: path.clone(),
                     address: address.clone(),
+                    lanes: rtmpq_hop::lanes::LaneRouter::start(&conn),
                 }));
                 let can_move = target.gateways.len() > 1;
                 let reason = tokio::select! {

@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rtmpq_hop::lanes::{SessionRecv, SessionSend};
+use rtmpq_hop::tunnel::{TunnelRecv, TunnelSend};
+
+use crate::connector::GatewayLink;
 use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
 use rtmpq_hop::transport::PathWatch;
@@ -105,15 +109,8 @@ async fn run(
     let abort_writer = writer_task.abort_handle();
 
     let end = match open_tunnel(session_id, shared, tracker).await {
-        Ok((send, recv, path)) => {
-            let queue = queue_policy(shared, &budget, path);
-            let mut tunnel = Tunnel {
-                send,
-                frames: FrameReader::new(recv),
-                queue,
-                resume: None,
-            };
-            tunnel.frames.set_budget(budget.clone());
+        Ok(opened) => {
+            let mut tunnel = opened.tunnel(shared, &budget, None);
             loop {
                 let end = run_session(
                     RtmpPeer::Client,
@@ -221,12 +218,49 @@ async fn run(
     Ok(end)
 }
 
-/// A session's tunnel stream and how the client's messages go on it.
+/// A session's tunnel and how the client's messages go on it.
 struct Tunnel {
-    send: quinn::SendStream,
-    frames: FrameReader,
+    send: SessionSend,
+    frames: SessionRecv,
     queue: QueuePolicy,
     resume: Option<ResumeFilter>,
+}
+
+/// A session stream opened on a gateway connection (SESSION_OPEN or SESSION_RESUME sent).
+struct OpenedStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    link: GatewayLink,
+}
+
+impl OpenedStream {
+    /// The session's tunnel over it, carrying media as the edge is configured to; what the
+    /// edge sends keeps to its budget.
+    fn tunnel(
+        self,
+        shared: &Shared,
+        budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+        resume: Option<ResumeFilter>,
+    ) -> Tunnel {
+        let carrier = shared.settings.carrier;
+        let OpenedStream { send, recv, link } = self;
+        let send = SessionSend::carried(
+            send,
+            carrier,
+            &link.conn,
+            shared.settings.latency_budget,
+            Some(link.path.clone()),
+        );
+        let mut frames = FrameReader::new(recv);
+        frames.set_budget(budget.clone());
+        let frames = SessionRecv::carried(frames, carrier, &link.lanes, Some(budget.clone()));
+        Tunnel {
+            send,
+            frames,
+            queue: queue_policy(shared, budget, link.path),
+            resume,
+        }
+    }
 }
 
 /// A session held while it is set up again: a new publish of its stream takes over.
@@ -292,28 +326,29 @@ async fn set_up_again(
         attempts += 1;
         let attempt = async {
             let session_id = SessionId(rand::random());
-            let (mut send, recv, path) = open_tunnel(session_id, shared, tracker)
+            let opened = open_tunnel(session_id, shared, tracker)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut frames = FrameReader::new(recv);
-            frames.set_budget(budget.clone());
-            let filter = match replay_through(&mut send, &mut frames, replay.clone(), tracker).await
-            {
+            let mut tunnel = opened.tunnel(shared, budget, None);
+            let replayed = replay_through(
+                &mut tunnel.send,
+                &mut tunnel.frames,
+                replay.clone(),
+                tracker,
+            )
+            .await;
+            let filter = match replayed {
                 Ok(filter) => filter,
                 Err(why) => {
                     // The gateway hears why this attempt ends (not a stream that just stops).
                     let reason = format!("set-up attempt given up: {why}");
-                    close_stream(&mut send, CloseCode::Normal, &reason).await;
+                    close_stream(&mut tunnel.send, CloseCode::Normal, &reason).await;
                     return Err(why);
                 }
             };
             info!(new_session = %session_id, "the gateway took the session");
-            Ok::<_, String>(Tunnel {
-                send,
-                frames,
-                queue: queue_policy(shared, budget, path),
-                resume: Some(filter),
-            })
+            tunnel.resume = Some(filter);
+            Ok::<_, String>(tunnel)
         };
         match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(tunnel)) => return Ok(tunnel),
@@ -338,15 +373,15 @@ async fn set_up_again(
 
 /// Runs `replay` through a fresh tunnel session until the origin takes the session.
 async fn replay_through(
-    send: &mut quinn::SendStream,
-    frames: &mut FrameReader,
+    send: &mut SessionSend,
+    frames: &mut SessionRecv,
     mut replay: Replay,
     tracker: &Mutex<SessionTracker>,
 ) -> Result<ResumeFilter, String> {
     let mut out = replay.begin();
     loop {
         for msg in out.drain(..) {
-            write_frame(send, &Frame::Msg(msg))
+            send.send(&Frame::Msg(msg))
                 .await
                 .map_err(|e| format!("tunnel: {e}"))?;
         }
@@ -368,7 +403,7 @@ async fn replay_through(
             ReplayStep::Send(msgs) => out = msgs,
             ReplayStep::Started { stream_id, then } => {
                 for msg in then {
-                    write_frame(send, &Frame::Msg(msg))
+                    send.send(&Frame::Msg(msg))
                         .await
                         .map_err(|e| format!("tunnel: {e}"))?;
                 }
@@ -472,21 +507,21 @@ async fn resume(
             session_id,
             latency_budget_ms,
             token,
+            carrier: shared.settings.carrier,
         };
         write_frame(&mut send, &frame)
             .await
             .map_err(|e| StreamLost::from(e).to_string())?;
-        let mut frames = FrameReader::new(recv);
-        frames.set_budget(budget.clone());
-        match frames.next().await {
+        let opened = OpenedStream {
+            send,
+            recv,
+            link: link.clone(),
+        };
+        let mut tunnel = opened.tunnel(shared, budget, Some(ResumeFilter::same_stream()));
+        match tunnel.frames.next().await {
             Ok(Some(Frame::ResumeToken(next))) => {
                 tracker.lock().expect("tracker").resume_token = Some(next);
-                Ok(Tunnel {
-                    send,
-                    frames,
-                    queue: queue_policy(shared, budget, link.path),
-                    resume: Some(ResumeFilter::same_stream()),
-                })
+                Ok(tunnel)
             }
             Ok(Some(Frame::SessionClose { code, reason })) => Err(format!("{reason} ({code})")),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
@@ -503,7 +538,7 @@ async fn open_tunnel(
     session_id: SessionId,
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
-) -> Result<(quinn::SendStream, quinn::RecvStream, Arc<PathWatch>), OpenError> {
+) -> Result<OpenedStream, OpenError> {
     let link = shared
         .connector
         .connection(shared.settings.gateway_wait)
@@ -514,11 +549,12 @@ async fn open_tunnel(
     let open = Frame::SessionOpen {
         session_id,
         latency_budget_ms,
+        carrier: shared.settings.carrier,
     };
     write_frame(&mut send, &open)
         .await
         .map_err(StreamLost::from)?;
-    Ok((send, recv, link.path))
+    Ok(OpenedStream { send, recv, link })
 }
 
 /// Waits up to [`REFUSAL_WAIT`] for the client's connect; records what it sent in `tracker`.

@@ -583,6 +583,11 @@ async fn serve_connection(
     info!(edge = %edge_id, "edge connected");
     shared.telemetry.connection_opened(&conn, edge_id.clone());
     let path = PathWatch::start(&conn);
+    let link = session::EdgeLink {
+        conn: conn.clone(),
+        path: path.clone(),
+        lanes: rtmpq_hop::lanes::LaneRouter::start(&conn),
+    };
     // Once per connection: who may resume this connection's sessions, and what it proved.
     let edge = session::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());
     let creds = Arc::new(creds);
@@ -651,10 +656,10 @@ async fn serve_connection(
             creds: creds.clone(),
             hold,
         };
-        let path = path.clone();
+        let link = link.clone();
         sessions.spawn(
             async move {
-                session::serve(send, recv, &shared, who, path).await;
+                session::serve(send, recv, &shared, who, link).await;
                 drop((permit, own_permit));
             }
             .in_current_span(),

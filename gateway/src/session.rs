@@ -10,6 +10,7 @@ use rtmpq_hop::tunnel::write_frame;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
+use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
 use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
 use rtmpq_hop::transport::PathWatch;
@@ -17,7 +18,7 @@ use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
 use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
 use rtmpq_proto::session::{Flow, SessionTracker};
-use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_LEN};
+use rtmpq_proto::wire::{Carrier, CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_LEN};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
@@ -80,21 +81,25 @@ pub(crate) async fn serve(
     recv: quinn::RecvStream,
     shared: &Shared,
     who: Who,
-    path: Arc<PathWatch>,
+    link: EdgeLink,
 ) {
     let budget = shared.budget.session();
     let mut frames = FrameReader::new(recv);
     frames.set_budget(budget.clone());
     let open = tokio::time::timeout(shared.settings.handshake_timeout, frames.next()).await;
-    let (session_id, latency_budget_ms) = match open {
+    let (session_id, latency_budget_ms, carrier) = match open {
         Ok(Ok(Some(Frame::SessionOpen {
             session_id,
             latency_budget_ms,
-        }))) => (session_id, latency_budget_ms),
+            carrier,
+        }))) => (session_id, latency_budget_ms, carrier),
         Ok(Ok(Some(Frame::SessionResume {
-            session_id, token, ..
+            session_id,
+            token,
+            latency_budget_ms,
+            carrier,
         }))) => {
-            let tunnel = Tunnel { send, frames, path };
+            let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, &budget);
             match shared
                 .resumable
                 .hand_over(session_id, &token, &who.edge, tunnel)
@@ -103,7 +108,7 @@ pub(crate) async fn serve(
                 Err(refused) => {
                     let (mut tunnel, why) = *refused;
                     warn!(session = %session_id, code = %CloseCode::ResumeRefused, reason = %why, "resume refused");
-                    close_stream(&mut tunnel.send, CloseCode::ResumeRefused, &why).await;
+                    close_stream(&mut tunnel.send.stream, CloseCode::ResumeRefused, &why).await;
                 }
             }
             return;
@@ -137,7 +142,7 @@ pub(crate) async fn serve(
             charge: Some(budget.clone()),
             ..QueuePolicy::default()
         };
-        let tunnel = Tunnel { send, frames, path };
+        let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, &budget);
         let end = to_origin(tunnel, shared, &tracker, budget, queue, session_id, &who, &mut access).await;
         shared
             .telemetry
@@ -244,11 +249,40 @@ impl OriginLink {
     }
 }
 
-/// A session's tunnel stream (it changes when the edge resumes the session on a new one).
+/// A session's tunnel (it changes when the edge resumes the session on a new stream).
 pub(crate) struct Tunnel {
-    send: quinn::SendStream,
-    frames: FrameReader,
+    send: SessionSend,
+    frames: SessionRecv,
     path: Arc<PathWatch>,
+}
+
+/// The edge connection a session stream arrived on: what its tunnel is built from.
+#[derive(Clone)]
+pub(crate) struct EdgeLink {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) path: Arc<PathWatch>,
+    pub(crate) lanes: Arc<LaneRouter>,
+}
+
+impl EdgeLink {
+    /// The tunnel of a session opened on `send`/`frames` with `carrier`; what the gateway
+    /// sends keeps to the budget the edge asked for.
+    fn tunnel(
+        &self,
+        send: quinn::SendStream,
+        frames: FrameReader,
+        carrier: Carrier,
+        latency_budget_ms: u32,
+        budget: &Arc<SessionBudget>,
+    ) -> Tunnel {
+        let latency =
+            (latency_budget_ms > 0).then(|| Duration::from_millis(u64::from(latency_budget_ms)));
+        Tunnel {
+            send: SessionSend::carried(send, carrier, &self.conn, latency, Some(self.path.clone())),
+            frames: SessionRecv::carried(frames, carrier, &self.lanes, Some(budget.clone())),
+            path: self.path.clone(),
+        }
+    }
 }
 
 /// Who may resume a session: the edge's name, its client certificate's fingerprint and a
@@ -410,7 +444,7 @@ async fn to_origin(
         Ok(conn) => OriginLink::new(conn, &budget, tracker),
         Err(e) => {
             let end = e.end();
-            close_stream(&mut tunnel.send, end.code, &end.reason).await;
+            close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
             return end;
         }
     };
@@ -423,7 +457,7 @@ async fn to_origin(
             .then(|| shared.resumable.offer(session_id, edge))
             .flatten()
         {
-            if write_frame(&mut tunnel.send, &Frame::ResumeToken(token))
+            if write_frame(&mut tunnel.send.stream, &Frame::ResumeToken(token))
                 .await
                 .is_ok()
             {
@@ -450,7 +484,11 @@ async fn to_origin(
         };
         let end = match turn {
             Turn::Resumed(new) => {
-                tunnel.send.reset(quic_code(CloseCode::TunnelLost)).ok();
+                tunnel
+                    .send
+                    .stream
+                    .reset(quic_code(CloseCode::TunnelLost))
+                    .ok();
                 tunnel = new;
                 resume = Some(ResumeFilter::same_stream());
                 continue;
@@ -512,7 +550,7 @@ async fn to_origin(
                 resume = Some(filter);
             }
             Err(end) => {
-                close_stream(&mut tunnel.send, end.code, &end.reason).await;
+                close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
                 return end;
             }
         }

@@ -28,6 +28,7 @@ impl From<transport::TlsConfigError> for HopError {
 }
 
 pub mod config;
+pub mod lanes;
 pub mod pump;
 pub mod rtmp;
 pub mod scaffold;

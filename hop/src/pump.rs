@@ -726,9 +726,11 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                     return violation(format!("unexpected {other:?} on a session stream"))
                 }
                 Ok(None) => return violation("tunnel stream ended without SESSION_CLOSE".into()),
-                Err(e @ (FrameReadError::Wire(_) | FrameReadError::Truncated)) => {
-                    return violation(e.to_string())
-                }
+                Err(
+                    e @ (FrameReadError::Wire(_)
+                    | FrameReadError::Truncated
+                    | FrameReadError::Lanes(_)),
+                ) => return violation(e.to_string()),
                 Err(FrameReadError::Overloaded(e)) => {
                     return SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Tunnel)
                 }

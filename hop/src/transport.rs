@@ -26,12 +26,12 @@ pub fn quic_code(code: CloseCode) -> quinn::VarInt {
     quinn::VarInt::from_u64(code.to_code()).unwrap_or(quinn::VarInt::MAX)
 }
 
-/// The ALPN protocol id of the tunnel, wire version 3.
-pub const ALPN: &[u8] = b"rtmpq/3";
+/// The ALPN protocol id of the tunnel, wire version 4.
+pub const ALPN: &[u8] = b"rtmpq/4";
 
 /// Every ALPN offered and accepted, newest first: a peer of another wire version completes the
 /// TLS handshake and is refused by name in HELLO instead of by a silent TLS failure.
-pub const ALPNS: [&[u8]; 3] = [ALPN, b"rtmpq/2", b"rtmpq/1"];
+pub const ALPNS: [&[u8]; 4] = [ALPN, b"rtmpq/3", b"rtmpq/2", b"rtmpq/1"];
 
 /// How long a silent connection lives before it is declared dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -51,7 +51,9 @@ pub fn transport_config() -> quinn::TransportConfig {
     ));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_concurrent_bidi_streams(1024u32.into());
-    t.max_concurrent_uni_streams(1024u32.into());
+    // Lanes sessions open one stream per GOP and one for audio; a GOP's stream lives until
+    // QUIC is done with it (about a GOP and a round trip).
+    t.max_concurrent_uni_streams(4096u32.into());
     t
 }
 

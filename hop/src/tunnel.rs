@@ -80,6 +80,9 @@ pub enum FrameReadError {
     /// The process-wide bound on buffered bytes is reached.
     #[error("{0}")]
     Overloaded(#[from] BudgetExceeded),
+    /// A lanes session's media streams broke the wire format or its limits.
+    #[error("{0}")]
+    Lanes(String),
 }
 
 /// The sending half of a session's tunnel stream, as the pumps see it.
@@ -138,10 +141,25 @@ impl FrameReader {
     /// Reads only frames up to [`MAX_CONTROL_FRAME_LEN`]: for the control stream, where
     /// HELLO arrives before the peer is known.
     pub fn control(recv: quinn::RecvStream) -> Self {
+        Self::with_max_len(recv, MAX_CONTROL_FRAME_LEN)
+    }
+
+    /// Reads only frames up to `max_len` bytes (until [`lift_limit`](Self::lift_limit)).
+    pub fn with_max_len(recv: quinn::RecvStream, max_len: u64) -> Self {
         FrameReader {
-            decoder: FrameDecoder::with_max_len(MAX_CONTROL_FRAME_LEN),
+            decoder: FrameDecoder::with_max_len(max_len),
             ..Self::new(recv)
         }
+    }
+
+    /// Reads frames up to the session limit from now on (the peer is known).
+    pub fn lift_limit(&mut self) {
+        self.decoder = FrameDecoder::default();
+    }
+
+    /// The QUIC stream's id.
+    pub fn stream_id(&self) -> u64 {
+        self.recv.id().into()
     }
 
     /// Charges frames still arriving to `budget`.

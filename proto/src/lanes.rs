@@ -224,7 +224,8 @@ impl LaneMerge {
                         return Err(MergeError::Overloaded("skip ranges"));
                     }
                     // What waits in the skipped range will never be written.
-                    let dropped: Vec<u64> = state.waiting.range(from..to).map(|(&i, _)| i).collect();
+                    let dropped: Vec<u64> =
+                        state.waiting.range(from..to).map(|(&i, _)| i).collect();
                     for i in dropped {
                         if let Some(w) = self.lane(lane).waiting.remove(&i) {
                             self.messages -= 1;
@@ -411,7 +412,14 @@ mod tests {
 
     #[test]
     fn media_overtaking_the_session_stream_still_follows_its_header() {
-        let msgs = vec![command(1), header(0), key(0), audio(0), inter(33), audio(23)];
+        let msgs = vec![
+            command(1),
+            header(0),
+            key(0),
+            audio(0),
+            inter(33),
+            audio(23),
+        ];
         let sent = split(&msgs);
         let mut merge = LaneMerge::default();
         let mut out = Vec::new();
@@ -480,7 +488,11 @@ mod tests {
             merge.from_session_stream(f).unwrap();
         }
         drain(&mut merge, &mut out);
-        assert_eq!(out, vec![key(0)], "the command waits for the first GOP's end");
+        assert_eq!(
+            out,
+            vec![key(0)],
+            "the command waits for the first GOP's end"
+        );
         merge
             .from_session_stream(Frame::LaneSkip {
                 lane: Lane::Video,

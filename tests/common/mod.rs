@@ -148,6 +148,7 @@ impl RawTunnel {
         let open = Frame::SessionOpen {
             session_id: SessionId(rand_id()),
             latency_budget_ms: 0,
+            carrier: Default::default(),
         };
         RawTunnel::open_as(gateway, tls, "rogue", open).await
     }

@@ -1,0 +1,567 @@
+//! A session's tunnel over QUIC as the pumps use it: [`SessionSend`] and [`SessionRecv`] carry
+//! everything on the session's bidirectional stream, or, for a session opened with
+//! [`Carrier::MediaLanes`], audio on a unidirectional stream of its own and video on one
+//! unidirectional stream per GOP, put back in order by the core's [`LaneMerge`]. A GOP whose
+//! stream still holds data in QUIC once it went stale (half the budget after its last frame was
+//! handed over, with a newer GOP begun) is reset: QUIC discards what it had not sent and never
+//! retransmits it, and a LANE_SKIP tells the far hop to go on without it. [`LaneRouter`]
+//! accepts a connection's media streams and hands each to the session it names.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtmpq_proto::budget::SessionBudget;
+use rtmpq_proto::lanes::{LaneMerge, LaneSplitter, MergeLimits, Route};
+use rtmpq_proto::message::Message;
+use rtmpq_proto::wire::{Carrier, CloseCode, Frame, Lane, MAX_CONTROL_FRAME_LEN};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, warn};
+
+use crate::transport::{quic_code, PathWatch};
+use crate::tunnel::{write_frame, FrameReadError, FrameReader, StreamLost, TunnelRecv, TunnelSend};
+
+/// Send priority of a lanes session's own stream (commands, data, sequence headers).
+pub const CONTROL_PRIORITY: i32 = 2;
+/// Send priority of audio streams.
+pub const AUDIO_PRIORITY: i32 = 1;
+/// Send priority of GOP streams (older and newer alike: the receiving hop writes GOPs in
+/// order, so a newer one sent first would only wait there).
+pub const VIDEO_PRIORITY: i32 = 0;
+
+/// How often a sender blocked on a full window looks for stale GOP streams to reset.
+const EXPIRY_TICK: Duration = Duration::from_millis(20);
+/// How long a media stream may take to name its session, and the session to be registered.
+const MEDIA_STREAM_WAIT: Duration = Duration::from_secs(2);
+/// Media events a session's inbox holds before its streams' readers wait (QUIC's flow control
+/// then holds the rest at the sender).
+const INBOX_DEPTH: usize = 256;
+
+/// One GOP's stream, the lane indices it carried, and its last frame: when it was handed over
+/// and its timestamp.
+struct GroupStream {
+    send: quinn::SendStream,
+    from: u64,
+    to: u64,
+    last_write: Instant,
+    last_timestamp: u32,
+}
+
+/// The media lanes of a session's sending side.
+struct LaneSender {
+    conn: quinn::Connection,
+    session_stream: u64,
+    splitter: LaneSplitter,
+    audio: Option<quinn::SendStream>,
+    current: Option<GroupStream>,
+    older: VecDeque<GroupStream>,
+    /// The budget and the path: a GOP stream older than half the budget in force is stale.
+    budget: Option<Duration>,
+    path: Option<Arc<PathWatch>>,
+    /// The newest video timestamp handed over.
+    newest_video: Option<u32>,
+}
+
+impl LaneSender {
+    /// How long after its last frame an older GOP's stream is stale: half the budget in force
+    /// (the media queue's rule for a group a newer one waits behind).
+    fn stale_after(&self) -> Option<Duration> {
+        let budget = self.budget?;
+        let wait = self.path.as_ref().map_or(Duration::ZERO, |p| p.quic_wait());
+        Some(budget.saturating_sub(wait).max(budget / 4) / 2)
+    }
+
+    async fn open(&self, lane: Lane, first_index: u64) -> Result<quinn::SendStream, StreamLost> {
+        let mut send = self.conn.open_uni().await.map_err(|e| StreamLost {
+            code: None,
+            reason: format!("connection lost: {e}"),
+        })?;
+        let priority = match lane {
+            Lane::Audio => AUDIO_PRIORITY,
+            Lane::Video => VIDEO_PRIORITY,
+        };
+        let _ = send.set_priority(priority);
+        let head = Frame::MediaStream {
+            session_stream: self.session_stream,
+            lane,
+            first_index,
+        };
+        write_frame(&mut send, &head).await?;
+        Ok(send)
+    }
+
+    fn finish_all(&mut self) {
+        for s in self
+            .audio
+            .iter_mut()
+            .chain(self.current.iter_mut().map(|g| &mut g.send))
+        {
+            let _ = s.finish();
+        }
+    }
+}
+
+/// Resets the older GOP streams that went stale with data still in QUIC (a newer GOP began
+/// `stale_after` of media time or wall time after their last frame), forgets those QUIC is done
+/// with, and returns the LANE_SKIPs the far hop needs.
+fn expire(
+    older: &mut VecDeque<GroupStream>,
+    stale_after: Option<Duration>,
+    newest_video: Option<u32>,
+    now: Instant,
+) -> Vec<Frame> {
+    let mut skips = Vec::new();
+    let Some(stale_after) = stale_after else {
+        return skips;
+    };
+    let limit_ms = stale_after.as_millis() as u32;
+    while let Some(group) = older.front_mut() {
+        let media_age = newest_video.map_or(0, |t| t.wrapping_sub(group.last_timestamp));
+        let media_stale = media_age > limit_ms && media_age < 1 << 31;
+        if !media_stale && now.saturating_duration_since(group.last_write) < stale_after {
+            break;
+        }
+        // A stream whose data was all acknowledged is gone from QUIC: reset fails.
+        if group.send.reset(quic_code(CloseCode::Normal)).is_ok() {
+            skips.push(Frame::LaneSkip {
+                lane: Lane::Video,
+                from: group.from,
+                to: group.to,
+            });
+        }
+        older.pop_front();
+    }
+    skips
+}
+
+/// The sending side of a session's tunnel; see the module docs.
+pub struct SessionSend {
+    /// The session's bidirectional stream.
+    pub stream: quinn::SendStream,
+    lanes: Option<LaneSender>,
+}
+
+impl SessionSend {
+    /// Everything on `stream`.
+    pub fn new(stream: quinn::SendStream) -> Self {
+        SessionSend {
+            stream,
+            lanes: None,
+        }
+    }
+
+    /// Audio and video on media streams of `conn` if `carrier` says so; an older GOP's stream
+    /// is stale at half of `budget` less the path's wait (no budget: never reset).
+    pub fn carried(
+        stream: quinn::SendStream,
+        carrier: Carrier,
+        conn: &quinn::Connection,
+        budget: Option<Duration>,
+        path: Option<Arc<PathWatch>>,
+    ) -> Self {
+        if carrier == Carrier::SessionStream {
+            return SessionSend::new(stream);
+        }
+        let _ = stream.set_priority(CONTROL_PRIORITY);
+        SessionSend {
+            lanes: Some(LaneSender {
+                conn: conn.clone(),
+                session_stream: stream.id().into(),
+                splitter: LaneSplitter::default(),
+                audio: None,
+                current: None,
+                older: VecDeque::new(),
+                budget,
+                path,
+                newest_video: None,
+            }),
+            stream,
+        }
+    }
+
+    /// How the session carries media.
+    pub fn carrier(&self) -> Carrier {
+        match self.lanes {
+            Some(_) => Carrier::MediaLanes,
+            None => Carrier::SessionStream,
+        }
+    }
+
+    async fn send_lanes(&mut self, frame: &Frame) -> Result<(), StreamLost> {
+        let SessionSend { stream, lanes } = self;
+        let Some(lanes) = lanes.as_mut() else {
+            return Ok(write_frame(stream, frame).await?);
+        };
+        let route = match frame {
+            Frame::Msg(msg) => lanes.splitter.route(msg),
+            _ => Route::Control {
+                fence: lanes.splitter.fence(),
+            },
+        };
+        let now = Instant::now();
+        let (lane, index, control_before, msg) = match (route, frame) {
+            (Route::Control { fence }, _) => {
+                let stale_after = lanes.stale_after();
+                for skip in expire(&mut lanes.older, stale_after, lanes.newest_video, now) {
+                    write_frame(stream, &skip).await?;
+                }
+                if let Some((audio_before, video_before)) = fence {
+                    let fence = Frame::Fence {
+                        audio_before,
+                        video_before,
+                    };
+                    write_frame(stream, &fence).await?;
+                }
+                if matches!(frame, Frame::SessionClose { .. }) {
+                    lanes.finish_all();
+                }
+                return Ok(write_frame(stream, frame).await?);
+            }
+            (
+                Route::Audio {
+                    index,
+                    control_before,
+                },
+                Frame::Msg(msg),
+            ) => {
+                if lanes.audio.is_none() {
+                    lanes.audio = Some(lanes.open(Lane::Audio, index).await?);
+                }
+                (Lane::Audio, index, control_before, msg)
+            }
+            (
+                Route::Video {
+                    index,
+                    control_before,
+                    new_group,
+                },
+                Frame::Msg(msg),
+            ) => {
+                lanes.newest_video = Some(msg.timestamp);
+                if new_group || lanes.current.is_none() {
+                    if let Some(mut done) = lanes.current.take() {
+                        let _ = done.send.finish();
+                        lanes.older.push_back(done);
+                    }
+                    lanes.current = Some(GroupStream {
+                        send: lanes.open(Lane::Video, index).await?,
+                        from: index,
+                        to: index,
+                        last_write: now,
+                        last_timestamp: msg.timestamp,
+                    });
+                }
+                (Lane::Video, index, control_before, msg)
+            }
+            _ => unreachable!("only messages are routed to media lanes"),
+        };
+        let stale_after = lanes.stale_after();
+        let newest_video = lanes.newest_video;
+        let LaneSender {
+            audio,
+            current,
+            older,
+            ..
+        } = lanes;
+        for skip in expire(older, stale_after, newest_video, now) {
+            write_frame(stream, &skip).await?;
+        }
+        let target = match lane {
+            Lane::Audio => audio.as_mut().expect("audio stream"),
+            Lane::Video => {
+                let group = current.as_mut().expect("group stream");
+                group.to = index + 1;
+                group.last_write = now;
+                group.last_timestamp = msg.timestamp;
+                &mut group.send
+            }
+        };
+        let media = Frame::Media {
+            control_before,
+            msg: msg.clone(),
+        };
+        // While the window is full (a dark or slow path), older GOPs that go stale are reset:
+        // their unsent and unacknowledged data stops taking the window.
+        let write = write_frame(target, &media);
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                written = &mut write => return Ok(written?),
+                _ = tokio::time::sleep(EXPIRY_TICK) => {
+                    for skip in expire(older, stale_after, newest_video, Instant::now()) {
+                        write_frame(stream, &skip).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl TunnelSend for SessionSend {
+    async fn send(&mut self, frame: &Frame) -> Result<(), StreamLost> {
+        self.send_lanes(frame).await
+    }
+
+    fn finish(&mut self) {
+        if let Some(lanes) = &mut self.lanes {
+            lanes.finish_all();
+        }
+        let _ = self.stream.finish();
+    }
+}
+
+/// A media message for a session, or why its stream failed.
+#[derive(Debug)]
+enum LaneEvent {
+    Media {
+        lane: Lane,
+        index: u64,
+        control_before: u64,
+        msg: Message,
+    },
+    Failed(FrameReadError),
+}
+
+/// The sessions of one connection that take media streams: their session stream's id, their
+/// inbox and their share of the buffer bound.
+type Registry = HashMap<u64, (mpsc::Sender<LaneEvent>, Option<Arc<SessionBudget>>)>;
+
+/// Accepts a connection's media streams and hands each to the session it names.
+pub struct LaneRouter {
+    sessions: Mutex<Registry>,
+    registered: Notify,
+}
+
+impl LaneRouter {
+    /// Starts accepting `conn`'s unidirectional streams (until it closes).
+    pub fn start(conn: &quinn::Connection) -> Arc<LaneRouter> {
+        let router = Arc::new(LaneRouter {
+            sessions: Mutex::new(HashMap::new()),
+            registered: Notify::new(),
+        });
+        let conn = conn.clone();
+        let weak = Arc::downgrade(&router);
+        tokio::spawn(async move {
+            while let Ok(recv) = conn.accept_uni().await {
+                let Some(router) = weak.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move { router.serve(recv).await });
+            }
+        });
+        router
+    }
+
+    /// Takes the media streams that name `session_stream` from now on, until the inbox is
+    /// dropped.
+    fn register(
+        self: &Arc<Self>,
+        session_stream: u64,
+        budget: Option<Arc<SessionBudget>>,
+    ) -> LaneInbox {
+        let (tx, rx) = mpsc::channel(INBOX_DEPTH);
+        self.sessions
+            .lock()
+            .expect("lane registry")
+            .insert(session_stream, (tx, budget));
+        self.registered.notify_waiters();
+        LaneInbox {
+            rx,
+            router: self.clone(),
+            session_stream,
+        }
+    }
+
+    /// The session a stream names, waiting a moment for it (its first frames may arrive
+    /// before the session stream's SESSION_OPEN was read).
+    async fn session(
+        &self,
+        session_stream: u64,
+    ) -> Option<(mpsc::Sender<LaneEvent>, Option<Arc<SessionBudget>>)> {
+        let wait = async {
+            loop {
+                let registered = self.registered.notified();
+                if let Some(s) = self
+                    .sessions
+                    .lock()
+                    .expect("lane registry")
+                    .get(&session_stream)
+                {
+                    return s.clone();
+                }
+                registered.await;
+            }
+        };
+        tokio::time::timeout(MEDIA_STREAM_WAIT, wait).await.ok()
+    }
+
+    async fn serve(&self, recv: quinn::RecvStream) {
+        let mut frames = FrameReader::with_max_len(recv, MAX_CONTROL_FRAME_LEN);
+        let head = tokio::time::timeout(MEDIA_STREAM_WAIT, frames.next()).await;
+        let (session_stream, lane, first_index) = match head {
+            Ok(Ok(Some(Frame::MediaStream {
+                session_stream,
+                lane,
+                first_index,
+            }))) => (session_stream, lane, first_index),
+            other => {
+                warn!(frame = ?other.map(|r| r.map(|f| f.map(|f| format!("{f:?}")))), "media stream without MEDIA_STREAM refused");
+                frames.stop(CloseCode::ProtocolViolation);
+                return;
+            }
+        };
+        let Some((inbox, budget)) = self.session(session_stream).await else {
+            debug!(session_stream, "media stream for no session here");
+            frames.stop(CloseCode::Normal);
+            return;
+        };
+        frames.lift_limit();
+        if let Some(budget) = budget {
+            frames.set_budget(budget);
+        }
+        let mut index = first_index;
+        loop {
+            let event = match frames.next().await {
+                Ok(Some(Frame::Media {
+                    control_before,
+                    msg,
+                })) => {
+                    index += 1;
+                    LaneEvent::Media {
+                        lane,
+                        index: index - 1,
+                        control_before,
+                        msg,
+                    }
+                }
+                // Finished, or reset by its sender (a stale GOP: a LANE_SKIP says so).
+                Ok(None) | Err(FrameReadError::Lost(_)) => return,
+                Ok(Some(other)) => LaneEvent::Failed(FrameReadError::Lanes(format!(
+                    "unexpected {other:?} on a media stream"
+                ))),
+                Err(e) => LaneEvent::Failed(e),
+            };
+            let failed = matches!(event, LaneEvent::Failed(_));
+            if inbox.send(event).await.is_err() || failed {
+                frames.stop(CloseCode::Normal);
+                return;
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for LaneRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sessions = self.sessions.lock().map_or(0, |s| s.len());
+        f.debug_struct("LaneRouter")
+            .field("sessions", &sessions)
+            .finish()
+    }
+}
+
+/// A session's media streams, as [`LaneRouter`] hands them over.
+struct LaneInbox {
+    rx: mpsc::Receiver<LaneEvent>,
+    router: Arc<LaneRouter>,
+    session_stream: u64,
+}
+
+impl Drop for LaneInbox {
+    fn drop(&mut self) {
+        self.router
+            .sessions
+            .lock()
+            .expect("lane registry")
+            .remove(&self.session_stream);
+    }
+}
+
+/// The receiving side of a session's tunnel; see the module docs.
+pub struct SessionRecv {
+    /// The session's bidirectional stream.
+    pub frames: FrameReader,
+    lanes: Option<(LaneInbox, LaneMerge)>,
+    /// The session stream ended (what the merge still holds goes out first).
+    ended: bool,
+}
+
+impl SessionRecv {
+    /// Everything from `frames`.
+    pub fn new(frames: FrameReader) -> Self {
+        SessionRecv {
+            frames,
+            lanes: None,
+            ended: false,
+        }
+    }
+
+    /// Audio and video also from the media streams `router` hands over, if `carrier` says so.
+    pub fn carried(
+        frames: FrameReader,
+        carrier: Carrier,
+        router: &Arc<LaneRouter>,
+        budget: Option<Arc<SessionBudget>>,
+    ) -> Self {
+        if carrier == Carrier::SessionStream {
+            return SessionRecv::new(frames);
+        }
+        let inbox = router.register(frames.stream_id(), budget);
+        SessionRecv {
+            frames,
+            lanes: Some((inbox, LaneMerge::new(MergeLimits::default()))),
+            ended: false,
+        }
+    }
+
+    /// Charges frames still arriving on the session stream to `budget`.
+    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
+        self.frames.set_budget(budget);
+    }
+
+    async fn next_frame(&mut self) -> Result<Option<Frame>, FrameReadError> {
+        let Some((inbox, merge)) = &mut self.lanes else {
+            return self.frames.next().await;
+        };
+        let lanes_err = |e: rtmpq_proto::lanes::MergeError| FrameReadError::Lanes(e.to_string());
+        loop {
+            if let Some(frame) = merge.pop() {
+                return Ok(Some(frame));
+            }
+            if self.ended && merge.is_empty() {
+                return Ok(None);
+            }
+            tokio::select! {
+                frame = self.frames.next(), if !self.ended => match frame? {
+                    Some(frame) => merge.from_session_stream(frame).map_err(lanes_err)?,
+                    None => self.ended = true,
+                },
+                event = inbox.rx.recv() => match event {
+                    Some(LaneEvent::Media { lane, index, control_before, msg }) => {
+                        merge.media(lane, index, control_before, msg).map_err(lanes_err)?
+                    }
+                    Some(LaneEvent::Failed(e)) => return Err(e),
+                    // The router is held by the inbox: it never ends first.
+                    None => return Ok(None),
+                },
+            }
+        }
+    }
+}
+
+impl TunnelRecv for SessionRecv {
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<Frame>, FrameReadError>> + Send {
+        self.next_frame()
+    }
+
+    fn stop(&mut self, code: CloseCode) {
+        TunnelRecv::stop(&mut self.frames, code);
+    }
+}
+
+/// Writes `frame` on a session's own stream, outside the lanes' order (RESUME_TOKEN, a
+/// refusal before the session runs).
+pub async fn write_session_frame(send: &mut SessionSend, frame: &Frame) -> Result<(), StreamLost> {
+    Ok(write_frame(&mut send.stream, frame).await?)
+}
