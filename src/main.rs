@@ -54,7 +54,7 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     profiles: Vec<String>,
     /// Transports to compare, comma separated: tcp-cubic, tcp-bbr, srt, quic-pipe, rtmpq;
-    /// `rtmpq:MS` runs rtmpq with another latency budget, `rtmpq-bp` in back-pressure mode.
+    /// `rtmpq:MS` runs rtmpq with another latency budget, `rtmpq-bp` in back-pressure mode, `rtmpq-stream` with media on the session stream (no lanes).
     #[arg(
         long,
         value_delimiter = ',',
@@ -214,8 +214,8 @@ struct EdgeArgs {
     /// oldest waiting media is older than this many ms; 0: off, always read [default: 0].
     #[arg(long)]
     backpressure: Option<u64>,
-    /// How sessions carry media: "stream" (all on the session's QUIC stream) or "lanes"
-    /// (audio and each GOP on streams of their own) [default: stream].
+    /// How sessions carry media: "lanes" (audio and each GOP on QUIC streams of their own) or
+    /// "stream" (all on the session's QUIC stream) [default: lanes].
     #[arg(long)]
     carrier: Option<rtmpq_edge::config::MediaCarrier>,
     /// Address for Prometheus metrics and the status API.

@@ -52,32 +52,32 @@ async fn ffmpeg_play_through_the_tunnel_is_byte_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_and_play_over_media_lanes_are_byte_exact() {
+async fn push_and_play_over_the_session_stream_carrier_are_byte_exact() {
     capture_logs();
     let clip = clip(20).await;
     let pushed = framemd5_of(&clip).await;
     let nginx = Nginx::start().await;
     let stack = Stack::start_with(Some(format!("rtmp://{}", nginx.rtmp)), |c| {
         rtmpq_edge::EdgeConfig {
-            carrier: rtmpq_edge::config::MediaCarrier::Lanes,
+            carrier: rtmpq_edge::config::MediaCarrier::Stream,
             ..c
         }
     })
     .await;
 
-    // Both ways through the lanes: the player plays through the edge, the pusher pushes
-    // through it.
-    let player = Player::start(&stack.edge_url("lanes"));
-    nginx.wait_for_players("lanes", 1, LIMIT).await;
-    let out = push(&clip, &stack.edge_url("lanes")).await;
+    // Media lanes are the default (the other tests); this one carries everything on the
+    // session stream, both ways: the player plays through the edge, the pusher pushes through it.
+    let player = Player::start(&stack.edge_url("onestream"));
+    nginx.wait_for_players("onestream", 1, LIMIT).await;
+    let out = push(&clip, &stack.edge_url("onestream")).await;
     assert!(
         out.status.success(),
         "pusher failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let played = player.finish(pushed.len(), LIMIT).await;
-    assert_same_packets(&pushed, &played, "push and play over media lanes");
-    nginx.wait_for_publisher("lanes", false, LIMIT).await;
+    assert_same_packets(&pushed, &played, "push and play over the session stream");
+    nginx.wait_for_publisher("onestream", false, LIMIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

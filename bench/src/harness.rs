@@ -45,6 +45,9 @@ pub enum Transport {
         budget_ms: u32,
         /// The edge's `--backpressure`, ms (0: off).
         backpressure_ms: u32,
+        /// The edge's `--carrier`: lanes (audio and each GOP on QUIC streams of their own, the
+        /// default) or the session stream.
+        lanes: bool,
     },
 }
 
@@ -58,6 +61,7 @@ impl Transport {
     pub const RTMPQ: Transport = Transport::Rtmpq {
         budget_ms: DEFAULT_BUDGET_MS,
         backpressure_ms: 0,
+        lanes: true,
     };
 
     /// Every transport, in report order.
@@ -70,7 +74,8 @@ impl Transport {
     ];
 
     /// Short name for tables and the command line: `rtmpq` with the default budget,
-    /// `rtmpq:MS` with another, `rtmpq-bp` in back-pressure mode.
+    /// `rtmpq:MS` with another, `rtmpq-bp` in back-pressure mode, `rtmpq-stream` with
+    /// everything on the session stream (no media lanes).
     pub fn name(self) -> String {
         match self {
             Transport::TcpCubic => "tcp-cubic".into(),
@@ -80,10 +85,14 @@ impl Transport {
             Transport::Rtmpq {
                 budget_ms,
                 backpressure_ms,
+                lanes,
             } => {
                 let mut name = "rtmpq".to_owned();
                 if backpressure_ms > 0 {
                     name.push_str("-bp");
+                }
+                if !lanes {
+                    name.push_str("-stream");
                 }
                 if budget_ms != DEFAULT_BUDGET_MS {
                     name.push_str(&format!(":{budget_ms}"));
@@ -109,10 +118,17 @@ impl Transport {
             "rtmpq" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: 0,
+                lanes: true,
             }),
             "rtmpq-bp" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: BENCH_BACKPRESSURE_MS,
+                lanes: true,
+            }),
+            "rtmpq-stream" => Some(Transport::Rtmpq {
+                budget_ms: budget,
+                backpressure_ms: 0,
+                lanes: false,
             }),
             _ if budget != DEFAULT_BUDGET_MS => None,
             _ => Transport::ALL.into_iter().find(|t| t.name() == name),
@@ -604,6 +620,7 @@ pub async fn run_one(
         Transport::Rtmpq {
             budget_ms,
             backpressure_ms,
+            lanes,
         } => {
             // One listed edge identity (a token), as a deployment has: flooders know no token.
             let gateway_toml = run_dir.join("gateway.toml");
@@ -647,6 +664,8 @@ pub async fn run_one(
                 budget_ms.to_string(),
                 s("--backpressure"),
                 backpressure_ms.to_string(),
+                s("--carrier"),
+                s(if lanes { "lanes" } else { "stream" }),
             ];
             if profile.second_gateway {
                 // Same certificate and identities; its own port, metrics and state.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::lanes::{LaneMerge, LaneSplitter, MergeLimits, Route};
+use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::message::Message;
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, Lane, MAX_CONTROL_FRAME_LEN};
 use tokio::sync::{mpsc, Notify};
@@ -60,6 +61,8 @@ struct LaneSender {
     path: Option<Arc<PathWatch>>,
     /// The newest video timestamp handed over.
     newest_video: Option<u32>,
+    /// GOP streams reset, and the frames they held.
+    reset: Dropped,
 }
 
 impl LaneSender {
@@ -103,12 +106,13 @@ impl LaneSender {
 
 /// Resets the older GOP streams that went stale with data still in QUIC (a newer GOP began
 /// `stale_after` of media time or wall time after their last frame), forgets those QUIC is done
-/// with, and returns the LANE_SKIPs the far hop needs.
+/// with, counts what was reset in `reset`, and returns the LANE_SKIPs the far hop needs.
 fn expire(
     older: &mut VecDeque<GroupStream>,
     stale_after: Option<Duration>,
     newest_video: Option<u32>,
     now: Instant,
+    reset: &mut Dropped,
 ) -> Vec<Frame> {
     let mut skips = Vec::new();
     let Some(stale_after) = stale_after else {
@@ -123,6 +127,8 @@ fn expire(
         }
         // A stream whose data was all acknowledged is gone from QUIC: reset fails.
         if group.send.reset(quic_code(CloseCode::Normal)).is_ok() {
+            reset.gops += 1;
+            reset.video_frames += group.to - group.from;
             skips.push(Frame::LaneSkip {
                 lane: Lane::Video,
                 from: group.from,
@@ -138,7 +144,7 @@ fn expire(
 pub struct SessionSend {
     /// The session's bidirectional stream.
     pub stream: quinn::SendStream,
-    lanes: Option<LaneSender>,
+    lanes: Option<Box<LaneSender>>,
 }
 
 impl SessionSend {
@@ -164,7 +170,7 @@ impl SessionSend {
         }
         let _ = stream.set_priority(CONTROL_PRIORITY);
         SessionSend {
-            lanes: Some(LaneSender {
+            lanes: Some(Box::new(LaneSender {
                 conn: conn.clone(),
                 session_stream: stream.id().into(),
                 splitter: LaneSplitter::default(),
@@ -174,7 +180,8 @@ impl SessionSend {
                 budget,
                 path,
                 newest_video: None,
-            }),
+                reset: Dropped::default(),
+            })),
             stream,
         }
     }
@@ -202,7 +209,8 @@ impl SessionSend {
         let (lane, index, control_before, msg) = match (route, frame) {
             (Route::Control { fence }, _) => {
                 let stale_after = lanes.stale_after();
-                for skip in expire(&mut lanes.older, stale_after, lanes.newest_video, now) {
+                let newest = lanes.newest_video;
+                for skip in expire(&mut lanes.older, stale_after, newest, now, &mut lanes.reset) {
                     write_frame(stream, &skip).await?;
                 }
                 if let Some((audio_before, video_before)) = fence {
@@ -261,9 +269,10 @@ impl SessionSend {
             audio,
             current,
             older,
+            reset,
             ..
-        } = lanes;
-        for skip in expire(older, stale_after, newest_video, now) {
+        } = &mut **lanes;
+        for skip in expire(older, stale_after, newest_video, now, reset) {
             write_frame(stream, &skip).await?;
         }
         let target = match lane {
@@ -288,7 +297,7 @@ impl SessionSend {
             tokio::select! {
                 written = &mut write => return Ok(written?),
                 _ = tokio::time::sleep(EXPIRY_TICK) => {
-                    for skip in expire(older, stale_after, newest_video, Instant::now()) {
+                    for skip in expire(older, stale_after, newest_video, Instant::now(), reset) {
                         write_frame(stream, &skip).await?;
                     }
                 }
@@ -307,6 +316,12 @@ impl TunnelSend for SessionSend {
             lanes.finish_all();
         }
         let _ = self.stream.finish();
+    }
+
+    fn reset_in_quic(&self) -> Dropped {
+        self.lanes
+            .as_ref()
+            .map_or_else(Dropped::default, |l| l.reset)
     }
 }
 
@@ -480,7 +495,7 @@ impl Drop for LaneInbox {
 pub struct SessionRecv {
     /// The session's bidirectional stream.
     pub frames: FrameReader,
-    lanes: Option<(LaneInbox, LaneMerge)>,
+    lanes: Option<Box<(LaneInbox, LaneMerge)>>,
     /// The session stream ended (what the merge still holds goes out first).
     ended: bool,
 }
@@ -508,7 +523,7 @@ impl SessionRecv {
         let inbox = router.register(frames.stream_id(), budget);
         SessionRecv {
             frames,
-            lanes: Some((inbox, LaneMerge::new(MergeLimits::default()))),
+            lanes: Some(Box::new((inbox, LaneMerge::new(MergeLimits::default())))),
             ended: false,
         }
     }
@@ -519,7 +534,7 @@ impl SessionRecv {
     }
 
     async fn next_frame(&mut self) -> Result<Option<Frame>, FrameReadError> {
-        let Some((inbox, merge)) = &mut self.lanes else {
+        let Some((inbox, merge)) = self.lanes.as_deref_mut() else {
             return self.frames.next().await;
         };
         let lanes_err = |e: rtmpq_proto::lanes::MergeError| FrameReadError::Lanes(e.to_string());

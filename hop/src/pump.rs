@@ -601,6 +601,9 @@ async fn send_from_queue<S: TunnelSend>(
     mut resume: Option<ResumeFilter>,
     cell: &QueueCell,
 ) -> SessionEnd {
+    // What this tunnel had reset in QUIC when last counted (a session set up again on a new
+    // tunnel keeps adding to its tracker's total).
+    let mut reset_before = Dropped::default();
     loop {
         let msg = {
             let mut inner = cell.lock();
@@ -625,6 +628,12 @@ async fn send_from_queue<S: TunnelSend>(
             Some(msg) => {
                 if let Err(lost) = tunnel.send(&Frame::Msg(msg)).await {
                     return SessionEnd::tunnel_lost(peer, &lost);
+                }
+                let reset = tunnel.reset_in_quic();
+                if reset != reset_before {
+                    let mut t = tracker.lock().expect("tracker");
+                    t.reset_in_quic = t.reset_in_quic.plus(reset.minus(reset_before));
+                    reset_before = reset;
                 }
             }
             None if cell.reading_done.load(Ordering::Relaxed) => {

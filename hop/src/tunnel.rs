@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
+use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::wire::{CloseCode, Frame, FrameDecoder, WireError, MAX_CONTROL_FRAME_LEN};
 
 use crate::transport::quic_code;
@@ -91,6 +92,10 @@ pub trait TunnelSend: Send {
     fn send(&mut self, frame: &Frame) -> impl Future<Output = Result<(), StreamLost>> + Send;
     /// Ends the stream after what was sent.
     fn finish(&mut self);
+    /// What this sender reset inside QUIC once it went stale (media lanes); nothing else does.
+    fn reset_in_quic(&self) -> Dropped {
+        Dropped::default()
+    }
 }
 
 /// The receiving half of a session's tunnel stream, as the pumps see it.

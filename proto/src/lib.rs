@@ -7,7 +7,7 @@
 //! Parsing never does I/O: [`chunk::ChunkDecoder`] and [`wire::FrameDecoder`] take bytes and
 //! return "need more" as `Ok(None)`; policies take the time as an argument.
 //!
-//! # Tunnel wire format, version 3 (ALPN `rtmpq/3`)
+//! # Tunnel wire format, version 4 (ALPN `rtmpq/4`)
 //!
 //! One QUIC connection (TLS 1.3) carries many RTMP sessions. Every frame on every stream is
 //!
@@ -21,11 +21,15 @@
 //! |------|---------------|-------------|------|
 //! | 0x01 | HELLO         | edge → gw   | `version:u8 edge_id:string token:string [release_after_ms:varint]` |
 //! | 0x02 | WELCOME       | gw → edge   | `version:u8 gateway_id:string` |
-//! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64 latency_budget_ms:varint` (0: none) |
+//! | 0x10 | SESSION_OPEN  | edge → gw   | `session_id:u64 latency_budget_ms:varint [carrier:u8]` (budget 0: none; carrier absent: 0) |
 //! | 0x11 | MSG           | both        | `type:u8 stream_id:varint timestamp:u32 payload:bytes-to-end` |
 //! | 0x12 | SESSION_CLOSE | both        | `code:varint reason:utf8-to-end` (first 512 bytes kept) |
-//! | 0x13 | SESSION_RESUME | edge → gw  | `session_id:u64 latency_budget_ms:varint token:32 bytes` |
+//! | 0x13 | SESSION_RESUME | edge → gw  | `session_id:u64 latency_budget_ms:varint token:32 bytes [carrier:u8]` |
 //! | 0x14 | RESUME_TOKEN  | gw → edge   | `token:32 bytes` |
+//! | 0x15 | MEDIA_STREAM  | both        | `session_stream:varint lane:u8 first_index:varint` (first frame of a media stream; lane 1 audio, 2 video) |
+//! | 0x16 | MEDIA         | both        | `control_before:varint type:u8 stream_id:varint timestamp:u32 payload:bytes-to-end` |
+//! | 0x17 | FENCE         | both        | `audio_before:varint video_before:varint` |
+//! | 0x18 | LANE_SKIP     | both        | `lane:u8 from:varint to:varint` (`from <= to`) |
 //!
 //! Integers are big-endian. A frame longer than [`wire::MAX_FRAME_LEN`] or of an unknown kind
 //! ends the stream it arrived on with [`wire::CloseCode::ProtocolViolation`].
@@ -81,6 +85,25 @@
 //! the other gateway for the whole idle timeout and grace, 25 s.) Absent or 0: the gateway holds
 //! for `resume_grace_ms`.
 //!
+//! **Media lanes** (`carrier` 1, chosen by the edge per session, both directions; 0 carries
+//! everything on the session stream as above). The session stream keeps commands, data,
+//! sequence headers and every other message that is not audio or video; audio goes on one
+//! unidirectional stream and video on one unidirectional stream per GOP (a key frame opens the
+//! next and the one before is finished), each opened by the sending hop with MEDIA_STREAM
+//! naming the session stream's QUIC stream id, the lane and the lane index of its first
+//! message; MEDIA frames follow, one per message, indices counting up by one. Send priorities
+//! are set before the first write: session stream 2, audio 1, GOPs 0. Each MEDIA carries how
+//! many MSG frames the sender had put on the session stream before it; a FENCE on the session
+//! stream says how many audio and video messages were sent before what follows it. The
+//! receiving hop ([`lanes::LaneMerge`]) writes a media message after the session-stream
+//! messages before it and a session-stream frame (SESSION_CLOSE included) after every earlier
+//! media message was written or skipped; within a lane, by index. An older GOP's stream that
+//! still holds data in QUIC once it is stale (a newer GOP began half the budget in force after
+//! its last frame, in media or wall time) is reset by its sender, which sends LANE_SKIP for
+//! its indices on the session stream: QUIC discards what it had not sent and never retransmits
+//! it, and the receiver goes on at the next GOP. A media stream naming no session of its
+//! connection within 2 s is stopped.
+//!
 //! **Latency budget.** Each hop keeps the media it has read from its RTMP peer in a
 //! [`media_queue::MediaQueue`] and hands QUIC only about a congestion window of it, so the
 //! backlog of a slow or dark link waits where the budget can drop it (whole GOP tails, never
@@ -115,13 +138,14 @@
 //!   ordinary session.
 //!
 //! **Versioning.** HELLO carries [`wire::WIRE_VERSION`]; the ALPN names the version. Both
-//! hops offer every ALPN they know (`rtmpq/3`, `rtmpq/2`, `rtmpq/1`) so that a peer of another version
+//! hops offer every ALPN they know (`rtmpq/4`, `rtmpq/3`, `rtmpq/2`, `rtmpq/1`) so that a peer of another version
 //! completes the TLS handshake and is then refused by name: the gateway closes the connection
 //! with `unsupported_version` and a reason naming both versions, and both sides log it (a
 //! mismatch in ALPN alone would fail the TLS handshake with no words). New frame kinds or
 //! fields need a new version; new close codes may appear at any time and read as `unknown(n)`.
 //!
-//! Version 2 had no SESSION_RESUME or RESUME_TOKEN. Version 1 also differed in SESSION_OPEN,
+//! Version 3 had no carrier byte and no media lanes (frames 0x15-0x18). Version 2 had no
+//! SESSION_RESUME or RESUME_TOKEN. Version 1 also differed in SESSION_OPEN,
 //! which carried the session id alone.
 
 pub mod access;

@@ -67,6 +67,16 @@ impl Dropped {
             bytes: self.bytes + other.bytes,
         }
     }
+
+    /// What these counts hold beyond `earlier` (counts of the same source, taken before).
+    pub fn minus(self, earlier: Dropped) -> Dropped {
+        Dropped {
+            video_frames: self.video_frames.saturating_sub(earlier.video_frames),
+            gops: self.gops.saturating_sub(earlier.gops),
+            audio_frames: self.audio_frames.saturating_sub(earlier.audio_frames),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -178,6 +178,9 @@ pub struct SessionTracker {
     pub gateway: Option<String>,
     /// Media the receiving side of this hop dropped because it arrived past the budget.
     pub arrived_late: Dropped,
+    /// Media this hop sent on a GOP stream that it reset in QUIC once it went stale (media
+    /// lanes): the GOPs and the frames they held (some may have crossed before the reset).
+    pub reset_in_quic: Dropped,
     /// At the edge: the token the gateway gave last to resume this session on a new stream.
     pub resume_token: Option<ResumeToken>,
     /// At the gateway with ACLs: what the client's edge may publish and play.
@@ -205,6 +208,7 @@ impl Default for SessionTracker {
             resume_token: None,
             rights: None,
             arrived_late: Dropped::default(),
+            reset_in_quic: Dropped::default(),
             gateway: None,
             waiting: Default::default(),
             connect_transaction: None,

@@ -93,6 +93,9 @@ pub struct SessionStatus {
     pub path_bitrate_bps: u64,
     /// Media dropped on arrival at this hop for arriving past the budget.
     pub dropped_late: DroppedStatus,
+    /// GOPs (and the frames they held) this hop reset inside QUIC once they went stale
+    /// (media lanes).
+    pub dropped_reset: DroppedStatus,
     /// At the edge: the gateway (`HOST:PORT` as configured) the session's tunnel runs
     /// through now; empty at the gateway.
     pub gateway: String,
@@ -173,6 +176,7 @@ struct Reported {
     stale: Dropped,
     overflow: Dropped,
     late: Dropped,
+    reset: Dropped,
 }
 
 #[derive(Debug)]
@@ -529,6 +533,7 @@ impl Telemetry {
             dropped_overflow: t.queue.overflow.into(),
             path_bitrate_bps: t.queue.path_rate_bps,
             dropped_late: t.arrived_late.into(),
+            dropped_reset: t.reset_in_quic.into(),
             gateway: t.gateway.clone().unwrap_or_default(),
         };
         entry.last_video_frames = media.video_frames;
@@ -581,6 +586,7 @@ impl Telemetry {
             ("stale", t.queue.stale, &mut r.stale),
             ("overflow", t.queue.overflow, &mut r.overflow),
             ("late", t.arrived_late, &mut r.late),
+            ("reset", t.reset_in_quic, &mut r.reset),
         ] {
             let with_reason = |kind: Option<&'static str>| {
                 let mut l = labels.to_vec();

@@ -1,0 +1,175 @@
+//! Media lanes over real QUIC connections on loopback, through a relay that can black-hole every
+//! packet: a GOP that goes stale in QUIC's buffer while the path is dark is reset and skipped,
+//! and what the receiving hop hands on stays valid RTMP (whole messages, each track in order,
+//! every GOP a prefix of itself, nothing after a cut GOP until the next key frame).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
+use rtmpq_hop::transport::{client_config, server_config};
+use rtmpq_hop::tunnel::{FrameReader, TunnelRecv, TunnelSend};
+use rtmpq_proto::message::{message_type, MediaKind, Message};
+use rtmpq_proto::wire::{Carrier, CloseCode, Frame};
+use tokio::net::UdpSocket;
+
+/// Forwards datagrams between a client and `server`, or drops them all while `dark` is set.
+async fn relay(server: SocketAddr, dark: Arc<AtomicBool>) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut client = None;
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let to = if from == server {
+                match client {
+                    Some(c) => c,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                server
+            };
+            if !dark.load(Ordering::Relaxed) {
+                let _ = socket.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    addr
+}
+
+fn video(key: bool, ts: u32, n: u8) -> Message {
+    let first = if key { 0x17 } else { 0x27 };
+    Message::new(
+        message_type::VIDEO,
+        1,
+        ts,
+        vec![first, 1, 0, 0, 0, n, 7, 7, 7],
+    )
+}
+
+fn audio(ts: u32) -> Message {
+    Message::new(message_type::AUDIO, 1, ts, vec![0xaf, 1, ts as u8, 3, 3])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
+    let state = tempfile::tempdir().unwrap();
+    let identity = rtmpq_certs::self_signed(state.path()).unwrap();
+    let pin = identity.fingerprint();
+    let tls = rtmpq_certs::server_tls(identity, None).unwrap();
+    let server =
+        quinn::Endpoint::server(server_config(tls).unwrap(), "127.0.0.1:0".parse().unwrap())
+            .unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let dark = Arc::new(AtomicBool::new(false));
+    let relay_addr = relay(server_addr, dark.clone()).await;
+
+    // The receiving hop: every frame the merge hands on, until SESSION_CLOSE.
+    let received = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        let router = LaneRouter::start(&conn);
+        let (_send, recv) = conn.accept_bi().await.unwrap();
+        let mut frames =
+            SessionRecv::carried(FrameReader::new(recv), Carrier::MediaLanes, &router, None);
+        let mut got = Vec::new();
+        loop {
+            match frames.next().await.unwrap() {
+                Some(Frame::Msg(m)) => got.push(m),
+                Some(Frame::SessionClose { code, .. }) => {
+                    assert_eq!(code, CloseCode::Normal);
+                    return got;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+
+    let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(client_config(tls).unwrap());
+    let conn = client
+        .connect(relay_addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (send, _recv) = conn.open_bi().await.unwrap();
+    // A 600 ms budget: an older GOP is stale 300 ms after its last frame.
+    let budget = Some(Duration::from_millis(600));
+    let mut send = SessionSend::carried(send, Carrier::MediaLanes, &conn, budget, None);
+    let command = Message::new(message_type::COMMAND_AMF0, 0, 0, vec![2, 0, 1, b'x']);
+    send.send(&Frame::Msg(command.clone())).await.unwrap();
+
+    // Three GOPs of 12 frames, 33 ms apart, with audio; the path is dark through the second
+    // and until the third has begun 400 ms of media time after the second's last frame.
+    let mut ts = 0u32;
+    let mut sent_audio = 0;
+    for gop in 0..3u8 {
+        if gop == 1 {
+            dark.store(true, Ordering::Relaxed);
+        }
+        if gop == 2 {
+            ts += 400;
+        }
+        for n in 0..12u8 {
+            let msg = video(n == 0, ts, gop * 16 + n);
+            send.send(&Frame::Msg(msg)).await.unwrap();
+            send.send(&Frame::Msg(audio(ts))).await.unwrap();
+            sent_audio += 1;
+            if gop == 2 && n == 0 {
+                dark.store(false, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(33)).await;
+            ts += 33;
+        }
+    }
+    send.send(&Frame::SessionClose {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    })
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), received)
+        .await
+        .expect("the receiving hop gets the session's end")
+        .unwrap();
+
+    assert_eq!(got[0], command, "the command goes first");
+    // Each track in order; every GOP written is a prefix of itself, and a cut GOP is followed
+    // only by the next key frame.
+    let frames: Vec<(u8, bool)> = got
+        .iter()
+        .filter(|m| m.type_id == message_type::VIDEO)
+        .map(|m| (m.payload[5], m.media_kind() == MediaKind::VideoKeyframe))
+        .collect();
+    for pair in got.windows(2) {
+        if pair[0].type_id == pair[1].type_id {
+            assert!(pair[0].timestamp <= pair[1].timestamp, "{pair:?}");
+        }
+    }
+    let mut expected_next: Option<u8> = None;
+    for &(n, key) in &frames {
+        if key {
+            assert_eq!(n % 16, 0);
+        } else {
+            assert_eq!(Some(n), expected_next, "frame {n} after a gap: {frames:?}");
+        }
+        expected_next = Some(n + 1);
+    }
+    let of = |gop: u8| frames.iter().filter(|(n, _)| n / 16 == gop).count();
+    assert_eq!(of(0), 12, "the GOP before the dark: whole");
+    assert_eq!(of(2), 12, "the GOP after the dark: whole");
+    assert!(
+        of(1) < 12,
+        "the GOP sent into the dark went stale and was reset, not retransmitted ({} of 12 written)",
+        of(1)
+    );
+    // Audio is never reset: all of it arrives.
+    let audio_got = got
+        .iter()
+        .filter(|m| m.type_id == message_type::AUDIO)
+        .count();
+    assert_eq!(audio_got, sent_audio);
+}
