@@ -11,10 +11,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::lanes::{LaneMerge, LaneSplitter, MergeLimits, Route};
 use rtmpq_proto::media_queue::Dropped;
-use rtmpq_proto::message::Message;
+use rtmpq_proto::message::{MediaKind, Message};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, Lane, MAX_CONTROL_FRAME_LEN};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
@@ -48,22 +49,135 @@ struct GroupStream {
     last_timestamp: u32,
 }
 
+/// The video lane of a session's sending side: the GOP stream being written and the older
+/// ones QUIC may still hold data of.
+#[derive(Default)]
+struct VideoLane {
+    current: Option<GroupStream>,
+    past: PastGroups,
+}
+
+/// The GOP streams before the current one that QUIC may still hold data of, and what is needed
+/// to judge them stale.
+#[derive(Default)]
+struct PastGroups {
+    older: VecDeque<GroupStream>,
+    /// The newest video timestamp handed over.
+    newest: Option<u32>,
+    /// How long after its last frame an older GOP is stale (`None`: never).
+    stale_after: Option<Duration>,
+    /// GOP streams reset, and the frames they held.
+    reset: Dropped,
+}
+
+impl PastGroups {
+    /// Resets the older GOP streams that went stale with data still in QUIC (a newer GOP began
+    /// `stale_after` of media time or wall time after their last frame), forgets those QUIC is
+    /// done with, and tells the far hop on `session` which indices will not come.
+    async fn expire(
+        &mut self,
+        session: &mut quinn::SendStream,
+        now: Instant,
+    ) -> Result<(), StreamLost> {
+        let Some(stale_after) = self.stale_after else {
+            return Ok(());
+        };
+        let limit_ms = stale_after.as_millis() as u32;
+        while let Some(group) = self.older.front_mut() {
+            let media_age = self
+                .newest
+                .map_or(0, |t| t.wrapping_sub(group.last_timestamp));
+            let media_stale = media_age > limit_ms && media_age < 1 << 31;
+            if !media_stale && now.saturating_duration_since(group.last_write) < stale_after {
+                break;
+            }
+            // A stream whose data was all acknowledged is gone from QUIC: reset fails.
+            let skip = group
+                .send
+                .reset(quic_code(CloseCode::Normal))
+                .is_ok()
+                .then_some(Frame::LaneSkip {
+                    lane: Lane::Video,
+                    from: group.from,
+                    to: group.to,
+                });
+            if skip.is_some() {
+                self.reset.gops += 1;
+                self.reset.video_frames += group.to - group.from;
+            }
+            self.older.pop_front();
+            if let Some(skip) = skip {
+                write_frame(session, &skip).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VideoLane {
+    /// Writes `bytes` to the current GOP's stream; while the window is full (a dark or slow
+    /// path), older GOPs that go stale are reset: their unsent and unacknowledged data stops
+    /// taking the window.
+    async fn write(
+        &mut self,
+        bytes: &[u8],
+        session: &mut quinn::SendStream,
+    ) -> Result<(), StreamLost> {
+        let VideoLane { current, past } = self;
+        let target = &mut current.as_mut().expect("a GOP stream is open").send;
+        let write = target.write_all(bytes);
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                written = &mut write => return written.map_err(StreamLost::from),
+                _ = tokio::time::sleep(EXPIRY_TICK) => past.expire(session, Instant::now()).await?,
+            }
+        }
+    }
+}
+
+/// Opens a media stream of `lane` for the session on `session_stream`, priority set before
+/// its first write, with its MEDIA_STREAM frame.
+async fn open_lane(
+    conn: &quinn::Connection,
+    session_stream: u64,
+    lane: Lane,
+    first_index: u64,
+) -> Result<quinn::SendStream, StreamLost> {
+    let mut send = conn.open_uni().await.map_err(|e| StreamLost {
+        code: None,
+        reason: format!("connection lost: {e}"),
+    })?;
+    let priority = match lane {
+        Lane::Audio => AUDIO_PRIORITY,
+        Lane::Video => VIDEO_PRIORITY,
+    };
+    let _ = send.set_priority(priority);
+    let head = Frame::MediaStream {
+        session_stream,
+        lane,
+        first_index,
+    };
+    write_frame(&mut send, &head).await?;
+    Ok(send)
+}
+
 /// The media lanes of a session's sending side.
 struct LaneSender {
     conn: quinn::Connection,
     session_stream: u64,
     splitter: LaneSplitter,
     audio: Option<quinn::SendStream>,
-    current: Option<GroupStream>,
-    older: VecDeque<GroupStream>,
+    video: VideoLane,
     /// The budget and the path: a GOP stream older than half the budget in force is stale.
     budget: Option<Duration>,
     path: Option<Arc<PathWatch>>,
-    /// The newest video timestamp handed over.
-    newest_video: Option<u32>,
-    /// GOP streams reset, and the frames they held.
-    reset: Dropped,
 }
+
+/// Bytes of a video frame written at a time on a lanes session: between pieces, audio that
+/// arrived meanwhile goes out (a 150 KB key frame takes 0.8 s at 1.5 Mbit/s; audio waiting
+/// behind it all was stale before it could leave).
+const VIDEO_PIECE: usize = 16 << 10;
 
 impl LaneSender {
     /// How long after its last frame an older GOP's stream is stale: half the budget in force
@@ -74,71 +188,41 @@ impl LaneSender {
         Some(budget.saturating_sub(wait).max(budget / 4) / 2)
     }
 
-    async fn open(&self, lane: Lane, first_index: u64) -> Result<quinn::SendStream, StreamLost> {
-        let mut send = self.conn.open_uni().await.map_err(|e| StreamLost {
-            code: None,
-            reason: format!("connection lost: {e}"),
-        })?;
-        let priority = match lane {
-            Lane::Audio => AUDIO_PRIORITY,
-            Lane::Video => VIDEO_PRIORITY,
+    /// Writes an audio message on the audio stream (opened on the first).
+    async fn send_audio(&mut self, msg: &Message) -> Result<(), StreamLost> {
+        let Route::Audio {
+            index,
+            control_before,
+        } = self.splitter.route(msg)
+        else {
+            unreachable!("only audio goes here")
         };
-        let _ = send.set_priority(priority);
-        let head = Frame::MediaStream {
-            session_stream: self.session_stream,
-            lane,
-            first_index,
+        if self.audio.is_none() {
+            let stream = open_lane(&self.conn, self.session_stream, Lane::Audio, index).await?;
+            self.audio = Some(stream);
+        }
+        let media = Frame::Media {
+            control_before,
+            msg: msg.clone(),
         };
-        write_frame(&mut send, &head).await?;
-        Ok(send)
+        let audio = self.audio.as_mut().expect("audio stream");
+        Ok(write_frame(audio, &media).await?)
     }
 
     fn finish_all(&mut self) {
         for s in self
             .audio
             .iter_mut()
-            .chain(self.current.iter_mut().map(|g| &mut g.send))
+            .chain(self.video.current.iter_mut().map(|g| &mut g.send))
         {
             let _ = s.finish();
         }
     }
 }
 
-/// Resets the older GOP streams that went stale with data still in QUIC (a newer GOP began
-/// `stale_after` of media time or wall time after their last frame), forgets those QUIC is done
-/// with, counts what was reset in `reset`, and returns the LANE_SKIPs the far hop needs.
-fn expire(
-    older: &mut VecDeque<GroupStream>,
-    stale_after: Option<Duration>,
-    newest_video: Option<u32>,
-    now: Instant,
-    reset: &mut Dropped,
-) -> Vec<Frame> {
-    let mut skips = Vec::new();
-    let Some(stale_after) = stale_after else {
-        return skips;
-    };
-    let limit_ms = stale_after.as_millis() as u32;
-    while let Some(group) = older.front_mut() {
-        let media_age = newest_video.map_or(0, |t| t.wrapping_sub(group.last_timestamp));
-        let media_stale = media_age > limit_ms && media_age < 1 << 31;
-        if !media_stale && now.saturating_duration_since(group.last_write) < stale_after {
-            break;
-        }
-        // A stream whose data was all acknowledged is gone from QUIC: reset fails.
-        if group.send.reset(quic_code(CloseCode::Normal)).is_ok() {
-            reset.gops += 1;
-            reset.video_frames += group.to - group.from;
-            skips.push(Frame::LaneSkip {
-                lane: Lane::Video,
-                from: group.from,
-                to: group.to,
-            });
-        }
-        older.pop_front();
-    }
-    skips
-}
+/// What a lanes session may send while a video frame is still going out: the audio that
+/// waits, one message a call.
+pub type AudioMeanwhile<'a> = &'a mut (dyn FnMut() -> Option<Message> + Send);
 
 /// The sending side of a session's tunnel; see the module docs.
 pub struct SessionSend {
@@ -175,12 +259,9 @@ impl SessionSend {
                 session_stream: stream.id().into(),
                 splitter: LaneSplitter::default(),
                 audio: None,
-                current: None,
-                older: VecDeque::new(),
+                video: VideoLane::default(),
                 budget,
                 path,
-                newest_video: None,
-                reset: Dropped::default(),
             })),
             stream,
         }
@@ -194,25 +275,40 @@ impl SessionSend {
         }
     }
 
-    async fn send_lanes(&mut self, frame: &Frame) -> Result<(), StreamLost> {
+    async fn send_lanes(
+        &mut self,
+        frame: &Frame,
+        mut meanwhile: Option<AudioMeanwhile<'_>>,
+    ) -> Result<(), StreamLost> {
         let SessionSend { stream, lanes } = self;
-        let Some(lanes) = lanes.as_mut() else {
+        let Some(lanes) = lanes.as_deref_mut() else {
             return Ok(write_frame(stream, frame).await?);
         };
-        let route = match frame {
-            Frame::Msg(msg) => lanes.splitter.route(msg),
-            _ => Route::Control {
-                fence: lanes.splitter.fence(),
-            },
-        };
         let now = Instant::now();
-        let (lane, index, control_before, msg) = match (route, frame) {
-            (Route::Control { fence }, _) => {
-                let stale_after = lanes.stale_after();
-                let newest = lanes.newest_video;
-                for skip in expire(&mut lanes.older, stale_after, newest, now, &mut lanes.reset) {
-                    write_frame(stream, &skip).await?;
-                }
+        lanes.video.past.stale_after = lanes.stale_after();
+        let msg = match frame {
+            Frame::Msg(msg) if msg.media_kind() == MediaKind::Audio => {
+                lanes.video.past.expire(stream, now).await?;
+                return lanes.send_audio(msg).await;
+            }
+            Frame::Msg(msg)
+                if matches!(
+                    msg.media_kind(),
+                    MediaKind::VideoKeyframe | MediaKind::VideoFrame
+                ) =>
+            {
+                msg
+            }
+            _ => {
+                // Everything else goes on the session stream, after the media sent before it.
+                let fence = match frame {
+                    Frame::Msg(msg) => match lanes.splitter.route(msg) {
+                        Route::Control { fence } => fence,
+                        _ => unreachable!("audio and video are routed above"),
+                    },
+                    _ => lanes.splitter.fence(),
+                };
+                lanes.video.past.expire(stream, now).await?;
                 if let Some((audio_before, video_before)) = fence {
                     let fence = Frame::Fence {
                         audio_before,
@@ -225,90 +321,69 @@ impl SessionSend {
                 }
                 return Ok(write_frame(stream, frame).await?);
             }
-            (
-                Route::Audio {
-                    index,
-                    control_before,
-                },
-                Frame::Msg(msg),
-            ) => {
-                if lanes.audio.is_none() {
-                    lanes.audio = Some(lanes.open(Lane::Audio, index).await?);
-                }
-                (Lane::Audio, index, control_before, msg)
-            }
-            (
-                Route::Video {
-                    index,
-                    control_before,
-                    new_group,
-                },
-                Frame::Msg(msg),
-            ) => {
-                lanes.newest_video = Some(msg.timestamp);
-                if new_group || lanes.current.is_none() {
-                    if let Some(mut done) = lanes.current.take() {
-                        let _ = done.send.finish();
-                        lanes.older.push_back(done);
-                    }
-                    lanes.current = Some(GroupStream {
-                        send: lanes.open(Lane::Video, index).await?,
-                        from: index,
-                        to: index,
-                        last_write: now,
-                        last_timestamp: msg.timestamp,
-                    });
-                }
-                (Lane::Video, index, control_before, msg)
-            }
-            _ => unreachable!("only messages are routed to media lanes"),
         };
-        let stale_after = lanes.stale_after();
-        let newest_video = lanes.newest_video;
-        let LaneSender {
-            audio,
-            current,
-            older,
-            reset,
-            ..
-        } = &mut **lanes;
-        for skip in expire(older, stale_after, newest_video, now, reset) {
-            write_frame(stream, &skip).await?;
+        let Route::Video {
+            index,
+            control_before,
+            new_group,
+        } = lanes.splitter.route(msg)
+        else {
+            unreachable!("video is routed to the video lane")
+        };
+        let video = &mut lanes.video;
+        video.past.newest = Some(msg.timestamp);
+        if new_group || video.current.is_none() {
+            if let Some(mut done) = video.current.take() {
+                let _ = done.send.finish();
+                video.past.older.push_back(done);
+            }
+            let send = open_lane(&lanes.conn, lanes.session_stream, Lane::Video, index).await?;
+            lanes.video.current = Some(GroupStream {
+                send,
+                from: index,
+                to: index,
+                last_write: now,
+                last_timestamp: msg.timestamp,
+            });
         }
-        let target = match lane {
-            Lane::Audio => audio.as_mut().expect("audio stream"),
-            Lane::Video => {
-                let group = current.as_mut().expect("group stream");
-                group.to = index + 1;
-                group.last_write = now;
-                group.last_timestamp = msg.timestamp;
-                &mut group.send
-            }
-        };
+        lanes.video.past.expire(stream, now).await?;
+        if let Some(group) = &mut lanes.video.current {
+            group.to = index + 1;
+            group.last_write = now;
+            group.last_timestamp = msg.timestamp;
+        }
         let media = Frame::Media {
             control_before,
             msg: msg.clone(),
         };
-        // While the window is full (a dark or slow path), older GOPs that go stale are reset:
-        // their unsent and unacknowledged data stops taking the window.
-        let write = write_frame(target, &media);
-        tokio::pin!(write);
-        loop {
-            tokio::select! {
-                written = &mut write => return Ok(written?),
-                _ = tokio::time::sleep(EXPIRY_TICK) => {
-                    for skip in expire(older, stale_after, newest_video, Instant::now(), reset) {
-                        write_frame(stream, &skip).await?;
-                    }
+        let mut head = BytesMut::with_capacity(32);
+        let payload = media.encode_head(&mut head).unwrap_or_default();
+        lanes.video.write(&head, stream).await?;
+        let mut pieces = payload.chunks(VIDEO_PIECE).peekable();
+        while let Some(piece) = pieces.next() {
+            lanes.video.write(piece, stream).await?;
+            // Audio that arrived while this piece went out goes before the next.
+            if let (Some(meanwhile), true) = (&mut meanwhile, pieces.peek().is_some()) {
+                while let Some(audio) = meanwhile() {
+                    lanes.send_audio(&audio).await?;
                 }
             }
         }
+        Ok(())
     }
 }
 
 impl TunnelSend for SessionSend {
     async fn send(&mut self, frame: &Frame) -> Result<(), StreamLost> {
-        self.send_lanes(frame).await
+        self.send_lanes(frame, None).await
+    }
+
+    async fn send_meanwhile(
+        &mut self,
+        frame: &Frame,
+        meanwhile: AudioMeanwhile<'_>,
+    ) -> Result<(), StreamLost> {
+        self.send_lanes(frame, Some(meanwhile)).await
     }
 
     fn finish(&mut self) {
@@ -321,7 +396,7 @@ impl TunnelSend for SessionSend {
     fn reset_in_quic(&self) -> Dropped {
         self.lanes
             .as_ref()
-            .map_or_else(Dropped::default, |l| l.reset)
+            .map_or_else(Dropped::default, |l| l.video.past.reset)
     }
 }
 

@@ -591,6 +591,20 @@ async fn read_into_queue(
 /// How often a paused reader looks at the queue's age again.
 const PAUSE_RECHECK: Duration = Duration::from_millis(20);
 
+/// `msg`, read from `peer`, as it continues through `resume` on a session set up again (moved
+/// to the new stream id, or `None`: dropped); untouched without one.
+fn toward_peer_of(
+    resume: &mut Option<ResumeFilter>,
+    peer: RtmpPeer,
+    msg: rtmpq_proto::Message,
+) -> Option<rtmpq_proto::Message> {
+    match (resume, peer) {
+        (None, _) => Some(msg),
+        (Some(resume), RtmpPeer::Client) => resume.toward_origin(msg),
+        (Some(resume), RtmpPeer::Origin) => resume.toward_client(msg),
+    }
+}
+
 /// Hands on what the queue gives out, one message at a time, at the tunnel's pace. Returns
 /// when the tunnel breaks, or when reading has ended and nothing waits.
 async fn send_from_queue<S: TunnelSend>(
@@ -614,19 +628,32 @@ async fn send_from_queue<S: TunnelSend>(
             msg
         };
         cell.popped.notify_one();
-        let msg = match (msg, &mut resume) {
-            (Some(msg), Some(resume)) => match match peer {
-                RtmpPeer::Client => resume.toward_origin(msg),
-                RtmpPeer::Origin => resume.toward_client(msg),
-            } {
+        let msg = match msg {
+            Some(msg) => match toward_peer_of(&mut resume, peer, msg) {
                 Some(msg) => Some(msg),
                 None => continue,
             },
-            (msg, _) => msg,
+            None => None,
         };
         match msg {
             Some(msg) => {
-                if let Err(lost) = tunnel.send(&Frame::Msg(msg)).await {
+                // Audio that arrives while a video frame goes out may go out between its
+                // pieces (media lanes), instead of waiting behind the whole frame.
+                let mut audio_meanwhile = || loop {
+                    let msg = {
+                        let mut inner = cell.lock();
+                        let msg = inner.queue.pop_audio(now());
+                        let _ = cell.publish(&mut inner, policy, tracker);
+                        msg
+                    }?;
+                    cell.popped.notify_one();
+                    let passed = toward_peer_of(&mut resume, peer, msg);
+                    if passed.is_some() {
+                        return passed;
+                    }
+                };
+                let frame = Frame::Msg(msg);
+                if let Err(lost) = tunnel.send_meanwhile(&frame, &mut audio_meanwhile).await {
                     return SessionEnd::tunnel_lost(peer, &lost);
                 }
                 let reset = tunnel.reset_in_quic();

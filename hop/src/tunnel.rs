@@ -90,6 +90,16 @@ pub enum FrameReadError {
 pub trait TunnelSend: Send {
     /// Sends one frame.
     fn send(&mut self, frame: &Frame) -> impl Future<Output = Result<(), StreamLost>> + Send;
+    /// Sends one frame; a carrier that can send audio while a large video frame is still going
+    /// out (media lanes) takes what `meanwhile` gives between the frame's pieces.
+    fn send_meanwhile(
+        &mut self,
+        frame: &Frame,
+        meanwhile: crate::lanes::AudioMeanwhile<'_>,
+    ) -> impl Future<Output = Result<(), StreamLost>> + Send {
+        let _ = meanwhile;
+        self.send(frame)
+    }
     /// Ends the stream after what was sent.
     fn finish(&mut self);
     /// What this sender reset inside QUIC once it went stale (media lanes); nothing else does.

@@ -271,6 +271,20 @@ impl MediaQueue {
         Some(media.msg)
     }
 
+    /// The oldest waiting audio frame, if nothing that must go first waits before it (a control
+    /// message that arrived earlier), after dropping what went stale: what a hop may send while
+    /// a video frame it took is still going out.
+    pub fn pop_audio(&mut self, now: Instant) -> Option<Message> {
+        self.expire(now);
+        let barrier = self.control.front().map_or(u64::MAX, |e| e.seq);
+        if self.audio.front()?.seq >= barrier {
+            return None;
+        }
+        let entry = self.audio.pop_front()?;
+        self.media_bytes -= entry.msg.payload.len();
+        Some(entry.msg)
+    }
+
     /// When the oldest waiting message arrived.
     pub fn oldest(&self) -> Option<Instant> {
         [self.control.front(), self.audio.front(), self.video_head()]
@@ -506,6 +520,26 @@ mod tests {
                 (9, 66)
             ]
         );
+        assert!(q.is_empty());
+        assert_eq!(q.media_bytes(), 0);
+    }
+
+    #[test]
+    fn audio_taken_while_video_goes_out_never_passes_a_control_message() {
+        let t0 = Instant::now();
+        let mut q = queue(1000);
+        q.push(key(0), t0);
+        // The key frame is taken; audio that arrives while it goes out, before a new
+        // header, may go meanwhile.
+        assert_eq!(q.pop(t0).map(|m| m.type_id), Some(9));
+        q.push(audio(0), t0);
+        q.push(avc_header(), t0);
+        q.push(audio(21), t0);
+        let first = q.pop_audio(t0).expect("audio before the header");
+        assert_eq!((first.type_id, first.timestamp), (8, 0));
+        assert!(q.pop_audio(t0).is_none(), "the header goes first");
+        assert_eq!(q.pop(t0).map(|m| m.type_id), Some(9));
+        assert_eq!(q.pop_audio(t0).map(|m| m.timestamp), Some(21));
         assert!(q.is_empty());
         assert_eq!(q.media_bytes(), 0);
     }
