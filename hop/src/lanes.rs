@@ -11,14 +11,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::lanes::{LaneMerge, LaneSplitter, MergeLimits, Route};
 use rtmpq_proto::media_queue::Dropped;
-use rtmpq_proto::message::{MediaKind, Message};
+use rtmpq_proto::message::Message;
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, Lane, MAX_CONTROL_FRAME_LEN};
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::transport::{quic_code, PathWatch};
 use crate::tunnel::{write_frame, FrameReadError, FrameReader, StreamLost, TunnelRecv, TunnelSend};
@@ -120,12 +120,13 @@ impl VideoLane {
     /// taking the window.
     async fn write(
         &mut self,
-        bytes: &[u8],
+        bytes: Bytes,
         session: &mut quinn::SendStream,
     ) -> Result<(), StreamLost> {
         let VideoLane { current, past } = self;
         let target = &mut current.as_mut().expect("a GOP stream is open").send;
-        let write = target.write_all(bytes);
+        let mut chunks = [bytes];
+        let write = target.write_all_chunks(&mut chunks);
         tokio::pin!(write);
         loop {
             tokio::select! {
@@ -188,15 +189,24 @@ impl LaneSender {
         Some(budget.saturating_sub(wait).max(budget / 4) / 2)
     }
 
-    /// Writes an audio message on the audio stream (opened on the first).
+    /// Routes an audio message and writes it on the audio stream.
     async fn send_audio(&mut self, msg: &Message) -> Result<(), StreamLost> {
-        let Route::Audio {
-            index,
-            control_before,
-        } = self.splitter.route(msg)
-        else {
-            unreachable!("only audio goes here")
-        };
+        match self.splitter.route(msg) {
+            Route::Audio {
+                index,
+                control_before,
+            } => self.write_audio(msg, index, control_before).await,
+            _ => unreachable!("only audio is taken meanwhile"),
+        }
+    }
+
+    /// Writes an audio message routed to `index` on the audio stream (opened on the first).
+    async fn write_audio(
+        &mut self,
+        msg: &Message,
+        index: u64,
+        control_before: u64,
+    ) -> Result<(), StreamLost> {
         if self.audio.is_none() {
             let stream = open_lane(&self.conn, self.session_stream, Lane::Audio, index).await?;
             self.audio = Some(stream);
@@ -207,6 +217,81 @@ impl LaneSender {
         };
         let audio = self.audio.as_mut().expect("audio stream");
         Ok(write_frame(audio, &media).await?)
+    }
+
+    /// Writes `frame` on the session stream, after a FENCE if the media counts changed.
+    async fn write_on_session(
+        &mut self,
+        session: &mut quinn::SendStream,
+        frame: &Frame,
+        fence: Option<(u64, u64)>,
+    ) -> Result<(), StreamLost> {
+        if let Some((audio_before, video_before)) = fence {
+            let fence = Frame::Fence {
+                audio_before,
+                video_before,
+            };
+            write_frame(session, &fence).await?;
+        }
+        if matches!(frame, Frame::SessionClose { .. }) {
+            self.finish_all();
+        }
+        Ok(write_frame(session, frame).await?)
+    }
+
+    /// Writes a video message routed to `index` on its GOP's stream (a new one if it starts a
+    /// GOP), in pieces with the audio `meanwhile` gives between them.
+    async fn write_video(
+        &mut self,
+        session: &mut quinn::SendStream,
+        msg: &Message,
+        (index, control_before, new_group): (u64, u64, bool),
+        mut meanwhile: Option<AudioMeanwhile<'_>>,
+        now: Instant,
+    ) -> Result<(), StreamLost> {
+        self.video.past.newest = Some(msg.timestamp);
+        if new_group || self.video.current.is_none() {
+            if let Some(mut done) = self.video.current.take() {
+                let _ = done.send.finish();
+                self.video.past.older.push_back(done);
+            }
+            let send = open_lane(&self.conn, self.session_stream, Lane::Video, index).await?;
+            self.video.current = Some(GroupStream {
+                send,
+                from: index,
+                to: index,
+                last_write: now,
+                last_timestamp: msg.timestamp,
+            });
+        }
+        self.video.past.expire(session, now).await?;
+        if let Some(group) = &mut self.video.current {
+            group.to = index + 1;
+            group.last_write = now;
+            group.last_timestamp = msg.timestamp;
+        }
+        let media = Frame::Media {
+            control_before,
+            msg: msg.clone(),
+        };
+        let mut head = BytesMut::with_capacity(32);
+        let payload = media.encode_head(&mut head).unwrap_or_default();
+        self.video.write(head.freeze(), session).await?;
+        let mut offset = 0;
+        while offset < payload.len() {
+            let end = (offset + VIDEO_PIECE).min(payload.len());
+            self.video
+                .write(payload.slice(offset..end), session)
+                .await?;
+            offset = end;
+            // Audio that arrived while this piece went out goes before the next.
+            if let (Some(meanwhile), true) = (&mut meanwhile, offset < payload.len()) {
+                while let Some(audio) = meanwhile() {
+                    self.send_audio(&audio).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn finish_all(&mut self) {
@@ -267,18 +352,10 @@ impl SessionSend {
         }
     }
 
-    /// How the session carries media.
-    pub fn carrier(&self) -> Carrier {
-        match self.lanes {
-            Some(_) => Carrier::MediaLanes,
-            None => Carrier::SessionStream,
-        }
-    }
-
     async fn send_lanes(
         &mut self,
         frame: &Frame,
-        mut meanwhile: Option<AudioMeanwhile<'_>>,
+        meanwhile: Option<AudioMeanwhile<'_>>,
     ) -> Result<(), StreamLost> {
         let SessionSend { stream, lanes } = self;
         let Some(lanes) = lanes.as_deref_mut() else {
@@ -286,90 +363,33 @@ impl SessionSend {
         };
         let now = Instant::now();
         lanes.video.past.stale_after = lanes.stale_after();
-        let msg = match frame {
-            Frame::Msg(msg) if msg.media_kind() == MediaKind::Audio => {
+        let Frame::Msg(msg) = frame else {
+            // SESSION_CLOSE: after the media sent before it.
+            let fence = lanes.splitter.fence();
+            lanes.video.past.expire(stream, now).await?;
+            return lanes.write_on_session(stream, frame, fence).await;
+        };
+        match lanes.splitter.route(msg) {
+            Route::Control { fence } => {
                 lanes.video.past.expire(stream, now).await?;
-                return lanes.send_audio(msg).await;
+                lanes.write_on_session(stream, frame, fence).await
             }
-            Frame::Msg(msg)
-                if matches!(
-                    msg.media_kind(),
-                    MediaKind::VideoKeyframe | MediaKind::VideoFrame
-                ) =>
-            {
-                msg
-            }
-            _ => {
-                // Everything else goes on the session stream, after the media sent before it.
-                let fence = match frame {
-                    Frame::Msg(msg) => match lanes.splitter.route(msg) {
-                        Route::Control { fence } => fence,
-                        _ => unreachable!("audio and video are routed above"),
-                    },
-                    _ => lanes.splitter.fence(),
-                };
+            Route::Audio {
+                index,
+                control_before,
+            } => {
                 lanes.video.past.expire(stream, now).await?;
-                if let Some((audio_before, video_before)) = fence {
-                    let fence = Frame::Fence {
-                        audio_before,
-                        video_before,
-                    };
-                    write_frame(stream, &fence).await?;
-                }
-                if matches!(frame, Frame::SessionClose { .. }) {
-                    lanes.finish_all();
-                }
-                return Ok(write_frame(stream, frame).await?);
+                lanes.write_audio(msg, index, control_before).await
             }
-        };
-        let Route::Video {
-            index,
-            control_before,
-            new_group,
-        } = lanes.splitter.route(msg)
-        else {
-            unreachable!("video is routed to the video lane")
-        };
-        let video = &mut lanes.video;
-        video.past.newest = Some(msg.timestamp);
-        if new_group || video.current.is_none() {
-            if let Some(mut done) = video.current.take() {
-                let _ = done.send.finish();
-                video.past.older.push_back(done);
-            }
-            let send = open_lane(&lanes.conn, lanes.session_stream, Lane::Video, index).await?;
-            lanes.video.current = Some(GroupStream {
-                send,
-                from: index,
-                to: index,
-                last_write: now,
-                last_timestamp: msg.timestamp,
-            });
-        }
-        lanes.video.past.expire(stream, now).await?;
-        if let Some(group) = &mut lanes.video.current {
-            group.to = index + 1;
-            group.last_write = now;
-            group.last_timestamp = msg.timestamp;
-        }
-        let media = Frame::Media {
-            control_before,
-            msg: msg.clone(),
-        };
-        let mut head = BytesMut::with_capacity(32);
-        let payload = media.encode_head(&mut head).unwrap_or_default();
-        lanes.video.write(&head, stream).await?;
-        let mut pieces = payload.chunks(VIDEO_PIECE).peekable();
-        while let Some(piece) = pieces.next() {
-            lanes.video.write(piece, stream).await?;
-            // Audio that arrived while this piece went out goes before the next.
-            if let (Some(meanwhile), true) = (&mut meanwhile, pieces.peek().is_some()) {
-                while let Some(audio) = meanwhile() {
-                    lanes.send_audio(&audio).await?;
-                }
+            Route::Video {
+                index,
+                control_before,
+                new_group,
+            } => {
+                let routed = (index, control_before, new_group);
+                lanes.write_video(stream, msg, routed, meanwhile, now).await
             }
         }
-        Ok(())
     }
 }
 
@@ -495,7 +515,9 @@ impl LaneRouter {
                 first_index,
             }))) => (session_stream, lane, first_index),
             other => {
-                warn!(frame = ?other.map(|r| r.map(|f| f.map(|f| format!("{f:?}")))), "media stream without MEDIA_STREAM refused");
+                // Debug only: the edge is authenticated, and a line per stream would let one
+                // that misbehaves fill the log.
+                debug!(first = ?other, "media stream without MEDIA_STREAM stopped");
                 frames.stop(CloseCode::ProtocolViolation);
                 return;
             }
@@ -509,21 +531,17 @@ impl LaneRouter {
         if let Some(budget) = budget {
             frames.set_budget(budget);
         }
-        let mut index = first_index;
-        loop {
+        for index in first_index.. {
             let event = match frames.next().await {
                 Ok(Some(Frame::Media {
                     control_before,
                     msg,
-                })) => {
-                    index += 1;
-                    LaneEvent::Media {
-                        lane,
-                        index: index - 1,
-                        control_before,
-                        msg,
-                    }
-                }
+                })) => LaneEvent::Media {
+                    lane,
+                    index,
+                    control_before,
+                    msg,
+                },
                 // Finished, or reset by its sender (a stale GOP: a LANE_SKIP says so).
                 Ok(None) | Err(FrameReadError::Lost(_)) => return,
                 Ok(Some(other)) => LaneEvent::Failed(FrameReadError::Lanes(format!(
