@@ -599,6 +599,187 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Whatever the sender sends and resets, and in whatever order the streams deliver:
+        /// every session-stream message comes out in order and after the media sent before
+        /// it, every media message after the session-stream messages sent before it, each lane
+        /// in index order; all audio and every GOP not reset comes out, a reset GOP at most
+        /// the part of it that arrived; nothing is left waiting at the end.
+        #[test]
+        fn any_delivery_order_gives_a_valid_output(
+            kinds in proptest::collection::vec(0u8..4, 1..120),
+            resets in proptest::collection::vec((proptest::bool::ANY, 0usize..20), 0..30),
+            schedule in proptest::collection::vec(0usize..64, 0..400),
+        ) {
+            check_delivery(&kinds, &resets, &schedule);
+        }
+    }
+
+    /// One stream's frames as delivered in order: (lane index, control fence, message) for a
+    /// media stream.
+    type MediaStream = VecDeque<(u64, u64, Message)>;
+
+    /// A message the sender handed out: its lane and index (none: the session stream), the
+    /// session-stream messages before it, and for a session-stream message the audio and
+    /// video counts before it.
+    struct Handed {
+        msg: Message,
+        lane: Option<(Lane, u64)>,
+        control_before: u64,
+        media_before: (u64, u64),
+    }
+
+    fn check_delivery(kinds: &[u8], resets: &[(bool, usize)], schedule: &[usize]) {
+        let mut splitter = LaneSplitter::default();
+        let mut session: VecDeque<Frame> = VecDeque::new();
+        let mut audio_stream: MediaStream = VecDeque::new();
+        let mut groups: Vec<MediaStream> = Vec::new();
+        let mut handed = Vec::new();
+        for (n, &k) in kinds.iter().enumerate() {
+            let ts = 10 * n as u32;
+            let msg = match k {
+                0 => command(n as u8),
+                1 => audio(ts),
+                2 => key(ts),
+                _ => inter(ts),
+            };
+            let (lane, control_before) = match splitter.route(&msg) {
+                Route::Control { fence } => {
+                    if let Some((audio_before, video_before)) = fence {
+                        session.push_back(Frame::Fence {
+                            audio_before,
+                            video_before,
+                        });
+                    }
+                    session.push_back(Frame::Msg(msg.clone()));
+                    (None, splitter.control_sent - 1)
+                }
+                Route::Audio {
+                    index,
+                    control_before,
+                } => {
+                    audio_stream.push_back((index, control_before, msg.clone()));
+                    (Some((Lane::Audio, index)), control_before)
+                }
+                Route::Video {
+                    index,
+                    control_before,
+                    new_group,
+                } => {
+                    if new_group {
+                        groups.push(VecDeque::new());
+                    }
+                    let group = groups.last_mut().expect("a group");
+                    group.push_back((index, control_before, msg.clone()));
+                    (Some((Lane::Video, index)), control_before)
+                }
+            };
+            handed.push(Handed {
+                msg,
+                lane,
+                control_before,
+                media_before: (splitter.audio_sent, splitter.video_sent),
+            });
+        }
+        // Older GOPs reset: the first `kept` frames of each arrive, and a LANE_SKIP follows on
+        // the session stream (the sender sends it after what it sent before).
+        let mut skipped = Vec::new();
+        let older = groups.len().saturating_sub(1);
+        for (group, &(reset, kept)) in groups.iter_mut().take(older).zip(resets) {
+            if !reset {
+                continue;
+            }
+            let (from, to) = (group[0].0, group[group.len() - 1].0 + 1);
+            group.truncate(kept);
+            session.push_back(Frame::LaneSkip {
+                lane: Lane::Video,
+                from,
+                to,
+            });
+            skipped.push(from..to);
+        }
+        let mut media: Vec<(Lane, MediaStream)> = vec![(Lane::Audio, audio_stream)];
+        media.extend(groups.into_iter().map(|g| (Lane::Video, g)));
+        let mut merge = LaneMerge::default();
+        let mut out = Vec::new();
+        // Each pick delivers the next frame of one stream (0: the session stream); then every
+        // stream delivers what it has left.
+        let picks = schedule
+            .iter()
+            .copied()
+            .chain((0..=media.len()).flat_map(|i| std::iter::repeat_n(i, 200)));
+        for pick in picks {
+            match pick % (media.len() + 1) {
+                0 => {
+                    if let Some(f) = session.pop_front() {
+                        merge.from_session_stream(f).unwrap();
+                    }
+                }
+                i => {
+                    let (lane, stream) = &mut media[i - 1];
+                    if let Some((index, control_before, msg)) = stream.pop_front() {
+                        merge.media(*lane, index, control_before, msg).unwrap();
+                    }
+                }
+            }
+            while let Some(frame) = merge.pop() {
+                match frame {
+                    Frame::Msg(m) => out.push(m),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert!(merge.is_empty(), "something left waiting");
+        let at = |m: &Message| out.iter().position(|o| o == m);
+        let controls: Vec<&Handed> = handed.iter().filter(|h| h.lane.is_none()).collect();
+        for h in &handed {
+            let Some(pos) = at(&h.msg) else {
+                let lost_ok = matches!(h.lane, Some((Lane::Video, i)) if skipped.iter().any(|r| r.contains(&i)));
+                assert!(lost_ok, "{:?} never came out", h.lane);
+                continue;
+            };
+            match h.lane {
+                None => {
+                    // After every media message sent before it that came out.
+                    for m in &handed {
+                        let before = match m.lane {
+                            Some((Lane::Audio, i)) => i < h.media_before.0,
+                            Some((Lane::Video, i)) => i < h.media_before.1,
+                            None => false,
+                        };
+                        if let (true, Some(p)) = (before, at(&m.msg)) {
+                            assert!(p < pos, "a command overtook media sent before it");
+                        }
+                    }
+                }
+                Some(_) if h.control_before > 0 => {
+                    let command = controls[h.control_before as usize - 1];
+                    assert!(
+                        at(&command.msg).expect("out") < pos,
+                        "media before its command"
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        let positions: Vec<usize> = controls.iter().map(|c| at(&c.msg).expect("out")).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "session stream out of order"
+        );
+        for kind in [message_type::AUDIO, message_type::VIDEO] {
+            let ts: Vec<u32> = out
+                .iter()
+                .filter(|m| m.type_id == kind)
+                .map(|m| m.timestamp)
+                .collect();
+            assert!(
+                ts.windows(2).all(|w| w[0] < w[1]),
+                "a lane out of order: {ts:?}"
+            );
+        }
+    }
+
     #[test]
     fn timestamps_compare_across_a_wrap() {
         assert!(timestamp_before(u32::MAX - 5, 3));
