@@ -528,20 +528,28 @@ impl LaneRouter {
             return;
         };
         frames.lift_limit();
-        if let Some(budget) = budget {
-            frames.set_budget(budget);
+        if let Some(budget) = &budget {
+            frames.set_budget(budget.clone());
         }
         for index in first_index.. {
             let event = match frames.next().await {
                 Ok(Some(Frame::Media {
                     control_before,
                     msg,
-                })) => LaneEvent::Media {
-                    lane,
-                    index,
-                    control_before,
-                    msg,
-                },
+                })) => {
+                    let charged = budget
+                        .as_ref()
+                        .map_or(Ok(()), |b| b.take(msg.payload.len()));
+                    match charged {
+                        Ok(()) => LaneEvent::Media {
+                            lane,
+                            index,
+                            control_before,
+                            msg,
+                        },
+                        Err(e) => LaneEvent::Failed(e.into()),
+                    }
+                }
                 // Finished, or reset by its sender (a stale GOP: a LANE_SKIP says so).
                 Ok(None) | Err(FrameReadError::Lost(_)) => return,
                 Ok(Some(other)) => LaneEvent::Failed(FrameReadError::Lanes(format!(
@@ -550,7 +558,14 @@ impl LaneRouter {
                 Err(e) => LaneEvent::Failed(e),
             };
             let failed = matches!(event, LaneEvent::Failed(_));
-            if inbox.send(event).await.is_err() || failed {
+            if let Err(mpsc::error::SendError(event)) = inbox.send(event).await {
+                if let (LaneEvent::Media { msg, .. }, Some(budget)) = (event, &budget) {
+                    budget.give_back(msg.payload.len());
+                }
+                frames.stop(CloseCode::Normal);
+                return;
+            }
+            if failed {
                 frames.stop(CloseCode::Normal);
                 return;
             }
@@ -588,9 +603,49 @@ impl Drop for LaneInbox {
 pub struct SessionRecv {
     /// The session's bidirectional stream.
     pub frames: FrameReader,
-    lanes: Option<Box<(LaneInbox, LaneMerge)>>,
+    lanes: Option<Box<LanesIn>>,
     /// The session stream ended (what the merge still holds goes out first).
     ended: bool,
+}
+
+/// The receiving side's media lanes: what the router hands over, the merge, and the bytes it
+/// holds charged to the session's share of the process-wide bound.
+struct LanesIn {
+    inbox: LaneInbox,
+    merge: LaneMerge,
+    budget: Option<Arc<SessionBudget>>,
+    charged: usize,
+}
+
+impl LanesIn {
+    /// Brings the charge in line with what the merge holds.
+    fn charge(&mut self) -> Result<(), FrameReadError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        let held = self.merge.bytes();
+        if held > self.charged {
+            budget.take(held - self.charged)?;
+        } else {
+            budget.give_back(self.charged - held);
+        }
+        self.charged = held;
+        Ok(())
+    }
+}
+
+impl Drop for LanesIn {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give_back(self.charged);
+            // What the router charged and handed over, still in the inbox.
+            while let Ok(event) = self.inbox.rx.try_recv() {
+                if let LaneEvent::Media { msg, .. } = event {
+                    budget.give_back(msg.payload.len());
+                }
+            }
+        }
+    }
 }
 
 impl SessionRecv {
@@ -603,7 +658,8 @@ impl SessionRecv {
         }
     }
 
-    /// Audio and video also from the media streams `router` hands over, if `carrier` says so.
+    /// Audio and video also from the media streams `router` hands over, if `carrier` says so;
+    /// what waits for its turn is charged to `budget`.
     pub fn carried(
         frames: FrameReader,
         carrier: Carrier,
@@ -613,45 +669,51 @@ impl SessionRecv {
         if carrier == Carrier::SessionStream {
             return SessionRecv::new(frames);
         }
-        let inbox = router.register(frames.stream_id(), budget);
+        let inbox = router.register(frames.stream_id(), budget.clone());
         SessionRecv {
             frames,
-            lanes: Some(Box::new((inbox, LaneMerge::new(MergeLimits::default())))),
+            lanes: Some(Box::new(LanesIn {
+                inbox,
+                merge: LaneMerge::new(MergeLimits::default()),
+                budget,
+                charged: 0,
+            })),
             ended: false,
         }
     }
 
-    /// Charges frames still arriving on the session stream to `budget`.
-    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
-        self.frames.set_budget(budget);
-    }
-
     async fn next_frame(&mut self) -> Result<Option<Frame>, FrameReadError> {
-        let Some((inbox, merge)) = self.lanes.as_deref_mut() else {
+        let Some(lanes) = self.lanes.as_deref_mut() else {
             return self.frames.next().await;
         };
         let lanes_err = |e: rtmpq_proto::lanes::MergeError| FrameReadError::Lanes(e.to_string());
         loop {
-            if let Some(frame) = merge.pop() {
+            if let Some(frame) = lanes.merge.pop() {
+                lanes.charge()?;
                 return Ok(Some(frame));
             }
-            if self.ended && merge.is_empty() {
+            if self.ended && lanes.merge.is_empty() {
                 return Ok(None);
             }
             tokio::select! {
                 frame = self.frames.next(), if !self.ended => match frame? {
-                    Some(frame) => merge.from_session_stream(frame).map_err(lanes_err)?,
+                    Some(frame) => lanes.merge.from_session_stream(frame).map_err(lanes_err)?,
                     None => self.ended = true,
                 },
-                event = inbox.rx.recv() => match event {
+                event = lanes.inbox.rx.recv() => match event {
                     Some(LaneEvent::Media { lane, index, control_before, msg }) => {
-                        merge.media(lane, index, control_before, msg).map_err(lanes_err)?
+                        // The router's charge for it moves to the merge's.
+                        if let Some(budget) = &lanes.budget {
+                            budget.give_back(msg.payload.len());
+                        }
+                        lanes.merge.media(lane, index, control_before, msg).map_err(lanes_err)?
                     }
                     Some(LaneEvent::Failed(e)) => return Err(e),
                     // The router is held by the inbox: it never ends first.
                     None => return Ok(None),
                 },
             }
+            lanes.charge()?;
         }
     }
 }
