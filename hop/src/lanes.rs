@@ -623,14 +623,7 @@ impl LanesIn {
         let Some(budget) = &self.budget else {
             return Ok(());
         };
-        let held = self.merge.bytes();
-        if held > self.charged {
-            budget.take(held - self.charged)?;
-        } else {
-            budget.give_back(self.charged - held);
-        }
-        self.charged = held;
-        Ok(())
+        Ok(budget.charge_to(&mut self.charged, self.merge.bytes())?)
     }
 }
 

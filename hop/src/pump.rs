@@ -285,11 +285,7 @@ impl QueueCell {
         inner.drops.note(&state, now());
         tracker.lock().expect("tracker").queue = state;
         if let Some(charge) = &policy.charge {
-            if held > inner.charged {
-                charge.take(held - inner.charged)?;
-            } else {
-                charge.give_back(inner.charged - held);
-            }
+            charge.charge_to(&mut inner.charged, held)?;
         }
         inner.charged = held;
         Ok(())

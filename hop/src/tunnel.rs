@@ -218,14 +218,7 @@ impl FrameReader {
         let Some(budget) = &self.budget else {
             return Ok(());
         };
-        let held = self.buf.len();
-        if held > self.charged {
-            budget.take(held - self.charged)?;
-        } else {
-            budget.give_back(self.charged - held);
-        }
-        self.charged = held;
-        Ok(())
+        Ok(budget.charge_to(&mut self.charged, self.buf.len())?)
     }
 }
 

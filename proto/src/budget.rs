@@ -107,6 +107,18 @@ impl SessionBudget {
         self.budget.give_back(n);
     }
 
+    /// Brings what a holder has taken, `charged`, to `held` bytes: takes the difference or
+    /// gives it back. On failure nothing changes.
+    pub fn charge_to(&self, charged: &mut usize, held: usize) -> Result<(), BudgetExceeded> {
+        if held > *charged {
+            self.take(held - *charged)?;
+        } else {
+            self.give_back(*charged - held);
+        }
+        *charged = held;
+        Ok(())
+    }
+
     /// Bytes this session holds.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
