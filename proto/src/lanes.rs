@@ -109,7 +109,7 @@ impl LaneSplitter {
 pub struct MergeLimits {
     /// Messages waiting, over every lane.
     pub max_messages: usize,
-    /// Payload bytes waiting, over every lane.
+    /// Payload bytes waiting, over every lane and the session stream.
     pub max_bytes: usize,
     /// Skip ranges not yet reached, per lane.
     pub max_skips: usize,
@@ -155,7 +155,7 @@ struct LaneState {
 }
 
 impl LaneState {
-    /// Moves `next` past skipped ranges and drops what waits below it.
+    /// Moves `next` past the skipped ranges it has reached.
     fn advance(&mut self) {
         while let Some((&from, &to)) = self.skips.first_key_value() {
             if from > self.next {
@@ -186,7 +186,7 @@ pub struct LaneMerge {
     fence: (u64, u64),
     audio: LaneState,
     video: LaneState,
-    messages: usize,
+    /// Payload bytes of every message waiting, on the lanes and on the session stream.
     bytes: usize,
 }
 
@@ -228,7 +228,6 @@ impl LaneMerge {
                         state.waiting.range(from..to).map(|(&i, _)| i).collect();
                     for i in dropped {
                         if let Some(w) = self.lane(lane).waiting.remove(&i) {
-                            self.messages -= 1;
                             self.bytes -= w.msg.payload.len();
                         }
                     }
@@ -241,7 +240,12 @@ impl LaneMerge {
                 if self.control.len() >= self.limits.max_messages {
                     return Err(MergeError::Overloaded("session stream frames"));
                 }
+                // Commands and data wait behind a fence too: their bytes count with the media's.
+                self.bytes += session_frame_bytes(&other);
                 self.control.push_back((self.fence, other));
+                if self.bytes > self.limits.max_bytes {
+                    return Err(MergeError::Overloaded("bytes"));
+                }
             }
         }
         Ok(())
@@ -276,9 +280,8 @@ impl LaneMerge {
                 msg,
             },
         );
-        self.messages += 1;
         self.bytes += len;
-        if self.messages > self.limits.max_messages {
+        if self.waiting_media() > self.limits.max_messages {
             return Err(MergeError::Overloaded("messages"));
         }
         if self.bytes > self.limits.max_bytes {
@@ -292,6 +295,7 @@ impl LaneMerge {
         if let Some(((audio_before, video_before), _)) = self.control.front() {
             if self.audio.next >= *audio_before && self.video.next >= *video_before {
                 let (_, frame) = self.control.pop_front()?;
+                self.bytes -= session_frame_bytes(&frame);
                 if matches!(frame, Frame::Msg(_)) {
                     self.control_written += 1;
                 }
@@ -312,19 +316,30 @@ impl LaneMerge {
         let w = state.waiting.remove(&next)?;
         state.next += 1;
         state.advance();
-        self.messages -= 1;
         self.bytes -= w.msg.payload.len();
         Some(Frame::Msg(w.msg))
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.control.is_empty() && self.messages == 0
+        self.control.is_empty() && self.waiting_media() == 0
     }
 
-    /// Payload bytes of media waiting.
+    /// Payload bytes of every message waiting (what a hop charges to its buffer bound).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    fn waiting_media(&self) -> usize {
+        self.audio.waiting.len() + self.video.waiting.len()
+    }
+}
+
+/// The payload bytes a session-stream frame holds while it waits.
+fn session_frame_bytes(frame: &Frame) -> usize {
+    match frame {
+        Frame::Msg(m) => m.payload.len(),
+        _ => 0,
     }
 }
 
@@ -354,25 +369,49 @@ mod tests {
         Message::new(20, 0, 0, vec![2, 0, 1, n])
     }
 
-    /// What the sender puts on the wire for `msgs`: per lane, (index, control_before, msg),
-    /// and the session stream's frames (FENCEs included).
+    /// One media stream's frames as sent: (lane index, control fence, message).
+    type MediaStream = VecDeque<(u64, u64, Message)>;
+
+    /// A message the sender handed out: its lane and index (none: the session stream), the
+    /// session-stream messages before it, and the audio and video counts after it was routed.
+    struct Handed {
+        msg: Message,
+        lane: Option<(Lane, u64)>,
+        control_before: u64,
+        media_before: (u64, u64),
+    }
+
+    /// What the sender puts on the wire for `msgs`: the session stream's frames (FENCEs
+    /// included), the audio stream, one stream per GOP, and what it handed out in order.
     struct Sent {
         control: Vec<Frame>,
-        audio: Vec<(u64, u64, Message)>,
-        video: Vec<(u64, u64, Message)>,
-        groups: Vec<u64>,
+        audio: MediaStream,
+        groups: Vec<MediaStream>,
+        handed: Vec<Handed>,
+    }
+
+    impl Sent {
+        /// Every video message, over all GOPs.
+        fn video(&self) -> Vec<(u64, u64, Message)> {
+            self.groups.iter().flatten().cloned().collect()
+        }
+
+        /// Each GOP's first video index.
+        fn group_starts(&self) -> Vec<u64> {
+            self.groups.iter().map(|g| g[0].0).collect()
+        }
     }
 
     fn split(msgs: &[Message]) -> Sent {
         let mut s = LaneSplitter::default();
         let mut sent = Sent {
             control: Vec::new(),
-            audio: Vec::new(),
-            video: Vec::new(),
+            audio: VecDeque::new(),
             groups: Vec::new(),
+            handed: Vec::new(),
         };
         for m in msgs {
-            match s.route(m) {
+            let (lane, control_before) = match s.route(m) {
                 Route::Control { fence } => {
                     if let Some((a, v)) = fence {
                         sent.control.push(Frame::Fence {
@@ -381,22 +420,34 @@ mod tests {
                         });
                     }
                     sent.control.push(Frame::Msg(m.clone()));
+                    (None, s.control_sent - 1)
                 }
                 Route::Audio {
                     index,
                     control_before,
-                } => sent.audio.push((index, control_before, m.clone())),
+                } => {
+                    sent.audio.push_back((index, control_before, m.clone()));
+                    (Some((Lane::Audio, index)), control_before)
+                }
                 Route::Video {
                     index,
                     control_before,
                     new_group,
                 } => {
                     if new_group {
-                        sent.groups.push(index);
+                        sent.groups.push(VecDeque::new());
                     }
-                    sent.video.push((index, control_before, m.clone()))
+                    let group = sent.groups.last_mut().expect("a group");
+                    group.push_back((index, control_before, m.clone()));
+                    (Some((Lane::Video, index)), control_before)
                 }
-            }
+            };
+            sent.handed.push(Handed {
+                msg: m.clone(),
+                lane,
+                control_before,
+                media_before: (s.audio_sent, s.video_sent),
+            });
         }
         sent
     }
@@ -424,7 +475,7 @@ mod tests {
         let mut merge = LaneMerge::default();
         let mut out = Vec::new();
         // All media first, the session stream last: nothing may go out before it.
-        for (i, c, m) in sent.video.iter().chain(&sent.audio) {
+        for (i, c, m) in sent.video().iter().chain(&sent.audio) {
             let lane = if m.type_id == message_type::AUDIO {
                 Lane::Audio
             } else {
@@ -434,7 +485,7 @@ mod tests {
         }
         drain(&mut merge, &mut out);
         assert!(out.is_empty(), "{out:?}");
-        for f in sent.control {
+        for f in sent.control.iter().cloned() {
             merge.from_session_stream(f).unwrap();
         }
         drain(&mut merge, &mut out);
@@ -452,13 +503,13 @@ mod tests {
         let sent = split(&msgs);
         let mut merge = LaneMerge::default();
         let mut out = Vec::new();
-        for f in sent.control {
+        for f in sent.control.iter().cloned() {
             merge.from_session_stream(f).unwrap();
         }
         drain(&mut merge, &mut out);
         assert_eq!(out, msgs[..1]);
         // The second GOP arrives before the first.
-        for (i, c, m) in sent.video.iter().rev() {
+        for (i, c, m) in sent.video().iter().rev() {
             merge.media(Lane::Video, *i, *c, m.clone()).unwrap();
         }
         drain(&mut merge, &mut out);
@@ -476,15 +527,15 @@ mod tests {
             command(2),
         ];
         let sent = split(&msgs);
-        assert_eq!(sent.groups, vec![0, 3]);
+        assert_eq!(sent.group_starts(), vec![0, 3]);
         let mut merge = LaneMerge::default();
         let mut out = Vec::new();
         // The first frame arrives, the rest of the first GOP is reset in QUIC.
         merge.media(Lane::Video, 0, 0, key(0)).unwrap();
-        for (i, c, m) in &sent.video[3..] {
+        for (i, c, m) in &sent.video()[3..] {
             merge.media(Lane::Video, *i, *c, m.clone()).unwrap();
         }
-        for f in sent.control {
+        for f in sent.control.iter().cloned() {
             merge.from_session_stream(f).unwrap();
         }
         drain(&mut merge, &mut out);
@@ -615,72 +666,27 @@ mod tests {
         }
     }
 
-    /// One stream's frames as delivered in order: (lane index, control fence, message) for a
-    /// media stream.
-    type MediaStream = VecDeque<(u64, u64, Message)>;
-
-    /// A message the sender handed out: its lane and index (none: the session stream), the
-    /// session-stream messages before it, and for a session-stream message the audio and
-    /// video counts before it.
-    struct Handed {
-        msg: Message,
-        lane: Option<(Lane, u64)>,
-        control_before: u64,
-        media_before: (u64, u64),
-    }
-
     fn check_delivery(kinds: &[u8], resets: &[(bool, usize)], schedule: &[usize]) {
-        let mut splitter = LaneSplitter::default();
-        let mut session: VecDeque<Frame> = VecDeque::new();
-        let mut audio_stream: MediaStream = VecDeque::new();
-        let mut groups: Vec<MediaStream> = Vec::new();
-        let mut handed = Vec::new();
-        for (n, &k) in kinds.iter().enumerate() {
-            let ts = 10 * n as u32;
-            let msg = match k {
-                0 => command(n as u8),
-                1 => audio(ts),
-                2 => key(ts),
-                _ => inter(ts),
-            };
-            let (lane, control_before) = match splitter.route(&msg) {
-                Route::Control { fence } => {
-                    if let Some((audio_before, video_before)) = fence {
-                        session.push_back(Frame::Fence {
-                            audio_before,
-                            video_before,
-                        });
-                    }
-                    session.push_back(Frame::Msg(msg.clone()));
-                    (None, splitter.control_sent - 1)
+        let msgs: Vec<Message> = kinds
+            .iter()
+            .enumerate()
+            .map(|(n, &k)| {
+                let ts = 10 * n as u32;
+                match k {
+                    0 => command(n as u8),
+                    1 => audio(ts),
+                    2 => key(ts),
+                    _ => inter(ts),
                 }
-                Route::Audio {
-                    index,
-                    control_before,
-                } => {
-                    audio_stream.push_back((index, control_before, msg.clone()));
-                    (Some((Lane::Audio, index)), control_before)
-                }
-                Route::Video {
-                    index,
-                    control_before,
-                    new_group,
-                } => {
-                    if new_group {
-                        groups.push(VecDeque::new());
-                    }
-                    let group = groups.last_mut().expect("a group");
-                    group.push_back((index, control_before, msg.clone()));
-                    (Some((Lane::Video, index)), control_before)
-                }
-            };
-            handed.push(Handed {
-                msg,
-                lane,
-                control_before,
-                media_before: (splitter.audio_sent, splitter.video_sent),
-            });
-        }
+            })
+            .collect();
+        let Sent {
+            control,
+            audio: audio_stream,
+            mut groups,
+            handed,
+        } = split(&msgs);
+        let mut session: VecDeque<Frame> = control.into();
         // Older GOPs reset: the first `kept` frames of each arrive, and a LANE_SKIP follows on
         // the session stream (the sender sends it after what it sent before).
         let mut skipped = Vec::new();
@@ -778,6 +784,33 @@ mod tests {
                 "a lane out of order: {ts:?}"
             );
         }
+    }
+
+    #[test]
+    fn commands_waiting_behind_a_fence_count_against_the_byte_bound() {
+        let mut merge = LaneMerge::new(MergeLimits {
+            max_bytes: 100,
+            ..MergeLimits::default()
+        });
+        // A fence for media that never comes, then commands behind it.
+        merge
+            .from_session_stream(Frame::Fence {
+                audio_before: 0,
+                video_before: 1,
+            })
+            .unwrap();
+        let big = |n| Message::new(20, 0, 0, vec![n; 60]);
+        merge.from_session_stream(Frame::Msg(big(1))).unwrap();
+        assert_eq!(merge.bytes(), 60);
+        assert_eq!(
+            merge.from_session_stream(Frame::Msg(big(2))),
+            Err(MergeError::Overloaded("bytes"))
+        );
+        // Once the fence is passed, what goes out is given back.
+        let mut merge = LaneMerge::default();
+        merge.from_session_stream(Frame::Msg(big(3))).unwrap();
+        assert_eq!(merge.pop(), Some(Frame::Msg(big(3))));
+        assert_eq!(merge.bytes(), 0);
     }
 
     #[test]
