@@ -16,10 +16,11 @@ use rtmpq_proto::budget::SessionBudget;
 use rtmpq_proto::lanes::{LaneMerge, LaneSplitter, MergeLimits, Route};
 use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::message::Message;
-use rtmpq_proto::wire::{Carrier, CloseCode, Frame, Lane, MAX_CONTROL_FRAME_LEN};
+use rtmpq_proto::wire::{Carrier, CloseCode, Frame, Lane};
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
+use crate::pump::budget_in_force;
 use crate::transport::{quic_code, PathWatch};
 use crate::tunnel::{write_frame, FrameReadError, FrameReader, StreamLost, TunnelRecv, TunnelSend};
 
@@ -120,16 +121,17 @@ impl VideoLane {
     /// taking the window.
     async fn write(
         &mut self,
-        bytes: Bytes,
+        chunks: &mut [Bytes],
         session: &mut quinn::SendStream,
     ) -> Result<(), StreamLost> {
         let VideoLane { current, past } = self;
         let target = &mut current.as_mut().expect("a GOP stream is open").send;
-        let mut chunks = [bytes];
-        let write = target.write_all_chunks(&mut chunks);
+        let write = target.write_all_chunks(chunks);
         tokio::pin!(write);
         loop {
             tokio::select! {
+                // The write first: one that goes through at once never arms the timer.
+                biased;
                 written = &mut write => return written.map_err(StreamLost::from),
                 _ = tokio::time::sleep(EXPIRY_TICK) => past.expire(session, Instant::now()).await?,
             }
@@ -184,9 +186,8 @@ impl LaneSender {
     /// How long after its last frame an older GOP's stream is stale: half the budget in force
     /// (the media queue's rule for a group a newer one waits behind).
     fn stale_after(&self) -> Option<Duration> {
-        let budget = self.budget?;
         let wait = self.path.as_ref().map_or(Duration::ZERO, |p| p.quic_wait());
-        Some(budget.saturating_sub(wait).max(budget / 4) / 2)
+        Some(budget_in_force(self.budget?, wait) / 2)
     }
 
     /// Routes an audio message and writes it on the audio stream.
@@ -276,20 +277,22 @@ impl LaneSender {
         };
         let mut head = BytesMut::with_capacity(32);
         let payload = media.encode_head(&mut head).unwrap_or_default();
-        self.video.write(head.freeze(), session).await?;
-        let mut offset = 0;
+        // The frame's head goes with its first piece.
+        let first = payload.len().min(VIDEO_PIECE);
+        let mut chunks = [head.freeze(), payload.slice(..first)];
+        self.video.write(&mut chunks, session).await?;
+        let mut offset = first;
         while offset < payload.len() {
             let end = (offset + VIDEO_PIECE).min(payload.len());
-            self.video
-                .write(payload.slice(offset..end), session)
-                .await?;
-            offset = end;
-            // Audio that arrived while this piece went out goes before the next.
-            if let (Some(meanwhile), true) = (&mut meanwhile, offset < payload.len()) {
+            let piece = payload.slice(offset..end);
+            // Audio that arrived while the last piece went out goes before this one.
+            if let Some(meanwhile) = &mut meanwhile {
                 while let Some(audio) = meanwhile() {
                     self.send_audio(&audio).await?;
                 }
             }
+            self.video.write(&mut [piece], session).await?;
+            offset = end;
         }
         Ok(())
     }
@@ -506,7 +509,8 @@ impl LaneRouter {
     }
 
     async fn serve(&self, recv: quinn::RecvStream) {
-        let mut frames = FrameReader::with_max_len(recv, MAX_CONTROL_FRAME_LEN);
+        // Control frames' limit until the stream names a session here.
+        let mut frames = FrameReader::control(recv);
         let head = tokio::time::timeout(MEDIA_STREAM_WAIT, frames.next()).await;
         let (session_stream, lane, first_index) = match head {
             Ok(Ok(Some(Frame::MediaStream {

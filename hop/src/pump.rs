@@ -204,12 +204,17 @@ pub const MAX_CONTROL_BYTES: usize = 4 << 20;
 /// The byte bound of a session's media queue unless configured.
 pub const DEFAULT_QUEUE_BYTES: usize = 32 << 20;
 
+/// The budget in force for media waiting at a hop when what is handed to QUIC waits there
+/// about `quic_wait` ([`crate::transport::PathWatch::quic_wait`]): `budget` less that, but
+/// never less than a quarter of it (a budget shorter than the path leaves a quarter).
+pub fn budget_in_force(budget: Duration, quic_wait: Duration) -> Duration {
+    budget.saturating_sub(quic_wait).max(budget / 4)
+}
+
 impl QueuePolicy {
-    /// The budget in force for the queue when what is handed to QUIC waits there about
-    /// `quic_wait` ([`crate::transport::PathWatch::quic_wait`]): the budget less that, but
-    /// never less than a quarter of it (a budget shorter than the path leaves a quarter).
+    /// The [budget in force](budget_in_force) for the queue.
     pub fn effective_budget(&self, quic_wait: Duration) -> Option<Duration> {
-        self.budget.map(|b| b.saturating_sub(quic_wait).max(b / 4))
+        self.budget.map(|b| budget_in_force(b, quic_wait))
     }
 
     /// Sets `queue`'s budgets from the path as it is now: the [effective
@@ -284,10 +289,10 @@ impl QueueCell {
         let held = q.bytes();
         inner.drops.note(&state, now());
         tracker.lock().expect("tracker").queue = state;
-        if let Some(charge) = &policy.charge {
-            charge.charge_to(&mut inner.charged, held)?;
+        match &policy.charge {
+            Some(charge) => charge.charge_to(&mut inner.charged, held)?,
+            None => inner.charged = held,
         }
-        inner.charged = held;
         Ok(())
     }
 

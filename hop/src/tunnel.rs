@@ -154,15 +154,11 @@ impl FrameReader {
     }
 
     /// Reads only frames up to [`MAX_CONTROL_FRAME_LEN`]: for the control stream, where
-    /// HELLO arrives before the peer is known.
+    /// HELLO arrives before the peer is known, and a media stream until it names its session
+    /// ([`lift_limit`](Self::lift_limit)).
     pub fn control(recv: quinn::RecvStream) -> Self {
-        Self::with_max_len(recv, MAX_CONTROL_FRAME_LEN)
-    }
-
-    /// Reads only frames up to `max_len` bytes (until [`lift_limit`](Self::lift_limit)).
-    pub fn with_max_len(recv: quinn::RecvStream, max_len: u64) -> Self {
         FrameReader {
-            decoder: FrameDecoder::with_max_len(max_len),
+            decoder: FrameDecoder::with_max_len(MAX_CONTROL_FRAME_LEN),
             ..Self::new(recv)
         }
     }
