@@ -324,6 +324,46 @@ fn refusals(page: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// Most refusals the gateway still has to count after a flood: the handshakes the flooder
+/// saw refused may be counted a moment later, and those it gave up on at its handshake limit.
+const REFUSALS_SETTLE: Duration = Duration::from_secs(12);
+
+/// The gateway's refusal counters in `ns`; after a flood, once they account for every
+/// handshake the flooder saw refused or gave up on (a wrong ALPN, a wrong token, or a limit or
+/// the handshake timeout that came first), or after [`REFUSALS_SETTLE`]. Under a loaded machine
+/// a single scrape right after the flood missed the last few still in flight.
+async fn settled_refusals(ns: &str, flood: Option<&FloodReport>) -> BTreeMap<String, f64> {
+    let scrape = || {
+        scrape_in(ns, GATEWAY_METRICS)
+            .map(|page| refusals(&page))
+            .unwrap_or_default()
+    };
+    let Some(flood) = flood else {
+        return scrape();
+    };
+    let expected = (flood.wrong_alpn_refused
+        + flood.bad_hellos_closed
+        + flood.bad_hellos_not_connected) as f64;
+    let deadline = tokio::time::Instant::now() + REFUSALS_SETTLE;
+    loop {
+        let counted = scrape();
+        let refused: f64 = [
+            "tls",
+            "unauthorized_connect",
+            "address_limit",
+            "pending_limit",
+            "timeout",
+        ]
+        .iter()
+        .filter_map(|k| counted.get(*k))
+        .sum();
+        if refused >= expected || tokio::time::Instant::now() >= deadline {
+            return counted;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The samples of `metric` on a Prometheus page, summed by the value of their `label`.
 pub(crate) fn sum_by_label(page: &str, metric: &str, label: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -927,9 +967,7 @@ pub async fn run_one(
     };
     let (survived, restarted_ns, flood) = tokio::join!(pushing_sampled, restarting, flooding);
     let server_refusals = match transport {
-        Transport::Rtmpq { .. } => scrape_in(&b, GATEWAY_METRICS)
-            .map(|page| refusals(&page))
-            .unwrap_or_default(),
+        Transport::Rtmpq { .. } => settled_refusals(&b, flood.as_ref()).await,
         _ => BTreeMap::new(),
     };
     // Frames still in flight get a little time to land; late ones count as late anyway.
