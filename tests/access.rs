@@ -10,7 +10,11 @@ use std::time::Duration;
 use common::*;
 use rtmpq_gateway::access::EdgeRuleConfig;
 use rtmpq_gateway::{Gateway, GatewayConfig, Reloader};
+use rtmpq_hop::rtmp::{handshake, HandshakeRole, RtmpReader, RtmpWriter};
 use rtmpq_hop::secret::Secret;
+use rtmpq_proto::chunk::ChunkLimits;
+use rtmpq_proto::command::{self, Amf0Value};
+use rtmpq_proto::message::Message;
 
 fn edge_rule(name: &str, token: &str, publish: &[&str]) -> EdgeRuleConfig {
     EdgeRuleConfig {
@@ -475,4 +479,170 @@ async fn a_reload_with_new_certificates_serves_them_to_new_edges_and_keeps_live_
         .iter()
         .any(|s| s.stream == "live-across-reload"));
     drop((live, fresh));
+}
+
+/// A raw RTMP client through `edge`: handshake, `connect` to `live`, `createStream`, then
+/// `then`; reads until the edge closes the connection. `false` if it stays open for 20 s.
+async fn raw_session_closed(edge: std::net::SocketAddr, then: Vec<Message>) -> bool {
+    let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let leftover = handshake(&mut tcp, HandshakeRole::Client, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (read, write) = tcp.into_split();
+    let mut reader = RtmpReader::new(Box::pin(read), leftover, ChunkLimits::default());
+    let (tx, _writer) = RtmpWriter::new(Box::pin(write)).spawn(64, None);
+    let url = format!("rtmp://{edge}/live");
+    let setup = [
+        command::request(
+            "connect",
+            1.0,
+            0,
+            vec![command::connect_object("live", &url)],
+        ),
+        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+    ];
+    for msg in setup.into_iter().chain(then) {
+        if tx.send(msg).await.is_err() {
+            break;
+        }
+    }
+    let closed = async { while let Ok(Some(_)) = reader.next().await {} };
+    tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .is_ok()
+}
+
+/// `name` for `stream` as an AMF0 command body (transaction 0, null command object).
+fn named_body(name: &str, stream: &str) -> Vec<u8> {
+    let args = vec![Amf0Value::Null, Amf0Value::Utf8String(stream.into())];
+    command::request(name, 0.0, 1, args).payload.to_vec()
+}
+
+/// Every spelling nginx-rtmp reads as `verb` of `stream` (lower-cased, cut at NUL, in data,
+/// AMF3 and aggregate messages, with values after the arguments it never reads).
+fn spellings(verb: &str, stream: &str) -> Vec<(String, Message)> {
+    let msg = |type_id: u8, body: Vec<u8>| Message::new(type_id, 1, 0, body);
+    let plain = named_body(verb, stream);
+    let mut capital = verb.to_owned();
+    capital[..1].make_ascii_uppercase();
+    let mut prefixed = vec![0u8];
+    prefixed.extend_from_slice(&plain);
+    let mut dated = plain.clone();
+    dated.push(0x0b);
+    dated.extend_from_slice(&[0; 10]);
+    let mut amf3_tail = plain.clone();
+    amf3_tail.extend_from_slice(&[0x11, 0x00]);
+    let mut aggregate = vec![20u8];
+    aggregate.extend_from_slice(&(plain.len() as u32).to_be_bytes()[1..]);
+    aggregate.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1]);
+    aggregate.extend_from_slice(&plain);
+    aggregate.extend_from_slice(&(plain.len() as u32 + 11).to_be_bytes());
+    vec![
+        (capital.clone(), msg(20, named_body(&capital, stream))),
+        (
+            format!("{verb}\\0"),
+            msg(20, named_body(&format!("{verb}\0"), stream)),
+        ),
+        ("type 18".into(), msg(18, plain.clone())),
+        ("type 15".into(), msg(15, prefixed.clone())),
+        ("type 17".into(), msg(17, prefixed)),
+        ("type 22".into(), msg(22, aggregate)),
+        ("a trailing Date".into(), msg(20, dated)),
+        ("a trailing AMF3 value".into(), msg(20, amf3_tail)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rights_hold_however_a_publish_or_play_is_spelled() {
+    use rtmpq_edge::config::MediaCarrier;
+    for carrier in [MediaCarrier::Lanes, MediaCarrier::Stream] {
+        spellings_are_refused_on(carrier).await;
+    }
+}
+
+async fn spellings_are_refused_on(carrier: rtmpq_edge::config::MediaCarrier) {
+    let nginx = Nginx::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        origin: Some(format!("rtmp://{}", nginx.rtmp)),
+        ..gateway_config(
+            state.path(),
+            vec![EdgeRuleConfig {
+                play: vec!["live/cam-a-*".into()],
+                ..edge_rule("cam-a", "token-a", &["live/cam-a-*"])
+            }],
+        )
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        token: Some(Secret::new("token-a")),
+        carrier,
+        ..c
+    })
+    .await;
+    let mut tries: Vec<(String, Vec<Message>)> = Vec::new();
+    for (verb, stream) in [("publish", "studio"), ("play", "secret")] {
+        for (how, msg) in spellings(verb, stream) {
+            tries.push((format!("{verb} as {how}"), vec![msg]));
+        }
+    }
+    let play2 = command::request(
+        "play2",
+        0.0,
+        1,
+        vec![Amf0Value::Null, Amf0Value::Utf8String("secret".into())],
+    );
+    tries.push(("play2".into(), vec![play2]));
+    let fc = Message::new(20, 0, 0, named_body("FCPublish", "studio"));
+    let allowed = Message::new(20, 1, 0, named_body("publish", "cam-a-2"));
+    tries.push((
+        "FCPublish studio, then an allowed publish".into(),
+        vec![fc, allowed],
+    ));
+    let denied_play = Message::new(20, 1, 0, named_body("Play", "secret"));
+    let allowed_play = Message::new(20, 1, 0, named_body("play", "cam-a-3"));
+    tries.push((
+        "an allowed play, then Play secret".into(),
+        vec![allowed_play, denied_play],
+    ));
+    let n = tries.len();
+    let sessions: Vec<_> = tries
+        .into_iter()
+        .map(|(what, msgs)| {
+            let edge = stack.edge_addr;
+            tokio::spawn(async move { (what, raw_session_closed(edge, msgs).await) })
+        })
+        .collect();
+    for session in sessions {
+        let (what, closed) = session.await.unwrap();
+        assert!(closed, "{what}: the session was not ended");
+    }
+    let refused = || {
+        stack
+            .gateway
+            .ended_sessions()
+            .into_iter()
+            .filter(|s| s.code == "unauthorized")
+            .count()
+    };
+    wait_until(Duration::from_secs(20), "every try refused", || {
+        refused() >= n
+    })
+    .await;
+    // A control through the same path: nginx logs what it is asked to publish.
+    let control = Message::new(20, 1, 0, named_body("Publish", "cam-a-9"));
+    let edge = stack.edge_addr;
+    let held = tokio::spawn(async move { raw_session_closed(edge, vec![control]).await });
+    nginx
+        .wait_for_log("name='cam-a-9'", Duration::from_secs(20))
+        .await;
+    held.abort();
+    let log = nginx.log();
+    for forbidden in ["name='studio'", "name='secret'"] {
+        assert!(
+            !log.contains(forbidden),
+            "{carrier:?}: nginx saw {forbidden}:\n{log}"
+        );
+    }
 }

@@ -123,6 +123,12 @@ impl Rights {
         }
     }
 
+    /// Whether these rights allow less than everything (then every command that could reach
+    /// the origin is judged as the origin reads it: [`crate::origin_command`]).
+    pub fn restricts(&self) -> bool {
+        self.publish.is_some() || self.play.is_some()
+    }
+
     /// Whether `direction` on `app`/`stream` is allowed.
     pub fn allows(&self, direction: Direction, app: &str, stream: &str) -> bool {
         let patterns = match direction {

@@ -159,6 +159,7 @@ pub mod lanes;
 pub mod late_arrivals;
 pub mod media_queue;
 pub mod message;
+pub mod origin_command;
 pub mod session;
 pub mod wire;
 

@@ -13,6 +13,7 @@ use crate::fast_start::FastStart;
 use crate::journal::SessionJournal;
 use crate::media_queue::Dropped;
 use crate::message::{MediaKind, Message};
+use crate::origin_command::{origin_app, stream_commands, StreamCommand};
 use crate::wire::{CloseCode, ResumeToken};
 
 /// Whether the client publishes or plays.
@@ -185,6 +186,10 @@ pub struct SessionTracker {
     pub resume_token: Option<ResumeToken>,
     /// At the gateway with ACLs: what the client's edge may publish and play.
     pub rights: Option<Arc<Rights>>,
+    /// Why a command the client sent was refused by [`rights`](Self::rights).
+    refused: Option<String>,
+    /// Whether the origin has read a `connect` of the client's (judged with restricting rights).
+    origin_connected: bool,
     /// Messages waiting at this hop, per flow.
     waiting: [Arc<WaitTimes>; 2],
     connect_transaction: Option<f64>,
@@ -207,6 +212,8 @@ impl Default for SessionTracker {
             fast_start: None,
             resume_token: None,
             rights: None,
+            refused: None,
+            origin_connected: false,
             arrived_late: Dropped::default(),
             reset_in_quic: Dropped::default(),
             gateway: None,
@@ -234,13 +241,18 @@ impl SessionTracker {
         self.note_media(kind);
         let cmd = Command::parse(msg)?;
         self.journal.observe(msg, cmd.as_ref());
+        if let Some(rights) = self.rights.clone().filter(|r| r.restricts()) {
+            self.judge(&rights, msg);
+        }
         let Some(cmd) = cmd else {
             return Ok(None);
         };
         match cmd.name.as_str() {
             "connect" => {
                 self.connect_transaction = Some(cmd.transaction_id);
-                self.app = cmd.object_string("app").map(str::to_owned);
+                if !self.origin_connected {
+                    self.app = cmd.object_string("app").map(|a| origin_app(a).to_owned());
+                }
             }
             "publish" | "play" => {
                 self.direction = Some(if cmd.name == "publish" {
@@ -254,6 +266,49 @@ impl SessionTracker {
             _ => {}
         }
         Ok(Some(cmd))
+    }
+
+    /// Judges `msg` as the origin will read it: every connect, publish and play it carries,
+    /// however spelled and in whatever message type; what cannot be judged is refused.
+    fn judge(&mut self, rights: &Rights, msg: &Message) {
+        if self.refused.is_some() {
+            return;
+        }
+        let commands = match stream_commands(msg) {
+            Ok(commands) => commands,
+            Err(e) => {
+                self.refused = Some(format!(
+                    "edge {:?} sent {e}: refused at this gateway",
+                    rights.identity
+                ));
+                return;
+            }
+        };
+        for command in commands {
+            let (direction, stream) = match command {
+                StreamCommand::Connect { app } => {
+                    if self.origin_connected {
+                        self.refused = Some(format!(
+                            "edge {:?} sent a second connect: refused at this gateway",
+                            rights.identity
+                        ));
+                        return;
+                    }
+                    self.origin_connected = true;
+                    self.app = Some(app);
+                    continue;
+                }
+                StreamCommand::Publish { stream, .. } => (Direction::Publish, stream),
+                StreamCommand::Play { stream, .. } => (Direction::Play, stream),
+            };
+            let app = self.app.as_deref().unwrap_or_default();
+            if let Some(why) = rights.refusal(direction, app, &stream) {
+                self.direction = Some(direction);
+                self.stream = Some(stream);
+                self.refused = Some(why);
+                return;
+            }
+        }
     }
 
     fn record_to_client(&mut self, msg: &Message) -> Result<(), Amf0Error> {
@@ -305,6 +360,9 @@ impl SessionTracker {
     /// Why the client's publish or play is refused by [`rights`](Self::rights), once it
     /// asked; `None` while allowed or not asked yet.
     pub fn refusal(&self) -> Option<String> {
+        if let Some(why) = &self.refused {
+            return Some(why.clone());
+        }
         let (rights, direction) = (self.rights.as_ref()?, self.direction?);
         let app = self.app.as_deref().unwrap_or_default();
         rights.refusal(direction, app, self.stream.as_deref().unwrap_or_default())
@@ -485,6 +543,74 @@ mod tests {
         .unwrap();
         assert_eq!(t.to_origin.keyframe_interval_ms, Some(2000));
         assert_eq!(t.media_flow().media_bytes, 6 + 6 + 3 + 6);
+    }
+
+    #[test]
+    fn restricting_rights_judge_every_command_as_the_origin_reads_it() {
+        use crate::access::StreamPattern;
+        let rights = Arc::new(Rights::listed(
+            "cam-a",
+            vec![StreamPattern::parse("live/cam-a-*").unwrap()],
+            vec![StreamPattern::parse("live/cam-a-*").unwrap()],
+        ));
+        let connected = || {
+            let mut t = SessionTracker {
+                rights: Some(rights.clone()),
+                ..SessionTracker::default()
+            };
+            let url = "rtmp://h/live?token=SECRET";
+            t.record(
+                Flow::ToOrigin,
+                &request(
+                    "connect",
+                    1.0,
+                    0,
+                    vec![connect_object("live?token=SECRET", url)],
+                ),
+            )
+            .unwrap();
+            assert_eq!(t.app.as_deref(), Some("live"), "the query is not the app");
+            t
+        };
+        let named = |name: &str, stream: &str| {
+            request(
+                name,
+                0.0,
+                1,
+                vec![Amf0Value::Null, Amf0Value::Utf8String(stream.into())],
+            )
+        };
+        let mut t = connected();
+        t.record(Flow::ToOrigin, &named("publish", "cam-a-1"))
+            .unwrap();
+        assert_eq!(t.refusal(), None);
+        t.record(Flow::ToOrigin, &named("Play", "secret")).unwrap();
+        let why = t.refusal().expect("a play of another stream is refused");
+        assert!(why.contains("may not play live/secret"), "{why}");
+        // Once refused, an allowed command after it does not lift the refusal.
+        t.record(Flow::ToOrigin, &named("publish", "cam-a-2"))
+            .unwrap();
+        assert!(t.refusal().is_some());
+
+        let mut t = connected();
+        let mut data = named("publish", "studio");
+        data.type_id = crate::message::message_type::DATA_AMF0;
+        t.record(Flow::ToOrigin, &data).unwrap();
+        assert_eq!(t.direction, Some(Direction::Publish));
+        assert!(t.refusal().unwrap().contains("may not publish live/studio"));
+
+        let mut t = connected();
+        t.record(Flow::ToOrigin, &named("play2", "cam-a-1"))
+            .unwrap();
+        assert!(t.refusal().unwrap().contains("not judged"));
+
+        // Without restricting rights, nothing is judged.
+        let mut t = SessionTracker {
+            rights: Some(Arc::new(Rights::everything("any"))),
+            ..SessionTracker::default()
+        };
+        t.record(Flow::ToOrigin, &named("play2", "x")).unwrap();
+        assert_eq!(t.refusal(), None);
     }
 
     #[test]

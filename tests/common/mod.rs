@@ -342,6 +342,24 @@ http {{
         self.child = Nginx::spawn(self._dir.path(), self.rtmp, self.http).await;
     }
 
+    /// nginx's error log (at `info`: it names every stream published or played).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// Waits until nginx's log contains `needle` (nginx's own words are the fact here).
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "nginx never logged {needle:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The stat page's XML.
     pub async fn stat(&self) -> String {
         http_get(self.http, "/stat").await
