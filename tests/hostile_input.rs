@@ -17,7 +17,7 @@ use rtmpq_hop::tunnel::write_frame;
 use rtmpq_proto::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits};
 use rtmpq_proto::command::{self, Amf0Value, Command};
 use rtmpq_proto::message::{Control, Message};
-use rtmpq_proto::wire::{CloseCode, Frame};
+use rtmpq_proto::wire::{Carrier, CloseCode, Frame, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -621,4 +621,88 @@ fn nested_probe_is_what_the_issue_describes() {
         .unwrap()
         .unwrap();
     assert_eq!(got, msg);
+}
+
+/// A lanes session whose edge vanishes while its merge waits: the session stream carries a
+/// FENCE naming audio that never comes and a data message behind it, then ends without
+/// SESSION_CLOSE, and the connection closes. The session must end at the gateway (its origin
+/// side with it), the connection must leave the status API, and the stream name must be free
+/// for the next publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_edge_mid_merge_leaves_no_session_behind() {
+    let stack = Stack::start(None).await;
+    let tls = rtmpq_certs::client_tls(
+        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
+        None,
+    )
+    .unwrap();
+    let session_id = SessionId(rand_id());
+    let open = Frame::SessionOpen {
+        session_id,
+        latency_budget_ms: 0,
+        carrier: Carrier::MediaLanes,
+    };
+    let mut tunnel = RawTunnel::open_as(stack.gateway_addr, tls, "vanishing", open).await;
+    let url = format!("rtmp://{}/live", stack.gateway_addr);
+    let setup = [
+        command::request(
+            "connect",
+            1.0,
+            0,
+            vec![command::connect_object("live", &url)],
+        ),
+        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+        command::request(
+            "publish",
+            3.0,
+            1,
+            vec![Amf0Value::Null, Amf0Value::Utf8String("held-name".into())],
+        ),
+    ];
+    for msg in setup {
+        write_frame(&mut tunnel.send, &Frame::Msg(msg))
+            .await
+            .unwrap();
+    }
+    let id = session_id.to_string();
+    wait_until(LIMIT, "the gateway to publish held-name", || {
+        stack
+            .gateway
+            .sessions()
+            .iter()
+            .any(|s| s.stream == "held-name" && s.id == id)
+    })
+    .await;
+    let fence = Frame::Fence {
+        audio_before: 1,
+        video_before: 0,
+    };
+    write_frame(&mut tunnel.send, &fence).await.unwrap();
+    let data = command::data_message(1, vec![Amf0Value::Utf8String("onTextData".into())]);
+    write_frame(&mut tunnel.send, &Frame::Msg(data))
+        .await
+        .unwrap();
+    tunnel.send.finish().unwrap();
+    // Everything, FIN included, reached the gateway before the connection goes.
+    let acknowledged = tokio::time::timeout(LIMIT, tunnel.send.stopped()).await;
+    assert!(matches!(acknowledged, Ok(Ok(None))), "{acknowledged:?}");
+    tunnel.conn.close(0u32.into(), b"gone");
+    let ended = ended_session(&stack.gateway, "for the vanished edge", |s| {
+        s.session.id == id
+    })
+    .await;
+    eprintln!("ended: {} {}", ended.code, ended.reason);
+    wait_until(LIMIT, "the connection to leave the status API", || {
+        stack
+            .gateway
+            .connections()
+            .iter()
+            .all(|c| !c.peer.contains("vanishing"))
+    })
+    .await;
+    // The name is free: a publisher through the edge gets it.
+    let mut client = RtmpClient::connect(&stack.edge_addr.to_string(), "live")
+        .await
+        .unwrap();
+    client.publish("held-name").await.unwrap();
 }

@@ -36,6 +36,13 @@ pub const VIDEO_PRIORITY: i32 = 0;
 const EXPIRY_TICK: Duration = Duration::from_millis(20);
 /// How long a media stream may take to name its session, and the session to be registered.
 const MEDIA_STREAM_WAIT: Duration = Duration::from_secs(2);
+/// How long a lanes session's merge may hold messages without writing one while its session
+/// stream is open: longer than the connection's idle timeout, so a dark path ends the
+/// connection (and the session is held for resume) first; only a peer that never sends what
+/// its fences name is ended by this.
+const MERGE_STALL_LIMIT: Duration = Duration::from_secs(20);
+/// How long what the merge holds may take to complete once the session stream has ended.
+const ENDED_MERGE_LIMIT: Duration = Duration::from_secs(5);
 /// Media events a session's inbox holds before its streams' readers wait (QUIC's flow control
 /// then holds the rest at the sender).
 const INBOX_DEPTH: usize = 256;
@@ -435,9 +442,16 @@ enum LaneEvent {
     Failed(FrameReadError),
 }
 
-/// The sessions of one connection that take media streams: their session stream's id, their
-/// inbox and their share of the buffer bound.
-type Registry = HashMap<u64, (mpsc::Sender<LaneEvent>, Option<Arc<SessionBudget>>)>;
+/// A session's inbox and its share of the buffer bound, as the router holds them.
+type Inlet = (mpsc::Sender<LaneEvent>, Option<Arc<SessionBudget>>);
+
+/// The sessions of one connection that take media streams, by their session stream's id; once
+/// the connection has ended, none (every inbox then ends, whatever its merge still holds).
+#[derive(Default)]
+struct Registry {
+    sessions: HashMap<u64, Inlet>,
+    connection_ended: bool,
+}
 
 /// Accepts a connection's media streams and hands each to the session it names.
 pub struct LaneRouter {
@@ -449,7 +463,7 @@ impl LaneRouter {
     /// Starts accepting `conn`'s unidirectional streams (until it closes).
     pub fn start(conn: &quinn::Connection) -> Arc<LaneRouter> {
         let router = Arc::new(LaneRouter {
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Registry::default()),
             registered: Notify::new(),
         });
         let conn = conn.clone();
@@ -460,6 +474,12 @@ impl LaneRouter {
                     return;
                 };
                 tokio::spawn(async move { router.serve(recv).await });
+            }
+            // The connection ended: every session's inbox ends with it.
+            if let Some(router) = weak.upgrade() {
+                let mut registry = router.sessions.lock().expect("lane registry");
+                registry.connection_ended = true;
+                registry.sessions.clear();
             }
         });
         router
@@ -473,10 +493,11 @@ impl LaneRouter {
         budget: Option<Arc<SessionBudget>>,
     ) -> LaneInbox {
         let (tx, rx) = mpsc::channel(INBOX_DEPTH);
-        self.sessions
-            .lock()
-            .expect("lane registry")
-            .insert(session_stream, (tx, budget));
+        let mut registry = self.sessions.lock().expect("lane registry");
+        if !registry.connection_ended {
+            registry.sessions.insert(session_stream, (tx, budget));
+        }
+        drop(registry);
         self.registered.notify_waiters();
         LaneInbox {
             rx,
@@ -487,10 +508,7 @@ impl LaneRouter {
 
     /// The session a stream names, waiting a moment for it (its first frames may arrive
     /// before the session stream's SESSION_OPEN was read).
-    async fn session(
-        &self,
-        session_stream: u64,
-    ) -> Option<(mpsc::Sender<LaneEvent>, Option<Arc<SessionBudget>>)> {
+    async fn session(&self, session_stream: u64) -> Option<Inlet> {
         let wait = async {
             loop {
                 let registered = self.registered.notified();
@@ -498,6 +516,7 @@ impl LaneRouter {
                     .sessions
                     .lock()
                     .expect("lane registry")
+                    .sessions
                     .get(&session_stream)
                 {
                     return s.clone();
@@ -579,7 +598,7 @@ impl LaneRouter {
 
 impl std::fmt::Debug for LaneRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sessions = self.sessions.lock().map_or(0, |s| s.len());
+        let sessions = self.sessions.lock().map_or(0, |s| s.sessions.len());
         f.debug_struct("LaneRouter")
             .field("sessions", &sessions)
             .finish()
@@ -599,6 +618,7 @@ impl Drop for LaneInbox {
             .sessions
             .lock()
             .expect("lane registry")
+            .sessions
             .remove(&self.session_stream);
     }
 }
@@ -619,6 +639,8 @@ struct LanesIn {
     merge: LaneMerge,
     budget: Option<Arc<SessionBudget>>,
     charged: usize,
+    /// When the merge last wrote a message or held nothing.
+    progress: tokio::time::Instant,
 }
 
 impl LanesIn {
@@ -674,6 +696,7 @@ impl SessionRecv {
                 merge: LaneMerge::new(MergeLimits::default()),
                 budget,
                 charged: 0,
+                progress: tokio::time::Instant::now(),
             })),
             ended: false,
         }
@@ -687,12 +710,37 @@ impl SessionRecv {
         loop {
             if let Some(frame) = lanes.merge.pop() {
                 lanes.charge()?;
+                lanes.progress = tokio::time::Instant::now();
                 return Ok(Some(frame));
             }
-            if self.ended && lanes.merge.is_empty() {
-                return Ok(None);
+            if lanes.merge.is_empty() {
+                if self.ended {
+                    return Ok(None);
+                }
+                lanes.progress = tokio::time::Instant::now();
             }
+            // What the merge holds must make progress within a bound, sooner once the session
+            // stream has ended (nothing it waits for can come from there any more).
+            let limit = if self.ended {
+                ENDED_MERGE_LIMIT
+            } else {
+                MERGE_STALL_LIMIT
+            };
+            let stalled = async {
+                if lanes.merge.is_empty() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep_until(lanes.progress + limit).await;
+            };
             tokio::select! {
+                () = stalled => {
+                    return Err(FrameReadError::Lanes(format!(
+                        "media lanes wrote nothing for {limit:?} while {} bytes waited for what \
+                         the session stream's fences name{}",
+                        lanes.merge.bytes(),
+                        if self.ended { " (the session stream had ended)" } else { "" },
+                    )));
+                }
                 frame = self.frames.next(), if !self.ended => match frame? {
                     Some(frame) => lanes.merge.from_session_stream(frame).map_err(lanes_err)?,
                     None => self.ended = true,
@@ -706,8 +754,11 @@ impl SessionRecv {
                         lanes.merge.media(lane, index, control_before, msg).map_err(lanes_err)?
                     }
                     Some(LaneEvent::Failed(e)) => return Err(e),
-                    // The router is held by the inbox: it never ends first.
-                    None => return Ok(None),
+                    // The router ends every inbox when the connection ends.
+                    None => return Err(FrameReadError::Lost(StreamLost {
+                        code: None,
+                        reason: "the connection ended".into(),
+                    })),
                 },
             }
             lanes.charge()?;

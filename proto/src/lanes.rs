@@ -150,7 +150,7 @@ struct Waiting {
 struct LaneState {
     next: u64,
     waiting: BTreeMap<u64, Waiting>,
-    /// Ranges `from..to` that will never arrive, not yet reached; sorted by `from`.
+    /// Ranges `from..to` that will never arrive, not yet reached; disjoint, sorted by `from`.
     skips: BTreeMap<u64, u64>,
 }
 
@@ -164,6 +164,31 @@ impl LaneState {
             self.skips.pop_first();
             self.next = self.next.max(to);
         }
+    }
+
+    /// Adds `from..to` to the ranges that will never arrive, as a set: ranges that overlap or
+    /// touch it become one, so an index is skipped whichever range named it (nested and
+    /// overlapping skips included).
+    fn skip(&mut self, mut from: u64, mut to: u64) {
+        // Ranges are disjoint and sorted; those that start at or before `to` and end at or
+        // after `from` join this one.
+        while let Some((&start, &end)) = self.skips.range(..=to).next_back() {
+            if end < from {
+                break;
+            }
+            self.skips.remove(&start);
+            from = from.min(start);
+            to = to.max(end);
+        }
+        self.skips.insert(from, to);
+    }
+
+    /// Whether `index` lies in a range that will never arrive.
+    fn skipped(&self, index: u64) -> bool {
+        self.skips
+            .range(..=index)
+            .next_back()
+            .is_some_and(|(_, &to)| index < to)
     }
 
     /// The message that may go out next, if its turn has come.
@@ -218,8 +243,7 @@ impl LaneMerge {
                 let max = self.limits.max_skips;
                 let state = self.lane(lane);
                 if to > state.next {
-                    let end = state.skips.entry(from.max(state.next)).or_insert(to);
-                    *end = (*end).max(to);
+                    state.skip(from.max(state.next), to);
                     if state.skips.len() > max {
                         return Err(MergeError::Overloaded("skip ranges"));
                     }
@@ -261,12 +285,7 @@ impl LaneMerge {
         msg: Message,
     ) -> Result<(), MergeError> {
         let state = self.lane(lane);
-        let skipped = state
-            .skips
-            .range(..=index)
-            .next_back()
-            .is_some_and(|(_, &to)| index < to);
-        if index < state.next || skipped {
+        if index < state.next || state.skipped(index) {
             return Ok(());
         }
         if state.waiting.contains_key(&index) {
@@ -664,6 +683,80 @@ mod tests {
         ) {
             check_delivery(&kinds, &resets, &schedule);
         }
+    }
+
+    proptest::proptest! {
+        /// Skip ranges are a set: whatever ranges arrive (nested, overlapping, touching, in
+        /// any order, before or after the media around them, and media inside them too),
+        /// every index outside them comes out once and in order, and nothing is left waiting.
+        #[test]
+        fn skip_ranges_nested_or_overlapping_never_leave_a_message_stuck(
+            ranges in proptest::collection::vec((0u64..200, 1u64..80), 0..12),
+            order in proptest::collection::vec(0usize..1000, 0..400),
+        ) {
+            check_skips(&ranges, &order);
+        }
+    }
+
+    fn check_skips(ranges: &[(u64, u64)], order: &[usize]) {
+        const N: u64 = 300;
+        let skipped = |i: u64| {
+            ranges
+                .iter()
+                .any(|&(from, len)| (from..from + len).contains(&i))
+        };
+        let mut pending: Vec<Frame> = ranges
+            .iter()
+            .map(|&(from, len)| Frame::LaneSkip {
+                lane: Lane::Audio,
+                from,
+                to: from + len,
+            })
+            .collect();
+        // A peer may send indices it also skips: they may go out before their skip arrives,
+        // never after, and never wait.
+        let mut media: Vec<u64> = (0..N).collect();
+        let mut merge = LaneMerge::default();
+        let mut out = Vec::new();
+        let mut order = order.iter().copied().chain(std::iter::repeat(0));
+        while !(pending.is_empty() && media.is_empty()) {
+            let pick = order.next().unwrap_or(0);
+            if !pending.is_empty() && (media.is_empty() || pick % 3 == 0) {
+                let frame = pending.remove(pick % pending.len());
+                merge.from_session_stream(frame).unwrap();
+            } else {
+                let i = media.remove(pick % media.len());
+                merge.media(Lane::Audio, i, 0, audio(i as u32)).unwrap();
+            }
+            drain(&mut merge, &mut out);
+        }
+        let got: Vec<u32> = out.iter().map(|m| m.timestamp).collect();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "in order, once: {got:?}"
+        );
+        for i in (0..N).filter(|&i| !skipped(i)) {
+            assert!(got.contains(&(i as u32)), "{i} never came out: {got:?}");
+        }
+        assert!(merge.is_empty(), "left waiting");
+    }
+
+    #[test]
+    fn a_skip_inside_another_still_skips_what_only_the_outer_one_names() {
+        // The probe: 5..100, then 50..60; audio 70 (inside only the outer) arrives later.
+        let ranges = [(5, 95), (50, 10)];
+        check_skips(&ranges, &[]);
+        let mut merge = LaneMerge::default();
+        for (from, len) in ranges {
+            let skip = Frame::LaneSkip {
+                lane: Lane::Audio,
+                from,
+                to: from + len,
+            };
+            merge.from_session_stream(skip).unwrap();
+        }
+        merge.media(Lane::Audio, 70, 0, audio(70)).unwrap();
+        assert!(merge.is_empty(), "index 70 was skipped: it must not wait");
     }
 
     fn check_delivery(kinds: &[u8], resets: &[(bool, usize)], schedule: &[usize]) {
