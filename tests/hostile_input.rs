@@ -706,3 +706,197 @@ async fn a_vanished_edge_mid_merge_leaves_no_session_behind() {
         .unwrap();
     client.publish("held-name").await.unwrap();
 }
+
+/// Writes a MSG frame header announcing `len` payload bytes on a session stream, then `sent`
+/// of them: a message that never completes.
+async fn unfinished_message(send: &mut quinn::SendStream, len: usize, sent: usize) {
+    // kind, type, stream id (varint 1), timestamp, then the payload.
+    let frame_len = (1 + 1 + 1 + 4 + len) as u32;
+    let mut head = (frame_len | 0x8000_0000).to_be_bytes().to_vec();
+    head.extend_from_slice(&[0x11, 9, 1, 0, 0, 0, 0]);
+    if send.write_all(&head).await.is_err() {
+        return;
+    }
+    let piece = vec![0x17u8; 1 << 20];
+    for _ in 0..sent >> 20 {
+        if send.write_all(&piece).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The probe: a peer that only says HELLO opens session streams whose first frame announces
+/// 16 MiB (refused at once: frames before SESSION_OPEN are small), then sessions that each
+/// hold an unfinished 12 MiB message. One connection holds at most its share of
+/// `max_buffered_mb` (a quarter); its own sessions end `overloaded`, and a pusher through
+/// another connection is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_edge_connection_holds_at_most_its_share_of_the_buffer_bound() {
+    const MB: usize = 1 << 20;
+    let clip = clip(4).await;
+    let state = tempfile::tempdir().unwrap();
+    let gateway = rtmpq_gateway::Gateway::bind(rtmpq_gateway::GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        max_buffered_mb: 64,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| c).await;
+    let tls = rtmpq_certs::client_tls(
+        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
+        None,
+    )
+    .unwrap();
+    let tunnel = RawTunnel::open(stack.gateway_addr, tls).await;
+    for _ in 0..4 {
+        let (mut send, recv) = tunnel.conn.open_bi().await.unwrap();
+        unfinished_message(&mut send, 16 * MB - 64, MB).await;
+        let mut frames = rtmpq_hop::tunnel::FrameReader::new(recv);
+        match frames.next().await {
+            Ok(Some(Frame::SessionClose { code, reason })) => {
+                assert_eq!(code, CloseCode::ProtocolViolation, "{reason}");
+                assert!(reason.contains("exceeds the limit"), "{reason}");
+            }
+            other => panic!("a 16 MiB first frame was not refused: {other:?}"),
+        }
+    }
+    let overloaded = || {
+        stack
+            .gateway
+            .ended_sessions()
+            .iter()
+            .filter(|s| s.code == "overloaded")
+            .count()
+    };
+    let mut holders = Vec::new();
+    for _ in 0..6 {
+        let (mut send, _recv) = tunnel.conn.open_bi().await.unwrap();
+        let open = Frame::SessionOpen {
+            session_id: SessionId(rand_id()),
+            latency_budget_ms: 0,
+            carrier: Carrier::SessionStream,
+        };
+        write_frame(&mut send, &open).await.unwrap();
+        holders.push(tokio::spawn(async move {
+            unfinished_message(&mut send, 15 * MB, 12 * MB).await;
+            send
+        }));
+    }
+    // A 16 MiB share holds one 12 MiB message: the other five end overloaded.
+    wait_until(LIMIT, "five of the six holders to end overloaded", || {
+        overloaded() >= 5
+    })
+    .await;
+    let held = stack.gateway.buffered_bytes().unwrap();
+    eprintln!(
+        "the gateway buffers {} MiB for the greedy connection",
+        held / MB
+    );
+    assert!(held <= 16 * MB, "one connection holds {} MiB", held / MB);
+    let pushed = push(&clip, &stack.edge_url("victim")).await;
+    assert!(
+        pushed.status.success(),
+        "the pusher on another connection failed: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    for h in holders {
+        h.abort();
+    }
+}
+
+/// While a lanes session is held for resume (its stream lost, its connection alive), media
+/// streams that name it are stopped, not read into an inbox nobody drains (the probe wrote
+/// 963 MiB that way and the gateway grew past a gigabyte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_streams_naming_a_held_session_are_stopped() {
+    // Held for a minute: the streams must be stopped while it is held, not when it ends.
+    let state = tempfile::tempdir().unwrap();
+    let gateway = rtmpq_gateway::Gateway::bind(rtmpq_gateway::GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        resume_grace_ms: 60_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| c).await;
+    let tls = rtmpq_certs::client_tls(
+        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
+        None,
+    )
+    .unwrap();
+    let session_id = SessionId(rand_id());
+    let open = Frame::SessionOpen {
+        session_id,
+        latency_budget_ms: 0,
+        carrier: Carrier::MediaLanes,
+    };
+    let mut tunnel = RawTunnel::open_as(stack.gateway_addr, tls, "holder", open).await;
+    let url = format!("rtmp://{}/live", stack.gateway_addr);
+    for msg in [
+        command::request(
+            "connect",
+            1.0,
+            0,
+            vec![command::connect_object("live", &url)],
+        ),
+        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+        command::request(
+            "publish",
+            3.0,
+            1,
+            vec![Amf0Value::Null, Amf0Value::Utf8String("held".into())],
+        ),
+    ] {
+        write_frame(&mut tunnel.send, &Frame::Msg(msg))
+            .await
+            .unwrap();
+    }
+    // Set up and offered for resume: the gateway sends the token.
+    loop {
+        match tunnel.frames.next().await.unwrap() {
+            Some(Frame::ResumeToken(_)) => break,
+            Some(_) => continue,
+            None => panic!("no resume token"),
+        }
+    }
+    let session_stream = u64::from(tunnel.send.id());
+    tunnel.send.reset(0u32.into()).unwrap();
+    let mut streams = Vec::new();
+    for n in 0..64u64 {
+        let mut send = tunnel.conn.open_uni().await.unwrap();
+        streams.push(tokio::spawn(async move {
+            let head = Frame::MediaStream {
+                session_stream,
+                lane: rtmpq_proto::wire::Lane::Audio,
+                first_index: n * 1000,
+            };
+            let _ = write_frame(&mut send, &head).await;
+            for i in 0..64u32 {
+                let msg = Message::new(8, 1, i, vec![0xaf; 16 << 10]);
+                let media = Frame::Media {
+                    control_before: 0,
+                    msg,
+                };
+                if write_frame(&mut send, &media).await.is_err() {
+                    break;
+                }
+            }
+            tokio::time::timeout(LIMIT / 3, send.stopped()).await
+        }));
+    }
+    for (n, s) in streams.into_iter().enumerate() {
+        let stopped = s.await.unwrap();
+        assert!(
+            matches!(stopped, Ok(Ok(Some(_)))),
+            "media stream {n} naming a held session was not stopped: {stopped:?}"
+        );
+    }
+    let id = session_id.to_string();
+    assert!(
+        stack.gateway.sessions().iter().any(|s| s.id == id),
+        "the session is still held"
+    );
+}

@@ -32,6 +32,9 @@ pub use embedded_origin::EmbeddedOrigin;
 /// What stops the gateway from starting.
 pub use rtmpq_hop::HopError as GatewayError;
 
+/// One edge connection's sessions hold at most this fraction (1/n) of `max_buffered_mb`.
+pub const CONNECTION_SHARE_OF_BUFFER: usize = 4;
+
 /// State every connection and session of a gateway shares.
 #[derive(Debug)]
 struct Shared {
@@ -587,6 +590,10 @@ async fn serve_connection(
         conn: conn.clone(),
         path: path.clone(),
         lanes: rtmpq_hop::lanes::LaneRouter::start(&conn),
+        // One connection's sessions hold at most a share of the process-wide bound.
+        budget: shared
+            .budget
+            .share(shared.budget.limit() / CONNECTION_SHARE_OF_BUFFER),
     };
     // Once per connection: who may resume this connection's sessions, and what it proved.
     let edge = session::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());

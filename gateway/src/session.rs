@@ -15,7 +15,7 @@ use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPee
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
-use rtmpq_proto::budget::SessionBudget;
+use rtmpq_proto::budget::{MemoryBudget, SessionBudget};
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
 use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_LEN};
@@ -83,10 +83,13 @@ pub(crate) async fn serve(
     who: Who,
     link: EdgeLink,
 ) {
-    let budget = shared.budget.session();
-    let mut frames = FrameReader::new(recv);
-    frames.set_budget(budget.clone());
+    let budget = link.budget.session();
+    // Until SESSION_OPEN or SESSION_RESUME (tens of bytes), only small frames: a stream that
+    // announces a large first frame is refused at once, not buffered.
+    let mut frames = FrameReader::control(recv);
     let open = tokio::time::timeout(shared.settings.handshake_timeout, frames.next()).await;
+    frames.lift_limit();
+    frames.set_budget(budget.clone());
     let (session_id, latency_budget_ms, carrier) = match open {
         Ok(Ok(Some(Frame::SessionOpen {
             session_id,
@@ -262,6 +265,8 @@ pub(crate) struct EdgeLink {
     pub(crate) conn: quinn::Connection,
     pub(crate) path: Arc<PathWatch>,
     pub(crate) lanes: Arc<LaneRouter>,
+    /// The connection's share of the process-wide buffer bound.
+    pub(crate) budget: MemoryBudget,
 }
 
 impl EdgeLink {
@@ -504,6 +509,8 @@ async fn to_origin(
         let tunnel_lost = end.ended_by == EndedBy::Tunnel && end.code == CloseCode::TunnelLost;
         if tunnel_lost && set_up && handoff.is_some() {
             warn!(reason = %end.reason, "tunnel lost under a live session: holding it for {grace:?} for its edge to resume it");
+            // Nothing more is read from the lost stream or its media lanes while held.
+            TunnelRecv::stop(&mut tunnel.frames, CloseCode::TunnelLost);
             let held = tokio::select! {
                 new = handed_over(&mut handoff) => Some(new),
                 _ = tokio::time::sleep(grace) => None,

@@ -773,8 +773,11 @@ impl TunnelRecv for SessionRecv {
         self.next_frame()
     }
 
+    /// Stops the session stream and lets go of the media lanes: their charges come back, and
+    /// the router stops every media stream that names this session from now on.
     fn stop(&mut self, code: CloseCode) {
         TunnelRecv::stop(&mut self.frames, code);
+        self.lanes = None;
     }
 }
 

@@ -37,6 +37,13 @@ pub const ALPNS: [&[u8]; 4] = [ALPN, b"rtmpq/3", b"rtmpq/2", b"rtmpq/1"];
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often an idle connection sends a keep-alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// Bytes a peer may send on a connection, over all its streams, beyond what this end has read
+/// (QUIC's connection-level flow control; quinn's default is unbounded). What quinn buffers
+/// for a connection stays under this however many streams the peer opens; the hop reads each
+/// stream promptly and charges what it keeps to its buffer bound.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+/// Bytes a peer may send on one stream beyond what this end has read.
+pub const STREAM_RECEIVE_WINDOW: u32 = 2 << 20;
 
 /// The transport settings both ends use.
 ///
@@ -50,6 +57,8 @@ pub fn transport_config() -> quinn::TransportConfig {
         quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout in range"),
     ));
     t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.receive_window(CONNECTION_RECEIVE_WINDOW.into());
+    t.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
     t.max_concurrent_bidi_streams(1024u32.into());
     // Lanes sessions open one stream per GOP and one for audio; a GOP's stream lives until
     // QUIC is done with it (about a GOP and a round trip).

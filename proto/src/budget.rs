@@ -2,7 +2,10 @@
 //! hop, and each session takes from it through its own [`SessionBudget`], which gives back
 //! whatever it still holds when dropped. Partial messages in the chunk decoder and messages
 //! queued toward a writer are charged; a session that cannot get more ends with `overloaded`.
-//! This is the last resort behind the per-session limits, not a policy.
+//! A [`MemoryBudget::share`] is a part of the bound with a limit of its own (the gateway gives
+//! each edge connection one): what its sessions take counts against both, so one peer cannot
+//! take the whole bound from the others. This is the last resort behind the per-session
+//! limits, not a policy.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +20,8 @@ pub struct MemoryBudget {
 struct BudgetInner {
     used: AtomicUsize,
     limit: usize,
+    /// The bound this one is a share of.
+    parent: Option<MemoryBudget>,
 }
 
 /// A session's share would push the process past its bound.
@@ -34,6 +39,18 @@ impl MemoryBudget {
             inner: Arc::new(BudgetInner {
                 used: AtomicUsize::new(0),
                 limit,
+                parent: None,
+            }),
+        }
+    }
+
+    /// A share of this bound of at most `limit` bytes: takes through it count against both.
+    pub fn share(&self, limit: usize) -> Self {
+        MemoryBudget {
+            inner: Arc::new(BudgetInner {
+                used: AtomicUsize::new(0),
+                limit: limit.min(self.inner.limit),
+                parent: Some(self.clone()),
             }),
         }
     }
@@ -63,12 +80,28 @@ impl MemoryBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(n).filter(|&total| total <= limit)
             })
-            .map(|_| ())
-            .map_err(|_| BudgetExceeded { limit })
+            .map_err(|_| BudgetExceeded { limit })?;
+        if let Some(parent) = &self.inner.parent {
+            if let Err(e) = parent.take(n) {
+                self.inner.used.fetch_sub(n, Ordering::AcqRel);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_anyway(&self, n: usize) {
+        self.inner.used.fetch_add(n, Ordering::AcqRel);
+        if let Some(parent) = &self.inner.parent {
+            parent.take_anyway(n);
+        }
     }
 
     fn give_back(&self, n: usize) {
         self.inner.used.fetch_sub(n, Ordering::AcqRel);
+        if let Some(parent) = &self.inner.parent {
+            parent.give_back(n);
+        }
     }
 }
 
@@ -90,7 +123,7 @@ impl SessionBudget {
     /// Takes `n` bytes even past the bound: only for the few small messages that tell a
     /// client why its session ends, which must reach it even when the process is full.
     pub fn take_anyway(&self, n: usize) {
-        self.budget.inner.used.fetch_add(n, Ordering::AcqRel);
+        self.budget.take_anyway(n);
         self.held.fetch_add(n, Ordering::AcqRel);
     }
 
@@ -151,5 +184,28 @@ mod tests {
         assert_eq!((b.held(), budget.used()), (0, 50));
         drop(a);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_share_holds_at_most_its_limit_and_counts_against_the_whole() {
+        let budget = MemoryBudget::new(100);
+        let greedy = budget.share(40);
+        let other = budget.share(40);
+        let a = greedy.session();
+        a.take(30).unwrap();
+        // The greedy share is full at 40; the process has room, and others get it.
+        assert_eq!(a.take(20), Err(BudgetExceeded { limit: 40 }));
+        assert_eq!((greedy.used(), budget.used()), (30, 30));
+        let b = other.session();
+        b.take(40).unwrap();
+        assert_eq!(budget.used(), 70);
+        // The whole bound still holds when shares add up past it.
+        let c = budget.share(40).session();
+        assert_eq!(c.take(31), Err(BudgetExceeded { limit: 100 }));
+        assert_eq!(budget.used(), 70, "a refused take takes nothing anywhere");
+        c.take_anyway(50);
+        assert_eq!(budget.used(), 120);
+        drop((a, b, c));
+        assert_eq!((budget.used(), greedy.used(), other.used()), (0, 0, 0));
     }
 }

@@ -259,6 +259,11 @@ impl Telemetry {
         })
     }
 
+    /// Bytes buffered now under the process-wide bound, once one is watched.
+    pub fn buffered_bytes(&self) -> Option<usize> {
+        self.budget.get().map(MemoryBudget::used)
+    }
+
     /// Reports `budget`'s use and bound as `rtmpq_buffered_bytes` and
     /// `rtmpq_buffered_bytes_limit` on every tick.
     pub fn watch_budget(&self, budget: MemoryBudget) {
