@@ -900,3 +900,67 @@ async fn media_streams_naming_a_held_session_are_stopped() {
         "the session is still held"
     );
 }
+
+/// Names a peer chooses stay bounded where they land: an edge id with a newline (a forged log
+/// line) is refused at HELLO and never logged, and a 1000-byte stream name becomes a label of
+/// at most 64 bytes (the probe's 60 KB names grew the gateway 16 MB a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_chosen_names_are_bounded_in_logs_and_labels() {
+    capture_logs();
+    rtmpq_telemetry::prometheus();
+    let stack = Stack::start(None).await;
+    let tls = rtmpq_certs::client_tls(
+        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
+        None,
+    )
+    .unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = rtmpq_hop::transport::client_config(tls).unwrap();
+    let conn = endpoint
+        .connect_with(config, stack.gateway_addr, "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut control, _recv) = conn.open_bi().await.unwrap();
+    let hello = Frame::Hello {
+        version: rtmpq_proto::wire::WIRE_VERSION,
+        edge_id: "cam\nFORGED-LOG-LINE gateway shutting down".into(),
+        token: String::new(),
+        release_after_ms: 0,
+    };
+    write_frame(&mut control, &hello).await.unwrap();
+    let closed = tokio::time::timeout(LIMIT, conn.closed()).await;
+    match closed.expect("the HELLO was answered, not refused") {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code.into_inner(),
+                CloseCode::ProtocolViolation.to_code()
+            );
+            let reason = String::from_utf8_lossy(&close.reason);
+            assert!(reason.contains("printable ASCII"), "{reason}");
+        }
+        other => panic!("the HELLO was not refused: {other}"),
+    }
+    assert_eq!(
+        count_logs(&["FORGED-LOG-LINE"]),
+        0,
+        "the edge id was logged"
+    );
+
+    let long = format!("long-{}", "x".repeat(1000));
+    let mut client = RtmpClient::connect(&stack.edge_addr.to_string(), "live")
+        .await
+        .unwrap();
+    client.publish(&long).await.unwrap();
+    let labelled = |scrape: &str| scrape.contains("stream=\"long-xxx");
+    wait_until(LIMIT, "the session's series", || {
+        labelled(&rtmpq_telemetry::prometheus().render())
+    })
+    .await;
+    let scrape = rtmpq_telemetry::prometheus().render();
+    for value in scrape.split("stream=\"").skip(1) {
+        let value = &value[..value.find('"').unwrap()];
+        assert!(value.len() <= 64, "a {} byte label", value.len());
+    }
+    client.close().await;
+}

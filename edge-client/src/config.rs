@@ -257,6 +257,10 @@ impl EdgeConfig {
         if self.gateway.0.is_empty() {
             return Err(ConfigError::NoGateway);
         }
+        let edge_id = self.edge_id.clone().unwrap_or_else(default_edge_id);
+        if let Some(problem) = rtmpq_proto::wire::edge_id_problem(&edge_id) {
+            return Err(ConfigError::BadEdgeId(edge_id, problem));
+        }
         let gateways = self
             .gateway
             .0
@@ -301,7 +305,7 @@ impl EdgeConfig {
             trust,
             client_identity,
             token: self.token.clone().unwrap_or_else(|| Secret::new("")),
-            edge_id: self.edge_id.clone().unwrap_or_else(default_edge_id),
+            edge_id,
             metrics: self.metrics,
             max_sessions: above_zero(self.max_sessions, "max_sessions")?,
             handshake_timeout: millis(self.handshake_timeout_ms, "handshake_timeout_ms")?,
@@ -329,7 +333,7 @@ fn default_edge_id() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_owned())
         .ok()
-        .filter(|s| !s.is_empty())
+        .filter(|s| rtmpq_proto::wire::edge_id_problem(s).is_none())
         .unwrap_or_else(|| "edge".to_owned())
 }
 

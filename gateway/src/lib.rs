@@ -17,7 +17,7 @@ use rtmpq_hop::scaffold::{bind_tcp, Drain, StartError, END_LIMIT};
 use rtmpq_hop::transport::{quic_code, PathWatch};
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader};
 use rtmpq_proto::budget::MemoryBudget;
-use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
+use rtmpq_proto::wire::{edge_id_problem, CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -537,7 +537,9 @@ async fn serve_connection(
                 cert_names,
             };
             let admitted = shared.access.borrow().admit(&creds, &edge_id);
-            let refusal = if version != WIRE_VERSION {
+            let refusal = if let Some(problem) = edge_id_problem(&edge_id) {
+                Some((CloseCode::ProtocolViolation, problem))
+            } else if version != WIRE_VERSION {
                 Some((
                     CloseCode::UnsupportedVersion,
                     format!(

@@ -35,6 +35,9 @@ pub enum ConfigError {
     /// Edge: the gateway address is not `HOST:PORT`.
     #[error("gateway {0:?} is not HOST:PORT")]
     BadGateway(String),
+    /// An edge id a gateway would refuse.
+    #[error("edge_id {0:?}: {1}")]
+    BadEdgeId(String, String),
     /// Edge: neither `--ca` nor `--pin`, or both.
     #[error("give exactly one of --ca FILE or --pin sha256:HEX to trust the gateway")]
     NoTrust,

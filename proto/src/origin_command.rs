@@ -71,8 +71,10 @@ pub enum CannotJudge {
     /// at all.
     #[error("a `{0}` command whose arguments cannot be read as the origin reads them")]
     Unreadable(String),
-    /// A name with a NUL byte, or longer than [`MAX_NAME_LEN`].
-    #[error("a `{0}` command whose name has a NUL byte or more than {MAX_NAME_LEN} bytes")]
+    /// A name with a control character (NUL included), or longer than [`MAX_NAME_LEN`].
+    #[error(
+        "a `{0}` command whose name has a control character or more than {MAX_NAME_LEN} bytes"
+    )]
     BadName(String),
 }
 
@@ -154,12 +156,15 @@ fn command_in(type_id: u8, payload: &[u8]) -> Result<Option<StreamCommand>, Cann
     }))
 }
 
-/// `name` as text, if the origin will read all of it.
+/// `name` as text, if the origin will read all of it and it has no control character (a NUL
+/// cuts it at the origin; a newline would split the log line that names it).
 fn judged_name(name: &[u8]) -> Option<&str> {
-    if name.len() > MAX_NAME_LEN || name.contains(&0) {
+    if name.len() > MAX_NAME_LEN {
         return None;
     }
-    std::str::from_utf8(name).ok()
+    std::str::from_utf8(name)
+        .ok()
+        .filter(|n| !n.contains(char::is_control))
 }
 
 /// An application name as the origin looks it up: without `/_definst_` or one trailing `/`,
@@ -479,6 +484,7 @@ mod tests {
         );
         let long = vec![b'a'; MAX_NAME_LEN + 1];
         assert!(judge(20, named(b"play", &long, b"")).is_err());
+        assert!(judge(20, named(b"play", b"a\nforged log line", b"")).is_err());
         assert_eq!(
             judge(20, named(b"play2", b"x", b"")),
             Err(CannotJudge::Unjudged("play2".into()))

@@ -16,6 +16,17 @@ use crate::message::{MediaKind, Message};
 use crate::origin_command::{origin_app, stream_commands, StreamCommand};
 use crate::wire::{CloseCode, ResumeToken};
 
+/// A client's app or stream name as a hop keeps, logs and labels it: at most
+/// [`MAX_NAME_LEN`](crate::origin_command::MAX_NAME_LEN) bytes, control characters (a newline
+/// would split a log line) replaced by `?`.
+pub fn bounded_name(name: &str) -> String {
+    let mut cut = name.len().min(crate::origin_command::MAX_NAME_LEN);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    name[..cut].replace(char::is_control, "?")
+}
+
 /// Whether the client publishes or plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -251,7 +262,9 @@ impl SessionTracker {
             "connect" => {
                 self.connect_transaction = Some(cmd.transaction_id);
                 if !self.origin_connected {
-                    self.app = cmd.object_string("app").map(|a| origin_app(a).to_owned());
+                    self.app = cmd
+                        .object_string("app")
+                        .map(|a| bounded_name(origin_app(a)));
                 }
             }
             "publish" | "play" => {
@@ -260,7 +273,9 @@ impl SessionTracker {
                 } else {
                     Direction::Play
                 });
-                self.stream = cmd.string_arg(0).map(|s| public_stream_name(s).to_owned());
+                self.stream = cmd
+                    .string_arg(0)
+                    .map(|s| bounded_name(public_stream_name(s)));
                 self.media_stream_id = Some(msg.stream_id);
             }
             _ => {}

@@ -600,6 +600,23 @@ impl Frame {
 /// yet said who it is must not make the gateway hold more.
 pub const MAX_CONTROL_FRAME_LEN: u64 = 16 << 10;
 
+/// Longest edge id (HELLO) a gateway takes; an edge id is a log field and a metric label.
+pub const MAX_EDGE_ID_LEN: usize = 128;
+
+/// Why `edge_id` cannot name an edge, if it cannot: empty, longer than [`MAX_EDGE_ID_LEN`], or
+/// with a character that is not printable ASCII (a newline would split a log line).
+pub fn edge_id_problem(edge_id: &str) -> Option<String> {
+    if edge_id.is_empty() || edge_id.len() > MAX_EDGE_ID_LEN {
+        return Some(format!(
+            "an edge id has 1 to {MAX_EDGE_ID_LEN} characters, this one {}",
+            edge_id.len()
+        ));
+    }
+    let printable = |c: char| c.is_ascii_graphic() || c == ' ';
+    (!edge_id.chars().all(printable))
+        .then(|| "an edge id has only printable ASCII characters".to_owned())
+}
+
 /// Most bytes of a SESSION_CLOSE reason kept; the rest is dropped at decoding (the reason is
 /// logged, shown to the client and kept among ended sessions).
 pub const MAX_REASON_LEN: usize = 512;
@@ -819,6 +836,8 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
                 cut -= 1;
             }
             reason.truncate(cut);
+            // Words for one log line: a peer's control characters (a newline) become spaces.
+            let reason = reason.replace(char::is_control, " ");
             Some(Frame::SessionClose { code, reason })
         })(),
         other => return Err(WireError::UnknownKind(other)),
@@ -829,6 +848,27 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edge_ids_are_short_printable_ascii_and_close_reasons_one_line() {
+        assert_eq!(edge_id_problem("studio-cam 1@host.example"), None);
+        assert!(edge_id_problem("").is_some());
+        assert!(edge_id_problem(&"a".repeat(16 << 10)).is_some());
+        assert!(edge_id_problem("cam\nforged log line").is_some());
+        assert!(edge_id_problem("caméra").is_some());
+        let close = Frame::SessionClose {
+            code: CloseCode::Normal,
+            reason: "done\nforged log line".into(),
+        };
+        let mut buf = BytesMut::new();
+        close.encode(&mut buf);
+        let Some(Frame::SessionClose { reason, .. }) =
+            FrameDecoder::default().decode(&mut buf).unwrap()
+        else {
+            panic!("not a SESSION_CLOSE")
+        };
+        assert_eq!(reason, "done forged log line");
+    }
 
     #[test]
     fn varints_round_trip_at_every_width() {

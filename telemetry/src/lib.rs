@@ -544,8 +544,8 @@ impl Telemetry {
         entry.last_video_frames = media.video_frames;
         let labels = [
             ("role", self.role.as_str().to_owned()),
-            ("app", status.app.clone()),
-            ("stream", status.stream.clone()),
+            ("app", label_value(&status.app)),
+            ("stream", label_value(&status.stream)),
             ("direction", status.direction.clone()),
         ];
         let with_flow = |flow: &'static str| {
@@ -684,6 +684,7 @@ impl Telemetry {
     pub fn start(self: &Arc<Self>, metrics: Option<TcpListener>, stop: CancellationToken) {
         tokio::spawn(self.clone().run_ticks(stop.clone()));
         if let Some(listener) = metrics {
+            tokio::spawn(evict_idle_series(stop.clone()));
             tokio::spawn(serve(self.clone(), listener, stop));
         }
     }
@@ -697,6 +698,19 @@ impl Telemetry {
                 _ = ticker.tick() => self.tick(),
             }
         }
+    }
+}
+
+/// The recorder drops series idle for [`SERIES_IDLE`] only when it renders; render once per
+/// period (off the runtime) so ended sessions' series go even when nothing scrapes.
+async fn evict_idle_series(stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(SERIES_IDLE);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let _ = tokio::task::spawn_blocking(|| drop(prometheus().render())).await;
     }
 }
 
@@ -753,16 +767,29 @@ impl Telemetry {
     }
 }
 
+/// Longest label value a client's name becomes (the rest is cut): one series costs about its
+/// labels' length, and a peer chooses stream names.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// `name` as a metric label value: at most [`MAX_LABEL_LEN`] bytes.
+fn label_value(name: &str) -> String {
+    let mut cut = name.len().min(MAX_LABEL_LEN);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    name[..cut].to_owned()
+}
+
+/// How long a series nothing updates is kept (a session's series go this long after it ends).
+const SERIES_IDLE: Duration = Duration::from_secs(60);
+
 /// The process-wide Prometheus recorder (the `metrics` facade has one per process).
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let handle = PrometheusBuilder::new()
             // Series of ended sessions disappear after a while instead of lingering forever.
-            .idle_timeout(
-                metrics_util::MetricKindMask::ALL,
-                Some(Duration::from_secs(60)),
-            )
+            .idle_timeout(metrics_util::MetricKindMask::ALL, Some(SERIES_IDLE))
             .install_recorder()
             .expect("no other metrics recorder is installed");
         describe();
@@ -913,7 +940,15 @@ pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: C
     let ended = telemetry.clone();
     let connections = telemetry.clone();
     let app = axum::Router::new()
-        .route("/metrics", get(move || async move { handle.render() }))
+        // Rendering walks every series: off the runtime's worker threads.
+        .route(
+            "/metrics",
+            get(move || async move {
+                tokio::task::spawn_blocking(move || handle.render())
+                    .await
+                    .unwrap_or_default()
+            }),
+        )
         .route(
             "/api/v1/sessions",
             get(move || async move { axum::Json(sessions.sessions()) }),
