@@ -144,6 +144,42 @@ async fn resume_tokens_are_single_use_and_bound_to_their_edge() {
     shutdown.cancel();
 }
 
+/// Without tokens or certificates an edge's identity is its own word: a second connection that
+/// calls itself by a live session's edge id and opens a session with that session's id is
+/// refused, and the live session's own resume still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_in_use_cannot_be_taken_by_another_connection() {
+    let (gateway, _state) = local_gateway(None).await;
+    let (addr, pin) = (gateway.local_addr(), gateway.pin());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.run(shutdown.clone()));
+    let tls = || rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let id = SessionId(rand_id());
+    let open = || Frame::SessionOpen {
+        session_id: id,
+        latency_budget_ms: 0,
+        carrier: Default::default(),
+    };
+    let mut victim = RawTunnel::open_as(addr, tls(), "cam-edge", open()).await;
+    let token = next_token(&mut victim).await;
+    let mut squatter = RawTunnel::open_as(addr, tls(), "cam-edge", open()).await;
+    let (code, why) = tokio::time::timeout(LIMIT, squatter.closed())
+        .await
+        .expect("a second session with a live session's id was taken");
+    assert_eq!(code, CloseCode::ProtocolViolation, "{why}");
+    assert!(why.contains("in use"), "{why}");
+    let resume = Frame::SessionResume {
+        session_id: id,
+        latency_budget_ms: 0,
+        token,
+        carrier: Default::default(),
+    };
+    let mut again = RawTunnel::open_as(addr, tls(), "cam-edge", resume).await;
+    let next = next_token(&mut again).await;
+    assert!(!next.matches(&token));
+    shutdown.cancel();
+}
+
 /// Reads frames until a RESUME_TOKEN.
 async fn next_token(tunnel: &mut RawTunnel) -> ResumeToken {
     loop {

@@ -128,6 +128,15 @@ pub(crate) async fn serve(
             return;
         }
     };
+    if shared.resumable.holds(session_id) {
+        // Edges choose ids at random; one that names a live session here is not that
+        // session's (it would resume it) and must not take its place.
+        let reason = format!("session id {session_id} is in use by a live session here");
+        warn!(code = %CloseCode::ProtocolViolation, %reason, "session refused");
+        TunnelRecv::stop(&mut frames, CloseCode::ProtocolViolation);
+        close_stream(&mut send, CloseCode::ProtocolViolation, &reason).await;
+        return;
+    }
     let span = tracing::info_span!("session", id = %session_id);
     async {
         let mut access = shared.access.subscribe();
@@ -333,21 +342,38 @@ impl std::fmt::Debug for Resumable {
 struct Holder {
     token: ResumeToken,
     edge: EdgeIdentity,
-    handoff: oneshot::Sender<Tunnel>,
+    /// The live session that offered it: only that one offers it again.
+    owner: SessionOwner,
+    /// Taken by the SESSION_RESUME that spends the token.
+    handoff: Option<oneshot::Sender<Tunnel>>,
+}
+
+/// One live session at this gateway (session ids are chosen by edges, and an edge's word
+/// alone, its edge id without a token or certificate, is not proof of who it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionOwner(u64);
+
+impl SessionOwner {
+    /// A session never seen before.
+    pub(crate) fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        SessionOwner(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl Resumable {
-    /// Offers session `id` for resumption by `edge` with a new token (any earlier one no
-    /// longer works); the receiver gets the stream of a successful SESSION_RESUME. `None` if
-    /// another edge's session holds that id (ids are the edges' choice: one edge must not
-    /// displace another's session by reusing its id).
+    /// Offers session `id` of `owner` for resumption by `edge` with a new token (any earlier
+    /// one no longer works); the receiver gets the stream of a successful SESSION_RESUME.
+    /// `None` if another live session holds that id, whatever edge it names itself (ids are
+    /// the edges' choice: a session must not displace another's by reusing its id).
     fn offer(
         &self,
         id: SessionId,
         edge: &EdgeIdentity,
+        owner: SessionOwner,
     ) -> Option<(ResumeToken, oneshot::Receiver<Tunnel>)> {
         let mut held = self.0.lock().expect("resumable");
-        if held.get(&id).is_some_and(|h| h.edge != *edge) {
+        if held.get(&id).is_some_and(|h| h.owner != owner) {
             return None;
         }
         let mut token = [0u8; RESUME_TOKEN_LEN];
@@ -357,16 +383,22 @@ impl Resumable {
         let holder = Holder {
             token,
             edge: edge.clone(),
-            handoff,
+            owner,
+            handoff: Some(handoff),
         };
         held.insert(id, holder);
         Some((token, rx))
     }
 
-    /// `edge`'s session `id` can no longer be resumed (another edge's of the same id stays).
-    fn withdraw(&self, id: SessionId, edge: &EdgeIdentity) {
+    /// Whether a live session holds `id`.
+    fn holds(&self, id: SessionId) -> bool {
+        self.0.lock().expect("resumable").contains_key(&id)
+    }
+
+    /// `owner`'s session `id` can no longer be resumed (another session's of the same id stays).
+    fn withdraw(&self, id: SessionId, owner: SessionOwner) {
         let mut held = self.0.lock().expect("resumable");
-        if held.get(&id).is_some_and(|h| h.edge == *edge) {
+        if held.get(&id).is_some_and(|h| h.owner == owner) {
             held.remove(&id);
         }
     }
@@ -383,7 +415,7 @@ impl Resumable {
         let mut held = self.0.lock().expect("resumable");
         let refusal = match held.get(&id) {
             None => Some("no such session is held here"),
-            Some(h) if !h.token.matches(token) => {
+            Some(h) if !h.token.matches(token) || h.handoff.is_none() => {
                 Some("the token does not match (forged, or used already)")
             }
             Some(h) if h.edge != *edge => Some("the session belongs to another edge"),
@@ -392,9 +424,12 @@ impl Resumable {
         if let Some(why) = refusal {
             return Err(Box::new((tunnel, why.to_owned())));
         }
-        let holder = held.remove(&id).expect("checked above");
-        holder
-            .handoff
+        // The token is spent; the id stays its session's until that session withdraws it.
+        let handoff = held
+            .get_mut(&id)
+            .and_then(|h| h.handoff.take())
+            .expect("checked above");
+        handoff
             .send(tunnel)
             .map_err(|t| Box::new((t, "the session ended meanwhile".to_owned())))
     }
@@ -454,12 +489,13 @@ async fn to_origin(
         }
     };
     let grace = who.hold;
+    let owner = SessionOwner::new();
     let mut resume = None;
     loop {
         // A new single-use token for each stream the session runs on.
         let mut handoff = None;
         if let Some((token, rx)) = (!grace.is_zero())
-            .then(|| shared.resumable.offer(session_id, edge))
+            .then(|| shared.resumable.offer(session_id, edge, owner))
             .flatten()
         {
             if write_frame(&mut tunnel.send.stream, &Frame::ResumeToken(token))
@@ -523,7 +559,7 @@ async fn to_origin(
             }
             info!("not resumed within {grace:?}: the session ends");
         }
-        shared.resumable.withdraw(session_id, edge);
+        shared.resumable.withdraw(session_id, owner);
         let origin_lost = end.ended_by == EndedBy::Rtmp
             && matches!(
                 end.code,
