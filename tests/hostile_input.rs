@@ -568,18 +568,23 @@ async fn a_flood_of_failed_handshakes_writes_a_bounded_log() {
     // past 64 connections from it, or past the pending bound).
     let failures = || async {
         let text = http_get(metrics, "/metrics").await;
-        ["tls", "address_limit", "pending_limit"]
-            .iter()
-            .map(|reason| {
-                let reason = format!("reason=\"{reason}\"");
-                sample(
-                    &text,
-                    "rtmpq_handshake_failures_total",
-                    &["role=\"gateway\"", &reason],
-                )
-                .unwrap_or(0.0)
-            })
-            .sum::<f64>()
+        [
+            "tls",
+            "address_limit",
+            "address_pending_limit",
+            "pending_limit",
+        ]
+        .iter()
+        .map(|reason| {
+            let reason = format!("reason=\"{reason}\"");
+            sample(
+                &text,
+                "rtmpq_handshake_failures_total",
+                &["role=\"gateway\"", &reason],
+            )
+            .unwrap_or(0.0)
+        })
+        .sum::<f64>()
     };
     let deadline = Instant::now() + LIMIT;
     while failures().await < ATTEMPTS as f64 {
@@ -963,4 +968,101 @@ async fn client_chosen_names_are_bounded_in_logs_and_labels() {
         assert!(value.len() <= 64, "a {} byte label", value.len());
     }
     client.close().await;
+}
+
+/// One edge cannot take every session slot, however many connections it opens: its sessions
+/// over all its connections are bounded (`max_sessions_per_edge`), and another edge still
+/// gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_edge_holds_at_most_its_sessions_over_all_its_connections() {
+    let state = tempfile::tempdir().unwrap();
+    let gateway = rtmpq_gateway::Gateway::bind(rtmpq_gateway::GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        max_sessions_per_edge: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| c).await;
+    let tls = || {
+        rtmpq_certs::client_tls(
+            rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
+            None,
+        )
+        .unwrap()
+    };
+    let open = || Frame::SessionOpen {
+        session_id: SessionId(rand_id()),
+        latency_budget_ms: 0,
+        carrier: Carrier::SessionStream,
+    };
+    let url = format!("rtmp://{}/live", stack.gateway_addr);
+    let connect = command::request(
+        "connect",
+        1.0,
+        0,
+        vec![command::connect_object("live", &url)],
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut t = RawTunnel::open_as(stack.gateway_addr, tls(), "greedy", open()).await;
+        write_frame(&mut t.send, &Frame::Msg(connect.clone()))
+            .await
+            .unwrap();
+        // The session runs: the gateway answers the connect.
+        let answered = tokio::time::timeout(LIMIT, async {
+            loop {
+                match t.frames.next().await {
+                    Ok(Some(Frame::ResumeToken(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        assert!(
+            matches!(answered, Ok(Ok(Some(Frame::Msg(_))))),
+            "{answered:?}"
+        );
+        held.push(t);
+    }
+    let mut third = RawTunnel::open_as(stack.gateway_addr, tls(), "greedy", open()).await;
+    let (code, why) = tokio::time::timeout(LIMIT, third.closed()).await.unwrap();
+    assert_eq!(code, CloseCode::Overloaded, "{why}");
+    assert!(why.contains("this edge has 2 sessions"), "{why}");
+    // Another edge is not affected.
+    let mut client = RtmpClient::connect(&stack.edge_addr.to_string(), "live")
+        .await
+        .unwrap();
+    client.publish("other-edge").await.unwrap();
+}
+
+/// A connection that completes the QUIC handshake and never says HELLO holds a pending slot
+/// for only a few seconds (it held `handshake_timeout_ms`, 10 s: 512 of them from 10
+/// addresses kept ordinary edges out that long).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_hello_is_closed_within_the_hello_deadline() {
+    let stack = Stack::start(None).await;
+    let tls = rtmpq_certs::client_tls(
+        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
+        None,
+    )
+    .unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = rtmpq_hop::transport::client_config(tls).unwrap();
+    let conn = endpoint
+        .connect_with(config, stack.gateway_addr, "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(LIMIT, conn.closed()).await.unwrap();
+    let quinn::ConnectionError::ApplicationClosed(close) = closed else {
+        panic!("{closed}");
+    };
+    let reason = String::from_utf8_lossy(&close.reason);
+    let deadline = rtmpq_gateway::HELLO_DEADLINE;
+    assert!(
+        reason.contains(&format!("no HELLO within {deadline:?}")),
+        "{reason}"
+    );
 }

@@ -102,6 +102,7 @@ fn every_interop_case_and_a_flood_leave_the_push_alive() {
         "tls",
         "unauthorized_connect",
         "address_limit",
+        "address_pending_limit",
         "pending_limit",
         "timeout",
     ]

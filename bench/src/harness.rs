@@ -351,6 +351,7 @@ async fn settled_refusals(ns: &str, flood: Option<&FloodReport>) -> BTreeMap<Str
             "tls",
             "unauthorized_connect",
             "address_limit",
+            "address_pending_limit",
             "pending_limit",
             "timeout",
         ]

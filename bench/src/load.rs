@@ -111,7 +111,7 @@ async fn start_stack(ctx: &LoadContext, path: IngestPath, tag: &str) -> Result<S
     let (gateway_toml, edge_toml) = (dir.join("gateway.toml"), dir.join("edge.toml"));
     std::fs::write(
         &gateway_toml,
-        "max_sessions_per_connection = 4096\nmax_sessions = 4096\n",
+        "max_sessions_per_connection = 4096\nmax_sessions_per_edge = 4096\nmax_sessions = 4096\n",
     )
     .map_err(|e| RunError::Setup(e.to_string()))?;
     std::fs::write(&edge_toml, "max_sessions = 4096\n")

@@ -315,6 +315,7 @@ impl EdgeConfig {
             session_limits: SessionLimits {
                 setup_deadline: Some(millis(self.setup_timeout_ms, "setup_timeout_ms")?),
                 silence_period: Some(millis(self.client_timeout_ms, "client_timeout_ms")? / 2),
+                publisher_silence: None,
             },
             max_buffered_bytes: above_zero(self.max_buffered_mb, "max_buffered_mb")? << 20,
         })

@@ -33,7 +33,41 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 struct Counts {
     pending: usize,
+    /// Connections (pending or established) per source, see [`source`].
     per_address: HashMap<IpAddr, usize>,
+    /// Pending handshakes per source.
+    pending_per_address: HashMap<IpAddr, usize>,
+}
+
+/// One source address: an IPv4 address, or an IPv6 /64 (one host or site gets a whole /64,
+/// so counting its addresses one by one would count nothing).
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// One source may hold at most this fraction (1/n) of the pending handshake slots.
+pub const PENDING_SHARE: usize = 8;
+
+fn count_up(map: &mut HashMap<IpAddr, usize>, key: IpAddr) {
+    *map.entry(key).or_insert(0) += 1;
+}
+
+fn count_down(map: &mut HashMap<IpAddr, usize>, key: IpAddr) {
+    if let Some(n) = map.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
 }
 
 /// Counts of pending handshakes and connections per address.
@@ -54,6 +88,7 @@ impl Admission {
 
     /// Judges a handshake from `ip`; `validated`: the source already answered a Retry.
     pub fn judge(self: &Arc<Self>, ip: IpAddr, validated: bool) -> Verdict {
+        let ip = source(ip);
         let mut counts = self.counts.lock().expect("admission");
         if counts.pending >= self.limits.max_pending {
             return Verdict::Refuse("pending_limit");
@@ -65,8 +100,13 @@ impl Admission {
         if from_ip >= self.limits.max_per_address {
             return Verdict::Refuse("address_limit");
         }
+        let pending_share = (self.limits.max_pending / PENDING_SHARE).max(1);
+        if counts.pending_per_address.get(&ip).copied().unwrap_or(0) >= pending_share {
+            return Verdict::Refuse("address_pending_limit");
+        }
         counts.pending += 1;
-        counts.per_address.insert(ip, from_ip + 1);
+        count_up(&mut counts.per_address, ip);
+        count_up(&mut counts.pending_per_address, ip);
         Verdict::Accept(Ticket {
             admission: self.clone(),
             ip,
@@ -98,7 +138,9 @@ impl Ticket {
     /// The handshake finished (or failed): it no longer counts as pending.
     pub fn established(&mut self) {
         if std::mem::take(&mut self.pending) {
-            self.admission.counts.lock().expect("admission").pending -= 1;
+            let mut counts = self.admission.counts.lock().expect("admission");
+            counts.pending -= 1;
+            count_down(&mut counts.pending_per_address, self.ip);
         }
     }
 }
@@ -107,10 +149,61 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.established();
         let mut counts = self.admission.counts.lock().expect("admission");
-        if let Some(n) = counts.per_address.get_mut(&self.ip) {
+        count_down(&mut counts.per_address, self.ip);
+    }
+}
+
+/// Live sessions per edge identity, each at most `limit`: one edge cannot take every session
+/// slot of the gateway, however many connections it opens.
+#[derive(Debug)]
+pub struct EdgeSessions {
+    limit: usize,
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// One live session's place in its edge's count, given back when dropped.
+#[derive(Debug)]
+pub struct EdgeSlot {
+    owner: Arc<EdgeSessions>,
+    edge: String,
+}
+
+impl EdgeSessions {
+    /// No sessions yet; each edge may hold `limit`.
+    pub fn new(limit: usize) -> Arc<EdgeSessions> {
+        Arc::new(EdgeSessions {
+            limit,
+            counts: Mutex::default(),
+        })
+    }
+
+    /// A place for one more session of `edge`, unless it holds its limit already.
+    pub fn take(self: &Arc<Self>, edge: &str) -> Option<EdgeSlot> {
+        let mut counts = self.counts.lock().expect("edge sessions");
+        let n = counts.entry(edge.to_owned()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(EdgeSlot {
+            owner: self.clone(),
+            edge: edge.to_owned(),
+        })
+    }
+
+    /// The most sessions one edge may hold.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Drop for EdgeSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().expect("edge sessions");
+        if let Some(n) = counts.get_mut(&self.edge) {
             *n -= 1;
             if *n == 0 {
-                counts.per_address.remove(&self.ip);
+                counts.remove(&self.edge);
             }
         }
     }
@@ -186,5 +279,56 @@ mod tests {
         assert!(matches!(a.judge(ip(1), true), Verdict::Accept(_)));
         drop(held);
         assert_eq!((a.pending(), a.addresses()), (0, 0));
+    }
+
+    #[test]
+    fn one_source_holds_a_share_of_the_pending_slots_and_a_v6_64_is_one_source() {
+        let a = Admission::new(AdmissionLimits {
+            retry_above_pending: 1000,
+            max_pending: 64,
+            max_per_address: 64,
+        });
+        // The probe: handshakes that never say HELLO from a few addresses.
+        let mut pending = Vec::new();
+        for n in 0..64 / PENDING_SHARE {
+            let t = a.judge(ip(1), false);
+            assert!(matches!(t, Verdict::Accept(_)), "{n}: {t:?}");
+            pending.push(t);
+        }
+        assert!(matches!(
+            a.judge(ip(1), false),
+            Verdict::Refuse("address_pending_limit")
+        ));
+        // Another source still gets in.
+        assert!(matches!(a.judge(ip(2), false), Verdict::Accept(_)));
+        // Addresses of one IPv6 /64 count together; another /64 is another source.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for n in 0..64 / PENDING_SHARE {
+            let t = a.judge(v6(&format!("2001:db8:1:2::{n:x}")), false);
+            assert!(matches!(t, Verdict::Accept(_)), "{n}: {t:?}");
+            pending.push(t);
+        }
+        assert!(matches!(
+            a.judge(v6("2001:db8:1:2:ffff::1"), false),
+            Verdict::Refuse("address_pending_limit")
+        ));
+        assert!(matches!(
+            a.judge(v6("2001:db8:1:3::1"), false),
+            Verdict::Accept(_)
+        ));
+        assert_eq!(source(v6("::ffff:10.0.0.1")), ip(1));
+        drop(pending);
+        assert_eq!((a.pending(), a.addresses()), (0, 0));
+    }
+
+    #[test]
+    fn one_edge_holds_at_most_its_sessions_until_they_end() {
+        let sessions = EdgeSessions::new(2);
+        let a1 = sessions.take("a").unwrap();
+        let _a2 = sessions.take("a").unwrap();
+        assert!(sessions.take("a").is_none());
+        let _b = sessions.take("b").unwrap();
+        drop(a1);
+        assert!(sessions.take("a").is_some());
     }
 }

@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     pub max_sessions: usize,
     /// Most sessions on one edge connection; more are refused with `overloaded`.
     pub max_sessions_per_connection: usize,
+    /// Most sessions of one edge (its edge id, certificate and token) over all its
+    /// connections; more are refused with `overloaded`.
+    pub max_sessions_per_edge: usize,
     /// From this many QUIC handshakes in progress on, a source must prove its address with a
     /// Retry round trip first (costs the gateway no state: spoofed floods stop there).
     pub retry_above_pending: usize,
@@ -87,6 +90,7 @@ impl Default for GatewayConfig {
             metrics: None,
             max_sessions: 1000,
             max_sessions_per_connection: 256,
+            max_sessions_per_edge: 256,
             retry_above_pending: 32,
             max_pending_handshakes: 512,
             max_connections_per_address: 64,
@@ -128,6 +132,8 @@ pub struct GatewaySettings {
     pub max_sessions: usize,
     /// Most sessions on one edge connection.
     pub max_sessions_per_connection: usize,
+    /// Most sessions of one edge over all its connections.
+    pub max_sessions_per_edge: usize,
     /// Handshake admission: Retry threshold, pending and per-address bounds.
     pub admission: AdmissionLimits,
     /// The origin's TCP connect limit.
@@ -179,6 +185,7 @@ impl GatewayConfig {
                 self.max_sessions_per_connection,
                 "max_sessions_per_connection",
             )?,
+            max_sessions_per_edge: above_zero(self.max_sessions_per_edge, "max_sessions_per_edge")?,
             admission: AdmissionLimits {
                 retry_above_pending: self.retry_above_pending,
                 max_pending: above_zero(self.max_pending_handshakes, "max_pending_handshakes")?,
@@ -198,11 +205,17 @@ impl GatewayConfig {
             session_limits: SessionLimits {
                 setup_deadline: Some(millis(self.setup_timeout_ms, "setup_timeout_ms")?),
                 silence_period: None,
+                publisher_silence: Some(PUBLISHER_SILENCE),
             },
             max_buffered_bytes: above_zero(self.max_buffered_mb, "max_buffered_mb")? << 20,
         })
     }
 }
+
+/// A publishing session whose edge sends nothing for this long ends with `timeout` (longer
+/// than the connection's idle timeout: a dark path ends the connection first, and the session
+/// is held for resume).
+pub const PUBLISHER_SILENCE: Duration = Duration::from_secs(30);
 
 /// `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/rtmpq`, else `~/.local/state/rtmpq`.
 pub fn default_state_dir() -> PathBuf {

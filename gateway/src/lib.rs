@@ -32,6 +32,9 @@ pub use embedded_origin::EmbeddedOrigin;
 /// What stops the gateway from starting.
 pub use rtmpq_hop::HopError as GatewayError;
 
+/// How long after the QUIC handshake an edge has to say HELLO (at most `handshake_timeout`).
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(3);
+
 /// One edge connection's sessions hold at most this fraction (1/n) of `max_buffered_mb`.
 pub const CONNECTION_SHARE_OF_BUFFER: usize = 4;
 
@@ -55,6 +58,8 @@ struct Shared {
     expiries: Mutex<Vec<(&'static str, i64)>>,
     /// Pending handshakes and connections per address.
     admission: Arc<admission::Admission>,
+    /// Live sessions per edge identity.
+    edge_sessions: Arc<admission::EdgeSessions>,
 }
 
 /// How long before a certificate expires the gateway starts warning in its log.
@@ -231,6 +236,7 @@ impl Gateway {
             expiries: Mutex::new(expiries),
             admission: admission::Admission::new(settings.admission),
             sessions: Arc::new(Semaphore::new(settings.max_sessions)),
+            edge_sessions: admission::EdgeSessions::new(settings.max_sessions_per_edge),
             settings,
             origin,
             telemetry,
@@ -462,7 +468,9 @@ async fn serve_connection(
     let handshake_done = |mut done: watch::Receiver<bool>| async move {
         done.wait_for(|completed| *completed).await.is_ok()
     };
-    let hello_limit = shared.settings.handshake_timeout;
+    // An edge sends HELLO with or right after the handshake; a connection that does not holds
+    // a pending slot meanwhile.
+    let hello_limit = shared.settings.handshake_timeout.min(HELLO_DEADLINE);
     let hello = async {
         let read = async {
             let (send, recv) = conn.accept_bi().await?;
@@ -470,7 +478,7 @@ async fn serve_connection(
             let hello = frames.next().await;
             Ok::<_, quinn::ConnectionError>((send, frames, hello))
         };
-        // HELLO is due `handshake_timeout` after the handshake ends (it may come before).
+        // HELLO is due `hello_limit` after the handshake ends (it may come before).
         let deadline = async {
             if !handshake_done(done.clone()).await {
                 std::future::pending::<()>().await;
@@ -484,7 +492,7 @@ async fn serve_connection(
     }
     .await;
     ticket.established();
-    let (mut control_send, _control_recv, hello) = match hello {
+    let (mut control_send, mut control_recv, hello) = match hello {
         Some(Ok((send, frames, Ok(hello)))) => (send, frames, hello),
         Some(Err(e)) if !*done.borrow() => {
             shared.telemetry.handshake_failed(
@@ -505,7 +513,8 @@ async fn serve_connection(
             shared
                 .telemetry
                 .handshake_failed("hello_timeout", &"edge sent no HELLO in time");
-            conn.close(quic_code(CloseCode::Timeout), b"no HELLO in time");
+            let reason = format!("no HELLO within {hello_limit:?} of the handshake");
+            conn.close(quic_code(CloseCode::Timeout), reason.as_bytes());
             return;
         }
     };
@@ -586,6 +595,9 @@ async fn serve_connection(
         return;
     }
     info!(edge = %edge_id, "edge connected");
+    // Nothing more is due on the control stream; what comes is read and dropped (small frames
+    // only), so QUIC holds nothing for it.
+    tokio::spawn(async move { while let Ok(Some(_)) = control_recv.next().await {} });
     shared.telemetry.connection_opened(&conn, edge_id.clone());
     let path = PathWatch::start(&conn);
     let link = session::EdgeLink {
@@ -639,6 +651,17 @@ async fn serve_connection(
             .await;
             continue;
         };
+        let Some(edge_slot) = shared.edge_sessions.take(edge.as_str()) else {
+            let limit = shared.edge_sessions.limit();
+            warn!(
+                limit,
+                "session refused: this edge has its most sessions here"
+            );
+            let mut send = send;
+            let reason = format!("this edge has {limit} sessions at this gateway already");
+            close_stream(&mut send, CloseCode::Overloaded, &reason).await;
+            continue;
+        };
         let permit = match shared.sessions.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -669,7 +692,7 @@ async fn serve_connection(
         sessions.spawn(
             async move {
                 session::serve(send, recv, &shared, who, link).await;
-                drop((permit, own_permit));
+                drop((permit, own_permit, edge_slot));
             }
             .in_current_span(),
         );

@@ -304,6 +304,13 @@ impl EdgeLink {
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct EdgeIdentity(String);
 
+impl EdgeIdentity {
+    /// The identity as a key (it holds digests, not the token).
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Debug for EdgeIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EdgeIdentity(****)")

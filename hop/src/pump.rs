@@ -99,6 +99,10 @@ pub struct SessionLimits {
     /// after twice this long (set on the client-facing side only: an idle player still
     /// answers pings, a dead or hostile one does not).
     pub silence_period: Option<Duration>,
+    /// A publishing session whose tunnel brings nothing for this long ends with `timeout` (set
+    /// at the gateway: a pusher sends all the time; a hostile or broken edge that goes quiet
+    /// must not hold a session and its origin connection forever).
+    pub publisher_silence: Option<Duration>,
 }
 
 /// Which side ended a session.
@@ -688,6 +692,8 @@ pub struct TunnelToRtmp<'a, R> {
     pub tracker: &'a Mutex<SessionTracker>,
     /// Media that arrives past the budget (and [`late_margin`]) is not written.
     pub late: Option<LateArrivals>,
+    /// See [`SessionLimits::publisher_silence`].
+    pub publisher_silence: Option<Duration>,
 }
 
 /// How much later than the budget media may arrive before the receiving hop drops it: the
@@ -707,8 +713,20 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
         let flow = peer.from_tunnel();
         let violation =
             |what: String| SessionEnd::new(CloseCode::ProtocolViolation, what, EndedBy::Tunnel);
+        let mut publishing = false;
         loop {
-            match self.tunnel.next().await {
+            let next = self.tunnel.next();
+            let next = match self.publisher_silence.filter(|_| publishing) {
+                Some(limit) => match tokio::time::timeout(limit, next).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let reason = format!("the publisher sent nothing for {limit:?}");
+                        return SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Tunnel);
+                    }
+                },
+                None => next.await,
+            };
+            match next {
                 Ok(Some(Frame::Msg(msg))) if msg.class() == MessageClass::EndToEnd => {
                     if msg.payload.is_empty() {
                         continue;
@@ -716,6 +734,7 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                     let passed = {
                         let mut t = self.tracker.lock().expect("tracker");
                         let recorded = t.record(flow, &msg);
+                        publishing = t.direction == Some(rtmpq_proto::session::Direction::Publish);
                         // A publish or play its edge has no right to goes no further.
                         if let (Ok(()), Some(why)) = (&recorded, t.refusal()) {
                             return SessionEnd::new(CloseCode::Unauthorized, why, EndedBy::Local);
@@ -820,6 +839,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
         to_rtmp,
         tracker,
         late,
+        publisher_silence: limits.publisher_silence,
     };
     let setup_deadline = async {
         let Some(deadline) = limits.setup_deadline else {

@@ -178,6 +178,15 @@ fn connect() -> Message {
     command::request("connect", 1.0, 0, vec![obj])
 }
 
+fn play_request() -> Message {
+    command::request(
+        "play",
+        0.0,
+        1,
+        vec![Amf0Value::Null, Amf0Value::Utf8String("cam".into())],
+    )
+}
+
 fn publish() -> Message {
     let args = vec![Amf0Value::Null, Amf0Value::Utf8String("cam".into())];
     command::request("publish", 0.0, 1, args)
@@ -394,6 +403,7 @@ async fn a_client_that_never_sets_up_ends_at_the_deadline() {
     let limits = SessionLimits {
         setup_deadline: Some(Duration::from_secs(15)),
         silence_period: None,
+        publisher_silence: None,
     };
     let mut h = start(RtmpPeer::Client, limits, 64 << 10, 64);
     h.rtmp_sends(&connect()).await;
@@ -417,10 +427,40 @@ async fn a_client_that_never_sets_up_ends_at_the_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_publisher_whose_edge_goes_quiet_ends_at_the_gateway() {
+    let limits = SessionLimits {
+        setup_deadline: None,
+        silence_period: None,
+        publisher_silence: Some(Duration::from_secs(30)),
+    };
+    // At the gateway: the far hop (the edge) publishes, then sends nothing.
+    let h = start(RtmpPeer::Origin, limits.clone(), 64 << 10, 64);
+    h.far_hop_sends(Frame::Msg(connect())).await;
+    h.far_hop_sends(Frame::Msg(publish())).await;
+    let started = tokio::time::Instant::now();
+    let end = h.ended().await;
+    assert_eq!(end.code, CloseCode::Timeout, "{}", end.reason);
+    assert!(
+        end.reason.contains("sent nothing for 30s"),
+        "{}",
+        end.reason
+    );
+    assert_eq!(started.elapsed().as_secs(), 30);
+    // A player's edge sends nothing after it asked to play, and that is fine.
+    let h = start(RtmpPeer::Origin, limits, 64 << 10, 64);
+    h.far_hop_sends(Frame::Msg(connect())).await;
+    let play = play_request();
+    h.far_hop_sends(Frame::Msg(play)).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(!h.session.is_finished());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_silent_client_is_pinged_then_closed_and_an_answering_one_stays() {
     let limits = SessionLimits {
         setup_deadline: None,
         silence_period: Some(Duration::from_secs(10)),
+        publisher_silence: None,
     };
     let mut h = start(RtmpPeer::Client, limits.clone(), 64 << 10, 64);
     let started = tokio::time::Instant::now();
@@ -522,6 +562,7 @@ async fn a_player_that_neither_reads_nor_sends_is_closed_even_with_its_queue_ful
     let limits = SessionLimits {
         setup_deadline: None,
         silence_period: Some(Duration::from_secs(10)),
+        publisher_silence: None,
     };
     // A 1 KiB socket the player never reads, and media flooding toward it: its queue fills,
     // so the ping cannot even be queued.
