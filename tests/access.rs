@@ -646,3 +646,63 @@ async fn spellings_are_refused_on(carrier: rtmpq_edge::config::MediaCarrier) {
         );
     }
 }
+
+/// A query string in connect's app (`live?token=...`, as some services hand out) is not part
+/// of the app an edge's rights are judged on (nginx cuts it too), and its value never reaches
+/// a log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_in_the_app_is_judged_without_it_and_never_logged() {
+    capture_logs();
+    let nginx = Nginx::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        origin: Some(format!("rtmp://{}", nginx.rtmp)),
+        ..gateway_config(
+            state.path(),
+            vec![edge_rule("cam-a", "token-a", &["live/cam-a-*"])],
+        )
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        token: Some(Secret::new("token-a")),
+        ..c
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(stack.edge_addr)
+        .await
+        .unwrap();
+    let leftover = handshake(&mut tcp, HandshakeRole::Client, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (read, write) = tcp.into_split();
+    let _reader = RtmpReader::new(Box::pin(read), leftover, ChunkLimits::default());
+    let (tx, _writer) = RtmpWriter::new(Box::pin(write)).spawn(64, None);
+    let app = "live?token=SECRET123";
+    let url = format!("rtmp://{}/{app}", stack.edge_addr);
+    for msg in [
+        command::request("connect", 1.0, 0, vec![command::connect_object(app, &url)]),
+        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+        Message::new(20, 1, 0, named_body("publish", "cam-a-1")),
+    ] {
+        tx.send(msg).await.unwrap();
+    }
+    nginx
+        .wait_for_log("name='cam-a-1'", Duration::from_secs(20))
+        .await;
+    wait_until(
+        Duration::from_secs(20),
+        "the session listed under app live",
+        || {
+            let live = stack.gateway.sessions();
+            live.iter()
+                .any(|s| s.app == "live" && s.stream == "cam-a-1")
+        },
+    )
+    .await;
+    assert_eq!(
+        count_logs(&["SECRET123"]),
+        0,
+        "the query's secret was logged"
+    );
+}
