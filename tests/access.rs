@@ -481,27 +481,34 @@ async fn a_reload_with_new_certificates_serves_them_to_new_edges_and_keeps_live_
     drop((live, fresh));
 }
 
-/// A raw RTMP client through `edge`: handshake, `connect` to `live`, `createStream`, then
-/// `then`; reads until the edge closes the connection. `false` if it stays open for 20 s.
-async fn raw_session_closed(edge: std::net::SocketAddr, then: Vec<Message>) -> bool {
+/// A raw RTMP client through `edge`: handshake, `connect` to `app`, `createStream`.
+async fn raw_client(
+    edge: std::net::SocketAddr,
+    app: &str,
+) -> (RtmpReader, rtmpq_hop::rtmp::Outbound) {
     let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
     let leftover = handshake(&mut tcp, HandshakeRole::Client, Duration::from_secs(10))
         .await
         .unwrap();
     let (read, write) = tcp.into_split();
-    let mut reader = RtmpReader::new(Box::pin(read), leftover, ChunkLimits::default());
+    let reader = RtmpReader::new(Box::pin(read), leftover, ChunkLimits::default());
     let (tx, _writer) = RtmpWriter::new(Box::pin(write)).spawn(64, None);
-    let url = format!("rtmp://{edge}/live");
+    let url = format!("rtmp://{edge}/{app}");
     let setup = [
-        command::request(
-            "connect",
-            1.0,
-            0,
-            vec![command::connect_object("live", &url)],
-        ),
+        command::request("connect", 1.0, 0, vec![command::connect_object(app, &url)]),
         command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
     ];
-    for msg in setup.into_iter().chain(then) {
+    for msg in setup {
+        tx.send(msg).await.unwrap();
+    }
+    (reader, tx)
+}
+
+/// A [`raw_client`] of `live` that sends `then`; reads until the edge closes the connection.
+/// `false` if it stays open for 20 s.
+async fn raw_session_closed(edge: std::net::SocketAddr, then: Vec<Message>) -> bool {
+    let (mut reader, tx) = raw_client(edge, "live").await;
+    for msg in then {
         if tx.send(msg).await.is_err() {
             break;
         }
@@ -510,6 +517,33 @@ async fn raw_session_closed(edge: std::net::SocketAddr, then: Vec<Message>) -> b
     tokio::time::timeout(Duration::from_secs(20), closed)
         .await
         .is_ok()
+}
+
+/// A gateway in front of `nginx` that knows one edge, `cam-a` (token `token-a`), which may
+/// publish `publish` and play `play`, and an edge presenting that token over `carrier`.
+async fn stack_before_nginx(
+    nginx: &Nginx,
+    publish: &[&str],
+    play: &[&str],
+    carrier: rtmpq_edge::config::MediaCarrier,
+) -> Stack {
+    let state = tempfile::tempdir().unwrap();
+    let rule = EdgeRuleConfig {
+        play: play.iter().map(|s| s.to_string()).collect(),
+        ..edge_rule("cam-a", "token-a", publish)
+    };
+    let gateway = Gateway::bind(GatewayConfig {
+        origin: Some(format!("rtmp://{}", nginx.rtmp)),
+        ..gateway_config(state.path(), vec![rule])
+    })
+    .await
+    .unwrap();
+    Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
+        token: Some(Secret::new("token-a")),
+        carrier,
+        ..c
+    })
+    .await
 }
 
 /// `name` for `stream` as an AMF0 command body (transaction 0, null command object).
@@ -562,25 +596,8 @@ async fn rights_hold_however_a_publish_or_play_is_spelled() {
 
 async fn spellings_are_refused_on(carrier: rtmpq_edge::config::MediaCarrier) {
     let nginx = Nginx::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(GatewayConfig {
-        origin: Some(format!("rtmp://{}", nginx.rtmp)),
-        ..gateway_config(
-            state.path(),
-            vec![EdgeRuleConfig {
-                play: vec!["live/cam-a-*".into()],
-                ..edge_rule("cam-a", "token-a", &["live/cam-a-*"])
-            }],
-        )
-    })
-    .await
-    .unwrap();
-    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
-        token: Some(Secret::new("token-a")),
-        carrier,
-        ..c
-    })
-    .await;
+    let cam_a = ["live/cam-a-*"];
+    let stack = stack_before_nginx(&nginx, &cam_a, &cam_a, carrier).await;
     let mut tries: Vec<(String, Vec<Message>)> = Vec::new();
     for (verb, stream) in [("publish", "studio"), ("play", "secret")] {
         for (how, msg) in spellings(verb, stream) {
@@ -654,39 +671,10 @@ async fn spellings_are_refused_on(carrier: rtmpq_edge::config::MediaCarrier) {
 async fn a_query_in_the_app_is_judged_without_it_and_never_logged() {
     capture_logs();
     let nginx = Nginx::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(GatewayConfig {
-        origin: Some(format!("rtmp://{}", nginx.rtmp)),
-        ..gateway_config(
-            state.path(),
-            vec![edge_rule("cam-a", "token-a", &["live/cam-a-*"])],
-        )
-    })
-    .await
-    .unwrap();
-    let stack = Stack::with_gateway(gateway, state, |c| rtmpq_edge::EdgeConfig {
-        token: Some(Secret::new("token-a")),
-        ..c
-    })
-    .await;
-    let mut tcp = tokio::net::TcpStream::connect(stack.edge_addr)
-        .await
-        .unwrap();
-    let leftover = handshake(&mut tcp, HandshakeRole::Client, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let (read, write) = tcp.into_split();
-    let _reader = RtmpReader::new(Box::pin(read), leftover, ChunkLimits::default());
-    let (tx, _writer) = RtmpWriter::new(Box::pin(write)).spawn(64, None);
-    let app = "live?token=SECRET123";
-    let url = format!("rtmp://{}/{app}", stack.edge_addr);
-    for msg in [
-        command::request("connect", 1.0, 0, vec![command::connect_object(app, &url)]),
-        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
-        Message::new(20, 1, 0, named_body("publish", "cam-a-1")),
-    ] {
-        tx.send(msg).await.unwrap();
-    }
+    let stack = stack_before_nginx(&nginx, &["live/cam-a-*"], &[], Default::default()).await;
+    let (_reader, tx) = raw_client(stack.edge_addr, "live?token=SECRET123").await;
+    let publish = Message::new(20, 1, 0, named_body("publish", "cam-a-1"));
+    tx.send(publish).await.unwrap();
     nginx
         .wait_for_log("name='cam-a-1'", Duration::from_secs(20))
         .await;

@@ -628,6 +628,40 @@ fn nested_probe_is_what_the_issue_describes() {
     assert_eq!(got, msg);
 }
 
+/// A TLS config that trusts `stack`'s gateway by its pin, for raw tunnel clients.
+fn pinned_tls(stack: &Stack) -> rustls::ClientConfig {
+    let trust = rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap());
+    rtmpq_certs::client_tls(trust, None).unwrap()
+}
+
+/// Opens a media-lanes session as edge `edge_id` on a raw tunnel and publishes `stream` on it.
+async fn raw_lanes_publisher(stack: &Stack, edge_id: &str, stream: &str) -> (RawTunnel, SessionId) {
+    let session_id = SessionId(rand_id());
+    let open = Frame::SessionOpen {
+        session_id,
+        latency_budget_ms: 0,
+        carrier: Carrier::MediaLanes,
+    };
+    let mut tunnel = RawTunnel::open_as(stack.gateway_addr, pinned_tls(stack), edge_id, open).await;
+    let url = format!("rtmp://{}/live", stack.gateway_addr);
+    let publish = vec![Amf0Value::Null, Amf0Value::Utf8String(stream.into())];
+    for msg in [
+        command::request(
+            "connect",
+            1.0,
+            0,
+            vec![command::connect_object("live", &url)],
+        ),
+        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+        command::request("publish", 3.0, 1, publish),
+    ] {
+        write_frame(&mut tunnel.send, &Frame::Msg(msg))
+            .await
+            .unwrap();
+    }
+    (tunnel, session_id)
+}
+
 /// A lanes session whose edge vanishes while its merge waits: the session stream carries a
 /// FENCE naming audio that never comes and a data message behind it, then ends without
 /// SESSION_CLOSE, and the connection closes. The session must end at the gateway (its origin
@@ -636,39 +670,7 @@ fn nested_probe_is_what_the_issue_describes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_edge_mid_merge_leaves_no_session_behind() {
     let stack = Stack::start(None).await;
-    let tls = rtmpq_certs::client_tls(
-        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
-        None,
-    )
-    .unwrap();
-    let session_id = SessionId(rand_id());
-    let open = Frame::SessionOpen {
-        session_id,
-        latency_budget_ms: 0,
-        carrier: Carrier::MediaLanes,
-    };
-    let mut tunnel = RawTunnel::open_as(stack.gateway_addr, tls, "vanishing", open).await;
-    let url = format!("rtmp://{}/live", stack.gateway_addr);
-    let setup = [
-        command::request(
-            "connect",
-            1.0,
-            0,
-            vec![command::connect_object("live", &url)],
-        ),
-        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
-        command::request(
-            "publish",
-            3.0,
-            1,
-            vec![Amf0Value::Null, Amf0Value::Utf8String("held-name".into())],
-        ),
-    ];
-    for msg in setup {
-        write_frame(&mut tunnel.send, &Frame::Msg(msg))
-            .await
-            .unwrap();
-    }
+    let (mut tunnel, session_id) = raw_lanes_publisher(&stack, "vanishing", "held-name").await;
     let id = session_id.to_string();
     wait_until(LIMIT, "the gateway to publish held-name", || {
         stack
@@ -749,11 +751,7 @@ async fn one_edge_connection_holds_at_most_its_share_of_the_buffer_bound() {
     .await
     .unwrap();
     let stack = Stack::with_gateway(gateway, state, |c| c).await;
-    let tls = rtmpq_certs::client_tls(
-        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
-        None,
-    )
-    .unwrap();
+    let tls = pinned_tls(&stack);
     let tunnel = RawTunnel::open(stack.gateway_addr, tls).await;
     for _ in 0..4 {
         let (mut send, recv) = tunnel.conn.open_bi().await.unwrap();
@@ -827,38 +825,7 @@ async fn media_streams_naming_a_held_session_are_stopped() {
     .await
     .unwrap();
     let stack = Stack::with_gateway(gateway, state, |c| c).await;
-    let tls = rtmpq_certs::client_tls(
-        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
-        None,
-    )
-    .unwrap();
-    let session_id = SessionId(rand_id());
-    let open = Frame::SessionOpen {
-        session_id,
-        latency_budget_ms: 0,
-        carrier: Carrier::MediaLanes,
-    };
-    let mut tunnel = RawTunnel::open_as(stack.gateway_addr, tls, "holder", open).await;
-    let url = format!("rtmp://{}/live", stack.gateway_addr);
-    for msg in [
-        command::request(
-            "connect",
-            1.0,
-            0,
-            vec![command::connect_object("live", &url)],
-        ),
-        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
-        command::request(
-            "publish",
-            3.0,
-            1,
-            vec![Amf0Value::Null, Amf0Value::Utf8String("held".into())],
-        ),
-    ] {
-        write_frame(&mut tunnel.send, &Frame::Msg(msg))
-            .await
-            .unwrap();
-    }
+    let (mut tunnel, session_id) = raw_lanes_publisher(&stack, "holder", "held").await;
     // Set up and offered for resume: the gateway sends the token.
     loop {
         match tunnel.frames.next().await.unwrap() {
@@ -914,11 +881,7 @@ async fn client_chosen_names_are_bounded_in_logs_and_labels() {
     capture_logs();
     rtmpq_telemetry::prometheus();
     let stack = Stack::start(None).await;
-    let tls = rtmpq_certs::client_tls(
-        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
-        None,
-    )
-    .unwrap();
+    let tls = pinned_tls(&stack);
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let config = rtmpq_hop::transport::client_config(tls).unwrap();
     let conn = endpoint
@@ -985,13 +948,7 @@ async fn one_edge_holds_at_most_its_sessions_over_all_its_connections() {
     .await
     .unwrap();
     let stack = Stack::with_gateway(gateway, state, |c| c).await;
-    let tls = || {
-        rtmpq_certs::client_tls(
-            rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
-            None,
-        )
-        .unwrap()
-    };
+    let tls = || pinned_tls(&stack);
     let open = || Frame::SessionOpen {
         session_id: SessionId(rand_id()),
         latency_budget_ms: 0,
@@ -1043,11 +1000,7 @@ async fn one_edge_holds_at_most_its_sessions_over_all_its_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_hello_is_closed_within_the_hello_deadline() {
     let stack = Stack::start(None).await;
-    let tls = rtmpq_certs::client_tls(
-        rtmpq_certs::GatewayTrust::Pin(stack.pin.parse().unwrap()),
-        None,
-    )
-    .unwrap();
+    let tls = pinned_tls(&stack);
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let config = rtmpq_hop::transport::client_config(tls).unwrap();
     let conn = endpoint

@@ -639,8 +639,10 @@ struct LanesIn {
     merge: LaneMerge,
     budget: Option<Arc<SessionBudget>>,
     charged: usize,
-    /// When the merge last wrote a message or held nothing.
-    progress: tokio::time::Instant,
+    /// Fires when what the merge holds has waited too long; armed (with its limit) while the
+    /// merge holds something it cannot write, disarmed by every message written.
+    stall: std::pin::Pin<Box<tokio::time::Sleep>>,
+    stall_armed: Option<Duration>,
 }
 
 impl LanesIn {
@@ -696,7 +698,8 @@ impl SessionRecv {
                 merge: LaneMerge::new(MergeLimits::default()),
                 budget,
                 charged: 0,
-                progress: tokio::time::Instant::now(),
+                stall: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                stall_armed: None,
             })),
             ended: false,
         }
@@ -710,30 +713,31 @@ impl SessionRecv {
         loop {
             if let Some(frame) = lanes.merge.pop() {
                 lanes.charge()?;
-                lanes.progress = tokio::time::Instant::now();
+                lanes.stall_armed = None;
                 return Ok(Some(frame));
             }
             if lanes.merge.is_empty() {
                 if self.ended {
                     return Ok(None);
                 }
-                lanes.progress = tokio::time::Instant::now();
-            }
-            // What the merge holds must make progress within a bound, sooner once the session
-            // stream has ended (nothing it waits for can come from there any more).
-            let limit = if self.ended {
-                ENDED_MERGE_LIMIT
+                lanes.stall_armed = None;
             } else {
-                MERGE_STALL_LIMIT
-            };
-            let stalled = async {
-                if lanes.merge.is_empty() {
-                    std::future::pending::<()>().await;
+                // What the merge holds must make progress within a bound, sooner once the
+                // session stream has ended (nothing it waits for can come from there any more).
+                let limit = if self.ended {
+                    ENDED_MERGE_LIMIT
+                } else {
+                    MERGE_STALL_LIMIT
+                };
+                if lanes.stall_armed != Some(limit) {
+                    let deadline = tokio::time::Instant::now() + limit;
+                    lanes.stall.as_mut().reset(deadline);
+                    lanes.stall_armed = Some(limit);
                 }
-                tokio::time::sleep_until(lanes.progress + limit).await;
-            };
+            }
             tokio::select! {
-                () = stalled => {
+                () = &mut lanes.stall, if lanes.stall_armed.is_some() => {
+                    let limit = lanes.stall_armed.unwrap_or_default();
                     return Err(FrameReadError::Lanes(format!(
                         "media lanes wrote nothing for {limit:?} while {} bytes waited for what \
                          the session stream's fences name{}",

@@ -74,7 +74,8 @@ pub enum Amf0Shape {
     Amf3At(usize),
 }
 
-mod marker {
+/// AMF0 type markers (AMF0 specification, section 2.1).
+pub(crate) mod marker {
     pub const NUMBER: u8 = 0x00;
     pub const BOOLEAN: u8 = 0x01;
     pub const STRING: u8 = 0x02;

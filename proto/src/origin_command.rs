@@ -12,6 +12,7 @@
 //! way the origin would is an error, and a gateway that restricts an edge refuses it (fail
 //! closed). No recursion: nested values are skipped with an explicit, bounded stack.
 
+use crate::amf0::marker;
 use crate::message::{message_type, Message};
 
 /// Longest application or stream name judged (nginx-rtmp keeps 255 bytes of a name and
@@ -175,18 +176,6 @@ pub fn origin_app(app: &str) -> &str {
         .or_else(|| app.strip_suffix('/'))
         .unwrap_or(app);
     app.split('?').next().unwrap_or_default()
-}
-
-mod marker {
-    pub const NUMBER: u8 = 0x00;
-    pub const BOOLEAN: u8 = 0x01;
-    pub const STRING: u8 = 0x02;
-    pub const OBJECT: u8 = 0x03;
-    pub const NULL: u8 = 0x05;
-    pub const UNDEFINED: u8 = 0x06;
-    pub const ECMA_ARRAY: u8 = 0x08;
-    pub const OBJECT_END: u8 = 0x09;
-    pub const STRICT_ARRAY: u8 = 0x0a;
 }
 
 /// An open container while skipping a value.
