@@ -276,8 +276,9 @@ async fn sigterm_drains_the_gateway_and_nginx_sees_the_publisher_leave() {
         "the gateway did not wait for the grace period: {took:?}"
     );
     // A bound where a miss means a defect, not load: past its grace the gateway ends every
-    // session with explicit, short timers (flush 5 s at most, usually well under one), so 4 s
-    // of margin covers a loaded machine; a drain that waits on something unbounded misses it.
+    // session and flushes its few goodbye messages to nginx on loopback (milliseconds; the
+    // flush itself is cut at 5 s), so 4 s of margin covers a loaded machine, and a drain that
+    // waits on something unbounded misses it.
     assert!(
         took <= grace + Duration::from_secs(4),
         "shutdown took {took:?}"
