@@ -634,6 +634,18 @@ fn pinned_tls(stack: &Stack) -> rustls::ClientConfig {
     rtmpq_certs::client_tls(trust, None).unwrap()
 }
 
+/// A QUIC connection to `stack`'s gateway that has said nothing yet (and its endpoint).
+async fn quic_connection(stack: &Stack) -> (quinn::Endpoint, quinn::Connection) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = rtmpq_hop::transport::client_config(pinned_tls(stack)).unwrap();
+    let conn = endpoint
+        .connect_with(config, stack.gateway_addr, "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn)
+}
+
 /// Opens a media-lanes session as edge `edge_id` on a raw tunnel and publishes `stream` on it.
 async fn raw_lanes_publisher(stack: &Stack, edge_id: &str, stream: &str) -> (RawTunnel, SessionId) {
     let session_id = SessionId(rand_id());
@@ -881,14 +893,7 @@ async fn client_chosen_names_are_bounded_in_logs_and_labels() {
     capture_logs();
     rtmpq_telemetry::prometheus();
     let stack = Stack::start(None).await;
-    let tls = pinned_tls(&stack);
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = rtmpq_hop::transport::client_config(tls).unwrap();
-    let conn = endpoint
-        .connect_with(config, stack.gateway_addr, "127.0.0.1")
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, conn) = quic_connection(&stack).await;
     let (mut control, _recv) = conn.open_bi().await.unwrap();
     let hello = Frame::Hello {
         version: rtmpq_proto::wire::WIRE_VERSION,
@@ -1000,14 +1005,7 @@ async fn one_edge_holds_at_most_its_sessions_over_all_its_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_hello_is_closed_within_the_hello_deadline() {
     let stack = Stack::start(None).await;
-    let tls = pinned_tls(&stack);
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = rtmpq_hop::transport::client_config(tls).unwrap();
-    let conn = endpoint
-        .connect_with(config, stack.gateway_addr, "127.0.0.1")
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, conn) = quic_connection(&stack).await;
     let closed = tokio::time::timeout(LIMIT, conn.closed()).await.unwrap();
     let quinn::ConnectionError::ApplicationClosed(close) = closed else {
         panic!("{closed}");

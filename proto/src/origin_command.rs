@@ -133,7 +133,7 @@ fn command_in(type_id: u8, payload: &[u8]) -> Result<Option<StreamCommand>, Cann
     if name == "connect" {
         reader.skip_value().map_err(|()| unreadable())?;
         let app = reader.connect_app().map_err(|()| unreadable())?;
-        let app = judged_name(&app).ok_or_else(|| CannotJudge::BadName(name.to_owned()))?;
+        let app = judged_name(app).ok_or_else(|| CannotJudge::BadName(name.to_owned()))?;
         return Ok(Some(StreamCommand::Connect {
             app: origin_app(app).to_owned(),
         }));
@@ -147,8 +147,8 @@ fn command_in(type_id: u8, payload: &[u8]) -> Result<Option<StreamCommand>, Cann
         reader.skip_value().map_err(|()| unreadable())?;
     }
     let stream = reader.string_value().map_err(|()| unreadable())?;
-    let stream = judged_name(&stream).ok_or_else(|| CannotJudge::BadName(name.to_owned()))?;
-    let stream = stream.split('?').next().unwrap_or_default().to_owned();
+    let stream = judged_name(stream).ok_or_else(|| CannotJudge::BadName(name.to_owned()))?;
+    let stream = crate::command::public_stream_name(stream).to_owned();
     let command = name.to_owned();
     Ok(Some(if publish {
         StreamCommand::Publish { command, stream }
@@ -192,8 +192,8 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], ()> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ()> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.body.len());
         let end = end.ok_or(())?;
         let bytes = &self.body[self.pos..end];
@@ -215,9 +215,9 @@ impl Reader<'_> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn string_body(&mut self) -> Result<Vec<u8>, ()> {
+    fn string_body(&mut self) -> Result<&'a [u8], ()> {
         let n = self.u16()?;
-        Ok(self.take(n)?.to_vec())
+        self.take(n)
     }
 
     /// The command name as the origin matches it; `None` when it reads none (another type
@@ -234,24 +234,24 @@ impl Reader<'_> {
 
     /// The next value if it is a string; empty for a value of another type or none at all
     /// (the origin then reads an empty name).
-    fn string_value(&mut self) -> Result<Vec<u8>, ()> {
+    fn string_value(&mut self) -> Result<&'a [u8], ()> {
         match self.body.get(self.pos) {
-            None => Ok(Vec::new()),
+            None => Ok(&[]),
             Some(&marker::STRING) => {
                 self.pos += 1;
                 self.string_body()
             }
             Some(_) => {
                 self.skip_value()?;
-                Ok(Vec::new())
+                Ok(&[])
             }
         }
     }
 
     /// The `app` property of the command object that comes next, the last one if there are
     /// several (the origin overwrites); empty without one.
-    fn connect_app(&mut self) -> Result<Vec<u8>, ()> {
-        let mut app = Vec::new();
+    fn connect_app(&mut self) -> Result<&'a [u8], ()> {
+        let mut app: &'a [u8] = &[];
         match self.body.get(self.pos) {
             Some(&marker::OBJECT) => self.pos += 1,
             Some(&marker::ECMA_ARRAY) => {

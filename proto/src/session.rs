@@ -20,11 +20,8 @@ use crate::wire::{CloseCode, ResumeToken};
 /// [`MAX_NAME_LEN`](crate::origin_command::MAX_NAME_LEN) bytes, control characters (a newline
 /// would split a log line) replaced by `?`.
 pub fn bounded_name(name: &str) -> String {
-    let mut cut = name.len().min(crate::origin_command::MAX_NAME_LEN);
-    while !name.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    name[..cut].replace(char::is_control, "?")
+    let kept = &name[..name.floor_char_boundary(crate::origin_command::MAX_NAME_LEN)];
+    kept.replace(char::is_control, "?")
 }
 
 /// Whether the client publishes or plays.

@@ -831,11 +831,7 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
             // character boundary: a reason read back from its own encoding is the same reason.
             let reason = &body[..body.len().min(MAX_REASON_LEN)];
             let mut reason = String::from_utf8_lossy(reason).into_owned();
-            let mut cut = reason.len().min(MAX_REASON_LEN);
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            reason.truncate(cut);
+            reason.truncate(reason.floor_char_boundary(MAX_REASON_LEN));
             // Words for one log line: a peer's control characters (a newline) become spaces.
             let reason = reason.replace(char::is_control, " ");
             Some(Frame::SessionClose { code, reason })

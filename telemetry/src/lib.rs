@@ -773,11 +773,7 @@ pub const MAX_LABEL_LEN: usize = 64;
 
 /// `name` as a metric label value: at most [`MAX_LABEL_LEN`] bytes.
 fn label_value(name: &str) -> String {
-    let mut cut = name.len().min(MAX_LABEL_LEN);
-    while !name.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    name[..cut].to_owned()
+    name[..name.floor_char_boundary(MAX_LABEL_LEN)].to_owned()
 }
 
 /// How long a series nothing updates is kept (a session's series go this long after it ends).
