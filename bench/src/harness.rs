@@ -1177,7 +1177,7 @@ mod tests {
         assert!(!clocks.went_back(MediaKind::VideoKeyframe, 1000));
         // Audio has its own clock; a header is no frame.
         assert!(!clocks.went_back(MediaKind::Audio, 990));
-        assert!(!clocks.went_back(MediaKind::SequenceHeader, 0));
+        assert!(!clocks.went_back(MediaKind::Header, 0));
         assert!(!clocks.went_back(MediaKind::VideoFrame, 1000));
         assert!(clocks.went_back(MediaKind::VideoFrame, 999));
         assert!(!clocks.went_back(MediaKind::VideoFrame, 1033));

@@ -66,6 +66,12 @@ pub fn chunk_decoder(data: &[u8]) {
                     let _ = msg.class();
                     let _ = msg.media_kind();
                     let _ = msg.composition_offset();
+                    if let Some(p) = msg.media_packet() {
+                        // Every track's body lies inside the payload.
+                        for t in p.track_packets(&msg.payload) {
+                            assert!(t.body.len() <= msg.payload.len());
+                        }
+                    }
                     let _ = msg.user_control_event();
                     messages.push(msg);
                 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError};
 use rtmpq_proto::command::{self, public_stream_name, Amf0Value, Command};
+use rtmpq_proto::gop::GopGate;
 use rtmpq_proto::message::{message_type, Control, MediaKind, Message};
+use rtmpq_proto::stream_headers::StreamHeaders;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -30,8 +32,8 @@ enum HubEvent {
 #[derive(Debug, Default)]
 struct CachedHeaders {
     metadata: Option<Message>,
-    video: Option<Message>,
-    audio: Option<Message>,
+    /// Every track's sequence start, multichannel config and video metadata, in order.
+    media: StreamHeaders,
 }
 
 #[derive(Debug)]
@@ -218,7 +220,8 @@ async fn serve_client(tcp: TcpStream, hubs: Hubs) -> Result<(), RtmpIoError> {
                 let events = hub.events.subscribe();
                 let headers = {
                     let h = hub.headers.lock().expect("lock");
-                    [h.metadata.clone(), h.video.clone(), h.audio.clone()]
+                    let media = h.media.messages().cloned();
+                    h.metadata.iter().cloned().chain(media).collect::<Vec<_>>()
                 };
                 for m in replies.drain(..) {
                     let _ = tx.send(m).await;
@@ -283,13 +286,9 @@ fn publish_message(hub: &StreamHub, msg: Message) {
     let msg = strip_set_data_frame(msg);
     if msg.type_id == message_type::DATA_AMF0 {
         hub.headers.lock().expect("lock").metadata = Some(msg.clone());
-    } else if msg.media_kind() == MediaKind::SequenceHeader {
-        let mut headers = hub.headers.lock().expect("lock");
-        if msg.type_id == message_type::VIDEO {
-            headers.video = Some(msg.clone());
-        } else {
-            headers.audio = Some(msg.clone());
-        }
+    } else if matches!(msg.media_kind(), MediaKind::Header | MediaKind::Other) {
+        // Headers are kept; a sequence end forgets its tracks' headers.
+        hub.headers.lock().expect("lock").media.observe(&msg);
     }
     // No receivers is fine: nobody is watching yet.
     let _ = hub.events.send(HubEvent::Media(msg));
@@ -304,13 +303,14 @@ fn unpublish(hub: &StreamHub) {
 
 async fn feed_player(
     mut events: broadcast::Receiver<HubEvent>,
-    headers: [Option<Message>; 3],
+    headers: Vec<Message>,
     tx: Outbound,
     stream_id: u32,
 ) {
-    let mut wait_for_keyframe = true;
+    // Each video track from its own next key frame.
+    let mut gate = GopGate::waiting();
     let on_stream = |m: Message| Message { stream_id, ..m };
-    for h in headers.into_iter().flatten() {
+    for h in headers {
         if tx.send(on_stream(h)).await.is_err() {
             return;
         }
@@ -331,7 +331,7 @@ async fn feed_player(
                         "stream ended",
                     ))
                     .await;
-                wait_for_keyframe = true;
+                gate = GopGate::waiting();
                 continue;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -339,15 +339,13 @@ async fn feed_player(
                     skipped = n,
                     "player too slow; skipping to the next key frame"
                 );
-                wait_for_keyframe = true;
+                gate.close();
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        match msg.media_kind() {
-            MediaKind::VideoKeyframe => wait_for_keyframe = false,
-            MediaKind::VideoFrame if wait_for_keyframe => continue,
-            _ => {}
+        if msg.media_packet().is_some_and(|p| !gate.admit(&p)) {
+            continue;
         }
         if tx.send(on_stream(msg)).await.is_err() {
             return;

@@ -91,6 +91,22 @@ impl Command {
         }
     }
 
+    /// Whether a `connect`'s command object declares Enhanced RTMP capabilities
+    /// (`fourCcList`, `videoFourCcInfoMap`, `audioFourCcInfoMap`, `capsEx`): the client then
+    /// reads the server's own in its `_result`.
+    pub fn declares_enhanced_rtmp(&self) -> bool {
+        const CAPABILITIES: [&str; 4] = [
+            "fourCcList",
+            "videoFourCcInfoMap",
+            "audioFourCcInfoMap",
+            "capsEx",
+        ];
+        match self.values.first() {
+            Some(Amf0Value::Object(props)) => CAPABILITIES.iter().any(|k| props.contains_key(*k)),
+            _ => false,
+        }
+    }
+
     /// The n-th argument after the command object, if it is a string.
     pub fn string_arg(&self, n: usize) -> Option<&str> {
         match self.values.get(n + 1)? {

@@ -3,7 +3,9 @@
 //! push starts after one round trip to the origin instead of three. The origin's own answers
 //! to what was answered here are dropped on their way back; a refusal is not: it reaches the
 //! client as an `onStatus` with the origin's code and description, only later than it would
-//! have directly. `play` is not answered here (a player waits for the origin's media anyway),
+//! have directly. A `connect` that declares Enhanced RTMP capabilities (`fourCcList`,
+//! `capsEx`, ...) is not answered here either: the origin's `_result` carries its own, which
+//! the client must see unchanged. `play` is not answered here (a player waits for the origin's media anyway),
 //! but it too goes out without waiting for `connect` and `createStream` to be answered.
 //!
 //! The edge hands out message stream id [`LOCAL_STREAM_ID`] for the first `createStream`, the
@@ -43,6 +45,9 @@ impl FastStart {
             return Vec::new();
         };
         match cmd.name.as_str() {
+            // An Enhanced RTMP client learns the origin's codecs and capabilities from its
+            // `_result`: only the origin can answer (the edge must not claim what it lacks).
+            "connect" if cmd.declares_enhanced_rtmp() => Vec::new(),
             "connect" if self.connect_txn.is_none() => {
                 self.connect_txn = Some(cmd.transaction_id);
                 vec![command::connect_result(cmd.transaction_id)]
@@ -130,6 +135,7 @@ impl FastStart {
 mod tests {
     use super::*;
     use crate::command::{connect_object, on_status, request, result};
+    use std::collections::HashMap;
 
     fn text(s: &str) -> Amf0Value {
         Amf0Value::Utf8String(s.into())
@@ -149,6 +155,37 @@ mod tests {
             })
             .collect();
         (msg, names)
+    }
+
+    #[test]
+    fn an_enhanced_rtmp_connect_is_answered_by_the_origin_alone() {
+        let mut f = FastStart::default();
+        let Amf0Value::Object(mut props) = connect_object("live", "rtmp://o/live") else {
+            unreachable!()
+        };
+        props.insert("capsEx".into(), Amf0Value::Number(4.0));
+        let fourccs = ["hvc1", "av01", "Opus"].map(text).to_vec();
+        props.insert("fourCcList".into(), Amf0Value::StrictArray(fourccs));
+        let connect = request("connect", 1.0, 0, vec![Amf0Value::Object(props.clone())]);
+        let (sent, answered) = client(&mut f, connect.clone());
+        assert!(answered.is_empty(), "the edge claims no capabilities");
+        assert_eq!(sent, connect, "the connect goes on unchanged");
+        // The origin's _result, with its own capabilities, reaches the client unchanged.
+        let mut origin_props = HashMap::new();
+        origin_props.insert("capsEx".into(), Amf0Value::Number(1.0));
+        let origin_result = request(
+            "_result",
+            1.0,
+            0,
+            vec![Amf0Value::Object(origin_props), Amf0Value::Null],
+        );
+        assert_eq!(
+            f.from_origin(origin_result.clone()).unwrap(),
+            Some(origin_result)
+        );
+        // The rest of the set-up is still answered here.
+        let create = request("createStream", 2.0, 0, vec![Amf0Value::Null]);
+        assert_eq!(client(&mut f, create).1, ["_result"]);
     }
 
     #[test]

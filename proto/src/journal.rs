@@ -12,8 +12,10 @@
 
 use crate::amf0::Amf0Error;
 use crate::command::{Amf0Value, Command};
-use crate::message::{message_type, MediaKind, Message};
+use crate::gop::GopGate;
+use crate::message::{message_type, Message};
 use crate::session::Direction;
+use crate::stream_headers::StreamHeaders;
 
 /// Most preparation commands (`releaseStream`, `FCPublish`, ...) kept.
 const MAX_PREPARATION: usize = 8;
@@ -26,8 +28,7 @@ pub struct SessionJournal {
     create_stream: Option<(Message, f64)>,
     start: Option<(Message, Direction)>,
     metadata: Option<Message>,
-    audio_header: Option<Message>,
-    video_header: Option<Message>,
+    headers: StreamHeaders,
 }
 
 impl SessionJournal {
@@ -48,13 +49,10 @@ impl SessionJournal {
             }
             return;
         }
-        match msg.media_kind() {
-            MediaKind::SequenceHeader if msg.type_id == message_type::AUDIO => {
-                self.audio_header = Some(msg.clone())
-            }
-            MediaKind::SequenceHeader => self.video_header = Some(msg.clone()),
-            _ if is_metadata(msg) => self.metadata = Some(msg.clone()),
-            _ => {}
+        if is_metadata(msg) {
+            self.metadata = Some(msg.clone());
+        } else {
+            self.headers.observe(msg);
         }
     }
 
@@ -72,8 +70,7 @@ impl SessionJournal {
         let mut after_start = Vec::new();
         if direction == Direction::Publish {
             after_start.extend(self.metadata.iter().cloned());
-            after_start.extend(self.video_header.iter().cloned());
-            after_start.extend(self.audio_header.iter().cloned());
+            after_start.extend(self.headers.messages().cloned());
         }
         Some(Replay {
             connect,
@@ -225,15 +222,15 @@ impl Replay {
 }
 
 /// How a session's messages continue on a new origin connection: the client's moved from its
-/// stream id to the origin's, the origin's moved back, and video held back in each direction
-/// until a key frame (the frames before it reference pictures the new connection never
-/// carried).
+/// stream id to the origin's, the origin's moved back, and video held back in each direction,
+/// each track until its own key frame (the frames before it reference pictures the new
+/// connection never carried).
 #[derive(Debug, Clone)]
 pub struct ResumeFilter {
     client: u32,
     origin: u32,
-    origin_waits_for_key_frame: bool,
-    client_waits_for_key_frame: bool,
+    toward_origin: GopGate,
+    toward_client: GopGate,
 }
 
 impl ResumeFilter {
@@ -242,8 +239,8 @@ impl ResumeFilter {
         ResumeFilter {
             client,
             origin,
-            origin_waits_for_key_frame: true,
-            client_waits_for_key_frame: true,
+            toward_origin: GopGate::waiting(),
+            toward_client: GopGate::waiting(),
         }
     }
 
@@ -258,21 +255,19 @@ impl ResumeFilter {
     /// go.
     pub fn toward_origin(&mut self, msg: Message) -> Option<Message> {
         let (from, to) = (self.client, self.origin);
-        Self::pass(&mut self.origin_waits_for_key_frame, from, to, msg)
+        Self::pass(&mut self.toward_origin, from, to, msg)
     }
 
     /// `msg` from the new origin connection as the client gets it, or `None` if it must not
     /// go.
     pub fn toward_client(&mut self, msg: Message) -> Option<Message> {
         let (from, to) = (self.origin, self.client);
-        Self::pass(&mut self.client_waits_for_key_frame, from, to, msg)
+        Self::pass(&mut self.toward_client, from, to, msg)
     }
 
-    fn pass(waiting: &mut bool, from: u32, to: u32, mut msg: Message) -> Option<Message> {
-        match msg.media_kind() {
-            MediaKind::VideoKeyframe => *waiting = false,
-            MediaKind::VideoFrame if *waiting => return None,
-            _ => {}
+    fn pass(gate: &mut GopGate, from: u32, to: u32, mut msg: Message) -> Option<Message> {
+        if msg.media_packet().is_some_and(|p| !gate.admit(&p)) {
+            return None;
         }
         if msg.stream_id == from {
             msg.stream_id = to;
@@ -372,11 +367,12 @@ mod tests {
             panic!("started")
         };
         assert_eq!(stream_id, 7);
-        // Metadata, the newest video header, the audio header; all on stream 7.
+        // Metadata, then the headers as they were last sent: the audio header, the newest
+        // video header (it replaced the first); all on stream 7.
         assert_eq!(then.len(), 3);
         assert_eq!(then[0].type_id, message_type::DATA_AMF0);
-        assert_eq!(then[1].payload[..], [0x17, 0, 0, 0, 0, 2]);
-        assert_eq!(then[2].payload[..], [0xaf, 0, 0x12, 0x10]);
+        assert_eq!(then[1].payload[..], [0xaf, 0, 0x12, 0x10]);
+        assert_eq!(then[2].payload[..], [0x17, 0, 0, 0, 0, 2]);
         assert!(then.iter().all(|m| m.stream_id == 7));
     }
 

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::gop::GopGate;
 use crate::message::{MediaKind, Message};
 use crate::wire::{Frame, Lane};
 
@@ -61,12 +62,15 @@ pub struct LaneSplitter {
     fenced: (u64, u64),
     /// Whether a GOP stream is open.
     in_group: bool,
+    /// Which track's key frames start a GOP stream.
+    groups: GopGate,
 }
 
 impl LaneSplitter {
     /// Where `msg` goes, counting it as sent.
     pub fn route(&mut self, msg: &Message) -> Route {
-        match msg.media_kind() {
+        let packet = msg.media_packet();
+        match packet.map_or(MediaKind::Other, |p| p.kind()) {
             MediaKind::Audio => {
                 self.audio_sent += 1;
                 Route::Audio {
@@ -74,8 +78,9 @@ impl LaneSplitter {
                     control_before: self.control_sent,
                 }
             }
-            kind @ (MediaKind::VideoKeyframe | MediaKind::VideoFrame) => {
-                let new_group = kind == MediaKind::VideoKeyframe || !self.in_group;
+            MediaKind::VideoKeyframe | MediaKind::VideoFrame => {
+                let starts = packet.is_some_and(|p| self.groups.starts_group(&p));
+                let new_group = starts || !self.in_group;
                 self.in_group = true;
                 self.video_sent += 1;
                 Route::Video {
@@ -84,7 +89,7 @@ impl LaneSplitter {
                     new_group,
                 }
             }
-            MediaKind::SequenceHeader | MediaKind::Other => {
+            MediaKind::Header | MediaKind::Other => {
                 self.control_sent += 1;
                 Route::Control {
                     fence: self.fence(),

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::gop::GopGate;
 use crate::media_queue::Dropped;
 use crate::message::{message_type, MediaKind, Message};
 
@@ -28,6 +29,8 @@ pub struct LateArrivals {
     budget: Duration,
     start: Instant,
     tracks: [Track; 2],
+    /// Video: which tracks' frames may be written (each from its own key frame after a drop).
+    gate: GopGate,
     dropped: Dropped,
 }
 
@@ -39,8 +42,6 @@ struct Track {
     earliest: VecDeque<(u64, i64)>,
     /// The last timestamp, unwrapped across 2^32 ms.
     last: Option<i64>,
-    /// Video: the frames of the current GOP may be written.
-    open: bool,
 }
 
 impl LateArrivals {
@@ -51,7 +52,8 @@ impl LateArrivals {
             start: now,
             // Video passes from its first frame on: a stream joined mid-GOP (or judged from
             // the end of the warm-up) is not held to a key frame until something is dropped.
-            tracks: [Track::open(), Track::open()],
+            tracks: [Track::default(), Track::default()],
+            gate: GopGate::open(),
             dropped: Dropped::default(),
         }
     }
@@ -59,11 +61,14 @@ impl LateArrivals {
     /// Whether `msg`, arriving at `now`, is written on; every message but audio and video
     /// frames is.
     pub fn admit(&mut self, msg: &Message, now: Instant) -> bool {
-        let kind = msg.media_kind();
+        let Some(packet) = msg.media_packet() else {
+            return true;
+        };
+        let kind = packet.kind();
         let index = match kind {
             MediaKind::Audio => 0,
             MediaKind::VideoFrame | MediaKind::VideoKeyframe => 1,
-            MediaKind::SequenceHeader | MediaKind::Other => return true,
+            MediaKind::Header | MediaKind::Other => return true,
         };
         let since_start = now.saturating_duration_since(self.start);
         if since_start < WARMUP {
@@ -72,17 +77,14 @@ impl LateArrivals {
         let arrived = since_start.as_millis() as i64;
         let late = self.tracks[index].lateness(msg.timestamp, arrived);
         let stale = late > self.budget.as_millis() as i64;
-        let track = &mut self.tracks[index];
         let pass = match kind {
             MediaKind::Audio => !stale,
-            MediaKind::VideoKeyframe => {
-                track.open = !stale;
-                track.open
+            _ if stale => {
+                // Every later frame of each track references this one or what came before.
+                self.gate.close_tracks(&packet.tracks);
+                false
             }
-            _ => {
-                track.open &= !stale;
-                track.open
-            }
+            _ => self.gate.admit(&packet),
         };
         if !pass {
             self.dropped.bytes += msg.payload.len() as u64;
@@ -103,13 +105,6 @@ impl LateArrivals {
 }
 
 impl Track {
-    fn open() -> Self {
-        Track {
-            open: true,
-            ..Track::default()
-        }
-    }
-
     /// Notes an arrival and returns how much later than the earliest of the last
     /// [`LOOKBACK`] arrivals it is, ms.
     fn lateness(&mut self, timestamp: u32, arrived: i64) -> i64 {

@@ -154,13 +154,16 @@ pub mod budget;
 pub mod chunk;
 pub mod command;
 pub mod fast_start;
+pub mod gop;
 pub mod journal;
 pub mod lanes;
 pub mod late_arrivals;
+pub mod media_packet;
 pub mod media_queue;
 pub mod message;
 pub mod origin_command;
 pub mod session;
+pub mod stream_headers;
 pub mod wire;
 
 pub use chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits};

@@ -24,6 +24,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::gop::GopGate;
+use crate::media_packet::{MediaPacket, TrackSet};
 use crate::message::{message_type, MediaKind, Message};
 
 /// What a [`MediaQueue`] keeps to.
@@ -104,16 +106,25 @@ impl Gop {
     }
 }
 
-/// A video frame's presentation time (timestamp plus composition offset), in ms.
+/// A video frame's presentation time (timestamp plus composition offset plus any ModEx
+/// nanosecond offset), in ns.
 fn presentation_time(msg: &Message) -> i64 {
-    i64::from(msg.timestamp) + i64::from(msg.composition_offset())
+    MediaPacket::read(msg).map_or(i64::from(msg.timestamp) * 1_000_000, |p| {
+        p.presentation_nanos(msg.timestamp)
+    })
 }
 
 /// Whether `msg` is a leading picture of a group whose key frame is presented at `key_pts`:
 /// presented before it (compared within half the timestamp range, so a wrap reads right).
 fn is_leading(msg: &Message, key_pts: i64) -> bool {
-    let delta = (presentation_time(msg) - key_pts).rem_euclid(1 << 32);
-    delta >= 1 << 31
+    const RANGE: i64 = (1 << 32) * 1_000_000;
+    let delta = (presentation_time(msg) - key_pts).rem_euclid(RANGE);
+    delta >= RANGE / 2
+}
+
+/// The tracks of a video message (track 0 for anything unreadable).
+fn tracks_of(msg: &Message) -> TrackSet {
+    MediaPacket::read(msg).map_or(TrackSet::of(0), |p| p.tracks)
 }
 
 /// A hop's queue of one session's messages in one flow; see the module docs.
@@ -124,9 +135,10 @@ pub struct MediaQueue {
     control: VecDeque<Entry>,
     audio: VecDeque<Entry>,
     video: VecDeque<Gop>,
-    /// Whether inter frames may be queued: nothing of their group was dropped (a stream that
-    /// starts mid-group is passed on as it comes until something is dropped).
-    gop_open: bool,
+    /// Which tracks' inter frames may be queued (nothing of their group was dropped; a stream
+    /// that starts mid-group is passed on as it comes until something is dropped), and the
+    /// track whose key frames open groups.
+    gate: GopGate,
     media_bytes: usize,
     control_bytes: usize,
     /// Video frames waiting, in every group.
@@ -148,7 +160,7 @@ impl MediaQueue {
             control: VecDeque::new(),
             audio: VecDeque::new(),
             video: VecDeque::new(),
-            gop_open: true,
+            gate: GopGate::open(),
             media_bytes: 0,
             control_bytes: 0,
             video_frames: 0,
@@ -187,18 +199,20 @@ impl MediaQueue {
     pub fn push(&mut self, msg: Message, now: Instant) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let kind = msg.media_kind();
+        let packet = msg.media_packet();
+        let kind = packet.map_or(MediaKind::Other, |p| p.kind());
         let entry = Entry {
             seq,
             arrived: now,
             msg,
         };
+        let starts_group = packet.is_some_and(|p| self.gate.starts_group(&p));
+        let admitted = packet.is_none_or(|p| self.gate.admit(&p));
         match kind {
-            MediaKind::VideoKeyframe => {
+            MediaKind::VideoKeyframe if starts_group => {
                 self.newest_video = Some(entry.msg.timestamp);
                 // Resuming after a drop: this group's leading pictures go too.
-                let resumed = !self.gop_open;
-                self.gop_open = true;
+                let resumed = !self.gate.is_all_open();
                 self.media_bytes += entry.msg.payload.len();
                 self.video_frames += 1;
                 let mut gop = Gop::new(entry);
@@ -215,11 +229,12 @@ impl MediaQueue {
             {
                 self.count(DropReason::Stale, &entry.msg, false);
             }
-            MediaKind::VideoFrame if !self.gop_open => {
+            MediaKind::VideoFrame if !admitted => {
                 // Its group's key frame (or an earlier frame of it) was dropped.
                 self.count(DropReason::Stale, &entry.msg, false);
             }
-            MediaKind::VideoFrame => {
+            MediaKind::VideoFrame | MediaKind::VideoKeyframe => {
+                // An inter frame, or another track's key frame: in the group it arrives in.
                 self.newest_video = Some(entry.msg.timestamp);
                 self.media_bytes += entry.msg.payload.len();
                 self.video_frames += 1;
@@ -234,7 +249,7 @@ impl MediaQueue {
                 self.media_bytes += entry.msg.payload.len();
                 self.audio.push_back(entry);
             }
-            MediaKind::SequenceHeader | MediaKind::Other => {
+            MediaKind::Header | MediaKind::Other => {
                 self.control_bytes += entry.msg.payload.len();
                 self.control.push_back(entry)
             }
@@ -373,7 +388,9 @@ impl MediaQueue {
     }
 
     /// Drops every waiting frame of the oldest group; if it was the newest, inter frames are
-    /// dropped until the next key frame.
+    /// dropped until the next key frame (of each track). If a newer group waits, the frames of
+    /// the dropped group's other tracks (not the lead) that follow, up to each one's own key
+    /// frame, go too: they reference what was dropped.
     fn drop_first_gop(&mut self, reason: DropReason) {
         while self.video.front().is_some_and(|g| g.frames.is_empty()) {
             self.video.pop_front();
@@ -382,16 +399,56 @@ impl MediaQueue {
             return;
         };
         if self.video.is_empty() {
-            self.gop_open = false;
+            self.gate.close();
         }
         let mut first = true;
+        let mut dropped_tracks = TrackSet::default();
         self.video_frames -= gop.frames.len();
         for entry in gop.frames {
+            dropped_tracks = dropped_tracks.union(&tracks_of(&entry.msg));
             self.media_bytes -= entry.msg.payload.len();
             self.count(reason, &entry.msg, first);
             first = false;
         }
+        if let Some(lead) = self.gate.lead() {
+            let mut others = dropped_tracks;
+            others = others.difference(&TrackSet::of(lead));
+            if !others.is_empty() && !self.video.is_empty() {
+                self.drop_until_own_key_frames(others);
+            }
+        }
         self.drop_leading_pictures();
+    }
+
+    /// Drops the waiting frames of `tracks` up to each one's next key frame; tracks with no
+    /// key frame waiting wait for one at the gate.
+    fn drop_until_own_key_frames(&mut self, mut tracks: TrackSet) {
+        let mut dropped = Vec::new();
+        for gop in self.video.iter_mut() {
+            if tracks.is_empty() {
+                break;
+            }
+            gop.frames.retain(|entry| {
+                let Some(p) = entry.msg.media_packet() else {
+                    return true;
+                };
+                if p.tracks.is_disjoint(&tracks) {
+                    return true;
+                }
+                if p.key_frame {
+                    tracks = tracks.difference(&p.tracks);
+                    return true;
+                }
+                dropped.push(entry.msg.clone());
+                false
+            });
+        }
+        self.gate.close_tracks(&tracks);
+        self.video_frames -= dropped.len();
+        for msg in dropped {
+            self.media_bytes -= msg.payload.len();
+            self.count(DropReason::Stale, &msg, false);
+        }
     }
 
     /// After a group was dropped, the leading pictures of the next waiting group (which
@@ -966,7 +1023,7 @@ mod tests {
             prop_assert_eq!(q.len(), 0);
             for m in &popped {
                 let k = m.media_kind();
-                if k == MediaKind::SequenceHeader || m.type_id == 20 {
+                if k == MediaKind::Header || m.type_id == 20 {
                     popped_control.push((m.type_id, m.timestamp));
                 }
             }
@@ -986,5 +1043,95 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A multitrack (OneTrack) CodedFramesX AV1 frame of `track`, its timestamp in the body.
+    fn track_frame(ts: u32, track: u8, key: bool) -> Message {
+        let first = 0x80 | if key { 0x10 } else { 0x20 } | 6;
+        let mut p = vec![first, 0x03, b'a', b'v', b'0', b'1', track];
+        p.extend(ts.to_be_bytes());
+        Message::new(9, 1, ts, p)
+    }
+
+    /// Pushes two tracks, a frame each every 100 ms, key frames every second (track 1's
+    /// `track1_key_at` tenths of a second after track 0's) while the path takes one message
+    /// every 150 ms; checks that each frame handed out decodes (a key frame, or the track's
+    /// frame right after the last one handed out) and returns how many each track had.
+    fn two_tracks_on_a_slow_path(track1_key_at: u32) -> [usize; 2] {
+        let t0 = Instant::now();
+        let mut q = queue(300);
+        let mut out = Vec::new();
+        let header = Message::new(9, 1, 2000, b"\x96\x00av01\x01\x81".to_vec());
+        for n in 0..60u32 {
+            let ts = n * 100;
+            let now = t0 + MS * ts;
+            q.push(track_frame(ts, 0, n % 10 == 0), now);
+            q.push(track_frame(ts, 1, n % 10 == track1_key_at || n == 0), now);
+            if ts == 2000 {
+                q.push(header.clone(), now);
+            }
+            if n % 3 != 2 {
+                out.extend(q.pop(now));
+            }
+        }
+        out.extend(std::iter::from_fn(|| q.pop(t0 + MS * 6000)));
+        assert!(out.contains(&header), "the header is never dropped");
+        assert!(
+            q.dropped(DropReason::Stale).video_frames > 20,
+            "the path is too slow"
+        );
+        [0u8, 1].map(|track| {
+            let mut last: Option<u32> = None;
+            let mut handed = 0;
+            for m in out.iter().filter(|m| m.media_kind() != MediaKind::Header) {
+                let p = m.media_packet().unwrap();
+                if !p.tracks.contains(track) {
+                    continue;
+                }
+                handed += 1;
+                if !p.key_frame {
+                    let expected = last.map(|l| l + 100);
+                    assert_eq!(
+                        expected,
+                        Some(m.timestamp),
+                        "track {track} at {}",
+                        m.timestamp
+                    );
+                }
+                last = Some(m.timestamp);
+            }
+            handed
+        })
+    }
+
+    #[test]
+    fn each_track_of_a_multitrack_stream_resumes_at_its_own_key_frame() {
+        // Aligned key frames (what multitrack encoders send): both tracks fare alike.
+        let [a, b] = two_tracks_on_a_slow_path(0);
+        assert!(a > 10 && 3 * b >= 2 * a, "track 0 {a}, track 1 {b}");
+        // Track 1's key frames half a GOP later: still only decodable frames; track 1 loses
+        // more (its key frame sits inside the lead track's groups, which go whole).
+        let [a, b] = two_tracks_on_a_slow_path(5);
+        assert!(a > 10 && b > 0, "track 0 {a}, track 1 {b}");
+    }
+
+    #[test]
+    fn a_header_in_the_middle_of_a_group_neither_starts_one_nor_goes() {
+        let t0 = Instant::now();
+        let mut q = queue(300);
+        q.push(track_frame(0, 0, true), t0);
+        // An HEVC sequence start and HDR metadata of track 0, with the key frame's flag set.
+        q.push(Message::new(9, 1, 33, b"\x96\x00hvc1\x00\x01".to_vec()), t0);
+        q.push(
+            Message::new(9, 1, 33, b"\x94hvc1\x02\x00\x09colorInfo".to_vec()),
+            t0,
+        );
+        q.push(track_frame(33, 0, false), t0);
+        // Everything is stale at once: the group goes whole, the headers stay.
+        let later = t0 + MS * 1000;
+        let out = drain(&mut q, later);
+        assert_eq!(out, [(9, 33), (9, 33)]);
+        assert_eq!(q.dropped(DropReason::Stale).gops, 1);
+        assert_eq!(q.dropped(DropReason::Stale).video_frames, 2);
     }
 }

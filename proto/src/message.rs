@@ -2,6 +2,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::media_packet::MediaPacket;
+
 /// RTMP message type ids (RTMP 1.0 spec, section 5.4 and 7.1).
 pub mod message_type {
     /// Protocol control: Set Chunk Size.
@@ -90,8 +92,11 @@ pub enum MediaKind {
     VideoKeyframe,
     /// Any other coded video frame.
     VideoFrame,
-    /// Codec configuration: AVC/HEVC sequence header, AAC AudioSpecificConfig.
-    SequenceHeader,
+    /// What a decoder needs before frames and a player joining late needs again: a sequence
+    /// start (AVC/HEVC/AV1/VP9 configuration record, AAC AudioSpecificConfig, OpusHead, ...),
+    /// an audio multichannel configuration or video metadata (HDR `colorInfo`), of any track.
+    /// Never dropped, never the start of a GOP.
+    Header,
     /// A coded audio frame.
     Audio,
     /// Anything else (commands, metadata, control).
@@ -133,73 +138,21 @@ impl Message {
     }
 
     /// A video frame's composition time offset in ms (presentation time minus its timestamp,
-    /// the decode time): the SI24 after the packet type of legacy AVC/HEVC NALUs, and after
-    /// the FourCC of Enhanced RTMP `CodedFrames` for `avc1`/`hvc1`; 0 for everything else.
+    /// the decode time) for AVC/HEVC/VVC coded frames, legacy and Enhanced RTMP (the first
+    /// track's in a multitrack message, inside ModEx too); 0 for everything else.
     pub fn composition_offset(&self) -> i32 {
-        if self.type_id != message_type::VIDEO {
-            return 0;
-        }
-        let p = &self.payload;
-        let at = match p.first() {
-            Some(&b) if b & 0x80 != 0 => {
-                let coded_frames = b & 0x0f == 1;
-                let with_offset = matches!(p.get(1..5), Some(b"avc1" | b"hvc1"));
-                if !(coded_frames && with_offset) {
-                    return 0;
-                }
-                5
-            }
-            Some(&b) if matches!(b & 0x0f, 7 | 12) && p.get(1) == Some(&1) => 2,
-            _ => return 0,
-        };
-        match p.get(at..at + 3) {
-            // Sign-extend the 24-bit value.
-            Some(&[a, b, c]) => i32::from_be_bytes([a, b, c, 0]) >> 8,
-            _ => 0,
-        }
+        MediaPacket::read(self).map_or(0, |p| p.composition_offset)
     }
 
-    /// What kind of media this is, from the FLV tag header at the start of the payload.
-    /// Understands legacy AVC/AAC and Enhanced RTMP (ex-header) video.
+    /// What kind of media this is, from the FLV tag header at the start of the payload, legacy
+    /// or Enhanced RTMP v2 ([`MediaPacket`]).
     pub fn media_kind(&self) -> MediaKind {
-        let Some(&first) = self.payload.first() else {
-            return MediaKind::Other;
-        };
-        match self.type_id {
-            message_type::VIDEO => {
-                let frame_type = (first >> 4) & 0x07;
-                if frame_type == 5 {
-                    // Video info / command frame: no picture.
-                    return MediaKind::Other;
-                }
-                let is_ex_header = first & 0x80 != 0;
-                let packet_type = if is_ex_header {
-                    // Enhanced RTMP: 0 SequenceStart, 1 CodedFrames, 2 SequenceEnd,
-                    // 3 CodedFramesX, 4 Metadata, 5 MPEG2TSSequenceStart, 6 Multitrack.
-                    Some(first & 0x0f)
-                } else if matches!(first & 0x0f, 7 | 12) {
-                    // Legacy AVC / HEVC: 0 sequence header, 1 NALUs, 2 end of sequence.
-                    self.payload.get(1).copied()
-                } else {
-                    None
-                };
-                match packet_type {
-                    Some(0 | 5) => MediaKind::SequenceHeader,
-                    Some(1 | 3 | 6) | None if frame_type == 1 => MediaKind::VideoKeyframe,
-                    Some(1 | 3 | 6) | None => MediaKind::VideoFrame,
-                    Some(_) => MediaKind::Other,
-                }
-            }
-            message_type::AUDIO => {
-                // SoundFormat 10 = AAC, with AACPacketType 0 = sequence header.
-                if first >> 4 == 10 && self.payload.get(1) == Some(&0) {
-                    MediaKind::SequenceHeader
-                } else {
-                    MediaKind::Audio
-                }
-            }
-            _ => MediaKind::Other,
-        }
+        MediaPacket::read(self).map_or(MediaKind::Other, |p| p.kind())
+    }
+
+    /// The FLV tag header of an audio or video message, read ([`MediaPacket::read`]).
+    pub fn media_packet(&self) -> Option<MediaPacket> {
+        MediaPacket::read(self)
     }
 }
 
@@ -404,19 +357,19 @@ mod tests {
     #[test]
     fn media_kinds() {
         let avc_seq = Message::new(9, 1, 0, vec![0x17, 0, 0, 0, 0]);
-        assert_eq!(avc_seq.media_kind(), MediaKind::SequenceHeader);
+        assert_eq!(avc_seq.media_kind(), MediaKind::Header);
         let key = Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0]);
         assert_eq!(key.media_kind(), MediaKind::VideoKeyframe);
         let inter = Message::new(9, 1, 0, vec![0x27, 1, 0, 0, 0]);
         assert_eq!(inter.media_kind(), MediaKind::VideoFrame);
         let aac_seq = Message::new(8, 1, 0, vec![0xaf, 0, 0x12, 0x10]);
-        assert_eq!(aac_seq.media_kind(), MediaKind::SequenceHeader);
+        assert_eq!(aac_seq.media_kind(), MediaKind::Header);
         let aac = Message::new(8, 1, 0, vec![0xaf, 1, 0x21]);
         assert_eq!(aac.media_kind(), MediaKind::Audio);
         // Enhanced RTMP: IsExHeader | key frame | SequenceStart, then FourCC.
         let ex_seq = Message::new(9, 1, 0, vec![0x90, b'h', b'v', b'c', b'1']);
-        assert_eq!(ex_seq.media_kind(), MediaKind::SequenceHeader);
-        let ex_key = Message::new(9, 1, 0, vec![0x91, b'h', b'v', b'c', b'1']);
+        assert_eq!(ex_seq.media_kind(), MediaKind::Header);
+        let ex_key = Message::new(9, 1, 0, vec![0x91, b'h', b'v', b'c', b'1', 0, 0, 0]);
         assert_eq!(ex_key.media_kind(), MediaKind::VideoKeyframe);
         // End of sequence (ffmpeg's FLV muxer sends one last) is not a frame.
         let avc_end = Message::new(9, 1, 0, vec![0x17, 2, 0, 0, 0]);

@@ -111,7 +111,7 @@ impl FlowStats {
             }
             MediaKind::VideoFrame => self.video_frames += 1,
             MediaKind::Audio => self.audio_frames += 1,
-            MediaKind::SequenceHeader | MediaKind::Other => {}
+            MediaKind::Header | MediaKind::Other => {}
         }
         kind
     }

@@ -1,0 +1,159 @@
+//! The GOP rule every hop that drops video keeps to ([`GopGate`]): after a drop, each track's
+//! frames pass again from that track's own next key frame, so every frame handed on decodes;
+//! and the one track whose key frames open a new group (the lead) for everything that groups
+//! video (the media queue, the lanes).
+
+use crate::media_packet::{Media, MediaPacket, PacketType, TrackSet};
+
+/// Which video tracks may pass, and which track leads the groups; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GopGate {
+    /// The track whose key frames open groups: the first track a key frame carried.
+    lead: Option<u8>,
+    /// Every track waits for its key frame but those in `opened` (after [`GopGate::close`]).
+    all_wait: bool,
+    /// While `all_wait`: the tracks whose key frame came since.
+    opened: TrackSet,
+    /// While not `all_wait`: the tracks that wait for their key frame.
+    waiting: TrackSet,
+}
+
+impl Default for GopGate {
+    fn default() -> Self {
+        GopGate::open()
+    }
+}
+
+impl GopGate {
+    /// A gate that passes every frame until it is closed: a stream joined in the middle of a
+    /// group is passed as it comes until something is dropped.
+    pub fn open() -> Self {
+        GopGate {
+            lead: None,
+            all_wait: false,
+            opened: TrackSet::default(),
+            waiting: TrackSet::default(),
+        }
+    }
+
+    /// A gate that passes each track from its next key frame (a resumed or late-joined
+    /// stream).
+    pub fn waiting() -> Self {
+        let mut gate = GopGate::open();
+        gate.close();
+        gate
+    }
+
+    /// Something was dropped: every track waits for its next key frame.
+    pub fn close(&mut self) {
+        self.all_wait = true;
+        self.opened = TrackSet::default();
+    }
+
+    /// Only `tracks` wait for their next key frame (their frames were dropped, the others'
+    /// were not).
+    pub fn close_tracks(&mut self, tracks: &TrackSet) {
+        if self.all_wait {
+            self.opened = self.opened.difference(tracks);
+        } else {
+            self.waiting = self.waiting.union(tracks);
+        }
+    }
+
+    /// Whether the video frame `p` passes (anything but a coded video frame does); a key
+    /// frame opens its tracks.
+    pub fn admit(&mut self, p: &MediaPacket) -> bool {
+        if p.media != Media::Video || p.packet != PacketType::CodedFrames {
+            return true;
+        }
+        if p.key_frame {
+            self.lead.get_or_insert(p.tracks.first().unwrap_or(0));
+            if self.all_wait {
+                self.opened = self.opened.union(&p.tracks);
+            } else {
+                self.waiting = self.waiting.difference(&p.tracks);
+            }
+            return true;
+        }
+        if self.all_wait {
+            self.opened.is_superset(&p.tracks)
+        } else {
+            self.waiting.is_disjoint(&p.tracks)
+        }
+    }
+
+    /// Whether the video frame `p` is a key frame that opens a new group: it carries the lead
+    /// track (the first track a key frame carried). Key frames of the other tracks stay in
+    /// the group they arrive in (an encoder aligns its tracks' key frames; where it does not,
+    /// [`GopGate::admit`] still holds each track to its own).
+    pub fn starts_group(&mut self, p: &MediaPacket) -> bool {
+        if p.media != Media::Video || p.packet != PacketType::CodedFrames || !p.key_frame {
+            return false;
+        }
+        let lead = *self.lead.get_or_insert(p.tracks.first().unwrap_or(0));
+        p.tracks.contains(lead)
+    }
+
+    /// The lead track, once a key frame was seen.
+    pub fn lead(&self) -> Option<u8> {
+        self.lead
+    }
+
+    /// Whether every track passes.
+    pub fn is_all_open(&self) -> bool {
+        !self.all_wait && self.waiting.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn track_frame(track: u8, key: bool) -> MediaPacket {
+        // Multitrack OneTrack, CodedFramesX, FourCC av01.
+        let first = 0x80 | if key { 0x10 } else { 0x20 } | 6;
+        let msg = Message::new(9, 1, 0, vec![first, 0x03, b'a', b'v', b'0', b'1', track, 9]);
+        msg.media_packet().unwrap()
+    }
+
+    #[test]
+    fn after_a_drop_each_track_passes_from_its_own_key_frame() {
+        let mut gate = GopGate::open();
+        assert!(gate.admit(&track_frame(0, false)), "open from the start");
+        assert!(gate.admit(&track_frame(0, true)));
+        gate.close();
+        assert!(!gate.admit(&track_frame(0, false)));
+        assert!(!gate.admit(&track_frame(1, false)));
+        assert!(gate.admit(&track_frame(1, true)));
+        assert!(gate.admit(&track_frame(1, false)), "track 1 is open again");
+        assert!(!gate.admit(&track_frame(0, false)), "track 0 still waits");
+        assert!(gate.admit(&track_frame(0, true)));
+        assert!(gate.admit(&track_frame(0, false)));
+    }
+
+    #[test]
+    fn only_the_lead_tracks_key_frames_open_groups() {
+        let mut gate = GopGate::open();
+        assert!(
+            gate.starts_group(&track_frame(2, true)),
+            "the first key frame leads"
+        );
+        assert!(!gate.starts_group(&track_frame(0, true)));
+        assert!(!gate.starts_group(&track_frame(2, false)));
+        assert!(gate.starts_group(&track_frame(2, true)));
+    }
+
+    #[test]
+    fn closing_some_tracks_leaves_the_others_open() {
+        let mut gate = GopGate::open();
+        gate.admit(&track_frame(0, true));
+        gate.close_tracks(&TrackSet::of(1));
+        assert!(gate.admit(&track_frame(0, false)), "the lead stays open");
+        assert!(!gate.admit(&track_frame(1, false)));
+        gate.admit(&track_frame(1, true));
+        gate.close_tracks(&TrackSet::of(0));
+        assert!(gate.admit(&track_frame(1, false)));
+        assert!(!gate.admit(&track_frame(0, false)));
+    }
+}
