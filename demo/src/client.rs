@@ -60,6 +60,49 @@ impl RtmpClient {
     /// Like [`connect`](Self::connect) over an already connected `tcp` to `addr` (for sockets
     /// made in another network namespace).
     pub async fn over(tcp: TcpStream, addr: &str, app: &str) -> Result<RtmpClient, ClientError> {
+        let tc_url = format!("rtmp://{addr}/{app}");
+        let obj = command::connect_object(app, &tc_url);
+        Ok(Self::set_up(tcp, obj).await?.0)
+    }
+
+    /// Like [`over`](Self::over) as an Enhanced RTMP v2 client: the `connect` declares
+    /// `fourCcList`, `videoFourCcInfoMap`, `audioFourCcInfoMap` and `capsEx` (multitrack and
+    /// ModEx). Returns the server's answer to `connect` too (its capabilities).
+    pub async fn over_enhanced(
+        tcp: TcpStream,
+        addr: &str,
+        app: &str,
+    ) -> Result<(RtmpClient, Command), ClientError> {
+        let tc_url = format!("rtmp://{addr}/{app}");
+        let Amf0Value::Object(mut props) = command::connect_object(app, &tc_url) else {
+            unreachable!("connect_object makes an object")
+        };
+        let fourccs = ["hvc1", "avc1", "av01", "mp4a", "Opus"];
+        props.insert(
+            "fourCcList".into(),
+            Amf0Value::StrictArray(
+                fourccs
+                    .iter()
+                    .map(|f| Amf0Value::Utf8String((*f).into()))
+                    .collect(),
+            ),
+        );
+        let info_map = |codecs: &[&str]| {
+            Amf0Value::Object(
+                codecs
+                    .iter()
+                    .map(|c| ((*c).to_owned(), Amf0Value::Number(4.0)))
+                    .collect(),
+            )
+        };
+        props.insert("videoFourCcInfoMap".into(), info_map(&fourccs[..3]));
+        props.insert("audioFourCcInfoMap".into(), info_map(&fourccs[3..]));
+        // Multitrack | ModEx | TimestampNanoOffset.
+        props.insert("capsEx".into(), Amf0Value::Number(14.0));
+        Self::set_up(tcp, Amf0Value::Object(props)).await
+    }
+
+    async fn set_up(tcp: TcpStream, obj: Amf0Value) -> Result<(RtmpClient, Command), ClientError> {
         let RtmpConnection { reader, writer } = RtmpConnection::connect(tcp, ANSWER_LIMIT).await?;
         let (to_server, writer) = writer.spawn(1024, None);
         let mut client = RtmpClient {
@@ -69,9 +112,7 @@ impl RtmpClient {
             stream_id: 0,
             next_transaction: 1.0,
         };
-        let tc_url = format!("rtmp://{addr}/{app}");
-        let obj = command::connect_object(app, &tc_url);
-        client.call("connect", 0, vec![obj]).await?;
+        let connected = client.call("connect", 0, vec![obj]).await?;
         let created = client
             .call("createStream", 0, vec![Amf0Value::Null])
             .await?;
@@ -79,7 +120,7 @@ impl RtmpClient {
             Some(Amf0Value::Number(id)) => *id as u32,
             _ => 1,
         };
-        Ok(client)
+        Ok((client, connected))
     }
 
     /// The message stream id `createStream` gave us.

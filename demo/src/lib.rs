@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod enhanced;
 pub mod media;
 
 use std::io::{IsTerminal, Write};

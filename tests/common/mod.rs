@@ -261,7 +261,8 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Starts nginx-rtmp with a `live` application and a stat page.
+    /// Starts nginx-rtmp with a `live` application, an `elive` one with `wait_key off` (for
+    /// Enhanced RTMP) and a stat page.
     pub async fn start() -> Nginx {
         require("nginx");
         let module = Path::new("/usr/lib/nginx/modules/ngx_rtmp_module.so");
@@ -289,6 +290,12 @@ rtmp {{
         application live {{
             live on;
             record off;
+        }}
+        # For Enhanced RTMP: nginx-rtmp reads no ex-header key frame as one.
+        application elive {{
+            live on;
+            record off;
+            wait_key off;
         }}
     }}
 }}

@@ -1,0 +1,232 @@
+//! Enhanced RTMP v2 through the tunnel and a real nginx-rtmp (application `elive`, with
+//! `wait_key off`: nginx-rtmp takes no ex-header key frame for one): every framing arrives byte-exact, and after a gateway
+//! SIGKILL the new publish carries every track's headers before its first frame and decodes
+//! on its own.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rtmpq_demo::client::RtmpClient;
+use rtmpq_demo::enhanced::{self, ClipItem, Framing};
+use rtmpq_proto::command::Amf0Value;
+use rtmpq_proto::media_packet::Media;
+use rtmpq_proto::message::{message_type, MediaKind, Message};
+use tokio::net::TcpStream;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The test clip (H.264 + AAC, made by ffmpeg) as clip items.
+async fn clip_items(seconds: u32) -> Vec<ClipItem> {
+    let flv = std::fs::read(clip(seconds).await).unwrap();
+    enhanced::read_flv(&flv).unwrap()
+}
+
+/// Everything a player of `stream` on nginx receives, with when it arrived.
+type Received = Arc<Mutex<Vec<(Instant, Message)>>>;
+
+async fn play(nginx: &Nginx, stream: &str) -> Received {
+    let mut player = RtmpClient::connect(&nginx.rtmp.to_string(), "elive")
+        .await
+        .unwrap();
+    player.play(stream).await.unwrap();
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = player.next_message().await {
+            sink.lock().unwrap().push((Instant::now(), msg));
+        }
+    });
+    received
+}
+
+/// Connects to the edge as an E-RTMP client and publishes `stream`.
+async fn enhanced_publisher(edge: std::net::SocketAddr, stream: &str) -> RtmpClient {
+    let tcp = TcpStream::connect(edge).await.unwrap();
+    let (mut client, connected) = RtmpClient::over_enhanced(tcp, &edge.to_string(), "elive")
+        .await
+        .unwrap();
+    assert_eq!(connected.name, "_result");
+    // nginx's own answer (its information object carries objectEncoding; an edge's fast-start
+    // answer does not): an E-RTMP client reads the origin's capabilities, not the edge's.
+    let from_origin = matches!(
+        connected.values.get(1),
+        Some(Amf0Value::Object(info)) if info.contains_key("objectEncoding")
+    );
+    assert!(
+        from_origin,
+        "connect was answered by the edge: {connected:?}"
+    );
+    client.publish(stream).await.unwrap();
+    client
+}
+
+fn media(msgs: impl IntoIterator<Item = Message>) -> Vec<(u8, Vec<u8>)> {
+    msgs.into_iter()
+        .filter(|m| matches!(m.type_id, message_type::AUDIO | message_type::VIDEO))
+        .map(|m| (m.type_id, m.payload.to_vec()))
+        .collect()
+}
+
+/// Every framing (ex-header with HDR metadata, multitrack one and two tracks, ModEx), pushed
+/// at once through one edge and gateway to nginx: each player gets every audio and video
+/// message, byte for byte, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_enhanced_rtmp_framing_arrives_byte_exact_through_nginx() {
+    capture_logs();
+    let items = clip_items(4).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
+    let mut runs = Vec::new();
+    for framing in Framing::ALL {
+        let name = format!("{framing:?}").to_lowercase();
+        let received = play(&nginx, &name).await;
+        let msgs = enhanced::frame_clip(&items, framing);
+        let edge = stack.edge_addr;
+        let pusher = tokio::spawn(async move {
+            let client = enhanced_publisher(edge, &name).await;
+            enhanced::publish_paced(&client, &msgs).await.unwrap();
+            msgs
+        });
+        runs.push((framing, received, pusher));
+    }
+    for (framing, received, pusher) in runs {
+        let sent = media(pusher.await.unwrap());
+        wait_until(LIMIT, "every message at the player", || {
+            received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, m)| m.type_id == 8 || m.type_id == 9)
+                .count()
+                >= sent.len()
+        })
+        .await;
+        let got = media(received.lock().unwrap().iter().map(|(_, m)| m.clone()));
+        // Audio may overtake video (the queue sends it first); each kind keeps its order.
+        for kind in [message_type::AUDIO, message_type::VIDEO] {
+            let of = |v: &[(u8, Vec<u8>)]| -> Vec<Vec<u8>> {
+                v.iter()
+                    .filter(|(t, _)| *t == kind)
+                    .map(|(_, p)| p.clone())
+                    .collect()
+            };
+            let (got, sent) = (of(&got), of(&sent));
+            if let Some(i) = (0..got.len().min(sent.len())).find(|&i| got[i] != sent[i]) {
+                let head = |p: &[u8]| p[..p.len().min(12)].to_vec();
+                panic!(
+                    "{framing:?}: type {kind} message {i} changed: {:?} sent {:?}",
+                    head(&got[i]),
+                    head(&sent[i])
+                );
+            }
+            assert_eq!(got.len(), sent.len(), "{framing:?}: type {kind} messages");
+        }
+    }
+    stack.shutdown.cancel();
+}
+
+/// The gateway is killed (SIGKILL) under an E-RTMP push (two video tracks with HDR metadata,
+/// two audio tracks, in multitrack messages) and started again: the new publish nginx gets
+/// starts with every track's headers, then each video track's key frame, and every track
+/// decodes on its own (ffmpeg, 0 errors).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_gateway_restart_the_new_enhanced_publish_decodes_on_its_own() {
+    require("ffmpeg");
+    capture_logs();
+    let items = clip_items(12).await;
+    let nginx = Nginx::start().await;
+    let origin = format!("rtmp://{}", nginx.rtmp);
+    let GatewayProcess {
+        process: mut gateway,
+        addr,
+        pin,
+        dir,
+        ..
+    } = GatewayProcess::start(&["--origin", &origin]).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let edge = start_edge(
+        rtmpq_edge::EdgeConfig {
+            pin: Some(pin.clone()),
+            ..edge_config(addr)
+        },
+        &shutdown,
+    )
+    .await;
+    let received = play(&nginx, "multi").await;
+    let msgs = enhanced::frame_clip(&items, Framing::TwoTracks);
+    let pusher = tokio::spawn(async move {
+        let client = enhanced_publisher(edge, "multi").await;
+        enhanced::publish_paced(&client, &msgs).await
+    });
+    // Kill it two seconds into the stream (mid-GOP), when the headers are long past.
+    wait_until(LIMIT, "two seconds of video at the player", || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| m.type_id == message_type::VIDEO && m.timestamp >= 2000)
+    })
+    .await;
+    gateway.crash().await;
+    let _restarted =
+        GatewayProcess::start_in(dir, pin, &addr.to_string(), &["--origin", &origin]).await;
+    // Nothing of the new publish can reach nginx before the new gateway is up.
+    let restarted_at = Instant::now();
+    pusher
+        .await
+        .unwrap()
+        .expect("the pusher noticed the gateway restart");
+    wait_until(LIMIT, "the end of the clip at the player", || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| m.type_id == message_type::VIDEO && m.timestamp >= 11_000)
+    })
+    .await;
+    let new_publish: Vec<Message> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, m)| *at > restarted_at && matches!(m.type_id, 8 | 9))
+        .map(|(_, m)| m.clone())
+        .collect();
+    // Headers first: both video tracks' sequence start and metadata, both audio tracks'.
+    let first_frame = new_publish
+        .iter()
+        .position(|m| m.media_kind() != MediaKind::Header)
+        .expect("frames after the restart");
+    let headers = &new_publish[..first_frame];
+    assert_eq!(
+        headers.len(),
+        3,
+        "video sequence start, video metadata, audio sequence start (each for tracks 0 and 1)"
+    );
+    let streams = enhanced::elementary_streams(&new_publish);
+    assert_eq!(streams.len(), 4, "two video and two audio tracks");
+    for ((media, track), s) in &streams {
+        assert_eq!(s.frames_before_config, 0, "{media:?} track {track}");
+        assert!(
+            s.frames > 50,
+            "{media:?} track {track}: {} frames",
+            s.frames
+        );
+        if *media == Media::Video {
+            assert_eq!(s.starts_with_key_frame, Some(true), "video track {track}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let errors = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || enhanced::decode_errors(&streams, &dir)
+    })
+    .await
+    .unwrap();
+    for (stream, errors) in errors {
+        assert_eq!(errors, Some(0), "{stream:?} after the restart");
+    }
+    shutdown.cancel();
+}
