@@ -46,6 +46,15 @@ enum Command {
     /// How many sessions one gateway carries before a frame is late beyond 500 ms, on loopback
     /// with nginx, and its CPU per gigabit beside a plain TCP relay.
     Capacity(CapacityArgs),
+    /// The bench's Enhanced RTMP pusher: publishes an FLV file of E-RTMP tags to an RTMP URL
+    /// (rtmp://host:port/app/stream) as an E-RTMP client, paced by its timestamps.
+    #[command(hide = true)]
+    PushEnhanced {
+        /// The FLV file of E-RTMP tags (`rtmpq bench --clip hevc-ertmp` makes one).
+        clip: PathBuf,
+        /// Where to publish.
+        url: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +89,10 @@ struct BenchArgs {
     /// The QUIC byte pipe reference [default: examples/quic_pipe beside this binary].
     #[arg(long)]
     quic_pipe: Option<PathBuf>,
+    /// The clip: `legacy` (H.264 + AAC pushed by ffmpeg) or `hevc-ertmp` (the same picture in
+    /// HEVC, Enhanced RTMP v2 framing, pushed by rtmpq's own E-RTMP pusher).
+    #[arg(long, default_value = "legacy", value_parser = ["legacy", "hevc-ertmp"])]
+    clip: String,
 }
 
 #[derive(Debug, Args)]
@@ -272,7 +285,27 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => runtime()?.block_on(run_bench(args)),
         Command::Soak(args) => runtime()?.block_on(run_soak(args)),
         Command::Capacity(args) => runtime()?.block_on(run_capacity(args)),
+        Command::PushEnhanced { clip, url } => runtime()?.block_on(push_enhanced(&clip, &url)),
     }
+}
+
+async fn push_enhanced(clip: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    use rtmpq_demo::{client::RtmpClient, enhanced};
+    let msgs = enhanced::flv_messages(&std::fs::read(clip)?).map_err(anyhow::Error::msg)?;
+    let rest = url
+        .strip_prefix("rtmp://")
+        .context("the URL must start with rtmp://")?;
+    let mut parts = rest.splitn(3, '/');
+    let (host, app, stream) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(a), Some(s)) => (h, a, s),
+        _ => anyhow::bail!("the URL must be rtmp://host:port/app/stream"),
+    };
+    let tcp = tokio::net::TcpStream::connect(host).await?;
+    let (mut client, _) = RtmpClient::over_enhanced(tcp, host, app).await?;
+    client.publish(stream).await?;
+    enhanced::publish_paced(&client, &msgs).await?;
+    client.close().await;
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -523,6 +556,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         out: args.out.clone(),
         rtmpq: exe,
         quic_pipe,
+        enhanced: args.clip == "hevc-ertmp",
     };
     rtmpq_bench::run(options).await?;
     println!("results in {}", args.out.display());

@@ -222,8 +222,11 @@ pub struct RunResult {
 /// What every run shares.
 #[derive(Debug, Clone)]
 pub struct RunContext {
-    /// The clip to push (FLV, H.264 + AAC).
+    /// The clip to push (FLV, H.264 + AAC; or E-RTMP tags if `enhanced`).
     pub clip: PathBuf,
+    /// The clip is Enhanced RTMP: `rtmpq push-enhanced` pushes it, and decoding reads the
+    /// received elementary streams.
+    pub enhanced: bool,
     /// Video frames in it.
     pub frames_expected: u64,
     /// Audio frames in it.
@@ -478,8 +481,11 @@ async fn wait_udp(ns: &str, port: u16) -> Result<(), RunError> {
 }
 
 /// An nginx-rtmp config keeping its files in `dir`, listening on `listen` (`live` app).
-pub(crate) fn nginx_conf(dir: &Path, listen: &str) -> String {
+/// nginx-rtmp's configuration; `wait_key off` for Enhanced RTMP (nginx-rtmp takes no
+/// ex-header frame for a key frame, and with `wait_key on` holds back all video).
+pub(crate) fn nginx_conf(dir: &Path, listen: &str, enhanced: bool) -> String {
     let d = dir.display();
+    let wait_key = if enhanced { " wait_key off;" } else { "" };
     format!(
         r#"load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
 daemon off;
@@ -492,7 +498,7 @@ rtmp {{
     server {{
         listen {listen};
         chunk_size 4096;
-        application live {{ live on; record off; }}
+        application live {{ live on; record off;{wait_key} }}
     }}
 }}
 "#
@@ -540,27 +546,35 @@ impl FlvRecorder {
     fn create(path: &Path) -> std::io::Result<FlvRecorder> {
         use std::io::Write;
         let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-        // Signature, version 1, audio and video present, header length 9, first back pointer.
-        out.write_all(b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00")?;
+        out.write_all(rtmpq_demo::enhanced::FLV_HEADER)?;
         Ok(FlvRecorder { out })
     }
 
     fn write(&mut self, msg: &rtmpq_proto::Message) -> std::io::Result<()> {
         use std::io::Write;
-        if !matches!(msg.type_id, 8 | 9 | 18) {
-            return Ok(());
+        match rtmpq_demo::enhanced::flv_tag(msg) {
+            Some(tag) => self.out.write_all(&tag),
+            None => Ok(()),
         }
-        let len = msg.payload.len() as u32;
-        let ts = msg.timestamp;
-        let mut head = [0u8; 11];
-        head[0] = msg.type_id;
-        head[1..4].copy_from_slice(&len.to_be_bytes()[1..]);
-        head[4..7].copy_from_slice(&ts.to_be_bytes()[1..]);
-        head[7] = (ts >> 24) as u8;
-        self.out.write_all(&head)?;
-        self.out.write_all(&msg.payload)?;
-        self.out.write_all(&(len + 11).to_be_bytes())
     }
+}
+
+/// How many errors ffmpeg reports decoding the elementary streams of a received E-RTMP `flv`
+/// (every track, written into `dir`).
+async fn enhanced_decode_errors(flv: &Path, dir: &Path) -> Option<u64> {
+    use rtmpq_demo::enhanced;
+    let (flv, dir) = (flv.to_owned(), dir.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let msgs = enhanced::flv_messages(&std::fs::read(&flv).ok()?).ok()?;
+        let streams = enhanced::elementary_streams(&msgs);
+        let before_config: u64 = streams.values().map(|s| s.frames_before_config).sum();
+        let errors = enhanced::decode_errors(&streams, &dir);
+        errors
+            .into_values()
+            .try_fold(before_config, |sum, e| e.map(|e| sum + e))
+    })
+    .await
+    .ok()?
 }
 
 /// How many errors ffmpeg reports decoding `flv` (every frame decoded, nothing written).
@@ -602,7 +616,7 @@ pub async fn run_one(
 
     std::fs::write(
         run_dir.join("nginx.conf"),
-        nginx_conf(&run_dir, "0.0.0.0:1935"),
+        nginx_conf(&run_dir, "0.0.0.0:1935", ctx.enhanced),
     )
     .map_err(io_err("nginx.conf"))?;
     let nginx_args = vec![
@@ -876,7 +890,21 @@ pub async fn run_one(
 
     let started_ns = monotonic_ns();
     let started = std::time::Instant::now();
-    let mut pusher = spawn_in(
+    let enhanced_pusher = [
+        rtmpq.clone(),
+        s("push-enhanced"),
+        ctx.clip.display().to_string(),
+        url.clone(),
+    ];
+    if ctx.enhanced && format != "flv" {
+        return Err(RunError::Setup(format!(
+            "the Enhanced RTMP clip goes over RTMP only, not {format}"
+        )));
+    }
+    let mut pusher = if ctx.enhanced {
+        spawn_in(pusher_ns, &enhanced_pusher, &log("pusher"), None).await?
+    } else {
+        spawn_in(
         pusher_ns,
         &[
             s("ffmpeg"),
@@ -895,7 +923,8 @@ pub async fn run_one(
         &log("pusher"),
         None,
     )
-    .await?;
+    .await?
+    };
     let limit = ctx.duration + Duration::from_secs(30);
     let pushing = async {
         match tokio::time::timeout(limit, pusher.child.wait()).await {
@@ -1011,7 +1040,11 @@ pub async fn run_one(
     );
     result.link_up = link.up.snapshot();
     result.link_down = link.down.snapshot();
-    result.decode_errors = decode_errors(&received_flv).await;
+    result.decode_errors = if ctx.enhanced {
+        enhanced_decode_errors(&received_flv, &run_dir).await
+    } else {
+        decode_errors(&received_flv).await
+    };
     result.flood = flood;
     result.server_rss_peak_bytes = Some(rss_peak.into_inner()).filter(|&b| b > 0);
     result.server_refusals = server_refusals;

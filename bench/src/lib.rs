@@ -33,6 +33,9 @@ pub struct BenchOptions {
     pub rtmpq: PathBuf,
     /// The QUIC byte pipe reference (`benches/quic_pipe.rs`).
     pub quic_pipe: PathBuf,
+    /// Push the clip's Enhanced RTMP variant (HEVC, E-RTMP v2 framing) with rtmpq's own
+    /// E-RTMP pusher instead of the legacy clip with ffmpeg.
+    pub enhanced: bool,
 }
 
 /// Why the bench could not run.
@@ -148,6 +151,68 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
     Ok(path)
 }
 
+/// The Enhanced RTMP variant of a clip: the same picture as HEVC (libx265, same bitrate and
+/// key frame interval, no B-frames) with `legacy`'s AAC, in E-RTMP v2 ex-header framing with
+/// HDR metadata, as an FLV file of E-RTMP tags; with its video and audio frame counts.
+pub fn make_enhanced_clip(
+    dir: &Path,
+    shape: ClipShape,
+    legacy: &Path,
+) -> Result<(PathBuf, u64, u64), BenchError> {
+    use rtmpq_demo::enhanced;
+    let ClipShape {
+        width,
+        height,
+        video_kbps,
+        duration,
+    } = shape;
+    let secs = duration.as_secs();
+    let hevc = dir.join(format!(
+        "clip-{width}x{height}p30-{video_kbps}k-{secs}s.{}.hevc",
+        std::process::id()
+    ));
+    let rate = video_kbps.to_string();
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "testsrc2=size={width}x{height}:rate=30:duration={secs}"
+        ))
+        .args(["-c:v", "libx265", "-preset", "ultrafast", "-tune", "zerolatency"])
+        .args(["-pix_fmt", "yuv420p", "-x265-params"])
+        .arg(format!(
+            "log-level=error:keyint=60:min-keyint=60:scenecut=0:bframes=0:bitrate={rate}:vbv-maxrate={rate}:vbv-bufsize={rate}"
+        ))
+        .args(["-f", "hevc"])
+        .arg(&hevc)
+        .status()
+        .map_err(|e| BenchError::Other(format!("ffmpeg: {e}")))?;
+    if !status.success() {
+        return Err(BenchError::Other("ffmpeg could not make the HEVC clip".into()));
+    }
+    let read = |p: &Path| std::fs::read(p).map_err(|e| BenchError::Other(format!("{}: {e}", p.display())));
+    let video = enhanced::read_hevc_annex_b(&read(&hevc)?, 30);
+    let _ = std::fs::remove_file(&hevc);
+    let items = enhanced::read_flv(&read(legacy)?).map_err(BenchError::Other)?;
+    let items = enhanced::with_audio_of(video, &items);
+    let count = |media| {
+        items
+            .iter()
+            .filter(|i| matches!(i, enhanced::ClipItem::Sample(s) if s.media == media && s.packet == rtmpq_proto::media_packet::PacketType::CodedFrames))
+            .count() as u64
+    };
+    let (video_frames, audio_frames) = (
+        count(rtmpq_proto::media_packet::Media::Video),
+        count(rtmpq_proto::media_packet::Media::Audio),
+    );
+    let msgs = enhanced::frame_clip(&items, enhanced::Framing::ExHeader);
+    let path = dir.join(format!(
+        "clip-{width}x{height}p30-{video_kbps}k-{secs}s-hevc-ertmp.flv"
+    ));
+    std::fs::write(&path, enhanced::flv_file(&msgs))
+        .map_err(|e| BenchError::Other(format!("{}: {e}", path.display())))?;
+    Ok((path, video_frames, audio_frames))
+}
+
 fn count_frames(clip: &Path, stream: &str) -> Result<u64, BenchError> {
     let out = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", stream, "-count_packets"])
@@ -215,10 +280,23 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
         .fingerprint(),
         Err(e) => return Err(BenchError::Other(e.to_string())),
     };
+    let (clip, frames_expected, audio_expected) = if options.enhanced {
+        let shape = ClipShape {
+            width: 1280,
+            height: 720,
+            video_kbps: options.video_kbps,
+            duration: options.duration,
+        };
+        make_enhanced_clip(&out, shape, &clip)?
+    } else {
+        let (v, a) = (count_frames(&clip, "v")?, count_frames(&clip, "a")?);
+        (clip, v, a)
+    };
     let ctx = RunContext {
-        frames_expected: count_frames(&clip, "v")?,
-        audio_expected: count_frames(&clip, "a")?,
+        frames_expected,
+        audio_expected,
         clip,
+        enhanced: options.enhanced,
         duration: options.duration,
         rtmpq: options.rtmpq.clone(),
         quic_pipe: options.quic_pipe.clone(),

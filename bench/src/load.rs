@@ -81,7 +81,7 @@ async fn start_stack(ctx: &LoadContext, path: IngestPath, tag: &str) -> Result<S
     let log = |name: &str| dir.join(format!("{name}.log"));
     let s = |v: &str| v.to_owned();
     let origin = format!("127.0.0.1:{}", free_port()?);
-    std::fs::write(dir.join("nginx.conf"), nginx_conf(&dir, &origin))
+    std::fs::write(dir.join("nginx.conf"), nginx_conf(&dir, &origin, false))
         .map_err(|e| RunError::Setup(e.to_string()))?;
     let nginx = spawn_in(
         "",

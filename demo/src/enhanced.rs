@@ -73,24 +73,64 @@ impl Framing {
     }
 }
 
-/// Reads a legacy FLV file (H.264 and AAC, as ffmpeg writes it) into clip items.
-pub fn read_flv(flv: &[u8]) -> Result<Vec<ClipItem>, String> {
+/// An FLV tag for an audio, video or data message; `None` for other messages.
+pub fn flv_tag(msg: &Message) -> Option<Vec<u8>> {
+    if !matches!(msg.type_id, 8 | 9 | 18) {
+        return None;
+    }
+    let len = msg.payload.len() as u32;
+    let ts = msg.timestamp;
+    let mut tag = Vec::with_capacity(msg.payload.len() + 15);
+    tag.push(msg.type_id);
+    tag.extend_from_slice(&len.to_be_bytes()[1..]);
+    tag.extend_from_slice(&ts.to_be_bytes()[1..]);
+    tag.push((ts >> 24) as u8);
+    tag.extend_from_slice(&[0, 0, 0]);
+    tag.extend_from_slice(&msg.payload);
+    tag.extend_from_slice(&(len + 11).to_be_bytes());
+    Some(tag)
+}
+
+/// The FLV file header (audio and video present) with its first back pointer.
+pub const FLV_HEADER: &[u8; 13] = b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00";
+
+/// An FLV file of `msgs` (E-RTMP tags as they are).
+pub fn flv_file(msgs: &[Message]) -> Vec<u8> {
+    let mut out = FLV_HEADER.to_vec();
+    for m in msgs {
+        out.extend(flv_tag(m).unwrap_or_default());
+    }
+    out
+}
+
+/// The tags of an FLV file as messages (stream id 0), payloads untouched.
+pub fn flv_messages(flv: &[u8]) -> Result<Vec<Message>, String> {
     let header_len = flv
         .get(5..9)
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .filter(|_| flv.starts_with(b"FLV"))
         .ok_or("not an FLV file")?;
     let mut at = header_len + 4;
-    let mut items = Vec::new();
+    let mut msgs = Vec::new();
     while at + 11 <= flv.len() {
         let t = &flv[at..at + 11];
         let size = u32::from_be_bytes([0, t[1], t[2], t[3]]) as usize;
         let timestamp = u32::from_be_bytes([t[7], t[4], t[5], t[6]]);
-        let data = flv
-            .get(at + 11..at + 11 + size)
-            .ok_or("a tag runs past the end")?;
+        let Some(data) = flv.get(at + 11..at + 11 + size) else {
+            // A recording cut short: what came whole.
+            break;
+        };
         at += 11 + size + 4;
-        let body = Bytes::copy_from_slice(data);
+        msgs.push(Message::new(t[0], 0, timestamp, Bytes::copy_from_slice(data)));
+    }
+    Ok(msgs)
+}
+
+/// Reads a legacy FLV file (H.264 and AAC, as ffmpeg writes it) into clip items.
+pub fn read_flv(flv: &[u8]) -> Result<Vec<ClipItem>, String> {
+    let mut items = Vec::new();
+    for msg in flv_messages(flv)? {
+        let (timestamp, body) = (msg.timestamp, msg.payload.clone());
         let sample = |media, fourcc: &[u8; 4], packet, key, cts, from: usize| Sample {
             media,
             timestamp,
@@ -100,7 +140,7 @@ pub fn read_flv(flv: &[u8]) -> Result<Vec<ClipItem>, String> {
             composition_offset: cts,
             body: body.slice(from.min(body.len())..),
         };
-        let item = match (t[0], data) {
+        let item = match (msg.type_id, &msg.payload[..]) {
             (message_type::VIDEO, [first, kind, a, b, c, ..]) if first & 0x0f == 7 => {
                 let packet = match kind {
                     0 => PacketType::SequenceStart,
@@ -108,14 +148,7 @@ pub fn read_flv(flv: &[u8]) -> Result<Vec<ClipItem>, String> {
                     _ => PacketType::SequenceEnd,
                 };
                 let cts = i32::from_be_bytes([*a, *b, *c, 0]) >> 8;
-                ClipItem::Sample(sample(
-                    Media::Video,
-                    b"avc1",
-                    packet,
-                    first >> 4 == 1,
-                    cts,
-                    5,
-                ))
+                ClipItem::Sample(sample(Media::Video, b"avc1", packet, first >> 4 == 1, cts, 5))
             }
             (message_type::AUDIO, [first, kind, ..]) if first >> 4 == 10 => {
                 let packet = if *kind == 0 {
@@ -125,10 +158,8 @@ pub fn read_flv(flv: &[u8]) -> Result<Vec<ClipItem>, String> {
                 };
                 ClipItem::Sample(sample(Media::Audio, b"mp4a", packet, false, 0, 2))
             }
-            (message_type::DATA_AMF0, _) => {
-                ClipItem::Data(Message::new(message_type::DATA_AMF0, 0, timestamp, body))
-            }
-            _ => return Err(format!("tag type {} is not H.264, AAC or data", t[0])),
+            (message_type::DATA_AMF0, _) => ClipItem::Data(msg),
+            (t, _) => return Err(format!("tag type {t} is not H.264, AAC or data")),
         };
         items.push(item);
     }
