@@ -905,25 +905,25 @@ pub async fn run_one(
         spawn_in(pusher_ns, &enhanced_pusher, &log("pusher"), None).await?
     } else {
         spawn_in(
-        pusher_ns,
-        &[
-            s("ffmpeg"),
-            s("-hide_banner"),
-            s("-loglevel"),
-            s("warning"),
-            s("-re"),
-            s("-i"),
-            ctx.clip.display().to_string(),
-            s("-c"),
-            s("copy"),
-            s("-f"),
-            s(format),
-            url,
-        ],
-        &log("pusher"),
-        None,
-    )
-    .await?
+            pusher_ns,
+            &[
+                s("ffmpeg"),
+                s("-hide_banner"),
+                s("-loglevel"),
+                s("warning"),
+                s("-re"),
+                s("-i"),
+                ctx.clip.display().to_string(),
+                s("-c"),
+                s("copy"),
+                s("-f"),
+                s(format),
+                url,
+            ],
+            &log("pusher"),
+            None,
+        )
+        .await?
     };
     let limit = ctx.duration + Duration::from_secs(30);
     let pushing = async {
@@ -1251,6 +1251,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
     fn context(frames: u64, duration: Duration) -> RunContext {
         RunContext {
             clip: PathBuf::new(),
+            enhanced: false,
             frames_expected: frames,
             audio_expected: 20,
             duration,

@@ -187,9 +187,12 @@ pub fn make_enhanced_clip(
         .status()
         .map_err(|e| BenchError::Other(format!("ffmpeg: {e}")))?;
     if !status.success() {
-        return Err(BenchError::Other("ffmpeg could not make the HEVC clip".into()));
+        return Err(BenchError::Other(
+            "ffmpeg could not make the HEVC clip".into(),
+        ));
     }
-    let read = |p: &Path| std::fs::read(p).map_err(|e| BenchError::Other(format!("{}: {e}", p.display())));
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| BenchError::Other(format!("{}: {e}", p.display())));
     let video = enhanced::read_hevc_annex_b(&read(&hevc)?, 30);
     let _ = std::fs::remove_file(&hevc);
     let items = enhanced::read_flv(&read(legacy)?).map_err(BenchError::Other)?;

@@ -121,7 +121,12 @@ pub fn flv_messages(flv: &[u8]) -> Result<Vec<Message>, String> {
             break;
         };
         at += 11 + size + 4;
-        msgs.push(Message::new(t[0], 0, timestamp, Bytes::copy_from_slice(data)));
+        msgs.push(Message::new(
+            t[0],
+            0,
+            timestamp,
+            Bytes::copy_from_slice(data),
+        ));
     }
     Ok(msgs)
 }
@@ -148,7 +153,14 @@ pub fn read_flv(flv: &[u8]) -> Result<Vec<ClipItem>, String> {
                     _ => PacketType::SequenceEnd,
                 };
                 let cts = i32::from_be_bytes([*a, *b, *c, 0]) >> 8;
-                ClipItem::Sample(sample(Media::Video, b"avc1", packet, first >> 4 == 1, cts, 5))
+                ClipItem::Sample(sample(
+                    Media::Video,
+                    b"avc1",
+                    packet,
+                    first >> 4 == 1,
+                    cts,
+                    5,
+                ))
             }
             (message_type::AUDIO, [first, kind, ..]) if first >> 4 == 10 => {
                 let packet = if *kind == 0 {
