@@ -99,9 +99,13 @@ impl GopGate {
         self.lead
     }
 
-    /// Whether every track passes.
-    pub fn is_all_open(&self) -> bool {
-        !self.all_wait && self.waiting.is_empty()
+    /// Whether `track`'s inter frames wait for its next key frame.
+    pub fn waits(&self, track: u8) -> bool {
+        if self.all_wait {
+            !self.opened.contains(track)
+        } else {
+            self.waiting.contains(track)
+        }
     }
 }
 

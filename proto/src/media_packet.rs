@@ -99,7 +99,8 @@ impl TrackSet {
 
     /// The smallest track id in the set.
     pub fn first(&self) -> Option<u8> {
-        (0..=255u8).find(|&t| self.contains(t))
+        let (word, bits) = self.0.iter().enumerate().find(|(_, w)| **w != 0)?;
+        Some((word * 64) as u8 + bits.trailing_zeros() as u8)
     }
 }
 
@@ -363,19 +364,18 @@ impl MediaPacket {
             }
             packet_type = inner;
             self.multitrack = true;
-            let fourcc = if layout_type == ex::MULTITRACK_MANY_CODECS {
-                None
-            } else {
-                let Some(f) = c.fourcc() else { return };
-                Some(f)
-            };
             self.layout = match layout_type {
-                ex::MULTITRACK_ONE_TRACK => Layout::OneTrack {
-                    fourcc: fourcc.expect("read above"),
-                },
-                ex::MULTITRACK_MANY_TRACKS | ex::MULTITRACK_MANY_CODECS => {
-                    Layout::ManyTracks { fourcc }
+                ex::MULTITRACK_ONE_TRACK | ex::MULTITRACK_MANY_TRACKS => {
+                    let Some(fourcc) = c.fourcc() else { return };
+                    if layout_type == ex::MULTITRACK_ONE_TRACK {
+                        Layout::OneTrack { fourcc }
+                    } else {
+                        Layout::ManyTracks {
+                            fourcc: Some(fourcc),
+                        }
+                    }
                 }
+                ex::MULTITRACK_MANY_CODECS => Layout::ManyTracks { fourcc: None },
                 _ => return,
             };
         } else {
@@ -558,6 +558,16 @@ mod tests {
         p.track_packets(payload)
             .map(|t| (t.track, t.body.to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn track_sets() {
+        let mut s = TrackSet::of(200);
+        assert_eq!(s.first(), Some(200));
+        s.insert(64);
+        assert_eq!(s.first(), Some(64));
+        assert!(s.is_superset(&TrackSet::of(64)) && !s.contains(0));
+        assert_eq!(TrackSet::default().first(), None);
     }
 
     #[test]

@@ -207,17 +207,19 @@ impl MediaQueue {
             msg,
         };
         let starts_group = packet.is_some_and(|p| self.gate.starts_group(&p));
+        // Resuming after a drop (the lead track waited for this key frame): this group's
+        // leading pictures go too.
+        let resumed = starts_group && self.gate.lead().is_some_and(|l| self.gate.waits(l));
         let admitted = packet.is_none_or(|p| self.gate.admit(&p));
         match kind {
             MediaKind::VideoKeyframe if starts_group => {
                 self.newest_video = Some(entry.msg.timestamp);
-                // Resuming after a drop: this group's leading pictures go too.
-                let resumed = !self.gate.is_all_open();
                 self.media_bytes += entry.msg.payload.len();
                 self.video_frames += 1;
+                let key_pts = packet.map(|p| p.presentation_nanos(entry.msg.timestamp));
                 let mut gop = Gop::new(entry);
                 if resumed {
-                    gop.leading_before = gop.frames.front().map(|e| presentation_time(&e.msg));
+                    gop.leading_before = key_pts;
                 }
                 self.video.push_back(gop);
             }
@@ -921,6 +923,25 @@ mod tests {
         gop(&mut q, 1000, t0 + 600 * MS);
         assert_eq!(video_of(&drain(&mut q, t0 + 600 * MS)), [1000, 1100, 1133]);
         assert_eq!(q.dropped(DropReason::Stale).video_frames, 3);
+    }
+
+    #[test]
+    fn only_the_group_right_after_a_drop_loses_its_leading_pictures() {
+        let t0 = Instant::now();
+        let mut q = queue(500);
+        let gop = |q: &mut MediaQueue, base: u32, at: Instant| {
+            q.push(frame(base, true, 100), at);
+            q.push(frame(base + 33, false, 33), at);
+            q.push(frame(base + 66, false, -33), at);
+        };
+        q.push(frame(0, true, 100), t0);
+        let later = t0 + 1000 * MS;
+        assert_eq!(drain(&mut q, later), []);
+        gop(&mut q, 1000, later);
+        assert_eq!(video_of(&drain(&mut q, later)), [1000]);
+        // Nothing dropped since: the next group keeps its leading pictures.
+        gop(&mut q, 2000, later);
+        assert_eq!(video_of(&drain(&mut q, later)), [2000, 2033, 2066]);
     }
 
     #[test]
