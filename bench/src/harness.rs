@@ -579,14 +579,10 @@ async fn enhanced_decode_errors(flv: &Path, dir: &Path) -> Option<u64> {
 
 /// How many errors ffmpeg reports decoding `flv` (every frame decoded, nothing written).
 async fn decode_errors(flv: &Path) -> Option<u64> {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-v", "error", "-i"])
-        .arg(flv)
-        .args(["-f", "null", "-"])
-        .output()
-        .await
-        .ok()?;
-    Some(String::from_utf8_lossy(&out.stderr).lines().count() as u64)
+    let flv = flv.to_owned();
+    let decoded = move || rtmpq_demo::enhanced::ffmpeg_decode(None, &flv);
+    let (lines, _) = tokio::task::spawn_blocking(decoded).await.ok()??;
+    Some(lines)
 }
 
 /// Runs `transport` over `profile`'s link in `direction`; `index` keeps namespace names
@@ -826,6 +822,11 @@ pub async fn run_one(
             transport.name()
         )));
     }
+    if ctx.enhanced && format != "flv" {
+        return Err(RunError::Setup(format!(
+            "the Enhanced RTMP clip goes over RTMP only, not {format}"
+        )));
+    }
     if profile.second_gateway && !matches!(transport, Transport::Rtmpq { .. }) {
         return Err(RunError::Setup(format!(
             "{} has no second server to fail over to",
@@ -890,41 +891,28 @@ pub async fn run_one(
 
     let started_ns = monotonic_ns();
     let started = std::time::Instant::now();
-    let enhanced_pusher = [
-        rtmpq.clone(),
-        s("push-enhanced"),
-        ctx.clip.display().to_string(),
-        url.clone(),
-    ];
-    if ctx.enhanced && format != "flv" {
-        return Err(RunError::Setup(format!(
-            "the Enhanced RTMP clip goes over RTMP only, not {format}"
-        )));
-    }
-    let mut pusher = if ctx.enhanced {
-        spawn_in(pusher_ns, &enhanced_pusher, &log("pusher"), None).await?
+    let pusher_args = if ctx.enhanced {
+        vec![
+            rtmpq.clone(),
+            s("push-enhanced"),
+            ctx.clip.display().to_string(),
+            url,
+        ]
     } else {
-        spawn_in(
-            pusher_ns,
-            &[
-                s("ffmpeg"),
-                s("-hide_banner"),
-                s("-loglevel"),
-                s("warning"),
-                s("-re"),
-                s("-i"),
-                ctx.clip.display().to_string(),
-                s("-c"),
-                s("copy"),
-                s("-f"),
-                s(format),
-                url,
-            ],
-            &log("pusher"),
-            None,
-        )
-        .await?
+        let clip = ctx.clip.display().to_string();
+        let ffmpeg = [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "warning",
+            "-re",
+            "-i",
+        ];
+        let mut args: Vec<String> = ffmpeg.map(s).to_vec();
+        args.extend([clip, s("-c"), s("copy"), s("-f"), s(format), url]);
+        args
     };
+    let mut pusher = spawn_in(pusher_ns, &pusher_args, &log("pusher"), None).await?;
     let limit = ctx.duration + Duration::from_secs(30);
     let pushing = async {
         match tokio::time::timeout(limit, pusher.child.wait()).await {

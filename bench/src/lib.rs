@@ -77,6 +77,22 @@ pub struct ClipShape {
     pub duration: Duration,
 }
 
+impl ClipShape {
+    /// The clip's file name without its extension: what it is, so one is made once per shape.
+    fn name(&self) -> String {
+        let ClipShape {
+            width,
+            height,
+            video_kbps,
+            duration,
+        } = self;
+        format!(
+            "clip-{width}x{height}p30-{video_kbps}k-{}s",
+            duration.as_secs()
+        )
+    }
+}
+
 /// An FLV clip of `shape` (30 fps H.264 with a key frame every 2 s at a constant bitrate,
 /// filler included, plus 96 kbit/s AAC) in `dir`, made once per shape.
 pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
@@ -87,9 +103,7 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
         duration,
     } = shape;
     let secs = duration.as_secs();
-    let path = dir.join(format!(
-        "clip-{width}x{height}p30-{video_kbps}k-{secs}s.flv"
-    ));
+    let path = dir.join(format!("{}.flv", shape.name()));
     if path.exists() {
         return Ok(path);
     }
@@ -167,10 +181,7 @@ pub fn make_enhanced_clip(
         duration,
     } = shape;
     let secs = duration.as_secs();
-    let hevc = dir.join(format!(
-        "clip-{width}x{height}p30-{video_kbps}k-{secs}s.{}.hevc",
-        std::process::id()
-    ));
+    let hevc = dir.join(format!("{}.{}.hevc", shape.name(), std::process::id()));
     let rate = video_kbps.to_string();
     let status = std::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
@@ -208,9 +219,7 @@ pub fn make_enhanced_clip(
         count(rtmpq_proto::media_packet::Media::Audio),
     );
     let msgs = enhanced::frame_clip(&items, enhanced::Framing::ExHeader);
-    let path = dir.join(format!(
-        "clip-{width}x{height}p30-{video_kbps}k-{secs}s-hevc-ertmp.flv"
-    ));
+    let path = dir.join(format!("{}-hevc-ertmp.flv", shape.name()));
     std::fs::write(&path, enhanced::flv_file(&msgs))
         .map_err(|e| BenchError::Other(format!("{}: {e}", path.display())))?;
     Ok((path, video_frames, audio_frames))
@@ -263,15 +272,13 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
     let io = |e: std::io::Error| BenchError::Other(e.to_string());
     std::fs::create_dir_all(&options.out).map_err(io)?;
     let out = options.out.canonicalize().map_err(io)?;
-    let clip = make_clip(
-        &out,
-        ClipShape {
-            width: 1280,
-            height: 720,
-            video_kbps: options.video_kbps,
-            duration: options.duration,
-        },
-    )?;
+    let shape = ClipShape {
+        width: 1280,
+        height: 720,
+        video_kbps: options.video_kbps,
+        duration: options.duration,
+    };
+    let clip = make_clip(&out, shape)?;
     let certs = out.join("certs");
     let pin = match rtmpq_certs::init(&certs, &[]) {
         Ok(pin) => pin,
@@ -284,12 +291,6 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
         Err(e) => return Err(BenchError::Other(e.to_string())),
     };
     let (clip, frames_expected, audio_expected) = if options.enhanced {
-        let shape = ClipShape {
-            width: 1280,
-            height: 720,
-            video_kbps: options.video_kbps,
-            duration: options.duration,
-        };
         make_enhanced_clip(&out, shape, &clip)?
     } else {
         let (v, a) = (count_frames(&clip, "v")?, count_frames(&clip, "a")?);

@@ -571,6 +571,26 @@ fn adts_header(asc: &[u8], len: usize) -> [u8; 7] {
     ]
 }
 
+/// Decodes `path` with ffmpeg (as `format`, or as ffmpeg probes it), every frame decoded and
+/// nothing written: the error lines it printed and whether it succeeded; `None` if ffmpeg
+/// could not be run.
+pub fn ffmpeg_decode(format: Option<&str>, path: &Path) -> Option<(u64, bool)> {
+    let mut ffmpeg = std::process::Command::new("ffmpeg");
+    ffmpeg.args(["-hide_banner", "-nostdin", "-v", "error"]);
+    if let Some(format) = format {
+        ffmpeg.args(["-f", format]);
+    }
+    let out = ffmpeg
+        .arg("-i")
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    Some((lines, out.status.success()))
+}
+
 /// Decodes each elementary stream with ffmpeg (written into `dir`) and returns the errors
 /// it reported per stream (`None`: ffmpeg could not be run).
 pub fn decode_errors(
@@ -590,24 +610,8 @@ pub fn decode_errors(
             if std::fs::write(&path, &s.bytes).is_err() {
                 return ((media, track), None);
             }
-            let out = std::process::Command::new("ffmpeg")
-                .args([
-                    "-hide_banner",
-                    "-nostdin",
-                    "-v",
-                    "error",
-                    "-f",
-                    format,
-                    "-i",
-                ])
-                .arg(&path)
-                .args(["-f", "null", "-"])
-                .output();
-            let errors = out.ok().map(|o| {
-                let text = String::from_utf8_lossy(&o.stderr);
-                text.lines().filter(|l| !l.trim().is_empty()).count() as u64
-                    + u64::from(!o.status.success())
-            });
+            let errors = ffmpeg_decode(Some(format), &path)
+                .map(|(lines, success)| lines + u64::from(!success));
             ((media, track), errors)
         })
         .collect()
