@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::*;
 use rtmpq_gateway::access::EdgeRuleConfig;
 use rtmpq_gateway::{Gateway, GatewayConfig, Reloader};
-use rtmpq_hop::rtmp::{handshake, HandshakeRole, RtmpReader, RtmpWriter};
 use rtmpq_hop::secret::Secret;
-use rtmpq_proto::chunk::ChunkLimits;
 use rtmpq_proto::command::{self, Amf0Value};
 use rtmpq_proto::message::Message;
 
@@ -481,38 +479,10 @@ async fn a_reload_with_new_certificates_serves_them_to_new_edges_and_keeps_live_
     drop((live, fresh));
 }
 
-/// A raw RTMP client through `edge`: handshake, `connect` to `app`, `createStream`.
-async fn raw_client(
-    edge: std::net::SocketAddr,
-    app: &str,
-) -> (RtmpReader, rtmpq_hop::rtmp::Outbound) {
-    let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
-    let leftover = handshake(&mut tcp, HandshakeRole::Client, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let (read, write) = tcp.into_split();
-    let reader = RtmpReader::new(Box::pin(read), leftover, ChunkLimits::default());
-    let (tx, _writer) = RtmpWriter::new(Box::pin(write)).spawn(64, None);
-    let url = format!("rtmp://{edge}/{app}");
-    let setup = [
-        command::request("connect", 1.0, 0, vec![command::connect_object(app, &url)]),
-        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
-    ];
-    for msg in setup {
-        tx.send(msg).await.unwrap();
-    }
-    (reader, tx)
-}
-
-/// A [`raw_client`] of `live` that sends `then`; reads until the edge closes the connection.
+/// A [`raw_rtmp_client`] of `live` that sends `then`; reads until the edge closes the connection.
 /// `false` if it stays open for 20 s.
 async fn raw_session_closed(edge: std::net::SocketAddr, then: Vec<Message>) -> bool {
-    let (mut reader, tx) = raw_client(edge, "live").await;
-    for msg in then {
-        if tx.send(msg).await.is_err() {
-            break;
-        }
-    }
+    let (mut reader, _tx) = raw_rtmp_client(edge, "live", then).await;
     let closed = async { while let Ok(Some(_)) = reader.next().await {} };
     tokio::time::timeout(Duration::from_secs(20), closed)
         .await
@@ -672,7 +642,7 @@ async fn a_query_in_the_app_is_judged_without_it_and_never_logged() {
     capture_logs();
     let nginx = Nginx::start().await;
     let stack = stack_before_nginx(&nginx, &["live/cam-a-*"], &[], Default::default()).await;
-    let (_reader, tx) = raw_client(stack.edge_addr, "live?token=SECRET123").await;
+    let (_reader, tx) = raw_rtmp_client(stack.edge_addr, "live?token=SECRET123", vec![]).await;
     let publish = Message::new(20, 1, 0, named_body("publish", "cam-a-1"));
     tx.send(publish).await.unwrap();
     nginx

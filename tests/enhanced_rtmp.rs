@@ -42,6 +42,15 @@ async fn play(nginx: &Nginx, stream: &str) -> Received {
     received
 }
 
+/// Whether video at or past `ms` reached the player.
+fn video_reached(received: &Received, ms: u32) -> bool {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, m)| m.type_id == message_type::VIDEO && m.timestamp >= ms)
+}
+
 /// Connects to the edge as an E-RTMP client and publishes `stream`.
 async fn enhanced_publisher(edge: std::net::SocketAddr, stream: &str) -> RtmpClient {
     let tcp = TcpStream::connect(edge).await.unwrap();
@@ -139,22 +148,8 @@ async fn after_a_gateway_restart_the_new_enhanced_publish_decodes_on_its_own() {
     let items = clip_items(12).await;
     let nginx = Nginx::start().await;
     let origin = format!("rtmp://{}", nginx.rtmp);
-    let GatewayProcess {
-        process: mut gateway,
-        addr,
-        pin,
-        dir,
-        ..
-    } = GatewayProcess::start(&["--origin", &origin]).await;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let edge = start_edge(
-        rtmpq_edge::EdgeConfig {
-            pin: Some(pin.clone()),
-            ..edge_config(addr)
-        },
-        &shutdown,
-    )
-    .await;
+    let mut stack = CrashableGateway::start(&origin).await;
+    let edge = stack.edge;
     let received = play(&nginx, "multi").await;
     let msgs = enhanced::frame_clip(&items, Framing::TwoTracks);
     let pusher = tokio::spawn(async move {
@@ -163,16 +158,10 @@ async fn after_a_gateway_restart_the_new_enhanced_publish_decodes_on_its_own() {
     });
     // Kill it two seconds into the stream (mid-GOP), when the headers are long past.
     wait_until(LIMIT, "two seconds of video at the player", || {
-        received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, m)| m.type_id == message_type::VIDEO && m.timestamp >= 2000)
+        video_reached(&received, 2000)
     })
     .await;
-    gateway.crash().await;
-    let _restarted =
-        GatewayProcess::start_in(dir, pin, &addr.to_string(), &["--origin", &origin]).await;
+    stack.crash_and_restart().await;
     // Nothing of the new publish can reach nginx before the new gateway is up.
     let restarted_at = Instant::now();
     pusher
@@ -180,11 +169,7 @@ async fn after_a_gateway_restart_the_new_enhanced_publish_decodes_on_its_own() {
         .unwrap()
         .expect("the pusher noticed the gateway restart");
     wait_until(LIMIT, "the end of the clip at the player", || {
-        received
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, m)| m.type_id == message_type::VIDEO && m.timestamp >= 11_000)
+        video_reached(&received, 11_000)
     })
     .await;
     let new_publish: Vec<Message> = received
@@ -228,5 +213,5 @@ async fn after_a_gateway_restart_the_new_enhanced_publish_decodes_on_its_own() {
     for (stream, errors) in errors {
         assert_eq!(errors, Some(0), "{stream:?} after the restart");
     }
-    shutdown.cancel();
+    stack.shutdown.cancel();
 }

@@ -12,14 +12,13 @@ use bytes::BytesMut;
 use common::*;
 use rtmpq_demo::client::{ClientError, RtmpClient};
 use rtmpq_edge::EdgeConfig;
-use rtmpq_hop::rtmp::{handshake, HandshakeRole, Inbound, Outbound, RtmpReader, RtmpWriter};
+use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpReader};
 use rtmpq_hop::tunnel::write_frame;
 use rtmpq_proto::chunk::{ChunkDecoder, ChunkEncoder, ChunkLimits};
 use rtmpq_proto::command::{self, Amf0Value, Command};
 use rtmpq_proto::message::{Control, Message};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -168,33 +167,13 @@ async fn deep_commands_end_only_their_own_session_at_both_hops() {
 /// A raw RTMP player of `stream` through `edge`: handshake, then connect, createStream and
 /// play sent at once (the embedded origin gives the first stream id 1).
 async fn raw_player(edge: SocketAddr, stream: &str) -> (RtmpReader, Outbound) {
-    let mut tcp = TcpStream::connect(edge).await.unwrap();
-    let leftover = handshake(&mut tcp, HandshakeRole::Client, LIMIT)
-        .await
-        .unwrap();
-    let (read, write) = tcp.into_split();
-    let reader = RtmpReader::new(Box::pin(read), leftover, ChunkLimits::default());
-    let (tx, _writer) = RtmpWriter::new(Box::pin(write)).spawn(64, None);
-    let url = format!("rtmp://{edge}/live");
-    let setup = [
-        command::request(
-            "connect",
-            1.0,
-            0,
-            vec![command::connect_object("live", &url)],
-        ),
-        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
-        command::request(
-            "play",
-            0.0,
-            1,
-            vec![Amf0Value::Null, Amf0Value::Utf8String(stream.into())],
-        ),
-    ];
-    for msg in setup {
-        tx.send(msg).await.unwrap();
-    }
-    (reader, tx)
+    let play = command::request(
+        "play",
+        0.0,
+        1,
+        vec![Amf0Value::Null, Amf0Value::Utf8String(stream.into())],
+    );
+    raw_rtmp_client(edge, "live", vec![play]).await
 }
 
 /// Reads from a player until the edge closes it, reporting each ping it receives on `pings`
@@ -753,16 +732,11 @@ async fn unfinished_message(send: &mut quinn::SendStream, len: usize, sent: usiz
 async fn one_edge_connection_holds_at_most_its_share_of_the_buffer_bound() {
     const MB: usize = 1 << 20;
     let clip = clip(4).await;
-    let state = tempfile::tempdir().unwrap();
-    let gateway = rtmpq_gateway::Gateway::bind(rtmpq_gateway::GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
+    let stack = Stack::with_gateway_config(|c| rtmpq_gateway::GatewayConfig {
         max_buffered_mb: 64,
-        ..Default::default()
+        ..c
     })
-    .await
-    .unwrap();
-    let stack = Stack::with_gateway(gateway, state, |c| c).await;
+    .await;
     let tls = pinned_tls(&stack);
     let tunnel = RawTunnel::open(stack.gateway_addr, tls).await;
     for _ in 0..4 {
@@ -827,16 +801,11 @@ async fn one_edge_connection_holds_at_most_its_share_of_the_buffer_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_streams_naming_a_held_session_are_stopped() {
     // Held for a minute: the streams must be stopped while it is held, not when it ends.
-    let state = tempfile::tempdir().unwrap();
-    let gateway = rtmpq_gateway::Gateway::bind(rtmpq_gateway::GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
+    let stack = Stack::with_gateway_config(|c| rtmpq_gateway::GatewayConfig {
         resume_grace_ms: 60_000,
-        ..Default::default()
+        ..c
     })
-    .await
-    .unwrap();
-    let stack = Stack::with_gateway(gateway, state, |c| c).await;
+    .await;
     let (mut tunnel, session_id) = raw_lanes_publisher(&stack, "holder", "held").await;
     // Set up and offered for resume: the gateway sends the token.
     loop {
@@ -943,16 +912,11 @@ async fn client_chosen_names_are_bounded_in_logs_and_labels() {
 /// gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_edge_holds_at_most_its_sessions_over_all_its_connections() {
-    let state = tempfile::tempdir().unwrap();
-    let gateway = rtmpq_gateway::Gateway::bind(rtmpq_gateway::GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
+    let stack = Stack::with_gateway_config(|c| rtmpq_gateway::GatewayConfig {
         max_sessions_per_edge: 2,
-        ..Default::default()
+        ..c
     })
-    .await
-    .unwrap();
-    let stack = Stack::with_gateway(gateway, state, |c| c).await;
+    .await;
     let tls = || pinned_tls(&stack);
     let open = || Frame::SessionOpen {
         session_id: SessionId(rand_id()),

@@ -177,30 +177,14 @@ async fn a_gateway_restart_under_a_push_to_nginx_is_not_noticed_by_the_pusher() 
     let pushed = framemd5_of(&clip).await;
     let nginx = Nginx::start().await;
     let origin = format!("rtmp://{}", nginx.rtmp);
-    let GatewayProcess {
-        process: mut gateway,
-        addr,
-        pin,
-        dir,
-        ..
-    } = GatewayProcess::start(&["--origin", &origin]).await;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let edge = start_edge(
-        rtmpq_edge::EdgeConfig {
-            pin: Some(pin.clone()),
-            ..edge_config(addr)
-        },
-        &shutdown,
-    )
-    .await;
+    let mut stack = CrashableGateway::start(&origin).await;
+    let edge = stack.edge;
     let player = Player::start(&format!("rtmp://{}/live/show", nginx.rtmp));
     nginx.wait_for_players("show", 1, LIMIT).await;
     let url = format!("rtmp://{edge}/live/show");
     let pusher = tokio::spawn(async move { push(&clip, &url).await });
     nginx.wait_for_publisher("show", true, LIMIT).await;
-    gateway.crash().await;
-    let _restarted =
-        GatewayProcess::start_in(dir, pin, &addr.to_string(), &["--origin", &origin]).await;
+    stack.crash_and_restart().await;
     wait_for_log(&["session set up again through the gateway"], LIMIT).await;
     // The restarted process has no resumption state: the edge's 0-RTT HELLO is refused and
     // said again in 1-RTT.
@@ -232,7 +216,7 @@ async fn a_gateway_restart_under_a_push_to_nginx_is_not_noticed_by_the_pusher() 
         played.video.len(),
         pushed.video.len()
     );
-    shutdown.cancel();
+    stack.shutdown.cancel();
 }
 
 /// Two gateways in front of nginx; the active one is killed under a live push and stays
@@ -381,30 +365,14 @@ async fn a_player_through_the_edge_survives_a_gateway_restart() {
     let pushed = framemd5_of(&clip).await;
     let nginx = Nginx::start().await;
     let origin = format!("rtmp://{}", nginx.rtmp);
-    let GatewayProcess {
-        process: mut gateway,
-        addr,
-        pin,
-        dir,
-        ..
-    } = GatewayProcess::start(&["--origin", &origin]).await;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let edge = start_edge(
-        rtmpq_edge::EdgeConfig {
-            pin: Some(pin.clone()),
-            ..edge_config(addr)
-        },
-        &shutdown,
-    )
-    .await;
+    let mut stack = CrashableGateway::start(&origin).await;
+    let edge = stack.edge;
     let player = Player::start(&format!("rtmp://{edge}/live/watched"));
     nginx.wait_for_players("watched", 1, LIMIT).await;
     let direct = format!("rtmp://{}/live/watched", nginx.rtmp);
     let pusher = tokio::spawn(async move { push(&clip, &direct).await });
     nginx.wait_for_publisher("watched", true, LIMIT).await;
-    gateway.crash().await;
-    let _restarted =
-        GatewayProcess::start_in(dir, pin, &addr.to_string(), &["--origin", &origin]).await;
+    stack.crash_and_restart().await;
     wait_for_log(&["session set up again through the gateway"], LIMIT).await;
     assert!(pusher.await.unwrap().status.success());
     let played = player
@@ -422,5 +390,5 @@ async fn a_player_through_the_edge_survives_a_gateway_restart() {
         played.video.len(),
         pushed.video.len()
     );
-    shutdown.cancel();
+    stack.shutdown.cancel();
 }

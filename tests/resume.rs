@@ -92,11 +92,9 @@ async fn a_session_whose_connection_dies_is_resumed_and_the_origin_sees_one_publ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_tokens_are_single_use_and_bound_to_their_edge() {
     capture_logs();
-    let (gateway, _state) = local_gateway(None).await;
-    let (addr, pin) = (gateway.local_addr(), gateway.pin());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(gateway.run(shutdown.clone()));
-    let tls = || rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let gateway = RunningGateway::start().await;
+    let (addr, shutdown) = (gateway.addr, gateway.shutdown.clone());
+    let tls = || gateway.tls();
     let id = SessionId(rand_id());
     let open = Frame::SessionOpen {
         session_id: id,
@@ -149,11 +147,9 @@ async fn resume_tokens_are_single_use_and_bound_to_their_edge() {
 /// refused, and the live session's own resume still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_id_in_use_cannot_be_taken_by_another_connection() {
-    let (gateway, _state) = local_gateway(None).await;
-    let (addr, pin) = (gateway.local_addr(), gateway.pin());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(gateway.run(shutdown.clone()));
-    let tls = || rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let gateway = RunningGateway::start().await;
+    let (addr, shutdown) = (gateway.addr, gateway.shutdown.clone());
+    let tls = || gateway.tls();
     let id = SessionId(rand_id());
     let open = || Frame::SessionOpen {
         session_id: id,
@@ -197,11 +193,9 @@ async fn next_token(tunnel: &mut RawTunnel) -> ResumeToken {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_connection_to_the_same_gateway_says_hello_in_0rtt() {
     capture_logs();
-    let (gateway, _state) = local_gateway(None).await;
-    let (addr, pin) = (gateway.local_addr(), gateway.pin());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(gateway.run(shutdown.clone()));
-    let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let gateway = RunningGateway::start().await;
+    let (addr, shutdown) = (gateway.addr, gateway.shutdown.clone());
+    let tls = gateway.tls();
     let config = rtmpq_hop::transport::client_config(tls).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connect = || {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rtmpq_edge::{Edge, EdgeConfig};
 use rtmpq_gateway::{Gateway, GatewayConfig};
-use rtmpq_hop::rtmp::{handshake, HandshakeRole};
+use rtmpq_hop::rtmp::{handshake, HandshakeRole, Outbound, RtmpConnection, RtmpReader};
 use rtmpq_hop::tunnel::{write_frame, FrameReader};
 use rtmpq_proto::wire::{Frame, SessionId, WIRE_VERSION};
 use rtmpq_telemetry::{EndedSession, Telemetry};
@@ -815,6 +815,20 @@ impl Stack {
         Self::with_gateway(gateway, state, tweak).await
     }
 
+    /// Starts a gateway on loopback with the embedded origin, configured further by `tweak`,
+    /// and an edge pinned to it.
+    pub async fn with_gateway_config(tweak: impl FnOnce(GatewayConfig) -> GatewayConfig) -> Stack {
+        let state = tempfile::tempdir().unwrap();
+        let gateway = Gateway::bind(tweak(GatewayConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: state.path().to_owned(),
+            ..GatewayConfig::default()
+        }))
+        .await
+        .unwrap();
+        Self::with_gateway(gateway, state, |c| c).await
+    }
+
     /// Starts `gateway` and an edge (configured further by `tweak`).
     pub async fn with_gateway(
         gateway: Gateway,
@@ -906,5 +920,105 @@ pub fn ended_with<'a>(code: &'a str, words: &'a str) -> impl Fn(&EndedSession) -
 impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A raw RTMP client through `edge`: handshake, then `connect` to `app`, `createStream` and
+/// `then`, sent at once without waiting for answers (until the edge closes the connection).
+pub async fn raw_rtmp_client(
+    edge: SocketAddr,
+    app: &str,
+    then: Vec<rtmpq_proto::message::Message>,
+) -> (RtmpReader, Outbound) {
+    use rtmpq_proto::command::{self, Amf0Value};
+    let tcp = TcpStream::connect(edge).await.unwrap();
+    let RtmpConnection { reader, writer } = RtmpConnection::connect(tcp, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (tx, _writer) = writer.spawn(64, None);
+    let url = format!("rtmp://{edge}/{app}");
+    let setup = [
+        command::request("connect", 1.0, 0, vec![command::connect_object(app, &url)]),
+        command::request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+    ];
+    for msg in setup.into_iter().chain(then) {
+        if tx.send(msg).await.is_err() {
+            break;
+        }
+    }
+    (reader, tx)
+}
+
+/// A gateway process for `origin` with an in-process edge pinned to it: for tests that kill
+/// the gateway under a live session.
+pub struct CrashableGateway {
+    gateway: Option<GatewayProcess>,
+    origin: String,
+    /// The edge's RTMP address.
+    pub edge: SocketAddr,
+    /// Stops the edge.
+    pub shutdown: CancellationToken,
+}
+
+impl CrashableGateway {
+    /// Starts `rtmpq gateway --origin ORIGIN` and an edge pinned to it.
+    pub async fn start(origin: &str) -> CrashableGateway {
+        let gateway = GatewayProcess::start(&["--origin", origin]).await;
+        let shutdown = CancellationToken::new();
+        let config = EdgeConfig {
+            pin: Some(gateway.pin.clone()),
+            ..edge_config(gateway.addr)
+        };
+        let edge = start_edge(config, &shutdown).await;
+        CrashableGateway {
+            gateway: Some(gateway),
+            origin: origin.to_owned(),
+            edge,
+            shutdown,
+        }
+    }
+
+    /// Kills the gateway (SIGKILL) and starts it again at once, on the same address with the
+    /// same identity and state directory.
+    pub async fn crash_and_restart(&mut self) {
+        let mut old = self.gateway.take().expect("a gateway runs");
+        old.process.crash().await;
+        let GatewayProcess { dir, pin, addr, .. } = old;
+        let args = ["--origin", self.origin.as_str()];
+        let restarted = GatewayProcess::start_in(dir, pin, &addr.to_string(), &args).await;
+        self.gateway = Some(restarted);
+    }
+}
+
+/// A gateway on loopback with the embedded origin, running until `shutdown`: for tests that
+/// talk to it over raw tunnels.
+pub struct RunningGateway {
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its certificate's pin.
+    pub pin: rtmpq_certs::Fingerprint,
+    /// Stops it.
+    pub shutdown: CancellationToken,
+    _state: tempfile::TempDir,
+}
+
+impl RunningGateway {
+    /// Binds and runs it.
+    pub async fn start() -> RunningGateway {
+        let (gateway, state) = local_gateway(None).await;
+        let (addr, pin) = (gateway.local_addr(), gateway.pin());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(gateway.run(shutdown.clone()));
+        RunningGateway {
+            addr,
+            pin,
+            shutdown,
+            _state: state,
+        }
+    }
+
+    /// TLS for a raw tunnel to it, pinned to its certificate.
+    pub fn tls(&self) -> rustls::ClientConfig {
+        rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(self.pin), None).unwrap()
     }
 }
