@@ -894,18 +894,11 @@ mod tests {
         // before it (negative offsets relative to it) and reference the group before.
         let t0 = Instant::now();
         let mut q = queue(500);
-        let gop = |q: &mut MediaQueue, base: u32, at: Instant| {
-            q.push(frame(base, true, 100), at);
-            q.push(frame(base + 33, false, 33), at);
-            q.push(frame(base + 66, false, -33), at);
-            q.push(frame(base + 100, false, 0), at);
-            q.push(frame(base + 133, false, 100), at);
-        };
         // Nothing dropped: every frame comes out, leading pictures included.
-        gop(&mut q, 0, t0);
+        open_gop(&mut q, 0, t0);
         let mut out = drain(&mut q, t0);
         let later = t0 + 1000 * MS;
-        gop(&mut q, 1000, later);
+        open_gop(&mut q, 1000, later);
         out.extend(drain(&mut q, later));
         assert_eq!(video_of(&out).len(), 10);
         // The link stalls, the first group goes stale, the second arrives after the drop: its
@@ -915,33 +908,41 @@ mod tests {
         q.push(frame(0, true, 100), t0);
         q.push(frame(33, false, 100), t0);
         assert_eq!(drain(&mut q, later), []);
-        gop(&mut q, 1000, later);
+        open_gop(&mut q, 1000, later);
         assert_eq!(video_of(&drain(&mut q, later)), [1000, 1100, 1133]);
         // And when the second group was already waiting when the first was dropped.
         let mut q = queue(500);
         q.push(frame(0, true, 100), t0);
-        gop(&mut q, 1000, t0 + 600 * MS);
+        open_gop(&mut q, 1000, t0 + 600 * MS);
         assert_eq!(video_of(&drain(&mut q, t0 + 600 * MS)), [1000, 1100, 1133]);
         assert_eq!(q.dropped(DropReason::Stale).video_frames, 3);
+    }
+
+    /// One open group in decode order I P B B P at `base`: the B-frames after the key frame
+    /// are presented before it (they reference the group before).
+    fn open_gop(q: &mut MediaQueue, base: u32, at: Instant) {
+        q.push(frame(base, true, 100), at);
+        q.push(frame(base + 33, false, 33), at);
+        q.push(frame(base + 66, false, -33), at);
+        q.push(frame(base + 100, false, 0), at);
+        q.push(frame(base + 133, false, 100), at);
     }
 
     #[test]
     fn only_the_group_right_after_a_drop_loses_its_leading_pictures() {
         let t0 = Instant::now();
         let mut q = queue(500);
-        let gop = |q: &mut MediaQueue, base: u32, at: Instant| {
-            q.push(frame(base, true, 100), at);
-            q.push(frame(base + 33, false, 33), at);
-            q.push(frame(base + 66, false, -33), at);
-        };
         q.push(frame(0, true, 100), t0);
         let later = t0 + 1000 * MS;
         assert_eq!(drain(&mut q, later), []);
-        gop(&mut q, 1000, later);
-        assert_eq!(video_of(&drain(&mut q, later)), [1000]);
+        open_gop(&mut q, 1000, later);
+        assert_eq!(video_of(&drain(&mut q, later)), [1000, 1100, 1133]);
         // Nothing dropped since: the next group keeps its leading pictures.
-        gop(&mut q, 2000, later);
-        assert_eq!(video_of(&drain(&mut q, later)), [2000, 2033, 2066]);
+        open_gop(&mut q, 2000, later);
+        assert_eq!(
+            video_of(&drain(&mut q, later)),
+            [2000, 2033, 2066, 2100, 2133]
+        );
     }
 
     #[test]
