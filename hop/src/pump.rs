@@ -796,6 +796,9 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
     }
 }
 
+/// How long a session whose tunnel writes broke waits for the far hop's SESSION_CLOSE.
+const FAR_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs both pumps of a session until one ends, the client misses `limits`' setup deadline,
 /// or `stop` is cancelled ([`CloseCode::Shutdown`]); media read from the RTMP peer waits as
 /// `queue` says; `resume` says how the client's messages continue on an origin connection
@@ -852,15 +855,33 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
         let reason = format!("no publish or play within {deadline:?}");
         SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Local)
     };
-    let end = tokio::select! {
-        end = from_rtmp.run() => end,
-        end = to_rtmp_pump.run() => end,
-        end = setup_deadline => end,
-        _ = stop.cancelled() => SessionEnd::new(
-            CloseCode::Shutdown,
-            format!("{} shutting down", peer.hop_name()),
-            EndedBy::Local,
-        ),
+    let end = {
+        let mut from_rtmp_run = std::pin::pin!(from_rtmp.run());
+        let mut to_rtmp_run = std::pin::pin!(to_rtmp_pump.run());
+        let (end, sending_broke) = tokio::select! {
+            end = &mut from_rtmp_run => {
+                let broke = end.ended_by == EndedBy::Tunnel;
+                (end, broke)
+            }
+            end = &mut to_rtmp_run => (end, false),
+            end = setup_deadline => (end, false),
+            _ = stop.cancelled() => (SessionEnd::new(
+                CloseCode::Shutdown,
+                format!("{} shutting down", peer.hop_name()),
+                EndedBy::Local,
+            ), false),
+        };
+        // Our sending side broke: a far hop that ended the session sent SESSION_CLOSE and
+        // then stopped it, so its reason is on its way on the other side and beats "stopped
+        // by peer" (a refused publish must reach the client as the origin's refusal).
+        if !sending_broke {
+            end
+        } else {
+            match tokio::time::timeout(FAR_CLOSE_GRACE, &mut to_rtmp_run).await {
+                Ok(far) if far.ended_by == EndedBy::RemoteClose => far,
+                _ => end,
+            }
+        }
     };
     if end.code == CloseCode::ProtocolViolation {
         tunnel_recv.stop(end.code);
