@@ -1,7 +1,7 @@
 //! Enhanced RTMP v2 through the tunnel and a real nginx-rtmp (application `elive`, with
-//! `wait_key off`: nginx-rtmp takes no ex-header key frame for one): every framing arrives byte-exact, and after a gateway
-//! SIGKILL the new publish carries every track's headers before its first frame and decodes
-//! on its own.
+//! `wait_key off`: nginx-rtmp takes no ex-header key frame for one): every framing, and
+//! ex-header Opus audio, arrives byte-exact, and after a gateway SIGKILL the new publish
+//! carries every track's headers before its first frame and decodes on its own.
 
 mod common;
 
@@ -22,6 +22,32 @@ const LIMIT: Duration = Duration::from_secs(30);
 async fn clip_items(seconds: u32) -> Vec<ClipItem> {
     let flv = std::fs::read(clip(seconds).await).unwrap();
     enhanced::read_flv(&flv).unwrap()
+}
+
+/// The test clip's H.264 with its audio made Opus by libopus (48 kHz) in place of the AAC.
+async fn opus_clip_items(seconds: u32) -> Vec<ClipItem> {
+    let flv = clip(seconds).await;
+    let items = enhanced::read_flv(&std::fs::read(&flv).unwrap()).unwrap();
+    let ogg = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audio.ogg");
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-i"])
+            .arg(&flv)
+            .args(["-vn", "-c:a", "libopus", "-b:a", "96k", "-f", "ogg"])
+            .arg(&path)
+            .status()
+            .expect("ffmpeg runs");
+        assert!(
+            status.success(),
+            "ffmpeg could not encode the clip's audio as Opus"
+        );
+        std::fs::read(path).unwrap()
+    })
+    .await
+    .unwrap();
+    let opus = enhanced::read_ogg_opus(&ogg).unwrap();
+    enhanced::with_video_of(opus, &items)
 }
 
 /// Everything a player of `stream` on nginx receives, with when it arrived.
@@ -79,29 +105,35 @@ fn media(msgs: impl IntoIterator<Item = Message>) -> Vec<(u8, Vec<u8>)> {
         .collect()
 }
 
-/// Every framing (ex-header with HDR metadata, multitrack one and two tracks, ModEx), pushed
-/// at once through one edge and gateway to nginx: each player gets every audio and video
-/// message, byte for byte, in order.
+/// Every framing (ex-header with HDR metadata, multitrack one and two tracks, ModEx) with
+/// AAC, and ex-header H.264 with Opus, pushed at once through one edge and gateway to nginx:
+/// each player gets every audio and video message, byte for byte, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_enhanced_rtmp_framing_arrives_byte_exact_through_nginx() {
     capture_logs();
     let items = clip_items(4).await;
+    let opus = enhanced::frame_clip(&opus_clip_items(4).await, Framing::ExHeader);
     let nginx = Nginx::start().await;
     let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
+    let streams = Framing::ALL
+        .into_iter()
+        .map(|framing| {
+            let name = format!("{framing:?}").to_lowercase();
+            (name, enhanced::frame_clip(&items, framing))
+        })
+        .chain([("opus".to_string(), opus)]);
     let mut runs = Vec::new();
-    for framing in Framing::ALL {
-        let name = format!("{framing:?}").to_lowercase();
+    for (name, msgs) in streams {
         let received = play(&nginx, &name).await;
-        let msgs = enhanced::frame_clip(&items, framing);
-        let edge = stack.edge_addr;
+        let (edge, stream) = (stack.edge_addr, name.clone());
         let pusher = tokio::spawn(async move {
-            let client = enhanced_publisher(edge, &name).await;
+            let client = enhanced_publisher(edge, &stream).await;
             enhanced::publish_paced(&client, &msgs).await.unwrap();
             msgs
         });
-        runs.push((framing, received, pusher));
+        runs.push((name, received, pusher));
     }
-    for (framing, received, pusher) in runs {
+    for (stream, received, pusher) in runs {
         let sent = media(pusher.await.unwrap());
         wait_until(LIMIT, "every message at the player", || {
             received
@@ -126,92 +158,129 @@ async fn every_enhanced_rtmp_framing_arrives_byte_exact_through_nginx() {
             if let Some(i) = (0..got.len().min(sent.len())).find(|&i| got[i] != sent[i]) {
                 let head = |p: &[u8]| p[..p.len().min(12)].to_vec();
                 panic!(
-                    "{framing:?}: type {kind} message {i} changed: {:?} sent {:?}",
+                    "{stream}: type {kind} message {i} changed: {:?} sent {:?}",
                     head(&got[i]),
                     head(&sent[i])
                 );
             }
-            assert_eq!(got.len(), sent.len(), "{framing:?}: type {kind} messages");
+            assert_eq!(got.len(), sent.len(), "{stream}: type {kind} messages");
         }
     }
     stack.shutdown.cancel();
 }
 
-/// The gateway is killed (SIGKILL) under an E-RTMP push (two video tracks with HDR metadata,
-/// two audio tracks, in multitrack messages) and started again: the new publish nginx gets
-/// starts with every track's headers, then each video track's key frame, and every track
-/// decodes on its own (ffmpeg, 0 errors).
+/// The gateway is killed (SIGKILL) under two E-RTMP pushes and started again: one with two
+/// video tracks (HDR metadata) and two AAC tracks in multitrack messages, one with ex-header
+/// H.264 and Opus. The new publish nginx gets of each starts with every track's headers, then
+/// each video track's key frame, and every track decodes on its own (ffmpeg, 0 errors).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_gateway_restart_the_new_enhanced_publish_decodes_on_its_own() {
     require("ffmpeg");
     capture_logs();
-    let items = clip_items(12).await;
+    let pushes = [
+        (
+            "multi",
+            enhanced::frame_clip(&clip_items(12).await, Framing::TwoTracks),
+            [
+                (Media::Audio, 0),
+                (Media::Audio, 1),
+                (Media::Video, 0),
+                (Media::Video, 1),
+            ]
+            .as_slice(),
+        ),
+        (
+            "opus",
+            enhanced::frame_clip(&opus_clip_items(12).await, Framing::ExHeader),
+            [(Media::Audio, 0), (Media::Video, 0)].as_slice(),
+        ),
+    ];
     let nginx = Nginx::start().await;
     let origin = format!("rtmp://{}", nginx.rtmp);
     let mut stack = CrashableGateway::start(&origin).await;
     let edge = stack.edge;
-    let received = play(&nginx, "multi").await;
-    let msgs = enhanced::frame_clip(&items, Framing::TwoTracks);
-    let pusher = tokio::spawn(async move {
-        let client = enhanced_publisher(edge, "multi").await;
-        enhanced::publish_paced(&client, &msgs).await
-    });
-    // Kill it two seconds into the stream (mid-GOP), when the headers are long past.
-    wait_until(LIMIT, "two seconds of video at the player", || {
-        video_reached(&received, 2000)
-    })
-    .await;
+    let mut runs = Vec::new();
+    for (stream, msgs, tracks) in pushes {
+        let received = play(&nginx, stream).await;
+        let pusher = tokio::spawn(async move {
+            let client = enhanced_publisher(edge, stream).await;
+            enhanced::publish_paced(&client, &msgs).await
+        });
+        runs.push((stream, tracks, received, pusher));
+    }
+    // Kill it two seconds into the streams (mid-GOP), when the headers are long past.
+    for (_, _, received, _) in &runs {
+        wait_until(LIMIT, "two seconds of video at the player", || {
+            video_reached(received, 2000)
+        })
+        .await;
+    }
     stack.crash_and_restart().await;
     // Nothing of the new publish can reach nginx before the new gateway is up.
     let restarted_at = Instant::now();
-    pusher
-        .await
-        .unwrap()
-        .expect("the pusher noticed the gateway restart");
-    wait_until(LIMIT, "the end of the clip at the player", || {
-        video_reached(&received, 11_000)
-    })
-    .await;
-    let new_publish: Vec<Message> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(at, m)| *at > restarted_at && matches!(m.type_id, 8 | 9))
-        .map(|(_, m)| m.clone())
-        .collect();
-    // Headers first: both video tracks' sequence start and metadata, both audio tracks'.
-    let first_frame = new_publish
-        .iter()
-        .position(|m| m.media_kind() != MediaKind::Header)
-        .expect("frames after the restart");
-    let headers = &new_publish[..first_frame];
-    assert_eq!(
-        headers.len(),
-        3,
-        "video sequence start, video metadata, audio sequence start (each for tracks 0 and 1)"
-    );
-    let streams = enhanced::elementary_streams(&new_publish);
-    assert_eq!(streams.len(), 4, "two video and two audio tracks");
-    for ((media, track), s) in &streams {
-        assert_eq!(s.frames_before_config, 0, "{media:?} track {track}");
-        assert!(
-            s.frames > 50,
-            "{media:?} track {track}: {} frames",
-            s.frames
-        );
-        if *media == Media::Video {
-            assert_eq!(s.starts_with_key_frame, Some(true), "video track {track}");
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    let errors = tokio::task::spawn_blocking({
-        let dir = dir.path().to_owned();
-        move || enhanced::decode_errors(&streams, &dir)
-    })
-    .await
-    .unwrap();
-    for (stream, errors) in errors {
-        assert_eq!(errors, Some(0), "{stream:?} after the restart");
+    for (stream, tracks, received, pusher) in runs {
+        pusher
+            .await
+            .unwrap()
+            .expect("the pusher noticed the gateway restart");
+        wait_until(LIMIT, "the end of the clip at the player", || {
+            video_reached(&received, 11_000)
+        })
+        .await;
+        let new_publish: Vec<Message> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, m)| *at > restarted_at && matches!(m.type_id, 8 | 9))
+            .map(|(_, m)| m.clone())
+            .collect();
+        // Headers first: the video sequence start and metadata, the audio sequence start
+        // (each for every track of the push).
+        let first_frame = new_publish
+            .iter()
+            .position(|m| m.media_kind() != MediaKind::Header)
+            .expect("frames after the restart");
+        let headers = &new_publish[..first_frame];
+        assert_eq!(
+            headers.len(),
+            3,
+            "{stream}: video sequence start, video metadata, audio sequence start"
+        );
+        let streams = enhanced::elementary_streams(&new_publish);
+        assert_eq!(
+            streams.keys().copied().collect::<Vec<_>>(),
+            tracks.to_vec(),
+            "{stream}: its tracks"
+        );
+        for ((media, track), s) in &streams {
+            assert_eq!(
+                s.frames_before_config, 0,
+                "{stream}: {media:?} track {track}"
+            );
+            assert!(
+                s.frames > 50,
+                "{stream}: {media:?} track {track}: {} frames",
+                s.frames
+            );
+            if *media == Media::Video {
+                assert_eq!(
+                    s.starts_with_key_frame,
+                    Some(true),
+                    "{stream}: video track {track}"
+                );
+            }
+        }
+        let errors = tokio::task::spawn_blocking({
+            let dir = dir.path().join(stream);
+            std::fs::create_dir(&dir).unwrap();
+            move || enhanced::decode_errors(&streams, &dir)
+        })
+        .await
+        .unwrap();
+        for (track, errors) in errors {
+            assert_eq!(errors, Some(0), "{stream}: {track:?} after the restart");
+        }
     }
     stack.shutdown.cancel();
 }

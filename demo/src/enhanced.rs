@@ -1,7 +1,8 @@
 //! Enhanced RTMP v2 test streams, for the tests and the bench (Debian's ffmpeg 5.1 cannot push
-//! E-RTMP): an ffmpeg-made clip read into [`Sample`]s (legacy FLV with H.264 and AAC, or an
-//! HEVC Annex B stream), written in an E-RTMP framing ([`Framing`]), published paced by its
-//! timestamps, and read back into elementary streams (Annex B, ADTS) that ffmpeg decodes.
+//! E-RTMP): an ffmpeg-made clip read into [`Sample`]s (legacy FLV with H.264 and AAC, an HEVC
+//! Annex B stream, an Ogg Opus stream), written in an E-RTMP framing ([`Framing`]), published
+//! paced by its timestamps, and read back into elementary streams (Annex B, ADTS, Ogg Opus)
+//! that ffmpeg decodes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,7 +20,7 @@ pub struct Sample {
     pub media: Media,
     /// The decode timestamp, ms.
     pub timestamp: u32,
-    /// The codec: `avc1`, `hvc1`, `mp4a`.
+    /// The codec: `avc1`, `hvc1`, `mp4a`, `Opus`.
     pub fourcc: [u8; 4],
     /// Configuration (`SequenceStart`), coded frames or the end of the sequence.
     pub packet: PacketType,
@@ -27,8 +28,8 @@ pub struct Sample {
     pub key: bool,
     /// Presentation minus decode time, ms.
     pub composition_offset: i32,
-    /// A configuration record (avcC, hvcC, AudioSpecificConfig) or length-prefixed NAL units
-    /// or a raw AAC frame.
+    /// A configuration record (avcC, hvcC, AudioSpecificConfig, Opus ID header) or
+    /// length-prefixed NAL units or a raw AAC frame or an Opus packet.
     pub body: Bytes,
 }
 
@@ -410,13 +411,28 @@ pub fn frame_clip(items: &[ClipItem], framing: Framing) -> Vec<Message> {
 /// Interleaves video samples with a clip's audio (and data), by timestamp: an HEVC stream
 /// with the AAC of an ffmpeg-made FLV.
 pub fn with_audio_of(video: Vec<Sample>, flv_items: &[ClipItem]) -> Vec<ClipItem> {
-    let mut items: Vec<ClipItem> = flv_items
+    interleave(without(flv_items, Media::Video), video)
+}
+
+/// A clip's video (and data) with other audio samples, by timestamp: the H.264 of an
+/// ffmpeg-made FLV with an Opus stream.
+pub fn with_video_of(audio: Vec<Sample>, flv_items: &[ClipItem]) -> Vec<ClipItem> {
+    interleave(without(flv_items, Media::Audio), audio)
+}
+
+/// The items that are not samples of `media`.
+fn without(items: &[ClipItem], media: Media) -> Vec<ClipItem> {
+    items
         .iter()
-        .filter(|i| !matches!(i, ClipItem::Sample(s) if s.media == Media::Video))
+        .filter(|i| !matches!(i, ClipItem::Sample(s) if s.media == media))
         .cloned()
-        .collect();
-    items.extend(video.into_iter().map(ClipItem::Sample));
-    // Stable: configuration (timestamp 0) keeps its place before the frames.
+        .collect()
+}
+
+/// `items` and `samples` in timestamp order; at one timestamp data first, then configuration,
+/// then frames (a stable sort: each keeps its own order).
+fn interleave(mut items: Vec<ClipItem>, samples: Vec<Sample>) -> Vec<ClipItem> {
+    items.extend(samples.into_iter().map(ClipItem::Sample));
     items.sort_by_key(|i| match i {
         ClipItem::Data(m) => (m.timestamp, 0),
         ClipItem::Sample(s) if s.packet == PacketType::SequenceStart => (s.timestamp, 1),
@@ -425,12 +441,146 @@ pub fn with_audio_of(video: Vec<Sample>, flv_items: &[ClipItem]) -> Vec<ClipItem
     items
 }
 
+/// Reads an Ogg Opus stream (one logical stream, as ffmpeg's libopus writes it) into audio
+/// samples: the ID header (OpusHead, RFC 7845 5.1) as the sequence start, as E-RTMP v2 sends
+/// it, then each Opus packet at its time (from the packets' own durations).
+pub fn read_ogg_opus(ogg: &[u8]) -> Result<Vec<Sample>, String> {
+    let mut packets = ogg_packets(ogg)?.into_iter();
+    let head = packets
+        .next()
+        .filter(|p| p.starts_with(b"OpusHead"))
+        .ok_or("the Ogg stream does not start with an OpusHead")?;
+    packets
+        .next()
+        .filter(|p| p.starts_with(b"OpusTags"))
+        .ok_or("no OpusTags after the OpusHead")?;
+    let sample = |timestamp, packet, body| Sample {
+        media: Media::Audio,
+        timestamp,
+        fourcc: *b"Opus",
+        packet,
+        key: false,
+        composition_offset: 0,
+        body,
+    };
+    let mut samples = vec![sample(0, PacketType::SequenceStart, head)];
+    let mut at_48k = 0u64;
+    for p in packets {
+        let duration = opus_samples(&p).ok_or("an empty Opus packet")?;
+        samples.push(sample((at_48k / 48) as u32, PacketType::CodedFrames, p));
+        at_48k += duration;
+    }
+    Ok(samples)
+}
+
+/// The packets of an Ogg stream (one logical stream), laced segments joined.
+fn ogg_packets(ogg: &[u8]) -> Result<Vec<Bytes>, String> {
+    let mut packets = Vec::new();
+    let mut partial = Vec::new();
+    let mut at = 0;
+    while at < ogg.len() {
+        let page = &ogg[at..];
+        if page.len() < 27 || !page.starts_with(b"OggS") {
+            return Err(format!("no Ogg page at byte {at}"));
+        }
+        let segments = usize::from(page[26]);
+        let table = page.get(27..27 + segments).ok_or("an Ogg page cut short")?;
+        let mut body = at + 27 + segments;
+        for &lace in table {
+            let end = body + usize::from(lace);
+            partial.extend_from_slice(ogg.get(body..end).ok_or("an Ogg page cut short")?);
+            body = end;
+            if lace < 255 {
+                packets.push(Bytes::from(std::mem::take(&mut partial)));
+            }
+        }
+        at = body;
+    }
+    Ok(packets)
+}
+
+/// How many 48 kHz samples an Opus packet holds (RFC 6716 3.1: its TOC byte and frame count).
+fn opus_samples(packet: &[u8]) -> Option<u64> {
+    let toc = *packet.first()?;
+    let config = usize::from(toc >> 3);
+    let per_frame: u64 = match config {
+        0..=11 => [480, 960, 1920, 2880][config % 4],
+        12..=15 => [480, 960][config % 2],
+        _ => [120, 240, 480, 960][config % 4],
+    };
+    let frames = match toc & 3 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => u64::from(*packet.get(1)? & 0x3f),
+    };
+    Some(per_frame * frames)
+}
+
+/// Writes Opus packets as one Ogg Opus stream (RFC 7845: the ID header alone on the first
+/// page, a comment header on the second, then a page per packet), which ffmpeg reads back.
+#[derive(Debug, Default, Clone)]
+struct OggOpusWriter {
+    pages: u32,
+    granule: u64,
+}
+
+impl OggOpusWriter {
+    /// The first two pages: the ID header `head` and an empty comment header.
+    fn start(&mut self, out: &mut Vec<u8>, head: &[u8]) {
+        self.page(out, head, 0x02);
+        self.page(out, b"OpusTags\0\0\0\0\0\0\0\0", 0);
+    }
+
+    /// One Opus packet on a page of its own (packets of 64 KiB or more are left out: an
+    /// Opus packet is at most 120 ms of 1275-byte frames).
+    fn packet(&mut self, out: &mut Vec<u8>, packet: &[u8]) {
+        if packet.len() >= 255 * 255 {
+            return;
+        }
+        self.granule += opus_samples(packet).unwrap_or(0);
+        self.page(out, packet, 0);
+    }
+
+    fn page(&mut self, out: &mut Vec<u8>, packet: &[u8], flags: u8) {
+        let start = out.len();
+        out.extend_from_slice(b"OggS\0");
+        out.push(flags);
+        out.extend_from_slice(&self.granule.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&self.pages.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.push((packet.len() / 255 + 1) as u8);
+        out.extend(std::iter::repeat_n(255u8, packet.len() / 255));
+        out.push((packet.len() % 255) as u8);
+        out.extend_from_slice(packet);
+        let crc = ogg_crc(&out[start..]);
+        out[start + 22..start + 26].copy_from_slice(&crc.to_le_bytes());
+        self.pages += 1;
+    }
+}
+
+/// Ogg's page checksum: CRC-32, polynomial 0x04c11db7, not reflected, no initial or final xor.
+fn ogg_crc(data: &[u8]) -> u32 {
+    let mut crc = 0u32;
+    for &b in data {
+        crc ^= u32::from(b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// One elementary stream read back from received messages.
 #[derive(Debug, Default, Clone)]
 pub struct Elementary {
     /// The codec.
     pub fourcc: Option<[u8; 4]>,
-    /// Annex B (video) or ADTS (AAC) bytes.
+    /// Annex B (video), ADTS (AAC) or Ogg Opus bytes.
     pub bytes: Vec<u8>,
     /// Coded frames written.
     pub frames: u64,
@@ -439,10 +589,13 @@ pub struct Elementary {
     pub frames_before_config: u64,
     /// Whether the first coded video frame was a key frame.
     pub starts_with_key_frame: Option<bool>,
+    /// Pages written so far, for an Opus stream.
+    ogg: Option<OggOpusWriter>,
 }
 
 /// Reads received E-RTMP (or legacy AVC/AAC) messages back into one elementary stream per
-/// (media, track): parameter sets before every key frame, ADTS headers on AAC frames.
+/// (media, track): parameter sets before every key frame, ADTS headers on AAC frames, Opus
+/// packets in Ogg pages after their ID header.
 pub fn elementary_streams(msgs: &[Message]) -> BTreeMap<(Media, u8), Elementary> {
     let mut out: BTreeMap<(Media, u8), Elementary> = BTreeMap::new();
     let mut configs: BTreeMap<(Media, u8), Bytes> = BTreeMap::new();
@@ -484,6 +637,14 @@ pub fn elementary_streams(msgs: &[Message]) -> BTreeMap<(Media, u8), Elementary>
                             stream.bytes.extend_from_slice(nal);
                             b = &b[4 + n..];
                         }
+                    } else if fourcc == *b"Opus" {
+                        let bytes = &mut stream.bytes;
+                        let ogg = stream.ogg.get_or_insert_with(|| {
+                            let mut ogg = OggOpusWriter::default();
+                            ogg.start(bytes, config);
+                            ogg
+                        });
+                        ogg.packet(bytes, t.body);
                     } else {
                         stream
                             .bytes
@@ -604,6 +765,7 @@ pub fn decode_errors(
                 b"avc1" => "h264",
                 b"hvc1" => "hevc",
                 b"mp4a" => "aac",
+                b"Opus" => "ogg",
                 _ => return ((media, track), None),
             };
             let path = dir.join(format!("{media:?}-{track}.{format}"));
@@ -633,4 +795,47 @@ pub async fn publish_paced(client: &RtmpClient, msgs: &[Message]) -> Result<(), 
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ogg_checksum_is_crc32_without_reflection_or_xor() {
+        // CRC-32/CKSUM ("123456789" → 0x765e7680) differs only by its final inversion.
+        assert_eq!(ogg_crc(b"123456789"), !0x765e_7680);
+    }
+
+    #[test]
+    fn opus_durations_follow_the_toc_byte() {
+        // CELT 20 ms, one frame; SILK 60 ms, two frames; CELT 2.5 ms, code 3 with 5 frames.
+        assert_eq!(opus_samples(&[31 << 3]), Some(960));
+        assert_eq!(opus_samples(&[(3 << 3) | 1]), Some(2 * 2880));
+        assert_eq!(opus_samples(&[(16 << 3) | 3, 5]), Some(5 * 120));
+        assert_eq!(opus_samples(&[]), None);
+    }
+
+    #[test]
+    fn written_ogg_opus_reads_back_with_its_timing() {
+        let head = b"OpusHead\x01\x02\x38\x01\x80\xbb\x00\x00\x00\x00\x00".to_vec();
+        // 20 ms packets, one long enough to need lacing over two segments.
+        let packets: Vec<Vec<u8>> = vec![vec![31 << 3; 100], vec![31 << 3; 300], vec![31 << 3; 3]];
+        let mut ogg = Vec::new();
+        let mut writer = OggOpusWriter::default();
+        writer.start(&mut ogg, &head);
+        for p in &packets {
+            writer.packet(&mut ogg, p);
+        }
+        let samples = read_ogg_opus(&ogg).unwrap();
+        assert_eq!(samples.len(), 4);
+        assert_eq!(samples[0].packet, PacketType::SequenceStart);
+        assert_eq!(&samples[0].body[..], &head[..]);
+        for (n, (s, p)) in samples[1..].iter().zip(&packets).enumerate() {
+            assert_eq!(s.packet, PacketType::CodedFrames);
+            assert_eq!(s.timestamp, 20 * n as u32);
+            assert_eq!(&s.body[..], &p[..]);
+        }
+        assert_eq!(writer.granule, 3 * 960);
+    }
 }
