@@ -1016,16 +1016,13 @@ pub async fn run_one(
             .cut_port
             .map(|(at, _)| link.started_ns + at.as_nanos() as u64),
     );
-    let mut result = summarize(
-        profile,
-        label,
-        direction,
-        &arrivals,
+    let observed = Observed {
+        arrivals: &arrivals,
         started_ns,
-        ctx,
-        survived,
-        &returns_ns,
-    );
+        pusher_survived: survived,
+        returns_ns: &returns_ns,
+    };
+    let mut result = summarize(profile, label, direction, observed, ctx);
     result.link_up = link.up.snapshot();
     result.link_down = link.down.snapshot();
     result.decode_errors = if ctx.enhanced {
@@ -1099,17 +1096,31 @@ fn extra_latency(
     (floor, extra, windowed)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one run saw at its player and pusher.
+struct Observed<'a> {
+    /// What reached the player, and when.
+    arrivals: &'a Arrivals,
+    /// When the pusher started, ns on CLOCK_MONOTONIC.
+    started_ns: u64,
+    /// Whether the pusher ran to the end.
+    pusher_survived: bool,
+    /// When each outage ended (the link back, a server restarted, a host cut off), ns.
+    returns_ns: &'a [u64],
+}
+
 fn summarize(
     profile: &Profile,
     transport: String,
     direction: Direction,
-    arrivals: &Arrivals,
-    started_ns: u64,
+    observed: Observed<'_>,
     ctx: &RunContext,
-    pusher_survived: bool,
-    returns_ns: &[u64],
 ) -> RunResult {
+    let Observed {
+        arrivals,
+        started_ns,
+        pusher_survived,
+        returns_ns,
+    } = observed;
     let frames = &arrivals.video;
     let expected_all = ctx.frames_expected;
     let (floor, extra, windowed) = extra_latency(profile, ctx.duration, frames, started_ns);
@@ -1277,11 +1288,13 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             &profile(None),
             "rtmpq".into(),
             Direction::Publish,
-            &arrivals,
-            t0,
+            Observed {
+                arrivals: &arrivals,
+                started_ns: t0,
+                pusher_survived: true,
+                returns_ns: &[],
+            },
             &ctx,
-            true,
-            &[],
         );
         assert_eq!(r.frames_received, 8);
         assert!((r.extra_latency_ms[3] - 700.0).abs() < 1e-6);
@@ -1326,11 +1339,13 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             &profile(window),
             "rtmpq".into(),
             Direction::Publish,
-            &arrivals,
-            t0,
+            Observed {
+                arrivals: &arrivals,
+                started_ns: t0,
+                pusher_survived: true,
+                returns_ns: &[5000 * ms],
+            },
             &ctx,
-            true,
-            &[5000 * ms],
         );
         // The window holds the 60 frames due from 2 s to 8 s; the 20 held ones are late
         // beyond 200 ms, 12 of them (due before 4.2 s) beyond 1 s.

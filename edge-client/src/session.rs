@@ -10,7 +10,9 @@ use rtmpq_hop::lanes::{SessionRecv, SessionSend};
 use rtmpq_hop::tunnel::{TunnelRecv, TunnelSend};
 
 use crate::connector::GatewayLink;
-use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
+use rtmpq_hop::pump::{
+    finish_session, log_session_end, run_session, QueuePolicy, RtmpPeer, SessionRun,
+};
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader, StreamLost};
@@ -18,6 +20,7 @@ use rtmpq_proto::command;
 use rtmpq_proto::fast_start::FastStart;
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
 use rtmpq_proto::session::{Flow, SessionTracker};
+use rtmpq_proto::session_end::{next_step, Backoff, EndedBy, Hop, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
@@ -78,15 +81,7 @@ pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
         shared
             .telemetry
             .session_ended(session_id, end.code, &end.reason);
-        let t = tracker.lock().expect("tracker").clone();
-        let (app, stream) = (t.app.unwrap_or_default(), t.stream.unwrap_or_default());
-        let direction = t.direction.map_or("", |d| d.as_str());
-        let line = format!("session ended: {} ({})", end.reason, end.code);
-        if end.code == CloseCode::Normal {
-            info!(%app, %stream, direction, code = %end.code, reason = %end.reason, "{line}");
-        } else {
-            warn!(%app, %stream, direction, code = %end.code, reason = %end.reason, "{line}");
-        }
+        log_session_end(&end, &tracker.lock().expect("tracker"));
     }
     .instrument(span)
     .await
@@ -112,24 +107,29 @@ async fn run(
         Ok(opened) => {
             let mut tunnel = opened.tunnel(shared, &budget, None);
             loop {
-                let end = run_session(
-                    RtmpPeer::Client,
-                    &mut reader,
-                    &to_client,
-                    &mut tunnel.frames,
-                    &mut tunnel.send,
+                let end = run_session(SessionRun {
+                    peer: RtmpPeer::Client,
+                    rtmp: &mut reader,
+                    to_rtmp: &to_client,
+                    tunnel_recv: &mut tunnel.frames,
+                    tunnel_send: &mut tunnel.send,
                     tracker,
                     limits,
-                    tunnel.queue.clone(),
-                    tunnel.resume.take(),
-                    shared.drain.end_sessions(),
-                )
+                    queue: tunnel.queue.clone(),
+                    resume: tunnel.resume.take(),
+                    stop: shared.drain.end_sessions(),
+                })
                 .await;
-                let journal = tracker.lock().expect("tracker").journal.clone();
-                let replay = journal.replay().filter(|_| journal.direction().is_some());
                 let limit = settings.reconnect_limit;
-                let lost = end.ended_by == EndedBy::Tunnel && end.code == CloseCode::TunnelLost;
-                let (Some(replay), true, false) = (replay, lost, limit.is_zero()) else {
+                let recovery = Recovery {
+                    set_up_again_for: limit,
+                    hold_for: None,
+                };
+                let (step, replay) = {
+                    let t = tracker.lock().expect("tracker");
+                    (next_step(Hop::Edge, &end, &t, recovery), t.journal.replay())
+                };
+                let (Step::Resume | Step::SetUpAgain, Some(replay)) = (step, replay) else {
                     finish_session(
                         RtmpPeer::Client,
                         &end,
@@ -159,7 +159,7 @@ async fn run(
                 // The same session on a new stream, if the gateway still holds it.
                 let deadline = tokio::time::Instant::now() + limit;
                 let token = tracker.lock().expect("tracker").resume_token.take();
-                if let Some(token) = token {
+                if let (Step::Resume, Some(token)) = (step, token) {
                     match resume_within(shared, &budget, session_id, token, tracker, deadline).await
                     {
                         Ok(again) => {
@@ -287,10 +287,6 @@ impl Held {
     }
 }
 
-/// First wait between attempts to set a session up again; doubles up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
-
 /// Opens a new tunnel session (on whichever gateway the connector reaches) and replays the
 /// client's set-up through it, with backoff, for up to `limit`. The origin's answers come
 /// back through the tunnel and stay here: the client never left.
@@ -316,14 +312,13 @@ async fn set_up_again(
         lost,
         held,
     } = again;
-    let mut wait = RETRY_FIRST;
-    let mut attempts = 0u32;
+    let mut backoff = Backoff::default();
     let mut why = lost.to_owned();
     loop {
         if let Some(end) = held.taken_over(shared) {
             return Err(end);
         }
-        attempts += 1;
+        backoff.attempt();
         let attempt = async {
             let session_id = SessionId(rand::random());
             let opened = open_tunnel(session_id, shared, tracker)
@@ -355,19 +350,20 @@ async fn set_up_again(
             Ok(Err(e)) => why = e,
             Err(_) => why = format!("no answer ({why})"),
         }
-        if tokio::time::Instant::now() + wait >= deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(wait) = backoff.wait(left) else {
             let reason = format!(
-                "tunnel to the gateway lost and no gateway took the session within {limit:?} ({attempts} attempts; last: {why})"
+                "tunnel to the gateway lost and no gateway took the session within {limit:?} ({} attempts; last: {why})",
+                backoff.attempts()
             );
             return Err(SessionEnd::new(
                 CloseCode::TunnelLost,
                 reason,
                 EndedBy::Tunnel,
             ));
-        }
-        info!(attempt = attempts, reason = %why, "session not set up again yet; retrying in {wait:?}");
+        };
+        info!(attempt = backoff.attempts(), reason = %why, "session not set up again yet; retrying in {wait:?}");
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(RETRY_MAX);
     }
 }
 
@@ -465,7 +461,7 @@ async fn resume_within(
         match resume(shared, budget, session_id, token, tracker, wait).await {
             Err(ResumeError::NoGateway(why)) if tokio::time::Instant::now() < deadline => {
                 info!(reason = %why, "no gateway to resume the session on yet; waiting for one");
-                tokio::time::sleep(RETRY_FIRST).await;
+                tokio::time::sleep(Backoff::FIRST).await;
             }
             Err(e) => return Err(e.to_string()),
             Ok(tunnel) => return Ok(tunnel),

@@ -11,13 +11,16 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
-use rtmpq_hop::pump::{finish_session, run_session, EndedBy, QueuePolicy, RtmpPeer, SessionEnd};
+use rtmpq_hop::pump::{
+    finish_session, log_session_end, run_session, QueuePolicy, RtmpPeer, SessionRun,
+};
 use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
 use rtmpq_proto::budget::{MemoryBudget, SessionBudget};
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
 use rtmpq_proto::session::{Flow, SessionTracker};
+use rtmpq_proto::session_end::{next_step, Backoff, EndedBy, Hop, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_LEN};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
@@ -155,24 +158,26 @@ pub(crate) async fn serve(
             ..QueuePolicy::default()
         };
         let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, &budget);
-        let end = to_origin(tunnel, shared, &tracker, budget, queue, session_id, &who, &mut access).await;
+        let session = GatewaySession {
+            shared,
+            session_id,
+            who: &who,
+            tracker: &tracker,
+            budget,
+        };
+        let end = session.run(tunnel, queue, &mut access).await;
         shared
             .telemetry
             .session_ended(session_id, end.code, &end.reason);
-        let t = tracker.lock().expect("tracker").clone();
+        let t = tracker.lock().expect("tracker");
         if let (CloseCode::Unauthorized, Some(rights), Some(direction)) =
             (end.code, &t.rights, t.direction)
         {
-            shared.telemetry.unauthorized(&rights.identity, direction.as_str());
+            shared
+                .telemetry
+                .unauthorized(&rights.identity, direction.as_str());
         }
-        let line = format!("session ended: {} ({})", end.reason, end.code);
-        let (app, stream) = (t.app.unwrap_or_default(), t.stream.unwrap_or_default());
-        let (to_origin, to_client) = (t.to_origin.messages, t.to_client.messages);
-        if end.code == CloseCode::Normal {
-            info!(%app, %stream, code = %end.code, reason = %end.reason, to_origin, to_client, "{line}");
-        } else {
-            warn!(%app, %stream, code = %end.code, reason = %end.reason, to_origin, to_client, "{line}");
-        }
+        log_session_end(&end, &t);
     }
     .instrument(span)
     .await
@@ -475,141 +480,155 @@ enum Turn {
     Resumed(Tunnel),
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn to_origin(
-    mut tunnel: Tunnel,
-    shared: &Shared,
-    tracker: &Mutex<SessionTracker>,
-    budget: Arc<SessionBudget>,
-    mut queue: QueuePolicy,
+/// One session at the gateway, what every run of it is built from.
+struct GatewaySession<'a> {
+    shared: &'a Shared,
     session_id: SessionId,
-    who: &Who,
-    access: &mut watch::Receiver<Arc<AccessPolicy>>,
-) -> SessionEnd {
-    let edge = &who.edge;
-    let mut link = match connect_origin(shared).await {
-        Ok(conn) => OriginLink::new(conn, &budget, tracker),
-        Err(e) => {
-            let end = e.end();
-            close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
-            return end;
-        }
-    };
-    let grace = who.hold;
-    let owner = SessionOwner::new();
-    let mut resume = None;
-    loop {
-        // A new single-use token for each stream the session runs on.
-        let mut handoff = None;
-        if let Some((token, rx)) = (!grace.is_zero())
-            .then(|| shared.resumable.offer(session_id, edge, owner))
-            .flatten()
-        {
-            if write_frame(&mut tunnel.send.stream, &Frame::ResumeToken(token))
-                .await
-                .is_ok()
-            {
-                handoff = Some(rx);
-            }
-        }
-        queue.path = Some(tunnel.path.clone());
-        let turn = tokio::select! {
-            end = run_session(
-                RtmpPeer::Origin,
-                &mut link.reader,
-                &link.to_origin,
-                &mut tunnel.frames,
-                &mut tunnel.send,
-                tracker,
-                &shared.settings.session_limits,
-                queue.clone(),
-                resume.take(),
-                shared.drain.end_sessions(),
-            ) => Turn::Ended(end),
-            // The edge took the session over on a new stream (it lost the old one first).
-            new = handed_over(&mut handoff) => Turn::Resumed(new),
-            end = rights_withdrawn(access, who, tracker) => Turn::Ended(end),
-        };
-        let end = match turn {
-            Turn::Resumed(new) => {
-                tunnel
-                    .send
-                    .stream
-                    .reset(quic_code(CloseCode::TunnelLost))
-                    .ok();
-                tunnel = new;
-                resume = Some(ResumeFilter::same_stream());
-                continue;
-            }
-            Turn::Ended(end) => end,
-        };
-        let set_up = tracker
-            .lock()
-            .expect("tracker")
-            .journal
-            .direction()
-            .is_some();
-        let tunnel_lost = end.ended_by == EndedBy::Tunnel && end.code == CloseCode::TunnelLost;
-        if tunnel_lost && set_up && handoff.is_some() {
-            warn!(reason = %end.reason, "tunnel lost under a live session: holding it for {grace:?} for its edge to resume it");
-            // Nothing more is read from the lost stream or its media lanes while held.
-            TunnelRecv::stop(&mut tunnel.frames, CloseCode::TunnelLost);
-            let held = tokio::select! {
-                new = handed_over(&mut handoff) => Some(new),
-                _ = tokio::time::sleep(grace) => None,
-                _ = keep_origin_alive(&mut link) => None,
-            };
-            if let Some(new) = held {
-                tunnel = new;
-                resume = Some(ResumeFilter::same_stream());
-                continue;
-            }
-            info!("not resumed within {grace:?}: the session ends");
-        }
-        shared.resumable.withdraw(session_id, owner);
-        let origin_lost = end.ended_by == EndedBy::Rtmp
-            && matches!(
-                end.code,
-                CloseCode::OriginClosed | CloseCode::OriginUnreachable
-            );
-        let journal = tracker.lock().expect("tracker").journal.clone();
-        let limit = shared.settings.origin_retry;
-        let replay = journal.replay().filter(|_| journal.direction().is_some());
-        let (Some(replay), true, false) = (replay, origin_lost, limit.is_zero()) else {
-            finish_session(
-                RtmpPeer::Origin,
-                &end,
-                tracker,
-                &link.to_origin,
-                &mut tunnel.send,
-            )
-            .await;
-            link.close().await;
-            return end;
-        };
-        link.writer_task.abort();
-        warn!(
-            reason = %end.reason,
-            "origin lost under a live session: setting the session up again (for up to {limit:?})"
-        );
-        match set_up_again(shared, &budget, tracker, replay, limit).await {
-            Ok((new_link, filter)) => {
-                shared.telemetry.session_set_up_again();
-                info!("session set up again on the origin; media resumes at the next key frame");
-                link = new_link;
-                resume = Some(filter);
-            }
-            Err(end) => {
+    /// The edge it belongs to.
+    who: &'a Who,
+    tracker: &'a Mutex<SessionTracker>,
+    /// Its share of the process-wide buffer bound.
+    budget: Arc<SessionBudget>,
+}
+
+impl GatewaySession<'_> {
+    /// Runs the session from its first tunnel stream to its end: connects to the origin, runs
+    /// the pumps, takes a stream its edge resumes it on, holds it for a resume when its tunnel
+    /// is lost, sets it up again on a new origin connection when the origin goes, and ends it
+    /// when a reload withdraws its rights.
+    async fn run(
+        self,
+        mut tunnel: Tunnel,
+        mut queue: QueuePolicy,
+        access: &mut watch::Receiver<Arc<AccessPolicy>>,
+    ) -> SessionEnd {
+        let GatewaySession {
+            shared,
+            session_id,
+            who,
+            tracker,
+            budget,
+        } = self;
+        let edge = &who.edge;
+        let mut link = match connect_origin(shared).await {
+            Ok(conn) => OriginLink::new(conn, &budget, tracker),
+            Err(e) => {
+                let end = e.end();
                 close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
                 return end;
+            }
+        };
+        let grace = who.hold;
+        let owner = SessionOwner::new();
+        let mut resume = None;
+        loop {
+            // A new single-use token for each stream the session runs on.
+            let mut handoff = None;
+            if let Some((token, rx)) = (!grace.is_zero())
+                .then(|| shared.resumable.offer(session_id, edge, owner))
+                .flatten()
+            {
+                if write_frame(&mut tunnel.send.stream, &Frame::ResumeToken(token))
+                    .await
+                    .is_ok()
+                {
+                    handoff = Some(rx);
+                }
+            }
+            queue.path = Some(tunnel.path.clone());
+            let turn = tokio::select! {
+                end = run_session(SessionRun {
+                    peer: RtmpPeer::Origin,
+                    rtmp: &mut link.reader,
+                    to_rtmp: &link.to_origin,
+                    tunnel_recv: &mut tunnel.frames,
+                    tunnel_send: &mut tunnel.send,
+                    tracker,
+                    limits: &shared.settings.session_limits,
+                    queue: queue.clone(),
+                    resume: resume.take(),
+                    stop: shared.drain.end_sessions(),
+                }) => Turn::Ended(end),
+                // The edge took the session over on a new stream (it lost the old one first).
+                new = handed_over(&mut handoff) => Turn::Resumed(new),
+                end = rights_withdrawn(access, who, tracker) => Turn::Ended(end),
+            };
+            let end = match turn {
+                Turn::Resumed(new) => {
+                    tunnel
+                        .send
+                        .stream
+                        .reset(quic_code(CloseCode::TunnelLost))
+                        .ok();
+                    tunnel = new;
+                    resume = Some(ResumeFilter::same_stream());
+                    continue;
+                }
+                Turn::Ended(end) => end,
+            };
+            let recovery = Recovery {
+                set_up_again_for: shared.settings.origin_retry,
+                hold_for: handoff.as_ref().map(|_| grace),
+            };
+            let step = next_step(
+                Hop::Gateway,
+                &end,
+                &tracker.lock().expect("tracker"),
+                recovery,
+            );
+            if step == Step::Hold {
+                warn!(reason = %end.reason, "tunnel lost under a live session: holding it for {grace:?} for its edge to resume it");
+                // Nothing more is read from the lost stream or its media lanes while held.
+                TunnelRecv::stop(&mut tunnel.frames, CloseCode::TunnelLost);
+                let held = tokio::select! {
+                    new = handed_over(&mut handoff) => Some(new),
+                    _ = tokio::time::sleep(grace) => None,
+                    _ = keep_origin_alive(&mut link) => None,
+                };
+                if let Some(new) = held {
+                    tunnel = new;
+                    resume = Some(ResumeFilter::same_stream());
+                    continue;
+                }
+                info!("not resumed within {grace:?}: the session ends");
+            }
+            shared.resumable.withdraw(session_id, owner);
+            let replay = tracker.lock().expect("tracker").journal.replay();
+            let limit = recovery.set_up_again_for;
+            let (Step::SetUpAgain, Some(replay)) = (step, replay) else {
+                finish_session(
+                    RtmpPeer::Origin,
+                    &end,
+                    tracker,
+                    &link.to_origin,
+                    &mut tunnel.send,
+                )
+                .await;
+                link.close().await;
+                return end;
+            };
+            link.writer_task.abort();
+            warn!(
+                reason = %end.reason,
+                "origin lost under a live session: setting the session up again (for up to {limit:?})"
+            );
+            match set_up_again(shared, &budget, tracker, replay, limit).await {
+                Ok((new_link, filter)) => {
+                    shared.telemetry.session_set_up_again();
+                    info!(
+                        "session set up again on the origin; media resumes at the next key frame"
+                    );
+                    link = new_link;
+                    resume = Some(filter);
+                }
+                Err(end) => {
+                    close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
+                    return end;
+                }
             }
         }
     }
 }
-
-/// First wait between attempts to set a session up again; doubles up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Connects to the origin and replays the session's set-up, with backoff, for up to `limit`.
 /// nginx-rtmp answers a publish of a name it still holds with `NetStream.Publish.BadName`
@@ -622,10 +641,9 @@ async fn set_up_again(
     limit: Duration,
 ) -> Result<(OriginLink, ResumeFilter), SessionEnd> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut wait = RETRY_FIRST;
-    let mut attempts = 0u32;
+    let mut backoff = Backoff::default();
     loop {
-        attempts += 1;
+        backoff.attempt();
         let attempt = async {
             let conn = connect_origin(shared).await.map_err(|e| e.to_string())?;
             let mut link = OriginLink::new(conn, budget, tracker);
@@ -637,20 +655,21 @@ async fn set_up_again(
             Ok(Err(why)) => why,
             Err(_) => "no answer".to_owned(),
         };
-        if tokio::time::Instant::now() + wait >= deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(wait) = backoff.wait(left) else {
             let reason = format!(
-                "origin {} lost and not back within {limit:?} ({attempts} attempts; last: {why})",
-                shared.origin
+                "origin {} lost and not back within {limit:?} ({} attempts; last: {why})",
+                shared.origin,
+                backoff.attempts()
             );
             return Err(SessionEnd::new(
                 CloseCode::OriginUnreachable,
                 reason,
                 EndedBy::Rtmp,
             ));
-        }
-        info!(attempt = attempts, reason = %why, "origin not set up yet; retrying in {wait:?}");
+        };
+        info!(attempt = backoff.attempts(), reason = %why, "origin not set up yet; retrying in {wait:?}");
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(RETRY_MAX);
     }
 }
 

@@ -14,6 +14,7 @@ use rtmpq_proto::late_arrivals::LateArrivals;
 use rtmpq_proto::media_queue::{DropReason, Dropped, MediaQueue, QueueLimits};
 use rtmpq_proto::message::{Control, MessageClass};
 use rtmpq_proto::session::{Flow, QueueState, SessionTracker};
+use rtmpq_proto::session_end::{EndedBy, SessionEnd};
 use rtmpq_proto::wire::{CloseCode, Frame};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -105,64 +106,30 @@ pub struct SessionLimits {
     pub publisher_silence: Option<Duration>,
 }
 
-/// Which side ended a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndedBy {
-    /// The RTMP peer closed or misbehaved.
-    Rtmp,
-    /// The far hop sent SESSION_CLOSE.
-    RemoteClose,
-    /// The tunnel stream broke or carried bad frames.
-    Tunnel,
-    /// This hop ended it (shutdown, a deadline).
-    Local,
+/// How a session ends when the queue toward its RTMP peer fails.
+fn queue_failed(peer: RtmpPeer, e: OutboundError) -> SessionEnd {
+    match e {
+        OutboundError::Overloaded(e) => {
+            SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp)
+        }
+        OutboundError::Closed => peer.closed("connection closed"),
+    }
 }
 
-/// How a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionEnd {
-    /// The close code.
-    pub code: CloseCode,
-    /// Words for the log and for the client.
-    pub reason: String,
-    /// Who ended it.
-    pub ended_by: EndedBy,
-}
-
-impl SessionEnd {
-    /// A session ended with `code` for `reason`.
-    pub fn new(code: CloseCode, reason: impl Into<String>, ended_by: EndedBy) -> Self {
-        SessionEnd {
-            code,
-            reason: reason.into(),
-            ended_by,
-        }
-    }
-
-    fn queue_failed(peer: RtmpPeer, e: OutboundError) -> Self {
-        match e {
-            OutboundError::Overloaded(e) => {
-                SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp)
-            }
-            OutboundError::Closed => peer.closed("connection closed"),
-        }
-    }
-
-    /// How a session ends when its tunnel stream breaks: with the code the far hop asked for
-    /// (a stream stopped or reset with a close code, a connection closed with one), else
-    /// [`CloseCode::TunnelLost`]. Never `normal`: a tunnel that breaks under a live session is
-    /// a failure the client must hear about.
-    pub fn tunnel_lost(peer: RtmpPeer, lost: &StreamLost) -> Self {
-        let code = match lost.code.map(CloseCode::from_code) {
-            Some(CloseCode::Normal | CloseCode::Unknown(_)) | None => CloseCode::TunnelLost,
-            Some(code) => code,
-        };
-        SessionEnd::new(
-            code,
-            format!("{} lost: {}", peer.tunnel_name(), lost.reason),
-            EndedBy::Tunnel,
-        )
-    }
+/// How a session ends when its tunnel stream breaks: with the code the far hop asked for (a
+/// stream stopped or reset with a close code, a connection closed with one), else
+/// [`CloseCode::TunnelLost`]. Never `normal`: a tunnel that breaks under a live session is a
+/// failure the client must hear about.
+fn tunnel_lost(peer: RtmpPeer, lost: &StreamLost) -> SessionEnd {
+    let code = match lost.code.map(CloseCode::from_code) {
+        Some(CloseCode::Normal | CloseCode::Unknown(_)) | None => CloseCode::TunnelLost,
+        Some(code) => code,
+    };
+    SessionEnd::new(
+        code,
+        format!("{} lost: {}", peer.tunnel_name(), lost.reason),
+        EndedBy::Tunnel,
+    )
 }
 
 /// How a hop queues the media it reads from its RTMP peer before the tunnel takes it (see
@@ -523,7 +490,7 @@ async fn read_into_queue(
                 };
                 for answer in answers {
                     if let Err(e) = replies.send(answer).await {
-                        return SessionEnd::queue_failed(peer, e);
+                        return queue_failed(peer, e);
                     }
                 }
                 let charged = {
@@ -541,7 +508,7 @@ async fn read_into_queue(
             }
             Ok(Some(Inbound::Reply(reply))) => {
                 if let Err(e) = replies.send(reply).await {
-                    return SessionEnd::queue_failed(peer, e);
+                    return queue_failed(peer, e);
                 }
             }
             Ok(Some(Inbound::Silent(1))) => {
@@ -552,7 +519,7 @@ async fn read_into_queue(
                 let period = silence_period.unwrap_or_default();
                 match tokio::time::timeout(period, replies.send(ping)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return SessionEnd::queue_failed(peer, e),
+                    Ok(Err(e)) => return queue_failed(peer, e),
                     Err(_) => {
                         let reason = format!(
                             "{} read nothing and sent nothing for {:?}",
@@ -659,7 +626,7 @@ async fn send_from_queue<S: TunnelSend>(
                 };
                 let frame = Frame::Msg(msg);
                 if let Err(lost) = tunnel.send_meanwhile(&frame, &mut audio_meanwhile).await {
-                    return SessionEnd::tunnel_lost(peer, &lost);
+                    return tunnel_lost(peer, &lost);
                 }
                 let reset = tunnel.reset_in_quic();
                 if reset != reset_before {
@@ -763,7 +730,7 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                         }
                     }
                     if let Err(e) = self.to_rtmp.send(msg).await {
-                        return SessionEnd::queue_failed(peer, e);
+                        return queue_failed(peer, e);
                     }
                 }
                 Ok(Some(Frame::Msg(msg))) => {
@@ -790,7 +757,7 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                 Err(FrameReadError::Overloaded(e)) => {
                     return SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Tunnel)
                 }
-                Err(FrameReadError::Lost(lost)) => return SessionEnd::tunnel_lost(peer, &lost),
+                Err(FrameReadError::Lost(lost)) => return tunnel_lost(peer, &lost),
             }
         }
     }
@@ -799,24 +766,47 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
 /// How long a session whose tunnel writes broke waits for the far hop's SESSION_CLOSE.
 const FAR_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Runs both pumps of a session until one ends, the client misses `limits`' setup deadline,
-/// or `stop` is cancelled ([`CloseCode::Shutdown`]); media read from the RTMP peer waits as
-/// `queue` says; `resume` says how the client's messages continue on an origin connection
-/// (gateway) or tunnel session (edge) that set the session up again. A stalled RTMP peer or
-/// tunnel stalls only the pump that writes to it.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_session<S: TunnelSend, R: TunnelRecv>(
-    peer: RtmpPeer,
-    rtmp: &mut RtmpReader,
-    to_rtmp: &Outbound,
-    tunnel_recv: &mut R,
-    tunnel_send: &mut S,
-    tracker: &Mutex<SessionTracker>,
-    limits: &SessionLimits,
-    queue: QueuePolicy,
-    resume: Option<ResumeFilter>,
-    stop: &CancellationToken,
-) -> SessionEnd {
+/// One run of a session: its RTMP peer and one tunnel stream (a session set up again or
+/// resumed runs again with a new one), and how it runs.
+pub struct SessionRun<'a, S, R> {
+    /// Which RTMP peer this hop serves.
+    pub peer: RtmpPeer,
+    /// The RTMP peer's messages.
+    pub rtmp: &'a mut RtmpReader,
+    /// The queue toward the RTMP peer.
+    pub to_rtmp: &'a Outbound,
+    /// The tunnel stream's receiving half.
+    pub tunnel_recv: &'a mut R,
+    /// The tunnel stream's sending half.
+    pub tunnel_send: &'a mut S,
+    /// The session's tracker.
+    pub tracker: &'a Mutex<SessionTracker>,
+    /// What the hop enforces.
+    pub limits: &'a SessionLimits,
+    /// How media read from the RTMP peer waits.
+    pub queue: QueuePolicy,
+    /// How the client's messages continue on an origin connection (gateway) or tunnel session
+    /// (edge) that set the session up again.
+    pub resume: Option<ResumeFilter>,
+    /// Cancelled: the session ends with [`CloseCode::Shutdown`].
+    pub stop: &'a CancellationToken,
+}
+
+/// Runs both pumps of a session until one ends, the client misses the setup deadline, or
+/// `stop` is cancelled. A stalled RTMP peer or tunnel stalls only the pump that writes to it.
+pub async fn run_session<S: TunnelSend, R: TunnelRecv>(run: SessionRun<'_, S, R>) -> SessionEnd {
+    let SessionRun {
+        peer,
+        rtmp,
+        to_rtmp,
+        tunnel_recv,
+        tunnel_send,
+        tracker,
+        limits,
+        queue,
+        resume,
+        stop,
+    } = run;
     if let Some(period) = limits.silence_period {
         rtmp.set_silence_period(period);
     }
@@ -926,6 +916,21 @@ pub async fn finish_session<S: TunnelSend>(
         }
     };
     let _ = tokio::time::timeout(TELL_LIMIT, tell).await;
+}
+
+/// Logs how a session ended, the one line per session both hops write: `info` when it ended
+/// normally, else `warn`, with what it was and how many messages crossed each way.
+pub fn log_session_end(end: &SessionEnd, t: &SessionTracker) {
+    let app = t.app.as_deref().unwrap_or_default();
+    let stream = t.stream.as_deref().unwrap_or_default();
+    let direction = t.direction.map_or("", |d| d.as_str());
+    let (to_origin, to_client) = (t.to_origin.messages, t.to_client.messages);
+    let (code, reason) = (end.code, &end.reason);
+    if code == CloseCode::Normal {
+        info!(%app, %stream, direction, %code, %reason, to_origin, to_client, "session ended: {reason} ({code})");
+    } else {
+        warn!(%app, %stream, direction, %code, %reason, to_origin, to_client, "session ended: {reason} ({code})");
+    }
 }
 
 /// How long the last messages to an RTMP peer may wait for room in its queue.

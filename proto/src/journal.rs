@@ -62,6 +62,11 @@ impl SessionJournal {
         self.start.as_ref().map(|s| s.1)
     }
 
+    /// Whether the session got far enough to be set up again ([`replay`](Self::replay)).
+    pub fn can_replay(&self) -> bool {
+        self.connect.is_some() && self.create_stream.is_some() && self.start.is_some()
+    }
+
     /// The exchange that sets the session up again, if it got that far.
     pub fn replay(&self) -> Option<Replay> {
         let (connect, connect_txn) = self.connect.clone()?;

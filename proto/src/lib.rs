@@ -163,6 +163,7 @@ pub mod media_queue;
 pub mod message;
 pub mod origin_command;
 pub mod session;
+pub mod session_end;
 pub mod stream_headers;
 pub mod wire;
 

@@ -95,18 +95,18 @@ fn start_queued(
         let tracker = Mutex::new(SessionTracker::default());
         let mut recv = MemoryRecv(recv);
         let mut send = MemorySend(Some(send));
-        let end = run_session(
+        let end = run_session(SessionRun {
             peer,
-            &mut reader,
-            &to_rtmp,
-            &mut recv,
-            &mut send,
-            &tracker,
-            &limits,
+            rtmp: &mut reader,
+            to_rtmp: &to_rtmp,
+            tunnel_recv: &mut recv,
+            tunnel_send: &mut send,
+            tracker: &tracker,
+            limits: &limits,
             queue,
-            None,
-            &session_stop,
-        )
+            resume: None,
+            stop: &session_stop,
+        })
         .await;
         finish_session(peer, &end, &tracker, &to_rtmp, &mut send).await;
         drop(to_rtmp);
