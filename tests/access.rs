@@ -361,12 +361,10 @@ async fn an_edge_connection_carries_at_most_its_share_of_sessions() {
     if let Some(third) = third.as_mut() {
         let _ = third.publish("third").await;
     }
-    let refused = wait_for_log(
-        &["session refused", "most sessions", "limit=2"],
-        Duration::from_secs(60),
-    )
+    hop_event(&stack.gateway, "a session refused at the limit", |e| {
+        e.sessions_refused >= 1
+    })
     .await;
-    assert!(refused.contains("WARN"), "{refused}");
     drop(third);
     assert_eq!(stack.gateway.sessions().len(), 2, "the held ones stay");
 }
@@ -617,7 +615,8 @@ async fn spellings_are_refused_on(carrier: rtmpq_edge::config::MediaCarrier) {
         refused() >= n
     })
     .await;
-    // A control through the same path: nginx logs what it is asked to publish.
+    // A control through the same path: nginx logs what it is asked to publish. (Log text
+    // here is nginx's own, per instance: the only record of what the origin was asked.)
     let control = Message::new(20, 1, 0, named_body("Publish", "cam-a-9"));
     let edge = stack.edge_addr;
     let held = tokio::spawn(async move { raw_session_closed(edge, vec![control]).await });
@@ -645,6 +644,7 @@ async fn a_query_in_the_app_is_judged_without_it_and_never_logged() {
     let (_reader, tx) = raw_rtmp_client(stack.edge_addr, "live?token=SECRET123", vec![]).await;
     let publish = Message::new(20, 1, 0, named_body("publish", "cam-a-1"));
     tx.send(publish).await.unwrap();
+    // nginx's own log (per instance): the publish reached the origin.
     nginx
         .wait_for_log("name='cam-a-1'", Duration::from_secs(20))
         .await;
@@ -658,6 +658,7 @@ async fn a_query_in_the_app_is_judged_without_it_and_never_logged() {
         },
     )
     .await;
+    // The log is the feature: no line of any test's hops carries the secret.
     assert_eq!(
         count_logs(&["SECRET123"]),
         0,

@@ -150,7 +150,12 @@ async fn an_nginx_restart_under_a_push_is_not_noticed_by_the_pusher() {
     nginx.restart().await;
     // The restarted nginx has the publisher again, set up by the gateway (ffmpeg would have
     // failed, not reconnected).
-    wait_for_log(&["session set up again on the origin"], LIMIT).await;
+    live_session(
+        &stack.gateway,
+        "set up again on the origin",
+        set_up_again("cam"),
+    )
+    .await;
     nginx.wait_for_publisher("cam", true, LIMIT).await;
     let player = Player::start(&format!("rtmp://{}/live/cam", nginx.rtmp));
     let out = pusher.await.unwrap();
@@ -185,13 +190,12 @@ async fn a_gateway_restart_under_a_push_to_nginx_is_not_noticed_by_the_pusher() 
     let pusher = tokio::spawn(async move { push(&clip, &url).await });
     nginx.wait_for_publisher("show", true, LIMIT).await;
     stack.crash_and_restart().await;
-    wait_for_log(&["session set up again through the gateway"], LIMIT).await;
+    live_session(&stack.edge_status, "set up again", set_up_again("show")).await;
     // The restarted process has no resumption state: the edge's 0-RTT HELLO is refused and
     // said again in 1-RTT.
-    wait_for_log(
-        &["0-RTT refused (a new gateway process?): HELLO again"],
-        LIMIT,
-    )
+    hop_event(&stack.edge_status, "a refused 0-RTT HELLO", |e| {
+        e.zero_rtt_refused >= 1
+    })
     .await;
     let out = pusher.await.unwrap();
     assert!(
@@ -283,15 +287,18 @@ async fn failover_under_a_push(standby: bool) {
         "the first gateway answered first"
     );
     if standby {
-        wait_for_log(&["standby connection to gateway ready"], LIMIT).await;
+        hop_event(&edge_status, "a standby ready", |e| e.standby_ready >= 1).await;
         second.wait_for("edge connected").await;
     }
     first.process.crash().await;
-    wait_for_log(&["moving its sessions to another gateway"], LIMIT).await;
+    hop_event(&edge_status, "a failover", |e| e.failovers >= 1).await;
     if standby {
-        wait_for_log(&["the standby connection takes over"], LIMIT).await;
+        hop_event(&edge_status, "the standby taking over", |e| {
+            e.standby_takeovers >= 1
+        })
+        .await;
     }
-    wait_for_log(&["session set up again through the gateway"], LIMIT).await;
+    live_session(&edge_status, "set up again", set_up_again("pool")).await;
     if !standby {
         second.wait_for("edge connected").await;
     }
@@ -373,7 +380,7 @@ async fn a_player_through_the_edge_survives_a_gateway_restart() {
     let pusher = tokio::spawn(async move { push(&clip, &direct).await });
     nginx.wait_for_publisher("watched", true, LIMIT).await;
     stack.crash_and_restart().await;
-    wait_for_log(&["session set up again through the gateway"], LIMIT).await;
+    live_session(&stack.edge_status, "set up again", set_up_again("watched")).await;
     assert!(pusher.await.unwrap().status.success());
     let played = player
         .finish(pushed.video.len(), Duration::from_secs(5))

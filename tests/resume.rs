@@ -51,13 +51,14 @@ async fn a_session_whose_connection_dies_is_resumed_and_the_origin_sees_one_publ
     let clip = clip(20).await;
     let (gateway, _state) = local_gateway(None).await;
     let (gateway_addr, pin) = (gateway.local_addr(), gateway.pin().to_string());
+    let gateway_status = gateway.telemetry();
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(gateway.run(shutdown.clone()));
     let cut = Arc::new(AtomicBool::new(false));
     let relay = cuttable_relay(gateway_addr, cut.clone()).await;
     // The relay first (it answers first), the gateway itself second: when the relay's path
     // dies, the edge moves to the direct one, where the gateway still holds the session.
-    let edge = start_edge(
+    let (edge, edge_status) = spawn_edge(
         EdgeConfig {
             pin: Some(pin),
             gateway: vec![relay.to_string(), gateway_addr.to_string()].into(),
@@ -68,22 +69,40 @@ async fn a_session_whose_connection_dies_is_resumed_and_the_origin_sees_one_publ
     .await;
     let url = format!("rtmp://{edge}/live/resumed");
     let pusher = tokio::spawn(async move { push(&clip, &url).await });
-    wait_for_log(&["publish started", "resumed"], LIMIT).await;
+    live_session(&gateway_status, "publishing to the origin", |s| {
+        s.stream == "resumed" && s.video_frames > 0
+    })
+    .await;
     cut.store(true, Ordering::Relaxed);
-    wait_for_log(&["session resumed on the gateway that held it"], LIMIT).await;
+    live_session(&edge_status, "resumed", |s| {
+        s.stream == "resumed" && s.resumed >= 1
+    })
+    .await;
     // The new connection went to a gateway process the edge had talked to: 0-RTT.
-    wait_for_log(&["0-RTT accepted: HELLO went with the handshake"], LIMIT).await;
+    hop_event(&edge_status, "an accepted 0-RTT HELLO", |e| {
+        e.zero_rtt_accepted >= 1
+    })
+    .await;
     let out = pusher.await.unwrap();
     assert!(
         out.status.success(),
         "the pusher noticed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        count_logs(&["publish started", "stream=live/resumed"]),
-        1,
-        "the origin saw one publish, not a second set-up"
-    );
+    // One session at the gateway from start to end, resumed, never set up again: the origin
+    // saw one publish.
+    let ended = ended_session(&gateway_status, "of the pusher", |s| {
+        s.session.stream == "resumed"
+    })
+    .await;
+    assert!(ended.session.resumed >= 1, "{ended:?}");
+    assert_eq!(ended.session.set_up_again, 0, "a second set-up: {ended:?}");
+    let sessions = gateway_status
+        .ended_sessions()
+        .iter()
+        .filter(|s| s.session.stream == "resumed")
+        .count();
+    assert_eq!(sessions, 1, "the origin saw one publish");
     shutdown.cancel();
 }
 

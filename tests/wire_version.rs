@@ -55,6 +55,7 @@ async fn a_gateway_refuses_an_edge_of_another_wire_version_naming_both() {
     let reason = String::from_utf8_lossy(&close.reason);
     let both = format!("edge speaks wire version 1, this gateway speaks {WIRE_VERSION}");
     assert!(reason.contains(&both), "{reason}");
+    // The log is the feature: the gateway's operator reads which versions met.
     wait_for_log(&["unsupported_version", &both], Duration::from_secs(10)).await;
     stop.cancel();
 }
@@ -101,6 +102,8 @@ async fn an_edge_refuses_a_gateway_of_another_wire_version_naming_both() {
     let stop = CancellationToken::new();
     tokio::spawn(edge.run(stop.clone()));
     let both = format!("gateway speaks wire version 1, this edge speaks {WIRE_VERSION}");
+    // The log is the feature: the edge's operator reads which versions met (no session
+    // exists to carry it).
     wait_for_log(
         &["cannot connect to gateway", &both],
         Duration::from_secs(10),

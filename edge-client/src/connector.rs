@@ -106,6 +106,8 @@ pub struct GatewayTarget {
     /// With several gateways: keep a connection to the next one up (welcomed, kept alive),
     /// so a failover moves sessions without a handshake.
     pub standby: bool,
+    /// Where connections and their events are reported.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl GatewayTarget {
@@ -205,6 +207,7 @@ async fn maintain(
         let attempt = match warm {
             Some(warm) => {
                 info!(gateway = %warm.2, "the standby connection takes over");
+                telemetry.standby_took_over();
                 Ok(warm)
             }
             None => tokio::select! {
@@ -306,6 +309,7 @@ impl Standby {
                 match race(&endpoint, &others).await {
                     Ok((conn, control, address)) => {
                         info!(gateway = %address, "standby connection to gateway ready");
+                        others.telemetry.standby_ready();
                         backoff = FIRST_BACKOFF;
                         *filled.lock().expect("standby") = Some((conn.clone(), control, address));
                         let reason = conn.closed().await;
@@ -481,11 +485,13 @@ async fn connect_once(
     if let Some(accepted) = early {
         match (&welcome, accepted.await) {
             (Ok(_), true) => {
-                info!(gateway = %gateway.address, "0-RTT accepted: HELLO went with the handshake")
+                info!(gateway = %gateway.address, "0-RTT accepted: HELLO went with the handshake");
+                target.telemetry.zero_rtt(true);
             }
             // A gateway without our ticket (restarted) drops the early data: HELLO again.
             (Err(_), false) if conn.close_reason().is_none() => {
                 info!(gateway = %gateway.address, "0-RTT refused (a new gateway process?): HELLO again");
+                target.telemetry.zero_rtt(false);
                 welcome = hello_exchange(&conn, target).await;
             }
             _ => {}

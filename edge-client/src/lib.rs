@@ -74,13 +74,6 @@ impl Edge {
         // The wildcard address lets quinn migrate when the route or address changes.
         let wildcard: SocketAddr = "0.0.0.0:0".parse().expect("valid");
         let endpoint = quinn::Endpoint::client(wildcard).map_err(StartError::bind(wildcard))?;
-        let target = connector::GatewayTarget {
-            gateways: settings.gateways.clone(),
-            client_config,
-            edge_id: settings.edge_id.clone(),
-            token: settings.token.expose().to_owned(),
-            standby: settings.standby,
-        };
         let metrics = match settings.metrics {
             Some(addr) => {
                 // Installed before the first tick, so no figure is lost.
@@ -90,6 +83,14 @@ impl Edge {
             None => None,
         };
         let telemetry = Telemetry::new(Role::Edge);
+        let target = connector::GatewayTarget {
+            gateways: settings.gateways.clone(),
+            client_config,
+            edge_id: settings.edge_id.clone(),
+            token: settings.token.expose().to_owned(),
+            standby: settings.standby,
+            telemetry: telemetry.clone(),
+        };
         let budget = MemoryBudget::new(settings.max_buffered_bytes);
         telemetry.watch_budget(budget.clone());
         let connector_shutdown = CancellationToken::new();

@@ -140,6 +140,7 @@ async fn run(
                     .await;
                     break end;
                 };
+                tracker.lock().expect("tracker").recoveries.last_loss = Some(end.reason.clone());
                 warn!(
                     reason = %end.reason,
                     "tunnel lost under a live session: setting the session up again through a gateway (for up to {limit:?})"
@@ -163,6 +164,8 @@ async fn run(
                     match resume_within(shared, &budget, session_id, token, tracker, deadline).await
                     {
                         Ok(again) => {
+                            tracker.lock().expect("tracker").recoveries.resumed += 1;
+                            shared.telemetry.session_resumed();
                             info!("session resumed on the gateway that held it; media resumes at the next key frame");
                             tunnel = again;
                             continue;
@@ -180,6 +183,7 @@ async fn run(
                 };
                 match set_up_again(shared, &budget, replay, again, tracker).await {
                     Ok(again) => {
+                        tracker.lock().expect("tracker").recoveries.set_up_again += 1;
                         shared.telemetry.session_set_up_again();
                         info!("session set up again through the gateway; media resumes at the next key frame");
                         tunnel = again;

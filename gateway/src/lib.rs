@@ -638,44 +638,22 @@ async fn serve_connection(
         };
         let Ok(own_permit) = per_connection.clone().try_acquire_owned() else {
             let limit = shared.settings.max_sessions_per_connection;
-            warn!(
-                limit,
-                "session refused: this edge connection has its most sessions"
-            );
-            let mut send = send;
-            close_stream(
-                &mut send,
-                CloseCode::Overloaded,
-                &format!("this connection carries {limit} sessions already"),
-            )
-            .await;
+            let reason = format!("this connection carries {limit} sessions already");
+            refuse_session(&shared, send, limit, &reason).await;
             continue;
         };
         let Some(edge_slot) = shared.edge_sessions.take(edge.as_str()) else {
             let limit = shared.edge_sessions.limit();
-            warn!(
-                limit,
-                "session refused: this edge has its most sessions here"
-            );
-            let mut send = send;
-            let reason = format!("this edge has {limit} sessions at this gateway already");
-            close_stream(&mut send, CloseCode::Overloaded, &reason).await;
+            let reason = format!("this edge has its most sessions here ({limit})");
+            refuse_session(&shared, send, limit, &reason).await;
             continue;
         };
         let permit = match shared.sessions.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                warn!(
-                    limit = shared.settings.max_sessions,
-                    "session refused: gateway full"
-                );
-                let mut send = send;
-                close_stream(
-                    &mut send,
-                    CloseCode::Overloaded,
-                    "gateway has no room for another session",
-                )
-                .await;
+                let limit = shared.settings.max_sessions;
+                let reason = format!("gateway full: no room for another session ({limit})");
+                refuse_session(&shared, send, limit, &reason).await;
                 continue;
             }
         };
@@ -701,4 +679,12 @@ async fn serve_connection(
     sessions.wait().await;
     shared.telemetry.connection_closed(&conn);
     info!(edge = %edge_id, %reason, "edge disconnected");
+}
+
+/// Refuses a session stream before it starts, at a limit: `overloaded` with `reason` to the
+/// edge, a log line, and the count of refused sessions.
+async fn refuse_session(shared: &Shared, mut send: quinn::SendStream, limit: usize, reason: &str) {
+    warn!(limit, "session refused: {reason}");
+    shared.telemetry.session_refused(CloseCode::Overloaded);
+    close_stream(&mut send, CloseCode::Overloaded, reason).await;
 }

@@ -474,6 +474,14 @@ async fn keep_origin_alive(link: &mut OriginLink) {
     }
 }
 
+/// Notes a session resumed on a new stream after it lost its tunnel (`lost`: why).
+fn note_resumed(shared: &Shared, tracker: &Mutex<SessionTracker>, lost: &str) {
+    let mut t = tracker.lock().expect("tracker");
+    t.recoveries.resumed += 1;
+    t.recoveries.last_loss = Some(lost.to_owned());
+    shared.telemetry.session_resumed();
+}
+
 /// How a turn of the session loop ended.
 enum Turn {
     Ended(SessionEnd),
@@ -555,6 +563,11 @@ impl GatewaySession<'_> {
             };
             let end = match turn {
                 Turn::Resumed(new) => {
+                    note_resumed(
+                        shared,
+                        tracker,
+                        "the edge moved the session to a new stream",
+                    );
                     tunnel
                         .send
                         .stream
@@ -586,6 +599,7 @@ impl GatewaySession<'_> {
                     _ = keep_origin_alive(&mut link) => None,
                 };
                 if let Some(new) = held {
+                    note_resumed(shared, tracker, &end.reason);
                     tunnel = new;
                     resume = Some(ResumeFilter::same_stream());
                     continue;
@@ -614,6 +628,10 @@ impl GatewaySession<'_> {
             );
             match set_up_again(shared, &budget, tracker, replay, limit).await {
                 Ok((new_link, filter)) => {
+                    let mut t = tracker.lock().expect("tracker");
+                    t.recoveries.set_up_again += 1;
+                    t.recoveries.last_loss = Some(end.reason.clone());
+                    drop(t);
                     shared.telemetry.session_set_up_again();
                     info!(
                         "session set up again on the origin; media resumes at the next key frame"

@@ -158,6 +158,18 @@ pub struct QueueState {
     pub path_rate_bps: u64,
 }
 
+/// How a session came through losses so far (the status API lists it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recoveries {
+    /// Times it was set up again on a new tunnel session (edge) or origin connection
+    /// (gateway).
+    pub set_up_again: u32,
+    /// Times it was resumed on a new tunnel stream.
+    pub resumed: u32,
+    /// Why it last lost its tunnel or origin.
+    pub last_loss: Option<String>,
+}
+
 /// What a hop knows about one RTMP session from the messages crossing it.
 #[derive(Debug, Clone)]
 pub struct SessionTracker {
@@ -194,6 +206,8 @@ pub struct SessionTracker {
     pub resume_token: Option<ResumeToken>,
     /// At the gateway with ACLs: what the client's edge may publish and play.
     pub rights: Option<Arc<Rights>>,
+    /// How the session came through losses.
+    pub recoveries: Recoveries,
     /// Why a command the client sent was refused by [`rights`](Self::rights).
     refused: Option<String>,
     /// Whether the origin has read a `connect` of the client's (judged with restricting rights).
@@ -220,6 +234,7 @@ impl Default for SessionTracker {
             fast_start: None,
             resume_token: None,
             rights: None,
+            recoveries: Recoveries::default(),
             refused: None,
             origin_connected: false,
             arrived_late: Dropped::default(),

@@ -99,6 +99,13 @@ pub struct SessionStatus {
     /// At the edge: the gateway (`HOST:PORT` as configured) the session's tunnel runs
     /// through now; empty at the gateway.
     pub gateway: String,
+    /// Times the session was set up again on a new tunnel session (edge) or origin
+    /// connection (gateway).
+    pub set_up_again: u32,
+    /// Times the session was resumed on a new tunnel stream.
+    pub resumed: u32,
+    /// Why the session last lost its tunnel or origin; empty if it never did.
+    pub last_loss: String,
 }
 
 /// Media a session's queue dropped for one reason.
@@ -191,10 +198,45 @@ struct ConnectionEntry {
     last_status: Option<ConnectionStatus>,
 }
 
+/// How often a hop met the events that change how it runs, since it started: what this
+/// process counted (Prometheus counters are per process; tests run several hops in one).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EventCounts {
+    /// Sessions set up again on a new tunnel session or origin connection.
+    pub sessions_set_up_again: u64,
+    /// Sessions resumed on a new tunnel stream.
+    pub sessions_resumed: u64,
+    /// Sessions refused before they started (a full hop, an edge at its limit).
+    pub sessions_refused: u64,
+    /// Gateway connections whose HELLO went in 0-RTT data and was taken.
+    pub zero_rtt_accepted: u64,
+    /// Gateway connections whose 0-RTT data was refused (HELLO said again).
+    pub zero_rtt_refused: u64,
+    /// Standby gateway connections made ready.
+    pub standby_ready: u64,
+    /// Times the standby connection took over from the one in use.
+    pub standby_takeovers: u64,
+    /// Gateways left for another because they stopped acknowledging.
+    pub failovers: u64,
+    /// Reconnects to a gateway after a connection ended.
+    pub reconnects: u64,
+}
+
+/// [`EventCounts`] as they are counted.
+#[derive(Debug, Default)]
+struct Events(Mutex<EventCounts>);
+
+impl Events {
+    fn count(&self, which: impl FnOnce(&mut EventCounts) -> &mut u64) {
+        *which(&mut self.0.lock().expect("events")) += 1;
+    }
+}
+
 /// The live registry of one edge or gateway.
 #[derive(Debug)]
 pub struct Telemetry {
     role: Role,
+    events: Events,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     connections: Mutex<HashMap<usize, ConnectionEntry>>,
     budget: OnceLock<MemoryBudget>,
@@ -256,7 +298,13 @@ impl Telemetry {
             budget: OnceLock::new(),
             handshake_log: Mutex::default(),
             ended: Mutex::default(),
+            events: Events::default(),
         })
+    }
+
+    /// The events this hop counted since it started.
+    pub fn events(&self) -> EventCounts {
+        *self.events.0.lock().expect("events")
     }
 
     /// Bytes buffered now under the process-wide bound, once one is watched.
@@ -321,6 +369,7 @@ impl Telemetry {
 
     /// Counts a session refused before it started (a full edge) by `code`.
     pub fn session_refused(&self, code: CloseCode) {
+        self.events.count(|e| &mut e.sessions_refused);
         self.count_end(code);
     }
 
@@ -398,7 +447,39 @@ impl Telemetry {
     /// Counts a live session set up again after what carried it was lost: a new origin
     /// connection (gateway), a new tunnel session on a gateway (edge).
     pub fn session_set_up_again(&self) {
+        self.events.count(|e| &mut e.sessions_set_up_again);
         counter!("rtmpq_sessions_set_up_again_total", "role" => self.role.as_str()).increment(1);
+    }
+
+    /// Counts a session resumed on a new tunnel stream.
+    pub fn session_resumed(&self) {
+        self.events.count(|e| &mut e.sessions_resumed);
+        counter!("rtmpq_sessions_resumed_total", "role" => self.role.as_str()).increment(1);
+    }
+
+    /// Counts a gateway connection that sent HELLO in 0-RTT data: `accepted` by the gateway,
+    /// or refused (a gateway process without this edge's ticket).
+    pub fn zero_rtt(&self, accepted: bool) {
+        let outcome = if accepted {
+            self.events.count(|e| &mut e.zero_rtt_accepted);
+            "accepted"
+        } else {
+            self.events.count(|e| &mut e.zero_rtt_refused);
+            "refused"
+        };
+        counter!("rtmpq_zero_rtt_total", "role" => self.role.as_str(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// Counts a standby gateway connection made ready.
+    pub fn standby_ready(&self) {
+        self.events.count(|e| &mut e.standby_ready);
+    }
+
+    /// Counts the standby connection taking over from the one in use.
+    pub fn standby_took_over(&self) {
+        self.events.count(|e| &mut e.standby_takeovers);
+        counter!("rtmpq_standby_takeovers_total", "role" => self.role.as_str()).increment(1);
     }
 
     /// Counts an edge refused what it asked for: `action` `connect` (its identity is not
@@ -432,11 +513,13 @@ impl Telemetry {
 
     /// Counts a gateway left for another because it stopped acknowledging.
     pub fn failed_over(&self) {
+        self.events.count(|e| &mut e.failovers);
         counter!("rtmpq_gateway_failovers_total", "role" => self.role.as_str()).increment(1);
     }
 
     /// Counts a reconnect to the gateway.
     pub fn reconnected(&self) {
+        self.events.count(|e| &mut e.reconnects);
         counter!("rtmpq_quic_reconnects_total", "role" => self.role.as_str()).increment(1);
     }
 
@@ -540,6 +623,9 @@ impl Telemetry {
             dropped_late: t.arrived_late.into(),
             dropped_reset: t.reset_in_quic.into(),
             gateway: t.gateway.clone().unwrap_or_default(),
+            set_up_again: t.recoveries.set_up_again,
+            resumed: t.recoveries.resumed,
+            last_loss: t.recoveries.last_loss.clone().unwrap_or_default(),
         };
         entry.last_video_frames = media.video_frames;
         let labels = [

@@ -15,7 +15,7 @@ use rtmpq_gateway::{Gateway, GatewayConfig};
 use rtmpq_hop::rtmp::{handshake, HandshakeRole, Outbound, RtmpConnection, RtmpReader};
 use rtmpq_hop::tunnel::{write_frame, FrameReader};
 use rtmpq_proto::wire::{Frame, SessionId, WIRE_VERSION};
-use rtmpq_telemetry::{EndedSession, Telemetry};
+use rtmpq_telemetry::{EndedSession, EventCounts, SessionStatus, Telemetry};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -912,6 +912,46 @@ pub async fn ended_session(
     }
 }
 
+/// Waits until `hop` lists a live session that `wanted` picks (the status API's
+/// `/api/v1/sessions`, refreshed once a second); returns it.
+pub async fn live_session(
+    hop: &Telemetry,
+    what: &str,
+    wanted: impl Fn(&SessionStatus) -> bool,
+) -> SessionStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = hop.sessions().into_iter().find(|s| wanted(s)) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live session {what}: {:#?}",
+            hop.sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A live session of `stream` set up again at least once.
+pub fn set_up_again(stream: &str) -> impl Fn(&SessionStatus) -> bool + '_ {
+    move |s| s.stream == stream && s.set_up_again >= 1
+}
+
+/// Waits until `hop`'s own event counts (not the process-wide Prometheus counters, which
+/// tests running beside this one add to) satisfy `wanted`.
+pub async fn hop_event(hop: &Telemetry, what: &str, wanted: impl Fn(&EventCounts) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !wanted(&hop.events()) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened: {:?}",
+            hop.events()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An ended session with close code `code` whose reason contains `words`.
 pub fn ended_with<'a>(code: &'a str, words: &'a str) -> impl Fn(&EndedSession) -> bool + 'a {
     move |s| s.code == code && s.reason.contains(words)
@@ -956,6 +996,8 @@ pub struct CrashableGateway {
     origin: String,
     /// The edge's RTMP address.
     pub edge: SocketAddr,
+    /// The edge's live registry.
+    pub edge_status: Arc<Telemetry>,
     /// Stops the edge.
     pub shutdown: CancellationToken,
 }
@@ -969,11 +1011,12 @@ impl CrashableGateway {
             pin: Some(gateway.pin.clone()),
             ..edge_config(gateway.addr)
         };
-        let edge = start_edge(config, &shutdown).await;
+        let (edge, edge_status) = spawn_edge(config, &shutdown).await;
         CrashableGateway {
             gateway: Some(gateway),
             origin: origin.to_owned(),
             edge,
+            edge_status,
             shutdown,
         }
     }
