@@ -114,6 +114,15 @@ async fn metrics_and_status_api_during_a_real_push() {
         connection["rtt_seconds"].as_f64().unwrap() > 0.0,
         "{connection}"
     );
+    // One connection made, nothing recovered yet; the session never lost anything.
+    let events = poll_json(edge_metrics, "/api/v1/events", |j| {
+        j.get("reconnects").map(|_| j.clone())
+    })
+    .await;
+    assert_eq!(events["sessions_set_up_again"], 0, "{events}");
+    assert_eq!(events["failovers"], 0, "{events}");
+    assert_eq!(session["set_up_again"], 0, "{session}");
+    assert_eq!(session["last_loss"], "", "{session}");
 
     let scrape = http_get(edge_metrics, "/metrics").await;
     let rtt = sample(&scrape, "rtmpq_quic_rtt_seconds", &["role=\"edge\""]).expect("rtt metric");

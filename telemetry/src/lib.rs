@@ -1021,6 +1021,7 @@ pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: C
     let sessions = telemetry.clone();
     let ended = telemetry.clone();
     let connections = telemetry.clone();
+    let events = telemetry.clone();
     let app = axum::Router::new()
         // Rendering walks every series: off the runtime's worker threads.
         .route(
@@ -1042,6 +1043,10 @@ pub async fn serve(telemetry: Arc<Telemetry>, listener: TcpListener, shutdown: C
         .route(
             "/api/v1/connections",
             get(move || async move { axum::Json(connections.connections()) }),
+        )
+        .route(
+            "/api/v1/events",
+            get(move || async move { axum::Json(events.events()) }),
         );
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
