@@ -13,7 +13,7 @@ use crate::connector::GatewayLink;
 use rtmpq_hop::pump::{
     finish_session, log_session_end, run_session, QueuePolicy, RtmpPeer, SessionRun,
 };
-use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
+use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader, WaitTimes};
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader, StreamLost};
 use rtmpq_proto::command;
@@ -71,10 +71,14 @@ pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
         let mut new_tracker = SessionTracker::default();
         new_tracker.fast_start = Some(FastStart::default());
         let tracker = Arc::new(Mutex::new(new_tracker));
-        shared
-            .telemetry
-            .session_started(session_id, remote.to_string(), tracker.clone());
-        let end = match run(tcp, session_id, shared, &tracker).await {
+        let waiting = Arc::<WaitTimes>::default();
+        shared.telemetry.session_started(
+            session_id,
+            remote.to_string(),
+            tracker.clone(),
+            waiting.clone(),
+        );
+        let end = match run(tcp, session_id, shared, &tracker, waiting).await {
             Ok(end) => end,
             Err(e) => SessionEnd::new(CloseCode::ClientProtocolError, e.to_string(), EndedBy::Rtmp),
         };
@@ -92,6 +96,7 @@ async fn run(
     session_id: SessionId,
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
+    waiting: Arc<WaitTimes>,
 ) -> Result<SessionEnd, RtmpIoError> {
     let settings = &shared.settings;
     let RtmpConnection { mut reader, writer } =
@@ -99,7 +104,6 @@ async fn run(
     let budget = shared.budget.session();
     reader.set_budget(budget.clone());
     let limits = &settings.session_limits;
-    let waiting = tracker.lock().expect("tracker").waiting(Flow::ToClient);
     let (to_client, writer_task) = writer.spawn_timed(CLIENT_QUEUE, Some(budget.clone()), waiting);
     let abort_writer = writer_task.abort_handle();
 
@@ -568,7 +572,10 @@ async fn wait_for_connect(
         loop {
             match reader.next().await {
                 Ok(Some(Inbound::Message(msg))) => {
-                    if tracker.record(Flow::ToOrigin, &msg).is_err() {
+                    if tracker
+                        .record(Flow::ToOrigin, &msg, std::time::Instant::now())
+                        .is_err()
+                    {
                         return false;
                     }
                     if tracker.connect_seen() {

@@ -158,8 +158,8 @@ pub fn amf0_command(data: &[u8]) {
         let _ = cmd.status();
     }
     let mut tracker = SessionTracker::default();
-    let _ = tracker.record(Flow::ToOrigin, &msg);
-    let _ = tracker.record(Flow::ToClient, &msg);
+    let _ = tracker.record(Flow::ToOrigin, &msg, std::time::Instant::now());
+    let _ = tracker.record(Flow::ToClient, &msg, std::time::Instant::now());
 }
 
 /// The RTMP handshake (rml_rtmp's, as `rtmpq_hop::rtmp::handshake` drives it) on a peer's

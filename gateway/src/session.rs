@@ -14,12 +14,12 @@ use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
 use rtmpq_hop::pump::{
     finish_session, log_session_end, run_session, QueuePolicy, RtmpPeer, SessionRun,
 };
-use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader};
+use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader, WaitTimes};
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
 use rtmpq_proto::budget::{MemoryBudget, SessionBudget};
 use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
-use rtmpq_proto::session::{Flow, SessionTracker};
+use rtmpq_proto::session::SessionTracker;
 use rtmpq_proto::session_end::{next_step, Backoff, EndedBy, Hop, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_LEN};
 use tokio::net::TcpStream;
@@ -147,9 +147,13 @@ pub(crate) async fn serve(
         let mut tracker = SessionTracker::default();
         tracker.rights = Some(rights);
         let tracker = Arc::new(Mutex::new(tracker));
-        shared
-            .telemetry
-            .session_started(session_id, who.peer.clone(), tracker.clone());
+        let waiting = Arc::<WaitTimes>::default();
+        shared.telemetry.session_started(
+            session_id,
+            who.peer.clone(),
+            tracker.clone(),
+            waiting.clone(),
+        );
         // What the origin sends (a player's media) waits under the budget the edge asked for.
         let queue = QueuePolicy {
             budget: (latency_budget_ms > 0)
@@ -164,6 +168,7 @@ pub(crate) async fn serve(
             who: &who,
             tracker: &tracker,
             budget,
+            waiting,
         };
         let end = session.run(tunnel, queue, &mut access).await;
         shared
@@ -234,16 +239,11 @@ struct OriginLink {
 }
 
 impl OriginLink {
-    fn new(
-        conn: RtmpConnection,
-        budget: &Arc<SessionBudget>,
-        tracker: &Mutex<SessionTracker>,
-    ) -> Self {
+    fn new(conn: RtmpConnection, budget: &Arc<SessionBudget>, waiting: &Arc<WaitTimes>) -> Self {
         let RtmpConnection { mut reader, writer } = conn;
         reader.set_budget(budget.clone());
-        let waiting = tracker.lock().expect("tracker").waiting(Flow::ToOrigin);
         let (to_origin, writer_task) =
-            writer.spawn_timed(ORIGIN_QUEUE, Some(budget.clone()), waiting);
+            writer.spawn_timed(ORIGIN_QUEUE, Some(budget.clone()), waiting.clone());
         OriginLink {
             reader,
             to_origin,
@@ -497,6 +497,8 @@ struct GatewaySession<'a> {
     tracker: &'a Mutex<SessionTracker>,
     /// Its share of the process-wide buffer bound.
     budget: Arc<SessionBudget>,
+    /// The messages waiting for its origin writer (whichever origin connection is current).
+    waiting: Arc<WaitTimes>,
 }
 
 impl GatewaySession<'_> {
@@ -516,10 +518,11 @@ impl GatewaySession<'_> {
             who,
             tracker,
             budget,
+            waiting,
         } = self;
         let edge = &who.edge;
         let mut link = match connect_origin(shared).await {
-            Ok(conn) => OriginLink::new(conn, &budget, tracker),
+            Ok(conn) => OriginLink::new(conn, &budget, &waiting),
             Err(e) => {
                 let end = e.end();
                 close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
@@ -626,7 +629,7 @@ impl GatewaySession<'_> {
                 reason = %end.reason,
                 "origin lost under a live session: setting the session up again (for up to {limit:?})"
             );
-            match set_up_again(shared, &budget, tracker, replay, limit).await {
+            match set_up_again(shared, &budget, &waiting, replay, limit).await {
                 Ok((new_link, filter)) => {
                     let mut t = tracker.lock().expect("tracker");
                     t.recoveries.set_up_again += 1;
@@ -654,7 +657,7 @@ impl GatewaySession<'_> {
 async fn set_up_again(
     shared: &Shared,
     budget: &Arc<SessionBudget>,
-    tracker: &Mutex<SessionTracker>,
+    waiting: &Arc<WaitTimes>,
     replay: Replay,
     limit: Duration,
 ) -> Result<(OriginLink, ResumeFilter), SessionEnd> {
@@ -664,7 +667,7 @@ async fn set_up_again(
         backoff.attempt();
         let attempt = async {
             let conn = connect_origin(shared).await.map_err(|e| e.to_string())?;
-            let mut link = OriginLink::new(conn, budget, tracker);
+            let mut link = OriginLink::new(conn, budget, waiting);
             let filter = replay_on(&mut link, replay.clone()).await?;
             Ok::<_, String>((link, filter))
         };

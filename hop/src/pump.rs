@@ -477,8 +477,8 @@ async fn read_into_queue(
                 let recorded = {
                     let mut t = tracker.lock().expect("tracker");
                     match flow {
-                        Flow::ToOrigin => t.record_from_client(&mut msg),
-                        Flow::ToClient => t.record(flow, &msg).map(|()| Vec::new()),
+                        Flow::ToOrigin => t.record_from_client(&mut msg, now()),
+                        Flow::ToClient => t.record(flow, &msg, now()).map(|()| Vec::new()),
                     }
                 };
                 let answers = match recorded {
@@ -700,7 +700,7 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                     }
                     let passed = {
                         let mut t = self.tracker.lock().expect("tracker");
-                        let recorded = t.record(flow, &msg);
+                        let recorded = t.record(flow, &msg, now());
                         publishing = t.direction == Some(rtmpq_proto::session::Direction::Publish);
                         // A publish or play its edge has no right to goes no further.
                         if let (Ok(()), Some(why)) = (&recorded, t.refusal()) {

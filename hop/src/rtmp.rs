@@ -4,9 +4,10 @@
 //! edge toward its clients, the gateway toward the origin, the embedded origin, the built-in
 //! client) starts from [`RtmpConnection`].
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
@@ -14,7 +15,6 @@ use rtmpq_proto::amf0::Amf0Error;
 use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
 use rtmpq_proto::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits, OUR_CHUNK_SIZE};
 use rtmpq_proto::message::{Control, HopControl, Message, MessageClass, DEFAULT_WINDOW_ACK_SIZE};
-use rtmpq_proto::session::WaitTimes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -368,6 +368,31 @@ impl RtmpWriter {
             }
         }
         self.io.shutdown().await
+    }
+}
+
+/// When each message still waiting for an RTMP writer arrived, oldest first: whoever queues a
+/// message notes it, the writer removes it once written, and the hop's queue age is the
+/// oldest one's age.
+#[derive(Debug, Default)]
+pub struct WaitTimes(Mutex<VecDeque<Instant>>);
+
+impl WaitTimes {
+    /// A message arrived at `at` and waits.
+    pub fn arrived(&self, at: Instant) {
+        self.0.lock().expect("wait times").push_back(at);
+    }
+
+    /// The `n` oldest waiting messages were handed on.
+    pub fn handed_on(&self, n: usize) {
+        let mut times = self.0.lock().expect("wait times");
+        let n = n.min(times.len());
+        times.drain(..n);
+    }
+
+    /// When the oldest waiting message arrived.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.0.lock().expect("wait times").front().copied()
     }
 }
 

@@ -2,8 +2,7 @@
 //! matter, counters per [`Flow`], when the messages still waiting at the hop arrived, and the
 //! RTMP messages a client gets when its session fails or a server when the hop leaves it.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::access::Rights;
@@ -62,13 +61,6 @@ impl Flow {
             Flow::ToClient => "to_client",
         }
     }
-
-    fn index(self) -> usize {
-        match self {
-            Flow::ToOrigin => 0,
-            Flow::ToClient => 1,
-        }
-    }
 }
 
 /// Counters for one flow of a session.
@@ -117,30 +109,6 @@ impl FlowStats {
     }
 }
 
-/// When each message still waiting at a hop arrived, oldest first: whoever takes a message in
-/// notes it, whoever hands it on removes it, and the queue age is the oldest one's age.
-#[derive(Debug, Default)]
-pub struct WaitTimes(Mutex<VecDeque<Instant>>);
-
-impl WaitTimes {
-    /// A message arrived at `at` and waits.
-    pub fn arrived(&self, at: Instant) {
-        self.0.lock().expect("wait times").push_back(at);
-    }
-
-    /// The `n` oldest waiting messages were handed on.
-    pub fn handed_on(&self, n: usize) {
-        let mut times = self.0.lock().expect("wait times");
-        let n = n.min(times.len());
-        times.drain(..n);
-    }
-
-    /// When the oldest waiting message arrived.
-    pub fn oldest(&self) -> Option<Instant> {
-        self.0.lock().expect("wait times").front().copied()
-    }
-}
-
 /// A session's media queue as the hop last saw it (see [`crate::media_queue`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct QueueState {
@@ -171,10 +139,8 @@ pub struct Recoveries {
 }
 
 /// What a hop knows about one RTMP session from the messages crossing it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SessionTracker {
-    /// When the session started.
-    pub started: Instant,
     /// The `app` of the client's connect.
     pub app: Option<String>,
     /// The stream name published or played, without its query string (often a secret).
@@ -212,56 +178,29 @@ pub struct SessionTracker {
     refused: Option<String>,
     /// Whether the origin has read a `connect` of the client's (judged with restricting rights).
     origin_connected: bool,
-    /// Messages waiting at this hop, per flow.
-    waiting: [Arc<WaitTimes>; 2],
     connect_transaction: Option<f64>,
     connected: bool,
     media_stream_id: Option<u32>,
 }
 
-impl Default for SessionTracker {
-    fn default() -> Self {
-        SessionTracker {
-            started: Instant::now(),
-            app: None,
-            stream: None,
-            direction: None,
-            first_media: None,
-            to_origin: FlowStats::default(),
-            to_client: FlowStats::default(),
-            queue: QueueState::default(),
-            journal: SessionJournal::default(),
-            fast_start: None,
-            resume_token: None,
-            rights: None,
-            recoveries: Recoveries::default(),
-            refused: None,
-            origin_connected: false,
-            arrived_late: Dropped::default(),
-            reset_in_quic: Dropped::default(),
-            gateway: None,
-            waiting: Default::default(),
-            connect_transaction: None,
-            connected: false,
-            media_stream_id: None,
-        }
-    }
-}
-
 impl SessionTracker {
-    /// Records a message crossing the hop in `flow`. `Err` for a command too malformed or too
-    /// deep to inspect: the session must end.
-    pub fn record(&mut self, flow: Flow, msg: &Message) -> Result<(), Amf0Error> {
+    /// Records a message crossing the hop in `flow` at `now`. `Err` for a command too
+    /// malformed or too deep to inspect: the session must end.
+    pub fn record(&mut self, flow: Flow, msg: &Message, now: Instant) -> Result<(), Amf0Error> {
         match flow {
-            Flow::ToOrigin => self.record_to_origin(msg).map(drop),
-            Flow::ToClient => self.record_to_client(msg),
+            Flow::ToOrigin => self.record_to_origin(msg, now).map(drop),
+            Flow::ToClient => self.record_to_client(msg, now),
         }
     }
 
     /// Records a message toward the origin; returns it parsed, if it is a command.
-    fn record_to_origin(&mut self, msg: &Message) -> Result<Option<Command>, Amf0Error> {
+    fn record_to_origin(
+        &mut self,
+        msg: &Message,
+        now: Instant,
+    ) -> Result<Option<Command>, Amf0Error> {
         let kind = self.to_origin.count(msg);
-        self.note_media(kind);
+        self.note_media(kind, now);
         let cmd = Command::parse(msg)?;
         self.journal.observe(msg, cmd.as_ref());
         if let Some(rights) = self.rights.clone().filter(|r| r.restricts()) {
@@ -338,9 +277,9 @@ impl SessionTracker {
         }
     }
 
-    fn record_to_client(&mut self, msg: &Message) -> Result<(), Amf0Error> {
+    fn record_to_client(&mut self, msg: &Message, now: Instant) -> Result<(), Amf0Error> {
         let kind = self.to_client.count(msg);
-        self.note_media(kind);
+        self.note_media(kind, now);
         if let Some(cmd) = Command::parse(msg)? {
             if Some(cmd.transaction_id) == self.connect_transaction && cmd.name == "_result" {
                 self.connected = true;
@@ -349,17 +288,21 @@ impl SessionTracker {
         Ok(())
     }
 
-    fn note_media(&mut self, kind: MediaKind) {
+    fn note_media(&mut self, kind: MediaKind, now: Instant) {
         if self.first_media.is_none() && kind != MediaKind::Other {
-            self.first_media = Some(Instant::now());
+            self.first_media = Some(now);
         }
     }
 
-    /// Records a message the client sent toward the origin ([`record`](Self::record)) and,
-    /// with fast start on, returns the answers to send the client now; `msg` goes on with its
-    /// stream id moved to the origin's. The command is parsed once for both.
-    pub fn record_from_client(&mut self, msg: &mut Message) -> Result<Vec<Message>, Amf0Error> {
-        let cmd = self.record_to_origin(msg)?;
+    /// Records a message the client sent toward the origin at `now` ([`record`](Self::record))
+    /// and, with fast start on, returns the answers to send the client now; `msg` goes on with
+    /// its stream id moved to the origin's. The command is parsed once for both.
+    pub fn record_from_client(
+        &mut self,
+        msg: &mut Message,
+        now: Instant,
+    ) -> Result<Vec<Message>, Amf0Error> {
+        let cmd = self.record_to_origin(msg, now)?;
         let Some(fast) = &mut self.fast_start else {
             return Ok(Vec::new());
         };
@@ -377,11 +320,6 @@ impl SessionTracker {
             Some(fast) => fast.from_origin(msg),
             None => Ok(Some(msg)),
         }
-    }
-
-    /// Where messages waiting at this hop in `flow` are noted.
-    pub fn waiting(&self, flow: Flow) -> Arc<WaitTimes> {
-        self.waiting[flow.index()].clone()
     }
 
     /// Why the client's publish or play is refused by [`rights`](Self::rights), once it
@@ -458,17 +396,6 @@ impl SessionTracker {
         }
     }
 
-    /// How long the oldest message waiting at this hop has waited, in either flow.
-    pub fn queue_age(&self, now: Instant) -> Duration {
-        self.waiting
-            .iter()
-            .filter_map(|w| w.oldest())
-            .chain(self.queue.oldest)
-            .map(|t| now.saturating_duration_since(t))
-            .max()
-            .unwrap_or_default()
-    }
-
     /// The transaction id of the client's connect, once seen.
     pub fn connect_transaction(&self) -> Option<f64> {
         self.connect_transaction
@@ -506,12 +433,14 @@ mod tests {
                 0,
                 vec![connect_object("live", "rtmp://h/live")],
             ),
+            Instant::now(),
         )
         .unwrap();
         let fail = t.failure_messages(CloseCode::OriginUnreachable, "origin down");
         let cmd = Command::parse(&fail[0]).unwrap().unwrap();
         assert_eq!((cmd.name.as_str(), cmd.transaction_id), ("_error", 1.0));
-        t.record(Flow::ToClient, &connect_result(1.0)).unwrap();
+        t.record(Flow::ToClient, &connect_result(1.0), Instant::now())
+            .unwrap();
         assert!(!t.set_up());
         t.record(
             Flow::ToOrigin,
@@ -521,6 +450,7 @@ mod tests {
                 1,
                 vec![Amf0Value::Null, Amf0Value::Utf8String("cam?key=s".into())],
             ),
+            Instant::now(),
         )
         .unwrap();
         assert!(t.set_up());
@@ -550,15 +480,21 @@ mod tests {
         t.record(
             Flow::ToOrigin,
             &Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0, 9]),
+            Instant::now(),
         )
         .unwrap();
         t.record(
             Flow::ToOrigin,
             &Message::new(9, 1, 33, vec![0x27, 1, 0, 0, 0, 9]),
+            Instant::now(),
         )
         .unwrap();
-        t.record(Flow::ToOrigin, &Message::new(8, 1, 20, vec![0xaf, 1, 9]))
-            .unwrap();
+        t.record(
+            Flow::ToOrigin,
+            &Message::new(8, 1, 20, vec![0xaf, 1, 9]),
+            Instant::now(),
+        )
+        .unwrap();
         assert_eq!(t.to_origin.video_frames, 2);
         assert_eq!(t.to_origin.keyframes, 1);
         assert_eq!(t.to_origin.audio_frames, 1);
@@ -566,6 +502,7 @@ mod tests {
         t.record(
             Flow::ToOrigin,
             &Message::new(9, 1, 2000, vec![0x17, 1, 0, 0, 0, 9]),
+            Instant::now(),
         )
         .unwrap();
         assert_eq!(t.to_origin.keyframe_interval_ms, Some(2000));
@@ -594,6 +531,7 @@ mod tests {
                     0,
                     vec![connect_object("live?token=SECRET", url)],
                 ),
+                Instant::now(),
             )
             .unwrap();
             assert_eq!(t.app.as_deref(), Some("live"), "the query is not the app");
@@ -608,26 +546,27 @@ mod tests {
             )
         };
         let mut t = connected();
-        t.record(Flow::ToOrigin, &named("publish", "cam-a-1"))
+        t.record(Flow::ToOrigin, &named("publish", "cam-a-1"), Instant::now())
             .unwrap();
         assert_eq!(t.refusal(), None);
-        t.record(Flow::ToOrigin, &named("Play", "secret")).unwrap();
+        t.record(Flow::ToOrigin, &named("Play", "secret"), Instant::now())
+            .unwrap();
         let why = t.refusal().expect("a play of another stream is refused");
         assert!(why.contains("may not play live/secret"), "{why}");
         // Once refused, an allowed command after it does not lift the refusal.
-        t.record(Flow::ToOrigin, &named("publish", "cam-a-2"))
+        t.record(Flow::ToOrigin, &named("publish", "cam-a-2"), Instant::now())
             .unwrap();
         assert!(t.refusal().is_some());
 
         let mut t = connected();
         let mut data = named("publish", "studio");
         data.type_id = crate::message::message_type::DATA_AMF0;
-        t.record(Flow::ToOrigin, &data).unwrap();
+        t.record(Flow::ToOrigin, &data, Instant::now()).unwrap();
         assert_eq!(t.direction, Some(Direction::Publish));
         assert!(t.refusal().unwrap().contains("may not publish live/studio"));
 
         let mut t = connected();
-        t.record(Flow::ToOrigin, &named("play2", "cam-a-1"))
+        t.record(Flow::ToOrigin, &named("play2", "cam-a-1"), Instant::now())
             .unwrap();
         assert!(t.refusal().unwrap().contains("not judged"));
 
@@ -636,25 +575,8 @@ mod tests {
             rights: Some(Arc::new(Rights::everything("any"))),
             ..SessionTracker::default()
         };
-        t.record(Flow::ToOrigin, &named("play2", "x")).unwrap();
+        t.record(Flow::ToOrigin, &named("play2", "x"), Instant::now())
+            .unwrap();
         assert_eq!(t.refusal(), None);
-    }
-
-    #[test]
-    fn queue_age_is_the_oldest_waiting_message() {
-        let t = SessionTracker::default();
-        let start = Instant::now();
-        assert_eq!(t.queue_age(start), Duration::ZERO);
-        let to_client = t.waiting(Flow::ToClient);
-        to_client.arrived(start);
-        to_client.arrived(start + Duration::from_millis(300));
-        t.waiting(Flow::ToOrigin)
-            .arrived(start + Duration::from_millis(100));
-        let now = start + Duration::from_secs(1);
-        assert_eq!(t.queue_age(now), Duration::from_secs(1));
-        to_client.handed_on(1);
-        assert_eq!(t.queue_age(now), Duration::from_millis(900));
-        to_client.handed_on(5);
-        assert_eq!(t.queue_age(now), Duration::from_millis(900));
     }
 }

@@ -178,16 +178,19 @@ mod tests {
             0,
             vec![connect_object("live", "rtmp://h/live")],
         );
-        t.record(Flow::ToOrigin, &connect).unwrap();
+        t.record(Flow::ToOrigin, &connect, std::time::Instant::now())
+            .unwrap();
         t.record(
             Flow::ToOrigin,
             &request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+            std::time::Instant::now(),
         )
         .unwrap();
         if publish {
             let args = vec![Amf0Value::Null, Amf0Value::Utf8String("cam".into())];
             let msg: Message = request("publish", 5.0, 1, args);
-            t.record(Flow::ToOrigin, &msg).unwrap();
+            t.record(Flow::ToOrigin, &msg, std::time::Instant::now())
+                .unwrap();
         }
         t
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rtmpq_hop::rtmp::WaitTimes;
 use rtmpq_proto::budget::MemoryBudget;
 use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::session::{Flow, SessionTracker};
@@ -163,7 +164,11 @@ pub struct ConnectionStatus {
 struct SessionEntry {
     id: SessionId,
     peer: String,
+    /// When the session started.
+    started: Instant,
     tracker: Arc<Mutex<SessionTracker>>,
+    /// The messages waiting for the session's RTMP writer.
+    waiting: Arc<WaitTimes>,
     /// (when, media bytes) samples for the bitrate window.
     samples: VecDeque<(Instant, u64)>,
     reported: Reported,
@@ -318,19 +323,23 @@ impl Telemetry {
         let _ = self.budget.set(budget);
     }
 
-    /// Registers a live session.
+    /// Registers a live session, starting now: its tracker, and the messages waiting for its
+    /// RTMP writer (for its queue age).
     pub fn session_started(
         &self,
         id: SessionId,
         peer: String,
         tracker: Arc<Mutex<SessionTracker>>,
+        waiting: Arc<WaitTimes>,
     ) {
         self.sessions.lock().expect("lock").insert(
             id,
             SessionEntry {
                 id,
                 peer,
+                started: Instant::now(),
                 tracker,
+                waiting,
                 samples: VecDeque::new(),
                 reported: Reported::default(),
                 last_status: None,
@@ -601,10 +610,10 @@ impl Telemetry {
             app: t.app.clone().unwrap_or_default(),
             stream: t.stream.clone().unwrap_or_default(),
             direction: t.direction.map_or("", |d| d.as_str()).to_owned(),
-            duration_seconds: now.duration_since(t.started).as_secs_f64(),
+            duration_seconds: now.duration_since(entry.started).as_secs_f64(),
             first_media_after_seconds: t
                 .first_media
-                .map(|at| at.duration_since(t.started).as_secs_f64()),
+                .map(|at| at.saturating_duration_since(entry.started).as_secs_f64()),
             to_origin_bytes: t.to_origin.bytes,
             to_client_bytes: t.to_client.bytes,
             to_origin_messages: t.to_origin.messages,
@@ -614,7 +623,13 @@ impl Telemetry {
             bitrate_bps: bitrate,
             fps: media.video_frames.saturating_sub(entry.last_video_frames) as f64,
             keyframe_interval_seconds: media.keyframe_interval_ms.map(|ms| f64::from(ms) / 1000.0),
-            queue_age_seconds: t.queue_age(now).as_secs_f64(),
+            queue_age_seconds: [t.queue.oldest, entry.waiting.oldest()]
+                .into_iter()
+                .flatten()
+                .map(|at| now.saturating_duration_since(at))
+                .max()
+                .unwrap_or_default()
+                .as_secs_f64(),
             latency_budget_seconds: t.queue.budget.map(|b| b.as_secs_f64()),
             queue_media_bytes: t.queue.media_bytes,
             dropped_stale: t.queue.stale.into(),
@@ -1073,7 +1088,12 @@ mod tests {
     fn a_new_publish_of_the_same_stream_is_seen_by_a_held_session() {
         let telemetry = Telemetry::new(Role::Edge);
         let held = SessionId(1);
-        telemetry.session_started(held, "a".into(), tracker("live", "cam", Direction::Publish));
+        telemetry.session_started(
+            held,
+            "a".into(),
+            tracker("live", "cam", Direction::Publish),
+            Arc::default(),
+        );
         assert!(
             !telemetry.publishing_elsewhere(held, "live", "cam"),
             "only itself"
@@ -1082,11 +1102,13 @@ mod tests {
             SessionId(2),
             "b".into(),
             tracker("live", "cam", Direction::Play),
+            Arc::default(),
         );
         telemetry.session_started(
             SessionId(3),
             "c".into(),
             tracker("live", "other", Direction::Publish),
+            Arc::default(),
         );
         assert!(
             !telemetry.publishing_elsewhere(held, "live", "cam"),
@@ -1096,6 +1118,7 @@ mod tests {
             SessionId(4),
             "d".into(),
             tracker("live", "cam", Direction::Publish),
+            Arc::default(),
         );
         assert!(
             telemetry.publishing_elsewhere(held, "live", "cam"),
