@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtmpq_proto::budget::SessionBudget;
+use rtmpq_proto::gop::{older_group_budget, past_budget};
 use rtmpq_proto::lanes::{LaneMerge, LaneSplitter, MergeLimits, Route};
 use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::message::Message;
@@ -90,13 +91,9 @@ impl PastGroups {
         let Some(stale_after) = self.stale_after else {
             return Ok(());
         };
-        let limit_ms = stale_after.as_millis() as u32;
         while let Some(group) = self.older.front_mut() {
-            let media_age = self
-                .newest
-                .map_or(0, |t| t.wrapping_sub(group.last_timestamp));
-            let media_stale = media_age > limit_ms && media_age < 1 << 31;
-            if !media_stale && now.saturating_duration_since(group.last_write) < stale_after {
+            let waited = now.saturating_duration_since(group.last_write);
+            if !past_budget(group.last_timestamp, self.newest, waited, stale_after) {
                 break;
             }
             // A stream whose data was all acknowledged is gone from QUIC: reset fails.
@@ -194,7 +191,7 @@ impl LaneSender {
     /// (the media queue's rule for a group a newer one waits behind).
     fn stale_after(&self) -> Option<Duration> {
         let wait = self.path.as_ref().map_or(Duration::ZERO, |p| p.quic_wait());
-        Some(budget_in_force(self.budget?, wait) / 2)
+        Some(older_group_budget(budget_in_force(self.budget?, wait)))
     }
 
     /// Routes an audio message and writes it on the audio stream.

@@ -1,7 +1,10 @@
 //! The GOP rule every hop that drops video keeps to ([`GopGate`]): after a drop, each track's
 //! frames pass again from that track's own next key frame, so every frame handed on decodes;
 //! and the one track whose key frames open a new group (the lead) for everything that groups
-//! video (the media queue, the lanes).
+//! video (the media queue, the lanes); and when a group goes stale ([`older_group_budget`],
+//! [`past_budget`]), the one expiry rule of the queue and the lanes.
+
+use std::time::Duration;
 
 use crate::media_packet::{Media, MediaPacket, PacketType, TrackSet};
 
@@ -109,6 +112,23 @@ impl GopGate {
     }
 }
 
+/// How long a group of pictures lives once a newer group exists behind it: half the budget
+/// (moq-lite's rule: an older group expires, in media time or waiting time, once a newer one
+/// exists; its frames then only hold up the newer key frame). The media queue drops such a
+/// group's tail at it; media lanes reset its GOP stream in QUIC at it.
+pub fn older_group_budget(budget: Duration) -> Duration {
+    budget / 2
+}
+
+/// Whether media with timestamp `ts` that has waited `waited` is past `budget`: it waited
+/// longer, or the newest media (`newest`, ms) is further ahead of it in media time. A
+/// timestamp that jumps backwards reads as no lag (only lags under 2^31 ms are trusted).
+pub fn past_budget(ts: u32, newest: Option<u32>, waited: Duration, budget: Duration) -> bool {
+    let behind = newest.map_or(0, |n| n.wrapping_sub(ts));
+    let behind = if behind < 1 << 31 { behind } else { 0 };
+    waited.max(Duration::from_millis(u64::from(behind))) > budget
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +139,38 @@ mod tests {
         let first = 0x80 | if key { 0x10 } else { 0x20 } | 6;
         let msg = Message::new(9, 1, 0, vec![first, 0x03, b'a', b'v', b'0', b'1', track, 9]);
         msg.media_packet().unwrap()
+    }
+
+    #[test]
+    fn media_is_past_its_budget_by_waiting_or_by_lagging_the_newest() {
+        let budget = Duration::from_millis(500);
+        assert!(!past_budget(
+            1000,
+            Some(1400),
+            Duration::from_millis(100),
+            budget
+        ));
+        assert!(past_budget(
+            1000,
+            Some(1600),
+            Duration::from_millis(100),
+            budget
+        ));
+        assert!(past_budget(
+            1000,
+            Some(1000),
+            Duration::from_millis(600),
+            budget
+        ));
+        // A wrap reads right; a jump backwards is no lag.
+        assert!(past_budget(
+            u32::MAX - 100,
+            Some(500),
+            Duration::ZERO,
+            budget
+        ));
+        assert!(!past_budget(5000, Some(10), Duration::ZERO, budget));
+        assert_eq!(older_group_budget(budget), Duration::from_millis(250));
     }
 
     #[test]

@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::gop::GopGate;
+use crate::gop::{self, GopGate};
 use crate::media_packet::{MediaPacket, TrackSet};
 use crate::message::{message_type, MediaKind, Message};
 
@@ -353,10 +353,7 @@ impl MediaQueue {
 
     fn is_stale(&self, entry: &Entry, newest: Option<u32>, now: Instant, budget: Duration) -> bool {
         let waited = now.saturating_duration_since(entry.arrived);
-        let behind = newest.map_or(0, |n| n.wrapping_sub(entry.msg.timestamp));
-        // A timestamp jump backwards reads as a huge lag: only trust lags under 2^31 ms.
-        let behind = if behind < 1 << 31 { behind } else { 0 };
-        waited.max(Duration::from_millis(u64::from(behind))) > budget
+        gop::past_budget(entry.msg.timestamp, newest, waited, budget)
     }
 
     /// The budget the waiting video's head is judged against: half the queue's while a newer
@@ -365,7 +362,7 @@ impl MediaQueue {
     fn video_head_budget(&self) -> Duration {
         let head_group = self.video.iter().position(|g| !g.frames.is_empty());
         match head_group {
-            Some(i) if i + 1 < self.video.len() => self.limits.budget / 2,
+            Some(i) if i + 1 < self.video.len() => gop::older_group_budget(self.limits.budget),
             _ => self
                 .newest_group_budget
                 .map_or(self.limits.budget, |held| held.max(self.limits.budget)),
