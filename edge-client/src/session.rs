@@ -13,12 +13,16 @@ use crate::connector::GatewayLink;
 use rtmpq_hop::pump::{
     finish_session, log_session_end, run_session, QueuePolicy, RtmpPeer, SessionRun,
 };
-use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader, WaitTimes};
+use rtmpq_hop::recovery::{replay_set_up, retry_until, GaveUp, OriginExchange, Retry};
+use rtmpq_hop::rtmp::{
+    Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader, RtmpSide, WaitTimes,
+};
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader, StreamLost};
 use rtmpq_proto::command;
 use rtmpq_proto::fast_start::FastStart;
-use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
+use rtmpq_proto::journal::{Replay, ResumeFilter};
+use rtmpq_proto::message::Message;
 use rtmpq_proto::session::{Flow, SessionTracker};
 use rtmpq_proto::session_end::{next_step, Backoff, EndedBy, Hop, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
@@ -99,13 +103,10 @@ async fn run(
     waiting: Arc<WaitTimes>,
 ) -> Result<SessionEnd, RtmpIoError> {
     let settings = &shared.settings;
-    let RtmpConnection { mut reader, writer } =
-        RtmpConnection::accept(tcp, settings.handshake_timeout).await?;
+    let conn = RtmpConnection::accept(tcp, settings.handshake_timeout).await?;
     let budget = shared.budget.session();
-    reader.set_budget(budget.clone());
     let limits = &settings.session_limits;
-    let (to_client, writer_task) = writer.spawn_timed(CLIENT_QUEUE, Some(budget.clone()), waiting);
-    let abort_writer = writer_task.abort_handle();
+    let mut client = RtmpSide::start(conn, CLIENT_QUEUE, &budget, &waiting);
 
     let end = match open_tunnel(session_id, shared, tracker).await {
         Ok(opened) => {
@@ -113,8 +114,8 @@ async fn run(
             loop {
                 let end = run_session(SessionRun {
                     peer: RtmpPeer::Client,
-                    rtmp: &mut reader,
-                    to_rtmp: &to_client,
+                    rtmp: &mut client.reader,
+                    to_rtmp: &client.outbound,
                     tunnel_recv: &mut tunnel.frames,
                     tunnel_send: &mut tunnel.send,
                     tracker,
@@ -138,7 +139,7 @@ async fn run(
                         RtmpPeer::Client,
                         &end,
                         tracker,
-                        &to_client,
+                        &client.outbound,
                         &mut tunnel.send,
                     )
                     .await;
@@ -182,7 +183,6 @@ async fn run(
                 let again = SetUpAgain {
                     limit,
                     deadline,
-                    lost: &end.reason,
                     held: &held,
                 };
                 match set_up_again(shared, &budget, replay, again, tracker).await {
@@ -197,7 +197,7 @@ async fn run(
                             RtmpPeer::Client,
                             &end,
                             tracker,
-                            &to_client,
+                            &client.outbound,
                             &mut tunnel.send,
                         )
                         .await;
@@ -208,17 +208,11 @@ async fn run(
         }
         Err(e) => {
             let (code, reason) = (e.code(), e.to_string());
-            refuse(&mut reader, &to_client, tracker, code, &reason).await;
+            refuse(&mut client.reader, &client.outbound, tracker, code, &reason).await;
             SessionEnd::new(code, reason, EndedBy::Tunnel)
         }
     };
-    drop(to_client);
-    if tokio::time::timeout(FLUSH_LIMIT, writer_task)
-        .await
-        .is_err()
-    {
-        abort_writer.abort();
-    }
+    let (mut reader, _) = client.close(FLUSH_LIMIT).await;
     if end.ended_by != EndedBy::Rtmp {
         // The client may still be sending: let it read why before the socket closes.
         reader.discard_until_closed(LINGER).await;
@@ -295,18 +289,17 @@ impl Held {
     }
 }
 
-/// Opens a new tunnel session (on whichever gateway the connector reaches) and replays the
-/// client's set-up through it, with backoff, for up to `limit`. The origin's answers come
-/// back through the tunnel and stay here: the client never left.
 /// What a re-setup goes by: the reconnect limit (for the words), when it runs out (a resume
-/// tried first may have used part of it), why the tunnel went, and the session held.
+/// tried first may have used part of it), and the session held meanwhile.
 struct SetUpAgain<'a> {
     limit: Duration,
     deadline: tokio::time::Instant,
-    lost: &'a str,
     held: &'a Held,
 }
 
+/// Opens a new tunnel session (on whichever gateway the connector reaches) and replays the
+/// client's set-up through it, with backoff, until the deadline. The origin's answers come
+/// back through the tunnel and stay here: the client never left.
 async fn set_up_again(
     shared: &Shared,
     budget: &Arc<rtmpq_proto::budget::SessionBudget>,
@@ -317,104 +310,84 @@ async fn set_up_again(
     let SetUpAgain {
         limit,
         deadline,
-        lost,
         held,
     } = again;
-    let mut backoff = Backoff::default();
-    let mut why = lost.to_owned();
-    loop {
-        if let Some(end) = held.taken_over(shared) {
-            return Err(end);
-        }
-        backoff.attempt();
-        let attempt = async {
+    let attempt = || {
+        let replay = replay.clone();
+        async move {
+            if let Some(end) = held.taken_over(shared) {
+                return Err(Retry::Stop(end));
+            }
             let session_id = SessionId(rand::random());
             let opened = open_tunnel(session_id, shared, tracker)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Retry::Again(e.to_string()))?;
             let mut tunnel = opened.tunnel(shared, budget, None);
-            let replayed = replay_through(
-                &mut tunnel.send,
-                &mut tunnel.frames,
-                replay.clone(),
+            let mut through = ThroughTunnel {
+                tunnel: &mut tunnel,
                 tracker,
-            )
-            .await;
-            let filter = match replayed {
-                Ok(filter) => filter,
+            };
+            match replay_set_up(replay, &mut through).await {
+                Ok(filter) => {
+                    info!(new_session = %session_id, "the gateway took the session");
+                    tunnel.resume = Some(filter);
+                    Ok(tunnel)
+                }
                 Err(why) => {
                     // The gateway hears why this attempt ends (not a stream that just stops).
                     let reason = format!("set-up attempt given up: {why}");
                     close_stream(&mut tunnel.send, CloseCode::Normal, &reason).await;
-                    return Err(why);
+                    Err(Retry::Again(why))
                 }
-            };
-            info!(new_session = %session_id, "the gateway took the session");
-            tunnel.resume = Some(filter);
-            Ok::<_, String>(tunnel)
-        };
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(tunnel)) => return Ok(tunnel),
-            Ok(Err(e)) => why = e,
-            Err(_) => why = format!("no answer ({why})"),
+            }
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(wait) = backoff.wait(left) else {
-            let reason = format!(
-                "tunnel to the gateway lost and no gateway took the session within {limit:?} ({} attempts; last: {why})",
-                backoff.attempts()
-            );
-            return Err(SessionEnd::new(
-                CloseCode::TunnelLost,
-                reason,
-                EndedBy::Tunnel,
-            ));
-        };
-        info!(attempt = backoff.attempts(), reason = %why, "session not set up again yet; retrying in {wait:?}");
-        tokio::time::sleep(wait).await;
-    }
+    };
+    retry_until(deadline, "session set-up through a gateway", attempt)
+        .await
+        .map_err(|gave_up| match gave_up {
+            GaveUp::Stopped(end) => end,
+            GaveUp::OutOfTime { attempts, last } => {
+                let reason = format!(
+                    "tunnel to the gateway lost and no gateway took the session within {limit:?} ({attempts} attempts; last: {last})"
+                );
+                SessionEnd::new(CloseCode::TunnelLost, reason, EndedBy::Tunnel)
+            }
+        })
 }
 
-/// Runs `replay` through a fresh tunnel session until the origin takes the session.
-async fn replay_through(
-    send: &mut SessionSend,
-    frames: &mut SessionRecv,
-    mut replay: Replay,
-    tracker: &Mutex<SessionTracker>,
-) -> Result<ResumeFilter, String> {
-    let mut out = replay.begin();
-    loop {
-        for msg in out.drain(..) {
-            send.send(&Frame::Msg(msg))
+/// A fresh tunnel session a set-up is replayed through: the gateway carries it to the origin
+/// (its new resume token is kept as it arrives).
+struct ThroughTunnel<'a> {
+    tunnel: &'a mut Tunnel,
+    tracker: &'a Mutex<SessionTracker>,
+}
+
+impl OriginExchange for ThroughTunnel<'_> {
+    async fn send(&mut self, msgs: Vec<Message>) -> Result<(), String> {
+        for msg in msgs {
+            let frame = Frame::Msg(msg);
+            self.tunnel
+                .send
+                .send(&frame)
                 .await
                 .map_err(|e| format!("tunnel: {e}"))?;
         }
-        let msg = match frames.next().await {
-            Ok(Some(Frame::Msg(msg))) => msg,
-            Ok(Some(Frame::ResumeToken(token))) => {
-                tracker.lock().expect("tracker").resume_token = Some(token);
-                continue;
-            }
-            Ok(Some(Frame::SessionClose { code, reason })) => {
-                return Err(format!("gateway closed the session: {reason} ({code})"))
-            }
-            Ok(Some(other)) => return Err(format!("unexpected {other:?} while setting up")),
-            Ok(None) => return Err("tunnel stream ended while setting up".into()),
-            Err(e) => return Err(e.to_string()),
-        };
-        match replay.on_origin(&msg).map_err(|e| e.to_string())? {
-            ReplayStep::Waiting => {}
-            ReplayStep::Send(msgs) => out = msgs,
-            ReplayStep::Started { stream_id, then } => {
-                for msg in then {
-                    send.send(&Frame::Msg(msg))
-                        .await
-                        .map_err(|e| format!("tunnel: {e}"))?;
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Message, String> {
+        loop {
+            match self.tunnel.frames.next().await {
+                Ok(Some(Frame::Msg(msg))) => return Ok(msg),
+                Ok(Some(Frame::ResumeToken(token))) => {
+                    self.tracker.lock().expect("tracker").resume_token = Some(token);
                 }
-                return Ok(ResumeFilter::new(replay.client_stream_id(), stream_id));
-            }
-            ReplayStep::Refused { code, description } => {
-                return Err(format!("origin refused: {code} {description}"))
+                Ok(Some(Frame::SessionClose { code, reason })) => {
+                    return Err(format!("gateway closed the session: {reason} ({code})"))
+                }
+                Ok(Some(other)) => return Err(format!("unexpected {other:?} while setting up")),
+                Ok(None) => return Err("tunnel stream ended while setting up".into()),
+                Err(e) => return Err(e.to_string()),
             }
         }
     }

@@ -14,14 +14,16 @@ use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
 use rtmpq_hop::pump::{
     finish_session, log_session_end, run_session, QueuePolicy, RtmpPeer, SessionRun,
 };
-use rtmpq_hop::rtmp::{Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader, WaitTimes};
+use rtmpq_hop::recovery::{replay_set_up, retry_until, GaveUp, Retry};
+use rtmpq_hop::rtmp::{Inbound, RtmpConnection, RtmpIoError, RtmpSide, WaitTimes, WriterEnd};
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
 use rtmpq_proto::budget::{MemoryBudget, SessionBudget};
-use rtmpq_proto::journal::{Replay, ReplayStep, ResumeFilter};
+use rtmpq_proto::journal::{Replay, ResumeFilter};
 use rtmpq_proto::session::SessionTracker;
-use rtmpq_proto::session_end::{next_step, Backoff, EndedBy, Hop, Recovery, SessionEnd, Step};
+use rtmpq_proto::session_end::{next_step, EndedBy, Hop, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_LEN};
+use std::convert::Infallible;
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
@@ -230,39 +232,12 @@ async fn connect_origin(shared: &Shared) -> Result<RtmpConnection, OriginError> 
         .map_err(|source| OriginError::Rtmp { origin, source })
 }
 
-/// The origin side of a session: a connection set up (by the client, through the tunnel, or
-/// by a [`Replay`]) and its writer task.
-struct OriginLink {
-    reader: RtmpReader,
-    to_origin: Outbound,
-    writer_task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl OriginLink {
-    fn new(conn: RtmpConnection, budget: &Arc<SessionBudget>, waiting: &Arc<WaitTimes>) -> Self {
-        let RtmpConnection { mut reader, writer } = conn;
-        reader.set_budget(budget.clone());
-        let (to_origin, writer_task) =
-            writer.spawn_timed(ORIGIN_QUEUE, Some(budget.clone()), waiting.clone());
-        OriginLink {
-            reader,
-            to_origin,
-            writer_task,
-        }
-    }
-
-    /// Everything queued for the origin is written before its connection closes.
-    async fn close(self) {
-        drop(self.to_origin);
-        let abort_writer = self.writer_task.abort_handle();
-        match tokio::time::timeout(FLUSH_LIMIT, self.writer_task).await {
-            Ok(Ok(Err(e))) => info!(reason = %e, "origin write side ended with an error"),
-            Err(_) => {
-                abort_writer.abort();
-                warn!("origin did not take the last messages within {FLUSH_LIMIT:?}")
-            }
-            _ => {}
-        }
+/// Closes the origin side: everything queued is written first (for up to [`FLUSH_LIMIT`]).
+async fn close_origin(link: RtmpSide) {
+    match link.close(FLUSH_LIMIT).await.1 {
+        WriterEnd::Failed(e) => info!(reason = %e, "origin write side ended with an error"),
+        WriterEnd::Stalled => warn!("origin did not take the last messages within {FLUSH_LIMIT:?}"),
+        WriterEnd::Flushed => {}
     }
 }
 
@@ -460,11 +435,11 @@ async fn handed_over(rx: &mut Option<oneshot::Receiver<Tunnel>>) -> Tunnel {
 
 /// Reads the origin while its session is held: answers what the hop must answer, drops the
 /// rest; returns when the origin connection ends.
-async fn keep_origin_alive(link: &mut OriginLink) {
+async fn keep_origin_alive(link: &mut RtmpSide) {
     loop {
         match link.reader.next().await {
             Ok(Some(Inbound::Reply(reply))) => {
-                if link.to_origin.send(reply).await.is_err() {
+                if link.outbound.send(reply).await.is_err() {
                     return;
                 }
             }
@@ -522,7 +497,7 @@ impl GatewaySession<'_> {
         } = self;
         let edge = &who.edge;
         let mut link = match connect_origin(shared).await {
-            Ok(conn) => OriginLink::new(conn, &budget, &waiting),
+            Ok(conn) => RtmpSide::start(conn, ORIGIN_QUEUE, &budget, &waiting),
             Err(e) => {
                 let end = e.end();
                 close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
@@ -551,7 +526,7 @@ impl GatewaySession<'_> {
                 end = run_session(SessionRun {
                     peer: RtmpPeer::Origin,
                     rtmp: &mut link.reader,
-                    to_rtmp: &link.to_origin,
+                    to_rtmp: &link.outbound,
                     tunnel_recv: &mut tunnel.frames,
                     tunnel_send: &mut tunnel.send,
                     tracker,
@@ -617,14 +592,14 @@ impl GatewaySession<'_> {
                     RtmpPeer::Origin,
                     &end,
                     tracker,
-                    &link.to_origin,
+                    &link.outbound,
                     &mut tunnel.send,
                 )
                 .await;
-                link.close().await;
+                close_origin(link).await;
                 return end;
             };
-            link.writer_task.abort();
+            link.abort();
             warn!(
                 reason = %end.reason,
                 "origin lost under a live session: setting the session up again (for up to {limit:?})"
@@ -660,73 +635,30 @@ async fn set_up_again(
     waiting: &Arc<WaitTimes>,
     replay: Replay,
     limit: Duration,
-) -> Result<(OriginLink, ResumeFilter), SessionEnd> {
+) -> Result<(RtmpSide, ResumeFilter), SessionEnd> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut backoff = Backoff::default();
-    loop {
-        backoff.attempt();
-        let attempt = async {
-            let conn = connect_origin(shared).await.map_err(|e| e.to_string())?;
-            let mut link = OriginLink::new(conn, budget, waiting);
-            let filter = replay_on(&mut link, replay.clone()).await?;
-            Ok::<_, String>((link, filter))
-        };
-        let why = match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(done)) => return Ok(done),
-            Ok(Err(why)) => why,
-            Err(_) => "no answer".to_owned(),
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(wait) = backoff.wait(left) else {
-            let reason = format!(
-                "origin {} lost and not back within {limit:?} ({} attempts; last: {why})",
-                shared.origin,
-                backoff.attempts()
-            );
-            return Err(SessionEnd::new(
-                CloseCode::OriginUnreachable,
-                reason,
-                EndedBy::Rtmp,
-            ));
-        };
-        info!(attempt = backoff.attempts(), reason = %why, "origin not set up yet; retrying in {wait:?}");
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// Runs `replay` on a fresh origin connection until the origin takes the session.
-async fn replay_on(link: &mut OriginLink, mut replay: Replay) -> Result<ResumeFilter, String> {
-    let send = |msgs: Vec<rtmpq_proto::message::Message>, to: &Outbound| {
-        let to = to.clone();
+    let attempt = || {
+        let replay = replay.clone();
         async move {
-            for m in msgs {
-                to.send(m).await.map_err(|e| format!("origin write: {e}"))?;
-            }
-            Ok::<(), String>(())
+            let conn = connect_origin(shared)
+                .await
+                .map_err(|e| Retry::Again(e.to_string()))?;
+            let mut link = RtmpSide::start(conn, ORIGIN_QUEUE, budget, waiting);
+            let filter = replay_set_up(replay, &mut link)
+                .await
+                .map_err(Retry::Again)?;
+            Ok::<_, Retry<Infallible>>((link, filter))
         }
     };
-    send(replay.begin(), &link.to_origin).await?;
-    loop {
-        let msg = match link.reader.next().await {
-            Ok(Some(Inbound::Message(msg))) => msg,
-            Ok(Some(Inbound::Reply(reply))) => {
-                send(vec![reply], &link.to_origin).await?;
-                continue;
-            }
-            Ok(Some(Inbound::Silent(_))) => continue,
-            Ok(None) => return Err("origin closed the connection".into()),
-            Err(e) => return Err(e.to_string()),
-        };
-        match replay.on_origin(&msg).map_err(|e| e.to_string())? {
-            ReplayStep::Waiting => {}
-            ReplayStep::Send(msgs) => send(msgs, &link.to_origin).await?,
-            ReplayStep::Started { stream_id, then } => {
-                send(then, &link.to_origin).await?;
-                return Ok(ResumeFilter::new(replay.client_stream_id(), stream_id));
-            }
-            ReplayStep::Refused { code, description } => {
-                return Err(format!("origin refused: {code} {description}"))
-            }
-        }
-    }
+    retry_until(deadline, "session set-up on the origin", attempt)
+        .await
+        .map_err(|gave_up| {
+            // An attempt here never says stop (`Infallible`): only the deadline ends them.
+            let GaveUp::OutOfTime { attempts, last } = gave_up;
+            let reason = format!(
+                "origin {} lost and not back within {limit:?} ({attempts} attempts; last: {last})",
+                shared.origin
+            );
+            SessionEnd::new(CloseCode::OriginUnreachable, reason, EndedBy::Rtmp)
+        })
 }

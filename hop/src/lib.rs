@@ -30,6 +30,7 @@ impl From<transport::TlsConfigError> for HopError {
 pub mod config;
 pub mod lanes;
 pub mod pump;
+pub mod recovery;
 pub mod rtmp;
 pub mod scaffold;
 pub mod secret;

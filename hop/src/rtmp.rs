@@ -371,6 +371,77 @@ impl RtmpWriter {
     }
 }
 
+/// A session's RTMP connection once running: what the hop reads from its peer, the queue
+/// toward it, and the task that writes that queue (the client at the edge, the origin at the
+/// gateway).
+pub struct RtmpSide {
+    /// Messages from the peer.
+    pub reader: RtmpReader,
+    /// The queue toward the peer.
+    pub outbound: Outbound,
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// How an [`RtmpSide`]'s writer ended when it was closed.
+#[derive(Debug)]
+pub enum WriterEnd {
+    /// Everything queued was written.
+    Flushed,
+    /// Writing failed.
+    Failed(std::io::Error),
+    /// The peer did not take what was queued in time; the writer was stopped.
+    Stalled,
+}
+
+impl RtmpSide {
+    /// Starts writing to `conn`'s peer (at most `capacity` messages queued), charging what is
+    /// read and what waits to `budget` and noting in `waiting` when each queued message came.
+    pub fn start(
+        conn: RtmpConnection,
+        capacity: usize,
+        budget: &Arc<SessionBudget>,
+        waiting: &Arc<WaitTimes>,
+    ) -> Self {
+        let RtmpConnection { mut reader, writer } = conn;
+        reader.set_budget(budget.clone());
+        let (outbound, writer) =
+            writer.spawn_timed(capacity, Some(budget.clone()), waiting.clone());
+        RtmpSide {
+            reader,
+            outbound,
+            writer,
+        }
+    }
+
+    /// Closes the queue and waits up to `limit` for what it holds to be written (a peer that
+    /// reads nothing does not hold the session longer); returns the reader, still open, and
+    /// how the writer ended.
+    pub async fn close(self, limit: Duration) -> (RtmpReader, WriterEnd) {
+        let RtmpSide {
+            reader,
+            outbound,
+            writer,
+        } = self;
+        drop(outbound);
+        let abort = writer.abort_handle();
+        let end = match tokio::time::timeout(limit, writer).await {
+            Ok(Ok(Ok(()))) => WriterEnd::Flushed,
+            Ok(Ok(Err(e))) => WriterEnd::Failed(e),
+            Ok(Err(_)) => WriterEnd::Stalled,
+            Err(_) => {
+                abort.abort();
+                WriterEnd::Stalled
+            }
+        };
+        (reader, end)
+    }
+
+    /// Stops writing at once (the connection is given up, what is queued is not sent).
+    pub fn abort(self) {
+        self.writer.abort();
+    }
+}
+
 /// When each message still waiting for an RTMP writer arrived, oldest first: whoever queues a
 /// message notes it, the writer removes it once written, and the hop's queue age is the
 /// oldest one's age.
