@@ -20,7 +20,7 @@ use rtmpq_proto::budget::MemoryBudget;
 use rtmpq_proto::wire::{edge_id_problem, CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
@@ -424,38 +424,70 @@ fn no_hello(shared: &Shared, conn: &quinn::Connection, e: &dyn std::fmt::Display
     conn.close(quic_code(CloseCode::ProtocolViolation), b"no HELLO");
 }
 
-/// One edge's QUIC connection: HELLO, then a session per bidirectional stream.
+/// One edge's QUIC connection: the handshake and HELLO, the edge admitted (or refused) and
+/// welcomed, then a session per bidirectional stream.
 async fn serve_connection(
     incoming: quinn::Incoming,
-    mut ticket: admission::Ticket,
+    ticket: admission::Ticket,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    let Some(greeted) = handshake(incoming, ticket, &shared).await else {
+        return;
+    };
+    let Some(edge) = admit(greeted, &shared).await else {
+        return;
+    };
+    serve_sessions(edge, shared, shutdown).await;
+}
+
+/// A connection whose edge sent its first frame on the control stream (HELLO, it should be).
+struct Greeted {
+    conn: quinn::Connection,
+    /// Becomes true when the QUIC handshake completes.
+    done: watch::Receiver<bool>,
+    control_send: quinn::SendStream,
+    control_recv: FrameReader,
+    first: Option<Frame>,
+}
+
+/// Waits until the QUIC handshake has completed (false: it failed).
+async fn handshake_done(mut done: watch::Receiver<bool>) -> bool {
+    done.wait_for(|completed| *completed).await.is_ok()
+}
+
+/// Runs the QUIC handshake and reads the edge's first control frame: `None` (counted and
+/// logged) when either fails or the frame does not come in time. 0.5-RTT: the HELLO a
+/// resuming edge sends in its 0-RTT data is read, and answered, a round trip before the
+/// handshake ends. Safe to answer: a replayed HELLO gets a WELCOME only the real edge can
+/// read, and an edge opens sessions only after WELCOME (1-RTT). Client certificates are
+/// judged only once the handshake has proved them.
+async fn handshake(
+    incoming: quinn::Incoming,
+    mut ticket: admission::Ticket,
+    shared: &Shared,
+) -> Option<Greeted> {
+    let failed = |e: &quinn::ConnectionError| {
+        shared.telemetry.handshake_failed(
+            handshake_failure_reason(e),
+            &format_args!("quic handshake: {e}"),
+        )
+    };
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(e) => {
             ticket.established();
-            shared.telemetry.handshake_failed(
-                handshake_failure_reason(&e),
-                &format_args!("quic handshake: {e}"),
-            );
-            return;
+            failed(&e);
+            return None;
         }
     };
-    // 0.5-RTT: the HELLO a resuming edge sends in its 0-RTT data is answered at once, a round
-    // trip before the handshake ends. Safe to answer: a replayed HELLO gets a WELCOME only the
-    // real edge can read, and an edge opens sessions only after WELCOME (1-RTT). Client
-    // certificates are judged only once the handshake has proved them.
-    let (conn, handshake) = match connecting.into_0rtt() {
-        Ok(pair) => pair,
-        Err(_) => {
-            // quinn: "for incoming connections, conversion to 0.5-RTT will always succeed".
-            ticket.established();
-            shared
-                .telemetry
-                .handshake_failed("other", &"quinn refused 0.5-RTT for an incoming connection");
-            return;
-        }
+    let Ok((conn, handshake)) = connecting.into_0rtt() else {
+        // quinn: "for incoming connections, conversion to 0.5-RTT will always succeed".
+        ticket.established();
+        shared
+            .telemetry
+            .handshake_failed("other", &"quinn refused 0.5-RTT for an incoming connection");
+        return None;
     };
     // Whether the handshake completed. quinn's future says whether 0-RTT was taken (false for
     // an edge that sent none) and resolves false on failure too: a live connection tells.
@@ -465,49 +497,46 @@ async fn serve_connection(
         handshake.await;
         let _ = done_tx.send(watched.close_reason().is_none());
     });
-    let handshake_done = |mut done: watch::Receiver<bool>| async move {
-        done.wait_for(|completed| *completed).await.is_ok()
-    };
     // An edge sends HELLO with or right after the handshake; a connection that does not holds
     // a pending slot meanwhile.
     let hello_limit = shared.settings.handshake_timeout.min(HELLO_DEADLINE);
-    let hello = async {
-        let read = async {
-            let (send, recv) = conn.accept_bi().await?;
-            let mut frames = FrameReader::control(recv);
-            let hello = frames.next().await;
-            Ok::<_, quinn::ConnectionError>((send, frames, hello))
-        };
-        // HELLO is due `hello_limit` after the handshake ends (it may come before).
-        let deadline = async {
-            if !handshake_done(done.clone()).await {
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(hello_limit).await;
-        };
-        tokio::select! {
-            read = read => Some(read),
-            _ = deadline => None,
+    let read = async {
+        let (send, recv) = conn.accept_bi().await?;
+        let mut frames = FrameReader::control(recv);
+        let hello = frames.next().await;
+        Ok::<_, quinn::ConnectionError>((send, frames, hello))
+    };
+    // HELLO is due `hello_limit` after the handshake ends (it may come before).
+    let deadline = async {
+        if !handshake_done(done.clone()).await {
+            std::future::pending::<()>().await;
         }
-    }
-    .await;
+        tokio::time::sleep(hello_limit).await;
+    };
+    let hello = tokio::select! {
+        read = read => Some(read),
+        _ = deadline => None,
+    };
     ticket.established();
-    let (mut control_send, mut control_recv, hello) = match hello {
-        Some(Ok((send, frames, Ok(hello)))) => (send, frames, hello),
+    match hello {
+        Some(Ok((control_send, control_recv, Ok(first)))) => Some(Greeted {
+            conn,
+            done,
+            control_send,
+            control_recv,
+            first,
+        }),
         Some(Err(e)) if !*done.borrow() => {
-            shared.telemetry.handshake_failed(
-                handshake_failure_reason(&e),
-                &format_args!("quic handshake: {e}"),
-            );
-            return;
+            failed(&e);
+            None
         }
         Some(Err(e)) => {
-            no_hello(&shared, &conn, &e);
-            return;
+            no_hello(shared, &conn, &e);
+            None
         }
         Some(Ok((_, _, Err(e)))) => {
-            no_hello(&shared, &conn, &e);
-            return;
+            no_hello(shared, &conn, &e);
+            None
         }
         None => {
             shared
@@ -515,9 +544,30 @@ async fn serve_connection(
                 .handshake_failed("hello_timeout", &"edge sent no HELLO in time");
             let reason = format!("no HELLO within {hello_limit:?} of the handshake");
             conn.close(quic_code(CloseCode::Timeout), reason.as_bytes());
-            return;
+            None
         }
-    };
+    }
+}
+
+/// An edge admitted and welcomed on its connection.
+struct Admitted {
+    conn: quinn::Connection,
+    edge_id: String,
+    creds: Credentials,
+    /// How long a silence of the edge lets its sessions go (HELLO's `release_after_ms`).
+    release_after: Duration,
+}
+
+/// Judges the edge's HELLO (its id, wire version, token and certificate against the access
+/// policy) and answers WELCOME, or closes the connection with why (counted and logged).
+async fn admit(greeted: Greeted, shared: &Shared) -> Option<Admitted> {
+    let Greeted {
+        conn,
+        done,
+        mut control_send,
+        mut control_recv,
+        first,
+    } = greeted;
     if shared.settings.client_auth && !handshake_done(done.clone()).await {
         let e = conn
             .close_reason()
@@ -526,54 +576,33 @@ async fn serve_connection(
             handshake_failure_reason(&e),
             &format_args!("quic handshake: {e}"),
         );
-        return;
+        return None;
     }
     let cert_names = peer_certificate(&conn)
         .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
         .unwrap_or_default();
-    let mut release_after = Duration::ZERO;
-    let (edge_id, creds, refusal) = match hello {
+    let creds = |token| Credentials {
+        token: rtmpq_hop::secret::Secret::new(token),
+        cert_names,
+    };
+    let (edge_id, creds, release_after, refusal) = match first {
         Some(Frame::Hello {
             version,
             edge_id,
             token,
             release_after_ms,
         }) => {
-            release_after = Duration::from_millis(release_after_ms.into());
             // What the edge proved, once: judged here and after each reload by its sessions.
-            let creds = Credentials {
-                token: rtmpq_hop::secret::Secret::new(token),
-                cert_names,
-            };
-            let admitted = shared.access.borrow().admit(&creds, &edge_id);
-            let refusal = if let Some(problem) = edge_id_problem(&edge_id) {
-                Some((CloseCode::ProtocolViolation, problem))
-            } else if version != WIRE_VERSION {
-                Some((
-                    CloseCode::UnsupportedVersion,
-                    format!(
-                        "edge speaks wire version {version}, this gateway speaks {WIRE_VERSION}"
-                    ),
-                ))
-            } else if let Err(refused) = admitted {
-                shared.telemetry.unauthorized(&refused.identity, "connect");
-                Some((CloseCode::Unauthorized, refused.reason))
-            } else {
-                None
-            };
-            (edge_id, creds, refusal)
+            let creds = creds(token);
+            let refusal = refusal(shared, version, &edge_id, &creds);
+            let release_after = Duration::from_millis(release_after_ms.into());
+            (edge_id, creds, release_after, refusal)
         }
-        other => (
-            String::new(),
-            Credentials {
-                token: rtmpq_hop::secret::Secret::new(""),
-                cert_names,
-            },
-            Some((
-                CloseCode::ProtocolViolation,
-                format!("expected HELLO, got {other:?}"),
-            )),
-        ),
+        other => {
+            let why = format!("expected HELLO, got {other:?}");
+            let refusal = Some((CloseCode::ProtocolViolation, why));
+            (String::new(), creds(String::new()), Duration::ZERO, refusal)
+        }
     };
     if let Some((code, reason)) = refusal {
         shared.telemetry.handshake_failed(
@@ -582,9 +611,9 @@ async fn serve_connection(
         );
         // A close before the handshake ends reaches the edge as a bare "application error"
         // (QUIC hides the code and reason until then): refuse a 0-RTT HELLO once it has.
-        handshake_done(done.clone()).await;
+        handshake_done(done).await;
         conn.close(quic_code(code), reason.as_bytes());
-        return;
+        return None;
     }
     let welcome = Frame::Welcome {
         version: WIRE_VERSION,
@@ -592,12 +621,50 @@ async fn serve_connection(
     };
     if let Err(e) = write_frame(&mut control_send, &welcome).await {
         warn!(reason = %e, "could not answer HELLO");
-        return;
+        return None;
     }
     info!(edge = %edge_id, "edge connected");
     // Nothing more is due on the control stream; what comes is read and dropped (small frames
     // only), so QUIC holds nothing for it.
     tokio::spawn(async move { while let Ok(Some(_)) = control_recv.next().await {} });
+    Some(Admitted {
+        conn,
+        edge_id,
+        creds,
+        release_after,
+    })
+}
+
+/// Why an edge saying HELLO with `version`, `edge_id` and `creds` is refused, if it is.
+fn refusal(
+    shared: &Shared,
+    version: u8,
+    edge_id: &str,
+    creds: &Credentials,
+) -> Option<(CloseCode, String)> {
+    if let Some(problem) = edge_id_problem(edge_id) {
+        return Some((CloseCode::ProtocolViolation, problem));
+    }
+    if version != WIRE_VERSION {
+        let why = format!("edge speaks wire version {version}, this gateway speaks {WIRE_VERSION}");
+        return Some((CloseCode::UnsupportedVersion, why));
+    }
+    let admitted = shared.access.borrow().admit(creds, edge_id);
+    let refused = admitted.err()?;
+    shared.telemetry.unauthorized(&refused.identity, "connect");
+    Some((CloseCode::Unauthorized, refused.reason))
+}
+
+/// Serves an admitted edge's sessions, one per bidirectional stream and within the limits,
+/// until its connection ends, it goes silent for what it asked, or the gateway shuts down;
+/// then waits for its sessions to end.
+async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Admitted {
+        conn,
+        edge_id,
+        creds,
+        release_after,
+    } = edge;
     shared.telemetry.connection_opened(&conn, edge_id.clone());
     let path = PathWatch::start(&conn);
     let link = session::EdgeLink {
@@ -610,7 +677,7 @@ async fn serve_connection(
             .share(shared.budget.limit() / CONNECTION_SHARE_OF_BUFFER),
     };
     // Once per connection: who may resume this connection's sessions, and what it proved.
-    let edge = session::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());
+    let identity = session::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());
     let creds = Arc::new(creds);
     // An edge with other gateways: its sessions are not held for a resume here (it moves them
     // elsewhere), and once it is silent for what it asked, they end and their origin side goes.
@@ -636,23 +703,9 @@ async fn serve_connection(
                 Err(e) => break e.to_string(),
             },
         };
-        let Ok(own_permit) = per_connection.clone().try_acquire_owned() else {
-            let limit = shared.settings.max_sessions_per_connection;
-            let reason = format!("this connection carries {limit} sessions already");
-            refuse_session(&shared, send, limit, &reason).await;
-            continue;
-        };
-        let Some(edge_slot) = shared.edge_sessions.take(edge.as_str()) else {
-            let limit = shared.edge_sessions.limit();
-            let reason = format!("this edge has its most sessions here ({limit})");
-            refuse_session(&shared, send, limit, &reason).await;
-            continue;
-        };
-        let permit = match shared.sessions.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let limit = shared.settings.max_sessions;
-                let reason = format!("gateway full: no room for another session ({limit})");
+        let slots = match session_slots(&shared, &per_connection, &identity) {
+            Ok(slots) => slots,
+            Err((limit, reason)) => {
                 refuse_session(&shared, send, limit, &reason).await;
                 continue;
             }
@@ -661,7 +714,7 @@ async fn serve_connection(
         let who = session::Who {
             // What the edge calls itself and the address its connection comes from.
             peer: format!("{edge_id}@{}", conn.remote_address()),
-            edge: edge.clone(),
+            edge: identity.clone(),
             edge_id: edge_id.clone(),
             creds: creds.clone(),
             hold,
@@ -670,7 +723,7 @@ async fn serve_connection(
         sessions.spawn(
             async move {
                 session::serve(send, recv, &shared, who, link).await;
-                drop((permit, own_permit, edge_slot));
+                drop(slots);
             }
             .in_current_span(),
         );
@@ -679,6 +732,47 @@ async fn serve_connection(
     sessions.wait().await;
     shared.telemetry.connection_closed(&conn);
     info!(edge = %edge_id, %reason, "edge disconnected");
+}
+
+/// What a live session holds of the gateway's limits: its place on its connection, on its
+/// edge and in the gateway (given back when dropped).
+struct SessionSlots {
+    _on_connection: OwnedSemaphorePermit,
+    _of_edge: admission::EdgeSlot,
+    _in_gateway: OwnedSemaphorePermit,
+}
+
+/// The slots of a new session of the edge `identity` on a connection with `per_connection`
+/// places; else the limit reached and why.
+fn session_slots(
+    shared: &Shared,
+    per_connection: &Arc<Semaphore>,
+    identity: &session::EdgeIdentity,
+) -> Result<SessionSlots, (usize, String)> {
+    let Ok(on_connection) = per_connection.clone().try_acquire_owned() else {
+        let limit = shared.settings.max_sessions_per_connection;
+        return Err((
+            limit,
+            format!("this connection carries {limit} sessions already"),
+        ));
+    };
+    let Some(of_edge) = shared.edge_sessions.take(identity.as_str()) else {
+        let limit = shared.edge_sessions.limit();
+        return Err((
+            limit,
+            format!("this edge has its most sessions here ({limit})"),
+        ));
+    };
+    let Ok(in_gateway) = shared.sessions.clone().try_acquire_owned() else {
+        let limit = shared.settings.max_sessions;
+        let why = format!("gateway full: no room for another session ({limit})");
+        return Err((limit, why));
+    };
+    Ok(SessionSlots {
+        _on_connection: on_connection,
+        _of_edge: of_edge,
+        _in_gateway: in_gateway,
+    })
 }
 
 /// Refuses a session stream before it starts, at a limit: `overloaded` with `reason` to the
