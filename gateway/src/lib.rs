@@ -444,6 +444,8 @@ async fn serve_connection(
 /// A connection whose edge sent its first frame on the control stream (HELLO, it should be).
 struct Greeted {
     conn: quinn::Connection,
+    /// The connection's place in the admission counts, held while it lives.
+    ticket: admission::Ticket,
     /// Becomes true when the QUIC handshake completes.
     done: watch::Receiver<bool>,
     control_send: quinn::SendStream,
@@ -521,6 +523,7 @@ async fn handshake(
     match hello {
         Some(Ok((control_send, control_recv, Ok(first)))) => Some(Greeted {
             conn,
+            ticket,
             done,
             control_send,
             control_recv,
@@ -552,6 +555,8 @@ async fn handshake(
 /// An edge admitted and welcomed on its connection.
 struct Admitted {
     conn: quinn::Connection,
+    /// The connection's place in the admission counts, held while it lives.
+    ticket: admission::Ticket,
     edge_id: String,
     creds: Credentials,
     /// How long a silence of the edge lets its sessions go (HELLO's `release_after_ms`).
@@ -563,6 +568,7 @@ struct Admitted {
 async fn admit(greeted: Greeted, shared: &Shared) -> Option<Admitted> {
     let Greeted {
         conn,
+        ticket,
         done,
         mut control_send,
         mut control_recv,
@@ -629,6 +635,7 @@ async fn admit(greeted: Greeted, shared: &Shared) -> Option<Admitted> {
     tokio::spawn(async move { while let Ok(Some(_)) = control_recv.next().await {} });
     Some(Admitted {
         conn,
+        ticket,
         edge_id,
         creds,
         release_after,
@@ -661,6 +668,7 @@ fn refusal(
 async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: CancellationToken) {
     let Admitted {
         conn,
+        ticket,
         edge_id,
         creds,
         release_after,
@@ -732,6 +740,7 @@ async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: Cancellat
     sessions.wait().await;
     shared.telemetry.connection_closed(&conn);
     info!(edge = %edge_id, %reason, "edge disconnected");
+    drop(ticket);
 }
 
 /// What a live session holds of the gateway's limits: its place on its connection, on its
