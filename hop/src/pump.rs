@@ -12,7 +12,7 @@ use rtmpq_proto::chunk::ChunkError;
 use rtmpq_proto::journal::ResumeFilter;
 use rtmpq_proto::late_arrivals::LateArrivals;
 use rtmpq_proto::media_queue::{DropReason, Dropped, MediaQueue, QueueLimits};
-use rtmpq_proto::message::{Control, MessageClass};
+use rtmpq_proto::message::{Control, Message, MessageClass};
 use rtmpq_proto::session::{Flow, QueueState, SessionTracker};
 use rtmpq_proto::session_end::{EndedBy, SessionEnd};
 use rtmpq_proto::wire::{CloseCode, Frame};
@@ -81,6 +81,24 @@ impl RtmpPeer {
             RtmpPeer::Origin => CloseCode::OriginClosed,
         };
         SessionEnd::new(code, format!("{} {how}", self.name()), EndedBy::Rtmp)
+    }
+
+    /// Whether the far hop sends this hop resume tokens (the gateway does, to the edge).
+    fn takes_resume_tokens(self) -> bool {
+        self == RtmpPeer::Client
+    }
+
+    /// What the RTMP peer is told when its session ends with `end`: a client whose session
+    /// failed elsewhere its RTMP error (`_error` for a pending connect, else `onStatus`), an
+    /// origin this hop leaves what a leaving client sends (`FCUnpublish`, `deleteStream`).
+    fn last_words(self, end: &SessionEnd, t: &SessionTracker) -> Vec<Message> {
+        match self {
+            RtmpPeer::Client if end.ended_by != EndedBy::Rtmp && end.code != CloseCode::Normal => {
+                t.failure_messages(end.code, &end.reason)
+            }
+            RtmpPeer::Origin if end.ended_by == EndedBy::Local => t.goodbye_messages(),
+            _ => Vec::new(),
+        }
     }
 
     fn hop_name(self) -> &'static str {
@@ -570,10 +588,9 @@ fn toward_peer_of(
     peer: RtmpPeer,
     msg: rtmpq_proto::Message,
 ) -> Option<rtmpq_proto::Message> {
-    match (resume, peer) {
-        (None, _) => Some(msg),
-        (Some(resume), RtmpPeer::Client) => resume.toward_origin(msg),
-        (Some(resume), RtmpPeer::Origin) => resume.toward_client(msg),
+    match resume {
+        None => Some(msg),
+        Some(resume) => resume.carry(peer.from_rtmp(), msg),
     }
 }
 
@@ -714,10 +731,7 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                         Err(e) => return violation(format!("through the tunnel: {e}")),
                     };
                     let msg = match &mut self.resume {
-                        Some(resume) => match match peer {
-                            RtmpPeer::Client => resume.toward_client(msg),
-                            RtmpPeer::Origin => resume.toward_origin(msg),
-                        } {
+                        Some(resume) => match resume.carry(flow, msg) {
                             Some(msg) => msg,
                             None => continue,
                         },
@@ -742,7 +756,7 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                 Ok(Some(Frame::SessionClose { code, reason })) => {
                     return SessionEnd::new(code, reason, EndedBy::RemoteClose)
                 }
-                Ok(Some(Frame::ResumeToken(token))) if peer == RtmpPeer::Client => {
+                Ok(Some(Frame::ResumeToken(token))) if peer.takes_resume_tokens() => {
                     self.tracker.lock().expect("tracker").resume_token = Some(token);
                 }
                 Ok(Some(other)) => {
@@ -896,16 +910,7 @@ pub async fn finish_session<S: TunnelSend>(
             close_stream(tunnel_send, end.code, &end.reason).await
         }
     }
-    let to_tell = {
-        let t = tracker.lock().expect("tracker");
-        match peer {
-            RtmpPeer::Client if end.ended_by != EndedBy::Rtmp && end.code != CloseCode::Normal => {
-                t.failure_messages(end.code, &end.reason)
-            }
-            RtmpPeer::Origin if end.ended_by == EndedBy::Local => t.goodbye_messages(),
-            _ => Vec::new(),
-        }
-    };
+    let to_tell = peer.last_words(end, &tracker.lock().expect("tracker"));
     // Past the budget the peer still learns why (small, unbudgeted); a peer that reads
     // nothing does not hold the session open.
     let tell = async {

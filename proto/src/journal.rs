@@ -256,6 +256,15 @@ impl ResumeFilter {
         ResumeFilter::new(u32::MAX, u32::MAX)
     }
 
+    /// `msg` crossing in `flow` as it continues on the session set up again, or `None` if it
+    /// must not go.
+    pub fn carry(&mut self, flow: crate::session::Flow, msg: Message) -> Option<Message> {
+        match flow {
+            crate::session::Flow::ToOrigin => self.toward_origin(msg),
+            crate::session::Flow::ToClient => self.toward_client(msg),
+        }
+    }
+
     /// `msg` from the client as the new origin connection gets it, or `None` if it must not
     /// go.
     pub fn toward_origin(&mut self, msg: Message) -> Option<Message> {
