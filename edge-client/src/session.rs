@@ -102,109 +102,19 @@ async fn run(
     tracker: &Mutex<SessionTracker>,
     waiting: Arc<WaitTimes>,
 ) -> Result<SessionEnd, RtmpIoError> {
-    let settings = &shared.settings;
-    let conn = RtmpConnection::accept(tcp, settings.handshake_timeout).await?;
+    let conn = RtmpConnection::accept(tcp, shared.settings.handshake_timeout).await?;
     let budget = shared.budget.session();
-    let limits = &settings.session_limits;
     let mut client = RtmpSide::start(conn, CLIENT_QUEUE, &budget, &waiting);
-
     let end = match open_tunnel(session_id, shared, tracker).await {
         Ok(opened) => {
-            let mut tunnel = opened.tunnel(shared, &budget, None);
-            loop {
-                let end = run_session(SessionRun {
-                    peer: RtmpPeer::Client,
-                    rtmp: &mut client.reader,
-                    to_rtmp: &client.outbound,
-                    tunnel_recv: &mut tunnel.frames,
-                    tunnel_send: &mut tunnel.send,
-                    tracker,
-                    limits,
-                    queue: tunnel.queue.clone(),
-                    resume: tunnel.resume.take(),
-                    stop: shared.drain.end_sessions(),
-                })
-                .await;
-                let limit = settings.reconnect_limit;
-                let recovery = Recovery {
-                    set_up_again_for: limit,
-                    hold_for: None,
-                };
-                let (step, replay) = {
-                    let t = tracker.lock().expect("tracker");
-                    (next_step(Hop::Edge, &end, &t, recovery), t.journal.replay())
-                };
-                let (Step::Resume | Step::SetUpAgain, Some(replay)) = (step, replay) else {
-                    finish_session(
-                        RtmpPeer::Client,
-                        &end,
-                        tracker,
-                        &client.outbound,
-                        &mut tunnel.send,
-                    )
-                    .await;
-                    break end;
-                };
-                tracker.lock().expect("tracker").recoveries.last_loss = Some(end.reason.clone());
-                warn!(
-                    reason = %end.reason,
-                    "tunnel lost under a live session: setting the session up again through a gateway (for up to {limit:?})"
-                );
-                let (app, stream) = {
-                    let t = tracker.lock().expect("tracker");
-                    (
-                        t.app.clone().unwrap_or_default(),
-                        t.stream.clone().unwrap_or_default(),
-                    )
-                };
-                let held = Held {
-                    session_id,
-                    app,
-                    stream,
-                };
-                // The same session on a new stream, if the gateway still holds it.
-                let deadline = tokio::time::Instant::now() + limit;
-                let token = tracker.lock().expect("tracker").resume_token.take();
-                if let (Step::Resume, Some(token)) = (step, token) {
-                    match resume_within(shared, &budget, session_id, token, tracker, deadline).await
-                    {
-                        Ok(again) => {
-                            tracker.lock().expect("tracker").recoveries.resumed += 1;
-                            shared.telemetry.session_resumed();
-                            info!("session resumed on the gateway that held it; media resumes at the next key frame");
-                            tunnel = again;
-                            continue;
-                        }
-                        Err(why) => {
-                            info!(reason = %why, "not resumed; setting the session up again")
-                        }
-                    }
-                }
-                let again = SetUpAgain {
-                    limit,
-                    deadline,
-                    held: &held,
-                };
-                match set_up_again(shared, &budget, replay, again, tracker).await {
-                    Ok(again) => {
-                        tracker.lock().expect("tracker").recoveries.set_up_again += 1;
-                        shared.telemetry.session_set_up_again();
-                        info!("session set up again through the gateway; media resumes at the next key frame");
-                        tunnel = again;
-                    }
-                    Err(end) => {
-                        finish_session(
-                            RtmpPeer::Client,
-                            &end,
-                            tracker,
-                            &client.outbound,
-                            &mut tunnel.send,
-                        )
-                        .await;
-                        break end;
-                    }
-                }
-            }
+            let tunnel = opened.tunnel(shared, &budget, None);
+            let session = EdgeSession {
+                shared,
+                session_id,
+                budget,
+                tracker,
+            };
+            session.run(&mut client, tunnel).await
         }
         Err(e) => {
             let (code, reason) = (e.code(), e.to_string());
@@ -218,6 +128,103 @@ async fn run(
         reader.discard_until_closed(LINGER).await;
     }
     Ok(end)
+}
+
+/// One session at the edge once its client is served and its first tunnel is open: what
+/// every run of it is built from.
+struct EdgeSession<'a> {
+    shared: &'a Shared,
+    session_id: SessionId,
+    /// Its share of the process-wide buffer bound.
+    budget: Arc<rtmpq_proto::budget::SessionBudget>,
+    tracker: &'a Mutex<SessionTracker>,
+}
+
+impl EdgeSession<'_> {
+    /// Runs the session on `tunnel`, and on each tunnel that replaces a lost one, until it
+    /// ends; then tells the client and the gateway what they must hear.
+    async fn run(&self, client: &mut RtmpSide, mut tunnel: Tunnel) -> SessionEnd {
+        loop {
+            let end = run_session(SessionRun {
+                peer: RtmpPeer::Client,
+                rtmp: &mut client.reader,
+                to_rtmp: &client.outbound,
+                tunnel_recv: &mut tunnel.frames,
+                tunnel_send: &mut tunnel.send,
+                tracker: self.tracker,
+                limits: &self.shared.settings.session_limits,
+                queue: tunnel.queue.clone(),
+                resume: tunnel.resume.take(),
+                stop: self.shared.drain.end_sessions(),
+            })
+            .await;
+            match self.recover(&end).await {
+                Ok(again) => tunnel = again,
+                Err(end) => {
+                    let (outbound, send) = (&client.outbound, &mut tunnel.send);
+                    finish_session(RtmpPeer::Client, &end, self.tracker, outbound, send).await;
+                    return end;
+                }
+            }
+        }
+    }
+
+    /// A new tunnel for the session after a run ended with `end`, if the core says it is
+    /// recovered ([`next_step`]): resumed on the gateway that holds it, else set up again
+    /// through whichever gateway answers, within the reconnect limit. Else how it ends.
+    async fn recover(&self, end: &SessionEnd) -> Result<Tunnel, SessionEnd> {
+        let (shared, tracker) = (self.shared, self.tracker);
+        let limit = shared.settings.reconnect_limit;
+        let recovery = Recovery {
+            set_up_again_for: limit,
+            hold_for: None,
+        };
+        let (step, replay, held) = {
+            let mut t = tracker.lock().expect("tracker");
+            let step = next_step(Hop::Edge, end, &t, recovery);
+            if step != Step::Finish {
+                t.recoveries.last_loss = Some(end.reason.clone());
+            }
+            let held = Held {
+                session_id: self.session_id,
+                app: t.app.clone().unwrap_or_default(),
+                stream: t.stream.clone().unwrap_or_default(),
+            };
+            (step, t.journal.replay(), held)
+        };
+        let (Step::Resume | Step::SetUpAgain, Some(replay)) = (step, replay) else {
+            return Err(end.clone());
+        };
+        warn!(
+            reason = %end.reason,
+            "tunnel lost under a live session: setting the session up again through a gateway (for up to {limit:?})"
+        );
+        let deadline = tokio::time::Instant::now() + limit;
+        // The same session on a new stream, if the gateway still holds it.
+        let token = tracker.lock().expect("tracker").resume_token.take();
+        if let (Step::Resume, Some(token)) = (step, token) {
+            let (budget, id) = (&self.budget, self.session_id);
+            match resume_within(shared, budget, id, token, tracker, deadline).await {
+                Ok(again) => {
+                    tracker.lock().expect("tracker").recoveries.resumed += 1;
+                    shared.telemetry.session_resumed();
+                    info!("session resumed on the gateway that held it; media resumes at the next key frame");
+                    return Ok(again);
+                }
+                Err(why) => info!(reason = %why, "not resumed; setting the session up again"),
+            }
+        }
+        let again = SetUpAgain {
+            limit,
+            deadline,
+            held: &held,
+        };
+        let again = set_up_again(shared, &self.budget, replay, again, tracker).await?;
+        tracker.lock().expect("tracker").recoveries.set_up_again += 1;
+        shared.telemetry.session_set_up_again();
+        info!("session set up again through the gateway; media resumes at the next key frame");
+        Ok(again)
+    }
 }
 
 /// A session's tunnel and how the client's messages go on it.

@@ -487,40 +487,19 @@ impl GatewaySession<'_> {
         mut queue: QueuePolicy,
         access: &mut watch::Receiver<Arc<AccessPolicy>>,
     ) -> SessionEnd {
-        let GatewaySession {
-            shared,
-            session_id,
-            who,
-            tracker,
-            budget,
-            waiting,
-        } = self;
-        let edge = &who.edge;
+        let (shared, tracker) = (self.shared, self.tracker);
         let mut link = match connect_origin(shared).await {
-            Ok(conn) => RtmpSide::start(conn, ORIGIN_QUEUE, &budget, &waiting),
+            Ok(conn) => RtmpSide::start(conn, ORIGIN_QUEUE, &self.budget, &self.waiting),
             Err(e) => {
                 let end = e.end();
                 close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
                 return end;
             }
         };
-        let grace = who.hold;
         let owner = SessionOwner::new();
         let mut resume = None;
         loop {
-            // A new single-use token for each stream the session runs on.
-            let mut handoff = None;
-            if let Some((token, rx)) = (!grace.is_zero())
-                .then(|| shared.resumable.offer(session_id, edge, owner))
-                .flatten()
-            {
-                if write_frame(&mut tunnel.send.stream, &Frame::ResumeToken(token))
-                    .await
-                    .is_ok()
-                {
-                    handoff = Some(rx);
-                }
-            }
+            let mut handoff = self.offer_resume(owner, &mut tunnel).await;
             queue.path = Some(tunnel.path.clone());
             let turn = tokio::select! {
                 end = run_session(SessionRun {
@@ -537,7 +516,7 @@ impl GatewaySession<'_> {
                 }) => Turn::Ended(end),
                 // The edge took the session over on a new stream (it lost the old one first).
                 new = handed_over(&mut handoff) => Turn::Resumed(new),
-                end = rights_withdrawn(access, who, tracker) => Turn::Ended(end),
+                end = rights_withdrawn(access, self.who, tracker) => Turn::Ended(end),
             };
             let end = match turn {
                 Turn::Resumed(new) => {
@@ -546,12 +525,8 @@ impl GatewaySession<'_> {
                         tracker,
                         "the edge moved the session to a new stream",
                     );
-                    tunnel
-                        .send
-                        .stream
-                        .reset(quic_code(CloseCode::TunnelLost))
-                        .ok();
-                    tunnel = new;
+                    let mut old = std::mem::replace(&mut tunnel, new);
+                    old.send.stream.reset(quic_code(CloseCode::TunnelLost)).ok();
                     resume = Some(ResumeFilter::same_stream());
                     continue;
                 }
@@ -559,7 +534,7 @@ impl GatewaySession<'_> {
             };
             let recovery = Recovery {
                 set_up_again_for: shared.settings.origin_retry,
-                hold_for: handoff.as_ref().map(|_| grace),
+                hold_for: handoff.as_ref().map(|_| self.who.hold),
             };
             let step = next_step(
                 Hop::Gateway,
@@ -568,52 +543,23 @@ impl GatewaySession<'_> {
                 recovery,
             );
             if step == Step::Hold {
-                warn!(reason = %end.reason, "tunnel lost under a live session: holding it for {grace:?} for its edge to resume it");
-                // Nothing more is read from the lost stream or its media lanes while held.
-                TunnelRecv::stop(&mut tunnel.frames, CloseCode::TunnelLost);
-                let held = tokio::select! {
-                    new = handed_over(&mut handoff) => Some(new),
-                    _ = tokio::time::sleep(grace) => None,
-                    _ = keep_origin_alive(&mut link) => None,
-                };
-                if let Some(new) = held {
-                    note_resumed(shared, tracker, &end.reason);
+                if let Some(new) = self.hold(&end, &mut handoff, &mut tunnel, &mut link).await {
                     tunnel = new;
                     resume = Some(ResumeFilter::same_stream());
                     continue;
                 }
-                info!("not resumed within {grace:?}: the session ends");
             }
-            shared.resumable.withdraw(session_id, owner);
+            shared.resumable.withdraw(self.session_id, owner);
             let replay = tracker.lock().expect("tracker").journal.replay();
-            let limit = recovery.set_up_again_for;
             let (Step::SetUpAgain, Some(replay)) = (step, replay) else {
-                finish_session(
-                    RtmpPeer::Origin,
-                    &end,
-                    tracker,
-                    &link.outbound,
-                    &mut tunnel.send,
-                )
-                .await;
+                let (outbound, send) = (&link.outbound, &mut tunnel.send);
+                finish_session(RtmpPeer::Origin, &end, tracker, outbound, send).await;
                 close_origin(link).await;
                 return end;
             };
             link.abort();
-            warn!(
-                reason = %end.reason,
-                "origin lost under a live session: setting the session up again (for up to {limit:?})"
-            );
-            match set_up_again(shared, &budget, &waiting, replay, limit).await {
+            match self.origin_again(&end, replay).await {
                 Ok((new_link, filter)) => {
-                    let mut t = tracker.lock().expect("tracker");
-                    t.recoveries.set_up_again += 1;
-                    t.recoveries.last_loss = Some(end.reason.clone());
-                    drop(t);
-                    shared.telemetry.session_set_up_again();
-                    info!(
-                        "session set up again on the origin; media resumes at the next key frame"
-                    );
                     link = new_link;
                     resume = Some(filter);
                 }
@@ -623,6 +569,72 @@ impl GatewaySession<'_> {
                 }
             }
         }
+    }
+
+    /// Offers the session for a resume by its edge with a new single-use token (one for each
+    /// stream the session runs on), sent on `tunnel`; the receiver gets the stream of a
+    /// SESSION_RESUME. `None` when its sessions are not held (an edge with other gateways) or
+    /// the token could not be sent.
+    async fn offer_resume(
+        &self,
+        owner: SessionOwner,
+        tunnel: &mut Tunnel,
+    ) -> Option<oneshot::Receiver<Tunnel>> {
+        if self.who.hold.is_zero() {
+            return None;
+        }
+        let resumable = &self.shared.resumable;
+        let (token, rx) = resumable.offer(self.session_id, &self.who.edge, owner)?;
+        let sent = write_frame(&mut tunnel.send.stream, &Frame::ResumeToken(token)).await;
+        sent.is_ok().then_some(rx)
+    }
+
+    /// Holds a session whose tunnel was lost (`end`) for its edge's hold time, the origin
+    /// connection kept alive: the stream the edge resumes it on, or `None` (not resumed in
+    /// time, or the origin went meanwhile).
+    async fn hold(
+        &self,
+        end: &SessionEnd,
+        handoff: &mut Option<oneshot::Receiver<Tunnel>>,
+        tunnel: &mut Tunnel,
+        link: &mut RtmpSide,
+    ) -> Option<Tunnel> {
+        let grace = self.who.hold;
+        warn!(reason = %end.reason, "tunnel lost under a live session: holding it for {grace:?} for its edge to resume it");
+        // Nothing more is read from the lost stream or its media lanes while held.
+        TunnelRecv::stop(&mut tunnel.frames, CloseCode::TunnelLost);
+        let held = tokio::select! {
+            new = handed_over(handoff) => Some(new),
+            _ = tokio::time::sleep(grace) => None,
+            _ = keep_origin_alive(link) => None,
+        };
+        match &held {
+            Some(_) => note_resumed(self.shared, self.tracker, &end.reason),
+            None => info!("not resumed within {grace:?}: the session ends"),
+        }
+        held
+    }
+
+    /// Sets the session up again on a new origin connection after the origin went (`end`).
+    async fn origin_again(
+        &self,
+        end: &SessionEnd,
+        replay: Replay,
+    ) -> Result<(RtmpSide, ResumeFilter), SessionEnd> {
+        let shared = self.shared;
+        let limit = shared.settings.origin_retry;
+        warn!(
+            reason = %end.reason,
+            "origin lost under a live session: setting the session up again (for up to {limit:?})"
+        );
+        let again = set_up_again(shared, &self.budget, &self.waiting, replay, limit).await?;
+        let mut t = self.tracker.lock().expect("tracker");
+        t.recoveries.set_up_again += 1;
+        t.recoveries.last_loss = Some(end.reason.clone());
+        drop(t);
+        shared.telemetry.session_set_up_again();
+        info!("session set up again on the origin; media resumes at the next key frame");
+        Ok(again)
     }
 }
 
