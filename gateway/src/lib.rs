@@ -769,13 +769,12 @@ fn session_slots(
         let limit = shared.edge_sessions.limit();
         return Err((
             limit,
-            format!("this edge has its most sessions here ({limit})"),
+            format!("this edge has {limit} sessions at this gateway already"),
         ));
     };
     let Ok(in_gateway) = shared.sessions.clone().try_acquire_owned() else {
         let limit = shared.settings.max_sessions;
-        let why = format!("gateway full: no room for another session ({limit})");
-        return Err((limit, why));
+        return Err((limit, "gateway has no room for another session".to_owned()));
     };
     Ok(SessionSlots {
         _on_connection: on_connection,
