@@ -6,6 +6,7 @@ pub mod admission;
 pub mod config;
 pub mod connection_ids;
 pub mod embedded_origin;
+mod resumable;
 mod session;
 
 use std::net::SocketAddr;
@@ -51,7 +52,7 @@ struct Shared {
     /// The bound on bytes buffered by all sessions.
     budget: MemoryBudget,
     /// Live sessions an edge may take over on a new stream (SESSION_RESUME).
-    resumable: session::Resumable,
+    resumable: resumable::Resumable,
     /// Who may connect and what each may do; replaced on reload, watched by live sessions.
     access: watch::Sender<Arc<AccessPolicy>>,
     /// When the certificates the gateway presents and trusts expire (name, Unix seconds).
@@ -242,7 +243,7 @@ impl Gateway {
             telemetry,
             drain: Drain::default(),
             budget,
-            resumable: session::Resumable::default(),
+            resumable: resumable::Resumable::default(),
         });
         Ok(Gateway {
             endpoint,
@@ -685,7 +686,7 @@ async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: Cancellat
             .share(shared.budget.limit() / CONNECTION_SHARE_OF_BUFFER),
     };
     // Once per connection: who may resume this connection's sessions, and what it proved.
-    let identity = session::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());
+    let identity = resumable::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());
     let creds = Arc::new(creds);
     // An edge with other gateways: its sessions are not held for a resume here (it moves them
     // elsewhere), and once it is silent for what it asked, they end and their origin side goes.
@@ -756,7 +757,7 @@ struct SessionSlots {
 fn session_slots(
     shared: &Shared,
     per_connection: &Arc<Semaphore>,
-    identity: &session::EdgeIdentity,
+    identity: &resumable::EdgeIdentity,
 ) -> Result<SessionSlots, (usize, String)> {
     let Ok(on_connection) = per_connection.clone().try_acquire_owned() else {
         let limit = shared.settings.max_sessions_per_connection;

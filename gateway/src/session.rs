@@ -1,10 +1,8 @@
 //! One RTMP session at the gateway: SESSION_OPEN, a TCP connection and client handshake to the
 //! origin, then the two pumps until either side ends.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rand::RngCore;
 use rtmpq_hop::transport::quic_code;
 use rtmpq_hop::tunnel::write_frame;
 use std::time::Duration;
@@ -22,12 +20,13 @@ use rtmpq_proto::budget::{MemoryBudget, SessionBudget};
 use rtmpq_proto::journal::{Replay, ResumeFilter};
 use rtmpq_proto::session::SessionTracker;
 use rtmpq_proto::session_end::{next_step, EndedBy, Hop, Recovery, SessionEnd, Step};
-use rtmpq_proto::wire::{Carrier, CloseCode, Frame, ResumeToken, SessionId, RESUME_TOKEN_LEN};
+use rtmpq_proto::wire::{Carrier, CloseCode, Frame, SessionId};
 use std::convert::Infallible;
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
 use crate::access::{AccessPolicy, Credentials};
+use crate::resumable::{handed_over, EdgeIdentity, SessionOwner};
 use crate::Shared;
 use rtmpq_proto::access::Rights;
 
@@ -81,33 +80,112 @@ async fn rights_withdrawn(
     }
 }
 
+/// Serves one session stream of an admitted edge: SESSION_OPEN starts a session (run until it
+/// ends), SESSION_RESUME hands the stream to the live session it names.
 pub(crate) async fn serve(
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     recv: quinn::RecvStream,
     shared: &Shared,
     who: Who,
     link: EdgeLink,
 ) {
     let budget = link.budget.session();
+    let Some(opened) = read_open(send, recv, shared, &who, &link, &budget).await else {
+        return;
+    };
+    let Opened {
+        session_id,
+        latency_budget_ms,
+        tunnel,
+    } = opened;
+    let span = tracing::info_span!("session", id = %session_id);
+    async {
+        let mut access = shared.access.subscribe();
+        let mut tracker = SessionTracker::default();
+        tracker.rights = Some(who.rights(&access.borrow_and_update()));
+        let tracker = Arc::new(Mutex::new(tracker));
+        let waiting = Arc::<WaitTimes>::default();
+        let (peer, registered) = (who.peer.clone(), tracker.clone());
+        let telemetry = &shared.telemetry;
+        telemetry.session_started(session_id, peer, registered, waiting.clone());
+        // What the origin sends (a player's media) waits under the budget the edge asked for.
+        let queue = QueuePolicy {
+            budget: (latency_budget_ms > 0)
+                .then(|| Duration::from_millis(u64::from(latency_budget_ms))),
+            charge: Some(budget.clone()),
+            ..QueuePolicy::default()
+        };
+        let session = GatewaySession {
+            shared,
+            session_id,
+            who: &who,
+            tracker: &tracker,
+            budget,
+            waiting,
+        };
+        let end = session.run(tunnel, queue, &mut access).await;
+        telemetry.session_ended(session_id, end.code, &end.reason);
+        let t = tracker.lock().expect("tracker");
+        if let (CloseCode::Unauthorized, Some(rights), Some(direction)) =
+            (end.code, &t.rights, t.direction)
+        {
+            telemetry.unauthorized(&rights.identity, direction.as_str());
+        }
+        log_session_end(&end, &t);
+    }
+    .instrument(span)
+    .await
+}
+
+/// A new session's first frame read: its id, the budget its edge asked for, its tunnel.
+struct Opened {
+    session_id: SessionId,
+    latency_budget_ms: u32,
+    tunnel: Tunnel,
+}
+
+/// Reads a session stream's first frame: a SESSION_OPEN of a new id is a new session; a
+/// SESSION_RESUME hands the stream to the session it names (or is refused with why); anything
+/// else, nothing in time, or an id in use is refused. `None` once the stream is dealt with.
+async fn read_open(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    shared: &Shared,
+    who: &Who,
+    link: &EdgeLink,
+    budget: &Arc<SessionBudget>,
+) -> Option<Opened> {
     // Until SESSION_OPEN or SESSION_RESUME (tens of bytes), only small frames: a stream that
     // announces a large first frame is refused at once, not buffered.
     let mut frames = FrameReader::control(recv);
     let open = tokio::time::timeout(shared.settings.handshake_timeout, frames.next()).await;
     frames.lift_limit();
     frames.set_budget(budget.clone());
-    let (session_id, latency_budget_ms, carrier) = match open {
+    let reason = match open {
         Ok(Ok(Some(Frame::SessionOpen {
             session_id,
             latency_budget_ms,
             carrier,
-        }))) => (session_id, latency_budget_ms, carrier),
+        }))) if !shared.resumable.holds(session_id) => {
+            let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, budget);
+            return Some(Opened {
+                session_id,
+                latency_budget_ms,
+                tunnel,
+            });
+        }
+        // Edges choose ids at random; one that names a live session here is not that
+        // session's (it would resume it) and must not take its place.
+        Ok(Ok(Some(Frame::SessionOpen { session_id, .. }))) => {
+            format!("session id {session_id} is in use by a live session here")
+        }
         Ok(Ok(Some(Frame::SessionResume {
             session_id,
             token,
             latency_budget_ms,
             carrier,
         }))) => {
-            let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, &budget);
+            let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, budget);
             match shared
                 .resumable
                 .hand_over(session_id, &token, &who.edge, tunnel)
@@ -119,75 +197,16 @@ pub(crate) async fn serve(
                     close_stream(&mut tunnel.send.stream, CloseCode::ResumeRefused, &why).await;
                 }
             }
-            return;
+            return None;
         }
-        other => {
-            let reason = match other {
-                Err(_) => "no SESSION_OPEN in time".to_owned(),
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(frame)) => format!("expected SESSION_OPEN, got {frame:?}"),
-            };
-            warn!(code = %CloseCode::ProtocolViolation, %reason, "session refused");
-            TunnelRecv::stop(&mut frames, CloseCode::ProtocolViolation);
-            close_stream(&mut send, CloseCode::ProtocolViolation, &reason).await;
-            return;
-        }
+        Err(_) => "no SESSION_OPEN in time".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(frame)) => format!("expected SESSION_OPEN, got {frame:?}"),
     };
-    if shared.resumable.holds(session_id) {
-        // Edges choose ids at random; one that names a live session here is not that
-        // session's (it would resume it) and must not take its place.
-        let reason = format!("session id {session_id} is in use by a live session here");
-        warn!(code = %CloseCode::ProtocolViolation, %reason, "session refused");
-        TunnelRecv::stop(&mut frames, CloseCode::ProtocolViolation);
-        close_stream(&mut send, CloseCode::ProtocolViolation, &reason).await;
-        return;
-    }
-    let span = tracing::info_span!("session", id = %session_id);
-    async {
-        let mut access = shared.access.subscribe();
-        let rights = who.rights(&access.borrow_and_update());
-        let mut tracker = SessionTracker::default();
-        tracker.rights = Some(rights);
-        let tracker = Arc::new(Mutex::new(tracker));
-        let waiting = Arc::<WaitTimes>::default();
-        shared.telemetry.session_started(
-            session_id,
-            who.peer.clone(),
-            tracker.clone(),
-            waiting.clone(),
-        );
-        // What the origin sends (a player's media) waits under the budget the edge asked for.
-        let queue = QueuePolicy {
-            budget: (latency_budget_ms > 0)
-                .then(|| Duration::from_millis(u64::from(latency_budget_ms))),
-            charge: Some(budget.clone()),
-            ..QueuePolicy::default()
-        };
-        let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, &budget);
-        let session = GatewaySession {
-            shared,
-            session_id,
-            who: &who,
-            tracker: &tracker,
-            budget,
-            waiting,
-        };
-        let end = session.run(tunnel, queue, &mut access).await;
-        shared
-            .telemetry
-            .session_ended(session_id, end.code, &end.reason);
-        let t = tracker.lock().expect("tracker");
-        if let (CloseCode::Unauthorized, Some(rights), Some(direction)) =
-            (end.code, &t.rights, t.direction)
-        {
-            shared
-                .telemetry
-                .unauthorized(&rights.identity, direction.as_str());
-        }
-        log_session_end(&end, &t);
-    }
-    .instrument(span)
-    .await
+    warn!(code = %CloseCode::ProtocolViolation, %reason, "session refused");
+    TunnelRecv::stop(&mut frames, CloseCode::ProtocolViolation);
+    close_stream(&mut send, CloseCode::ProtocolViolation, &reason).await;
+    None
 }
 
 /// Why the origin side of a session could not be set up.
@@ -276,160 +295,6 @@ impl EdgeLink {
             frames: SessionRecv::carried(frames, carrier, &self.lanes, Some(budget.clone())),
             path: self.path.clone(),
         }
-    }
-}
-
-/// Who may resume a session: the edge's name, its client certificate's fingerprint and a
-/// digest of its HELLO token (the token itself is not kept).
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct EdgeIdentity(String);
-
-impl EdgeIdentity {
-    /// The identity as a key (it holds digests, not the token).
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for EdgeIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EdgeIdentity(****)")
-    }
-}
-
-impl EdgeIdentity {
-    /// The identity of the edge on `conn` that said HELLO with `edge_id` and `token`.
-    pub(crate) fn of(conn: &quinn::Connection, edge_id: &str, token: &str) -> Self {
-        let digest = |bytes: &[u8]| {
-            let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-            d.as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
-        let cert = crate::peer_certificate(conn)
-            .map(|c| digest(c.as_ref()))
-            .unwrap_or_default();
-        EdgeIdentity(format!("{edge_id}|{cert}|{}", digest(token.as_bytes())))
-    }
-}
-
-/// Live sessions an edge may take over on a new stream: each holds a single-use token (sent
-/// to its edge in RESUME_TOKEN) and waits for a stream handed over by SESSION_RESUME.
-#[derive(Default)]
-pub(crate) struct Resumable(Mutex<HashMap<SessionId, Holder>>);
-
-impl std::fmt::Debug for Resumable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().expect("resumable").len();
-        f.debug_tuple("Resumable").field(&n).finish()
-    }
-}
-
-struct Holder {
-    token: ResumeToken,
-    edge: EdgeIdentity,
-    /// The live session that offered it: only that one offers it again.
-    owner: SessionOwner,
-    /// Taken by the SESSION_RESUME that spends the token.
-    handoff: Option<oneshot::Sender<Tunnel>>,
-}
-
-/// One live session at this gateway (session ids are chosen by edges, and an edge's word
-/// alone, its edge id without a token or certificate, is not proof of who it is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct SessionOwner(u64);
-
-impl SessionOwner {
-    /// A session never seen before.
-    pub(crate) fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        SessionOwner(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
-impl Resumable {
-    /// Offers session `id` of `owner` for resumption by `edge` with a new token (any earlier
-    /// one no longer works); the receiver gets the stream of a successful SESSION_RESUME.
-    /// `None` if another live session holds that id, whatever edge it names itself (ids are
-    /// the edges' choice: a session must not displace another's by reusing its id).
-    fn offer(
-        &self,
-        id: SessionId,
-        edge: &EdgeIdentity,
-        owner: SessionOwner,
-    ) -> Option<(ResumeToken, oneshot::Receiver<Tunnel>)> {
-        let mut held = self.0.lock().expect("resumable");
-        if held.get(&id).is_some_and(|h| h.owner != owner) {
-            return None;
-        }
-        let mut token = [0u8; RESUME_TOKEN_LEN];
-        rand::rng().fill_bytes(&mut token);
-        let token = ResumeToken(token);
-        let (handoff, rx) = oneshot::channel();
-        let holder = Holder {
-            token,
-            edge: edge.clone(),
-            owner,
-            handoff: Some(handoff),
-        };
-        held.insert(id, holder);
-        Some((token, rx))
-    }
-
-    /// Whether a live session holds `id`.
-    fn holds(&self, id: SessionId) -> bool {
-        self.0.lock().expect("resumable").contains_key(&id)
-    }
-
-    /// `owner`'s session `id` can no longer be resumed (another session's of the same id stays).
-    fn withdraw(&self, id: SessionId, owner: SessionOwner) {
-        let mut held = self.0.lock().expect("resumable");
-        if held.get(&id).is_some_and(|h| h.owner == owner) {
-            held.remove(&id);
-        }
-    }
-
-    /// Hands `tunnel` to session `id` if `token` is its current token and `edge` the edge it
-    /// belongs to; the token is then spent. Else gives the stream back, with why.
-    fn hand_over(
-        &self,
-        id: SessionId,
-        token: &ResumeToken,
-        edge: &EdgeIdentity,
-        tunnel: Tunnel,
-    ) -> Result<(), Box<(Tunnel, String)>> {
-        let mut held = self.0.lock().expect("resumable");
-        let refusal = match held.get(&id) {
-            None => Some("no such session is held here"),
-            Some(h) if !h.token.matches(token) || h.handoff.is_none() => {
-                Some("the token does not match (forged, or used already)")
-            }
-            Some(h) if h.edge != *edge => Some("the session belongs to another edge"),
-            Some(_) => None,
-        };
-        if let Some(why) = refusal {
-            return Err(Box::new((tunnel, why.to_owned())));
-        }
-        // The token is spent; the id stays its session's until that session withdraws it.
-        let handoff = held
-            .get_mut(&id)
-            .and_then(|h| h.handoff.take())
-            .expect("checked above");
-        handoff
-            .send(tunnel)
-            .map_err(|t| Box::new((t, "the session ended meanwhile".to_owned())))
-    }
-}
-
-/// The stream a SESSION_RESUME handed over, or never.
-async fn handed_over(rx: &mut Option<oneshot::Receiver<Tunnel>>) -> Tunnel {
-    match rx {
-        Some(rx) => match rx.await {
-            Ok(tunnel) => tunnel,
-            Err(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
     }
 }
 
