@@ -1,8 +1,11 @@
-//! Loopback figures, the tunnel beside a plain TCP relay in one run: start-up time (pusher TCP
-//! connect to the first media message at a player of the origin), and throughput with the CPU
-//! time each process spends per gigabit: the edge and the gateway are real `rtmpq` processes,
-//! the relay is a process of its own, and the origin, publishers and players run here, so no
-//! process's figure includes another's work.
+//! Loopback figures, the tunnel beside a plain TCP relay and a TLS 1.3 relay pair in one run:
+//! start-up time (pusher TCP connect to the first media message at a player of the origin),
+//! and throughput with the CPU time each process spends per gigabit: the edge and the gateway
+//! are real `rtmpq` processes, each relay is a process of its own, and the origin, publishers
+//! and players run here, so no process's figure includes another's work. The TLS pair is what
+//! a hop that must encrypt costs at least: the near relay takes plain RTMP and sends it over
+//! TLS 1.3 (rustls, ring, AES-GCM) to the far one, which hands it to the origin, as the edge
+//! and the gateway do over QUIC.
 //!
 //! Workloads: 64 KiB video messages (1 and 16 sessions) and a real media mix (30 fps video of
 //! ~12 KB with a ~60 KB key frame every 2 s, plus ~300-byte AAC frames, 50 sessions), sent as
@@ -25,8 +28,11 @@ use tokio_util::sync::CancellationToken;
 const STARTUP_TRIALS: usize = 30;
 /// Bytes pushed per throughput run (all sessions together).
 const THROUGHPUT_BYTES: usize = 512 << 20;
-/// Set in a child of this bench to make it the plain TCP relay: `LISTEN=ORIGIN`.
+/// Set in a child of this bench to make it a relay: `LISTEN=TARGET`.
 const RELAY_ENV: &str = "RTMPQ_BENCH_RELAY";
+/// With [`RELAY_ENV`]: the relay's TLS side, `near:PIN` (plain in, TLS to a far relay with
+/// that certificate) or `far:STATE_DIR` (TLS in with the certificate kept there, plain out).
+const RELAY_TLS_ENV: &str = "RTMPQ_BENCH_RELAY_TLS";
 
 /// How the publishers' messages are shaped.
 #[derive(Debug, Clone, Copy)]
@@ -255,9 +261,67 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// The plain TCP relay, when this bench runs as its own child.
+/// A relay's TLS side ([`RELAY_TLS_ENV`]).
+#[derive(Clone)]
+enum RelayTls {
+    /// Plain in, plain out.
+    None,
+    /// Plain in, TLS out (the far relay's certificate pinned).
+    Near(tokio_rustls::TlsConnector),
+    /// TLS in, plain out.
+    Far(tokio_rustls::TlsAcceptor),
+}
+
+impl RelayTls {
+    fn from_env() -> RelayTls {
+        let Ok(spec) = std::env::var(RELAY_TLS_ENV) else {
+            return RelayTls::None;
+        };
+        match spec.split_once(':') {
+            Some(("near", pin)) => {
+                let trust = rtmpq_certs::GatewayTrust::Pin(pin.parse().expect("a pin"));
+                let tls = rtmpq_certs::client_tls(trust, None).unwrap();
+                RelayTls::Near(std::sync::Arc::new(tls).into())
+            }
+            Some(("far", dir)) => {
+                let identity = rtmpq_certs::self_signed(std::path::Path::new(dir)).unwrap();
+                let tls = rtmpq_certs::server_tls(identity, None).unwrap();
+                RelayTls::Far(std::sync::Arc::new(tls).into())
+            }
+            _ => panic!("{RELAY_TLS_ENV}: near:PIN or far:DIR"),
+        }
+    }
+
+    /// Relays `client` to `target` until either side closes.
+    async fn relay(self, mut client: tokio::net::TcpStream, target: String) {
+        let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        match self {
+            RelayTls::None => {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            RelayTls::Near(tls) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                if let Ok(mut upstream) = tls.connect(name, upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            }
+            RelayTls::Far(tls) => {
+                if let Ok(mut client) = tls.accept(client).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            }
+        }
+    }
+}
+
+/// A relay, when this bench runs as its own child: plain TCP, or one side of the TLS pair.
 fn run_relay(spec: &str) {
-    let (listen, origin) = spec.split_once('=').expect("LISTEN=ORIGIN");
+    let (listen, target) = spec.split_once('=').expect("LISTEN=TARGET");
+    let tls = RelayTls::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -267,17 +331,10 @@ fn run_relay(spec: &str) {
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         eprintln!("relay ready listen={}", listener.local_addr().unwrap());
         loop {
-            let Ok((mut client, _)) = listener.accept().await else {
+            let Ok((client, _)) = listener.accept().await else {
                 return;
             };
-            let origin = origin.to_owned();
-            tokio::spawn(async move {
-                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&origin).await {
-                    let _ = client.set_nodelay(true);
-                    let _ = upstream.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-            });
+            tokio::spawn(tls.clone().relay(client, target.to_owned()));
         }
     });
 }
@@ -344,6 +401,26 @@ async fn bench() {
     )
     .await;
     let relay_addr = relay.field("listen");
+    let tls_state = tempfile::tempdir().unwrap();
+    let tls_pin = rtmpq_certs::self_signed(tls_state.path())
+        .unwrap()
+        .fingerprint()
+        .to_string();
+    let far = Child::start(
+        tokio::process::Command::new(std::env::current_exe().unwrap())
+            .env(RELAY_ENV, format!("127.0.0.1:0={origin_addr}"))
+            .env(RELAY_TLS_ENV, format!("far:{}", tls_state.path().display())),
+        "relay ready",
+    )
+    .await;
+    let near = Child::start(
+        tokio::process::Command::new(std::env::current_exe().unwrap())
+            .env(RELAY_ENV, format!("127.0.0.1:0={}", far.field("listen")))
+            .env(RELAY_TLS_ENV, format!("near:{tls_pin}")),
+        "relay ready",
+    )
+    .await;
+    let tls_addr = near.field("listen");
     println!("measuring {bin}");
 
     // Warm up the QUIC connection so start-up measures sessions, not the first handshake.
@@ -361,8 +438,8 @@ async fn bench() {
         t.as_secs_f64() / d.as_secs_f64()
     );
 
-    println!("| workload | sessions | relay Gbit/s | tunnel Gbit/s | relay CPU-s/Gbit | edge CPU-s/Gbit | gateway CPU-s/Gbit | edge/relay | gateway/relay |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | sessions | relay Gbit/s | TLS pair Gbit/s | tunnel Gbit/s | relay CPU-s/Gbit | TLS near / far CPU-s/Gbit | edge CPU-s/Gbit | gateway CPU-s/Gbit | edge / TLS near | gateway / TLS far |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (mix, sessions) in [
         (Mix::Big, 1usize),
         (Mix::Big, 16),
@@ -373,36 +450,35 @@ async fn bench() {
             "{}{sessions}-",
             if matches!(mix, Mix::Big) { "b" } else { "m" }
         );
-        let tcp = throughput(
-            &relay_addr,
-            &origin_addr,
-            sessions,
-            mix,
-            &[relay.pid()],
-            &format!("r{tag}"),
-        )
-        .await;
-        let quic = throughput(
-            &edge_addr,
-            &origin_addr,
-            sessions,
-            mix,
-            &[edge.pid(), gateway.pid()],
-            &format!("q{tag}"),
-        )
-        .await;
-        assert!(tcp.delivered > 0 && quic.delivered > 0);
-        let relay_cpu = tcp.cpu_per_gbit[0];
+        let run = async |target: &str, pids: &[u32], path: &str| {
+            throughput(
+                target,
+                &origin_addr,
+                sessions,
+                mix,
+                pids,
+                &format!("{path}{tag}"),
+            )
+            .await
+        };
+        let tcp = run(&relay_addr, &[relay.pid()], "r").await;
+        let tls = run(&tls_addr, &[near.pid(), far.pid()], "s").await;
+        let quic = run(&edge_addr, &[edge.pid(), gateway.pid()], "q").await;
+        assert!(tcp.delivered > 0 && tls.delivered > 0 && quic.delivered > 0);
+        let (near_cpu, far_cpu) = (tls.cpu_per_gbit[0], tls.cpu_per_gbit[1]);
         println!(
-            "| {} | {sessions} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
+            "| {} | {sessions} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} / {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
             mix.name(),
             tcp.gbps,
+            tls.gbps,
             quic.gbps,
-            relay_cpu,
+            tcp.cpu_per_gbit[0],
+            near_cpu,
+            far_cpu,
             quic.cpu_per_gbit[0],
             quic.cpu_per_gbit[1],
-            quic.cpu_per_gbit[0] / relay_cpu,
-            quic.cpu_per_gbit[1] / relay_cpu,
+            quic.cpu_per_gbit[0] / near_cpu,
+            quic.cpu_per_gbit[1] / far_cpu,
         );
     }
     shutdown.cancel();
