@@ -427,11 +427,8 @@ fn budget_ms(shared: &Shared) -> u32 {
 const RESUME_LIMIT: Duration = Duration::from_secs(3);
 
 /// Resumes the session with `token` on whichever gateway connection comes up before
-/// `deadline`: while no gateway is reachable (a path still dark after the idle timeout ended
-/// the connection) the token is kept and the edge waits for one, so the gateway that holds the
-/// session gets it back (the first measured 20 s blackout spent the token on "gateway
-/// unreachable" 3 s after the connection died, and the re-setup then met the session the
-/// gateway still held: `NetStream.Publish.BadName` until its grace ran out).
+/// `deadline`. While no gateway is reachable the token is kept and the edge waits for one:
+/// spent on "unreachable", the set-up that follows meets the session the gateway still holds.
 async fn resume_within(
     shared: &Shared,
     budget: &Arc<rtmpq_proto::budget::SessionBudget>,

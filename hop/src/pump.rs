@@ -208,16 +208,10 @@ impl QueuePolicy {
 
     /// Sets `queue`'s budgets from the path as it is now: the [effective
     /// budget](Self::effective_budget), and while the path is dark and for a budget after
-    /// ([`PathWatch::dark_within`]) the newest group is held to the budget and half its
-    /// [`late_margin`], so that it goes out when the path returns. It is the only thing a
-    /// decoder can go on with until the next key frame: dropped, the frames after the return
-    /// up to that key frame were lost too; sent, the backlog drains at the path's rate and the
-    /// GOP's later frames arrive within the budget. Held to the whole margin (what the
-    /// receiving hop still writes), a group 1.9 s old at the return reached the receiving hop
-    /// past it after QUIC's restart and was dropped there, having held the link while the next
-    /// key frame waited (3 s blackout: back at the floor 1.26 s after the return instead of
-    /// 0.4 s); the other half of the margin is left for that restart. A newer key frame makes
-    /// the held group an older one, stale at half the budget.
+    /// ([`PathWatch::dark_within`]) the newest group held to the budget and half its
+    /// [`late_margin`], so that the only group a decoder can go on with until the next key
+    /// frame goes out when the path returns (the other half of the margin is left for QUIC's
+    /// restart; BENCHMARKS.md, blackout profiles).
     fn apply(&self, queue: &mut MediaQueue) {
         let Some(path) = &self.path else {
             return;
@@ -681,11 +675,9 @@ pub struct TunnelToRtmp<'a, R> {
 }
 
 /// How much later than the budget media may arrive before the receiving hop drops it: the
-/// sending hop keeps to the budget; this catches only what waited where it could not drop it
-/// (QUIC's send buffer through an outage, seconds late), not a key frame that slow start
-/// after an outage delays a little past the budget. With a quarter of the budget as margin,
-/// that key frame was dropped after a 10 s blackout and its whole GOP with it: back at the
-/// floor 1.39 s after the link's return instead of 0.45 s (`rtmpq bench`, blackout10).
+/// sending hop keeps to the budget, so this catches only what waited where it could not drop
+/// it (QUIC's send buffer through an outage), not a key frame slow start delays a little past
+/// the budget (a quarter-budget margin lost whole GOPs after a 10 s blackout: BENCHMARKS.md).
 pub fn late_margin(budget: Duration) -> Duration {
     budget.max(Duration::from_millis(500))
 }
