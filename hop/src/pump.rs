@@ -246,14 +246,22 @@ struct QueueInner {
     /// What the session's earlier queues dropped (stale, overflow): a session set up again
     /// on a new tunnel or origin connection keeps counting from there.
     earlier: (Dropped, Dropped),
+    /// When the queue's state was last copied into the tracker, and what it was.
+    shown: Option<(Instant, QueueState)>,
 }
+
+/// How often a queue's state is copied into the session's tracker (for the status API and
+/// metrics, read once a second), besides whenever it drops something: not once per message,
+/// which took the tracker's lock twice per message more.
+const SHOW_EVERY: Duration = Duration::from_millis(100);
 
 impl QueueCell {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
         self.inner.lock().expect("media queue")
     }
 
-    /// Copies the queue's state into the tracker and charges its bytes to the session's share.
+    /// Charges the queue's bytes to the session's share, and copies its state into the
+    /// tracker when it dropped something or every [`SHOW_EVERY`].
     fn publish(
         &self,
         inner: &mut QueueInner,
@@ -270,8 +278,16 @@ impl QueueCell {
             path_rate_bps: policy.path.as_ref().map_or(0, |p| p.rate_bps()),
         };
         let held = q.bytes();
-        inner.drops.note(&state, now());
-        tracker.lock().expect("tracker").queue = state;
+        let now = now();
+        inner.drops.note(&state, now);
+        let due = inner.shown.is_none_or(|(at, shown)| {
+            (shown.stale, shown.overflow) != (state.stale, state.overflow)
+                || now.saturating_duration_since(at) >= SHOW_EVERY
+        });
+        if due {
+            tracker.lock().expect("tracker").queue = state;
+            inner.shown = Some((now, state));
+        }
         match &policy.charge {
             Some(charge) => charge.charge_to(&mut inner.charged, held)?,
             None => inner.charged = held,
@@ -295,8 +311,12 @@ impl QueueCell {
             })
     }
 
-    fn release(&self, policy: &QueuePolicy) {
+    /// The queue is done with: its last state goes into the tracker, its bytes back to the
+    /// session's share.
+    fn release(&self, policy: &QueuePolicy, tracker: &Mutex<SessionTracker>) {
         let mut inner = self.lock();
+        inner.shown = None;
+        let _ = self.publish(&mut inner, policy, tracker);
         inner.drops.finish();
         if let Some(charge) = &policy.charge {
             charge.give_back(inner.charged);
@@ -435,6 +455,7 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
                     let t = tracker.lock().expect("tracker");
                     (t.queue.stale, t.queue.overflow)
                 },
+                shown: None,
             }),
             pushed: Notify::new(),
             popped: Notify::new(),
@@ -448,7 +469,7 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
         let end = tokio::select! {
             end = &mut reading => end,
             end = &mut sending => {
-                cell.release(&policy);
+                cell.release(&policy, tracker);
                 return end;
             }
         };
@@ -456,7 +477,7 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
         cell.pushed.notify_one();
         let limit = policy.budget.unwrap_or_default().min(DRAIN_LIMIT) + DRAIN_LIMIT;
         let _ = tokio::time::timeout(limit, sending).await;
-        cell.release(&policy);
+        cell.release(&policy, tracker);
         end
     }
 }
