@@ -898,16 +898,27 @@ pub async fn ended_session(
     what: &str,
     wanted: impl Fn(&EndedSession) -> bool,
 ) -> EndedSession {
+    poll_for(
+        &format!("ended session {what}"),
+        || hop.ended_sessions(),
+        wanted,
+    )
+    .await
+}
+
+/// Polls `list` every 20 ms for up to 60 s until `wanted` picks an item; returns it.
+async fn poll_for<T: std::fmt::Debug>(
+    what: &str,
+    list: impl Fn() -> Vec<T>,
+    wanted: impl Fn(&T) -> bool,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(found) = hop.ended_sessions().into_iter().find(|s| wanted(s)) {
+        let items = list();
+        if let Some(found) = items.into_iter().find(|s| wanted(s)) {
             return found;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no ended session {what}: {:#?}",
-            hop.ended_sessions()
-        );
+        assert!(Instant::now() < deadline, "no {what}: {:#?}", list());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -919,18 +930,7 @@ pub async fn live_session(
     what: &str,
     wanted: impl Fn(&SessionStatus) -> bool,
 ) -> SessionStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(found) = hop.sessions().into_iter().find(|s| wanted(s)) {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no live session {what}: {:#?}",
-            hop.sessions()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_for(&format!("live session {what}"), || hop.sessions(), wanted).await
 }
 
 /// A live session of `stream` set up again at least once.
