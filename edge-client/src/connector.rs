@@ -541,3 +541,48 @@ async fn hello_exchange(
         Err(_) => Err(ConnectError::NoWelcome(WELCOME_LIMIT)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(gateways: usize, standby: bool) -> GatewayTarget {
+        let cert = rustls::pki_types::CertificateDer::from(b"any certificate".to_vec());
+        let pin = rtmpq_certs::Fingerprint::of(&cert);
+        let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        GatewayTarget {
+            gateways: (0..gateways)
+                .map(|i| GatewayAddress {
+                    address: format!("gw{i}:4433"),
+                    server_name: format!("gw{i}"),
+                })
+                .collect(),
+            client_config: quinn::ClientConfig::new(Arc::new(quic)),
+            edge_id: "edge".into(),
+            token: String::new(),
+            standby,
+            telemetry: Telemetry::new(rtmpq_telemetry::Role::Edge),
+        }
+    }
+
+    #[test]
+    fn only_a_pool_asks_its_gateways_to_let_sessions_go_when_it_falls_silent() {
+        // Several gateways and a standby: the sessions move, so the old gateway lets go soon.
+        let pool = target(2, true);
+        assert!(pool.pool());
+        assert_eq!(
+            pool.release_after_ms(),
+            POOL_RELEASE_AFTER.as_millis() as u32
+        );
+        assert!(
+            POOL_KEEP_ALIVE * 3 <= POOL_RELEASE_AFTER,
+            "keep-alives fit the silence"
+        );
+        // One gateway, or no standby: the gateway holds sessions for a resume (0).
+        for not_a_pool in [target(1, true), target(2, false)] {
+            assert!(!not_a_pool.pool());
+            assert_eq!(not_a_pool.release_after_ms(), 0);
+        }
+    }
+}

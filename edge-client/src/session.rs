@@ -610,3 +610,35 @@ pub(crate) async fn refuse_full(tcp: TcpStream, handshake_limit: Duration, limit
     let _ = tokio::time::timeout(FLUSH_LIMIT, writer_task).await;
     reader.discard_until_closed(LINGER).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_with(code: CloseCode) -> OpenError {
+        let close = quinn::ApplicationClose {
+            error_code: rtmpq_hop::transport::quic_code(code),
+            reason: bytes::Bytes::from_static(b"why"),
+        };
+        let refused = ConnectError::Refused(quinn::ConnectionError::ApplicationClosed(close));
+        OpenError::Unavailable(GatewayUnavailable::Down(refused))
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_gateways_code_and_anything_else_is_unreachable() {
+        // The pusher hears why the gateway would not take this edge.
+        for code in [CloseCode::Unauthorized, CloseCode::UnsupportedVersion] {
+            assert_eq!(closed_with(code).code(), code);
+        }
+        let not_yet = OpenError::Unavailable(GatewayUnavailable::NotYet(Duration::from_secs(1)));
+        assert_eq!(not_yet.code(), CloseCode::GatewayUnreachable);
+        let timed_out = ConnectError::Handshake(quinn::ConnectionError::TimedOut);
+        let down = OpenError::Unavailable(GatewayUnavailable::Down(timed_out));
+        assert_eq!(down.code(), CloseCode::GatewayUnreachable);
+        let lost = OpenError::Lost(StreamLost {
+            code: None,
+            reason: "reset".into(),
+        });
+        assert_eq!(lost.code(), CloseCode::GatewayUnreachable);
+    }
+}
