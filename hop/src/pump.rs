@@ -461,7 +461,15 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
             popped: Notify::new(),
             reading_done: AtomicBool::new(false),
         };
-        let reading = read_into_queue(peer, rtmp, replies, tracker, silence_period, &policy, &cell);
+        let reading = QueueReader {
+            peer,
+            replies,
+            tracker,
+            silence_period,
+            policy: &policy,
+            cell: &cell,
+        }
+        .run(rtmp);
         let sending = send_from_queue(peer, tunnel, tracker, &policy, resume, &cell);
         // (`resume` moves what the RTMP peer sent: toward the origin at the edge, toward the
         // client at the gateway.)
@@ -482,113 +490,126 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
     }
 }
 
-async fn read_into_queue(
+/// The reading half of [`RtmpToTunnel`]: what it reads from its RTMP peer goes where.
+struct QueueReader<'a> {
     peer: RtmpPeer,
-    rtmp: &mut RtmpReader,
-    replies: &Outbound,
-    tracker: &Mutex<SessionTracker>,
+    replies: &'a Outbound,
+    tracker: &'a Mutex<SessionTracker>,
     silence_period: Option<Duration>,
-    policy: &QueuePolicy,
-    cell: &QueueCell,
-) -> SessionEnd {
-    let flow = peer.from_rtmp();
-    let started = tokio::time::Instant::now();
-    loop {
-        // Leave the peer's bytes in its socket while the queue is full of what it may not
-        // drop, or, in back-pressure mode, while media waits too long; time passing may drop
-        // old media, so look again now and then.
-        while cell.must_wait(policy) {
-            let _ = tokio::time::timeout(PAUSE_RECHECK, cell.popped.notified()).await;
-        }
-        match rtmp.next().await {
-            Ok(Some(Inbound::Message(msg))) => {
+    policy: &'a QueuePolicy,
+    cell: &'a QueueCell,
+}
+
+impl QueueReader<'_> {
+    /// Reads the peer into the queue until it ends, breaks the protocol or goes silent.
+    async fn run(self, rtmp: &mut RtmpReader) -> SessionEnd {
+        let started = tokio::time::Instant::now();
+        loop {
+            // Leave the peer's bytes in its socket while the queue is full of what it may not
+            // drop, or, in back-pressure mode, while media waits too long; time passing may
+            // drop old media, so look again now and then.
+            while self.cell.must_wait(self.policy) {
+                let _ = tokio::time::timeout(PAUSE_RECHECK, self.cell.popped.notified()).await;
+            }
+            let step = match rtmp.next().await {
                 // An empty message carries nothing; forwarding it would only cost.
-                if msg.payload.is_empty() {
-                    continue;
+                Ok(Some(Inbound::Message(msg))) if msg.payload.is_empty() => Ok(()),
+                Ok(Some(Inbound::Message(msg))) => self.queue(msg).await,
+                Ok(Some(Inbound::Reply(reply))) => self.reply(reply).await,
+                Ok(Some(Inbound::Silent(1))) => {
+                    let ping = Control::PingRequest(started.elapsed().as_millis() as u32);
+                    self.ping(ping.to_message()).await
                 }
-                let mut msg = msg;
-                let recorded = {
-                    let mut t = tracker.lock().expect("tracker");
-                    match flow {
-                        Flow::ToOrigin => t.record_from_client(&mut msg, now()),
-                        Flow::ToClient => t.record(flow, &msg, now()).map(|()| Vec::new()),
-                    }
-                };
-                let answers = match recorded {
-                    Ok(answers) => answers,
-                    Err(e) => {
-                        let reason = format!("{}: {e}", peer.name());
-                        return SessionEnd::new(peer.protocol_error(), reason, EndedBy::Rtmp);
-                    }
-                };
-                for answer in answers {
-                    if let Err(e) = replies.send(answer).await {
-                        return queue_failed(peer, e);
-                    }
+                Ok(Some(Inbound::Silent(_))) => {
+                    let silent = self.silence_period.unwrap_or_default() * 2;
+                    let reason = format!(
+                        "{} sent nothing for {silent:?}, not even an answer to a ping",
+                        self.peer.name()
+                    );
+                    Err(SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp))
                 }
-                let charged = {
-                    let mut inner = cell.lock();
-                    // The sender may be blocked on a full window (a dark path): the budgets
-                    // are applied here too.
-                    policy.apply(&mut inner.queue);
-                    inner.queue.push(msg, now());
-                    cell.publish(&mut inner, policy, tracker)
-                };
-                if let Err(e) = charged {
-                    return SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp);
-                }
-                cell.pushed.notify_one();
+                Ok(None) => Err(self.peer.closed("closed the connection")),
+                Err(e) => Err(read_failed(self.peer, e)),
+            };
+            if let Err(end) = step {
+                return end;
             }
-            Ok(Some(Inbound::Reply(reply))) => {
-                if let Err(e) = replies.send(reply).await {
-                    return queue_failed(peer, e);
-                }
+        }
+    }
+
+    /// Records `msg` (fast start may answer it here) and queues it for the tunnel.
+    async fn queue(&self, mut msg: Message) -> Result<(), SessionEnd> {
+        let (peer, flow) = (self.peer, self.peer.from_rtmp());
+        let recorded = {
+            let mut t = self.tracker.lock().expect("tracker");
+            match flow {
+                Flow::ToOrigin => t.record_from_client(&mut msg, now()),
+                Flow::ToClient => t.record(flow, &msg, now()).map(|()| Vec::new()),
             }
-            Ok(Some(Inbound::Silent(1))) => {
-                let ms = started.elapsed().as_millis() as u32;
-                let ping = Control::PingRequest(ms).to_message();
-                // A peer whose queue stays full for a whole period reads nothing either:
-                // waiting for room must not outlast the silence limit.
-                let period = silence_period.unwrap_or_default();
-                match tokio::time::timeout(period, replies.send(ping)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return queue_failed(peer, e),
-                    Err(_) => {
-                        let reason = format!(
-                            "{} read nothing and sent nothing for {:?}",
-                            peer.name(),
-                            period * 2
-                        );
-                        return SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp);
-                    }
-                }
+        };
+        let answers = recorded.map_err(|e| {
+            let reason = format!("{}: {e}", peer.name());
+            SessionEnd::new(peer.protocol_error(), reason, EndedBy::Rtmp)
+        })?;
+        for answer in answers {
+            self.reply(answer).await?;
+        }
+        let charged = {
+            let mut inner = self.cell.lock();
+            // The sender may be blocked on a full window (a dark path): the budgets are
+            // applied here too.
+            self.policy.apply(&mut inner.queue);
+            inner.queue.push(msg, now());
+            self.cell.publish(&mut inner, self.policy, self.tracker)
+        };
+        charged
+            .map_err(|e| SessionEnd::new(CloseCode::Overloaded, e.to_string(), EndedBy::Rtmp))?;
+        self.cell.pushed.notify_one();
+        Ok(())
+    }
+
+    /// Sends the peer a hop-by-hop answer.
+    async fn reply(&self, msg: Message) -> Result<(), SessionEnd> {
+        self.replies
+            .send(msg)
+            .await
+            .map_err(|e| queue_failed(self.peer, e))
+    }
+
+    /// Pings a peer silent for a period. One whose queue stays full for a whole period reads
+    /// nothing either: waiting for room must not outlast the silence limit.
+    async fn ping(&self, ping: Message) -> Result<(), SessionEnd> {
+        let period = self.silence_period.unwrap_or_default();
+        match tokio::time::timeout(period, self.reply(ping)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                let peer = self.peer.name();
+                let reason = format!("{peer} read nothing and sent nothing for {:?}", period * 2);
+                Err(SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp))
             }
-            Ok(Some(Inbound::Silent(_))) => {
-                let silent = silence_period.unwrap_or_default() * 2;
-                let reason = format!(
-                    "{} sent nothing for {silent:?}, not even an answer to a ping",
-                    peer.name()
-                );
-                return SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Rtmp);
-            }
-            Ok(None) => return peer.closed("closed the connection"),
-            // A peer that leaves with unread data in its socket resets it: it left, it
-            // did not break the protocol (ffmpeg does this at the end of every push).
-            Err(RtmpIoError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                return peer.closed("reset the connection")
-            }
-            Err(e) => {
-                let code = match e {
-                    RtmpIoError::Chunk(ChunkError::Overloaded(_)) => CloseCode::Overloaded,
-                    _ => peer.protocol_error(),
-                };
-                return SessionEnd::new(code, format!("{}: {e}", peer.name()), EndedBy::Rtmp);
-            }
+        }
+    }
+}
+
+/// How a session ends when reading its RTMP peer fails with `e`. A peer that leaves with
+/// unread data in its socket resets it: it left, it did not break the protocol (ffmpeg does
+/// this at the end of every push).
+fn read_failed(peer: RtmpPeer, e: RtmpIoError) -> SessionEnd {
+    match e {
+        RtmpIoError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            peer.closed("reset the connection")
+        }
+        e => {
+            let code = match e {
+                RtmpIoError::Chunk(ChunkError::Overloaded(_)) => CloseCode::Overloaded,
+                _ => peer.protocol_error(),
+            };
+            SessionEnd::new(code, format!("{}: {e}", peer.name()), EndedBy::Rtmp)
         }
     }
 }
