@@ -133,15 +133,18 @@ async fn serve_client(tcp: TcpStream, hubs: Hubs) -> Result<(), RtmpIoError> {
     let RtmpConnection { mut reader, writer } =
         RtmpConnection::accept(tcp, Duration::from_secs(10)).await?;
     let (tx, writer_task) = writer.spawn(FANOUT_CAPACITY, None);
-    let mut app = String::new();
-    let mut role = Role::Idle;
-    // The stream this connection published or played, released when it leaves.
-    let mut stream_key: Option<String> = None;
-    let mut next_stream_id = 1u32;
+    let mut client = OriginClient {
+        hubs,
+        tx,
+        app: String::new(),
+        role: Role::Idle,
+        stream_key: None,
+        next_stream_id: 1,
+    };
     let result = loop {
         let msg = match reader.next().await {
             Ok(Some(Inbound::Reply(reply))) => {
-                let _ = tx.send(reply).await;
+                let _ = client.tx.send(reply).await;
                 continue;
             }
             Ok(Some(Inbound::Message(msg))) => msg,
@@ -150,116 +153,145 @@ async fn serve_client(tcp: TcpStream, hubs: Hubs) -> Result<(), RtmpIoError> {
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        if let Role::Publisher(hub, stream_id) = &role {
+        if let Role::Publisher(hub, stream_id) = &client.role {
             if msg.stream_id == *stream_id && is_stream_data(&msg) {
                 publish_message(hub, msg);
                 continue;
             }
         }
-        let cmd = match Command::parse(&msg) {
-            Ok(Some(cmd)) => cmd,
-            Ok(None) => continue,
+        match Command::parse(&msg) {
+            Ok(Some(cmd)) => client.command(&cmd, msg.stream_id).await,
+            Ok(None) => {}
             Err(e) => break Err(e.into()),
-        };
-        let mut replies = Vec::new();
-        match cmd.name.as_str() {
-            "connect" => {
-                app = cmd.object_string("app").unwrap_or_default().to_owned();
-                replies.push(command::connect_result(cmd.transaction_id));
-            }
-            "createStream" => {
-                replies.push(command::result(
-                    cmd.transaction_id,
-                    Amf0Value::Number(f64::from(next_stream_id)),
-                ));
-                next_stream_id = next_stream_id.wrapping_add(1).max(1);
-            }
-            "publish" => {
-                let key = format!(
-                    "{app}/{}",
-                    public_stream_name(cmd.string_arg(0).unwrap_or(""))
-                );
-                let hub = hub(&hubs, &key);
-                let mut publishing = hub.publishing.lock().expect("lock");
-                if *publishing {
-                    replies.push(command::on_status(
-                        msg.stream_id,
-                        "error",
-                        "NetStream.Publish.BadName",
-                        "already publishing",
-                    ));
-                } else {
-                    *publishing = true;
-                    drop(publishing);
-                    info!(stream = %key, "publish started");
-                    replies.push(Control::StreamBegin(msg.stream_id).to_message());
-                    replies.push(command::on_status(
-                        msg.stream_id,
-                        "status",
-                        "NetStream.Publish.Start",
-                        "Start publishing",
-                    ));
-                    role = Role::Publisher(hub, msg.stream_id);
-                    stream_key = Some(key);
-                }
-            }
-            "play" => {
-                let key = format!(
-                    "{app}/{}",
-                    public_stream_name(cmd.string_arg(0).unwrap_or(""))
-                );
-                info!(stream = %key, "play started");
-                replies.push(Control::StreamBegin(msg.stream_id).to_message());
-                for (code, text) in [
-                    ("NetStream.Play.Reset", "Playing and resetting"),
-                    ("NetStream.Play.Start", "Started playing"),
-                ] {
-                    replies.push(command::on_status(msg.stream_id, "status", code, text));
-                }
-                let hub = hub(&hubs, &key);
-                let events = hub.events.subscribe();
-                let headers = {
-                    let h = hub.headers.lock().expect("lock");
-                    let media = h.media.messages().cloned();
-                    h.metadata.iter().cloned().chain(media).collect::<Vec<_>>()
-                };
-                for m in replies.drain(..) {
-                    let _ = tx.send(m).await;
-                }
-                let player_tx = tx.clone();
-                let stream_id = msg.stream_id;
-                role = Role::Player(tokio::spawn(
-                    feed_player(events, headers, player_tx, stream_id).in_current_span(),
-                ));
-                stream_key = Some(key);
-            }
-            "deleteStream" | "FCUnpublish" | "closeStream" => {
-                if let Role::Publisher(hub, _) = &role {
-                    unpublish(hub);
-                    role = Role::Idle;
-                }
-            }
-            _ => {}
-        }
-        for m in replies {
-            let _ = tx.send(m).await;
         }
     };
-    match role {
-        Role::Publisher(hub, _) => unpublish(&hub),
-        Role::Player(task) => {
-            task.abort();
-            // Awaiting the aborted task drops its subscription before the hub is released.
-            let _ = task.await;
-        }
-        Role::Idle => {}
-    }
-    if let Some(key) = stream_key {
-        release(&hubs, &key);
-    }
+    let tx = client.leave().await;
     drop(tx);
     let _ = writer_task.await;
     result
+}
+
+/// One client of the embedded origin: what it connected to and the role it took.
+struct OriginClient {
+    hubs: Hubs,
+    /// The queue toward it.
+    tx: Outbound,
+    app: String,
+    role: Role,
+    /// The stream this connection published or played, released when it leaves.
+    stream_key: Option<String>,
+    next_stream_id: u32,
+}
+
+impl OriginClient {
+    /// Answers a command the client sent on `stream_id`.
+    async fn command(&mut self, cmd: &Command, stream_id: u32) {
+        let replies = match cmd.name.as_str() {
+            "connect" => {
+                self.app = cmd.object_string("app").unwrap_or_default().to_owned();
+                vec![command::connect_result(cmd.transaction_id)]
+            }
+            "createStream" => {
+                let id = Amf0Value::Number(f64::from(self.next_stream_id));
+                self.next_stream_id = self.next_stream_id.wrapping_add(1).max(1);
+                vec![command::result(cmd.transaction_id, id)]
+            }
+            "publish" => self.publish(cmd, stream_id),
+            "play" => self.play(cmd, stream_id).await,
+            "deleteStream" | "FCUnpublish" | "closeStream" => {
+                if let Role::Publisher(hub, _) = &self.role {
+                    unpublish(hub);
+                    self.role = Role::Idle;
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        for m in replies {
+            let _ = self.tx.send(m).await;
+        }
+    }
+
+    /// The `app/stream` a publish or play names.
+    fn key(&self, cmd: &Command) -> String {
+        let stream = public_stream_name(cmd.string_arg(0).unwrap_or(""));
+        format!("{}/{stream}", self.app)
+    }
+
+    /// Takes the stream if nobody publishes it; the answers to send.
+    fn publish(&mut self, cmd: &Command, stream_id: u32) -> Vec<Message> {
+        let key = self.key(cmd);
+        let hub = hub(&self.hubs, &key);
+        let mut publishing = hub.publishing.lock().expect("lock");
+        if *publishing {
+            return vec![command::on_status(
+                stream_id,
+                "error",
+                "NetStream.Publish.BadName",
+                "already publishing",
+            )];
+        }
+        *publishing = true;
+        drop(publishing);
+        info!(stream = %key, "publish started");
+        self.role = Role::Publisher(hub, stream_id);
+        self.stream_key = Some(key);
+        vec![
+            Control::StreamBegin(stream_id).to_message(),
+            command::on_status(
+                stream_id,
+                "status",
+                "NetStream.Publish.Start",
+                "Start publishing",
+            ),
+        ]
+    }
+
+    /// Answers a play and starts feeding the stream: its headers first, then what comes.
+    async fn play(&mut self, cmd: &Command, stream_id: u32) -> Vec<Message> {
+        let key = self.key(cmd);
+        info!(stream = %key, "play started");
+        let mut answers = vec![Control::StreamBegin(stream_id).to_message()];
+        for (code, text) in [
+            ("NetStream.Play.Reset", "Playing and resetting"),
+            ("NetStream.Play.Start", "Started playing"),
+        ] {
+            answers.push(command::on_status(stream_id, "status", code, text));
+        }
+        let hub = hub(&self.hubs, &key);
+        let events = hub.events.subscribe();
+        let headers = {
+            let h = hub.headers.lock().expect("lock");
+            let media = h.media.messages().cloned();
+            h.metadata.iter().cloned().chain(media).collect::<Vec<_>>()
+        };
+        // The answers go before the first media.
+        for m in answers {
+            let _ = self.tx.send(m).await;
+        }
+        let feed = feed_player(events, headers, self.tx.clone(), stream_id);
+        self.role = Role::Player(tokio::spawn(feed.in_current_span()));
+        self.stream_key = Some(key);
+        Vec::new()
+    }
+
+    /// The client left: what it published ends, what it played stops; the queue toward it
+    /// is handed back for flushing.
+    async fn leave(self) -> Outbound {
+        match self.role {
+            Role::Publisher(hub, _) => unpublish(&hub),
+            Role::Player(task) => {
+                task.abort();
+                // Awaiting the aborted task drops its subscription before the hub is released.
+                let _ = task.await;
+            }
+            Role::Idle => {}
+        }
+        if let Some(key) = self.stream_key {
+            release(&self.hubs, &key);
+        }
+        self.tx
+    }
 }
 
 fn is_stream_data(msg: &Message) -> bool {
