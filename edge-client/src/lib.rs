@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rtmpq_certs::{GatewayTrust, Identity};
 use rtmpq_hop::scaffold::{bind_tcp, Drain, StartError, END_LIMIT};
-use rtmpq_proto::budget::MemoryBudget;
+use rtmpq_proto::buffer_bound::BufferBound;
 use rtmpq_proto::wire::CloseCode;
 use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
@@ -34,7 +34,7 @@ struct Shared {
     /// The session tasks and how they end on shutdown.
     drain: Drain,
     /// The bound on bytes buffered by all sessions.
-    budget: MemoryBudget,
+    buffer: BufferBound,
 }
 
 /// A bound edge, ready to [`run`](Edge::run).
@@ -91,8 +91,8 @@ impl Edge {
             standby: settings.standby,
             telemetry: telemetry.clone(),
         };
-        let budget = MemoryBudget::new(settings.max_buffered_bytes);
-        telemetry.watch_budget(budget.clone());
+        let buffer = BufferBound::new(settings.max_buffered_bytes);
+        telemetry.watch_buffer(buffer.clone());
         let connector_shutdown = CancellationToken::new();
         let connector = Connector::start(
             endpoint.clone(),
@@ -107,7 +107,7 @@ impl Edge {
                 connector,
                 telemetry,
                 drain: Drain::default(),
-                budget,
+                buffer,
             }),
             endpoint,
             connector_shutdown,

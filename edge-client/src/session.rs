@@ -103,15 +103,15 @@ async fn run(
     waiting: Arc<WaitTimes>,
 ) -> Result<SessionEnd, RtmpIoError> {
     let conn = RtmpConnection::accept(tcp, shared.settings.handshake_timeout).await?;
-    let budget = shared.budget.session();
-    let mut client = RtmpSide::start(conn, CLIENT_QUEUE, &budget, &waiting);
+    let buffer = shared.buffer.session();
+    let mut client = RtmpSide::start(conn, CLIENT_QUEUE, &buffer, &waiting);
     let end = match open_tunnel(session_id, shared, tracker).await {
         Ok(opened) => {
-            let tunnel = opened.tunnel(shared, &budget, None);
+            let tunnel = opened.tunnel(shared, &buffer, None);
             let session = EdgeSession {
                 shared,
                 session_id,
-                budget,
+                buffer,
                 tracker,
             };
             session.run(&mut client, tunnel).await
@@ -136,7 +136,7 @@ struct EdgeSession<'a> {
     shared: &'a Shared,
     session_id: SessionId,
     /// Its share of the process-wide buffer bound.
-    budget: Arc<rtmpq_proto::budget::SessionBudget>,
+    buffer: Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
     tracker: &'a Mutex<SessionTracker>,
 }
 
@@ -203,8 +203,8 @@ impl EdgeSession<'_> {
         // The same session on a new stream, if the gateway still holds it.
         let token = tracker.lock().expect("tracker").resume_token.take();
         if let (Step::Resume, Some(token)) = (step, token) {
-            let (budget, id) = (&self.budget, self.session_id);
-            match resume_within(shared, budget, id, token, tracker, deadline).await {
+            let (buffer, id) = (&self.buffer, self.session_id);
+            match resume_within(shared, buffer, id, token, tracker, deadline).await {
                 Ok(again) => {
                     tracker.lock().expect("tracker").recoveries.resumed += 1;
                     shared.telemetry.session_resumed();
@@ -219,7 +219,7 @@ impl EdgeSession<'_> {
             deadline,
             held: &held,
         };
-        let again = set_up_again(shared, &self.budget, replay, again, tracker).await?;
+        let again = set_up_again(shared, &self.buffer, replay, again, tracker).await?;
         tracker.lock().expect("tracker").recoveries.set_up_again += 1;
         shared.telemetry.session_set_up_again();
         info!("session set up again through the gateway; media resumes at the next key frame");
@@ -248,7 +248,7 @@ impl OpenedStream {
     fn tunnel(
         self,
         shared: &Shared,
-        budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+        buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
         resume: Option<ResumeFilter>,
     ) -> Tunnel {
         let carrier = shared.settings.carrier;
@@ -261,12 +261,12 @@ impl OpenedStream {
             Some(link.path.clone()),
         );
         let mut frames = FrameReader::new(recv);
-        frames.set_budget(budget.clone());
-        let frames = SessionRecv::carried(frames, carrier, &link.lanes, Some(budget.clone()));
+        frames.set_buffer(buffer.clone());
+        let frames = SessionRecv::carried(frames, carrier, &link.lanes, Some(buffer.clone()));
         Tunnel {
             send,
             frames,
-            queue: queue_policy(shared, budget, link.path),
+            queue: queue_policy(shared, buffer, link.path),
             resume,
         }
     }
@@ -309,7 +309,7 @@ struct SetUpAgain<'a> {
 /// back through the tunnel and stay here: the client never left.
 async fn set_up_again(
     shared: &Shared,
-    budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+    buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
     replay: Replay,
     again: SetUpAgain<'_>,
     tracker: &Mutex<SessionTracker>,
@@ -329,7 +329,7 @@ async fn set_up_again(
             let opened = open_tunnel(session_id, shared, tracker)
                 .await
                 .map_err(|e| Retry::Again(e.to_string()))?;
-            let mut tunnel = opened.tunnel(shared, budget, None);
+            let mut tunnel = opened.tunnel(shared, buffer, None);
             let mut through = ThroughTunnel {
                 tunnel: &mut tunnel,
                 tracker,
@@ -403,7 +403,7 @@ impl OriginExchange for ThroughTunnel<'_> {
 /// How a session's media waits at the edge, on the connection of `path`.
 fn queue_policy(
     shared: &Shared,
-    budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+    buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
     path: Arc<PathWatch>,
 ) -> QueuePolicy {
     QueuePolicy {
@@ -411,7 +411,7 @@ fn queue_policy(
         max_bytes: shared.settings.max_queue_bytes,
         pause_reading_above: shared.settings.backpressure,
         path: Some(path),
-        charge: Some(budget.clone()),
+        charge: Some(buffer.clone()),
     }
 }
 
@@ -431,7 +431,7 @@ const RESUME_LIMIT: Duration = Duration::from_secs(3);
 /// spent on "unreachable", the set-up that follows meets the session the gateway still holds.
 async fn resume_within(
     shared: &Shared,
-    budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+    buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
     session_id: SessionId,
     token: ResumeToken,
     tracker: &Mutex<SessionTracker>,
@@ -443,7 +443,7 @@ async fn resume_within(
             .settings
             .gateway_wait
             .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        match resume(shared, budget, session_id, token, tracker, wait).await {
+        match resume(shared, buffer, session_id, token, tracker, wait).await {
             Err(ResumeError::NoGateway(why)) if tokio::time::Instant::now() < deadline => {
                 info!(reason = %why, "no gateway to resume the session on yet; waiting for one");
                 tokio::time::sleep(Backoff::FIRST).await;
@@ -469,7 +469,7 @@ enum ResumeError {
 /// reaches (within `wait`) still holds it; the gateway answers with a new token.
 async fn resume(
     shared: &Shared,
-    budget: &Arc<rtmpq_proto::budget::SessionBudget>,
+    buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
     session_id: SessionId,
     token: ResumeToken,
     tracker: &Mutex<SessionTracker>,
@@ -498,7 +498,7 @@ async fn resume(
             recv,
             link: link.clone(),
         };
-        let mut tunnel = opened.tunnel(shared, budget, Some(ResumeFilter::same_stream()));
+        let mut tunnel = opened.tunnel(shared, buffer, Some(ResumeFilter::same_stream()));
         match tunnel.frames.next().await {
             Ok(Some(Frame::ResumeToken(next))) => {
                 tracker.lock().expect("tracker").resume_token = Some(next);

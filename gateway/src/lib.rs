@@ -17,7 +17,7 @@ use rtmpq_certs::{Fingerprint, Identity};
 use rtmpq_hop::scaffold::{bind_tcp, Drain, StartError, END_LIMIT};
 use rtmpq_hop::transport::{quic_code, PathWatch};
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader};
-use rtmpq_proto::budget::MemoryBudget;
+use rtmpq_proto::buffer_bound::BufferBound;
 use rtmpq_proto::wire::{edge_id_problem, CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::{Role, Telemetry};
 use tokio::net::TcpListener;
@@ -50,7 +50,7 @@ struct Shared {
     /// The session tasks and how they end on shutdown.
     drain: Drain,
     /// The bound on bytes buffered by all sessions.
-    budget: MemoryBudget,
+    buffer: BufferBound,
     /// Live sessions an edge may take over on a new stream (SESSION_RESUME).
     resumable: resumable::Resumable,
     /// Who may connect and what each may do; replaced on reload, watched by live sessions.
@@ -227,9 +227,9 @@ impl Gateway {
             }
             None => None,
         };
-        let budget = MemoryBudget::new(settings.max_buffered_bytes);
+        let buffer = BufferBound::new(settings.max_buffered_bytes);
         let telemetry = Telemetry::new(Role::Gateway);
-        telemetry.watch_budget(budget.clone());
+        telemetry.watch_buffer(buffer.clone());
         check_expiry(&telemetry, &expiries);
         let (access, _) = watch::channel(Arc::new(settings.access.clone()));
         let shared = Arc::new(Shared {
@@ -242,7 +242,7 @@ impl Gateway {
             origin,
             telemetry,
             drain: Drain::default(),
-            budget,
+            buffer,
             resumable: resumable::Resumable::default(),
         });
         Ok(Gateway {
@@ -681,9 +681,9 @@ async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: Cancellat
         path: path.clone(),
         lanes: rtmpq_hop::lanes::LaneRouter::start(&conn),
         // One connection's sessions hold at most a share of the process-wide bound.
-        budget: shared
-            .budget
-            .share(shared.budget.limit() / CONNECTION_SHARE_OF_BUFFER),
+        buffer: shared
+            .buffer
+            .share(shared.buffer.limit() / CONNECTION_SHARE_OF_BUFFER),
     };
     // Once per connection: who may resume this connection's sessions, and what it proved.
     let identity = resumable::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());

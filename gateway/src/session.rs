@@ -16,7 +16,7 @@ use rtmpq_hop::recovery::{replay_set_up, retry_until, GaveUp, Retry};
 use rtmpq_hop::rtmp::{Inbound, RtmpConnection, RtmpIoError, RtmpSide, WaitTimes, WriterEnd};
 use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
-use rtmpq_proto::budget::{MemoryBudget, SessionBudget};
+use rtmpq_proto::buffer_bound::{BufferBound, SessionBuffer};
 use rtmpq_proto::journal::{Replay, ResumeFilter};
 use rtmpq_proto::session::SessionTracker;
 use rtmpq_proto::session_end::{next_step, EndedBy, Hop, Recovery, SessionEnd, Step};
@@ -89,8 +89,8 @@ pub(crate) async fn serve(
     who: Who,
     link: EdgeLink,
 ) {
-    let budget = link.budget.session();
-    let Some(opened) = read_open(send, recv, shared, &who, &link, &budget).await else {
+    let buffer = link.buffer.session();
+    let Some(opened) = read_open(send, recv, shared, &who, &link, &buffer).await else {
         return;
     };
     let Opened {
@@ -112,7 +112,7 @@ pub(crate) async fn serve(
         let queue = QueuePolicy {
             budget: (latency_budget_ms > 0)
                 .then(|| Duration::from_millis(u64::from(latency_budget_ms))),
-            charge: Some(budget.clone()),
+            charge: Some(buffer.clone()),
             ..QueuePolicy::default()
         };
         let session = GatewaySession {
@@ -120,7 +120,7 @@ pub(crate) async fn serve(
             session_id,
             who: &who,
             tracker: &tracker,
-            budget,
+            buffer,
             waiting,
         };
         let end = session.run(tunnel, queue, &mut access).await;
@@ -153,21 +153,21 @@ async fn read_open(
     shared: &Shared,
     who: &Who,
     link: &EdgeLink,
-    budget: &Arc<SessionBudget>,
+    buffer: &Arc<SessionBuffer>,
 ) -> Option<Opened> {
     // Until SESSION_OPEN or SESSION_RESUME (tens of bytes), only small frames: a stream that
     // announces a large first frame is refused at once, not buffered.
     let mut frames = FrameReader::control(recv);
     let open = tokio::time::timeout(shared.settings.handshake_timeout, frames.next()).await;
     frames.lift_limit();
-    frames.set_budget(budget.clone());
+    frames.set_buffer(buffer.clone());
     let reason = match open {
         Ok(Ok(Some(Frame::SessionOpen {
             session_id,
             latency_budget_ms,
             carrier,
         }))) if !shared.resumable.holds(session_id) => {
-            let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, budget);
+            let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, buffer);
             return Some(Opened {
                 session_id,
                 latency_budget_ms,
@@ -185,7 +185,7 @@ async fn read_open(
             latency_budget_ms,
             carrier,
         }))) => {
-            let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, budget);
+            let tunnel = link.tunnel(send, frames, carrier, latency_budget_ms, buffer);
             match shared
                 .resumable
                 .hand_over(session_id, &token, &who.edge, tunnel)
@@ -274,7 +274,7 @@ pub(crate) struct EdgeLink {
     pub(crate) path: Arc<PathWatch>,
     pub(crate) lanes: Arc<LaneRouter>,
     /// The connection's share of the process-wide buffer bound.
-    pub(crate) budget: MemoryBudget,
+    pub(crate) buffer: BufferBound,
 }
 
 impl EdgeLink {
@@ -286,13 +286,13 @@ impl EdgeLink {
         frames: FrameReader,
         carrier: Carrier,
         latency_budget_ms: u32,
-        budget: &Arc<SessionBudget>,
+        buffer: &Arc<SessionBuffer>,
     ) -> Tunnel {
         let latency =
             (latency_budget_ms > 0).then(|| Duration::from_millis(u64::from(latency_budget_ms)));
         Tunnel {
             send: SessionSend::carried(send, carrier, &self.conn, latency, Some(self.path.clone())),
-            frames: SessionRecv::carried(frames, carrier, &self.lanes, Some(budget.clone())),
+            frames: SessionRecv::carried(frames, carrier, &self.lanes, Some(buffer.clone())),
             path: self.path.clone(),
         }
     }
@@ -336,7 +336,7 @@ struct GatewaySession<'a> {
     who: &'a Who,
     tracker: &'a Mutex<SessionTracker>,
     /// Its share of the process-wide buffer bound.
-    budget: Arc<SessionBudget>,
+    buffer: Arc<SessionBuffer>,
     /// The messages waiting for its origin writer (whichever origin connection is current).
     waiting: Arc<WaitTimes>,
 }
@@ -354,7 +354,7 @@ impl GatewaySession<'_> {
     ) -> SessionEnd {
         let (shared, tracker) = (self.shared, self.tracker);
         let mut link = match connect_origin(shared).await {
-            Ok(conn) => RtmpSide::start(conn, ORIGIN_QUEUE, &self.budget, &self.waiting),
+            Ok(conn) => RtmpSide::start(conn, ORIGIN_QUEUE, &self.buffer, &self.waiting),
             Err(e) => {
                 let end = e.end();
                 close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
@@ -492,7 +492,7 @@ impl GatewaySession<'_> {
             reason = %end.reason,
             "origin lost under a live session: setting the session up again (for up to {limit:?})"
         );
-        let again = set_up_again(shared, &self.budget, &self.waiting, replay, limit).await?;
+        let again = set_up_again(shared, &self.buffer, &self.waiting, replay, limit).await?;
         let mut t = self.tracker.lock().expect("tracker");
         t.recoveries.set_up_again += 1;
         t.recoveries.last_loss = Some(end.reason.clone());
@@ -508,7 +508,7 @@ impl GatewaySession<'_> {
 /// until it notices the old publisher is gone: that is retried too.
 async fn set_up_again(
     shared: &Shared,
-    budget: &Arc<SessionBudget>,
+    buffer: &Arc<SessionBuffer>,
     waiting: &Arc<WaitTimes>,
     replay: Replay,
     limit: Duration,
@@ -520,7 +520,7 @@ async fn set_up_again(
             let conn = connect_origin(shared)
                 .await
                 .map_err(|e| Retry::Again(e.to_string()))?;
-            let mut link = RtmpSide::start(conn, ORIGIN_QUEUE, budget, waiting);
+            let mut link = RtmpSide::start(conn, ORIGIN_QUEUE, buffer, waiting);
             let filter = replay_set_up(replay, &mut link)
                 .await
                 .map_err(Retry::Again)?;

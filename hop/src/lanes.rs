@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtmpq_proto::budget::SessionBudget;
+use rtmpq_proto::buffer_bound::SessionBuffer;
 use rtmpq_proto::gop::{older_group_budget, past_budget};
 use rtmpq_proto::lanes::{LaneMerge, LaneSplitter, MergeLimits, Route};
 use rtmpq_proto::media_queue::Dropped;
@@ -440,7 +440,7 @@ enum LaneEvent {
 }
 
 /// A session's inbox and its share of the buffer bound, as the router holds them.
-type Inlet = (mpsc::Sender<LaneEvent>, Option<Arc<SessionBudget>>);
+type Inlet = (mpsc::Sender<LaneEvent>, Option<Arc<SessionBuffer>>);
 
 /// The sessions of one connection that take media streams, by their session stream's id; once
 /// the connection has ended, none (every inbox then ends, whatever its merge still holds).
@@ -487,12 +487,12 @@ impl LaneRouter {
     fn register(
         self: &Arc<Self>,
         session_stream: u64,
-        budget: Option<Arc<SessionBudget>>,
+        buffer: Option<Arc<SessionBuffer>>,
     ) -> LaneInbox {
         let (tx, rx) = mpsc::channel(INBOX_DEPTH);
         let mut registry = self.sessions.lock().expect("lane registry");
         if !registry.connection_ended {
-            registry.sessions.insert(session_stream, (tx, budget));
+            registry.sessions.insert(session_stream, (tx, buffer));
         }
         drop(registry);
         self.registered.notify_waiters();
@@ -542,14 +542,14 @@ impl LaneRouter {
                 return;
             }
         };
-        let Some((inbox, budget)) = self.session(session_stream).await else {
+        let Some((inbox, buffer)) = self.session(session_stream).await else {
             debug!(session_stream, "media stream for no session here");
             frames.stop(CloseCode::Normal);
             return;
         };
         frames.lift_limit();
-        if let Some(budget) = &budget {
-            frames.set_budget(budget.clone());
+        if let Some(buffer) = &buffer {
+            frames.set_buffer(buffer.clone());
         }
         for index in first_index.. {
             let event = match frames.next().await {
@@ -557,7 +557,7 @@ impl LaneRouter {
                     control_before,
                     msg,
                 })) => {
-                    let charged = budget
+                    let charged = buffer
                         .as_ref()
                         .map_or(Ok(()), |b| b.take(msg.payload.len()));
                     match charged {
@@ -579,8 +579,8 @@ impl LaneRouter {
             };
             let failed = matches!(event, LaneEvent::Failed(_));
             if let Err(mpsc::error::SendError(event)) = inbox.send(event).await {
-                if let (LaneEvent::Media { msg, .. }, Some(budget)) = (event, &budget) {
-                    budget.give_back(msg.payload.len());
+                if let (LaneEvent::Media { msg, .. }, Some(buffer)) = (event, &buffer) {
+                    buffer.give_back(msg.payload.len());
                 }
                 frames.stop(CloseCode::Normal);
                 return;
@@ -634,7 +634,7 @@ pub struct SessionRecv {
 struct LanesIn {
     inbox: LaneInbox,
     merge: LaneMerge,
-    budget: Option<Arc<SessionBudget>>,
+    buffer: Option<Arc<SessionBuffer>>,
     charged: usize,
     /// Fires when what the merge holds has waited too long; armed (with its limit) while the
     /// merge holds something it cannot write, disarmed by every message written.
@@ -645,21 +645,21 @@ struct LanesIn {
 impl LanesIn {
     /// Brings the charge in line with what the merge holds.
     fn charge(&mut self) -> Result<(), FrameReadError> {
-        let Some(budget) = &self.budget else {
+        let Some(buffer) = &self.buffer else {
             return Ok(());
         };
-        Ok(budget.charge_to(&mut self.charged, self.merge.bytes())?)
+        Ok(buffer.charge_to(&mut self.charged, self.merge.bytes())?)
     }
 }
 
 impl Drop for LanesIn {
     fn drop(&mut self) {
-        if let Some(budget) = &self.budget {
-            budget.give_back(self.charged);
+        if let Some(buffer) = &self.buffer {
+            buffer.give_back(self.charged);
             // What the router charged and handed over, still in the inbox.
             while let Ok(event) = self.inbox.rx.try_recv() {
                 if let LaneEvent::Media { msg, .. } = event {
-                    budget.give_back(msg.payload.len());
+                    buffer.give_back(msg.payload.len());
                 }
             }
         }
@@ -677,23 +677,23 @@ impl SessionRecv {
     }
 
     /// Audio and video also from the media streams `router` hands over, if `carrier` says so;
-    /// what waits for its turn is charged to `budget`.
+    /// what waits for its turn is charged to `buffer`.
     pub fn carried(
         frames: FrameReader,
         carrier: Carrier,
         router: &Arc<LaneRouter>,
-        budget: Option<Arc<SessionBudget>>,
+        buffer: Option<Arc<SessionBuffer>>,
     ) -> Self {
         if carrier == Carrier::SessionStream {
             return SessionRecv::new(frames);
         }
-        let inbox = router.register(frames.stream_id(), budget.clone());
+        let inbox = router.register(frames.stream_id(), buffer.clone());
         SessionRecv {
             frames,
             lanes: Some(Box::new(LanesIn {
                 inbox,
                 merge: LaneMerge::new(MergeLimits::default()),
-                budget,
+                buffer,
                 charged: 0,
                 stall: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 stall_armed: None,
@@ -749,8 +749,8 @@ impl SessionRecv {
                 event = lanes.inbox.rx.recv() => match event {
                     Some(LaneEvent::Media { lane, index, control_before, msg }) => {
                         // The router's charge for it moves to the merge's.
-                        if let Some(budget) = &lanes.budget {
-                            budget.give_back(msg.payload.len());
+                        if let Some(buffer) = &lanes.buffer {
+                            buffer.give_back(msg.payload.len());
                         }
                         lanes.merge.media(lane, index, control_before, msg).map_err(lanes_err)?
                     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
+use rtmpq_proto::buffer_bound::{BufferFull, SessionBuffer};
 use rtmpq_proto::chunk::ChunkError;
 use rtmpq_proto::journal::ResumeFilter;
 use rtmpq_proto::late_arrivals::LateArrivals;
@@ -168,7 +168,7 @@ pub struct QueuePolicy {
     /// of it), and its rate is reported with the queue.
     pub path: Option<Arc<PathWatch>>,
     /// The session's share of the process-wide buffer bound, charged for what waits.
-    pub charge: Option<Arc<SessionBudget>>,
+    pub charge: Option<Arc<SessionBuffer>>,
 }
 
 impl Default for QueuePolicy {
@@ -267,7 +267,7 @@ impl QueueCell {
         inner: &mut QueueInner,
         policy: &QueuePolicy,
         tracker: &Mutex<SessionTracker>,
-    ) -> Result<(), BudgetExceeded> {
+    ) -> Result<(), BufferFull> {
         let q = &inner.queue;
         let state = QueueState {
             budget: policy.budget.map(|_| q.limits().budget),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rtmpq_proto::amf0::Amf0Error;
-use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
+use rtmpq_proto::buffer_bound::{BufferFull, SessionBuffer};
 use rtmpq_proto::chunk::{ChunkDecoder, ChunkEncoder, ChunkError, ChunkLimits, OUR_CHUNK_SIZE};
 use rtmpq_proto::message::{Control, HopControl, Message, MessageClass, DEFAULT_WINDOW_ACK_SIZE};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -186,9 +186,9 @@ impl RtmpReader {
         }
     }
 
-    /// Charges partial messages to `budget`.
-    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
-        self.decoder.set_budget(budget);
+    /// Charges partial messages to `buffer`.
+    pub fn set_buffer(&mut self, buffer: Arc<SessionBuffer>) {
+        self.decoder.set_buffer(buffer);
     }
 
     /// Reports [`Inbound::Silent`] after each `period` in which the peer sent no byte (the
@@ -311,13 +311,13 @@ impl RtmpWriter {
 
     /// Starts a task that writes everything queued on the returned [`Outbound`] (at most
     /// `capacity` messages), batching what is already queued into one write; payloads are
-    /// charged to `budget` while they wait. When every sender is gone it sends FIN and ends.
+    /// charged to `buffer` while they wait. When every sender is gone it sends FIN and ends.
     pub fn spawn(
         self,
         capacity: usize,
-        budget: Option<Arc<SessionBudget>>,
+        buffer: Option<Arc<SessionBuffer>>,
     ) -> (Outbound, tokio::task::JoinHandle<std::io::Result<()>>) {
-        self.spawn_timed(capacity, budget, Arc::default())
+        self.spawn_timed(capacity, buffer, Arc::default())
     }
 
     /// Like [`spawn`](Self::spawn), noting in `waiting` when each queued message arrived
@@ -325,18 +325,18 @@ impl RtmpWriter {
     pub fn spawn_timed(
         self,
         capacity: usize,
-        budget: Option<Arc<SessionBudget>>,
+        buffer: Option<Arc<SessionBuffer>>,
         waiting: Arc<WaitTimes>,
     ) -> (Outbound, tokio::task::JoinHandle<std::io::Result<()>>) {
         let (tx, rx) = mpsc::channel(capacity);
         let task = tokio::spawn(tracing::Instrument::in_current_span(self.run(
             rx,
-            budget.clone(),
+            buffer.clone(),
             waiting.clone(),
         )));
         let queue = Outbound {
             tx,
-            budget,
+            buffer,
             waiting,
         };
         (queue, task)
@@ -345,7 +345,7 @@ impl RtmpWriter {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Message>,
-        budget: Option<Arc<SessionBudget>>,
+        buffer: Option<Arc<SessionBuffer>>,
         waiting: Arc<WaitTimes>,
     ) -> std::io::Result<()> {
         while let Some(msg) = rx.recv().await {
@@ -363,8 +363,8 @@ impl RtmpWriter {
             }
             self.flush().await?;
             waiting.handed_on(count);
-            if let Some(budget) = &budget {
-                budget.give_back(charged);
+            if let Some(buffer) = &buffer {
+                buffer.give_back(charged);
             }
         }
         self.io.shutdown().await
@@ -395,17 +395,17 @@ pub enum WriterEnd {
 
 impl RtmpSide {
     /// Starts writing to `conn`'s peer (at most `capacity` messages queued), charging what is
-    /// read and what waits to `budget` and noting in `waiting` when each queued message came.
+    /// read and what waits to `buffer` and noting in `waiting` when each queued message came.
     pub fn start(
         conn: RtmpConnection,
         capacity: usize,
-        budget: &Arc<SessionBudget>,
+        buffer: &Arc<SessionBuffer>,
         waiting: &Arc<WaitTimes>,
     ) -> Self {
         let RtmpConnection { mut reader, writer } = conn;
-        reader.set_budget(budget.clone());
+        reader.set_buffer(buffer.clone());
         let (outbound, writer) =
-            writer.spawn_timed(capacity, Some(budget.clone()), waiting.clone());
+            writer.spawn_timed(capacity, Some(buffer.clone()), waiting.clone());
         RtmpSide {
             reader,
             outbound,
@@ -468,12 +468,12 @@ impl WaitTimes {
 }
 
 /// The queue toward an RTMP writer task ([`RtmpWriter::spawn`]): each message's payload is
-/// charged to the session's budget, and its arrival noted, from the moment it is queued until
+/// charged to the session's buffer, and its arrival noted, from the moment it is queued until
 /// it is written.
 #[derive(Debug, Clone)]
 pub struct Outbound {
     tx: mpsc::Sender<Message>,
-    budget: Option<Arc<SessionBudget>>,
+    buffer: Option<Arc<SessionBuffer>>,
     waiting: Arc<WaitTimes>,
 }
 
@@ -485,24 +485,24 @@ pub enum OutboundError {
     Closed,
     /// The process-wide bound on buffered bytes is reached.
     #[error("{0}")]
-    Overloaded(#[from] BudgetExceeded),
+    Overloaded(#[from] BufferFull),
 }
 
 impl Outbound {
     /// Queues `msg`, waiting for room in the queue.
     pub async fn send(&self, msg: Message) -> Result<(), OutboundError> {
-        if let Some(budget) = &self.budget {
-            budget.take(msg.payload.len())?;
+        if let Some(buffer) = &self.buffer {
+            buffer.take(msg.payload.len())?;
         }
         self.queue(msg).await
     }
 
-    /// Queues a small message that must reach the peer even when the process-wide budget is
+    /// Queues a small message that must reach the peer even when the process-wide buffer is
     /// spent (the RTMP error saying why the session ends); still charged, so the writer's
     /// accounting stays exact.
     pub async fn send_unbudgeted(&self, msg: Message) -> Result<(), OutboundError> {
-        if let Some(budget) = &self.budget {
-            budget.take_anyway(msg.payload.len());
+        if let Some(buffer) = &self.buffer {
+            buffer.take_anyway(msg.payload.len());
         }
         self.queue(msg).await
     }
@@ -519,8 +519,8 @@ impl Outbound {
     }
 
     fn give_back(&self, len: usize) {
-        if let Some(budget) = &self.budget {
-            budget.give_back(len);
+        if let Some(buffer) = &self.buffer {
+            buffer.give_back(len);
         }
     }
 }

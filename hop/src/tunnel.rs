@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use rtmpq_proto::budget::{BudgetExceeded, SessionBudget};
+use rtmpq_proto::buffer_bound::{BufferFull, SessionBuffer};
 use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::wire::{CloseCode, Frame, FrameDecoder, WireError, MAX_CONTROL_FRAME_LEN};
 
@@ -80,7 +80,7 @@ pub enum FrameReadError {
     Truncated,
     /// The process-wide bound on buffered bytes is reached.
     #[error("{0}")]
-    Overloaded(#[from] BudgetExceeded),
+    Overloaded(#[from] BufferFull),
     /// A lanes session's media streams broke the wire format or its limits.
     #[error("{0}")]
     Lanes(String),
@@ -136,7 +136,7 @@ pub struct FrameReader {
     /// The rest of quinn's last chunk (at most 64 KiB), read from without a copy.
     chunk: Bytes,
     decoder: FrameDecoder,
-    budget: Option<Arc<SessionBudget>>,
+    buffer: Option<Arc<SessionBuffer>>,
     charged: usize,
 }
 
@@ -148,7 +148,7 @@ impl FrameReader {
             buf: BytesMut::new(),
             chunk: Bytes::new(),
             decoder: FrameDecoder::default(),
-            budget: None,
+            buffer: None,
             charged: 0,
         }
     }
@@ -173,9 +173,9 @@ impl FrameReader {
         self.recv.id().into()
     }
 
-    /// Charges frames still arriving to `budget`.
-    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
-        self.budget = Some(budget);
+    /// Charges frames still arriving to `buffer`.
+    pub fn set_buffer(&mut self, buffer: Arc<SessionBuffer>) {
+        self.buffer = Some(buffer);
     }
 
     /// The next frame; `None` when the peer finished the stream cleanly.
@@ -209,12 +209,12 @@ impl FrameReader {
         }
     }
 
-    /// Brings the budget's charge in line with the bytes buffered.
+    /// Brings the buffer's charge in line with the bytes buffered.
     fn charge(&mut self) -> Result<(), FrameReadError> {
-        let Some(budget) = &self.budget else {
+        let Some(buffer) = &self.buffer else {
             return Ok(());
         };
-        Ok(budget.charge_to(&mut self.charged, self.buf.len())?)
+        Ok(buffer.charge_to(&mut self.charged, self.buf.len())?)
     }
 }
 

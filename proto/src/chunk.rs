@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::budget::SessionBudget;
+use crate::buffer_bound::SessionBuffer;
 use crate::message::{message_type, Message};
 
 /// The chunk size every RTMP connection starts with.
@@ -105,7 +105,7 @@ pub enum ChunkError {
     },
     /// The process-wide bound on buffered bytes has no room for this session's next bytes.
     #[error("{0}")]
-    Overloaded(#[from] crate::budget::BudgetExceeded),
+    Overloaded(#[from] crate::buffer_bound::BufferFull),
     /// Far more messages than bytes: a peer amplifying its input.
     #[error("{messages} messages from {bytes} bytes: more than one message per {per} bytes")]
     TooManyMessages {
@@ -150,7 +150,7 @@ pub struct ChunkDecoder {
     /// Bytes consumed and messages completed, for the bytes-per-message bound.
     consumed: u64,
     messages: u64,
-    budget: Option<Arc<SessionBudget>>,
+    buffer: Option<Arc<SessionBuffer>>,
 }
 
 impl ChunkDecoder {
@@ -164,14 +164,14 @@ impl ChunkDecoder {
             buffered: 0,
             consumed: 0,
             messages: 0,
-            budget: None,
+            buffer: None,
         }
     }
 
-    /// Charges partial messages to `budget` from now on (they are given back as messages
+    /// Charges partial messages to `buffer` from now on (they are given back as messages
     /// complete).
-    pub fn set_budget(&mut self, budget: Arc<SessionBudget>) {
-        self.budget = Some(budget);
+    pub fn set_buffer(&mut self, buffer: Arc<SessionBuffer>) {
+        self.buffer = Some(buffer);
     }
 
     /// The peer's current chunk size.
@@ -198,8 +198,8 @@ impl ChunkDecoder {
                         limit: self.limits.max_buffered_bytes,
                     });
                 }
-                if let Some(budget) = &self.budget {
-                    budget.take(n)?;
+                if let Some(buffer) = &self.buffer {
+                    buffer.take(n)?;
                 }
                 let state = self
                     .streams
@@ -227,8 +227,8 @@ impl ChunkDecoder {
                 self.in_chunk = None;
                 if state.missing == 0 {
                     self.buffered -= state.partial.len();
-                    if let Some(budget) = &self.budget {
-                        budget.give_back(state.partial.len());
+                    if let Some(buffer) = &self.buffer {
+                        buffer.give_back(state.partial.len());
                     }
                     self.messages += 1;
                     let limits = &self.limits;
@@ -372,8 +372,8 @@ impl ChunkDecoder {
             message_type::ABORT => {
                 if let Some(state) = self.streams.get_mut(&value()?) {
                     self.buffered -= state.partial.len();
-                    if let Some(budget) = &self.budget {
-                        budget.give_back(state.partial.len());
+                    if let Some(buffer) = &self.buffer {
+                        buffer.give_back(state.partial.len());
                     }
                     state.partial.clear();
                     state.missing = 0;
@@ -715,38 +715,38 @@ mod tests {
     }
 
     #[test]
-    fn partial_messages_are_charged_to_the_budget_and_given_back() {
-        let budget = crate::budget::MemoryBudget::new(3000);
+    fn partial_messages_are_charged_to_the_buffer_bound_and_given_back() {
+        let buffer = crate::buffer_bound::BufferBound::new(3000);
         let mut dec = ChunkDecoder::new(ChunkLimits::default());
-        dec.set_budget(budget.session());
+        dec.set_buffer(buffer.session());
         let mut enc = ChunkEncoder::default();
         let mut bytes = BytesMut::new();
         enc.encode(&Message::new(9, 1, 0, vec![7; 2000]), &mut bytes);
         let mut first = bytes.split_to(1000);
         assert_eq!(dec.decode(&mut first), Ok(None));
         assert!(
-            budget.used() > 900,
+            buffer.used() > 900,
             "partial bytes charged: {}",
-            budget.used()
+            buffer.used()
         );
         let msg = dec.decode(&mut bytes).unwrap().expect("whole message");
         assert_eq!(msg.payload.len(), 2000);
-        assert_eq!(budget.used(), 0, "a completed message leaves the budget");
+        assert_eq!(buffer.used(), 0, "a completed message leaves the buffer");
 
-        // A message bigger than the whole budget fails with `Overloaded` part way.
+        // A message bigger than the whole buffer fails with `Overloaded` part way.
         let mut big = BytesMut::new();
         enc.encode(&Message::new(9, 1, 0, vec![7; 5000]), &mut big);
         let err = loop {
             match dec.decode(&mut big) {
                 Err(e) => break e,
-                Ok(None) => panic!("budget never hit"),
+                Ok(None) => panic!("buffer never hit"),
                 Ok(Some(_)) => {}
             }
         };
         assert!(matches!(err, ChunkError::Overloaded(_)), "{err}");
         drop(dec);
         assert_eq!(
-            budget.used(),
+            buffer.used(),
             0,
             "a dropped decoder gives its partials back"
         );

@@ -150,7 +150,7 @@
 
 pub mod access;
 pub mod amf0;
-pub mod budget;
+pub mod buffer_bound;
 pub mod chunk;
 pub mod command;
 pub mod fast_start;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use rtmpq_hop::rtmp::WaitTimes;
-use rtmpq_proto::budget::MemoryBudget;
+use rtmpq_proto::buffer_bound::BufferBound;
 use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::session::SessionTracker;
 use rtmpq_proto::wire::{CloseCode, SessionId};
@@ -115,7 +115,7 @@ pub struct Telemetry {
     events: Events,
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     connections: Mutex<HashMap<usize, ConnectionEntry>>,
-    budget: OnceLock<MemoryBudget>,
+    buffer: OnceLock<BufferBound>,
     handshake_log: Mutex<HandshakeLog>,
     ended: Mutex<VecDeque<EndedSession>>,
 }
@@ -156,7 +156,7 @@ impl Telemetry {
             role,
             sessions: Mutex::default(),
             connections: Mutex::default(),
-            budget: OnceLock::new(),
+            buffer: OnceLock::new(),
             handshake_log: Mutex::default(),
             ended: Mutex::default(),
             events: Events::default(),
@@ -170,13 +170,13 @@ impl Telemetry {
 
     /// Bytes buffered now under the process-wide bound, once one is watched.
     pub fn buffered_bytes(&self) -> Option<usize> {
-        self.budget.get().map(MemoryBudget::used)
+        self.buffer.get().map(BufferBound::used)
     }
 
-    /// Reports `budget`'s use and bound as `rtmpq_buffered_bytes` and
+    /// Reports `buffer`'s use and bound as `rtmpq_buffered_bytes` and
     /// `rtmpq_buffered_bytes_limit` on every tick.
-    pub fn watch_budget(&self, budget: MemoryBudget) {
-        let _ = self.budget.set(budget);
+    pub fn watch_buffer(&self, buffer: BufferBound) {
+        let _ = self.buffer.set(buffer);
     }
 
     /// Registers a live session, starting now: its tracker, and the messages waiting for its
@@ -428,10 +428,10 @@ impl Telemetry {
         for entry in self.connections.lock().expect("lock").values_mut() {
             self.report_connection(entry);
         }
-        if let Some(budget) = self.budget.get() {
+        if let Some(buffer) = self.buffer.get() {
             let role = self.role.as_str();
-            gauge!("rtmpq_buffered_bytes", "role" => role).set(budget.used() as f64);
-            gauge!("rtmpq_buffered_bytes_limit", "role" => role).set(budget.limit() as f64);
+            gauge!("rtmpq_buffered_bytes", "role" => role).set(buffer.used() as f64);
+            gauge!("rtmpq_buffered_bytes_limit", "role" => role).set(buffer.limit() as f64);
         }
         let mut log = self.handshake_log.lock().expect("lock");
         if log

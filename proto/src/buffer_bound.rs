@@ -1,8 +1,8 @@
-//! The process-wide bound on buffered bytes: [`MemoryBudget`] is shared by every session of a
-//! hop, and each session takes from it through its own [`SessionBudget`], which gives back
+//! The process-wide bound on buffered bytes: [`BufferBound`] is shared by every session of a
+//! hop, and each session takes from it through its own [`SessionBuffer`], which gives back
 //! whatever it still holds when dropped. Partial messages in the chunk decoder and messages
 //! queued toward a writer are charged; a session that cannot get more ends with `overloaded`.
-//! A [`MemoryBudget::share`] is a part of the bound with a limit of its own (the gateway gives
+//! A [`BufferBound::share`] is a part of the bound with a limit of its own (the gateway gives
 //! each edge connection one): what its sessions take counts against both, so one peer cannot
 //! take the whole bound from the others. This is the last resort behind the per-session
 //! limits, not a policy.
@@ -12,31 +12,31 @@ use std::sync::Arc;
 
 /// A bound on bytes buffered by all sessions of one process.
 #[derive(Debug, Clone)]
-pub struct MemoryBudget {
-    inner: Arc<BudgetInner>,
+pub struct BufferBound {
+    inner: Arc<BoundInner>,
 }
 
 #[derive(Debug)]
-struct BudgetInner {
+struct BoundInner {
     used: AtomicUsize,
     limit: usize,
     /// The bound this one is a share of.
-    parent: Option<MemoryBudget>,
+    parent: Option<BufferBound>,
 }
 
 /// A session's share would push the process past its bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("buffered bytes would pass the process-wide limit of {limit} bytes")]
-pub struct BudgetExceeded {
+pub struct BufferFull {
     /// The process-wide limit.
     pub limit: usize,
 }
 
-impl MemoryBudget {
-    /// A budget of `limit` bytes.
+impl BufferBound {
+    /// A buffer of `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        MemoryBudget {
-            inner: Arc::new(BudgetInner {
+        BufferBound {
+            inner: Arc::new(BoundInner {
                 used: AtomicUsize::new(0),
                 limit,
                 parent: None,
@@ -46,8 +46,8 @@ impl MemoryBudget {
 
     /// A share of this bound of at most `limit` bytes: takes through it count against both.
     pub fn share(&self, limit: usize) -> Self {
-        MemoryBudget {
-            inner: Arc::new(BudgetInner {
+        BufferBound {
+            inner: Arc::new(BoundInner {
                 used: AtomicUsize::new(0),
                 limit: limit.min(self.inner.limit),
                 parent: Some(self.clone()),
@@ -66,21 +66,21 @@ impl MemoryBudget {
     }
 
     /// A new session's account.
-    pub fn session(&self) -> Arc<SessionBudget> {
-        Arc::new(SessionBudget {
-            budget: self.clone(),
+    pub fn session(&self) -> Arc<SessionBuffer> {
+        Arc::new(SessionBuffer {
+            buffer: self.clone(),
             held: AtomicUsize::new(0),
         })
     }
 
-    fn take(&self, n: usize) -> Result<(), BudgetExceeded> {
+    fn take(&self, n: usize) -> Result<(), BufferFull> {
         let limit = self.inner.limit;
         self.inner
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(n).filter(|&total| total <= limit)
             })
-            .map_err(|_| BudgetExceeded { limit })?;
+            .map_err(|_| BufferFull { limit })?;
         if let Some(parent) = &self.inner.parent {
             if let Err(e) = parent.take(n) {
                 self.inner.used.fetch_sub(n, Ordering::AcqRel);
@@ -105,17 +105,17 @@ impl MemoryBudget {
     }
 }
 
-/// One session's bytes within a [`MemoryBudget`]; gives them all back when dropped.
+/// One session's bytes within a [`BufferBound`]; gives them all back when dropped.
 #[derive(Debug)]
-pub struct SessionBudget {
-    budget: MemoryBudget,
+pub struct SessionBuffer {
+    buffer: BufferBound,
     held: AtomicUsize,
 }
 
-impl SessionBudget {
+impl SessionBuffer {
     /// Takes `n` bytes, or fails without taking any.
-    pub fn take(&self, n: usize) -> Result<(), BudgetExceeded> {
-        self.budget.take(n)?;
+    pub fn take(&self, n: usize) -> Result<(), BufferFull> {
+        self.buffer.take(n)?;
         self.held.fetch_add(n, Ordering::AcqRel);
         Ok(())
     }
@@ -123,7 +123,7 @@ impl SessionBudget {
     /// Takes `n` bytes even past the bound: only for the few small messages that tell a
     /// client why its session ends, which must reach it even when the process is full.
     pub fn take_anyway(&self, n: usize) {
-        self.budget.take_anyway(n);
+        self.buffer.take_anyway(n);
         self.held.fetch_add(n, Ordering::AcqRel);
     }
 
@@ -137,12 +137,12 @@ impl SessionBudget {
             Ok(before) => before.min(n),
             Err(_) => 0,
         };
-        self.budget.give_back(n);
+        self.buffer.give_back(n);
     }
 
     /// Brings what a holder has taken, `charged`, to `held` bytes: takes the difference or
     /// gives it back. On failure nothing changes.
-    pub fn charge_to(&self, charged: &mut usize, held: usize) -> Result<(), BudgetExceeded> {
+    pub fn charge_to(&self, charged: &mut usize, held: usize) -> Result<(), BufferFull> {
         if held > *charged {
             self.take(held - *charged)?;
         } else {
@@ -158,9 +158,9 @@ impl SessionBudget {
     }
 }
 
-impl Drop for SessionBudget {
+impl Drop for SessionBuffer {
     fn drop(&mut self) {
-        self.budget.give_back(*self.held.get_mut());
+        self.buffer.give_back(*self.held.get_mut());
     }
 }
 
@@ -170,42 +170,42 @@ mod tests {
 
     #[test]
     fn sessions_share_one_bound_and_give_back_on_drop() {
-        let budget = MemoryBudget::new(100);
-        let a = budget.session();
-        let b = budget.session();
+        let buffer = BufferBound::new(100);
+        let a = buffer.session();
+        let b = buffer.session();
         a.take(60).unwrap();
-        assert_eq!(b.take(50), Err(BudgetExceeded { limit: 100 }));
-        assert_eq!(budget.used(), 60, "a failed take takes nothing");
+        assert_eq!(b.take(50), Err(BufferFull { limit: 100 }));
+        assert_eq!(buffer.used(), 60, "a failed take takes nothing");
         b.take(40).unwrap();
         a.give_back(10);
-        assert_eq!((a.held(), budget.used()), (50, 90));
+        assert_eq!((a.held(), buffer.used()), (50, 90));
         // Giving back more than held gives back only what is held.
         b.give_back(1000);
-        assert_eq!((b.held(), budget.used()), (0, 50));
+        assert_eq!((b.held(), buffer.used()), (0, 50));
         drop(a);
-        assert_eq!(budget.used(), 0);
+        assert_eq!(buffer.used(), 0);
     }
 
     #[test]
     fn a_share_holds_at_most_its_limit_and_counts_against_the_whole() {
-        let budget = MemoryBudget::new(100);
-        let greedy = budget.share(40);
-        let other = budget.share(40);
+        let buffer = BufferBound::new(100);
+        let greedy = buffer.share(40);
+        let other = buffer.share(40);
         let a = greedy.session();
         a.take(30).unwrap();
         // The greedy share is full at 40; the process has room, and others get it.
-        assert_eq!(a.take(20), Err(BudgetExceeded { limit: 40 }));
-        assert_eq!((greedy.used(), budget.used()), (30, 30));
+        assert_eq!(a.take(20), Err(BufferFull { limit: 40 }));
+        assert_eq!((greedy.used(), buffer.used()), (30, 30));
         let b = other.session();
         b.take(40).unwrap();
-        assert_eq!(budget.used(), 70);
+        assert_eq!(buffer.used(), 70);
         // The whole bound still holds when shares add up past it.
-        let c = budget.share(40).session();
-        assert_eq!(c.take(31), Err(BudgetExceeded { limit: 100 }));
-        assert_eq!(budget.used(), 70, "a refused take takes nothing anywhere");
+        let c = buffer.share(40).session();
+        assert_eq!(c.take(31), Err(BufferFull { limit: 100 }));
+        assert_eq!(buffer.used(), 70, "a refused take takes nothing anywhere");
         c.take_anyway(50);
-        assert_eq!(budget.used(), 120);
+        assert_eq!(buffer.used(), 120);
         drop((a, b, c));
-        assert_eq!((budget.used(), greedy.used(), other.used()), (0, 0, 0));
+        assert_eq!((buffer.used(), greedy.used(), other.used()), (0, 0, 0));
     }
 }
