@@ -221,8 +221,8 @@ struct EdgeArgs {
     server_name: Option<String>,
     /// Latency budget in ms: media older than this is dropped a GOP tail at a time, never
     /// headers or commands; 0: none [default: 1000].
-    #[arg(long)]
-    max_latency: Option<u64>,
+    #[arg(long = "max-latency", visible_alias = "latency-budget")]
+    latency_budget: Option<u64>,
     /// Back-pressure mode for encoders that adapt their bitrate: stop reading a pusher whose
     /// oldest waiting media is older than this many ms; 0: off, always read [default: 0].
     #[arg(long)]
@@ -359,7 +359,7 @@ fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
         c.pin = args.pin;
     }
     c.server_name = args.server_name.or(c.server_name);
-    c.max_latency_ms = args.max_latency.unwrap_or(c.max_latency_ms);
+    c.latency_budget_ms = args.latency_budget.unwrap_or(c.latency_budget_ms);
     c.backpressure_ms = args.backpressure.unwrap_or(c.backpressure_ms);
     c.carrier = args.carrier.unwrap_or(c.carrier);
     c.metrics = args.metrics.or(c.metrics);

@@ -43,8 +43,9 @@ pub struct EdgeConfig {
     /// Latency budget in ms: media that waited longer to cross the tunnel is dropped (the
     /// rest of its GOP, resuming at the next key frame; never headers, metadata or commands).
     /// Applied at the edge to what is published and, at the gateway, to what is played
-    /// through this edge. 0: no budget.
-    pub max_latency_ms: u64,
+    /// through this edge. 0: no budget. (`max_latency_ms`, its name before 0.3, is read too.)
+    #[serde(alias = "max_latency_ms")]
+    pub latency_budget_ms: u64,
     /// Back-pressure mode, for encoders that adapt their rate to their socket (OBS's dynamic
     /// bitrate): the edge stops reading a pusher whose oldest waiting media is older than this
     /// many ms. 0: off, the edge always reads (the pusher never stalls).
@@ -91,7 +92,7 @@ impl Default for EdgeConfig {
             client_key: None,
             token: None,
             edge_id: None,
-            max_latency_ms: 1000,
+            latency_budget_ms: 1000,
             backpressure_ms: 0,
             max_queue_mb: 32,
             carrier: MediaCarrier::default(),
@@ -285,17 +286,17 @@ impl EdgeConfig {
             _ => return Err(ConfigError::HalfClientIdentity),
         };
         if self.backpressure_ms > 0
-            && self.max_latency_ms > 0
-            && self.backpressure_ms >= self.max_latency_ms
+            && self.latency_budget_ms > 0
+            && self.backpressure_ms >= self.latency_budget_ms
         {
             return Err(ConfigError::BackpressureAboveBudget(
                 self.backpressure_ms,
-                self.max_latency_ms,
+                self.latency_budget_ms,
             ));
         }
         let optional_ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         Ok(EdgeSettings {
-            latency_budget: optional_ms(self.max_latency_ms),
+            latency_budget: optional_ms(self.latency_budget_ms),
             backpressure: optional_ms(self.backpressure_ms),
             max_queue_bytes: above_zero(self.max_queue_mb, "max_queue_mb")? << 20,
             carrier: self.carrier.wire(),
@@ -351,6 +352,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("gatway"), "{err}");
+    }
+
+    #[test]
+    fn the_latency_budget_is_read_by_its_name_and_its_old_one() {
+        for key in ["latency_budget_ms", "max_latency_ms"] {
+            let cfg: EdgeConfig = toml::from_str(&format!("{key} = 250\n")).unwrap();
+            assert_eq!(cfg.latency_budget_ms, 250, "{key}");
+        }
     }
 
     #[test]

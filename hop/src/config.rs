@@ -57,7 +57,7 @@ pub enum ConfigError {
     #[error("client_auth needs a cert dir with ca.pem (--cert-dir, TOML: cert_dir)")]
     ClientAuthWithoutCa,
     /// Edge: a back-pressure threshold the budget never lets the queue reach.
-    #[error("backpressure_ms ({0}) must be under max_latency_ms ({1}): past the budget media is dropped, so the pusher would never feel it")]
+    #[error("backpressure_ms ({0}) must be under latency_budget_ms ({1}): past the budget media is dropped, so the pusher would never feel it")]
     BackpressureAboveBudget(u64, u64),
     /// Gateway: `[[edge]]` tables that cannot be applied.
     #[error("{0}")]
