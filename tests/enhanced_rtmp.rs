@@ -68,6 +68,15 @@ async fn play(nginx: &Nginx, stream: &str) -> Received {
     received
 }
 
+/// Whether `msg` is nginx telling a player that a publish of its stream started.
+fn publish_notify(msg: &Message) -> bool {
+    rtmpq_proto::command::Command::parse(msg)
+        .ok()
+        .flatten()
+        .and_then(|c| c.status().map(|s| s.code == "NetStream.Play.PublishNotify"))
+        .unwrap_or(false)
+}
+
 /// Whether video at or past `ms` reached the player.
 fn video_reached(received: &Received, ms: u32) -> bool {
     received
@@ -215,11 +224,13 @@ async fn after_a_gateway_restart_the_new_enhanced_publish_decodes_on_its_own() {
         })
         .await;
     }
+    // What each player got before the crash is the old publish; nginx tells its players when
+    // the new one starts (NetStream.Play.PublishNotify), in order with the media, so what the
+    // old publish still had in flight is not taken for the new one.
+    let crash_at: Vec<usize> = runs.iter().map(|r| r.2.lock().unwrap().len()).collect();
     stack.crash_and_restart().await;
-    // Nothing of the new publish can reach nginx before the new gateway is up.
-    let restarted_at = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    for (stream, tracks, received, pusher) in runs {
+    for ((stream, tracks, received, pusher), crash_at) in runs.into_iter().zip(crash_at) {
         pusher
             .await
             .unwrap()
@@ -228,12 +239,18 @@ async fn after_a_gateway_restart_the_new_enhanced_publish_decodes_on_its_own() {
             video_reached(&received, 11_000)
         })
         .await;
-        let new_publish: Vec<Message> = received
-            .lock()
-            .unwrap()
+        let got: Vec<Message> = received.lock().unwrap()[crash_at..]
             .iter()
-            .filter(|(at, m)| *at > restarted_at && matches!(m.type_id, 8 | 9))
             .map(|(_, m)| m.clone())
+            .collect();
+        let notified = got
+            .iter()
+            .rposition(publish_notify)
+            .unwrap_or_else(|| panic!("{stream}: nginx announced no new publish"));
+        let new_publish: Vec<Message> = got[notified..]
+            .iter()
+            .filter(|m| matches!(m.type_id, 8 | 9))
+            .cloned()
             .collect();
         // Headers first: the video sequence start and metadata, the audio sequence start
         // (each for every track of the push).

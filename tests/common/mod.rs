@@ -262,7 +262,8 @@ pub struct Nginx {
 
 impl Nginx {
     /// Starts nginx-rtmp with a `live` application, an `elive` one with `wait_key off` (for
-    /// Enhanced RTMP) and a stat page.
+    /// Enhanced RTMP; its players are told `NetStream.Play.PublishNotify` when a publisher
+    /// starts) and a stat page.
     pub async fn start() -> Nginx {
         require("nginx");
         let module = Path::new("/usr/lib/nginx/modules/ngx_rtmp_module.so");
@@ -291,11 +292,13 @@ rtmp {{
             live on;
             record off;
         }}
-        # For Enhanced RTMP: nginx-rtmp reads no ex-header key frame as one.
+        # For Enhanced RTMP: nginx-rtmp reads no ex-header key frame as one. Players hear
+        # when a new publish starts (the tests split what they got there).
         application elive {{
             live on;
             record off;
             wait_key off;
+            publish_notify on;
         }}
     }}
 }}
