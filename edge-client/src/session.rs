@@ -179,21 +179,25 @@ impl EdgeSession<'_> {
             set_up_again_for: limit,
             hold_for: None,
         };
+        // The journal's replay (a copy of the set-up and headers) only for a session that
+        // is recovered.
         let (step, replay, held) = {
             let mut t = tracker.lock().expect("tracker");
             let step = next_step(Hop::Edge, end, &t, recovery);
-            if step != Step::Finish {
-                t.recoveries.last_loss = Some(end.reason.clone());
-            }
+            let replay = match step {
+                Step::Resume | Step::SetUpAgain => t.journal.replay(),
+                Step::Finish | Step::Hold => None,
+            };
+            let Some(replay) = replay else {
+                return Err(end.clone());
+            };
+            t.recoveries.last_loss = Some(end.reason.clone());
             let held = Held {
                 session_id: self.session_id,
                 app: t.app.clone().unwrap_or_default(),
                 stream: t.stream.clone().unwrap_or_default(),
             };
-            (step, t.journal.replay(), held)
-        };
-        let (Step::Resume | Step::SetUpAgain, Some(replay)) = (step, replay) else {
-            return Err(end.clone());
+            (step, replay, held)
         };
         warn!(
             reason = %end.reason,

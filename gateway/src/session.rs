@@ -415,8 +415,11 @@ impl GatewaySession<'_> {
                 }
             }
             shared.resumable.withdraw(self.session_id, owner);
-            let replay = tracker.lock().expect("tracker").journal.replay();
-            let (Step::SetUpAgain, Some(replay)) = (step, replay) else {
+            // The journal's replay (a copy of the set-up and headers) only when it is used.
+            let replay = (step == Step::SetUpAgain)
+                .then(|| tracker.lock().expect("tracker").journal.replay())
+                .flatten();
+            let Some(replay) = replay else {
                 let (outbound, send) = (&link.outbound, &mut tunnel.send);
                 finish_session(RtmpPeer::Origin, &end, tracker, outbound, send).await;
                 close_origin(link).await;
