@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtmpq_hop::session::TunnelLink;
 use rtmpq_hop::transport::{quic_code, PathWatch};
 use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
@@ -31,14 +32,10 @@ pub enum LinkState {
 /// A live connection to the gateway and its path's figures.
 #[derive(Debug, Clone)]
 pub struct GatewayLink {
-    /// The connection.
-    pub conn: quinn::Connection,
-    /// Its path, kept up to date (and its send window bounded) while it lives.
-    pub path: Arc<PathWatch>,
+    /// The connection, its path and media streams.
+    pub link: TunnelLink,
     /// The gateway it goes to, as configured.
     pub address: String,
-    /// Hands the media streams the gateway opens (lanes sessions' play side) to their sessions.
-    pub lanes: Arc<rtmpq_hop::lanes::LaneRouter>,
 }
 
 /// Why the edge has no connection to the gateway.
@@ -176,7 +173,7 @@ impl Connector {
         let mut rx = self.state.clone();
         let up = tokio::time::timeout(
             wait,
-            rx.wait_for(|s| matches!(s, LinkState::Up(l) if l.conn.close_reason().is_none())),
+            rx.wait_for(|s| matches!(s, LinkState::Up(l) if l.link.conn.close_reason().is_none())),
         )
         .await;
         match up {
@@ -226,12 +223,11 @@ async fn maintain(
                     telemetry.reconnected();
                 }
                 telemetry.connection_opened(&conn, address.clone());
-                let path = PathWatch::start(&conn);
+                let link = TunnelLink::start(&conn);
+                let path = link.path.clone();
                 state.send_replace(LinkState::Up(GatewayLink {
-                    conn: conn.clone(),
-                    path: path.clone(),
+                    link,
                     address: address.clone(),
-                    lanes: rtmpq_hop::lanes::LaneRouter::start(&conn),
                 }));
                 let can_move = target.gateways.len() > 1;
                 let reason = tokio::select! {

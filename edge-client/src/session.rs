@@ -6,29 +6,27 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rtmpq_hop::lanes::{SessionRecv, SessionSend};
-use rtmpq_hop::tunnel::{TunnelRecv, TunnelSend};
-
-use crate::connector::GatewayLink;
-use rtmpq_hop::pump::{
-    finish_session, log_session_end, run_session, QueuePolicy, RtmpPeer, SessionRun,
-};
-use rtmpq_hop::recovery::{replay_set_up, retry_until, GaveUp, OriginExchange, Retry};
+use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
+use rtmpq_hop::recovery::{self, GaveUp, OriginExchange, Retry};
 use rtmpq_hop::rtmp::{
     Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader, RtmpSide, WaitTimes,
 };
-use rtmpq_hop::transport::PathWatch;
-use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader, StreamLost};
+use rtmpq_hop::session::{Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel};
+use rtmpq_hop::tunnel::{
+    close_stream, write_frame, FrameReader, StreamLost, TunnelRecv, TunnelSend,
+};
+use rtmpq_proto::buffer_bound::SessionBuffer;
 use rtmpq_proto::command;
 use rtmpq_proto::fast_start::FastStart;
 use rtmpq_proto::journal::{Replay, ResumeFilter};
 use rtmpq_proto::message::Message;
 use rtmpq_proto::session::{Flow, SessionTracker};
-use rtmpq_proto::session_end::{next_step, Backoff, EndedBy, Hop, Recovery, SessionEnd, Step};
+use rtmpq_proto::session_end::{Backoff, EndedBy, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
+use crate::connector::GatewayLink;
 use crate::connector::{ConnectError, GatewayUnavailable};
 use crate::Shared;
 
@@ -107,14 +105,26 @@ async fn run(
     let mut client = RtmpSide::start(conn, CLIENT_QUEUE, &buffer, &waiting);
     let end = match open_tunnel(session_id, shared, tracker).await {
         Ok(opened) => {
-            let tunnel = opened.tunnel(shared, &buffer, None);
-            let session = EdgeSession {
+            let mut parts = SessionParts {
+                rtmp: client,
+                tunnel: opened.tunnel(shared, &buffer),
+            };
+            let session = Session {
+                peer: RtmpPeer::Client,
+                tracker,
+                limits: &shared.settings.session_limits,
+                queue: queue_policy(shared, &buffer),
+                stop: shared.drain.end_sessions(),
+            };
+            let mut edge = EdgeSession {
                 shared,
                 session_id,
                 buffer,
                 tracker,
             };
-            session.run(&mut client, tunnel).await
+            let end = session.run(&mut parts, &mut edge).await;
+            client = parts.rtmp;
+            end
         }
         Err(e) => {
             let (code, reason) = (e.code(), e.to_string());
@@ -130,75 +140,42 @@ async fn run(
     Ok(end)
 }
 
-/// One session at the edge once its client is served and its first tunnel is open: what
-/// every run of it is built from.
+/// One session at the edge: how it re-attaches to a gateway when its tunnel is lost.
 struct EdgeSession<'a> {
     shared: &'a Shared,
     session_id: SessionId,
     /// Its share of the process-wide buffer bound.
-    buffer: Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
+    buffer: Arc<SessionBuffer>,
     tracker: &'a Mutex<SessionTracker>,
 }
 
-impl EdgeSession<'_> {
-    /// Runs the session on `tunnel`, and on each tunnel that replaces a lost one, until it
-    /// ends; then tells the client and the gateway what they must hear.
-    async fn run(&self, client: &mut RtmpSide, mut tunnel: Tunnel) -> SessionEnd {
-        loop {
-            let end = run_session(SessionRun {
-                peer: RtmpPeer::Client,
-                rtmp: &mut client.reader,
-                to_rtmp: &client.outbound,
-                tunnel_recv: &mut tunnel.frames,
-                tunnel_send: &mut tunnel.send,
-                tracker: self.tracker,
-                limits: &self.shared.settings.session_limits,
-                queue: tunnel.queue.clone(),
-                resume: tunnel.resume.take(),
-                stop: self.shared.drain.end_sessions(),
-            })
-            .await;
-            match self.recover(&end).await {
-                Ok(again) => tunnel = again,
-                Err(end) => {
-                    let (outbound, send) = (&client.outbound, &mut tunnel.send);
-                    finish_session(RtmpPeer::Client, &end, self.tracker, outbound, send).await;
-                    return end;
-                }
-            }
+impl Reattach for EdgeSession<'_> {
+    async fn before_run(&mut self, _: &mut SessionParts) {}
+
+    async fn interrupt(&mut self) -> Interrupt {
+        std::future::pending().await
+    }
+
+    fn recovery(&self) -> Recovery {
+        Recovery {
+            set_up_again_for: self.shared.settings.reconnect_limit,
+            hold_for: None,
         }
     }
 
-    /// A new tunnel for the session after a run ended with `end`, if the core says it is
-    /// recovered ([`next_step`]): resumed on the gateway that holds it, else set up again
-    /// through whichever gateway answers, within the reconnect limit. Else how it ends.
-    async fn recover(&self, end: &SessionEnd) -> Result<Tunnel, SessionEnd> {
+    /// A new tunnel: resumed on the gateway that holds the session, else set up again through
+    /// whichever gateway answers, within the reconnect limit.
+    async fn recover(
+        &mut self,
+        loss: Loss<'_>,
+        parts: &mut SessionParts,
+    ) -> Result<(Recovered, ResumeFilter), SessionEnd> {
         let (shared, tracker) = (self.shared, self.tracker);
+        let Loss { step, end, replay } = loss;
+        let Some(replay) = replay else {
+            return Err(end.clone());
+        };
         let limit = shared.settings.reconnect_limit;
-        let recovery = Recovery {
-            set_up_again_for: limit,
-            hold_for: None,
-        };
-        // The journal's replay (a copy of the set-up and headers) only for a session that
-        // is recovered.
-        let (step, replay, held) = {
-            let mut t = tracker.lock().expect("tracker");
-            let step = next_step(Hop::Edge, end, &t, recovery);
-            let replay = match step {
-                Step::Resume | Step::SetUpAgain => t.journal.replay(),
-                Step::Finish | Step::Hold => None,
-            };
-            let Some(replay) = replay else {
-                return Err(end.clone());
-            };
-            t.recoveries.last_loss = Some(end.reason.clone());
-            let held = Held {
-                session_id: self.session_id,
-                app: t.app.clone().unwrap_or_default(),
-                stream: t.stream.clone().unwrap_or_default(),
-            };
-            (step, replay, held)
-        };
         warn!(
             reason = %end.reason,
             "tunnel lost under a live session: setting the session up again through a gateway (for up to {limit:?})"
@@ -207,36 +184,37 @@ impl EdgeSession<'_> {
         // The same session on a new stream, if the gateway still holds it.
         let token = tracker.lock().expect("tracker").resume_token.take();
         if let (Step::Resume, Some(token)) = (step, token) {
-            let (buffer, id) = (&self.buffer, self.session_id);
-            match resume_within(shared, buffer, id, token, tracker, deadline).await {
-                Ok(again) => {
-                    tracker.lock().expect("tracker").recoveries.resumed += 1;
-                    shared.telemetry.session_resumed();
+            match resume_within(self, token, deadline).await {
+                Ok(tunnel) => {
+                    parts.tunnel = tunnel;
                     info!("session resumed on the gateway that held it; media resumes at the next key frame");
-                    return Ok(again);
+                    return Ok((Recovered::Resumed, ResumeFilter::same_stream()));
                 }
                 Err(why) => info!(reason = %why, "not resumed; setting the session up again"),
             }
         }
+        let held = {
+            let t = tracker.lock().expect("tracker");
+            Held {
+                session_id: self.session_id,
+                app: t.app.clone().unwrap_or_default(),
+                stream: t.stream.clone().unwrap_or_default(),
+            }
+        };
         let again = SetUpAgain {
             limit,
             deadline,
             held: &held,
         };
-        let again = set_up_again(shared, &self.buffer, replay, again, tracker).await?;
-        tracker.lock().expect("tracker").recoveries.set_up_again += 1;
-        shared.telemetry.session_set_up_again();
+        let (tunnel, filter) = set_up_again(self, replay, again).await?;
+        parts.tunnel = tunnel;
         info!("session set up again through the gateway; media resumes at the next key frame");
-        Ok(again)
+        Ok((Recovered::SetUpAgain, filter))
     }
-}
 
-/// A session's tunnel and how the client's messages go on it.
-struct Tunnel {
-    send: SessionSend,
-    frames: SessionRecv,
-    queue: QueuePolicy,
-    resume: Option<ResumeFilter>,
+    fn recovered(&self, how: Recovered) {
+        self.shared.telemetry.session_recovered(how);
+    }
 }
 
 /// A session stream opened on a gateway connection (SESSION_OPEN or SESSION_RESUME sent).
@@ -249,30 +227,11 @@ struct OpenedStream {
 impl OpenedStream {
     /// The session's tunnel over it, carrying media as the edge is configured to; what the
     /// edge sends keeps to its budget.
-    fn tunnel(
-        self,
-        shared: &Shared,
-        buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
-        resume: Option<ResumeFilter>,
-    ) -> Tunnel {
-        let carrier = shared.settings.carrier;
+    fn tunnel(self, shared: &Shared, buffer: &Arc<SessionBuffer>) -> Tunnel {
         let OpenedStream { send, recv, link } = self;
-        let send = SessionSend::carried(
-            send,
-            carrier,
-            &link.conn,
-            shared.settings.latency_budget,
-            Some(link.path.clone()),
-        );
-        let mut frames = FrameReader::new(recv);
-        frames.set_buffer(buffer.clone());
-        let frames = SessionRecv::carried(frames, carrier, &link.lanes, Some(buffer.clone()));
-        Tunnel {
-            send,
-            frames,
-            queue: queue_policy(shared, buffer, link.path),
-            resume,
-        }
+        let (carrier, latency) = (shared.settings.carrier, shared.settings.latency_budget);
+        link.link
+            .tunnel(send, FrameReader::new(recv), carrier, latency, buffer)
     }
 }
 
@@ -312,64 +271,49 @@ struct SetUpAgain<'a> {
 /// client's set-up through it, with backoff, until the deadline. The origin's answers come
 /// back through the tunnel and stay here: the client never left.
 async fn set_up_again(
-    shared: &Shared,
-    buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
+    session: &EdgeSession<'_>,
     replay: Replay,
     again: SetUpAgain<'_>,
-    tracker: &Mutex<SessionTracker>,
-) -> Result<Tunnel, SessionEnd> {
+) -> Result<(Tunnel, ResumeFilter), SessionEnd> {
+    let (shared, tracker) = (session.shared, session.tracker);
     let SetUpAgain {
         limit,
         deadline,
         held,
     } = again;
-    let attempt = || {
-        let replay = replay.clone();
-        async move {
-            if let Some(end) = held.taken_over(shared) {
-                return Err(Retry::Stop(end));
-            }
-            let session_id = SessionId(rand::random());
-            let opened = open_tunnel(session_id, shared, tracker)
-                .await
-                .map_err(|e| Retry::Again(e.to_string()))?;
-            let mut tunnel = opened.tunnel(shared, buffer, None);
-            let mut through = ThroughTunnel {
-                tunnel: &mut tunnel,
-                tracker,
-            };
-            match replay_set_up(replay, &mut through).await {
-                Ok(filter) => {
-                    info!(new_session = %session_id, "the gateway took the session");
-                    tunnel.resume = Some(filter);
-                    Ok(tunnel)
-                }
-                Err(why) => {
-                    // The gateway hears why this attempt ends (not a stream that just stops).
-                    let reason = format!("set-up attempt given up: {why}");
-                    close_stream(&mut tunnel.send, CloseCode::Normal, &reason).await;
-                    Err(Retry::Again(why))
-                }
-            }
+    let open = || async {
+        if let Some(end) = held.taken_over(shared) {
+            return Err(Retry::Stop(end));
         }
+        let session_id = SessionId(rand::random());
+        let opened = open_tunnel(session_id, shared, tracker)
+            .await
+            .map_err(|e| Retry::Again(e.to_string()))?;
+        info!(new_session = %session_id, "replaying the set-up through a new tunnel session");
+        let tunnel = opened.tunnel(shared, &session.buffer);
+        Ok(ThroughTunnel { tunnel, tracker })
     };
-    retry_until(deadline, "session set-up through a gateway", attempt)
-        .await
-        .map_err(|gave_up| match gave_up {
-            GaveUp::Stopped(end) => end,
-            GaveUp::OutOfTime { attempts, last } => {
-                let reason = format!(
-                    "tunnel to the gateway lost and no gateway took the session within {limit:?} ({attempts} attempts; last: {last})"
-                );
-                SessionEnd::new(CloseCode::TunnelLost, reason, EndedBy::Tunnel)
-            }
-        })
+    let what = "session set-up through a gateway";
+    match recovery::set_up_again(deadline, what, &replay, open).await {
+        Ok((through, filter)) => Ok((through.tunnel, filter)),
+        Err(GaveUp::Stopped(end)) => Err(end),
+        Err(GaveUp::OutOfTime { attempts, last }) => {
+            let reason = format!(
+                "tunnel to the gateway lost and no gateway took the session within {limit:?} ({attempts} attempts; last: {last})"
+            );
+            Err(SessionEnd::new(
+                CloseCode::TunnelLost,
+                reason,
+                EndedBy::Tunnel,
+            ))
+        }
+    }
 }
 
 /// A fresh tunnel session a set-up is replayed through: the gateway carries it to the origin
 /// (its new resume token is kept as it arrives).
 struct ThroughTunnel<'a> {
-    tunnel: &'a mut Tunnel,
+    tunnel: Tunnel,
     tracker: &'a Mutex<SessionTracker>,
 }
 
@@ -402,19 +346,21 @@ impl OriginExchange for ThroughTunnel<'_> {
             }
         }
     }
+
+    /// The gateway hears why this attempt ends (not a stream that just stops).
+    async fn give_up(&mut self, why: &str) {
+        let reason = format!("set-up attempt given up: {why}");
+        close_stream(&mut self.tunnel.send, CloseCode::Normal, &reason).await;
+    }
 }
 
-/// How a session's media waits at the edge, on the connection of `path`.
-fn queue_policy(
-    shared: &Shared,
-    buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
-    path: Arc<PathWatch>,
-) -> QueuePolicy {
+/// How a session's media waits at the edge (on each tunnel's path).
+fn queue_policy(shared: &Shared, buffer: &Arc<SessionBuffer>) -> QueuePolicy {
     QueuePolicy {
         budget: shared.settings.latency_budget,
         max_bytes: shared.settings.max_queue_bytes,
         pause_reading_above: shared.settings.backpressure,
-        path: Some(path),
+        path: None,
         charge: Some(buffer.clone()),
     }
 }
@@ -434,20 +380,18 @@ const RESUME_LIMIT: Duration = Duration::from_secs(3);
 /// `deadline`. While no gateway is reachable the token is kept and the edge waits for one:
 /// spent on "unreachable", the set-up that follows meets the session the gateway still holds.
 async fn resume_within(
-    shared: &Shared,
-    buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
-    session_id: SessionId,
+    session: &EdgeSession<'_>,
     token: ResumeToken,
-    tracker: &Mutex<SessionTracker>,
     deadline: tokio::time::Instant,
 ) -> Result<Tunnel, String> {
+    let shared = session.shared;
     loop {
         // Never past the reconnect limit waiting for a connection.
         let wait = shared
             .settings
             .gateway_wait
             .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        match resume(shared, buffer, session_id, token, tracker, wait).await {
+        match resume(session, token, wait).await {
             Err(ResumeError::NoGateway(why)) if tokio::time::Instant::now() < deadline => {
                 info!(reason = %why, "no gateway to resume the session on yet; waiting for one");
                 tokio::time::sleep(Backoff::FIRST).await;
@@ -472,20 +416,18 @@ enum ResumeError {
 /// Takes session `session_id` over on a new stream with `token`, if the gateway the connector
 /// reaches (within `wait`) still holds it; the gateway answers with a new token.
 async fn resume(
-    shared: &Shared,
-    buffer: &Arc<rtmpq_proto::buffer_bound::SessionBuffer>,
-    session_id: SessionId,
+    session: &EdgeSession<'_>,
     token: ResumeToken,
-    tracker: &Mutex<SessionTracker>,
     wait: Duration,
 ) -> Result<Tunnel, ResumeError> {
+    let (shared, tracker, session_id) = (session.shared, session.tracker, session.session_id);
     let link = shared
         .connector
         .connection(wait)
         .await
         .map_err(|e| ResumeError::NoGateway(e.to_string()))?;
     let attempt = async {
-        let (mut send, recv) = link.conn.open_bi().await.map_err(|e| e.to_string())?;
+        let (mut send, recv) = link.link.conn.open_bi().await.map_err(|e| e.to_string())?;
         tracker.lock().expect("tracker").gateway = Some(link.address.clone());
         let latency_budget_ms = budget_ms(shared);
         let frame = Frame::SessionResume {
@@ -502,7 +444,7 @@ async fn resume(
             recv,
             link: link.clone(),
         };
-        let mut tunnel = opened.tunnel(shared, buffer, Some(ResumeFilter::same_stream()));
+        let mut tunnel = opened.tunnel(shared, &session.buffer);
         match tunnel.frames.next().await {
             Ok(Some(Frame::ResumeToken(next))) => {
                 tracker.lock().expect("tracker").resume_token = Some(next);
@@ -529,7 +471,7 @@ async fn open_tunnel(
         .connection(shared.settings.gateway_wait)
         .await?;
     tracker.lock().expect("tracker").gateway = Some(link.address.clone());
-    let (mut send, recv) = link.conn.open_bi().await?;
+    let (mut send, recv) = link.link.conn.open_bi().await?;
     let latency_budget_ms = budget_ms(shared);
     let open = Frame::SessionOpen {
         session_id,

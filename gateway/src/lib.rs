@@ -675,11 +675,8 @@ async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: Cancellat
         release_after,
     } = edge;
     shared.telemetry.connection_opened(&conn, edge_id.clone());
-    let path = PathWatch::start(&conn);
     let link = session::EdgeLink {
-        conn: conn.clone(),
-        path: path.clone(),
-        lanes: rtmpq_hop::lanes::LaneRouter::start(&conn),
+        link: rtmpq_hop::session::TunnelLink::start(&conn),
         // One connection's sessions hold at most a share of the process-wide bound.
         buffer: shared
             .buffer
@@ -695,7 +692,7 @@ async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: Cancellat
         false => Duration::ZERO,
     };
     let release_after = (!release_after.is_zero()).then(|| release_after.max(MIN_RELEASE_AFTER));
-    let silent = edge_silent(&path, release_after);
+    let silent = edge_silent(&link.link.path, release_after);
     tokio::pin!(silent);
     let sessions = TaskTracker::new();
     let per_connection = Arc::new(Semaphore::new(shared.settings.max_sessions_per_connection));

@@ -8,7 +8,7 @@ use rand::RngCore;
 use rtmpq_proto::wire::{ResumeToken, SessionId, RESUME_TOKEN_LEN};
 use tokio::sync::oneshot;
 
-use crate::session::Tunnel;
+use rtmpq_hop::session::Tunnel;
 
 /// Who may resume a session: the edge's name, its client certificate's fingerprint and a
 /// digest of its HELLO token (the token itself is not kept).

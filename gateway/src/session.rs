@@ -3,26 +3,23 @@
 
 use std::sync::{Arc, Mutex};
 
-use rtmpq_hop::transport::quic_code;
-use rtmpq_hop::tunnel::write_frame;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
 
-use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
-use rtmpq_hop::pump::{
-    finish_session, log_session_end, run_session, QueuePolicy, RtmpPeer, SessionRun,
-};
-use rtmpq_hop::recovery::{replay_set_up, retry_until, GaveUp, Retry};
+use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
+use rtmpq_hop::recovery::{self, GaveUp, Retry};
 use rtmpq_hop::rtmp::{Inbound, RtmpConnection, RtmpIoError, RtmpSide, WaitTimes, WriterEnd};
-use rtmpq_hop::transport::PathWatch;
-use rtmpq_hop::tunnel::{close_stream, FrameReader, TunnelRecv};
+use rtmpq_hop::session::{
+    Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel, TunnelLink,
+};
+use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader, TunnelRecv};
 use rtmpq_proto::buffer_bound::{BufferBound, SessionBuffer};
 use rtmpq_proto::journal::{Replay, ResumeFilter};
 use rtmpq_proto::session::SessionTracker;
-use rtmpq_proto::session_end::{next_step, EndedBy, Hop, Recovery, SessionEnd, Step};
+use rtmpq_proto::session_end::{EndedBy, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, SessionId};
 use std::convert::Infallible;
 use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn, Instrument};
 
 use crate::access::{AccessPolicy, Credentials};
@@ -122,8 +119,11 @@ pub(crate) async fn serve(
             tracker: &tracker,
             buffer,
             waiting,
+            access,
+            owner: SessionOwner::new(),
+            handoff: None,
         };
-        let end = session.run(tunnel, queue, &mut access).await;
+        let end = session.run(tunnel, queue).await;
         telemetry.session_ended(session_id, end.code, &end.reason);
         let t = tracker.lock().expect("tracker");
         if let (CloseCode::Unauthorized, Some(rights), Some(direction)) =
@@ -256,23 +256,14 @@ async fn close_origin(link: RtmpSide) {
     match link.close(FLUSH_LIMIT).await.1 {
         WriterEnd::Failed(e) => info!(reason = %e, "origin write side ended with an error"),
         WriterEnd::Stalled => warn!("origin did not take the last messages within {FLUSH_LIMIT:?}"),
-        WriterEnd::Flushed => {}
+        WriterEnd::Flushed | WriterEnd::Aborted => {}
     }
-}
-
-/// A session's tunnel (it changes when the edge resumes the session on a new stream).
-pub(crate) struct Tunnel {
-    send: SessionSend,
-    frames: SessionRecv,
-    path: Arc<PathWatch>,
 }
 
 /// The edge connection a session stream arrived on: what its tunnel is built from.
 #[derive(Clone)]
 pub(crate) struct EdgeLink {
-    pub(crate) conn: quinn::Connection,
-    pub(crate) path: Arc<PathWatch>,
-    pub(crate) lanes: Arc<LaneRouter>,
+    pub(crate) link: TunnelLink,
     /// The connection's share of the process-wide buffer bound.
     pub(crate) buffer: BufferBound,
 }
@@ -290,11 +281,7 @@ impl EdgeLink {
     ) -> Tunnel {
         let latency =
             (latency_budget_ms > 0).then(|| Duration::from_millis(u64::from(latency_budget_ms)));
-        Tunnel {
-            send: SessionSend::carried(send, carrier, &self.conn, latency, Some(self.path.clone())),
-            frames: SessionRecv::carried(frames, carrier, &self.lanes, Some(buffer.clone())),
-            path: self.path.clone(),
-        }
+        self.link.tunnel(send, frames, carrier, latency, buffer)
     }
 }
 
@@ -314,21 +301,8 @@ async fn keep_origin_alive(link: &mut RtmpSide) {
     }
 }
 
-/// Notes a session resumed on a new stream after it lost its tunnel (`lost`: why).
-fn note_resumed(shared: &Shared, tracker: &Mutex<SessionTracker>, lost: &str) {
-    let mut t = tracker.lock().expect("tracker");
-    t.recoveries.resumed += 1;
-    t.recoveries.last_loss = Some(lost.to_owned());
-    shared.telemetry.session_resumed();
-}
-
-/// How a turn of the session loop ended.
-enum Turn {
-    Ended(SessionEnd),
-    Resumed(Tunnel),
-}
-
-/// One session at the gateway, what every run of it is built from.
+/// One session at the gateway: how it re-attaches (to its edge's new stream, or to a new
+/// origin connection) and ends when a reload withdraws its rights.
 struct GatewaySession<'a> {
     shared: &'a Shared,
     session_id: SessionId,
@@ -339,21 +313,20 @@ struct GatewaySession<'a> {
     buffer: Arc<SessionBuffer>,
     /// The messages waiting for its origin writer (whichever origin connection is current).
     waiting: Arc<WaitTimes>,
+    /// The access policy, watched for reloads.
+    access: watch::Receiver<Arc<AccessPolicy>>,
+    /// Its claim on the resume registry.
+    owner: SessionOwner,
+    /// The stream of the edge's SESSION_RESUME, once offered on the current tunnel.
+    handoff: Option<oneshot::Receiver<Tunnel>>,
 }
 
 impl GatewaySession<'_> {
-    /// Runs the session from its first tunnel stream to its end: connects to the origin, runs
-    /// the pumps, takes a stream its edge resumes it on, holds it for a resume when its tunnel
-    /// is lost, sets it up again on a new origin connection when the origin goes, and ends it
-    /// when a reload withdraws its rights.
-    async fn run(
-        self,
-        mut tunnel: Tunnel,
-        mut queue: QueuePolicy,
-        access: &mut watch::Receiver<Arc<AccessPolicy>>,
-    ) -> SessionEnd {
-        let (shared, tracker) = (self.shared, self.tracker);
-        let mut link = match connect_origin(shared).await {
+    /// Runs the session from its first tunnel stream to its end: connects to the origin, then
+    /// runs it ([`Session::run`]) with `queue` for what the origin sends.
+    async fn run(mut self, mut tunnel: Tunnel, queue: QueuePolicy) -> SessionEnd {
+        let shared = self.shared;
+        let rtmp = match connect_origin(shared).await {
             Ok(conn) => RtmpSide::start(conn, ORIGIN_QUEUE, &self.buffer, &self.waiting),
             Err(e) => {
                 let end = e.end();
@@ -361,124 +334,35 @@ impl GatewaySession<'_> {
                 return end;
             }
         };
-        let owner = SessionOwner::new();
-        let mut resume = None;
-        loop {
-            let mut handoff = self.offer_resume(owner, &mut tunnel).await;
-            queue.path = Some(tunnel.path.clone());
-            let turn = tokio::select! {
-                end = run_session(SessionRun {
-                    peer: RtmpPeer::Origin,
-                    rtmp: &mut link.reader,
-                    to_rtmp: &link.outbound,
-                    tunnel_recv: &mut tunnel.frames,
-                    tunnel_send: &mut tunnel.send,
-                    tracker,
-                    limits: &shared.settings.session_limits,
-                    queue: queue.clone(),
-                    resume: resume.take(),
-                    stop: shared.drain.end_sessions(),
-                }) => Turn::Ended(end),
-                // The edge took the session over on a new stream (it lost the old one first).
-                new = handed_over(&mut handoff) => Turn::Resumed(new),
-                end = rights_withdrawn(access, self.who, tracker) => Turn::Ended(end),
-            };
-            let end = match turn {
-                Turn::Resumed(new) => {
-                    note_resumed(
-                        shared,
-                        tracker,
-                        "the edge moved the session to a new stream",
-                    );
-                    let mut old = std::mem::replace(&mut tunnel, new);
-                    old.send.stream.reset(quic_code(CloseCode::TunnelLost)).ok();
-                    resume = Some(ResumeFilter::same_stream());
-                    continue;
-                }
-                Turn::Ended(end) => end,
-            };
-            let recovery = Recovery {
-                set_up_again_for: shared.settings.origin_retry,
-                hold_for: handoff.as_ref().map(|_| self.who.hold),
-            };
-            let step = next_step(
-                Hop::Gateway,
-                &end,
-                &tracker.lock().expect("tracker"),
-                recovery,
-            );
-            if step == Step::Hold {
-                if let Some(new) = self.hold(&end, &mut handoff, &mut tunnel, &mut link).await {
-                    tunnel = new;
-                    resume = Some(ResumeFilter::same_stream());
-                    continue;
-                }
-            }
-            shared.resumable.withdraw(self.session_id, owner);
-            // The journal's replay (a copy of the set-up and headers) only when it is used.
-            let replay = (step == Step::SetUpAgain)
-                .then(|| tracker.lock().expect("tracker").journal.replay())
-                .flatten();
-            let Some(replay) = replay else {
-                let (outbound, send) = (&link.outbound, &mut tunnel.send);
-                finish_session(RtmpPeer::Origin, &end, tracker, outbound, send).await;
-                close_origin(link).await;
-                return end;
-            };
-            link.abort();
-            match self.origin_again(&end, replay).await {
-                Ok((new_link, filter)) => {
-                    link = new_link;
-                    resume = Some(filter);
-                }
-                Err(end) => {
-                    close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
-                    return end;
-                }
-            }
-        }
-    }
-
-    /// Offers the session for a resume by its edge with a new single-use token (one for each
-    /// stream the session runs on), sent on `tunnel`; the receiver gets the stream of a
-    /// SESSION_RESUME. `None` when its sessions are not held (an edge with other gateways) or
-    /// the token could not be sent.
-    async fn offer_resume(
-        &self,
-        owner: SessionOwner,
-        tunnel: &mut Tunnel,
-    ) -> Option<oneshot::Receiver<Tunnel>> {
-        if self.who.hold.is_zero() {
-            return None;
-        }
-        let resumable = &self.shared.resumable;
-        let (token, rx) = resumable.offer(self.session_id, &self.who.edge, owner)?;
-        let sent = write_frame(&mut tunnel.send.stream, &Frame::ResumeToken(token)).await;
-        sent.is_ok().then_some(rx)
+        let mut parts = SessionParts { rtmp, tunnel };
+        let session = Session {
+            peer: RtmpPeer::Origin,
+            tracker: self.tracker,
+            limits: &shared.settings.session_limits,
+            queue,
+            stop: shared.drain.end_sessions(),
+        };
+        let end = session.run(&mut parts, &mut self).await;
+        shared.resumable.withdraw(self.session_id, self.owner);
+        close_origin(parts.rtmp).await;
+        end
     }
 
     /// Holds a session whose tunnel was lost (`end`) for its edge's hold time, the origin
     /// connection kept alive: the stream the edge resumes it on, or `None` (not resumed in
     /// time, or the origin went meanwhile).
-    async fn hold(
-        &self,
-        end: &SessionEnd,
-        handoff: &mut Option<oneshot::Receiver<Tunnel>>,
-        tunnel: &mut Tunnel,
-        link: &mut RtmpSide,
-    ) -> Option<Tunnel> {
+    async fn hold(&mut self, end: &SessionEnd, parts: &mut SessionParts) -> Option<Tunnel> {
         let grace = self.who.hold;
         warn!(reason = %end.reason, "tunnel lost under a live session: holding it for {grace:?} for its edge to resume it");
         // Nothing more is read from the lost stream or its media lanes while held.
-        TunnelRecv::stop(&mut tunnel.frames, CloseCode::TunnelLost);
+        TunnelRecv::stop(&mut parts.tunnel.frames, CloseCode::TunnelLost);
         let held = tokio::select! {
-            new = handed_over(handoff) => Some(new),
+            new = handed_over(&mut self.handoff) => Some(new),
             _ = tokio::time::sleep(grace) => None,
-            _ = keep_origin_alive(link) => None,
+            _ = keep_origin_alive(&mut parts.rtmp) => None,
         };
-        match &held {
-            Some(_) => note_resumed(self.shared, self.tracker, &end.reason),
-            None => info!("not resumed within {grace:?}: the session ends"),
+        if held.is_none() {
+            info!("not resumed within {grace:?}: the session ends");
         }
         held
     }
@@ -488,21 +372,79 @@ impl GatewaySession<'_> {
         &self,
         end: &SessionEnd,
         replay: Replay,
-    ) -> Result<(RtmpSide, ResumeFilter), SessionEnd> {
-        let shared = self.shared;
-        let limit = shared.settings.origin_retry;
+        parts: &mut SessionParts,
+    ) -> Result<ResumeFilter, SessionEnd> {
+        let limit = self.shared.settings.origin_retry;
         warn!(
             reason = %end.reason,
             "origin lost under a live session: setting the session up again (for up to {limit:?})"
         );
-        let again = set_up_again(shared, &self.buffer, &self.waiting, replay, limit).await?;
-        let mut t = self.tracker.lock().expect("tracker");
-        t.recoveries.set_up_again += 1;
-        t.recoveries.last_loss = Some(end.reason.clone());
-        drop(t);
-        shared.telemetry.session_set_up_again();
+        // Nothing more is written to the origin that went.
+        parts.rtmp.abort();
+        let (link, filter) = set_up_again(self, replay, limit).await?;
+        std::mem::replace(&mut parts.rtmp, link).abort();
         info!("session set up again on the origin; media resumes at the next key frame");
-        Ok(again)
+        Ok(filter)
+    }
+}
+
+impl Reattach for GatewaySession<'_> {
+    /// Offers the session for a resume by its edge with a new single-use token (one for each
+    /// stream the session runs on). Not offered when its sessions are not held (an edge with
+    /// other gateways) or the token could not be sent.
+    async fn before_run(&mut self, parts: &mut SessionParts) {
+        self.handoff = None;
+        if self.who.hold.is_zero() {
+            return;
+        }
+        let resumable = &self.shared.resumable;
+        let Some((token, rx)) = resumable.offer(self.session_id, &self.who.edge, self.owner) else {
+            return;
+        };
+        let sent = write_frame(&mut parts.tunnel.send.stream, &Frame::ResumeToken(token)).await;
+        self.handoff = sent.is_ok().then_some(rx);
+    }
+
+    /// The edge took the session over on a new stream (it lost the old one first), or a
+    /// reload withdrew its rights.
+    async fn interrupt(&mut self) -> Interrupt {
+        tokio::select! {
+            new = handed_over(&mut self.handoff) => Interrupt::Moved(new),
+            end = rights_withdrawn(&mut self.access, self.who, self.tracker) => Interrupt::Ended(end),
+        }
+    }
+
+    fn recovery(&self) -> Recovery {
+        Recovery {
+            set_up_again_for: self.shared.settings.origin_retry,
+            hold_for: self.handoff.as_ref().map(|_| self.who.hold),
+        }
+    }
+
+    async fn recover(
+        &mut self,
+        loss: Loss<'_>,
+        parts: &mut SessionParts,
+    ) -> Result<(Recovered, ResumeFilter), SessionEnd> {
+        let Loss { step, end, replay } = loss;
+        if step == Step::Hold {
+            if let Some(new) = self.hold(end, parts).await {
+                parts.tunnel = new;
+                return Ok((Recovered::Resumed, ResumeFilter::same_stream()));
+            }
+        }
+        self.shared.resumable.withdraw(self.session_id, self.owner);
+        match replay {
+            Some(replay) if step == Step::SetUpAgain => {
+                let filter = self.origin_again(end, replay, parts).await?;
+                Ok((Recovered::SetUpAgain, filter))
+            }
+            _ => Err(end.clone()),
+        }
+    }
+
+    fn recovered(&self, how: Recovered) {
+        self.shared.telemetry.session_recovered(how);
     }
 }
 
@@ -510,27 +452,20 @@ impl GatewaySession<'_> {
 /// nginx-rtmp answers a publish of a name it still holds with `NetStream.Publish.BadName`
 /// until it notices the old publisher is gone: that is retried too.
 async fn set_up_again(
-    shared: &Shared,
-    buffer: &Arc<SessionBuffer>,
-    waiting: &Arc<WaitTimes>,
+    session: &GatewaySession<'_>,
     replay: Replay,
     limit: Duration,
 ) -> Result<(RtmpSide, ResumeFilter), SessionEnd> {
+    let (shared, buffer, waiting) = (session.shared, &session.buffer, &session.waiting);
     let deadline = tokio::time::Instant::now() + limit;
-    let attempt = || {
-        let replay = replay.clone();
-        async move {
-            let conn = connect_origin(shared)
-                .await
-                .map_err(|e| Retry::Again(e.to_string()))?;
-            let mut link = RtmpSide::start(conn, ORIGIN_QUEUE, buffer, waiting);
-            let filter = replay_set_up(replay, &mut link)
-                .await
-                .map_err(Retry::Again)?;
-            Ok::<_, Retry<Infallible>>((link, filter))
-        }
+    let open = || async {
+        let conn = connect_origin(shared)
+            .await
+            .map_err(|e| Retry::Again(e.to_string()))?;
+        Ok::<_, Retry<Infallible>>(RtmpSide::start(conn, ORIGIN_QUEUE, buffer, waiting))
     };
-    retry_until(deadline, "session set-up on the origin", attempt)
+    let what = "session set-up on the origin";
+    recovery::set_up_again(deadline, what, &replay, open)
         .await
         .map_err(|gave_up| {
             // An attempt here never says stop (`Infallible`): only the deadline ends them.

@@ -1,6 +1,6 @@
 //! rtmpq-hop: the async layer both hops share over the pure core (`rtmpq-proto`): RTMP
 //! connections over TCP ([`rtmp`]), tunnel streams over QUIC ([`tunnel`]), the two one-way
-//! pumps of a session ([`pump`]), the QUIC settings ([`transport`]), the accept loop and the
+//! pumps of a session ([`pump`]) and its life across recoveries ([`session`]), the QUIC settings ([`transport`]), the accept loop and the
 //! shutdown drain ([`scaffold`]), what the hops' configs share ([`config`], [`secret`]), and
 //! [`HopError`], what stops either hop from starting.
 
@@ -34,5 +34,6 @@ pub mod recovery;
 pub mod rtmp;
 pub mod scaffold;
 pub mod secret;
+pub mod session;
 pub mod transport;
 pub mod tunnel;

@@ -14,7 +14,7 @@ use rtmpq_proto::late_arrivals::LateArrivals;
 use rtmpq_proto::media_queue::{DropReason, Dropped, MediaQueue, QueueLimits};
 use rtmpq_proto::message::{Control, Message, MessageClass};
 use rtmpq_proto::session::{Flow, QueueState, SessionTracker};
-use rtmpq_proto::session_end::{EndedBy, SessionEnd};
+use rtmpq_proto::session_end::{EndedBy, Hop, SessionEnd};
 use rtmpq_proto::wire::{CloseCode, Frame};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +98,14 @@ impl RtmpPeer {
             }
             RtmpPeer::Origin if end.ended_by == EndedBy::Local => t.goodbye_messages(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The hop that serves this peer.
+    pub fn hop(self) -> Hop {
+        match self {
+            RtmpPeer::Client => Hop::Edge,
+            RtmpPeer::Origin => Hop::Gateway,
         }
     }
 

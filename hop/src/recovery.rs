@@ -1,6 +1,7 @@
 //! Carrying out a recovery the core decided on ([`rtmpq_proto::session_end::next_step`]) on
 //! either hop: retrying with backoff until a deadline ([`retry_until`]), and replaying the
-//! client's set-up until the origin takes the session again ([`replay_set_up`]).
+//! client's set-up until the origin takes the session again ([`replay_set_up`]), the two
+//! together in [`set_up_again`].
 
 use std::future::Future;
 
@@ -72,6 +73,41 @@ pub trait OriginExchange {
     fn send(&mut self, msgs: Vec<Message>) -> impl Future<Output = Result<(), String>> + Send;
     /// The origin's next message.
     fn next(&mut self) -> impl Future<Output = Result<Message, String>> + Send;
+    /// The attempt on it is given up (`why`): whoever is on the other side hears it.
+    fn give_up(&mut self, why: &str) -> impl Future<Output = ()> + Send {
+        let _ = why;
+        async {}
+    }
+}
+
+/// Sets a session up again: opens a new way to the origin with `open` and replays `replay`
+/// through it ([`replay_set_up`]), retrying with backoff ([`retry_until`]) until the origin
+/// takes the session, an attempt says stop, or `deadline` would pass. Returns the way and how
+/// the client's messages continue on it.
+pub async fn set_up_again<X, E, F>(
+    deadline: Instant,
+    what: &str,
+    replay: &Replay,
+    mut open: impl FnMut() -> F,
+) -> Result<(X, ResumeFilter), GaveUp<E>>
+where
+    X: OriginExchange,
+    F: Future<Output = Result<X, Retry<E>>>,
+{
+    retry_until(deadline, what, || {
+        let (replay, opening) = (replay.clone(), open());
+        async move {
+            let mut way = opening.await?;
+            match replay_set_up(replay, &mut way).await {
+                Ok(filter) => Ok((way, filter)),
+                Err(why) => {
+                    way.give_up(&why).await;
+                    Err(Retry::Again(why))
+                }
+            }
+        }
+    })
+    .await
 }
 
 /// An origin connection a set-up is replayed on (the gateway's): what the hop itself must

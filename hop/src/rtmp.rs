@@ -391,6 +391,8 @@ pub enum WriterEnd {
     Failed(std::io::Error),
     /// The peer did not take what was queued in time; the writer was stopped.
     Stalled,
+    /// The writer had been stopped ([`RtmpSide::abort`]).
+    Aborted,
 }
 
 impl RtmpSide {
@@ -427,6 +429,7 @@ impl RtmpSide {
         let end = match tokio::time::timeout(limit, writer).await {
             Ok(Ok(Ok(()))) => WriterEnd::Flushed,
             Ok(Ok(Err(e))) => WriterEnd::Failed(e),
+            Ok(Err(e)) if e.is_cancelled() => WriterEnd::Aborted,
             Ok(Err(_)) => WriterEnd::Stalled,
             Err(_) => {
                 abort.abort();
@@ -437,7 +440,7 @@ impl RtmpSide {
     }
 
     /// Stops writing at once (the connection is given up, what is queued is not sent).
-    pub fn abort(self) {
+    pub fn abort(&self) {
         self.writer.abort();
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use rtmpq_hop::rtmp::WaitTimes;
+use rtmpq_hop::session::Recovered;
 use rtmpq_proto::buffer_bound::BufferBound;
 use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::session::SessionTracker;
@@ -309,17 +310,21 @@ impl Telemetry {
         }
     }
 
-    /// Counts a live session set up again after what carried it was lost: a new origin
-    /// connection (gateway), a new tunnel session on a gateway (edge).
-    pub fn session_set_up_again(&self) {
-        self.events.count(|e| &mut e.sessions_set_up_again);
-        counter!("rtmpq_sessions_set_up_again_total", "role" => self.role.as_str()).increment(1);
-    }
-
-    /// Counts a session resumed on a new tunnel stream.
-    pub fn session_resumed(&self) {
-        self.events.count(|e| &mut e.sessions_resumed);
-        counter!("rtmpq_sessions_resumed_total", "role" => self.role.as_str()).increment(1);
+    /// Counts a live session recovered after what carried it was lost: resumed on a new
+    /// tunnel stream, or set up again on a new origin connection (gateway) or a new tunnel
+    /// session on a gateway (edge).
+    pub fn session_recovered(&self, how: Recovered) {
+        let role = self.role.as_str();
+        match how {
+            Recovered::Resumed => {
+                self.events.count(|e| &mut e.sessions_resumed);
+                counter!("rtmpq_sessions_resumed_total", "role" => role).increment(1);
+            }
+            Recovered::SetUpAgain => {
+                self.events.count(|e| &mut e.sessions_set_up_again);
+                counter!("rtmpq_sessions_set_up_again_total", "role" => role).increment(1);
+            }
+        }
     }
 
     /// Counts a gateway connection that sent HELLO in 0-RTT data: `accepted` by the gateway,
