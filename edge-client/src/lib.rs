@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod connector;
+mod refusal;
 mod session;
+mod tunnel_open;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -170,7 +172,7 @@ impl Edge {
                 if let Ok(refusal) = refusals.clone().try_acquire_owned() {
                     let handshake_limit = settings.handshake_timeout;
                     drain.spawn(async move {
-                        session::refuse_full(tcp, handshake_limit, max_sessions).await;
+                        refusal::refuse_full(tcp, handshake_limit, max_sessions).await;
                         drop(refusal);
                     });
                 }

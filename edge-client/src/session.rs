@@ -8,63 +8,29 @@ use std::time::Duration;
 
 use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
 use rtmpq_hop::recovery::{self, GaveUp, OriginExchange, Retry};
-use rtmpq_hop::rtmp::{
-    Inbound, Outbound, RtmpConnection, RtmpIoError, RtmpReader, RtmpSide, WaitTimes,
-};
+use rtmpq_hop::rtmp::{RtmpConnection, RtmpIoError, RtmpSide, WaitTimes};
 use rtmpq_hop::session::{Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel};
-use rtmpq_hop::tunnel::{
-    close_stream, write_frame, FrameReader, StreamLost, TunnelRecv, TunnelSend,
-};
+use rtmpq_hop::tunnel::{close_stream, TunnelRecv, TunnelSend};
 use rtmpq_proto::buffer_bound::SessionBuffer;
-use rtmpq_proto::command;
 use rtmpq_proto::fast_start::FastStart;
 use rtmpq_proto::journal::{Replay, ResumeFilter};
 use rtmpq_proto::message::Message;
-use rtmpq_proto::session::{Flow, SessionTracker};
-use rtmpq_proto::session_end::{Backoff, EndedBy, Recovery, SessionEnd, Step};
-use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
+use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::session_end::{EndedBy, Recovery, SessionEnd, Step};
+use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
-use crate::connector::GatewayLink;
-use crate::connector::{ConnectError, GatewayUnavailable};
+use crate::refusal::refuse;
+use crate::tunnel_open::{open_tunnel, resume_within};
 use crate::Shared;
 
-/// How long a refused client has to send its connect command so it can be told why.
-const REFUSAL_WAIT: Duration = Duration::from_secs(5);
 /// How long the writer toward the client may take to flush after the session ends.
-const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+pub(crate) const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// How long a client whose session the edge ended may take to read why and close.
-const LINGER: Duration = Duration::from_secs(3);
+pub(crate) const LINGER: Duration = Duration::from_secs(3);
 /// Messages queued toward one client.
 const CLIENT_QUEUE: usize = 1024;
-
-/// Why a session could not get its tunnel stream.
-#[derive(Debug, thiserror::Error)]
-enum OpenError {
-    /// No connection to the gateway.
-    #[error("{0}")]
-    Unavailable(#[from] GatewayUnavailable),
-    /// The connection would not open a stream.
-    #[error("gateway: {0}")]
-    Stream(#[from] quinn::ConnectionError),
-    /// The stream broke before SESSION_OPEN was sent.
-    #[error("gateway: {0}")]
-    Lost(#[from] StreamLost),
-}
-
-impl OpenError {
-    /// The close code the session ends with: the gateway's own when it refused this edge
-    /// (`unauthorized`, `unsupported_version`), else `gateway_unreachable`.
-    fn code(&self) -> CloseCode {
-        match self {
-            OpenError::Unavailable(GatewayUnavailable::Down(ConnectError::Refused(
-                quinn::ConnectionError::ApplicationClosed(close),
-            ))) => CloseCode::from_code(close.error_code.into_inner()),
-            _ => CloseCode::GatewayUnreachable,
-        }
-    }
-}
 
 pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
     let session_id = SessionId(rand::random());
@@ -141,12 +107,12 @@ async fn run(
 }
 
 /// One session at the edge: how it re-attaches to a gateway when its tunnel is lost.
-struct EdgeSession<'a> {
-    shared: &'a Shared,
-    session_id: SessionId,
+pub(crate) struct EdgeSession<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) session_id: SessionId,
     /// Its share of the process-wide buffer bound.
-    buffer: Arc<SessionBuffer>,
-    tracker: &'a Mutex<SessionTracker>,
+    pub(crate) buffer: Arc<SessionBuffer>,
+    pub(crate) tracker: &'a Mutex<SessionTracker>,
 }
 
 impl Reattach for EdgeSession<'_> {
@@ -214,24 +180,6 @@ impl Reattach for EdgeSession<'_> {
 
     fn recovered(&self, how: Recovered) {
         self.shared.telemetry.session_recovered(how);
-    }
-}
-
-/// A session stream opened on a gateway connection (SESSION_OPEN or SESSION_RESUME sent).
-struct OpenedStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    link: GatewayLink,
-}
-
-impl OpenedStream {
-    /// The session's tunnel over it, carrying media as the edge is configured to; what the
-    /// edge sends keeps to its budget.
-    fn tunnel(self, shared: &Shared, buffer: &Arc<SessionBuffer>) -> Tunnel {
-        let OpenedStream { send, recv, link } = self;
-        let (carrier, latency) = (shared.settings.carrier, shared.settings.latency_budget);
-        link.link
-            .tunnel(send, FrameReader::new(recv), carrier, latency, buffer)
     }
 }
 
@@ -362,229 +310,5 @@ fn queue_policy(shared: &Shared, buffer: &Arc<SessionBuffer>) -> QueuePolicy {
         pause_reading_above: shared.settings.backpressure,
         path: None,
         charge: Some(buffer.clone()),
-    }
-}
-
-/// The latency budget as SESSION_OPEN and SESSION_RESUME carry it: ms, 0 for none.
-fn budget_ms(shared: &Shared) -> u32 {
-    shared
-        .settings
-        .latency_budget
-        .map_or(0, |b| b.as_millis().min(u128::from(u32::MAX)) as u32)
-}
-
-/// How long the gateway has to answer a SESSION_RESUME.
-const RESUME_LIMIT: Duration = Duration::from_secs(3);
-
-/// Resumes the session with `token` on whichever gateway connection comes up before
-/// `deadline`. While no gateway is reachable the token is kept and the edge waits for one:
-/// spent on "unreachable", the set-up that follows meets the session the gateway still holds.
-async fn resume_within(
-    session: &EdgeSession<'_>,
-    token: ResumeToken,
-    deadline: tokio::time::Instant,
-) -> Result<Tunnel, String> {
-    let shared = session.shared;
-    loop {
-        // Never past the reconnect limit waiting for a connection.
-        let wait = shared
-            .settings
-            .gateway_wait
-            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        match resume(session, token, wait).await {
-            Err(ResumeError::NoGateway(why)) if tokio::time::Instant::now() < deadline => {
-                info!(reason = %why, "no gateway to resume the session on yet; waiting for one");
-                tokio::time::sleep(Backoff::FIRST).await;
-            }
-            Err(e) => return Err(e.to_string()),
-            Ok(tunnel) => return Ok(tunnel),
-        }
-    }
-}
-
-/// Why a resume did not happen.
-#[derive(Debug, thiserror::Error)]
-enum ResumeError {
-    /// No gateway connection came up (the token was not shown to anyone).
-    #[error("{0}")]
-    NoGateway(String),
-    /// A gateway answered, or the stream broke after the token went out.
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// Takes session `session_id` over on a new stream with `token`, if the gateway the connector
-/// reaches (within `wait`) still holds it; the gateway answers with a new token.
-async fn resume(
-    session: &EdgeSession<'_>,
-    token: ResumeToken,
-    wait: Duration,
-) -> Result<Tunnel, ResumeError> {
-    let (shared, tracker, session_id) = (session.shared, session.tracker, session.session_id);
-    let link = shared
-        .connector
-        .connection(wait)
-        .await
-        .map_err(|e| ResumeError::NoGateway(e.to_string()))?;
-    let attempt = async {
-        let (mut send, recv) = link.link.conn.open_bi().await.map_err(|e| e.to_string())?;
-        tracker.lock().expect("tracker").gateway = Some(link.address.clone());
-        let latency_budget_ms = budget_ms(shared);
-        let frame = Frame::SessionResume {
-            session_id,
-            latency_budget_ms,
-            token,
-            carrier: shared.settings.carrier,
-        };
-        write_frame(&mut send, &frame)
-            .await
-            .map_err(|e| StreamLost::from(e).to_string())?;
-        let opened = OpenedStream {
-            send,
-            recv,
-            link: link.clone(),
-        };
-        let mut tunnel = opened.tunnel(shared, &session.buffer);
-        match tunnel.frames.next().await {
-            Ok(Some(Frame::ResumeToken(next))) => {
-                tracker.lock().expect("tracker").resume_token = Some(next);
-                Ok(tunnel)
-            }
-            Ok(Some(Frame::SessionClose { code, reason })) => Err(format!("{reason} ({code})")),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    tokio::time::timeout(RESUME_LIMIT, attempt)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {RESUME_LIMIT:?}")))
-        .map_err(ResumeError::Failed)
-}
-
-async fn open_tunnel(
-    session_id: SessionId,
-    shared: &Shared,
-    tracker: &Mutex<SessionTracker>,
-) -> Result<OpenedStream, OpenError> {
-    let link = shared
-        .connector
-        .connection(shared.settings.gateway_wait)
-        .await?;
-    tracker.lock().expect("tracker").gateway = Some(link.address.clone());
-    let (mut send, recv) = link.link.conn.open_bi().await?;
-    let latency_budget_ms = budget_ms(shared);
-    let open = Frame::SessionOpen {
-        session_id,
-        latency_budget_ms,
-        carrier: shared.settings.carrier,
-    };
-    write_frame(&mut send, &open)
-        .await
-        .map_err(StreamLost::from)?;
-    Ok(OpenedStream { send, recv, link })
-}
-
-/// Waits up to [`REFUSAL_WAIT`] for the client's connect; records what it sent in `tracker`.
-/// `false` if it never came (the client left, misbehaved or said nothing).
-async fn wait_for_connect(
-    reader: &mut RtmpReader,
-    to_client: &Outbound,
-    tracker: &mut SessionTracker,
-) -> bool {
-    let wait = async {
-        loop {
-            match reader.next().await {
-                Ok(Some(Inbound::Message(msg))) => {
-                    if tracker
-                        .record(Flow::ToOrigin, &msg, std::time::Instant::now())
-                        .is_err()
-                    {
-                        return false;
-                    }
-                    if tracker.connect_seen() {
-                        return true;
-                    }
-                }
-                Ok(Some(Inbound::Reply(reply))) => {
-                    let _ = to_client.send(reply).await;
-                }
-                Ok(Some(Inbound::Silent(_))) => {}
-                Ok(None) | Err(_) => return false,
-            }
-        }
-    };
-    tokio::time::timeout(REFUSAL_WAIT, wait)
-        .await
-        .unwrap_or(false)
-}
-
-/// Tells a client we cannot serve it: waits for its connect and answers `_error`.
-async fn refuse(
-    reader: &mut RtmpReader,
-    to_client: &Outbound,
-    tracker: &Mutex<SessionTracker>,
-    code: CloseCode,
-    reason: &str,
-) {
-    let mut t = tracker.lock().expect("tracker").clone();
-    if wait_for_connect(reader, to_client, &mut t).await {
-        for msg in t.failure_messages(code, reason) {
-            let _ = to_client.send_unbudgeted(msg).await;
-        }
-    }
-    *tracker.lock().expect("tracker") = t;
-}
-
-/// Serves a client the edge has no room for: completes the RTMP handshake, waits for its
-/// connect and answers `_error` `NetConnection.Connect.Rejected`, so the pusher's log says
-/// why instead of "Cannot read RTMP handshake response".
-pub(crate) async fn refuse_full(tcp: TcpStream, handshake_limit: Duration, limit: usize) {
-    let Ok(RtmpConnection { mut reader, writer }) =
-        RtmpConnection::accept(tcp, handshake_limit).await
-    else {
-        return;
-    };
-    let (to_client, writer_task) = writer.spawn(16, None);
-    let mut tracker = SessionTracker::default();
-    if wait_for_connect(&mut reader, &to_client, &mut tracker).await {
-        let txn = tracker.connect_transaction().unwrap_or(1.0);
-        let reason = format!("edge full: {limit} sessions live, try again later");
-        let refusal = command::error_response(txn, "NetConnection.Connect.Rejected", &reason);
-        let _ = to_client.send(refusal).await;
-    }
-    drop(to_client);
-    let _ = tokio::time::timeout(FLUSH_LIMIT, writer_task).await;
-    reader.discard_until_closed(LINGER).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn closed_with(code: CloseCode) -> OpenError {
-        let close = quinn::ApplicationClose {
-            error_code: rtmpq_hop::transport::quic_code(code),
-            reason: bytes::Bytes::from_static(b"why"),
-        };
-        let refused = ConnectError::Refused(quinn::ConnectionError::ApplicationClosed(close));
-        OpenError::Unavailable(GatewayUnavailable::Down(refused))
-    }
-
-    #[test]
-    fn a_refusal_keeps_the_gateways_code_and_anything_else_is_unreachable() {
-        // The pusher hears why the gateway would not take this edge.
-        for code in [CloseCode::Unauthorized, CloseCode::UnsupportedVersion] {
-            assert_eq!(closed_with(code).code(), code);
-        }
-        let not_yet = OpenError::Unavailable(GatewayUnavailable::NotYet(Duration::from_secs(1)));
-        assert_eq!(not_yet.code(), CloseCode::GatewayUnreachable);
-        let timed_out = ConnectError::Handshake(quinn::ConnectionError::TimedOut);
-        let down = OpenError::Unavailable(GatewayUnavailable::Down(timed_out));
-        assert_eq!(down.code(), CloseCode::GatewayUnreachable);
-        let lost = OpenError::Lost(StreamLost {
-            code: None,
-            reason: "reset".into(),
-        });
-        assert_eq!(lost.code(), CloseCode::GatewayUnreachable);
     }
 }

@@ -2,7 +2,12 @@
 //! of old, or `[[edge]]` identities (a named token or a client-certificate name) with stream
 //! patterns. Reloaded on SIGHUP as a whole ([`AccessPolicy`] is replaced, never edited).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::session_end::{EndedBy, SessionEnd};
+use rtmpq_proto::wire::CloseCode;
+use tokio::sync::watch;
 
 use rtmpq_hop::secret::Secret;
 use rtmpq_proto::access::{Rights, StreamPattern};
@@ -85,6 +90,13 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 impl AccessPolicy {
+    /// The rights of an edge that proved `creds` and calls itself `edge_id` (none at all
+    /// once the policy no longer lists it).
+    pub fn rights_of(&self, creds: &Credentials, edge_id: &str) -> Arc<Rights> {
+        self.admit(creds, edge_id)
+            .unwrap_or_else(|refused| Arc::new(Rights::nothing(refused.identity)))
+    }
+
     /// Checks the flat `tokens` and the `[[edge]]` tables (`client_auth`: whether edges
     /// present certificates, without which a `cert` rule could never match).
     pub fn new(
@@ -171,6 +183,29 @@ impl AccessPolicy {
                 identity: "unlisted".into(),
                 reason: "this edge is not listed at the gateway (no [[edge]] matches its token or certificate)".into(),
             }),
+        }
+    }
+}
+
+/// Ends when a reloaded access policy takes away the right a session of the edge that proved
+/// `creds` uses; meanwhile keeps the tracker's rights current (a session not set up yet is
+/// judged when it asks).
+pub(crate) async fn rights_withdrawn(
+    access: &mut watch::Receiver<Arc<AccessPolicy>>,
+    creds: &Credentials,
+    edge_id: &str,
+    tracker: &Mutex<SessionTracker>,
+) -> SessionEnd {
+    loop {
+        if access.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let rights = access.borrow_and_update().rights_of(creds, edge_id);
+        let mut t = tracker.lock().expect("tracker");
+        t.rights = Some(rights);
+        if let Some(why) = t.refusal() {
+            let reason = format!("{why} (rights changed on reload)");
+            return SessionEnd::new(CloseCode::Unauthorized, reason, EndedBy::Local);
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod config;
 pub mod connection_ids;
 pub mod embedded_origin;
+mod origin;
 mod resumable;
 mod session;
 

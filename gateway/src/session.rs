@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
 use rtmpq_hop::recovery::{self, GaveUp, Retry};
-use rtmpq_hop::rtmp::{Inbound, RtmpConnection, RtmpIoError, RtmpSide, WaitTimes, WriterEnd};
+use rtmpq_hop::rtmp::{RtmpSide, WaitTimes};
 use rtmpq_hop::session::{
     Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel, TunnelLink,
 };
@@ -18,19 +18,12 @@ use rtmpq_proto::session::SessionTracker;
 use rtmpq_proto::session_end::{EndedBy, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame, SessionId};
 use std::convert::Infallible;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn, Instrument};
 
-use crate::access::{AccessPolicy, Credentials};
+use crate::access::{rights_withdrawn, AccessPolicy, Credentials};
 use crate::resumable::{handed_over, EdgeIdentity, SessionOwner};
-use crate::Shared;
-use rtmpq_proto::access::Rights;
-
-/// How long the writer toward the origin may take to flush after the session ends.
-const FLUSH_LIMIT: Duration = Duration::from_secs(5);
-/// Messages queued toward the origin.
-const ORIGIN_QUEUE: usize = 1024;
+use crate::{origin, Shared};
 
 /// Who a session belongs to: the edge as its connection proved it.
 pub(crate) struct Who {
@@ -45,36 +38,6 @@ pub(crate) struct Who {
     /// How long its sessions are held for a resume when their tunnel is lost (zero for an
     /// edge that has other gateways: it moves them there).
     pub hold: Duration,
-}
-
-impl Who {
-    /// Its rights under `policy` (none at all once the policy no longer lists it).
-    fn rights(&self, policy: &AccessPolicy) -> Arc<Rights> {
-        policy
-            .admit(&self.creds, &self.edge_id)
-            .unwrap_or_else(|refused| Arc::new(Rights::nothing(refused.identity)))
-    }
-}
-
-/// Ends when a reloaded access policy takes away the right the session uses; meanwhile keeps
-/// the tracker's rights current (a session not set up yet is judged when it asks).
-async fn rights_withdrawn(
-    access: &mut watch::Receiver<Arc<AccessPolicy>>,
-    who: &Who,
-    tracker: &Mutex<SessionTracker>,
-) -> SessionEnd {
-    loop {
-        if access.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-        let rights = who.rights(&access.borrow_and_update());
-        let mut t = tracker.lock().expect("tracker");
-        t.rights = Some(rights);
-        if let Some(why) = t.refusal() {
-            let reason = format!("{why} (rights changed on reload)");
-            return SessionEnd::new(CloseCode::Unauthorized, reason, EndedBy::Local);
-        }
-    }
 }
 
 /// Serves one session stream of an admitted edge: SESSION_OPEN starts a session (run until it
@@ -99,7 +62,11 @@ pub(crate) async fn serve(
     async {
         let mut access = shared.access.subscribe();
         let mut tracker = SessionTracker::default();
-        tracker.rights = Some(who.rights(&access.borrow_and_update()));
+        tracker.rights = Some(
+            access
+                .borrow_and_update()
+                .rights_of(&who.creds, &who.edge_id),
+        );
         let tracker = Arc::new(Mutex::new(tracker));
         let waiting = Arc::<WaitTimes>::default();
         let (peer, registered) = (who.peer.clone(), tracker.clone());
@@ -209,57 +176,6 @@ async fn read_open(
     None
 }
 
-/// Why the origin side of a session could not be set up.
-#[derive(Debug, thiserror::Error)]
-enum OriginError {
-    #[error("origin {origin} unreachable: {source}")]
-    Refused {
-        origin: String,
-        source: std::io::Error,
-    },
-    #[error("origin {origin} did not answer within {limit:?}")]
-    Silent { origin: String, limit: Duration },
-    #[error("origin {origin}: {source}")]
-    Rtmp { origin: String, source: RtmpIoError },
-}
-
-impl OriginError {
-    fn end(self) -> SessionEnd {
-        let code = match &self {
-            OriginError::Rtmp {
-                source: RtmpIoError::Io(_),
-                ..
-            }
-            | OriginError::Refused { .. }
-            | OriginError::Silent { .. } => CloseCode::OriginUnreachable,
-            OriginError::Rtmp { .. } => CloseCode::OriginProtocolError,
-        };
-        SessionEnd::new(code, self.to_string(), EndedBy::Rtmp)
-    }
-}
-
-async fn connect_origin(shared: &Shared) -> Result<RtmpConnection, OriginError> {
-    let origin = shared.origin.clone();
-    let limit = shared.settings.origin_connect_timeout;
-    let tcp = match tokio::time::timeout(limit, TcpStream::connect(&origin)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(source)) => return Err(OriginError::Refused { origin, source }),
-        Err(_) => return Err(OriginError::Silent { origin, limit }),
-    };
-    RtmpConnection::connect(tcp, shared.settings.handshake_timeout)
-        .await
-        .map_err(|source| OriginError::Rtmp { origin, source })
-}
-
-/// Closes the origin side: everything queued is written first (for up to [`FLUSH_LIMIT`]).
-async fn close_origin(link: RtmpSide) {
-    match link.close(FLUSH_LIMIT).await.1 {
-        WriterEnd::Failed(e) => info!(reason = %e, "origin write side ended with an error"),
-        WriterEnd::Stalled => warn!("origin did not take the last messages within {FLUSH_LIMIT:?}"),
-        WriterEnd::Flushed | WriterEnd::Aborted => {}
-    }
-}
-
 /// The edge connection a session stream arrived on: what its tunnel is built from.
 #[derive(Clone)]
 pub(crate) struct EdgeLink {
@@ -282,22 +198,6 @@ impl EdgeLink {
         let latency =
             (latency_budget_ms > 0).then(|| Duration::from_millis(u64::from(latency_budget_ms)));
         self.link.tunnel(send, frames, carrier, latency, buffer)
-    }
-}
-
-/// Reads the origin while its session is held: answers what the hop must answer, drops the
-/// rest; returns when the origin connection ends.
-async fn keep_origin_alive(link: &mut RtmpSide) {
-    loop {
-        match link.reader.next().await {
-            Ok(Some(Inbound::Reply(reply))) => {
-                if link.outbound.send(reply).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => return,
-        }
     }
 }
 
@@ -326,8 +226,8 @@ impl GatewaySession<'_> {
     /// runs it ([`Session::run`]) with `queue` for what the origin sends.
     async fn run(mut self, mut tunnel: Tunnel, queue: QueuePolicy) -> SessionEnd {
         let shared = self.shared;
-        let rtmp = match connect_origin(shared).await {
-            Ok(conn) => RtmpSide::start(conn, ORIGIN_QUEUE, &self.buffer, &self.waiting),
+        let rtmp = match origin::open(shared, &self.buffer, &self.waiting).await {
+            Ok(rtmp) => rtmp,
             Err(e) => {
                 let end = e.end();
                 close_stream(&mut tunnel.send.stream, end.code, &end.reason).await;
@@ -344,7 +244,7 @@ impl GatewaySession<'_> {
         };
         let end = session.run(&mut parts, &mut self).await;
         shared.resumable.withdraw(self.session_id, self.owner);
-        close_origin(parts.rtmp).await;
+        origin::close(parts.rtmp).await;
         end
     }
 
@@ -359,7 +259,7 @@ impl GatewaySession<'_> {
         let held = tokio::select! {
             new = handed_over(&mut self.handoff) => Some(new),
             _ = tokio::time::sleep(grace) => None,
-            _ = keep_origin_alive(&mut parts.rtmp) => None,
+            _ = origin::keep_alive(&mut parts.rtmp) => None,
         };
         if held.is_none() {
             info!("not resumed within {grace:?}: the session ends");
@@ -410,7 +310,7 @@ impl Reattach for GatewaySession<'_> {
     async fn interrupt(&mut self) -> Interrupt {
         tokio::select! {
             new = handed_over(&mut self.handoff) => Interrupt::Moved(new),
-            end = rights_withdrawn(&mut self.access, self.who, self.tracker) => Interrupt::Ended(end),
+            end = rights_withdrawn(&mut self.access, &self.who.creds, &self.who.edge_id, self.tracker) => Interrupt::Ended(end),
         }
     }
 
@@ -459,10 +359,9 @@ async fn set_up_again(
     let (shared, buffer, waiting) = (session.shared, &session.buffer, &session.waiting);
     let deadline = tokio::time::Instant::now() + limit;
     let open = || async {
-        let conn = connect_origin(shared)
+        origin::open(shared, buffer, waiting)
             .await
-            .map_err(|e| Retry::Again(e.to_string()))?;
-        Ok::<_, Retry<Infallible>>(RtmpSide::start(conn, ORIGIN_QUEUE, buffer, waiting))
+            .map_err(|e| Retry::<Infallible>::Again(e.to_string()))
     };
     let what = "session set-up on the origin";
     recovery::set_up_again(deadline, what, &replay, open)

@@ -1,0 +1,215 @@
+//! Opening a session's tunnel on a gateway connection: SESSION_OPEN for a new session (or one
+//! set up again), SESSION_RESUME with the gateway's single-use token for one it holds.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rtmpq_hop::session::Tunnel;
+use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost, TunnelRecv};
+use rtmpq_proto::buffer_bound::SessionBuffer;
+use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::session_end::Backoff;
+use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
+use tracing::info;
+
+use crate::connector::{ConnectError, GatewayLink, GatewayUnavailable};
+use crate::session::EdgeSession;
+use crate::Shared;
+
+/// Why a session could not get its tunnel stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// No connection to the gateway.
+    #[error("{0}")]
+    Unavailable(#[from] GatewayUnavailable),
+    /// The connection would not open a stream.
+    #[error("gateway: {0}")]
+    Stream(#[from] quinn::ConnectionError),
+    /// The stream broke before SESSION_OPEN was sent.
+    #[error("gateway: {0}")]
+    Lost(#[from] StreamLost),
+}
+
+impl OpenError {
+    /// The close code the session ends with: the gateway's own when it refused this edge
+    /// (`unauthorized`, `unsupported_version`), else `gateway_unreachable`.
+    pub(crate) fn code(&self) -> CloseCode {
+        match self {
+            OpenError::Unavailable(GatewayUnavailable::Down(ConnectError::Refused(
+                quinn::ConnectionError::ApplicationClosed(close),
+            ))) => CloseCode::from_code(close.error_code.into_inner()),
+            _ => CloseCode::GatewayUnreachable,
+        }
+    }
+}
+
+/// A session stream opened on a gateway connection (SESSION_OPEN or SESSION_RESUME sent).
+pub(crate) struct OpenedStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    link: GatewayLink,
+}
+
+impl OpenedStream {
+    /// The session's tunnel over it, carrying media as the edge is configured to; what the
+    /// edge sends keeps to its budget.
+    pub(crate) fn tunnel(self, shared: &Shared, buffer: &Arc<SessionBuffer>) -> Tunnel {
+        let OpenedStream { send, recv, link } = self;
+        let (carrier, latency) = (shared.settings.carrier, shared.settings.latency_budget);
+        link.link
+            .tunnel(send, FrameReader::new(recv), carrier, latency, buffer)
+    }
+}
+
+/// The latency budget as SESSION_OPEN and SESSION_RESUME carry it: ms, 0 for none.
+fn budget_ms(shared: &Shared) -> u32 {
+    shared
+        .settings
+        .latency_budget
+        .map_or(0, |b| b.as_millis().min(u128::from(u32::MAX)) as u32)
+}
+
+/// How long the gateway has to answer a SESSION_RESUME.
+const RESUME_LIMIT: Duration = Duration::from_secs(3);
+
+/// Resumes the session with `token` on whichever gateway connection comes up before
+/// `deadline`. While no gateway is reachable the token is kept and the edge waits for one:
+/// spent on "unreachable", the set-up that follows meets the session the gateway still holds.
+pub(crate) async fn resume_within(
+    session: &EdgeSession<'_>,
+    token: ResumeToken,
+    deadline: tokio::time::Instant,
+) -> Result<Tunnel, String> {
+    let shared = session.shared;
+    loop {
+        // Never past the reconnect limit waiting for a connection.
+        let wait = shared
+            .settings
+            .gateway_wait
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match resume(session, token, wait).await {
+            Err(ResumeError::NoGateway(why)) if tokio::time::Instant::now() < deadline => {
+                info!(reason = %why, "no gateway to resume the session on yet; waiting for one");
+                tokio::time::sleep(Backoff::FIRST).await;
+            }
+            Err(e) => return Err(e.to_string()),
+            Ok(tunnel) => return Ok(tunnel),
+        }
+    }
+}
+
+/// Why a resume did not happen.
+#[derive(Debug, thiserror::Error)]
+enum ResumeError {
+    /// No gateway connection came up (the token was not shown to anyone).
+    #[error("{0}")]
+    NoGateway(String),
+    /// A gateway answered, or the stream broke after the token went out.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Takes session `session_id` over on a new stream with `token`, if the gateway the connector
+/// reaches (within `wait`) still holds it; the gateway answers with a new token.
+async fn resume(
+    session: &EdgeSession<'_>,
+    token: ResumeToken,
+    wait: Duration,
+) -> Result<Tunnel, ResumeError> {
+    let (shared, tracker, session_id) = (session.shared, session.tracker, session.session_id);
+    let link = shared
+        .connector
+        .connection(wait)
+        .await
+        .map_err(|e| ResumeError::NoGateway(e.to_string()))?;
+    let attempt = async {
+        let (mut send, recv) = link.link.conn.open_bi().await.map_err(|e| e.to_string())?;
+        tracker.lock().expect("tracker").gateway = Some(link.address.clone());
+        let latency_budget_ms = budget_ms(shared);
+        let frame = Frame::SessionResume {
+            session_id,
+            latency_budget_ms,
+            token,
+            carrier: shared.settings.carrier,
+        };
+        write_frame(&mut send, &frame)
+            .await
+            .map_err(|e| StreamLost::from(e).to_string())?;
+        let opened = OpenedStream {
+            send,
+            recv,
+            link: link.clone(),
+        };
+        let mut tunnel = opened.tunnel(shared, &session.buffer);
+        match tunnel.frames.next().await {
+            Ok(Some(Frame::ResumeToken(next))) => {
+                tracker.lock().expect("tracker").resume_token = Some(next);
+                Ok(tunnel)
+            }
+            Ok(Some(Frame::SessionClose { code, reason })) => Err(format!("{reason} ({code})")),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    tokio::time::timeout(RESUME_LIMIT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {RESUME_LIMIT:?}")))
+        .map_err(ResumeError::Failed)
+}
+
+/// Opens a stream for session `session_id` on the gateway connection (waiting up to the
+/// configured gateway wait for one) and sends SESSION_OPEN on it.
+pub(crate) async fn open_tunnel(
+    session_id: SessionId,
+    shared: &Shared,
+    tracker: &Mutex<SessionTracker>,
+) -> Result<OpenedStream, OpenError> {
+    let link = shared
+        .connector
+        .connection(shared.settings.gateway_wait)
+        .await?;
+    tracker.lock().expect("tracker").gateway = Some(link.address.clone());
+    let (mut send, recv) = link.link.conn.open_bi().await?;
+    let latency_budget_ms = budget_ms(shared);
+    let open = Frame::SessionOpen {
+        session_id,
+        latency_budget_ms,
+        carrier: shared.settings.carrier,
+    };
+    write_frame(&mut send, &open)
+        .await
+        .map_err(StreamLost::from)?;
+    Ok(OpenedStream { send, recv, link })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_with(code: CloseCode) -> OpenError {
+        let close = quinn::ApplicationClose {
+            error_code: rtmpq_hop::transport::quic_code(code),
+            reason: bytes::Bytes::from_static(b"why"),
+        };
+        let refused = ConnectError::Refused(quinn::ConnectionError::ApplicationClosed(close));
+        OpenError::Unavailable(GatewayUnavailable::Down(refused))
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_gateways_code_and_anything_else_is_unreachable() {
+        // The pusher hears why the gateway would not take this edge.
+        for code in [CloseCode::Unauthorized, CloseCode::UnsupportedVersion] {
+            assert_eq!(closed_with(code).code(), code);
+        }
+        let not_yet = OpenError::Unavailable(GatewayUnavailable::NotYet(Duration::from_secs(1)));
+        assert_eq!(not_yet.code(), CloseCode::GatewayUnreachable);
+        let timed_out = ConnectError::Handshake(quinn::ConnectionError::TimedOut);
+        let down = OpenError::Unavailable(GatewayUnavailable::Down(timed_out));
+        assert_eq!(down.code(), CloseCode::GatewayUnreachable);
+        let lost = OpenError::Lost(StreamLost {
+            code: None,
+            reason: "reset".into(),
+        });
+        assert_eq!(lost.code(), CloseCode::GatewayUnreachable);
+    }
+}
