@@ -493,34 +493,11 @@ async fn handshake(
             .handshake_failed("other", &"quinn refused 0.5-RTT for an incoming connection");
         return None;
     };
-    // Whether the handshake completed. quinn's future says whether 0-RTT was taken (false for
-    // an edge that sent none) and resolves false on failure too: a live connection tells.
-    let (done_tx, done) = watch::channel(false);
-    let watched = conn.clone();
-    tokio::spawn(async move {
-        handshake.await;
-        let _ = done_tx.send(watched.close_reason().is_none());
-    });
+    let done = handshake_outcome(&conn, handshake);
     // An edge sends HELLO with or right after the handshake; a connection that does not holds
     // a pending slot meanwhile.
     let hello_limit = shared.settings.handshake_timeout.min(HELLO_DEADLINE);
-    let read = async {
-        let (send, recv) = conn.accept_bi().await?;
-        let mut frames = FrameReader::control(recv);
-        let hello = frames.next().await;
-        Ok::<_, quinn::ConnectionError>((send, frames, hello))
-    };
-    // HELLO is due `hello_limit` after the handshake ends (it may come before).
-    let deadline = async {
-        if !handshake_done(done.clone()).await {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(hello_limit).await;
-    };
-    let hello = tokio::select! {
-        read = read => Some(read),
-        _ = deadline => None,
-    };
+    let hello = read_hello(&conn, &done, hello_limit).await;
     ticket.established();
     match hello {
         Some(Ok((control_send, control_recv, Ok(first)))) => Some(Greeted {
@@ -551,6 +528,57 @@ async fn handshake(
             conn.close(quic_code(CloseCode::Timeout), reason.as_bytes());
             None
         }
+    }
+}
+
+/// Whether the handshake of `conn` completed, once known. quinn's `handshake` future says
+/// whether 0-RTT was taken (false for an edge that sent none) and resolves false on failure
+/// too: a live connection tells.
+fn handshake_outcome(
+    conn: &quinn::Connection,
+    handshake: quinn::ZeroRttAccepted,
+) -> watch::Receiver<bool> {
+    let (done_tx, done) = watch::channel(false);
+    let watched = conn.clone();
+    tokio::spawn(async move {
+        handshake.await;
+        let _ = done_tx.send(watched.close_reason().is_none());
+    });
+    done
+}
+
+/// The edge's control stream and what was read from it first, or why no stream came.
+type HelloRead = Result<
+    (
+        quinn::SendStream,
+        FrameReader,
+        Result<Option<Frame>, rtmpq_hop::tunnel::FrameReadError>,
+    ),
+    quinn::ConnectionError,
+>;
+
+/// The first stream the edge opens and the first frame on it (its HELLO), unless it does
+/// not come within `hello_limit` of the handshake's end (it may come before): `None`.
+async fn read_hello(
+    conn: &quinn::Connection,
+    done: &watch::Receiver<bool>,
+    hello_limit: Duration,
+) -> Option<HelloRead> {
+    let read = async {
+        let (send, recv) = conn.accept_bi().await?;
+        let mut frames = FrameReader::control(recv);
+        let hello = frames.next().await;
+        Ok::<_, quinn::ConnectionError>((send, frames, hello))
+    };
+    let deadline = async {
+        if !handshake_done(done.clone()).await {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(hello_limit).await;
+    };
+    tokio::select! {
+        read = read => Some(read),
+        _ = deadline => None,
     }
 }
 

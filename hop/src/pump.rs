@@ -890,17 +890,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(run: SessionRun<'_, S, R>
         late,
         publisher_silence: limits.publisher_silence,
     };
-    let setup_deadline = async {
-        let Some(deadline) = limits.setup_deadline else {
-            return std::future::pending().await;
-        };
-        tokio::time::sleep(deadline).await;
-        if tracker.lock().expect("tracker").set_up() {
-            return std::future::pending().await;
-        }
-        let reason = format!("no publish or play within {deadline:?}");
-        SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Local)
-    };
+    let setup_deadline = setup_deadline(limits.setup_deadline, tracker);
     let end = {
         let mut from_rtmp_run = std::pin::pin!(from_rtmp.run());
         let mut to_rtmp_run = std::pin::pin!(to_rtmp_pump.run());
@@ -933,6 +923,20 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(run: SessionRun<'_, S, R>
         tunnel_recv.stop(end.code);
     }
     end
+}
+
+/// Ends a session whose client has not published or played within `deadline` (never for
+/// one that has, or with no deadline).
+async fn setup_deadline(deadline: Option<Duration>, tracker: &Mutex<SessionTracker>) -> SessionEnd {
+    let Some(deadline) = deadline else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep(deadline).await;
+    if tracker.lock().expect("tracker").set_up() {
+        return std::future::pending().await;
+    }
+    let reason = format!("no publish or play within {deadline:?}");
+    SessionEnd::new(CloseCode::Timeout, reason, EndedBy::Local)
 }
 
 /// Tells each side what it must hear after [`run_session`]: the far hop gets SESSION_CLOSE

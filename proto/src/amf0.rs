@@ -131,6 +131,68 @@ impl Walk<'_> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
+
+    /// Reads one value's marker and skips what it holds but nested values.
+    fn value(&mut self) -> Result<Value, Amf0Error> {
+        let at = self.pos;
+        Ok(match self.take(1)?[0] {
+            marker::NUMBER => {
+                self.take(8)?;
+                Value::Scalar
+            }
+            marker::BOOLEAN => {
+                self.take(1)?;
+                Value::Scalar
+            }
+            marker::STRING => {
+                let n = self.u16()?;
+                self.take(n)?;
+                Value::Scalar
+            }
+            marker::NULL | marker::UNDEFINED | marker::UNSUPPORTED => Value::Scalar,
+            marker::REFERENCE => {
+                self.u16()?;
+                Value::Scalar
+            }
+            marker::DATE => {
+                self.take(10)?;
+                Value::Scalar
+            }
+            marker::LONG_STRING | marker::XML_DOCUMENT => {
+                let n = self.u32()?;
+                self.take(n as usize)?;
+                Value::Scalar
+            }
+            marker::OBJECT => Value::Opens(Open::Properties),
+            marker::ECMA_ARRAY => {
+                self.u32()?;
+                Value::Opens(Open::Properties)
+            }
+            marker::TYPED_OBJECT => {
+                let n = self.u16()?;
+                self.take(n)?;
+                Value::Opens(Open::Properties)
+            }
+            marker::STRICT_ARRAY => Value::Opens(Open::Values(self.u32()?)),
+            marker::AVMPLUS => Value::Amf3At(at),
+            other => {
+                return Err(Amf0Error::BadMarker {
+                    marker: other,
+                    offset: at,
+                })
+            }
+        })
+    }
+}
+
+/// One value read by [`Walk::value`].
+enum Value {
+    /// A value with nothing nested.
+    Scalar,
+    /// An object, array or strict array: what it holds follows.
+    Opens(Open),
+    /// An AVM+ marker at this offset: AMF3 from here on.
+    Amf3At(usize),
 }
 
 /// Checks that `body` is a sequence of AMF0 values within `limits`, in one pass over the
@@ -178,53 +240,10 @@ pub fn check(body: &[u8], limits: Amf0Limits) -> Result<Amf0Shape, Amf0Error> {
                 limit: limits.max_values,
             });
         }
-        let at = walk.pos;
-        let opened = match walk.take(1)?[0] {
-            marker::NUMBER => {
-                walk.take(8)?;
-                None
-            }
-            marker::BOOLEAN => {
-                walk.take(1)?;
-                None
-            }
-            marker::STRING => {
-                let n = walk.u16()?;
-                walk.take(n)?;
-                None
-            }
-            marker::NULL | marker::UNDEFINED | marker::UNSUPPORTED => None,
-            marker::REFERENCE => {
-                walk.u16()?;
-                None
-            }
-            marker::DATE => {
-                walk.take(10)?;
-                None
-            }
-            marker::LONG_STRING | marker::XML_DOCUMENT => {
-                let n = walk.u32()?;
-                walk.take(n as usize)?;
-                None
-            }
-            marker::OBJECT => Some(Open::Properties),
-            marker::ECMA_ARRAY => {
-                walk.u32()?;
-                Some(Open::Properties)
-            }
-            marker::TYPED_OBJECT => {
-                let n = walk.u16()?;
-                walk.take(n)?;
-                Some(Open::Properties)
-            }
-            marker::STRICT_ARRAY => Some(Open::Values(walk.u32()?)),
-            marker::AVMPLUS => return Ok(Amf0Shape::Amf3At(at)),
-            other => {
-                return Err(Amf0Error::BadMarker {
-                    marker: other,
-                    offset: at,
-                })
-            }
+        let opened = match walk.value()? {
+            Value::Scalar => None,
+            Value::Opens(open) => Some(open),
+            Value::Amf3At(at) => return Ok(Amf0Shape::Amf3At(at)),
         };
         if let Some(open) = opened {
             if stack.len() >= limits.max_depth {

@@ -328,25 +328,9 @@ impl MediaPacket {
             self.key_frame = frame_type == VIDEO_KEY_FRAME;
         }
         let mut c = Cursor { bytes: p, at: 1 };
-        let mut packet_type = first & 0x0f;
-        // ModEx: a chain of modifiers, each ending in the next packet type.
-        while packet_type == ex::MOD_EX {
-            let Some(size) = c.u8() else { return };
-            let size = match usize::from(size) + 1 {
-                256 => match c.u16() {
-                    Some(n) => usize::from(n) + 1,
-                    None => return,
-                },
-                n => n,
-            };
-            let Some(data) = c.take(size) else { return };
-            let Some(b) = c.u8() else { return };
-            packet_type = b & 0x0f;
-            if b >> 4 == ex::MOD_EX_TIMESTAMP_OFFSET_NANO && data.len() >= 3 {
-                self.timestamp_offset_nanos =
-                    u32::from_be_bytes([0, data[0], data[1], data[2]]).min(999_999);
-            }
-        }
+        let Some(mut packet_type) = self.read_mod_ex(first & 0x0f, &mut c) else {
+            return;
+        };
         let multitrack_type = if video {
             ex::VIDEO_MULTITRACK
         } else {
@@ -398,8 +382,32 @@ impl MediaPacket {
         };
         self.packet = kind;
         self.with_offset = video && packet_type == ex::CODED_FRAMES;
-        // Walk the tracks once: their ids, the first one's composition time; a track
-        // header that runs past the payload makes the whole message unknown.
+        self.read_tracks(p);
+    }
+
+    /// Skips a ModEx chain (modifiers, each ending in the next packet type) from
+    /// `packet_type` on, keeping the timestamp offset; the packet type after it, `None` if
+    /// the chain runs past the payload.
+    fn read_mod_ex(&mut self, mut packet_type: u8, c: &mut Cursor<'_>) -> Option<u8> {
+        while packet_type == ex::MOD_EX {
+            let size = match usize::from(c.u8()?) + 1 {
+                256 => usize::from(c.u16()?) + 1,
+                n => n,
+            };
+            let data = c.take(size)?;
+            let b = c.u8()?;
+            packet_type = b & 0x0f;
+            if b >> 4 == ex::MOD_EX_TIMESTAMP_OFFSET_NANO && data.len() >= 3 {
+                self.timestamp_offset_nanos =
+                    u32::from_be_bytes([0, data[0], data[1], data[2]]).min(999_999);
+            }
+        }
+        Some(packet_type)
+    }
+
+    /// Walks the tracks of payload `p` once: their ids, the first one's composition time; a
+    /// track header that runs past the payload makes the whole message unknown.
+    fn read_tracks(&mut self, p: &[u8]) {
         let mut tracks = TrackSet::default();
         let mut first = None;
         let mut complete = true;

@@ -729,9 +729,27 @@ fn get_carrier(body: &mut &[u8]) -> Option<Carrier> {
 /// Parses one whole frame (kind and body).
 fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
     let kind = frame[0];
-    let malformed = WireError::Malformed(kind);
-    let mut body = &frame[1..];
+    let body = &frame[1..];
     let parsed = match kind {
+        frame_kind::HELLO
+        | frame_kind::WELCOME
+        | frame_kind::SESSION_OPEN
+        | frame_kind::SESSION_RESUME
+        | frame_kind::RESUME_TOKEN
+        | frame_kind::SESSION_CLOSE => parse_session_frame(kind, body),
+        frame_kind::MSG
+        | frame_kind::MEDIA
+        | frame_kind::MEDIA_STREAM
+        | frame_kind::FENCE
+        | frame_kind::LANE_SKIP => parse_media_frame(kind, &frame, body),
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    parsed.map(Some).ok_or(WireError::Malformed(kind))
+}
+
+/// Parses the body of a connection or session control frame of `kind`; `None`: malformed.
+fn parse_session_frame(kind: u8, mut body: &[u8]) -> Option<Frame> {
+    match kind {
         frame_kind::HELLO => (|| {
             let version = *body.first()?;
             body.advance(1);
@@ -789,10 +807,30 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
             let token: Option<[u8; RESUME_TOKEN_LEN]> = body.try_into().ok();
             token.map(|t| Frame::ResumeToken(ResumeToken(t)))
         }
-        frame_kind::MSG => get_message(&frame, body).map(Frame::Msg),
+        frame_kind::SESSION_CLOSE => (|| {
+            let code = CloseCode::from_code(get_varint(&mut body)?);
+            // A reason is words for logs and clients; a peer's 16 MiB of them is not kept.
+            // Cut after the lossy conversion too (each bad byte becomes a 3-byte U+FFFD), at a
+            // character boundary: a reason read back from its own encoding is the same reason.
+            let reason = &body[..body.len().min(MAX_REASON_LEN)];
+            let mut reason = String::from_utf8_lossy(reason).into_owned();
+            reason.truncate(reason.floor_char_boundary(MAX_REASON_LEN));
+            // Words for one log line: a peer's control characters (a newline) become spaces.
+            let reason = reason.replace(char::is_control, " ");
+            Some(Frame::SessionClose { code, reason })
+        })(),
+        _ => None,
+    }
+}
+
+/// Parses the body of a message or media lane frame of `kind` (`frame`: the whole frame,
+/// which a message's payload is a slice of); `None`: malformed.
+fn parse_media_frame(kind: u8, frame: &Bytes, mut body: &[u8]) -> Option<Frame> {
+    match kind {
+        frame_kind::MSG => get_message(frame, body).map(Frame::Msg),
         frame_kind::MEDIA => (|| {
             let control_before = get_varint(&mut body)?;
-            let msg = get_message(&frame, body)?;
+            let msg = get_message(frame, body)?;
             Some(Frame::Media {
                 control_before,
                 msg,
@@ -824,21 +862,8 @@ fn parse_frame(frame: Bytes) -> Result<Option<Frame>, WireError> {
             let to = get_varint(&mut body)?;
             (body.is_empty() && from <= to).then_some(Frame::LaneSkip { lane, from, to })
         })(),
-        frame_kind::SESSION_CLOSE => (|| {
-            let code = CloseCode::from_code(get_varint(&mut body)?);
-            // A reason is words for logs and clients; a peer's 16 MiB of them is not kept.
-            // Cut after the lossy conversion too (each bad byte becomes a 3-byte U+FFFD), at a
-            // character boundary: a reason read back from its own encoding is the same reason.
-            let reason = &body[..body.len().min(MAX_REASON_LEN)];
-            let mut reason = String::from_utf8_lossy(reason).into_owned();
-            reason.truncate(reason.floor_char_boundary(MAX_REASON_LEN));
-            // Words for one log line: a peer's control characters (a newline) become spaces.
-            let reason = reason.replace(char::is_control, " ");
-            Some(Frame::SessionClose { code, reason })
-        })(),
-        other => return Err(WireError::UnknownKind(other)),
-    };
-    parsed.map(Some).ok_or(malformed)
+        _ => None,
+    }
 }
 
 #[cfg(test)]

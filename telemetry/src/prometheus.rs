@@ -46,143 +46,232 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// A metric's kind, for its help text.
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// Every metric this crate exports: name, kind, unit and help text.
+const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = {
+    use metrics::Unit;
+    &[
+    (
+        "rtmpq_sessions_open",
+        Kind::Gauge,
+        None,
+        "RTMP sessions open now",
+    ),
+    (
+        "rtmpq_connections_open",
+        Kind::Gauge,
+        None,
+        "QUIC connections open now",
+    ),
+    (
+        "rtmpq_buffered_bytes",
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Bytes buffered by all sessions (partial messages and queues)",
+    ),
+    (
+        "rtmpq_buffered_bytes_limit",
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "The process-wide bound on buffered bytes; a session past it ends with overloaded",
+    ),
+    (
+        "rtmpq_sessions_ended_total",
+        Kind::Counter,
+        None,
+        "Sessions ended, by close reason",
+    ),
+    (
+        "rtmpq_handshake_failures_total",
+        Kind::Counter,
+        None,
+        "Failed QUIC/tunnel handshakes, by reason",
+    ),
+    (
+        "rtmpq_quic_reconnects_total",
+        Kind::Counter,
+        None,
+        "Reconnects to the gateway after a lost connection",
+    ),
+    (
+        "rtmpq_gateway_failovers_total",
+        Kind::Counter,
+        None,
+        "Gateways the edge left for another because they stopped acknowledging",
+    ),
+    (
+        "rtmpq_sessions_set_up_again_total",
+        Kind::Counter,
+        None,
+        "Live sessions set up again after what carried them was lost (gateway: the origin connection; edge: the tunnel)",
+    ),
+    (
+        "rtmpq_session_payload_bytes_total",
+        Kind::Counter,
+        Some(Unit::Bytes),
+        "End-to-end payload bytes, by flow (to_origin or to_client)",
+    ),
+    (
+        "rtmpq_session_messages_total",
+        Kind::Counter,
+        None,
+        "End-to-end RTMP messages, by flow",
+    ),
+    (
+        "rtmpq_session_video_frames_total",
+        Kind::Counter,
+        None,
+        "Video frames in the media direction",
+    ),
+    (
+        "rtmpq_session_keyframes_total",
+        Kind::Counter,
+        None,
+        "Video key frames in the media direction",
+    ),
+    (
+        "rtmpq_session_bitrate_bits_per_second",
+        Kind::Gauge,
+        None,
+        "Media bitrate over the last 5 s",
+    ),
+    (
+        "rtmpq_session_keyframe_interval_seconds",
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Media time between the last two key frames",
+    ),
+    (
+        "rtmpq_session_queue_age_seconds",
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Age of the oldest message waiting to be handed on",
+    ),
+    (
+        "rtmpq_session_dropped_frames_total",
+        Kind::Counter,
+        None,
+        "Media frames the latency budget (reason stale) or the queue's byte bound (reason overflow) dropped, by kind",
+    ),
+    (
+        "rtmpq_session_dropped_gops_total",
+        Kind::Counter,
+        None,
+        "GOPs cut by the media queue (whole or from some frame on), by reason",
+    ),
+    (
+        "rtmpq_session_dropped_bytes_total",
+        Kind::Counter,
+        Some(Unit::Bytes),
+        "Payload bytes of media the queue dropped, by reason",
+    ),
+    (
+        "rtmpq_session_queue_media_bytes",
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Payload bytes of media waiting in the session's queue",
+    ),
+    (
+        "rtmpq_session_path_bitrate_bits_per_second",
+        Kind::Gauge,
+        None,
+        "Estimated rate of the path the session's media leaves by (the congestion controller's)",
+    ),
+    (
+        "rtmpq_session_latency_budget_seconds",
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Latency budget media waits under at this hop, after the room left for the path",
+    ),
+    (
+        "rtmpq_quic_path_bitrate_bits_per_second",
+        Kind::Gauge,
+        None,
+        "Estimated rate of the connection's path (BBR's pacing rate)",
+    ),
+    (
+        "rtmpq_session_duration_seconds",
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Time since the session started",
+    ),
+    (
+        "rtmpq_quic_rtt_seconds",
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Smoothed RTT of the QUIC connection",
+    ),
+    (
+        "rtmpq_quic_min_rtt_seconds",
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Minimum RTT of the QUIC connection",
+    ),
+    (
+        "rtmpq_quic_congestion_window_bytes",
+        Kind::Gauge,
+        Some(Unit::Bytes),
+        "Congestion window (BBR)",
+    ),
+    (
+        "rtmpq_quic_sent_packets_total",
+        Kind::Counter,
+        None,
+        "QUIC packets sent",
+    ),
+    (
+        "rtmpq_quic_lost_packets_total",
+        Kind::Counter,
+        None,
+        "QUIC packets declared lost",
+    ),
+    (
+        "rtmpq_quic_congestion_events_total",
+        Kind::Counter,
+        None,
+        "Congestion events",
+    ),
+    (
+        "rtmpq_sessions_resumed_total",
+        Kind::Counter,
+        None,
+        "Live sessions resumed on a new tunnel stream with their resume token",
+    ),
+    (
+        "rtmpq_zero_rtt_total",
+        Kind::Counter,
+        None,
+        "Gateway connections whose HELLO went in 0-RTT data, by outcome",
+    ),
+    (
+        "rtmpq_standby_takeovers_total",
+        Kind::Counter,
+        None,
+        "Times the standby gateway connection took over",
+    ),
+    (
+        "rtmpq_quic_path_changes_total",
+        Kind::Counter,
+        None,
+        "Changes of the peer's address (migrations)",
+    ),
+    ]
+};
+
 /// Help text for every metric this crate exports.
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, Unit};
-    describe_gauge!("rtmpq_sessions_open", "RTMP sessions open now");
-    describe_gauge!("rtmpq_connections_open", "QUIC connections open now");
-    describe_gauge!(
-        "rtmpq_buffered_bytes",
-        Unit::Bytes,
-        "Bytes buffered by all sessions (partial messages and queues)"
-    );
-    describe_gauge!(
-        "rtmpq_buffered_bytes_limit",
-        Unit::Bytes,
-        "The process-wide bound on buffered bytes; a session past it ends with overloaded"
-    );
-    describe_counter!(
-        "rtmpq_sessions_ended_total",
-        "Sessions ended, by close reason"
-    );
-    describe_counter!(
-        "rtmpq_handshake_failures_total",
-        "Failed QUIC/tunnel handshakes, by reason"
-    );
-    describe_counter!(
-        "rtmpq_quic_reconnects_total",
-        "Reconnects to the gateway after a lost connection"
-    );
-    describe_counter!(
-        "rtmpq_gateway_failovers_total",
-        "Gateways the edge left for another because they stopped acknowledging"
-    );
-    describe_counter!(
-        "rtmpq_sessions_set_up_again_total",
-        "Live sessions set up again after what carried them was lost (gateway: the origin connection; edge: the tunnel)"
-    );
-    describe_counter!(
-        "rtmpq_session_payload_bytes_total",
-        Unit::Bytes,
-        "End-to-end payload bytes, by flow (to_origin or to_client)"
-    );
-    describe_counter!(
-        "rtmpq_session_messages_total",
-        "End-to-end RTMP messages, by flow"
-    );
-    describe_counter!(
-        "rtmpq_session_video_frames_total",
-        "Video frames in the media direction"
-    );
-    describe_counter!(
-        "rtmpq_session_keyframes_total",
-        "Video key frames in the media direction"
-    );
-    describe_gauge!(
-        "rtmpq_session_bitrate_bits_per_second",
-        "Media bitrate over the last 5 s"
-    );
-    describe_gauge!(
-        "rtmpq_session_keyframe_interval_seconds",
-        Unit::Seconds,
-        "Media time between the last two key frames"
-    );
-    describe_gauge!(
-        "rtmpq_session_queue_age_seconds",
-        Unit::Seconds,
-        "Age of the oldest message waiting to be handed on"
-    );
-    describe_counter!(
-        "rtmpq_session_dropped_frames_total",
-        "Media frames the latency budget (reason stale) or the queue's byte bound (reason overflow) dropped, by kind"
-    );
-    describe_counter!(
-        "rtmpq_session_dropped_gops_total",
-        "GOPs cut by the media queue (whole or from some frame on), by reason"
-    );
-    describe_counter!(
-        "rtmpq_session_dropped_bytes_total",
-        Unit::Bytes,
-        "Payload bytes of media the queue dropped, by reason"
-    );
-    describe_gauge!(
-        "rtmpq_session_queue_media_bytes",
-        Unit::Bytes,
-        "Payload bytes of media waiting in the session's queue"
-    );
-    describe_gauge!(
-        "rtmpq_session_path_bitrate_bits_per_second",
-        "Estimated rate of the path the session's media leaves by (the congestion controller's)"
-    );
-    describe_gauge!(
-        "rtmpq_session_latency_budget_seconds",
-        Unit::Seconds,
-        "Latency budget media waits under at this hop, after the room left for the path"
-    );
-    describe_gauge!(
-        "rtmpq_quic_path_bitrate_bits_per_second",
-        "Estimated rate of the connection's path (BBR's pacing rate)"
-    );
-    describe_gauge!(
-        "rtmpq_session_duration_seconds",
-        Unit::Seconds,
-        "Time since the session started"
-    );
-    describe_gauge!(
-        "rtmpq_quic_rtt_seconds",
-        Unit::Seconds,
-        "Smoothed RTT of the QUIC connection"
-    );
-    describe_gauge!(
-        "rtmpq_quic_min_rtt_seconds",
-        Unit::Seconds,
-        "Minimum RTT of the QUIC connection"
-    );
-    describe_gauge!(
-        "rtmpq_quic_congestion_window_bytes",
-        Unit::Bytes,
-        "Congestion window (BBR)"
-    );
-    describe_counter!("rtmpq_quic_sent_packets_total", "QUIC packets sent");
-    describe_counter!(
-        "rtmpq_quic_lost_packets_total",
-        "QUIC packets declared lost"
-    );
-    describe_counter!("rtmpq_quic_congestion_events_total", "Congestion events");
-    describe_counter!(
-        "rtmpq_sessions_resumed_total",
-        "Live sessions resumed on a new tunnel stream with their resume token"
-    );
-    describe_counter!(
-        "rtmpq_zero_rtt_total",
-        "Gateway connections whose HELLO went in 0-RTT data, by outcome"
-    );
-    describe_counter!(
-        "rtmpq_standby_takeovers_total",
-        "Times the standby gateway connection took over"
-    );
-    describe_counter!(
-        "rtmpq_quic_path_changes_total",
-        "Changes of the peer's address (migrations)"
-    );
+    for &(name, kind, unit, help) in METRICS {
+        match (kind, unit) {
+            (Kind::Gauge, Some(unit)) => metrics::describe_gauge!(name, unit, help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(name, help),
+            (Kind::Counter, Some(unit)) => metrics::describe_counter!(name, unit, help),
+            (Kind::Counter, None) => metrics::describe_counter!(name, help),
+        }
+    }
 }
