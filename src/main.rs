@@ -1,6 +1,5 @@
 //! The `rtmpq` command line: parses arguments and config files, then calls into the crates.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rtmpq_edge::EdgeConfig;
 use rtmpq_gateway::GatewayConfig;
+use rtmpq_hop::config::ConfigArgs;
 use tokio_util::sync::CancellationToken;
 
 /// RTMP over QUIC: an edge beside the pusher, a gateway in front of the origin.
@@ -33,9 +33,9 @@ enum Command {
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Run the gateway: QUIC in, RTMP out to the origin.
-    Gateway(GatewayArgs),
+    Gateway(ConfigArgs<GatewayConfig>),
     /// Run the edge: RTMP in from pushers and players, QUIC out to the gateway.
-    Edge(EdgeArgs),
+    Edge(ConfigArgs<EdgeConfig>),
     /// Run everything on loopback with a built-in publisher and player; print live figures.
     Demo(DemoArgs),
     /// Compare plain RTMP/TCP, SRT, a QUIC byte pipe and rtmpq on emulated links (needs root).
@@ -162,89 +162,6 @@ enum CertsCommand {
     },
 }
 
-#[derive(Debug, Clone, Args)]
-struct GatewayArgs {
-    /// TOML config file; flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// UDP address for QUIC [default: 0.0.0.0:4433].
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// The origin, rtmp://HOST[:PORT]; without it an embedded origin serves.
-    #[arg(long)]
-    origin: Option<String>,
-    /// Directory from `rtmpq certs init`; without it a self-signed certificate is used.
-    #[arg(long)]
-    cert_dir: Option<PathBuf>,
-    /// Address for Prometheus metrics and the status API.
-    #[arg(long)]
-    metrics: Option<SocketAddr>,
-    /// Where the stateless-reset key (and the self-signed certificate) are kept.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// QUIC-LB server id (hex, 1 to 15 bytes) carried in every connection ID, for load
-    /// balancers that route QUIC by connection ID.
-    #[arg(long)]
-    server_id: Option<String>,
-    /// Require edge client certificates signed by the cert dir's CA.
-    #[arg(long)]
-    client_auth: bool,
-    /// On SIGTERM, how long live sessions may go on before they are ended, ms [default: 10000].
-    #[arg(long)]
-    shutdown_grace: Option<u64>,
-}
-
-#[derive(Debug, Args)]
-struct EdgeArgs {
-    /// TOML config file; flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// TCP address for pushers and players [default: 127.0.0.1:1935].
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// The gateway, HOST:PORT; repeat for several (the first to answer is used, the next
-    /// takes the sessions when it stops answering).
-    #[arg(long)]
-    gateway: Vec<String>,
-    /// With several gateways: keep a connection to the next one up too, so a failover moves
-    /// the sessions without a handshake.
-    #[arg(long)]
-    standby: bool,
-    /// CA certificate that signed the gateway's certificate.
-    #[arg(long, conflicts_with = "pin")]
-    ca: Option<PathBuf>,
-    /// The gateway certificate's pin, sha256:HEX.
-    #[arg(long)]
-    pin: Option<String>,
-    /// Name to check in the gateway's certificate [default: the gateway's host].
-    #[arg(long)]
-    server_name: Option<String>,
-    /// Latency budget in ms: media older than this is dropped a GOP tail at a time, never
-    /// headers or commands; 0: none [default: 1000].
-    #[arg(long = "max-latency", visible_alias = "latency-budget")]
-    latency_budget: Option<u64>,
-    /// Back-pressure mode for encoders that adapt their bitrate: stop reading a pusher whose
-    /// oldest waiting media is older than this many ms; 0: off, always read [default: 0].
-    #[arg(long)]
-    backpressure: Option<u64>,
-    /// How sessions carry media: "lanes" (audio and each GOP on QUIC streams of their own) or
-    /// "stream" (all on the session's QUIC stream) [default: lanes].
-    #[arg(long)]
-    carrier: Option<rtmpq_edge::config::MediaCarrier>,
-    /// Address for Prometheus metrics and the status API.
-    #[arg(long)]
-    metrics: Option<SocketAddr>,
-    /// Client certificate for gateways that require mutual TLS.
-    #[arg(long, requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// The client certificate's key.
-    #[arg(long, requires = "client_cert")]
-    client_key: Option<PathBuf>,
-    /// On SIGTERM, how long live sessions may go on before they are ended, ms [default: 10000].
-    #[arg(long)]
-    shutdown_grace: Option<u64>,
-}
-
 #[derive(Debug, Args)]
 struct DemoArgs {
     /// Video bitrate of the synthetic stream, kbit/s.
@@ -280,7 +197,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gateway(args) => runtime()?.block_on(run_gateway(args)),
-        Command::Edge(args) => runtime()?.block_on(run_edge(edge_config(args)?)),
+        Command::Edge(args) => runtime()?.block_on(run_edge(edge_config(&args)?)),
         Command::Demo(args) => runtime()?.block_on(run_demo(args)),
         Command::Bench(args) => runtime()?.block_on(run_bench(args)),
         Command::Soak(args) => runtime()?.block_on(run_soak(args)),
@@ -327,45 +244,18 @@ fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
-fn gateway_config(args: GatewayArgs) -> anyhow::Result<GatewayConfig> {
-    let mut c = match &args.config {
-        Some(path) => GatewayConfig::load(path)?,
-        None => GatewayConfig::default(),
-    };
-    c.listen = args.listen.unwrap_or(c.listen);
-    c.origin = args.origin.or(c.origin);
-    c.cert_dir = args.cert_dir.or(c.cert_dir);
-    c.metrics = args.metrics.or(c.metrics);
-    c.state_dir = args.state_dir.unwrap_or(c.state_dir);
-    c.server_id = args.server_id.or(c.server_id);
-    c.client_auth |= args.client_auth;
-    c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
-    Ok(c)
+fn gateway_config(args: &ConfigArgs<GatewayConfig>) -> anyhow::Result<GatewayConfig> {
+    Ok(args.load()?)
 }
 
-fn edge_config(args: EdgeArgs) -> anyhow::Result<EdgeConfig> {
-    let mut c = match &args.config {
-        Some(path) => EdgeConfig::load(path)?,
-        None => EdgeConfig::default(),
-    };
-    c.listen = args.listen.unwrap_or(c.listen);
-    if !args.gateway.is_empty() {
-        c.gateway = args.gateway.into();
-    }
-    c.standby |= args.standby;
+fn edge_config(args: &ConfigArgs<EdgeConfig>) -> anyhow::Result<EdgeConfig> {
+    let mut c = args.load()?;
     // A trust flag replaces whatever trust the file gave.
-    if args.ca.is_some() || args.pin.is_some() {
-        c.ca = args.ca;
-        c.pin = args.pin;
+    match (args.given("ca"), args.given("pin")) {
+        (true, false) => c.pin = None,
+        (false, true) => c.ca = None,
+        _ => {}
     }
-    c.server_name = args.server_name.or(c.server_name);
-    c.latency_budget_ms = args.latency_budget.unwrap_or(c.latency_budget_ms);
-    c.backpressure_ms = args.backpressure.unwrap_or(c.backpressure_ms);
-    c.carrier = args.carrier.unwrap_or(c.carrier);
-    c.metrics = args.metrics.or(c.metrics);
-    c.client_cert = args.client_cert.or(c.client_cert);
-    c.client_key = args.client_key.or(c.client_key);
-    c.shutdown_grace_ms = args.shutdown_grace.unwrap_or(c.shutdown_grace_ms);
     // `Edge::bind` and `Gateway::bind` resolve (check) the config before they touch anything.
     Ok(c)
 }
@@ -393,8 +283,8 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let gateway = rtmpq_gateway::Gateway::bind(gateway_config(args.clone())?).await?;
+async fn run_gateway(args: ConfigArgs<GatewayConfig>) -> anyhow::Result<()> {
+    let gateway = rtmpq_gateway::Gateway::bind(gateway_config(&args)?).await?;
     let reloader = gateway.reloader();
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     // SIGHUP: the config file is read again, flags applied over it, and what can change live
@@ -402,7 +292,7 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     // nothing.
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            let reloaded = gateway_config(args.clone())
+            let reloaded = gateway_config(&args)
                 .and_then(|config| reloader.reload(config).map_err(anyhow::Error::from));
             if let Err(e) = reloaded {
                 tracing::warn!(reason = %format!("{e:#}"), "SIGHUP: configuration not reloaded; the running one stays");
@@ -561,4 +451,39 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     rtmpq_bench::run(options).await?;
     println!("results in {}", args.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trust_flag_replaces_the_files_trust_and_other_flags_go_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("edge.toml");
+        std::fs::write(
+            &file,
+            "ca = \"ca.pem\"\nreconnect_limit_ms = 5\nstandby = true\n",
+        )
+        .unwrap();
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let file = file.display().to_string();
+        let argv = [
+            "rtmpq",
+            "edge",
+            "--config",
+            &file,
+            "--pin",
+            &pin,
+            "--max-latency",
+            "250",
+        ];
+        let Command::Edge(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not the edge command");
+        };
+        let c = edge_config(&args).unwrap();
+        assert_eq!((c.ca, c.pin.as_deref()), (None, Some(pin.as_str())));
+        assert_eq!((c.latency_budget_ms, c.reconnect_limit_ms), (250, 5));
+        assert!(c.standby, "a switch not given keeps the file's value");
+    }
 }

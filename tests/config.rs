@@ -31,7 +31,7 @@ fn every_example_config_loads_and_resolves() {
     let edge: EdgeConfig = toml::from_str(&example("edge.toml")).unwrap();
     let settings = edge.resolve().unwrap();
     assert_eq!(settings.gateways[0].server_name, "ingest.example.com");
-    assert_eq!(edge.gateway, "ingest.example.com:4433".into());
+    assert_eq!(edge.gateway, ["ingest.example.com:4433"]);
     assert_eq!(edge.listen.port(), 1935);
     let dir = std::fs::read_dir(format!("{}/examples", env!("CARGO_MANIFEST_DIR"))).unwrap();
     assert_eq!(dir.count(), 2, "a new example needs a check here");

@@ -266,7 +266,7 @@ async fn failover_under_a_push(standby: bool) {
     let (edge, edge_status) = spawn_edge(
         rtmpq_edge::EdgeConfig {
             pin: Some(first.pin.clone()),
-            gateway: vec![first.addr.to_string(), second_addr.clone()].into(),
+            gateway: vec![first.addr.to_string(), second_addr.clone()],
             standby,
             ..edge_config(first.addr)
         },

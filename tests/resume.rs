@@ -61,7 +61,7 @@ async fn a_session_whose_connection_dies_is_resumed_and_the_origin_sees_one_publ
     let (edge, edge_status) = spawn_edge(
         EdgeConfig {
             pin: Some(pin),
-            gateway: vec![relay.to_string(), gateway_addr.to_string()].into(),
+            gateway: vec![relay.to_string(), gateway_addr.to_string()],
             ..edge_config(gateway_addr)
         },
         &shutdown,

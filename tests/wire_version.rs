@@ -92,7 +92,7 @@ async fn an_edge_refuses_a_gateway_of_another_wire_version_naming_both() {
 
     let edge = rtmpq_edge::Edge::bind(rtmpq_edge::EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        gateway: addr.to_string().into(),
+        gateway: vec![addr.to_string()],
         pin: Some(pin.to_string()),
         ..rtmpq_edge::EdgeConfig::default()
     })

@@ -78,7 +78,7 @@ pub async fn run(
     .map_err(DemoError::Gateway)?;
     let edge = Edge::bind(EdgeConfig {
         listen: "127.0.0.1:0".parse().expect("valid"),
-        gateway: gateway.local_addr().to_string().into(),
+        gateway: vec![gateway.local_addr().to_string()],
         pin: Some(gateway.pin().to_string()),
         ..EdgeConfig::default()
     })

@@ -1,6 +1,7 @@
-//! The edge's configuration: every CLI flag has a TOML key in [`EdgeConfig`], and
-//! [`EdgeConfig::resolve`] checks it all at load into [`EdgeSettings`], the only thing the
-//! edge starts from, so a config that loads also starts (short of files and ports).
+//! The edge's configuration: each setting declared once in [`EdgeConfig`] (its TOML key, its
+//! flag, its help, its default), and [`EdgeConfig::resolve`] checks it all at load into
+//! [`EdgeSettings`], the only thing the edge starts from, so a config that loads also starts
+//! (short of files and ports).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,70 +13,105 @@ use rtmpq_hop::config::{above_zero, load_toml, millis};
 use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
 use rtmpq_proto::wire::Carrier;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Edge settings as written: a TOML file, then flags over it.
-#[derive(Debug, Clone, Deserialize)]
+/// Edge settings as written: a TOML file, then flags over it
+/// ([`ConfigArgs`](rtmpq_hop::config::ConfigArgs)). Each field is a TOML key and the flag of
+/// the same name (dashes for underscores; secrets are TOML only); `Default` gives the defaults.
+#[derive(Debug, Clone, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeConfig {
     /// TCP address pushers and players connect to.
+    #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
     /// The gateway as `HOST:PORT` (UDP), or several (TOML: a list): the edge connects to the
     /// one answering first and moves its sessions to another when it stops answering.
-    pub gateway: GatewayList,
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub gateway: Vec<String>,
     /// With several gateways: keep a connection to the next one up as well, so that a
     /// failover moves the sessions without a handshake.
+    #[arg(long)]
     pub standby: bool,
     /// CA certificate (PEM) that signed the gateway's certificate.
+    #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// The gateway certificate's pin, `sha256:HEX`, instead of a CA.
+    #[arg(long, value_name = "sha256:HEX")]
     pub pin: Option<String>,
     /// Name to verify in the gateway's certificate (default: the gateway's host).
+    #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
     /// Client certificate (PEM) for gateways that require mutual TLS.
+    #[arg(long, value_name = "FILE")]
     pub client_cert: Option<PathBuf>,
     /// Its private key (PEM).
+    #[arg(long, value_name = "FILE")]
     pub client_key: Option<PathBuf>,
-    /// Token for gateways that require one.
+    /// Token for gateways that require one (TOML only: a flag would show it to `ps`).
+    #[arg(skip)]
+    #[serde(skip_serializing)]
     pub token: Option<Secret>,
     /// A name for this edge in the gateway's logs (default: the host name).
+    #[arg(long, value_name = "NAME")]
     pub edge_id: Option<String>,
     /// Latency budget in ms: media that waited longer to cross the tunnel is dropped (the
     /// rest of its GOP, resuming at the next key frame; never headers, metadata or commands).
     /// Applied at the edge to what is published and, at the gateway, to what is played
     /// through this edge. 0: no budget. (`max_latency_ms`, its name before 0.3, is read too.)
     #[serde(alias = "max_latency_ms")]
+    #[arg(long = "latency-budget-ms", visible_aliases = ["latency-budget", "max-latency"], value_name = "MS")]
     pub latency_budget_ms: u64,
     /// Back-pressure mode, for encoders that adapt their rate to their socket (OBS's dynamic
     /// bitrate): the edge stops reading a pusher whose oldest waiting media is older than this
     /// many ms. 0: off, the edge always reads (the pusher never stalls).
+    #[arg(
+        long = "backpressure-ms",
+        visible_alias = "backpressure",
+        value_name = "MS"
+    )]
     pub backpressure_ms: u64,
     /// Media waiting per session at most, MiB (past it the oldest GOP goes).
+    #[arg(long, value_name = "MIB")]
     pub max_queue_mb: usize,
     /// How sessions carry media through the tunnel, both ways: `"lanes"` (default), audio on
     /// a QUIC stream of its own and video on a stream per GOP (a stale GOP is reset inside
     /// QUIC), or `"stream"`, everything on the session's own QUIC stream.
+    #[arg(long, value_name = "lanes|stream")]
     pub carrier: MediaCarrier,
     /// Address for Prometheus metrics and the status API.
+    #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Most sessions at once.
+    #[arg(long, value_name = "N")]
     pub max_sessions: usize,
     /// How long a pusher's RTMP handshake may take, in ms.
+    #[arg(long, value_name = "MS")]
     pub handshake_timeout_ms: u64,
     /// How long a new session waits for a gateway connection before it is refused, in ms.
+    #[arg(long, value_name = "MS")]
     pub gateway_wait_ms: u64,
     /// How long a live session whose tunnel was lost (a gateway restart, a dead path) waits
     /// for a gateway to take it again, in ms; the pusher is held meanwhile and never notices.
     /// 0 ends the session at once.
+    #[arg(long, value_name = "MS")]
     pub reconnect_limit_ms: u64,
     /// On SIGTERM, how long live sessions may go on before they are ended, in ms.
+    #[arg(
+        long = "shutdown-grace-ms",
+        visible_alias = "shutdown-grace",
+        value_name = "MS"
+    )]
     pub shutdown_grace_ms: u64,
     /// How long a client has from its handshake to publish or play, in ms.
+    #[arg(long, value_name = "MS")]
     pub setup_timeout_ms: u64,
     /// A client that sends nothing for half this long is pinged; one that sends nothing at
     /// all, not even a ping answer, for this long is closed, in ms.
+    #[arg(long, value_name = "MS")]
     pub client_timeout_ms: u64,
     /// Bound on bytes buffered by all sessions together (partial messages and queues), MiB.
+    #[arg(long, value_name = "MIB")]
     pub max_buffered_mb: usize,
 }
 
@@ -83,7 +119,7 @@ impl Default for EdgeConfig {
     fn default() -> Self {
         EdgeConfig {
             listen: "127.0.0.1:1935".parse().expect("valid"),
-            gateway: GatewayList::default(),
+            gateway: Vec::new(),
             standby: false,
             ca: None,
             pin: None,
@@ -110,7 +146,7 @@ impl Default for EdgeConfig {
 }
 
 /// How the edge's sessions carry media (TOML `carrier`, flag `--carrier`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaCarrier {
     /// Everything on the session's QUIC stream, in order.
@@ -145,44 +181,19 @@ impl std::str::FromStr for MediaCarrier {
 }
 
 /// One gateway address or several, as written: `gateway = "a:4433"` or
-/// `gateway = ["a:4433", "b:4433"]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(from = "OneOrMany")]
-pub struct GatewayList(pub Vec<String>);
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl From<OneOrMany> for GatewayList {
-    fn from(v: OneOrMany) -> Self {
-        match v {
-            OneOrMany::One(s) if s.is_empty() => GatewayList(Vec::new()),
-            OneOrMany::One(s) => GatewayList(vec![s]),
-            OneOrMany::Many(v) => GatewayList(v),
-        }
+/// `gateway = ["a:4433", "b:4433"]` (an empty string: none).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
     }
-}
-
-impl From<String> for GatewayList {
-    fn from(s: String) -> Self {
-        GatewayList(vec![s])
-    }
-}
-
-impl From<&str> for GatewayList {
-    fn from(s: &str) -> Self {
-        GatewayList(vec![s.to_owned()])
-    }
-}
-
-impl From<Vec<String>> for GatewayList {
-    fn from(v: Vec<String>) -> Self {
-        GatewayList(v)
-    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) if s.is_empty() => Vec::new(),
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// A gateway to connect to.
@@ -255,7 +266,7 @@ impl EdgeConfig {
 
     /// Checks everything that can be checked without touching files or sockets.
     pub fn resolve(&self) -> Result<EdgeSettings, ConfigError> {
-        if self.gateway.0.is_empty() {
+        if self.gateway.is_empty() {
             return Err(ConfigError::NoGateway);
         }
         let edge_id = self.edge_id.clone().unwrap_or_else(default_edge_id);
@@ -264,7 +275,6 @@ impl EdgeConfig {
         }
         let gateways = self
             .gateway
-            .0
             .iter()
             .map(|address| {
                 let host = gateway_host(address)
@@ -366,7 +376,7 @@ mod tests {
     fn resolves_the_gateway_host_and_trust() {
         let pin = format!("sha256:{}", "ab".repeat(32));
         let cfg = EdgeConfig {
-            gateway: "[::1]:4433".into(),
+            gateway: vec!["[::1]:4433".into()],
             pin: Some(pin.clone()),
             ..EdgeConfig::default()
         };
@@ -378,7 +388,7 @@ mod tests {
             Some(Duration::from_secs(15))
         );
         let no_port = EdgeConfig {
-            gateway: "gw.example".into(),
+            gateway: vec!["gw.example".into()],
             ..cfg
         };
         assert!(matches!(no_port.resolve(), Err(ConfigError::BadGateway(_))));
@@ -388,7 +398,7 @@ mod tests {
     fn one_gateway_or_a_list() {
         let pin = format!("pin = \"sha256:{}\"\n", "ab".repeat(32));
         let one: EdgeConfig = toml::from_str(&format!("{pin}gateway = \"a:1\"")).unwrap();
-        assert_eq!(one.gateway, GatewayList(vec!["a:1".into()]));
+        assert_eq!(one.gateway, ["a:1"]);
         let two: EdgeConfig =
             toml::from_str(&format!("{pin}gateway = [\"a:1\", \"b.example:2\"]")).unwrap();
         let s = two.resolve().unwrap();

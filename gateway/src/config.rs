@@ -1,6 +1,6 @@
-//! The gateway's configuration: every CLI flag has a TOML key in [`GatewayConfig`], and
-//! [`GatewayConfig::resolve`] checks it all at load into [`GatewaySettings`], the only thing
-//! the gateway starts from.
+//! The gateway's configuration: each setting declared once in [`GatewayConfig`] (its TOML
+//! key, its flag, its help, its default), and [`GatewayConfig::resolve`] checks it all at
+//! load into [`GatewaySettings`], the only thing the gateway starts from.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,69 +10,101 @@ pub use rtmpq_hop::config::ConfigError;
 use rtmpq_hop::config::{above_zero, load_toml, millis};
 use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::access::{AccessPolicy, EdgeRuleConfig};
 use crate::admission::AdmissionLimits;
 use crate::connection_ids::ServerId;
 
-/// Gateway settings as written: a TOML file, then flags over it.
-#[derive(Debug, Clone, Deserialize)]
+/// Gateway settings as written: a TOML file, then flags over it
+/// ([`ConfigArgs`](rtmpq_hop::config::ConfigArgs)). Each field is a TOML key and the flag of
+/// the same name (dashes for underscores; tokens and `[[edge]]` tables are TOML only);
+/// `Default` gives the defaults.
+#[derive(Debug, Clone, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// UDP address for QUIC.
+    #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
     /// The origin as `rtmp://HOST[:PORT]`; none runs the embedded origin.
+    #[arg(long, value_name = "rtmp://HOST[:PORT]")]
     pub origin: Option<String>,
     /// Directory made by `rtmpq certs init` (gateway.pem, gateway.key, ca.pem).
+    #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
     /// Where the gateway keeps its stateless-reset key (and, without a cert dir, its
     /// self-signed certificate).
+    #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
     /// QUIC-LB server id, hex (1 to 15 bytes): every connection ID carries it, so a load
     /// balancer that routes QUIC by connection ID keeps a migrating edge on this gateway.
+    #[arg(long, value_name = "HEX")]
     pub server_id: Option<String>,
     /// Require edges to present a certificate signed by the cert dir's CA.
+    #[arg(long)]
     pub client_auth: bool,
     /// Tokens edges may present in HELLO; empty accepts any edge that passes TLS.
+    #[arg(skip)]
+    #[serde(skip_serializing)]
     pub tokens: Vec<Secret>,
     /// Edge identities and what each may publish and play (TOML `[[edge]]` tables); with any,
     /// an edge none of them names is refused.
     #[serde(rename = "edge")]
+    #[arg(skip)]
+    #[serde(skip_serializing)]
     pub edges: Vec<EdgeRuleConfig>,
     /// Address for Prometheus metrics and the status API.
+    #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Most sessions at once; more are refused with `overloaded`.
+    #[arg(long, value_name = "N")]
     pub max_sessions: usize,
     /// Most sessions on one edge connection; more are refused with `overloaded`.
+    #[arg(long, value_name = "N")]
     pub max_sessions_per_connection: usize,
     /// Most sessions of one edge (its edge id, certificate and token) over all its
     /// connections; more are refused with `overloaded`.
+    #[arg(long, value_name = "N")]
     pub max_sessions_per_edge: usize,
     /// From this many QUIC handshakes in progress on, a source must prove its address with a
     /// Retry round trip first (costs the gateway no state: spoofed floods stop there).
+    #[arg(long, value_name = "N")]
     pub retry_above_pending: usize,
     /// Most QUIC handshakes in progress at once; more are refused.
+    #[arg(long, value_name = "N")]
     pub max_pending_handshakes: usize,
     /// Most connections from one IP address (edges behind one NAT share one).
+    #[arg(long, value_name = "N")]
     pub max_connections_per_address: usize,
     /// How long to wait for the origin's TCP connect, in ms.
+    #[arg(long, value_name = "MS")]
     pub origin_connect_timeout_ms: u64,
     /// How long the gateway holds a live session whose tunnel was lost (the origin side kept)
     /// for its edge to resume it, in ms; 0: sessions are not resumable.
+    #[arg(long, value_name = "MS")]
     pub resume_grace_ms: u64,
     /// How long a live session waits for an origin that closed or failed under it (a restart)
     /// to take the session again, in ms; the pusher never notices. 0 ends the session at once.
+    #[arg(long, value_name = "MS")]
     pub origin_retry_ms: u64,
     /// How long an RTMP handshake or HELLO may take, in ms.
+    #[arg(long, value_name = "MS")]
     pub handshake_timeout_ms: u64,
     /// Address the embedded origin listens on (TCP) when there is no `origin`.
+    #[arg(long, value_name = "ADDR")]
     pub embedded_origin_listen: SocketAddr,
     /// On SIGTERM, how long live sessions may go on before they are ended, in ms.
+    #[arg(
+        long = "shutdown-grace-ms",
+        visible_alias = "shutdown-grace",
+        value_name = "MS"
+    )]
     pub shutdown_grace_ms: u64,
     /// How long a session has from SESSION_OPEN until its client publishes or plays, in ms.
+    #[arg(long, value_name = "MS")]
     pub setup_timeout_ms: u64,
     /// Bound on bytes buffered by all sessions together (partial messages and queues), MiB.
+    #[arg(long, value_name = "MIB")]
     pub max_buffered_mb: usize,
 }
 

@@ -138,6 +138,60 @@ struct DecodeState {
     partial: BytesMut,
 }
 
+/// What one chunk header says, its fields read (`None`: not in this header's format).
+struct ChunkHeader {
+    fmt: u8,
+    /// The timestamp field (absolute for format 0, else a delta), extended if it was.
+    field: Option<u32>,
+    extended: bool,
+    length: Option<u32>,
+    type_id: Option<u8>,
+    stream_id: Option<u32>,
+}
+
+impl DecodeState {
+    /// Takes chunk stream `csid`'s header `h`: a continuation chunk says nothing new, else a
+    /// message starts here (one still pending is an error, as is a length past `limits`).
+    fn apply(&mut self, csid: u32, h: &ChunkHeader, limits: ChunkLimits) -> Result<(), ChunkError> {
+        let pending = self.missing;
+        if h.fmt == 3 && pending > 0 {
+            // Continuation chunk: the header carries nothing new.
+            return Ok(());
+        }
+        if pending > 0 {
+            return Err(ChunkError::MessageInterrupted { csid, pending });
+        }
+        if let Some(length) = h.length {
+            if length > limits.max_message_size {
+                return Err(ChunkError::MessageTooLarge {
+                    csid,
+                    length,
+                    limit: limits.max_message_size,
+                });
+            }
+            self.length = length;
+        }
+        if let Some(type_id) = h.type_id {
+            self.type_id = type_id;
+        }
+        if let Some(stream_id) = h.stream_id {
+            self.stream_id = stream_id;
+        }
+        match (h.fmt, h.field) {
+            (0, Some(abs)) => self.timestamp = abs,
+            (_, Some(delta)) => self.timestamp = self.timestamp.wrapping_add(delta),
+            // A type 3 header starting a message repeats the previous timestamp field.
+            (_, None) => self.timestamp = self.timestamp.wrapping_add(self.timestamp_field),
+        }
+        if let Some(f) = h.field {
+            self.timestamp_field = f;
+        }
+        self.extended = h.extended;
+        self.missing = self.length;
+        Ok(())
+    }
+}
+
 /// Reassembles RTMP messages from chunks, one partial payload per chunk stream.
 #[derive(Debug)]
 pub struct ChunkDecoder {
@@ -302,47 +356,17 @@ impl ChunkDecoder {
         } else {
             field
         };
-        let length = (fmt < 2).then(|| be24(&h[3..6]));
-        let type_id = (fmt < 2).then(|| h[6]);
-        let stream_id = (fmt == 0).then(|| u32::from_le_bytes(h[7..11].try_into().expect("4")));
-
         let limits = self.limits;
         let state = self.streams.entry(csid).or_default();
-        let pending = state.missing;
-        if fmt == 3 && pending > 0 {
-            // Continuation chunk: the header carries nothing new.
-        } else {
-            if pending > 0 {
-                return Err(ChunkError::MessageInterrupted { csid, pending });
-            }
-            if let Some(length) = length {
-                if length > limits.max_message_size {
-                    return Err(ChunkError::MessageTooLarge {
-                        csid,
-                        length,
-                        limit: limits.max_message_size,
-                    });
-                }
-                state.length = length;
-            }
-            if let Some(type_id) = type_id {
-                state.type_id = type_id;
-            }
-            if let Some(stream_id) = stream_id {
-                state.stream_id = stream_id;
-            }
-            match (fmt, field) {
-                (0, Some(abs)) => state.timestamp = abs,
-                (_, Some(delta)) => state.timestamp = state.timestamp.wrapping_add(delta),
-                // A type 3 header starting a message repeats the previous timestamp field.
-                (_, None) => state.timestamp = state.timestamp.wrapping_add(state.timestamp_field),
-            }
-            if let Some(f) = field {
-                state.timestamp_field = f;
-            }
-            state.extended = extended;
-            state.missing = state.length;
-        }
+        let header = ChunkHeader {
+            fmt,
+            field,
+            extended,
+            length: (fmt < 2).then(|| be24(&h[3..6])),
+            type_id: (fmt < 2).then(|| h[6]),
+            stream_id: (fmt == 0).then(|| u32::from_le_bytes(h[7..11].try_into().expect("4"))),
+        };
+        state.apply(csid, &header, limits)?;
         buf.advance(total_len);
         self.consumed += total_len as u64;
         self.in_chunk = Some((csid, state.missing.min(self.chunk_size)));

@@ -872,7 +872,7 @@ impl Stack {
 pub fn edge_config(gateway: SocketAddr) -> EdgeConfig {
     EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        gateway: gateway.to_string().into(),
+        gateway: vec![gateway.to_string()],
         ..EdgeConfig::default()
     }
 }
