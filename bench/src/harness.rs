@@ -41,9 +41,9 @@ pub enum Transport {
     QuicPipe,
     /// The rtmpq tunnel: edge beside the pusher (or player), gateway beside nginx.
     Rtmpq {
-        /// The edge's `--max-latency`, ms.
+        /// The edge's `--latency-budget-ms`.
         budget_ms: u32,
-        /// The edge's `--backpressure`, ms (0: off).
+        /// The edge's `--backpressure-ms` (0: off).
         backpressure_ms: u32,
         /// The edge's `--carrier`: lanes (audio and each GOP on QUIC streams of their own, the
         /// default) or the session stream.
@@ -711,9 +711,9 @@ pub async fn run_one(
                 format!("{ADDR_B}:{GATEWAY_PORT}"),
                 s("--pin"),
                 ctx.pin.clone(),
-                s("--max-latency"),
+                s("--latency-budget-ms"),
                 budget_ms.to_string(),
-                s("--backpressure"),
+                s("--backpressure-ms"),
                 backpressure_ms.to_string(),
                 s("--carrier"),
                 s(if lanes { "lanes" } else { "stream" }),
