@@ -558,7 +558,7 @@ mod tests {
             edge_id: "edge".into(),
             token: String::new(),
             standby,
-            telemetry: Telemetry::new(rtmpq_telemetry::Role::Edge),
+            telemetry: Telemetry::new(rtmpq_telemetry::Role::Edge, Arc::default()),
         }
     }
 

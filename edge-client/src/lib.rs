@@ -84,7 +84,7 @@ impl Edge {
             }
             None => None,
         };
-        let telemetry = Telemetry::new(Role::Edge);
+        let telemetry = Telemetry::new(Role::Edge, Arc::default());
         let target = connector::GatewayTarget {
             gateways: settings.gateways.clone(),
             client_config,

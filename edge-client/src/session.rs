@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
 use rtmpq_hop::recovery::{self, GaveUp, OriginExchange, Retry};
+use rtmpq_hop::registry::reporting;
 use rtmpq_hop::rtmp::{RtmpConnection, RtmpIoError, RtmpSide, WaitTimes};
 use rtmpq_hop::session::{Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel};
 use rtmpq_hop::tunnel::{close_stream, TunnelRecv, TunnelSend};
@@ -38,15 +39,12 @@ pub(crate) async fn serve(tcp: TcpStream, remote: SocketAddr, shared: &Shared) {
     async {
         let mut new_tracker = SessionTracker::default();
         new_tracker.fast_start = Some(FastStart::default());
-        let tracker = Arc::new(Mutex::new(new_tracker));
+        let tracker = Mutex::new(new_tracker);
         let waiting = Arc::<WaitTimes>::default();
-        shared.telemetry.session_started(
-            session_id,
-            remote.to_string(),
-            tracker.clone(),
-            waiting.clone(),
-        );
-        let end = match run(tcp, session_id, shared, &tracker, waiting).await {
+        let telemetry = &shared.telemetry;
+        let reports = telemetry.session_started(session_id, remote.to_string(), waiting.clone());
+        let run = run(tcp, session_id, shared, &tracker, waiting);
+        let end = match reporting(&tracker, &reports, run).await {
             Ok(end) => end,
             Err(e) => SessionEnd::new(CloseCode::ClientProtocolError, e.to_string(), EndedBy::Rtmp),
         };
@@ -196,6 +194,7 @@ impl Held {
     fn taken_over(&self, shared: &Shared) -> Option<SessionEnd> {
         shared
             .telemetry
+            .live()
             .publishing_elsewhere(self.session_id, &self.app, &self.stream)
             .then(|| {
                 let reason = format!(

@@ -229,7 +229,7 @@ impl Gateway {
             None => None,
         };
         let buffer = BufferBound::new(settings.max_buffered_bytes);
-        let telemetry = Telemetry::new(Role::Gateway);
+        let telemetry = Telemetry::new(Role::Gateway, Arc::default());
         telemetry.watch_buffer(buffer.clone());
         check_expiry(&telemetry, &expiries);
         let (access, _) = watch::channel(Arc::new(settings.access.clone()));

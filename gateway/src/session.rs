@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
 use rtmpq_hop::recovery::{self, GaveUp, Retry};
+use rtmpq_hop::registry::reporting;
 use rtmpq_hop::rtmp::{RtmpSide, WaitTimes};
 use rtmpq_hop::session::{
     Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel, TunnelLink,
@@ -67,11 +68,10 @@ pub(crate) async fn serve(
                 .borrow_and_update()
                 .rights_of(&who.creds, &who.edge_id),
         );
-        let tracker = Arc::new(Mutex::new(tracker));
+        let tracker = Mutex::new(tracker);
         let waiting = Arc::<WaitTimes>::default();
-        let (peer, registered) = (who.peer.clone(), tracker.clone());
         let telemetry = &shared.telemetry;
-        telemetry.session_started(session_id, peer, registered, waiting.clone());
+        let reports = telemetry.session_started(session_id, who.peer.clone(), waiting.clone());
         // What the origin sends (a player's media) waits under the budget the edge asked for.
         let queue = QueuePolicy {
             budget: (latency_budget_ms > 0)
@@ -90,7 +90,7 @@ pub(crate) async fn serve(
             owner: SessionOwner::new(),
             handoff: None,
         };
-        let end = session.run(tunnel, queue).await;
+        let end = reporting(&tracker, &reports, session.run(tunnel, queue)).await;
         telemetry.session_ended(session_id, end.code, &end.reason);
         let t = tracker.lock().expect("tracker");
         if let (CloseCode::Unauthorized, Some(rights), Some(direction)) =

@@ -1,6 +1,6 @@
 //! rtmpq-hop: the async layer both hops share over the pure core (`rtmpq-proto`): RTMP
 //! connections over TCP ([`rtmp`]), tunnel streams over QUIC ([`tunnel`]), the two one-way
-//! pumps of a session ([`pump`]) and its life across recoveries ([`session`]), the QUIC settings ([`transport`]), the accept loop and the
+//! pumps of a session ([`pump`]) and its life across recoveries ([`session`]), the live sessions' reports ([`registry`]), the QUIC settings ([`transport`]), the accept loop and the
 //! shutdown drain ([`scaffold`]), what the hops' configs share ([`config`], [`secret`]), and
 //! [`HopError`], what stops either hop from starting.
 
@@ -31,6 +31,7 @@ pub mod config;
 pub mod lanes;
 pub mod pump;
 pub mod recovery;
+pub mod registry;
 pub mod rtmp;
 pub mod scaffold;
 pub mod secret;

@@ -138,6 +138,47 @@ pub struct Recoveries {
     pub last_loss: Option<String>,
 }
 
+/// What a session shows the operator: its tracker's figures without its set-up journal,
+/// rights or resume token ([`SessionTracker::report`]). Cheap to copy: a hop publishes one a
+/// few times a second and the status API and metrics read only these.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionReport {
+    /// The `app` of the client's connect.
+    pub app: Option<String>,
+    /// The stream name published or played.
+    pub stream: Option<String>,
+    /// Publish or play, once known.
+    pub direction: Option<Direction>,
+    /// When the first media message crossed this hop.
+    pub first_media: Option<Instant>,
+    /// Counters toward the origin.
+    pub to_origin: FlowStats,
+    /// Counters toward the client.
+    pub to_client: FlowStats,
+    /// The media queue as last seen.
+    pub queue: QueueState,
+    /// At the edge: the gateway the session's tunnel runs through now.
+    pub gateway: Option<String>,
+    /// Media dropped for arriving past the budget.
+    pub arrived_late: Dropped,
+    /// Media reset in QUIC once stale.
+    pub reset_in_quic: Dropped,
+    /// How the session came through losses.
+    pub recoveries: Recoveries,
+    /// At the gateway with ACLs: the `[[edge]]` identity the session's rights belong to.
+    pub identity: Option<String>,
+}
+
+impl SessionReport {
+    /// The counters of the flow media goes in (see [`SessionTracker::media_flow`]).
+    pub fn media_flow(&self) -> &FlowStats {
+        match self.direction {
+            Some(Direction::Play) => &self.to_client,
+            _ => &self.to_origin,
+        }
+    }
+}
+
 /// What a hop knows about one RTMP session from the messages crossing it.
 #[derive(Debug, Clone, Default)]
 pub struct SessionTracker {
@@ -385,6 +426,24 @@ impl SessionTracker {
             vec![Amf0Value::Null, Amf0Value::Number(f64::from(stream_id))],
         ));
         out
+    }
+
+    /// What the session shows the operator now.
+    pub fn report(&self) -> SessionReport {
+        SessionReport {
+            app: self.app.clone(),
+            stream: self.stream.clone(),
+            direction: self.direction,
+            first_media: self.first_media,
+            to_origin: self.to_origin,
+            to_client: self.to_client,
+            queue: self.queue,
+            gateway: self.gateway.clone(),
+            arrived_late: self.arrived_late,
+            reset_in_quic: self.reset_in_quic,
+            recoveries: self.recoveries.clone(),
+            identity: self.rights.as_ref().map(|r| r.identity.clone()),
+        }
     }
 
     /// The counters of the flow media goes in: toward the origin for a publisher, toward the

@@ -1,6 +1,7 @@
-//! rtmpq-telemetry: what edge and gateway report about themselves. A [`Telemetry`] registry of
-//! live sessions and QUIC connections, turned once a second into Prometheus metrics (through
-//! the `metrics` facade) and into the JSON status API, served together by [`serve`].
+//! rtmpq-telemetry: what edge and gateway report about themselves. [`Telemetry`] reads the
+//! reports the hop's live sessions publish (its [`SessionRegistry`]) and its QUIC connections'
+//! stats once a second, and turns them into Prometheus metrics (through the `metrics` facade)
+//! and into the JSON status API, served together by [`serve`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -8,12 +9,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
+use rtmpq_hop::registry::SessionRegistry;
 use rtmpq_hop::rtmp::WaitTimes;
 use rtmpq_hop::session::Recovered;
 use rtmpq_proto::buffer_bound::BufferBound;
 use rtmpq_proto::media_queue::Dropped;
-use rtmpq_proto::session::SessionTracker;
+use rtmpq_proto::session::SessionReport;
 use rtmpq_proto::wire::{CloseCode, SessionId};
+use tokio::sync::watch;
 
 mod http;
 mod prometheus;
@@ -56,15 +59,10 @@ impl Role {
     }
 }
 
-#[derive(Debug)]
+/// What telemetry keeps of a live session between ticks (the session itself is in the hop's
+/// [`SessionRegistry`]).
+#[derive(Debug, Default)]
 struct SessionEntry {
-    id: SessionId,
-    peer: String,
-    /// When the session started.
-    started: Instant,
-    tracker: Arc<Mutex<SessionTracker>>,
-    /// The messages waiting for the session's RTMP writer.
-    waiting: Arc<WaitTimes>,
     /// (when, media bytes) samples for the bitrate window.
     samples: VecDeque<(Instant, u64)>,
     reported: Reported,
@@ -114,6 +112,9 @@ impl Events {
 pub struct Telemetry {
     role: Role,
     events: Events,
+    /// The hop's live sessions and their reports.
+    live: Arc<SessionRegistry>,
+    /// What was reported of each, for metric deltas and the status API.
     sessions: Mutex<HashMap<SessionId, SessionEntry>>,
     connections: Mutex<HashMap<usize, ConnectionEntry>>,
     buffer: OnceLock<BufferBound>,
@@ -151,10 +152,11 @@ impl HandshakeLog {
 }
 
 impl Telemetry {
-    /// An empty registry for `role`.
-    pub fn new(role: Role) -> Arc<Telemetry> {
+    /// Telemetry for `role`, reporting the sessions in `live`.
+    pub fn new(role: Role, live: Arc<SessionRegistry>) -> Arc<Telemetry> {
         Arc::new(Telemetry {
             role,
+            live,
             sessions: Mutex::default(),
             connections: Mutex::default(),
             buffer: OnceLock::new(),
@@ -180,38 +182,33 @@ impl Telemetry {
         let _ = self.buffer.set(buffer);
     }
 
-    /// Registers a live session, starting now: its tracker, and the messages waiting for its
-    /// RTMP writer (for its queue age).
+    /// The live sessions this reports.
+    pub fn live(&self) -> &Arc<SessionRegistry> {
+        &self.live
+    }
+
+    /// Registers a live session, starting now, with the messages waiting for its RTMP writer
+    /// (for its queue age); it publishes its reports on what is returned.
     pub fn session_started(
         &self,
         id: SessionId,
         peer: String,
-        tracker: Arc<Mutex<SessionTracker>>,
         waiting: Arc<WaitTimes>,
-    ) {
-        self.sessions.lock().expect("lock").insert(
-            id,
-            SessionEntry {
-                id,
-                peer,
-                started: Instant::now(),
-                tracker,
-                waiting,
-                samples: VecDeque::new(),
-                reported: Reported::default(),
-                last_status: None,
-                last_video_frames: 0,
-            },
-        );
+    ) -> watch::Sender<SessionReport> {
         gauge!("rtmpq_sessions_open", "role" => self.role.as_str()).increment(1.0);
+        self.live.register(id, peer, waiting)
     }
 
-    /// Removes a session, pushing its final counts, counts why it ended, and keeps it among
-    /// the last [`ENDED_KEPT`] ended sessions.
+    /// Removes a session, pushing its final counts from its last report, counts why it
+    /// ended, and keeps it among the last [`ENDED_KEPT`] ended sessions.
     pub fn session_ended(&self, id: SessionId, code: CloseCode, reason: &str) {
-        let entry = self.sessions.lock().expect("lock").remove(&id);
-        if let Some(mut entry) = entry {
-            self.report_session(&mut entry, Instant::now());
+        // The same order as a tick (metrics, then the registry): a tick never sees a session
+        // between its two removals and counts it again from zero.
+        let mut sessions = self.sessions.lock().expect("lock");
+        let entry = sessions.remove(&id);
+        if let Some(live) = self.live.remove(id) {
+            let mut entry = entry.unwrap_or_default();
+            self.report_session(id, &live, &mut entry, Instant::now());
             gauge!("rtmpq_sessions_open", "role" => self.role.as_str()).decrement(1.0);
             if let Some(session) = entry.last_status {
                 let mut ended = self.ended.lock().expect("lock");
@@ -402,19 +399,6 @@ impl Telemetry {
             .collect()
     }
 
-    /// Whether a live session other than `id` publishes `app`/`stream` now (a pusher that
-    /// came back by itself while its old session was held).
-    pub fn publishing_elsewhere(&self, id: SessionId, app: &str, stream: &str) -> bool {
-        let sessions = self.sessions.lock().expect("lock");
-        sessions.values().any(|s| {
-            let t = s.tracker.lock().expect("tracker");
-            s.id != id
-                && t.direction == Some(rtmpq_proto::session::Direction::Publish)
-                && t.app.as_deref() == Some(app)
-                && t.stream.as_deref() == Some(stream)
-        })
-    }
-
     /// The live connections as of the last tick.
     pub fn connections(&self) -> Vec<ConnectionStatus> {
         let connections = self.connections.lock().expect("lock");
@@ -427,9 +411,13 @@ impl Telemetry {
     /// Refreshes every figure; call once per [`TICK`].
     pub fn tick(&self) {
         let now = Instant::now();
-        for entry in self.sessions.lock().expect("lock").values_mut() {
-            self.report_session(entry, now);
+        let mut sessions = self.sessions.lock().expect("lock");
+        let live = self.live.live();
+        sessions.retain(|id, _| live.iter().any(|(l, _)| l == id));
+        for (id, session) in &live {
+            self.report_session(*id, session, sessions.entry(*id).or_default(), now);
         }
+        drop(sessions);
         for entry in self.connections.lock().expect("lock").values_mut() {
             self.report_connection(entry);
         }
@@ -472,55 +460,34 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtmpq_proto::session::Direction;
-
-    fn tracker(app: &str, stream: &str, direction: Direction) -> Arc<Mutex<SessionTracker>> {
-        let mut t = SessionTracker::default();
-        t.app = Some(app.into());
-        t.stream = Some(stream.into());
-        t.direction = Some(direction);
-        Arc::new(Mutex::new(t))
-    }
+    use rtmpq_proto::session::{Direction, SessionReport};
 
     #[test]
-    fn a_new_publish_of_the_same_stream_is_seen_by_a_held_session() {
-        let telemetry = Telemetry::new(Role::Edge);
-        let held = SessionId(1);
-        telemetry.session_started(
-            held,
-            "a".into(),
-            tracker("live", "cam", Direction::Publish),
-            Arc::default(),
+    fn the_status_api_shows_what_sessions_last_reported_and_their_end() {
+        let telemetry = Telemetry::new(Role::Edge, Arc::default());
+        let id = SessionId(1);
+        let reports = telemetry.session_started(id, "client".into(), Arc::default());
+        telemetry.tick();
+        assert_eq!(telemetry.sessions()[0].app, "", "nothing reported yet");
+        reports.send_replace(SessionReport {
+            app: Some("live".into()),
+            stream: Some("cam".into()),
+            direction: Some(Direction::Publish),
+            ..SessionReport::default()
+        });
+        telemetry.tick();
+        let live = telemetry.sessions();
+        assert_eq!(
+            (live[0].app.as_str(), live[0].peer.as_str()),
+            ("live", "client")
         );
-        assert!(
-            !telemetry.publishing_elsewhere(held, "live", "cam"),
-            "only itself"
-        );
-        telemetry.session_started(
-            SessionId(2),
-            "b".into(),
-            tracker("live", "cam", Direction::Play),
-            Arc::default(),
-        );
-        telemetry.session_started(
-            SessionId(3),
-            "c".into(),
-            tracker("live", "other", Direction::Publish),
-            Arc::default(),
-        );
-        assert!(
-            !telemetry.publishing_elsewhere(held, "live", "cam"),
-            "a player, another stream"
-        );
-        telemetry.session_started(
-            SessionId(4),
-            "d".into(),
-            tracker("live", "cam", Direction::Publish),
-            Arc::default(),
-        );
-        assert!(
-            telemetry.publishing_elsewhere(held, "live", "cam"),
-            "the pusher came back"
+        telemetry.session_ended(id, CloseCode::Normal, "client closed");
+        assert!(telemetry.sessions().is_empty());
+        assert!(telemetry.live().live().is_empty(), "gone from the registry");
+        let ended = telemetry.ended_sessions();
+        assert_eq!(
+            (ended[0].session.stream.as_str(), ended[0].code.as_str()),
+            ("cam", "normal")
         );
     }
 }

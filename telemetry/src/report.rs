@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use metrics::{counter, gauge};
-use rtmpq_proto::session::{Flow, SessionTracker};
+use rtmpq_hop::registry::LiveSession;
+use rtmpq_proto::session::{Flow, SessionReport};
+use rtmpq_proto::wire::SessionId;
 
 use crate::prometheus::label_value;
 use crate::{
@@ -13,9 +15,15 @@ use crate::{
 };
 
 impl Telemetry {
-    pub(crate) fn report_session(&self, entry: &mut SessionEntry, now: Instant) {
-        let t = entry.tracker.lock().expect("tracker").clone();
-        let status = session_status(entry, &t, now);
+    pub(crate) fn report_session(
+        &self,
+        id: SessionId,
+        live: &LiveSession,
+        entry: &mut SessionEntry,
+        now: Instant,
+    ) {
+        let t = live.report.borrow().clone();
+        let status = session_status(id, live, entry, &t, now);
         entry.last_video_frames = status.video_frames;
         self.push_session_metrics(&status, &t, &mut entry.reported);
         entry.last_status = Some(status);
@@ -23,7 +31,7 @@ impl Telemetry {
 
     /// Adds what a session's counters gained since the last tick to its series and sets its
     /// gauges.
-    fn push_session_metrics(&self, status: &SessionStatus, t: &SessionTracker, r: &mut Reported) {
+    fn push_session_metrics(&self, status: &SessionStatus, t: &SessionReport, r: &mut Reported) {
         let labels = [
             ("role", self.role.as_str().to_owned()),
             ("app", label_value(&status.app)),
@@ -160,9 +168,15 @@ impl Telemetry {
     }
 }
 
-/// A live session's status now, from its tracker: the media bitrate over the last
+/// A live session's status now, from its report `t`: the media bitrate over the last
 /// [`BITRATE_WINDOW`] (samples kept in `entry`), fps since the last tick.
-fn session_status(entry: &mut SessionEntry, t: &SessionTracker, now: Instant) -> SessionStatus {
+fn session_status(
+    id: SessionId,
+    live: &LiveSession,
+    entry: &mut SessionEntry,
+    t: &SessionReport,
+    now: Instant,
+) -> SessionStatus {
     let media = *t.media_flow();
     entry.samples.push_back((now, media.media_bytes));
     while entry
@@ -180,15 +194,15 @@ fn session_status(entry: &mut SessionEntry, t: &SessionTracker, now: Instant) ->
         0.0
     };
     SessionStatus {
-        id: entry.id.to_string(),
-        peer: entry.peer.clone(),
+        id: id.to_string(),
+        peer: live.peer.clone(),
         app: t.app.clone().unwrap_or_default(),
         stream: t.stream.clone().unwrap_or_default(),
         direction: t.direction.map_or("", |d| d.as_str()).to_owned(),
-        duration_seconds: now.duration_since(entry.started).as_secs_f64(),
+        duration_seconds: now.duration_since(live.started).as_secs_f64(),
         first_media_after_seconds: t
             .first_media
-            .map(|at| at.saturating_duration_since(entry.started).as_secs_f64()),
+            .map(|at| at.saturating_duration_since(live.started).as_secs_f64()),
         to_origin_bytes: t.to_origin.bytes,
         to_client_bytes: t.to_client.bytes,
         to_origin_messages: t.to_origin.messages,
@@ -198,7 +212,7 @@ fn session_status(entry: &mut SessionEntry, t: &SessionTracker, now: Instant) ->
         bitrate_bps: bitrate,
         fps: media.video_frames.saturating_sub(entry.last_video_frames) as f64,
         keyframe_interval_seconds: media.keyframe_interval_ms.map(|ms| f64::from(ms) / 1000.0),
-        queue_age_seconds: [t.queue.oldest, entry.waiting.oldest()]
+        queue_age_seconds: [t.queue.oldest, live.waiting.oldest()]
             .into_iter()
             .flatten()
             .map(|at| now.saturating_duration_since(at))
