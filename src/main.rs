@@ -135,6 +135,10 @@ struct CapacityArgs {
     /// Results folder (capacity.json, logs).
     #[arg(long, default_value = "capacity-results")]
     out: PathBuf,
+    /// The rtmpq binary the edge and gateway run from [default: this one]: two builds under
+    /// one harness, for a before/after.
+    #[arg(long, value_name = "FILE")]
+    hops: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -379,7 +383,10 @@ async fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
 }
 
 async fn run_capacity(args: CapacityArgs) -> anyhow::Result<()> {
-    let ctx = load_context(&args.out)?;
+    let mut ctx = load_context(&args.out)?;
+    if let Some(hops) = &args.hops {
+        ctx.rtmpq = hops.clone();
+    }
     let report = rtmpq_bench::load::capacity(
         &ctx,
         &args.steps,
