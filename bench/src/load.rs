@@ -303,7 +303,10 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// thread put to sleep or woken, the cost of a wake-up the CPU figure alone hides.
 fn context_switches(pid: u32) -> Option<u64> {
     let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
         total += status
             .lines()

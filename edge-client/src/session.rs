@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
 use rtmpq_hop::recovery::{self, GaveUp, OriginExchange, Retry};
-use rtmpq_hop::registry::reporting;
+use rtmpq_hop::registry::{reporting, SessionRegistry};
 use rtmpq_hop::rtmp::{RtmpConnection, RtmpIoError, RtmpSide, WaitTimes};
 use rtmpq_hop::session::{Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel};
 use rtmpq_hop::tunnel::{close_stream, TunnelRecv, TunnelSend};
@@ -191,11 +191,8 @@ struct Held {
 impl Held {
     /// The end of a held session whose pusher came back by itself (its new session publishes
     /// the same stream): this one gives way instead of meeting the new one as `BadName`.
-    fn taken_over(&self, shared: &Shared) -> Option<SessionEnd> {
-        shared
-            .telemetry
-            .live()
-            .publishing_elsewhere(self.session_id, &self.app, &self.stream)
+    fn taken_over(&self, live: &SessionRegistry) -> Option<SessionEnd> {
+        live.publishing_elsewhere(self.session_id, &self.app, &self.stream)
             .then(|| {
                 let reason = format!(
                     "taken over by a new publish of {}/{} while held",
@@ -229,7 +226,7 @@ async fn set_up_again(
         held,
     } = again;
     let open = || async {
-        if let Some(end) = held.taken_over(shared) {
+        if let Some(end) = held.taken_over(shared.telemetry.live()) {
             return Err(Retry::Stop(end));
         }
         let session_id = SessionId(rand::random());
@@ -309,5 +306,42 @@ fn queue_policy(shared: &Shared, buffer: &Arc<SessionBuffer>) -> QueuePolicy {
         pause_reading_above: shared.settings.backpressure,
         path: None,
         charge: Some(buffer.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtmpq_proto::session::{Direction, SessionReport};
+
+    #[test]
+    fn a_held_session_gives_way_to_a_new_publish_of_its_stream_only() {
+        let live = SessionRegistry::default();
+        let held = Held {
+            session_id: SessionId(1),
+            app: "live".into(),
+            stream: "cam".into(),
+        };
+        let publish = |id: u64, stream: &str, direction: Direction| {
+            let reports = live.register(SessionId(id), "client".into(), Arc::default());
+            reports.send_replace(SessionReport {
+                app: Some("live".into()),
+                stream: Some(stream.into()),
+                direction: Some(direction),
+                ..SessionReport::default()
+            });
+            reports
+        };
+        let _itself = publish(1, "cam", Direction::Publish);
+        let _player = publish(2, "cam", Direction::Play);
+        let _other = publish(3, "other", Direction::Publish);
+        assert_eq!(held.taken_over(&live), None);
+        let _back = publish(4, "cam", Direction::Publish);
+        let end = held.taken_over(&live).expect("the pusher came back");
+        assert_eq!(
+            (end.code, end.ended_by),
+            (CloseCode::Normal, EndedBy::Local)
+        );
+        assert!(end.reason.contains("live/cam"), "{}", end.reason);
     }
 }

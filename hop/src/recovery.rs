@@ -162,7 +162,136 @@ pub async fn replay_set_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtmpq_proto::command::{
+        connect_object, connect_result, on_status, request, result, Amf0Value, Command,
+    };
+    use rtmpq_proto::journal::SessionJournal;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
+
+    /// A publisher's set-up as the journal keeps it.
+    fn publisher_replay() -> Replay {
+        let text = |s: &str| Amf0Value::Utf8String(s.into());
+        let mut journal = SessionJournal::default();
+        for m in [
+            request(
+                "connect",
+                1.0,
+                0,
+                vec![connect_object("live", "rtmp://o/live")],
+            ),
+            request("createStream", 2.0, 0, vec![Amf0Value::Null]),
+            request(
+                "publish",
+                3.0,
+                1,
+                vec![Amf0Value::Null, text("cam"), text("live")],
+            ),
+        ] {
+            journal.observe(&m, Command::parse(&m).unwrap().as_ref());
+        }
+        journal.replay().expect("set up")
+    }
+
+    /// An origin that answers a set-up as nginx-rtmp does; `publish_code` is its answer to
+    /// publish (`NetStream.Publish.BadName` while it still holds the old publisher).
+    struct FakeOrigin {
+        publish_code: &'static str,
+        answers: VecDeque<Message>,
+        given_up: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl OriginExchange for FakeOrigin {
+        async fn send(&mut self, msgs: Vec<Message>) -> Result<(), String> {
+            for m in msgs {
+                let Some(cmd) = Command::parse(&m).unwrap() else {
+                    continue;
+                };
+                let answer = match cmd.name.as_str() {
+                    "connect" => connect_result(cmd.transaction_id),
+                    "createStream" => result(cmd.transaction_id, Amf0Value::Number(7.0)),
+                    "publish" if self.publish_code.ends_with("Start") => {
+                        on_status(7, "status", self.publish_code, "")
+                    }
+                    "publish" => on_status(7, "error", self.publish_code, "already publishing"),
+                    _ => continue,
+                };
+                self.answers.push_back(answer);
+            }
+            Ok(())
+        }
+
+        async fn next(&mut self) -> Result<Message, String> {
+            self.answers
+                .pop_front()
+                .ok_or_else(|| "origin closed".to_owned())
+        }
+
+        async fn give_up(&mut self, why: &str) {
+            self.given_up.lock().unwrap().push(why.to_owned());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_set_up_is_replayed_on_each_new_way_until_the_origin_takes_it() {
+        let start = Instant::now();
+        let given_up = Arc::new(Mutex::new(Vec::new()));
+        let mut opened = Vec::new();
+        let replay = publisher_replay();
+        let out = set_up_again(start + Duration::from_secs(5), "test", &replay, || {
+            opened.push(start.elapsed().as_millis());
+            let n = opened.len();
+            let given_up = given_up.clone();
+            async move {
+                match n {
+                    // No way to the origin yet (a gateway still down).
+                    1 => Err(Retry::<()>::Again("unreachable".into())),
+                    // The origin still holds the old publisher.
+                    2 => Ok(FakeOrigin {
+                        publish_code: "NetStream.Publish.BadName",
+                        answers: VecDeque::new(),
+                        given_up,
+                    }),
+                    _ => Ok(FakeOrigin {
+                        publish_code: "NetStream.Publish.Start",
+                        answers: VecDeque::new(),
+                        given_up,
+                    }),
+                }
+            }
+        })
+        .await;
+        let (_, mut filter) = out.expect("set up on the third way");
+        // The client's messages on its stream 1 go on the origin's stream 7.
+        let later = request("FCUnpublish", 4.0, 1, vec![Amf0Value::Null]);
+        assert_eq!(filter.toward_origin(later).map(|m| m.stream_id), Some(7));
+        assert_eq!(opened, [0, 100, 300], "the core's backoff between attempts");
+        let given_up = given_up.lock().unwrap();
+        assert_eq!(
+            given_up.len(),
+            1,
+            "the refused attempt is told why: {given_up:?}"
+        );
+        assert!(given_up[0].contains("BadName"), "{given_up:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_says_stop_ends_the_set_up_at_once() {
+        let start = Instant::now();
+        let out = set_up_again::<FakeOrigin, _, _>(
+            start + Duration::from_secs(5),
+            "test",
+            &publisher_replay(),
+            || async { Err(Retry::Stop("taken over by a new publish")) },
+        )
+        .await;
+        assert!(matches!(
+            out,
+            Err(GaveUp::Stopped("taken over by a new publish"))
+        ));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn retries_with_backoff_until_the_deadline_then_says_why() {
