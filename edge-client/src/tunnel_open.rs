@@ -1,6 +1,7 @@
 //! Opening a session's tunnel on a gateway connection: SESSION_OPEN for a new session (or one
 //! set up again), SESSION_RESUME with the gateway's single-use token for one it holds.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,20 +81,28 @@ pub(crate) async fn resume_within(
     token: ResumeToken,
     deadline: tokio::time::Instant,
 ) -> Result<Tunnel, String> {
-    let shared = session.shared;
+    let gateway_wait = session.shared.settings.gateway_wait;
+    until_a_gateway(deadline, gateway_wait, |wait| resume(session, token, wait)).await
+}
+
+/// Runs `attempt` (given how long it may wait for a gateway connection: `gateway_wait`, never
+/// past `deadline`) again after [`Backoff::FIRST`] while it finds no gateway and `deadline`
+/// has not passed; how the first attempt that met a gateway went.
+async fn until_a_gateway<T, F: Future<Output = Result<T, ResumeError>>>(
+    deadline: tokio::time::Instant,
+    gateway_wait: Duration,
+    mut attempt: impl FnMut(Duration) -> F,
+) -> Result<T, String> {
     loop {
-        // Never past the reconnect limit waiting for a connection.
-        let wait = shared
-            .settings
-            .gateway_wait
-            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        match resume(session, token, wait).await {
+        let wait =
+            gateway_wait.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match attempt(wait).await {
             Err(ResumeError::NoGateway(why)) if tokio::time::Instant::now() < deadline => {
                 info!(reason = %why, "no gateway to resume the session on yet; waiting for one");
                 tokio::time::sleep(Backoff::FIRST).await;
             }
             Err(e) => return Err(e.to_string()),
-            Ok(tunnel) => return Ok(tunnel),
+            Ok(done) => return Ok(done),
         }
     }
 }
@@ -185,6 +194,49 @@ pub(crate) async fn open_tunnel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_waits_for_a_gateway_until_the_deadline_and_no_longer() {
+        use tokio::time::Instant;
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(1);
+        let gateway_wait = Duration::from_millis(300);
+        // No gateway twice (each attempt waits for one as long as it may), then one answers.
+        let mut tried = Vec::new();
+        let resumed = until_a_gateway(deadline, gateway_wait, |wait| {
+            tried.push((start.elapsed().as_millis(), wait.as_millis()));
+            let n = tried.len();
+            async move {
+                tokio::time::sleep(wait).await;
+                match n {
+                    1 | 2 => Err(ResumeError::NoGateway("unreachable".into())),
+                    _ => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(resumed, Ok(3));
+        // The third attempt may wait only for what is left of the deadline.
+        assert_eq!(tried, [(0, 300), (400, 300), (800, 200)]);
+        // Past the deadline the edge stops waiting and says why.
+        let late = until_a_gateway(deadline, gateway_wait, |wait| async move {
+            tokio::time::sleep(wait).await;
+            Err::<(), _>(ResumeError::NoGateway("still unreachable".into()))
+        })
+        .await;
+        assert_eq!(late, Err("still unreachable".to_owned()));
+        assert!(Instant::now() >= deadline);
+        // A gateway that answered and refused ends the resume at once: the token is spent.
+        let at = Instant::now();
+        let refused = until_a_gateway(at + Duration::from_secs(5), gateway_wait, |_| async {
+            Err::<(), _>(ResumeError::Failed("resume refused".into()))
+        })
+        .await;
+        assert_eq!(
+            (refused, at.elapsed()),
+            (Err("resume refused".to_owned()), Duration::ZERO)
+        );
+    }
 
     fn closed_with(code: CloseCode) -> OpenError {
         let close = quinn::ApplicationClose {
