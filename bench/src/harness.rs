@@ -48,6 +48,8 @@ pub enum Transport {
         /// The edge's `--carrier`: lanes (audio and each GOP on QUIC streams of their own, the
         /// default) or the session stream.
         lanes: bool,
+        /// The edge's `--transport tcp`: the TCP carrier (TLS 1.3 over TCP) instead of QUIC.
+        tcp: bool,
     },
 }
 
@@ -62,6 +64,7 @@ impl Transport {
         budget_ms: DEFAULT_BUDGET_MS,
         backpressure_ms: 0,
         lanes: true,
+        tcp: false,
     };
 
     /// Every transport, in report order.
@@ -75,7 +78,7 @@ impl Transport {
 
     /// Short name for tables and the command line: `rtmpq` with the default budget,
     /// `rtmpq:MS` with another, `rtmpq-bp` in back-pressure mode, `rtmpq-stream` with
-    /// everything on the session stream (no media lanes).
+    /// everything on the session stream (no media lanes), `rtmpq-tcp` on the TCP carrier.
     pub fn name(self) -> String {
         match self {
             Transport::TcpCubic => "tcp-cubic".into(),
@@ -86,12 +89,15 @@ impl Transport {
                 budget_ms,
                 backpressure_ms,
                 lanes,
+                tcp,
             } => {
                 let mut name = "rtmpq".to_owned();
                 if backpressure_ms > 0 {
                     name.push_str("-bp");
                 }
-                if !lanes {
+                if tcp {
+                    name.push_str("-tcp");
+                } else if !lanes {
                     name.push_str("-stream");
                 }
                 if budget_ms != DEFAULT_BUDGET_MS {
@@ -119,16 +125,26 @@ impl Transport {
                 budget_ms: budget,
                 backpressure_ms: 0,
                 lanes: true,
+                tcp: false,
             }),
             "rtmpq-bp" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: BENCH_BACKPRESSURE_MS,
                 lanes: true,
+                tcp: false,
             }),
             "rtmpq-stream" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: 0,
                 lanes: false,
+                tcp: false,
+            }),
+            // Media lanes need QUIC: on TCP everything rides the session's connection.
+            "rtmpq-tcp" => Some(Transport::Rtmpq {
+                budget_ms: budget,
+                backpressure_ms: 0,
+                lanes: false,
+                tcp: true,
             }),
             _ if budget != DEFAULT_BUDGET_MS => None,
             _ => Transport::ALL.into_iter().find(|t| t.name() == name),
@@ -672,6 +688,7 @@ pub async fn run_one(
             budget_ms,
             backpressure_ms,
             lanes,
+            tcp,
         } => {
             // One listed edge identity (a token), as a deployment has: flooders know no token.
             let gateway_toml = run_dir.join("gateway.toml");
@@ -717,6 +734,8 @@ pub async fn run_one(
                 backpressure_ms.to_string(),
                 s("--carrier"),
                 s(if lanes { "lanes" } else { "stream" }),
+                s("--transport"),
+                s(if tcp { "tcp" } else { "quic" }),
             ];
             if profile.second_gateway {
                 // Same certificate and identities; its own port, metrics and state.

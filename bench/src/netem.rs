@@ -108,6 +108,9 @@ pub struct LinkSpec {
     /// From this long after the start, UDP packets to or from this port (a server in B) are
     /// dropped both ways: that server's host is cut off; others in B still answer.
     pub cut_port: Option<(Duration, u16)>,
+    /// (start, length) from the link's start: every UDP packet dropped both ways (a network
+    /// that blocks UDP; TCP passes).
+    pub udp_blocked: Vec<(Duration, Duration)>,
 }
 
 impl LinkSpec {
@@ -121,6 +124,7 @@ impl LinkSpec {
             rebind_at: None,
             early_loss: None,
             cut_port: None,
+            udp_blocked: Vec::new(),
         }
     }
 }
@@ -306,6 +310,7 @@ impl Link {
         let start = Instant::now();
         let started_ns = rtmpq_demo::clock::monotonic_ns();
         let blackouts = Arc::new(spec.blackouts.clone());
+        let udp_blocked = Arc::new(spec.udp_blocked.clone());
         for (from, to, dir, counts, rebind) in [
             (
                 tun_a.clone(),
@@ -327,6 +332,7 @@ impl Link {
                 rebind,
                 early_loss: spec.early_loss,
                 cut_port: spec.cut_port,
+                udp_blocked: udp_blocked.clone(),
             };
             tokio::spawn(forward(from, to, dir, events, start, counts, stop.clone()));
         }
@@ -419,6 +425,7 @@ struct Events {
     rebind: Option<(Duration, Rebind)>,
     early_loss: Option<(f64, Duration)>,
     cut_port: Option<(Duration, u16)>,
+    udp_blocked: Arc<Vec<(Duration, Duration)>>,
 }
 
 /// Whether `packet` is IPv4 UDP to or from `port`.
@@ -432,6 +439,11 @@ fn udp_port_is(packet: &[u8], port: u16) -> bool {
     }
     let at = |i: usize| u16::from_be_bytes([packet[ihl + i], packet[ihl + i + 1]]);
     at(0) == port || at(2) == port
+}
+
+/// Whether `packet` is an IPv4 UDP datagram.
+fn is_udp(packet: &[u8]) -> bool {
+    packet.len() >= 20 && packet[0] >> 4 == 4 && packet[9] == 17
 }
 
 /// The port a rebinding NAT maps A's port to (and back: the map is its own inverse).
@@ -503,6 +515,11 @@ async fn forward(
             || events
                 .cut_port
                 .is_some_and(|(at, port)| since >= at && udp_port_is(&buf[..n], port))
+            || (is_udp(&buf[..n])
+                && events
+                    .udp_blocked
+                    .iter()
+                    .any(|(at, len)| since >= *at && since < at.saturating_add(*len)))
         {
             counts.blackout_dropped.fetch_add(1, Ordering::Relaxed);
             continue;

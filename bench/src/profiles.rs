@@ -150,7 +150,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
                 "Gilbert-Elliott bursts (mean loss {:.1} %), 50 ms RTT, 10 Mbit/s",
                 bursty.up.burst.expect("burst").mean_loss() * 100.0
             ),
-            bursty,
+            bursty.clone(),
         ),
         profile(
             "near-capacity",
@@ -286,6 +286,25 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
                 event_at.as_secs()
             ),
             moved,
+        ),
+        profile(
+            "udp-blocked",
+            format!(
+                "every UDP packet dropped (TCP passes), Wi-Fi-like bursts (mean loss {:.1} %), 50 ms RTT, 10 Mbit/s",
+                bursty.up.burst.expect("burst").mean_loss() * 100.0
+            ),
+            LinkSpec {
+                udp_blocked: vec![(Duration::ZERO, Duration::MAX)],
+                ..bursty.clone()
+            },
+        ),
+        profile(
+            "udp-blocked-slow",
+            "every UDP packet dropped (TCP passes), link at 80 % of the stream's bitrate, 200 ms queue, 50 ms RTT".into(),
+            LinkSpec {
+                udp_blocked: vec![(Duration::ZERO, Duration::MAX)],
+                ..capacity(0.8, 200)
+            },
         ),
     ]
 }

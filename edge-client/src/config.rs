@@ -79,6 +79,13 @@ pub struct EdgeConfig {
     /// QUIC), or `"stream"`, everything on the session's own QUIC stream.
     #[arg(long, value_name = "lanes|stream")]
     pub carrier: MediaCarrier,
+    /// How sessions reach the gateway: `"quic"` (default; UDP) or `"tcp"`, TLS 1.3 over TCP,
+    /// one connection per session, for networks that block UDP.
+    #[arg(long, value_name = "quic|tcp")]
+    pub transport: EdgeTransport,
+    /// The gateways' TCP port for the TCP carrier, if not their QUIC port number (e.g. 443).
+    #[arg(long, value_name = "PORT")]
+    pub tcp_port: Option<u16>,
     /// Address for Prometheus metrics and the status API.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -132,6 +139,8 @@ impl Default for EdgeConfig {
             backpressure_ms: 0,
             max_queue_mb: 32,
             carrier: MediaCarrier::default(),
+            transport: EdgeTransport::default(),
+            tcp_port: None,
             metrics: None,
             max_sessions: 256,
             handshake_timeout_ms: 10_000,
@@ -176,6 +185,28 @@ impl std::str::FromStr for MediaCarrier {
             other => Err(format!(
                 "carrier {other:?}: expected \"stream\" or \"lanes\""
             )),
+        }
+    }
+}
+
+/// How the edge's sessions reach the gateway (TOML `transport`, flag `--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeTransport {
+    /// QUIC over UDP: every session a stream of one connection.
+    #[default]
+    Quic,
+    /// TLS 1.3 over TCP: a connection per session (networks that block UDP).
+    Tcp,
+}
+
+impl std::str::FromStr for EdgeTransport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quic" => Ok(EdgeTransport::Quic),
+            "tcp" => Ok(EdgeTransport::Tcp),
+            other => Err(format!("transport {other:?}: expected \"quic\" or \"tcp\"")),
         }
     }
 }
@@ -256,6 +287,10 @@ pub struct EdgeSettings {
     pub max_queue_bytes: usize,
     /// How sessions carry media.
     pub carrier: Carrier,
+    /// How sessions reach the gateway.
+    pub transport: EdgeTransport,
+    /// The gateways' TCP carrier port, if not their QUIC port.
+    pub tcp_port: Option<u16>,
 }
 
 impl EdgeConfig {
@@ -310,6 +345,8 @@ impl EdgeConfig {
             backpressure: optional_ms(self.backpressure_ms),
             max_queue_bytes: above_zero(self.max_queue_mb, "max_queue_mb")? << 20,
             carrier: self.carrier.wire(),
+            transport: self.transport,
+            tcp_port: self.tcp_port,
             listen: self.listen,
             gateways,
             standby: self.standby,

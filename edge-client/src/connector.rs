@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rtmpq_hop::session::TunnelLink;
 use rtmpq_hop::transport::{quic_code, PathWatch};
-use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost};
+use rtmpq_hop::tunnel::{write_frame, FrameReader};
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
 use rtmpq_telemetry::Telemetry;
 
@@ -32,7 +32,9 @@ pub enum LinkState {
 /// A live connection to the gateway and its path's figures.
 #[derive(Debug, Clone)]
 pub struct GatewayLink {
-    /// The connection, its path and media streams.
+    /// The connection.
+    pub conn: quinn::Connection,
+    /// Its path and media streams.
     pub link: TunnelLink,
     /// The gateway it goes to, as configured.
     pub address: String,
@@ -173,7 +175,7 @@ impl Connector {
         let mut rx = self.state.clone();
         let up = tokio::time::timeout(
             wait,
-            rx.wait_for(|s| matches!(s, LinkState::Up(l) if l.link.conn.close_reason().is_none())),
+            rx.wait_for(|s| matches!(s, LinkState::Up(l) if l.conn.close_reason().is_none())),
         )
         .await;
         match up {
@@ -226,6 +228,7 @@ async fn maintain(
                 let link = TunnelLink::start(&conn);
                 let path = link.path.clone();
                 state.send_replace(LinkState::Up(GatewayLink {
+                    conn: conn.clone(),
                     link,
                     address: address.clone(),
                 }));
@@ -512,7 +515,7 @@ async fn hello_exchange(
         };
         write_frame(&mut send, &hello)
             .await
-            .map_err(|e| control(&StreamLost::from(e)))?;
+            .map_err(|e| control(&e))?;
         let mut frames = FrameReader::control(recv);
         match frames.next().await {
             Ok(Some(Frame::Welcome { version, .. })) if version == WIRE_VERSION => {

@@ -1,10 +1,12 @@
 //! rtmpq-edge: the local RTMP listener beside the pusher or player, its sessions, and the QUIC
-//! connection that carries them to the gateway.
+//! connection that carries them to the gateway (or, where UDP is blocked, a TLS connection
+//! over TCP per session).
 
 pub mod config;
 pub mod connector;
 mod refusal;
 mod session;
+pub mod tcp_dial;
 mod tunnel_open;
 
 use std::io::IsTerminal;
@@ -27,11 +29,20 @@ pub use connector::{Connector, LinkState};
 /// What stops the edge from starting.
 pub use rtmpq_hop::HopError as EdgeError;
 
+/// How the edge's sessions reach the gateway.
+#[derive(Debug)]
+enum Transport {
+    /// Streams of one QUIC connection the connector keeps up.
+    Quic(Connector),
+    /// A TLS connection over TCP per session.
+    Tcp(tcp_dial::TcpDialer),
+}
+
 /// State the edge's sessions share.
 #[derive(Debug)]
 struct Shared {
     settings: EdgeSettings,
-    connector: Connector,
+    transport: Transport,
     telemetry: Arc<Telemetry>,
     /// The session tasks and how they end on shutdown.
     drain: Drain,
@@ -64,6 +75,7 @@ impl Edge {
             None => None,
         };
         let tls = rtmpq_certs::client_tls(trust, identity)?;
+        let tcp_tls = rtmpq_hop::tcp::client_tls(tls.clone());
         let mut client_config = rtmpq_hop::transport::client_config(tls)?;
         if settings.standby && settings.gateways.len() > 1 {
             // Keep-alives often enough for a gateway to tell silence from a quiet session
@@ -96,17 +108,26 @@ impl Edge {
         let buffer = BufferBound::new(settings.max_buffered_bytes);
         telemetry.watch_buffer(buffer.clone());
         let connector_shutdown = CancellationToken::new();
-        let connector = Connector::start(
-            endpoint.clone(),
-            target,
-            telemetry.clone(),
-            connector_shutdown.clone(),
-        );
+        let transport = match settings.transport {
+            config::EdgeTransport::Quic => Transport::Quic(Connector::start(
+                endpoint.clone(),
+                target,
+                telemetry.clone(),
+                connector_shutdown.clone(),
+            )),
+            config::EdgeTransport::Tcp => Transport::Tcp(tcp_dial::TcpDialer {
+                tls: tcp_tls,
+                gateways: settings.gateways.clone(),
+                port: settings.tcp_port,
+                edge_id: settings.edge_id.clone(),
+                token: settings.token.expose().to_owned(),
+            }),
+        };
         Ok(Edge {
             listener,
             shared: Arc::new(Shared {
                 settings,
-                connector,
+                transport,
                 telemetry,
                 drain: Drain::default(),
                 buffer,

@@ -1,11 +1,14 @@
-//! Opening a session's tunnel on a gateway connection: SESSION_OPEN for a new session (or one
-//! set up again), SESSION_RESUME with the gateway's single-use token for one it holds.
+//! Opening a session's tunnel on the carrier the edge uses (a stream of the connector's QUIC
+//! connection, or a TLS connection over TCP of its own): SESSION_OPEN for a new session (or
+//! one set up again), SESSION_RESUME with the gateway's single-use token for one it holds.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rtmpq_hop::session::Tunnel;
+use rtmpq_hop::session::{Tunnel, TunnelLink};
+use rtmpq_hop::stream::SendHalf;
+use rtmpq_hop::tcp::GreetError;
 use rtmpq_hop::tunnel::{write_frame, FrameReader, StreamLost, TunnelRecv};
 use rtmpq_proto::buffer_bound::SessionBuffer;
 use rtmpq_proto::session::SessionTracker;
@@ -13,9 +16,10 @@ use rtmpq_proto::session_end::Backoff;
 use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
 use tracing::info;
 
-use crate::connector::{ConnectError, GatewayLink, GatewayUnavailable};
+use crate::connector::{ConnectError, GatewayUnavailable};
 use crate::session::EdgeSession;
-use crate::Shared;
+use crate::tcp_dial::TcpOpenError;
+use crate::{Shared, Transport};
 
 /// Why a session could not get its tunnel stream.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,9 @@ pub(crate) enum OpenError {
     /// The stream broke before SESSION_OPEN was sent.
     #[error("gateway: {0}")]
     Lost(#[from] StreamLost),
+    /// No gateway took a TCP carrier connection.
+    #[error("{0}")]
+    Tcp(#[from] TcpOpenError),
 }
 
 impl OpenError {
@@ -39,27 +46,52 @@ impl OpenError {
             OpenError::Unavailable(GatewayUnavailable::Down(ConnectError::Refused(
                 quinn::ConnectionError::ApplicationClosed(close),
             ))) => CloseCode::from_code(close.error_code.into_inner()),
+            OpenError::Tcp(TcpOpenError::Greeting(GreetError::Refused { code, .. })) => *code,
             _ => CloseCode::GatewayUnreachable,
         }
     }
 }
 
-/// A session stream opened on a gateway connection (SESSION_OPEN or SESSION_RESUME sent).
+/// A session stream opened on a gateway (SESSION_OPEN or SESSION_RESUME sent).
 pub(crate) struct OpenedStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    link: GatewayLink,
+    send: SendHalf,
+    frames: FrameReader,
+    link: TunnelLink,
 }
 
 impl OpenedStream {
     /// The session's tunnel over it, carrying media as the edge is configured to; what the
     /// edge sends keeps to its budget.
     pub(crate) fn tunnel(self, shared: &Shared, buffer: &Arc<SessionBuffer>) -> Tunnel {
-        let OpenedStream { send, recv, link } = self;
+        let OpenedStream { send, frames, link } = self;
         let (carrier, latency) = (shared.settings.carrier, shared.settings.latency_budget);
-        link.link
-            .tunnel(send, FrameReader::new(recv), carrier, latency, buffer)
+        link.tunnel(send, frames, carrier, latency, buffer)
     }
+}
+
+/// A new stream for the session on a gateway (waiting up to `wait` for one), `first` sent on
+/// it: on the TCP carrier a connection of its own, else a stream of the connector's QUIC
+/// connection. The gateway it went to is noted in `tracker`.
+async fn open_stream(
+    shared: &Shared,
+    tracker: &Mutex<SessionTracker>,
+    first: &Frame,
+    wait: Duration,
+) -> Result<OpenedStream, OpenError> {
+    let (mut send, frames, link, address) = match &shared.transport {
+        Transport::Tcp(tcp) => {
+            let (send, frames, address) = tcp.open(wait).await?;
+            (send, frames, TunnelLink::tcp(), address)
+        }
+        Transport::Quic(connector) => {
+            let link = connector.connection(wait).await?;
+            let (send, recv) = link.conn.open_bi().await?;
+            (send.into(), FrameReader::new(recv), link.link, link.address)
+        }
+    };
+    tracker.lock().expect("tracker").gateway = Some(address);
+    write_frame(&mut send, first).await?;
+    Ok(OpenedStream { send, frames, link })
 }
 
 /// The latency budget as SESSION_OPEN and SESSION_RESUME carry it: ms, 0 for none.
@@ -126,29 +158,21 @@ async fn resume(
     wait: Duration,
 ) -> Result<Tunnel, ResumeError> {
     let (shared, tracker, session_id) = (session.shared, session.tracker, session.session_id);
-    let link = shared
-        .connector
-        .connection(wait)
-        .await
-        .map_err(|e| ResumeError::NoGateway(e.to_string()))?;
+    let frame = Frame::SessionResume {
+        session_id,
+        latency_budget_ms: budget_ms(shared),
+        token,
+        carrier: shared.settings.carrier,
+    };
+    let opened = match open_stream(shared, tracker, &frame, wait).await {
+        Ok(opened) => opened,
+        // Nobody saw the token: it is still good.
+        Err(e @ (OpenError::Unavailable(_) | OpenError::Tcp(TcpOpenError::Unreachable(_)))) => {
+            return Err(ResumeError::NoGateway(e.to_string()))
+        }
+        Err(e) => return Err(ResumeError::Failed(e.to_string())),
+    };
     let attempt = async {
-        let (mut send, recv) = link.link.conn.open_bi().await.map_err(|e| e.to_string())?;
-        tracker.lock().expect("tracker").gateway = Some(link.address.clone());
-        let latency_budget_ms = budget_ms(shared);
-        let frame = Frame::SessionResume {
-            session_id,
-            latency_budget_ms,
-            token,
-            carrier: shared.settings.carrier,
-        };
-        write_frame(&mut send, &frame)
-            .await
-            .map_err(|e| StreamLost::from(e).to_string())?;
-        let opened = OpenedStream {
-            send,
-            recv,
-            link: link.clone(),
-        };
         let mut tunnel = opened.tunnel(shared, &session.buffer);
         match tunnel.frames.next().await {
             Ok(Some(Frame::ResumeToken(next))) => {
@@ -166,29 +190,19 @@ async fn resume(
         .map_err(ResumeError::Failed)
 }
 
-/// Opens a stream for session `session_id` on the gateway connection (waiting up to the
-/// configured gateway wait for one) and sends SESSION_OPEN on it.
+/// Opens a stream for session `session_id` on a gateway (waiting up to the configured
+/// gateway wait for one) and sends SESSION_OPEN on it.
 pub(crate) async fn open_tunnel(
     session_id: SessionId,
     shared: &Shared,
     tracker: &Mutex<SessionTracker>,
 ) -> Result<OpenedStream, OpenError> {
-    let link = shared
-        .connector
-        .connection(shared.settings.gateway_wait)
-        .await?;
-    tracker.lock().expect("tracker").gateway = Some(link.address.clone());
-    let (mut send, recv) = link.link.conn.open_bi().await?;
-    let latency_budget_ms = budget_ms(shared);
     let open = Frame::SessionOpen {
         session_id,
-        latency_budget_ms,
+        latency_budget_ms: budget_ms(shared),
         carrier: shared.settings.carrier,
     };
-    write_frame(&mut send, &open)
-        .await
-        .map_err(StreamLost::from)?;
-    Ok(OpenedStream { send, recv, link })
+    open_stream(shared, tracker, &open, shared.settings.gateway_wait).await
 }
 
 #[cfg(test)]

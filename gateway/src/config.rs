@@ -90,6 +90,13 @@ pub struct GatewayConfig {
     /// How long an RTMP handshake or HELLO may take, in ms.
     #[arg(long, value_name = "MS")]
     pub handshake_timeout_ms: u64,
+    /// Listen for the TCP carrier (TLS 1.3 over TCP, for edges on networks that block UDP).
+    #[arg(long)]
+    pub tcp: bool,
+    /// TCP address of the TCP carrier; default: the QUIC listener's address and port number
+    /// (`listen`). TCP 443 passes most firewalls that block UDP.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp_listen: Option<SocketAddr>,
     /// Address the embedded origin listens on (TCP) when there is no `origin`.
     #[arg(long, value_name = "ADDR")]
     pub embedded_origin_listen: SocketAddr,
@@ -131,6 +138,8 @@ impl Default for GatewayConfig {
             resume_grace_ms: 10_000,
             handshake_timeout_ms: 10_000,
             embedded_origin_listen: "127.0.0.1:0".parse().expect("valid"),
+            tcp: true,
+            tcp_listen: None,
             shutdown_grace_ms: 10_000,
             setup_timeout_ms: 15_000,
             max_buffered_mb: 512,
@@ -148,6 +157,10 @@ pub struct GatewaySettings {
     pub origin: Option<String>,
     /// Where the embedded origin listens.
     pub embedded_origin_listen: SocketAddr,
+    /// Whether the TCP carrier listens.
+    pub tcp: bool,
+    /// Its address, if not the QUIC listener's.
+    pub tcp_listen: Option<SocketAddr>,
     /// Certificates from `rtmpq certs init`, if any.
     pub cert_dir: Option<PathBuf>,
     /// Where the reset key and a self-signed identity are kept.
@@ -206,6 +219,8 @@ impl GatewayConfig {
             listen: self.listen,
             origin,
             embedded_origin_listen: self.embedded_origin_listen,
+            tcp: self.tcp,
+            tcp_listen: self.tcp_listen,
             cert_dir: self.cert_dir.clone(),
             state_dir: self.state_dir.clone(),
             server_id: self.server_id.as_deref().map(str::parse).transpose()?,

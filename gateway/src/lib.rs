@@ -9,6 +9,7 @@ pub mod embedded_origin;
 mod origin;
 mod resumable;
 mod session;
+mod tcp;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,8 @@ struct Shared {
     admission: Arc<admission::Admission>,
     /// Live sessions per edge identity.
     edge_sessions: Arc<admission::EdgeSessions>,
+    /// TLS for the TCP carrier (replaced on reload, like QUIC's).
+    tcp_tls: watch::Sender<Arc<rustls::ServerConfig>>,
 }
 
 /// How long before a certificate expires the gateway starts warning in its log.
@@ -73,6 +76,8 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(6 * 3600);
 /// certificates must chain to with `client_auth`.
 struct TlsSetup {
     server_config: quinn::ServerConfig,
+    /// The same identity and client check for the TCP carrier.
+    tcp_tls: Arc<rustls::ServerConfig>,
     pin: Fingerprint,
     /// When each certificate expires (name, Unix seconds).
     expiries: Vec<(&'static str, i64)>,
@@ -113,6 +118,7 @@ impl TlsSetup {
         }
         let pin = identity.fingerprint();
         let tls = rtmpq_certs::server_tls(identity, client_ca)?;
+        let tcp_tls = rtmpq_hop::tcp::server_tls(tls.clone());
         let mut server_config = rtmpq_hop::transport::server_config(tls)?;
         // What quinn holds for handshakes the accept loop has not judged yet: bounded well
         // below its defaults (65536 of them, 100 MiB of their early data).
@@ -122,10 +128,48 @@ impl TlsSetup {
             .incoming_buffer_size_total(8 << 20);
         Ok(TlsSetup {
             server_config,
+            tcp_tls,
             pin,
             expiries,
         })
     }
+}
+
+/// Binds the QUIC socket and, unless turned off, the TCP carrier's listener: at `tcp_listen`,
+/// else the QUIC socket's address and port number (with port 0, a port free on both).
+fn bind_listeners(
+    settings: &GatewaySettings,
+) -> Result<(std::net::UdpSocket, Option<TcpListener>), StartError> {
+    let bind_udp =
+        |addr: SocketAddr| std::net::UdpSocket::bind(addr).map_err(StartError::bind(addr));
+    let bind_tcp = |addr: SocketAddr| {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        TcpListener::from_std(listener)
+    };
+    if !settings.tcp {
+        return Ok((bind_udp(settings.listen)?, None));
+    }
+    if let Some(tcp_addr) = settings.tcp_listen {
+        let tcp = bind_tcp(tcp_addr).map_err(StartError::bind(tcp_addr))?;
+        return Ok((bind_udp(settings.listen)?, Some(tcp)));
+    }
+    // The same port number on both; a port chosen by the system for UDP may be taken on TCP
+    // (rarely): then another is chosen.
+    let attempts = if settings.listen.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = bind_udp(settings.listen)?;
+        let addr = udp
+            .local_addr()
+            .map_err(StartError::bind(settings.listen))?;
+        match bind_tcp(addr) {
+            Ok(tcp) => return Ok((udp, Some(tcp))),
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    let (addr, e) = last.expect("at least one attempt");
+    Err(StartError::bind(addr)(e))
 }
 
 /// Sets the expiry gauges and warns of every certificate that expires within
@@ -169,6 +213,7 @@ impl Reloader {
         let settings = config.resolve()?;
         let tls = TlsSetup::load(&settings)?;
         self.endpoint.set_server_config(Some(tls.server_config));
+        self.shared.tcp_tls.send_replace(tls.tcp_tls);
         check_expiry(&self.shared.telemetry, &tls.expiries);
         *self.shared.expiries.lock().expect("expiries") = tls.expiries;
         let identities = settings.access.has_identities();
@@ -182,6 +227,8 @@ impl Reloader {
 #[derive(Debug)]
 pub struct Gateway {
     endpoint: quinn::Endpoint,
+    /// The TCP carrier's listener, unless turned off.
+    tcp: Option<TcpListener>,
     shared: Arc<Shared>,
     pin: Fingerprint,
     embedded: Option<EmbeddedOrigin>,
@@ -195,14 +242,14 @@ impl Gateway {
         let settings = config.resolve()?;
         let TlsSetup {
             server_config,
+            tcp_tls,
             pin,
             expiries,
         } = TlsSetup::load(&settings)?;
         let reset_key = connection_ids::reset_key(&settings.state_dir)?;
         let endpoint_config =
             connection_ids::endpoint_config(&reset_key, settings.server_id.as_ref());
-        let socket = std::net::UdpSocket::bind(settings.listen)
-            .map_err(StartError::bind(settings.listen))?;
+        let (socket, tcp) = bind_listeners(&settings)?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server_config),
@@ -245,9 +292,11 @@ impl Gateway {
             drain: Drain::default(),
             buffer,
             resumable: resumable::Resumable::default(),
+            tcp_tls: watch::channel(tcp_tls).0,
         });
         Ok(Gateway {
             endpoint,
+            tcp,
             shared,
             pin,
             embedded,
@@ -266,6 +315,11 @@ impl Gateway {
     /// The UDP address QUIC listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint.local_addr().expect("bound socket")
+    }
+
+    /// The TCP address the TCP carrier listens on, unless turned off.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The pin of the certificate the gateway presents.
@@ -294,6 +348,7 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) {
         info!(
             listen = %self.local_addr(),
+            tcp = ?self.tcp_addr(),
             origin = %self.shared.origin,
             embedded = self.embedded.is_some(),
             metrics = ?self.metrics_addr(),
@@ -306,6 +361,9 @@ impl Gateway {
             .embedded
             .map(|embedded| tokio::spawn(embedded.run(services.clone())));
         let drain = &self.shared.drain;
+        if let Some(tcp) = self.tcp {
+            tokio::spawn(tcp::accept(tcp, self.shared.clone(), shutdown.clone()));
+        }
         let shared = self.shared.clone();
         let expiry_watch = services.clone();
         tokio::spawn(async move {
@@ -712,7 +770,8 @@ async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: Cancellat
             .share(shared.buffer.limit() / CONNECTION_SHARE_OF_BUFFER),
     };
     // Once per connection: who may resume this connection's sessions, and what it proved.
-    let identity = resumable::EdgeIdentity::of(&conn, &edge_id, creds.token.expose());
+    let cert = peer_certificate(&conn);
+    let identity = resumable::EdgeIdentity::of(&edge_id, cert.as_ref(), creds.token.expose());
     let creds = Arc::new(creds);
     // An edge with other gateways: its sessions are not held for a resume here (it moves them
     // elsewhere), and once it is silent for what it asked, they end and their origin side goes.
@@ -741,7 +800,7 @@ async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: Cancellat
         let slots = match session_slots(&shared, &per_connection, &identity) {
             Ok(slots) => slots,
             Err((limit, reason)) => {
-                refuse_session(&shared, send, limit, &reason).await;
+                refuse_session(&shared, send.into(), limit, &reason).await;
                 continue;
             }
         };
@@ -757,7 +816,8 @@ async fn serve_sessions(edge: Admitted, shared: Arc<Shared>, shutdown: Cancellat
         let link = link.clone();
         sessions.spawn(
             async move {
-                session::serve(send, recv, &shared, who, link).await;
+                let frames = FrameReader::control(recv);
+                session::serve(send.into(), frames, &shared, who, link).await;
                 drop(slots);
             }
             .in_current_span(),
@@ -812,7 +872,12 @@ fn session_slots(
 
 /// Refuses a session stream before it starts, at a limit: `overloaded` with `reason` to the
 /// edge, a log line, and the count of refused sessions.
-async fn refuse_session(shared: &Shared, mut send: quinn::SendStream, limit: usize, reason: &str) {
+async fn refuse_session(
+    shared: &Shared,
+    mut send: rtmpq_hop::stream::SendHalf,
+    limit: usize,
+    reason: &str,
+) {
     warn!(limit, "session refused: {reason}");
     shared.telemetry.session_refused(CloseCode::Overloaded);
     close_stream(&mut send, CloseCode::Overloaded, reason).await;

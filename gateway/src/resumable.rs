@@ -29,8 +29,13 @@ impl std::fmt::Debug for EdgeIdentity {
 }
 
 impl EdgeIdentity {
-    /// The identity of the edge on `conn` that said HELLO with `edge_id` and `token`.
-    pub(crate) fn of(conn: &quinn::Connection, edge_id: &str, token: &str) -> Self {
+    /// The identity of the edge that said HELLO with `edge_id` and `token` on a connection
+    /// where it presented `cert` (QUIC and TCP alike: a session resumes on either).
+    pub(crate) fn of(
+        edge_id: &str,
+        cert: Option<&rustls::pki_types::CertificateDer<'static>>,
+        token: &str,
+    ) -> Self {
         let digest = |bytes: &[u8]| {
             let d = ring::digest::digest(&ring::digest::SHA256, bytes);
             d.as_ref()
@@ -38,9 +43,7 @@ impl EdgeIdentity {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         };
-        let cert = crate::peer_certificate(conn)
-            .map(|c| digest(c.as_ref()))
-            .unwrap_or_default();
+        let cert = cert.map(|c| digest(c.as_ref())).unwrap_or_default();
         EdgeIdentity(format!("{edge_id}|{cert}|{}", digest(token.as_bytes())))
     }
 }

@@ -12,6 +12,7 @@ use rtmpq_hop::rtmp::{RtmpSide, WaitTimes};
 use rtmpq_hop::session::{
     Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel, TunnelLink,
 };
+use rtmpq_hop::stream::SendHalf;
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader, TunnelRecv};
 use rtmpq_proto::buffer_bound::{BufferBound, SessionBuffer};
 use rtmpq_proto::journal::{Replay, ResumeFilter};
@@ -44,14 +45,14 @@ pub(crate) struct Who {
 /// Serves one session stream of an admitted edge: SESSION_OPEN starts a session (run until it
 /// ends), SESSION_RESUME hands the stream to the live session it names.
 pub(crate) async fn serve(
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: SendHalf,
+    frames: FrameReader,
     shared: &Shared,
     who: Who,
     link: EdgeLink,
 ) {
     let buffer = link.buffer.session();
-    let Some(opened) = read_open(send, recv, shared, &who, &link, &buffer).await else {
+    let Some(opened) = read_open(send, frames, shared, &who, &link, &buffer).await else {
         return;
     };
     let Opened {
@@ -111,20 +112,19 @@ struct Opened {
     tunnel: Tunnel,
 }
 
-/// Reads a session stream's first frame: a SESSION_OPEN of a new id is a new session; a
-/// SESSION_RESUME hands the stream to the session it names (or is refused with why); anything
-/// else, nothing in time, or an id in use is refused. `None` once the stream is dealt with.
+/// Reads a session stream's first frame from `frames` (read with the control limit until
+/// then: a stream that announces a large first frame is refused at once, not buffered): a
+/// SESSION_OPEN of a new id is a new session; a SESSION_RESUME hands the stream to the session
+/// it names (or is refused with why); anything else, nothing in time, or an id in use is
+/// refused. `None` once the stream is dealt with.
 async fn read_open(
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut send: SendHalf,
+    mut frames: FrameReader,
     shared: &Shared,
     who: &Who,
     link: &EdgeLink,
     buffer: &Arc<SessionBuffer>,
 ) -> Option<Opened> {
-    // Until SESSION_OPEN or SESSION_RESUME (tens of bytes), only small frames: a stream that
-    // announces a large first frame is refused at once, not buffered.
-    let mut frames = FrameReader::control(recv);
     let open = tokio::time::timeout(shared.settings.handshake_timeout, frames.next()).await;
     frames.lift_limit();
     frames.set_buffer(buffer.clone());
@@ -189,7 +189,7 @@ impl EdgeLink {
     /// sends keeps to the budget the edge asked for.
     fn tunnel(
         &self,
-        send: quinn::SendStream,
+        send: SendHalf,
         frames: FrameReader,
         carrier: Carrier,
         latency_budget_ms: u32,

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
 use crate::pump::budget_in_force;
+use crate::stream::SendHalf;
 use crate::transport::{quic_code, PathWatch};
 use crate::tunnel::{write_frame, FrameReadError, FrameReader, StreamLost, TunnelRecv, TunnelSend};
 
@@ -221,7 +222,7 @@ impl LaneSender {
             msg: msg.clone(),
         };
         let audio = self.audio.as_mut().expect("audio stream");
-        Ok(write_frame(audio, &media).await?)
+        write_frame(audio, &media).await
     }
 
     /// Writes `frame` on the session stream, after a FENCE if the media counts changed.
@@ -241,7 +242,7 @@ impl LaneSender {
         if matches!(frame, Frame::SessionClose { .. }) {
             self.finish_all();
         }
-        Ok(write_frame(session, frame).await?)
+        write_frame(session, frame).await
     }
 
     /// Writes a video message routed to `index` on its GOP's stream (a new one if it starts a
@@ -318,37 +319,42 @@ pub type AudioMeanwhile<'a> = &'a mut (dyn FnMut() -> Option<Message> + Send);
 
 /// The sending side of a session's tunnel; see the module docs.
 pub struct SessionSend {
-    /// The session's bidirectional stream.
-    pub stream: quinn::SendStream,
+    /// The session's own stream.
+    pub stream: SendHalf,
     lanes: Option<Box<LaneSender>>,
 }
 
 impl SessionSend {
     /// Everything on `stream`.
-    pub fn new(stream: quinn::SendStream) -> Self {
+    pub fn new(stream: impl Into<SendHalf>) -> Self {
         SessionSend {
-            stream,
+            stream: stream.into(),
             lanes: None,
         }
     }
 
-    /// Audio and video on media streams of `conn` if `carrier` says so; an older GOP's stream
-    /// is stale at half of `budget` less the path's wait (no budget: never reset).
+    /// Audio and video on media streams of `conn` if `carrier` says so and the session's
+    /// stream is a QUIC stream of it (`conn`: `None` on TCP); an older GOP's stream is stale at
+    /// half of `budget` less the path's wait (no budget: never reset).
     pub fn carried(
-        stream: quinn::SendStream,
+        mut stream: SendHalf,
         carrier: Carrier,
-        conn: &quinn::Connection,
+        conn: Option<&quinn::Connection>,
         budget: Option<Duration>,
         path: Option<Arc<PathWatch>>,
     ) -> Self {
+        let (Some(conn), Some(quic)) = (conn, stream.quic()) else {
+            return SessionSend::new(stream);
+        };
         if carrier == Carrier::SessionStream {
             return SessionSend::new(stream);
         }
-        let _ = stream.set_priority(CONTROL_PRIORITY);
+        let _ = quic.set_priority(CONTROL_PRIORITY);
+        let session_stream = quic.id().into();
         SessionSend {
             lanes: Some(Box::new(LaneSender {
                 conn: conn.clone(),
-                session_stream: stream.id().into(),
+                session_stream,
                 splitter: LaneSplitter::default(),
                 audio: None,
                 video: VideoLane::default(),
@@ -365,8 +371,9 @@ impl SessionSend {
         meanwhile: Option<AudioMeanwhile<'_>>,
     ) -> Result<(), StreamLost> {
         let SessionSend { stream, lanes } = self;
-        let Some(lanes) = lanes.as_deref_mut() else {
-            return Ok(write_frame(stream, frame).await?);
+        let (lanes, stream) = match (lanes.as_deref_mut(), stream) {
+            (Some(lanes), SendHalf::Quic(stream)) => (lanes, stream),
+            (_, stream) => return write_frame(stream, frame).await,
         };
         let now = Instant::now();
         lanes.video.past.stale_after = lanes.stale_after();
@@ -417,7 +424,7 @@ impl TunnelSend for SessionSend {
         if let Some(lanes) = &mut self.lanes {
             lanes.finish_all();
         }
-        let _ = self.stream.finish();
+        self.stream.finish();
     }
 
     fn reset_in_quic(&self) -> Dropped {
@@ -676,17 +683,17 @@ impl SessionRecv {
         }
     }
 
-    /// Audio and video also from the media streams `router` hands over, if `carrier` says so;
-    /// what waits for its turn is charged to `buffer`.
+    /// Audio and video also from the media streams `router` hands over, if `carrier` says so
+    /// and there is one (QUIC; `None` on TCP); what waits for its turn is charged to `buffer`.
     pub fn carried(
         frames: FrameReader,
         carrier: Carrier,
-        router: &Arc<LaneRouter>,
+        router: Option<&Arc<LaneRouter>>,
         buffer: Option<Arc<SessionBuffer>>,
     ) -> Self {
-        if carrier == Carrier::SessionStream {
+        let Some(router) = router.filter(|_| carrier != Carrier::SessionStream) else {
             return SessionRecv::new(frames);
-        }
+        };
         let inbox = router.register(frames.stream_id(), buffer.clone());
         SessionRecv {
             frames,
@@ -785,5 +792,5 @@ impl TunnelRecv for SessionRecv {
 /// Writes `frame` on a session's own stream, outside the lanes' order (RESUME_TOKEN, a
 /// refusal before the session runs).
 pub async fn write_session_frame(send: &mut SessionSend, frame: &Frame) -> Result<(), StreamLost> {
-    Ok(write_frame(&mut send.stream, frame).await?)
+    write_frame(&mut send.stream, frame).await
 }

@@ -1,8 +1,10 @@
 //! rtmpq-hop: the async layer both hops share over the pure core (`rtmpq-proto`): RTMP
-//! connections over TCP ([`rtmp`]), tunnel streams over QUIC ([`tunnel`]), the two one-way
-//! pumps of a session ([`pump`]) and its life across recoveries ([`session`]), the live sessions' reports ([`registry`]), the QUIC settings ([`transport`]), the accept loop and the
-//! shutdown drain ([`scaffold`]), what the hops' configs share ([`config`], [`secret`]), and
-//! [`HopError`], what stops either hop from starting.
+//! connections over TCP ([`rtmp`]), tunnel streams over QUIC or TLS over TCP ([`tunnel`],
+//! [`stream`], [`tcp`]), the two one-way pumps of a session ([`pump`]) and its life across recoveries
+//! ([`session`]), the live sessions' reports ([`registry`]), the QUIC settings
+//! ([`transport`]), the accept loop and the shutdown drain ([`scaffold`]), what the hops'
+//! configs share ([`config`], [`secret`]), and [`HopError`], what stops either hop from
+//! starting.
 
 /// What stops a hop from starting: its configuration, or certificates, TLS and sockets.
 #[derive(Debug, thiserror::Error)]
@@ -36,5 +38,7 @@ pub mod rtmp;
 pub mod scaffold;
 pub mod secret;
 pub mod session;
+pub mod stream;
+pub mod tcp;
 pub mod transport;
 pub mod tunnel;

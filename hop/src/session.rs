@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::lanes::{LaneRouter, SessionRecv, SessionSend};
 use crate::pump::{finish_session, run_session, QueuePolicy, RtmpPeer, SessionLimits, SessionRun};
 use crate::rtmp::RtmpSide;
-use crate::transport::{quic_code, PathWatch};
+use crate::stream::SendHalf;
+use crate::transport::PathWatch;
 use crate::tunnel::FrameReader;
 
 /// A session's tunnel: the stream (and media lanes) it runs on and the path of their
@@ -29,33 +30,34 @@ pub struct Tunnel {
     pub frames: SessionRecv,
     /// The path of the connection it runs on.
     pub path: Arc<PathWatch>,
+    /// `quic` or `tcp`.
+    pub carrier: &'static str,
 }
 
 impl Tunnel {
     /// Gives the tunnel up for one that replaced it: the far hop's reads of it end.
     pub fn abandon(mut self) {
-        self.send
-            .stream
-            .reset(quic_code(CloseCode::TunnelLost))
-            .ok();
+        self.send.stream.reset(CloseCode::TunnelLost);
     }
 }
 
-/// A tunnel connection between the hops, what each of its sessions' tunnels is built from.
+/// A tunnel connection between the hops, what each of its sessions' tunnels is built from: a
+/// QUIC connection (many sessions, media lanes), or a TLS connection over TCP (one session,
+/// everything on it).
 #[derive(Clone)]
 pub struct TunnelLink {
-    /// The connection.
-    pub conn: quinn::Connection,
+    /// The QUIC connection; `None` on the TCP carrier.
+    pub conn: Option<quinn::Connection>,
     /// Its path, kept up to date (and its send window bounded) while it lives.
     pub path: Arc<PathWatch>,
-    /// Hands the media streams the far hop opens (lanes sessions) to their sessions.
-    pub lanes: Arc<LaneRouter>,
+    /// Hands the media streams the far hop opens (lanes sessions) to their sessions (QUIC).
+    pub lanes: Option<Arc<LaneRouter>>,
 }
 
 impl std::fmt::Debug for TunnelLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TunnelLink")
-            .field("remote", &self.conn.remote_address())
+            .field("carrier", &self.carrier())
             .finish_non_exhaustive()
     }
 }
@@ -64,17 +66,35 @@ impl TunnelLink {
     /// Watches the path of `conn` and routes its media streams.
     pub fn start(conn: &quinn::Connection) -> Self {
         TunnelLink {
-            conn: conn.clone(),
+            conn: Some(conn.clone()),
             path: PathWatch::start(conn),
-            lanes: LaneRouter::start(conn),
+            lanes: Some(LaneRouter::start(conn)),
         }
     }
 
-    /// The tunnel of a session on `send` / `frames` carried as `carrier`: what this hop sends
-    /// waits under `latency`, what it receives is charged to `buffer`.
+    /// A TLS connection over TCP carrying one session.
+    pub fn tcp() -> Self {
+        TunnelLink {
+            conn: None,
+            path: Arc::default(),
+            lanes: None,
+        }
+    }
+
+    /// `quic` or `tcp`, as the status API and metrics name it.
+    pub fn carrier(&self) -> &'static str {
+        match self.conn {
+            Some(_) => "quic",
+            None => "tcp",
+        }
+    }
+
+    /// The tunnel of a session on `send` / `frames` carried as `carrier` (media lanes only on
+    /// QUIC): what this hop sends waits under `latency`, what it receives is charged to
+    /// `buffer`.
     pub fn tunnel(
         &self,
-        send: quinn::SendStream,
+        send: impl Into<SendHalf>,
         mut frames: FrameReader,
         carrier: Carrier,
         latency: Option<Duration>,
@@ -82,10 +102,12 @@ impl TunnelLink {
     ) -> Tunnel {
         frames.set_buffer(buffer.clone());
         let path = Some(self.path.clone());
+        let (conn, lanes) = (self.conn.as_ref(), self.lanes.as_ref());
         Tunnel {
-            send: SessionSend::carried(send, carrier, &self.conn, latency, path),
-            frames: SessionRecv::carried(frames, carrier, &self.lanes, Some(buffer.clone())),
+            send: SessionSend::carried(send.into(), carrier, conn, latency, path),
+            frames: SessionRecv::carried(frames, carrier, lanes, Some(buffer.clone())),
             path: self.path.clone(),
+            carrier: self.carrier(),
         }
     }
 }
@@ -212,6 +234,7 @@ impl Session<'_> {
         resume: Option<ResumeFilter>,
     ) -> Interrupt {
         let SessionParts { rtmp, tunnel } = parts;
+        self.tracker.lock().expect("tracker").carrier = Some(tunnel.carrier);
         let mut queue = self.queue.clone();
         queue.path = Some(tunnel.path.clone());
         tokio::select! {

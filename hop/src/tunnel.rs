@@ -1,4 +1,4 @@
-//! Tunnel streams: frames over QUIC streams ([`FrameReader`], [`write_frame`]) and the small
+//! Tunnel streams: frames over either carrier's streams ([`FrameReader`], [`write_frame`]) and the small
 //! abstraction the pumps are written against ([`TunnelSend`], [`TunnelRecv`]), implemented by
 //! quinn's streams here and by in-memory channels in the pumps' tests.
 
@@ -10,7 +10,7 @@ use rtmpq_proto::buffer_bound::{BufferFull, SessionBuffer};
 use rtmpq_proto::media_queue::Dropped;
 use rtmpq_proto::wire::{CloseCode, Frame, FrameDecoder, WireError, MAX_CONTROL_FRAME_LEN};
 
-use crate::transport::quic_code;
+use crate::stream::{RecvHalf, SendHalf};
 
 /// A tunnel stream that broke under a session: stopped or reset by the far hop (with the
 /// close code it gave), or its connection lost (with the application code it closed with).
@@ -118,7 +118,7 @@ pub trait TunnelRecv: Send {
 
 impl TunnelSend for quinn::SendStream {
     async fn send(&mut self, frame: &Frame) -> Result<(), StreamLost> {
-        Ok(write_frame(self, frame).await?)
+        write_frame(self, frame).await
     }
 
     fn finish(&mut self) {
@@ -126,12 +126,56 @@ impl TunnelSend for quinn::SendStream {
     }
 }
 
-/// Reads tunnel frames from a QUIC receive stream. Frames that arrive whole in one of
-/// quinn's chunks are sliced out of it without a copy; only frames split across chunks are
-/// gathered in a buffer.
+/// Where frames are written: a QUIC stream, or either carrier's [`SendHalf`].
+pub trait FrameWrite: Send {
+    /// Writes `buf` whole.
+    fn write_all(&mut self, buf: &[u8]) -> impl Future<Output = Result<(), StreamLost>> + Send;
+    /// Writes `chunks` whole, in order, without joining them.
+    fn write_all_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+    ) -> impl Future<Output = Result<(), StreamLost>> + Send;
+}
+
+impl FrameWrite for quinn::SendStream {
+    async fn write_all(&mut self, buf: &[u8]) -> Result<(), StreamLost> {
+        Ok(quinn::SendStream::write_all(self, buf).await?)
+    }
+
+    async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), StreamLost> {
+        Ok(quinn::SendStream::write_all_chunks(self, chunks).await?)
+    }
+}
+
+impl FrameWrite for SendHalf {
+    fn write_all(&mut self, buf: &[u8]) -> impl Future<Output = Result<(), StreamLost>> + Send {
+        SendHalf::write_all(self, buf)
+    }
+
+    fn write_all_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+    ) -> impl Future<Output = Result<(), StreamLost>> + Send {
+        SendHalf::write_all_chunks(self, chunks)
+    }
+}
+
+impl TunnelSend for SendHalf {
+    async fn send(&mut self, frame: &Frame) -> Result<(), StreamLost> {
+        write_frame(self, frame).await
+    }
+
+    fn finish(&mut self) {
+        SendHalf::finish(self);
+    }
+}
+
+/// Reads tunnel frames from a stream of either carrier. Frames that arrive whole in one chunk
+/// (quinn's, or one read of a TLS connection) are sliced out of it without a copy; only frames
+/// split across chunks are gathered in a buffer.
 #[derive(Debug)]
 pub struct FrameReader {
-    recv: quinn::RecvStream,
+    recv: RecvHalf,
     buf: BytesMut,
     /// The rest of quinn's last chunk (at most 64 KiB), read from without a copy.
     chunk: Bytes,
@@ -142,9 +186,9 @@ pub struct FrameReader {
 
 impl FrameReader {
     /// Reads session frames from `recv`.
-    pub fn new(recv: quinn::RecvStream) -> Self {
+    pub fn new(recv: impl Into<RecvHalf>) -> Self {
         FrameReader {
-            recv,
+            recv: recv.into(),
             buf: BytesMut::new(),
             chunk: Bytes::new(),
             decoder: FrameDecoder::default(),
@@ -156,7 +200,7 @@ impl FrameReader {
     /// Reads only frames up to [`MAX_CONTROL_FRAME_LEN`]: for the control stream, where
     /// HELLO arrives before the peer is known, and a media stream until it names its session
     /// ([`lift_limit`](Self::lift_limit)).
-    pub fn control(recv: quinn::RecvStream) -> Self {
+    pub fn control(recv: impl Into<RecvHalf>) -> Self {
         FrameReader {
             decoder: FrameDecoder::with_max_len(MAX_CONTROL_FRAME_LEN),
             ..Self::new(recv)
@@ -168,9 +212,9 @@ impl FrameReader {
         self.decoder = FrameDecoder::default();
     }
 
-    /// The QUIC stream's id.
+    /// The QUIC stream's id (0 on TCP).
     pub fn stream_id(&self) -> u64 {
-        self.recv.id().into()
+        self.recv.id()
     }
 
     /// Charges frames still arriving to `buffer`.
@@ -195,14 +239,10 @@ impl FrameReader {
             if let Some(frame) = frame? {
                 return Ok(Some(frame));
             }
-            let chunk = self
-                .recv
-                .read_chunk(64 * 1024, true)
-                .await
-                .map_err(StreamLost::from)?;
+            let chunk = self.recv.read_chunk(64 * 1024).await?;
             match chunk {
-                Some(chunk) if self.buf.is_empty() => self.chunk = chunk.bytes,
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                Some(chunk) if self.buf.is_empty() => self.chunk = chunk,
+                Some(chunk) => self.buf.extend_from_slice(&chunk),
                 None if self.buf.is_empty() => return Ok(None),
                 None => return Err(FrameReadError::Truncated),
             }
@@ -224,15 +264,12 @@ impl TunnelRecv for FrameReader {
     }
 
     fn stop(&mut self, code: CloseCode) {
-        let _ = self.recv.stop(quic_code(code));
+        self.recv.stop(code);
     }
 }
 
-/// Writes one frame to a QUIC send stream without copying a MSG frame's payload.
-pub async fn write_frame(
-    send: &mut quinn::SendStream,
-    frame: &Frame,
-) -> Result<(), quinn::WriteError> {
+/// Writes one frame without copying a MSG frame's payload.
+pub async fn write_frame(send: &mut impl FrameWrite, frame: &Frame) -> Result<(), StreamLost> {
     let mut head = BytesMut::with_capacity(32);
     match frame.encode_head(&mut head) {
         Some(payload) if !payload.is_empty() => {

@@ -72,8 +72,12 @@ async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
         let conn = server.accept().await.unwrap().await.unwrap();
         let router = LaneRouter::start(&conn);
         let (_send, recv) = conn.accept_bi().await.unwrap();
-        let mut frames =
-            SessionRecv::carried(FrameReader::new(recv), Carrier::MediaLanes, &router, None);
+        let mut frames = SessionRecv::carried(
+            FrameReader::new(recv),
+            Carrier::MediaLanes,
+            Some(&router),
+            None,
+        );
         let mut got = Vec::new();
         loop {
             match frames.next().await.unwrap() {
@@ -98,7 +102,8 @@ async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
     let (send, _recv) = conn.open_bi().await.unwrap();
     // A 600 ms budget: an older GOP is stale 300 ms after its last frame.
     let budget = Some(Duration::from_millis(600));
-    let mut send = SessionSend::carried(send, Carrier::MediaLanes, &conn, budget, None);
+    let mut send =
+        SessionSend::carried(send.into(), Carrier::MediaLanes, Some(&conn), budget, None);
     let command = Message::new(message_type::COMMAND_AMF0, 0, 0, vec![2, 0, 1, b'x']);
     send.send(&Frame::Msg(command.clone())).await.unwrap();
 

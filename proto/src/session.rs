@@ -159,6 +159,8 @@ pub struct SessionReport {
     pub queue: QueueState,
     /// At the edge: the gateway the session's tunnel runs through now.
     pub gateway: Option<String>,
+    /// The tunnel's carrier now: `quic` or `tcp`.
+    pub carrier: Option<&'static str>,
     /// Media dropped for arriving past the budget.
     pub arrived_late: Dropped,
     /// Media reset in QUIC once stale.
@@ -204,6 +206,8 @@ pub struct SessionTracker {
     pub fast_start: Option<FastStart>,
     /// At the edge: the gateway the session's tunnel runs through now.
     pub gateway: Option<String>,
+    /// The tunnel's carrier now: `quic` or `tcp`.
+    pub carrier: Option<&'static str>,
     /// Media the receiving side of this hop dropped because it arrived past the budget.
     pub arrived_late: Dropped,
     /// Media this hop sent on a GOP stream that it reset in QUIC once it went stale (media
@@ -439,6 +443,7 @@ impl SessionTracker {
             to_client: self.to_client,
             queue: self.queue,
             gateway: self.gateway.clone(),
+            carrier: self.carrier,
             arrived_late: self.arrived_late,
             reset_in_quic: self.reset_in_quic,
             recoveries: self.recoveries.clone(),

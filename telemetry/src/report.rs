@@ -227,6 +227,7 @@ fn session_status(
         dropped_late: t.arrived_late.into(),
         dropped_reset: t.reset_in_quic.into(),
         gateway: t.gateway.clone().unwrap_or_default(),
+        carrier: t.carrier.unwrap_or_default().to_owned(),
         set_up_again: t.recoveries.set_up_again,
         resumed: t.recoveries.resumed,
         last_loss: t.recoveries.last_loss.clone().unwrap_or_default(),

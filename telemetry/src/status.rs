@@ -61,6 +61,8 @@ pub struct SessionStatus {
     /// At the edge: the gateway (`HOST:PORT` as configured) the session's tunnel runs
     /// through now; empty at the gateway.
     pub gateway: String,
+    /// The tunnel's carrier now: `quic`, or `tcp` (TLS over TCP, where UDP is blocked).
+    pub carrier: String,
     /// Times the session was set up again on a new tunnel session (edge) or origin
     /// connection (gateway).
     pub set_up_again: u32,

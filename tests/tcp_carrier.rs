@@ -1,0 +1,124 @@
+//! The TCP carrier (TLS 1.3 over TCP, for networks that block UDP): real ffmpeg pushers and
+//! players through an edge on `transport = "tcp"` and a gateway to a real nginx-rtmp, byte
+//! exact; a refused edge hears why; the TCP listener keeps the QUIC listener's deadlines.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rtmpq_edge::config::EdgeTransport;
+use rtmpq_edge::EdgeConfig;
+use rtmpq_gateway::{Gateway, GatewayConfig};
+use tokio::io::AsyncReadExt;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn over_tcp(c: EdgeConfig) -> EdgeConfig {
+    EdgeConfig {
+        transport: EdgeTransport::Tcp,
+        ..c
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_over_the_tcp_carrier_reaches_nginx_byte_exact() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start_with(Some(format!("rtmp://{}", nginx.rtmp)), over_tcp).await;
+
+    let player = Player::start(&format!("rtmp://{}/live/tcpcam", nginx.rtmp));
+    nginx.wait_for_players("tcpcam", 1, LIMIT).await;
+    let out = push(&clip, &stack.edge_url("tcpcam")).await;
+    assert!(
+        out.status.success(),
+        "pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "push over the tcp carrier");
+    // Both hops ran the session on TCP; no QUIC connection was ever made.
+    for (hop, telemetry) in [("edge", &stack.edge), ("gateway", &stack.gateway)] {
+        let ended = ended_session(telemetry, hop, |s| s.session.stream == "tcpcam").await;
+        assert_eq!(ended.session.carrier, "tcp", "{hop}: {ended:?}");
+        assert_eq!(ended.code, "normal", "{hop}: {ended:?}");
+    }
+    assert!(stack.gateway.connections().is_empty(), "no QUIC connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_play_over_the_tcp_carrier_is_byte_exact() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start_with(Some(format!("rtmp://{}", nginx.rtmp)), over_tcp).await;
+
+    let player = Player::start(&stack.edge_url("tcpshow"));
+    nginx.wait_for_players("tcpshow", 1, LIMIT).await;
+    let out = push(&clip, &format!("rtmp://{}/live/tcpshow", nginx.rtmp)).await;
+    assert!(
+        out.status.success(),
+        "pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "play over the tcp carrier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_refused_over_tcp_hears_why() {
+    capture_logs();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        tokens: vec![rtmpq_hop::secret::Secret::new("right")],
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| EdgeConfig {
+        token: Some(rtmpq_hop::secret::Secret::new("wrong")),
+        ..over_tcp(c)
+    })
+    .await;
+    let clip = clip(2).await;
+    let out = push(&clip, &stack.edge_url("nope")).await;
+    assert!(!out.status.success(), "a refused edge's push must fail");
+    let ended = ended_session(&stack.edge, "refused over tcp", |_| true).await;
+    assert_eq!(ended.code, "unauthorized", "{ended:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tcp_connection_is_closed_at_the_handshake_deadline() {
+    capture_logs();
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        handshake_timeout_ms: 300,
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let tcp_addr = gateway.tcp_addr().expect("the tcp carrier listens");
+    assert_eq!(
+        tcp_addr.port(),
+        gateway.local_addr().port(),
+        "the same port number as QUIC"
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(gateway.run(shutdown.clone()));
+    // A slowloris: connects and never starts TLS. The gateway lets go at its deadline.
+    let mut tcp = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the gateway must close a silent connection: {read:?}"
+    );
+    shutdown.cancel();
+}
