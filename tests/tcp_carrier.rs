@@ -122,3 +122,71 @@ async fn a_silent_tcp_connection_is_closed_at_the_handshake_deadline() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_quic_goes_unanswered_sessions_take_tcp_and_the_next_one_does_not_race() {
+    capture_logs();
+    let clip = clip(3).await;
+    // The gateway's QUIC port is unreachable for this edge: its gateway address is a UDP
+    // socket that swallows every datagram (a network that blocks UDP), with the gateway's TCP
+    // carrier port beside it.
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let tcp_port = gateway.tcp_addr().expect("tcp carrier").port();
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    let stack = Stack::with_gateway(gateway, state, |c| EdgeConfig {
+        gateway: vec![hole.to_string()],
+        tcp_port: Some(tcp_port),
+        transport: EdgeTransport::Auto,
+        ..c
+    })
+    .await;
+    for stream in ["auto1", "auto2"] {
+        let out = push(&clip, &stack.edge_url(stream)).await;
+        assert!(
+            out.status.success(),
+            "pusher {stream} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ended = ended_session(&stack.edge, stream, |s| s.session.stream == stream).await;
+        assert_eq!(ended.session.carrier, "tcp", "{ended:?}");
+        assert_eq!(ended.code, "normal", "{ended:?}");
+    }
+    // The race ran once; the second session went to TCP at once, as this network taught.
+    assert_eq!(stack.edge.events().tcp_fallbacks, 1);
+    drop(black_hole);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_quic_answers_auto_sessions_stay_on_quic() {
+    capture_logs();
+    let clip = clip(3).await;
+    let stack = Stack::start_with(None, |c| EdgeConfig {
+        transport: EdgeTransport::Auto,
+        ..c
+    })
+    .await;
+    // The edge's QUIC connection is up (the connector's first handshake) before the push.
+    poll_for(
+        "the edge's QUIC connection",
+        || stack.edge.connections(),
+        |_| true,
+    )
+    .await;
+    let out = push(&clip, &stack.edge_url("autoquic")).await;
+    assert!(
+        out.status.success(),
+        "pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended = ended_session(&stack.edge, "autoquic", |s| s.session.stream == "autoquic").await;
+    assert_eq!(ended.session.carrier, "quic", "{ended:?}");
+    assert_eq!(stack.edge.events().tcp_fallbacks, 0);
+}

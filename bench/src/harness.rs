@@ -48,8 +48,9 @@ pub enum Transport {
         /// The edge's `--carrier`: lanes (audio and each GOP on QUIC streams of their own, the
         /// default) or the session stream.
         lanes: bool,
-        /// The edge's `--transport tcp`: the TCP carrier (TLS 1.3 over TCP) instead of QUIC.
-        tcp: bool,
+        /// The edge's `--transport`: `quic`, `tcp` (the TCP carrier, TLS 1.3 over TCP) or
+        /// `auto` (QUIC, and TCP where QUIC does not answer).
+        transport: &'static str,
     },
 }
 
@@ -64,7 +65,7 @@ impl Transport {
         budget_ms: DEFAULT_BUDGET_MS,
         backpressure_ms: 0,
         lanes: true,
-        tcp: false,
+        transport: "quic",
     };
 
     /// Every transport, in report order.
@@ -89,14 +90,15 @@ impl Transport {
                 budget_ms,
                 backpressure_ms,
                 lanes,
-                tcp,
+                transport,
             } => {
                 let mut name = "rtmpq".to_owned();
                 if backpressure_ms > 0 {
                     name.push_str("-bp");
                 }
-                if tcp {
-                    name.push_str("-tcp");
+                if transport != "quic" {
+                    name.push('-');
+                    name.push_str(transport);
                 } else if !lanes {
                     name.push_str("-stream");
                 }
@@ -125,26 +127,26 @@ impl Transport {
                 budget_ms: budget,
                 backpressure_ms: 0,
                 lanes: true,
-                tcp: false,
+                transport: "quic",
             }),
             "rtmpq-bp" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: BENCH_BACKPRESSURE_MS,
                 lanes: true,
-                tcp: false,
+                transport: "quic",
             }),
             "rtmpq-stream" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: 0,
                 lanes: false,
-                tcp: false,
+                transport: "quic",
             }),
-            // Media lanes need QUIC: on TCP everything rides the session's connection.
-            "rtmpq-tcp" => Some(Transport::Rtmpq {
+            // Media lanes where QUIC runs; on TCP everything rides the session's connection.
+            "rtmpq-tcp" | "rtmpq-auto" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: 0,
-                lanes: false,
-                tcp: true,
+                lanes: true,
+                transport: if base == "rtmpq-tcp" { "tcp" } else { "auto" },
             }),
             _ if budget != DEFAULT_BUDGET_MS => None,
             _ => Transport::ALL.into_iter().find(|t| t.name() == name),
@@ -688,7 +690,7 @@ pub async fn run_one(
             budget_ms,
             backpressure_ms,
             lanes,
-            tcp,
+            transport,
         } => {
             // One listed edge identity (a token), as a deployment has: flooders know no token.
             let gateway_toml = run_dir.join("gateway.toml");
@@ -735,7 +737,7 @@ pub async fn run_one(
                 s("--carrier"),
                 s(if lanes { "lanes" } else { "stream" }),
                 s("--transport"),
-                s(if tcp { "tcp" } else { "quic" }),
+                s(transport),
             ];
             if profile.second_gateway {
                 // Same certificate and identities; its own port, metrics and state.
@@ -764,7 +766,14 @@ pub async fn run_one(
                 ]);
             }
             server = Some((gateway, args, "gateway ready"));
-            procs.push(spawn_in(&a, &edge_args, &log("edge"), Some("connected to gateway")).await?);
+            // A QUIC edge starts its connection at once; a TCP or auto one opens its carrier
+            // when the first session comes (and on a network that blocks UDP QUIC never says
+            // it connected).
+            let ready = match transport {
+                "quic" => "connected to gateway",
+                _ => "edge ready",
+            };
+            procs.push(spawn_in(&a, &edge_args, &log("edge"), Some(ready)).await?);
         }
         Transport::QuicPipe => {
             let args = vec![

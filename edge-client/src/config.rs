@@ -79,9 +79,10 @@ pub struct EdgeConfig {
     /// QUIC), or `"stream"`, everything on the session's own QUIC stream.
     #[arg(long, value_name = "lanes|stream")]
     pub carrier: MediaCarrier,
-    /// How sessions reach the gateway: `"quic"` (default; UDP) or `"tcp"`, TLS 1.3 over TCP,
-    /// one connection per session, for networks that block UDP.
-    #[arg(long, value_name = "quic|tcp")]
+    /// How sessions reach the gateway: `"auto"` (default: QUIC, and the TCP carrier where
+    /// QUIC does not answer within 250 ms, remembered per network), `"quic"` (UDP only) or
+    /// `"tcp"` (TLS 1.3 over TCP, one connection per session, for networks that block UDP).
+    #[arg(long, value_name = "auto|quic|tcp")]
     pub transport: EdgeTransport,
     /// The gateways' TCP port for the TCP carrier, if not their QUIC port number (e.g. 443).
     #[arg(long, value_name = "PORT")]
@@ -193,8 +194,10 @@ impl std::str::FromStr for MediaCarrier {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EdgeTransport {
-    /// QUIC over UDP: every session a stream of one connection.
+    /// QUIC, and the TCP carrier where QUIC does not answer (happy eyeballs).
     #[default]
+    Auto,
+    /// QUIC over UDP: every session a stream of one connection.
     Quic,
     /// TLS 1.3 over TCP: a connection per session (networks that block UDP).
     Tcp,
@@ -204,9 +207,12 @@ impl std::str::FromStr for EdgeTransport {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "auto" => Ok(EdgeTransport::Auto),
             "quic" => Ok(EdgeTransport::Quic),
             "tcp" => Ok(EdgeTransport::Tcp),
-            other => Err(format!("transport {other:?}: expected \"quic\" or \"tcp\"")),
+            other => Err(format!(
+                "transport {other:?}: expected \"auto\", \"quic\" or \"tcp\""
+            )),
         }
     }
 }

@@ -170,6 +170,14 @@ impl Connector {
         Connector { state: rx }
     }
 
+    /// The live connection now, if there is one (no waiting).
+    pub fn ready(&self) -> Option<GatewayLink> {
+        match &*self.state.borrow() {
+            LinkState::Up(link) if link.conn.close_reason().is_none() => Some(link.clone()),
+            _ => None,
+        }
+    }
+
     /// The live connection, waiting up to `wait` for one; the last failure otherwise.
     pub async fn connection(&self, wait: Duration) -> Result<GatewayLink, GatewayUnavailable> {
         let mut rx = self.state.clone();

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod connector;
+pub mod happy_eyeballs;
 mod refusal;
 mod session;
 pub mod tcp_dial;
@@ -36,6 +37,8 @@ enum Transport {
     Quic(Connector),
     /// A TLS connection over TCP per session.
     Tcp(tcp_dial::TcpDialer),
+    /// QUIC, or TCP where QUIC does not answer ([`happy_eyeballs`]).
+    Auto(happy_eyeballs::AutoTransport),
 }
 
 /// State the edge's sessions share.
@@ -108,20 +111,27 @@ impl Edge {
         let buffer = BufferBound::new(settings.max_buffered_bytes);
         telemetry.watch_buffer(buffer.clone());
         let connector_shutdown = CancellationToken::new();
-        let transport = match settings.transport {
-            config::EdgeTransport::Quic => Transport::Quic(Connector::start(
+        let tcp = tcp_dial::TcpDialer {
+            tls: tcp_tls,
+            gateways: settings.gateways.clone(),
+            port: settings.tcp_port,
+            edge_id: settings.edge_id.clone(),
+            token: settings.token.expose().to_owned(),
+        };
+        let quic = || {
+            Connector::start(
                 endpoint.clone(),
                 target,
                 telemetry.clone(),
                 connector_shutdown.clone(),
-            )),
-            config::EdgeTransport::Tcp => Transport::Tcp(tcp_dial::TcpDialer {
-                tls: tcp_tls,
-                gateways: settings.gateways.clone(),
-                port: settings.tcp_port,
-                edge_id: settings.edge_id.clone(),
-                token: settings.token.expose().to_owned(),
-            }),
+            )
+        };
+        let transport = match settings.transport {
+            config::EdgeTransport::Quic => Transport::Quic(quic()),
+            config::EdgeTransport::Tcp => Transport::Tcp(tcp),
+            config::EdgeTransport::Auto => {
+                Transport::Auto(happy_eyeballs::AutoTransport::new(quic(), tcp))
+            }
         };
         Ok(Edge {
             listener,

@@ -17,6 +17,7 @@ use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
 use tracing::info;
 
 use crate::connector::{ConnectError, GatewayUnavailable};
+use crate::happy_eyeballs::Reached;
 use crate::session::EdgeSession;
 use crate::tcp_dial::TcpOpenError;
 use crate::{Shared, Transport};
@@ -78,13 +79,17 @@ async fn open_stream(
     first: &Frame,
     wait: Duration,
 ) -> Result<OpenedStream, OpenError> {
-    let (mut send, frames, link, address) = match &shared.transport {
+    let reached = match &shared.transport {
         Transport::Tcp(tcp) => {
             let (send, frames, address) = tcp.open(wait).await?;
-            (send, frames, TunnelLink::tcp(), address)
+            Reached::Tcp(send, frames, address)
         }
-        Transport::Quic(connector) => {
-            let link = connector.connection(wait).await?;
+        Transport::Quic(connector) => Reached::Quic(connector.connection(wait).await?),
+        Transport::Auto(auto) => auto.reach(wait, &shared.telemetry).await?,
+    };
+    let (mut send, frames, link, address) = match reached {
+        Reached::Tcp(send, frames, address) => (send, frames, TunnelLink::tcp(), address),
+        Reached::Quic(link) => {
             let (send, recv) = link.conn.open_bi().await?;
             (send.into(), FrameReader::new(recv), link.link, link.address)
         }

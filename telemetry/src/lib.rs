@@ -384,6 +384,13 @@ impl Telemetry {
         counter!("rtmpq_gateway_failovers_total", "role" => self.role.as_str()).increment(1);
     }
 
+    /// Counts a session that took the TCP carrier instead of QUIC, and why (`quic_unanswered`).
+    pub fn tcp_fallback(&self, reason: &'static str) {
+        self.events.count(|e| &mut e.tcp_fallbacks);
+        counter!("rtmpq_tcp_fallbacks_total", "role" => self.role.as_str(), "reason" => reason)
+            .increment(1);
+    }
+
     /// Counts a reconnect to the gateway.
     pub fn reconnected(&self) {
         self.events.count(|e| &mut e.reconnects);

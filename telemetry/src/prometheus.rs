@@ -256,6 +256,12 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = {
         "Times the standby gateway connection took over",
     ),
     (
+        "rtmpq_tcp_fallbacks_total",
+        Kind::Counter,
+        None,
+        "Sessions that took the TCP carrier because QUIC did not answer, by reason",
+    ),
+    (
         "rtmpq_quic_path_changes_total",
         Kind::Counter,
         None,

@@ -160,4 +160,6 @@ pub struct EventCounts {
     pub failovers: u64,
     /// Reconnects to a gateway after a connection ended.
     pub reconnects: u64,
+    /// Sessions that took the TCP carrier because QUIC did not answer (`transport = "auto"`).
+    pub tcp_fallbacks: u64,
 }

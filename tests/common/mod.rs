@@ -873,6 +873,9 @@ pub fn edge_config(gateway: SocketAddr) -> EdgeConfig {
     EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         gateway: vec![gateway.to_string()],
+        // QUIC only: what these tests assert of QUIC must not depend on a race a loaded
+        // machine could tip to TCP (the TCP carrier and `auto` have tests of their own).
+        transport: rtmpq_edge::config::EdgeTransport::Quic,
         ..EdgeConfig::default()
     }
 }
@@ -910,7 +913,7 @@ pub async fn ended_session(
 }
 
 /// Polls `list` every 20 ms for up to 60 s until `wanted` picks an item; returns it.
-async fn poll_for<T: std::fmt::Debug>(
+pub async fn poll_for<T: std::fmt::Debug>(
     what: &str,
     list: impl Fn() -> Vec<T>,
     wanted: impl Fn(&T) -> bool,
