@@ -10,13 +10,11 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rtmpq_hop::stream::SendHalf;
-use rtmpq_hop::tunnel::FrameReader;
 use rtmpq_telemetry::Telemetry;
 use tracing::info;
 
 use crate::connector::{Connector, GatewayLink};
-use crate::tcp_dial::TcpDialer;
+use crate::tcp_dial::{TcpDialer, TcpOpened};
 use crate::tunnel_open::OpenError;
 
 /// How long QUIC has to answer before the TCP carrier is tried beside it.
@@ -26,8 +24,8 @@ pub const TCP_AFTER: Duration = Duration::from_millis(250);
 pub(crate) enum Reached {
     /// The connector's QUIC connection.
     Quic(GatewayLink),
-    /// A welcomed TCP carrier connection, with the address it went to.
-    Tcp(SendHalf, FrameReader, String),
+    /// A welcomed TCP carrier connection.
+    Tcp(TcpOpened),
 }
 
 /// The carrier that won on a network.
@@ -106,8 +104,7 @@ impl AutoTransport {
     }
 
     async fn over_tcp(&self, wait: Duration) -> Result<Reached, OpenError> {
-        let (send, frames, address) = self.tcp.open(wait).await?;
-        Ok(Reached::Tcp(send, frames, address))
+        Ok(Reached::Tcp(self.tcp.open(wait).await?))
     }
 
     fn learned(&self, network: Option<IpAddr>) -> Option<Winner> {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtmpq_hop::stream::SendHalf;
-use rtmpq_hop::tcp::{dial, greet, DialError, GreetError};
+use rtmpq_hop::tcp::{dial, greet, watch_path, DialError, GreetError};
+use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::FrameReader;
 use rtmpq_proto::wire::{Frame, WIRE_VERSION};
 
@@ -28,6 +29,18 @@ pub struct TcpDialer {
     pub token: String,
 }
 
+/// A welcomed TCP carrier connection, ready for the session's first frame.
+pub struct TcpOpened {
+    /// Its sending half.
+    pub send: SendHalf,
+    /// Its frames.
+    pub frames: FrameReader,
+    /// Its path, from the kernel.
+    pub path: Arc<PathWatch>,
+    /// The gateway it went to.
+    pub address: String,
+}
+
 /// Why no gateway took a TCP carrier connection.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpOpenError {
@@ -41,11 +54,8 @@ pub enum TcpOpenError {
 
 impl TcpDialer {
     /// A welcomed connection to the first gateway that answers within `wait` (shared by the
-    /// gateways in order), with the address it went to.
-    pub async fn open(
-        &self,
-        wait: Duration,
-    ) -> Result<(SendHalf, FrameReader, String), TcpOpenError> {
+    /// gateways in order), with its path watch and the address it went to.
+    pub async fn open(&self, wait: Duration) -> Result<TcpOpened, TcpOpenError> {
         let deadline = tokio::time::Instant::now() + wait;
         let hello = Frame::Hello {
             version: WIRE_VERSION,
@@ -59,8 +69,14 @@ impl TcpDialer {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match dial(&address, &gateway.server_name, &self.tls, left).await {
                 Ok(tls) => {
+                    let path = watch_path(&tls);
                     let (send, frames) = greet(tls, &hello).await?;
-                    return Ok((send, frames, address));
+                    return Ok(TcpOpened {
+                        send,
+                        frames,
+                        path,
+                        address,
+                    });
                 }
                 Err(e) => last = Some(e),
             }

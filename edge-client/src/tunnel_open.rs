@@ -80,15 +80,12 @@ async fn open_stream(
     wait: Duration,
 ) -> Result<OpenedStream, OpenError> {
     let reached = match &shared.transport {
-        Transport::Tcp(tcp) => {
-            let (send, frames, address) = tcp.open(wait).await?;
-            Reached::Tcp(send, frames, address)
-        }
+        Transport::Tcp(tcp) => Reached::Tcp(tcp.open(wait).await?),
         Transport::Quic(connector) => Reached::Quic(connector.connection(wait).await?),
         Transport::Auto(auto) => auto.reach(wait, &shared.telemetry).await?,
     };
     let (mut send, frames, link, address) = match reached {
-        Reached::Tcp(send, frames, address) => (send, frames, TunnelLink::tcp(), address),
+        Reached::Tcp(tcp) => (tcp.send, tcp.frames, TunnelLink::tcp(tcp.path), tcp.address),
         Reached::Quic(link) => {
             let (send, recv) = link.conn.open_bi().await?;
             (send.into(), FrameReader::new(recv), link.link, link.address)

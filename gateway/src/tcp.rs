@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use rtmpq_hop::session::TunnelLink;
 use rtmpq_hop::stream::{tls_halves, SendHalf};
+use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader};
 use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
 use tokio::net::{TcpListener, TcpStream};
@@ -95,6 +96,7 @@ async fn serve(
         mut send,
         frames,
         cert,
+        path,
         hello,
     } = greeted;
     let Frame::Hello {
@@ -147,7 +149,7 @@ async fn serve(
         hold: shared.settings.resume_grace,
     };
     let link = session::EdgeLink {
-        link: TunnelLink::tcp(),
+        link: TunnelLink::tcp(path),
         buffer: shared
             .buffer
             .share(shared.buffer.limit() / CONNECTION_SHARE_OF_BUFFER),
@@ -164,6 +166,8 @@ struct Greeted {
     frames: FrameReader,
     /// The client certificate the edge presented, if any.
     cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The connection's path, from the kernel.
+    path: Arc<PathWatch>,
     hello: Frame,
 }
 
@@ -179,6 +183,7 @@ async fn greet(
         .await
         .map_err(|e| ("tls", format!("tcp carrier: tls handshake: {e}")))?;
     let cert = rtmpq_hop::tcp::peer_certificate(&tls);
+    let path = rtmpq_hop::tcp::watch_path(&tls);
     let (send, recv) = tls_halves(tls);
     let mut frames = FrameReader::control(recv);
     let first = tokio::time::timeout(hello_limit, frames.next())
@@ -194,6 +199,7 @@ async fn greet(
             send,
             frames,
             cert,
+            path,
             hello,
         }),
         Ok(None) => Err((

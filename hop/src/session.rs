@@ -72,11 +72,12 @@ impl TunnelLink {
         }
     }
 
-    /// A TLS connection over TCP carrying one session.
-    pub fn tcp() -> Self {
+    /// A TLS connection over TCP carrying one session, its path watched by `path`
+    /// ([`crate::tcp::watch_path`]).
+    pub fn tcp(path: Arc<PathWatch>) -> Self {
         TunnelLink {
             conn: None,
-            path: Arc::default(),
+            path,
             lanes: None,
         }
     }

@@ -14,8 +14,11 @@ use crate::tunnel::StreamLost;
 /// A TLS 1.3 connection over TCP, either end.
 pub type TlsConnection = tokio_rustls::TlsStream<TcpStream>;
 
-/// Most bytes one read of a TLS connection takes (a TLS record is at most 16 KiB).
+/// Most bytes one read of a TLS connection takes.
 const TLS_READ_CHUNK: usize = 64 * 1024;
+
+/// The most plaintext one TLS record carries.
+const TLS_RECORD: usize = 16 * 1024;
 
 /// The sending half of a tunnel stream.
 #[derive(Debug)]
@@ -31,14 +34,26 @@ pub enum SendHalf {
 pub enum RecvHalf {
     /// A QUIC stream.
     Quic(quinn::RecvStream),
-    /// A TLS connection's reading half.
-    Tls(ReadHalf<TlsConnection>),
+    /// A TLS connection's reading half, and the buffer its reads fill (each read hands on
+    /// what it got and the rest of the buffer takes the next).
+    Tls(ReadHalf<TlsConnection>, BytesMut),
 }
 
-/// The two halves of one TLS connection.
-pub fn tls_halves(tls: TlsConnection) -> (SendHalf, RecvHalf) {
+/// Plaintext and records rustls may hold unsent per TLS connection (its default is 64 KiB):
+/// one record. What waits beyond it stays in the media queue, as with `TCP_NOTSENT_LOWAT`.
+const TLS_BUFFER_LIMIT: usize = 16 * 1024 + 64;
+
+/// The two halves of one TLS connection (rustls's send buffer bounded to one record).
+pub fn tls_halves(mut tls: TlsConnection) -> (SendHalf, RecvHalf) {
+    match &mut tls {
+        TlsConnection::Client(c) => c.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT)),
+        TlsConnection::Server(s) => s.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT)),
+    }
     let (read, write) = tokio::io::split(tls);
-    (SendHalf::Tls(Some(write)), RecvHalf::Tls(read))
+    (
+        SendHalf::Tls(Some(write)),
+        RecvHalf::Tls(read, BytesMut::new()),
+    )
 }
 
 fn tls_lost(e: std::io::Error) -> StreamLost {
@@ -65,11 +80,17 @@ impl SendHalf {
         }
     }
 
-    /// Writes `chunks` whole, in order, without joining them.
+    /// Writes `chunks` whole, in order (QUIC: without joining them; TLS: those that fit one
+    /// record joined into it, as rustls copies them into the record anyway).
     pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), StreamLost> {
         match self {
             SendHalf::Quic(s) => Ok(s.write_all_chunks(chunks).await?),
             SendHalf::Tls(Some(w)) => {
+                let total: usize = chunks.iter().map(Bytes::len).sum();
+                if total <= TLS_RECORD {
+                    let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                    return w.write_all(&joined).await.map_err(tls_lost);
+                }
                 for chunk in chunks.iter() {
                     w.write_all(chunk).await.map_err(tls_lost)?;
                 }
@@ -123,11 +144,12 @@ impl RecvHalf {
     pub async fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>, StreamLost> {
         match self {
             RecvHalf::Quic(s) => Ok(s.read_chunk(max, true).await?.map(|c| c.bytes)),
-            RecvHalf::Tls(r) => {
-                let mut buf = BytesMut::with_capacity(max.min(TLS_READ_CHUNK));
-                match r.read_buf(&mut buf).await {
+            RecvHalf::Tls(r, buf) => {
+                // A new block only once the last one is used up.
+                buf.reserve(max.min(TLS_READ_CHUNK));
+                match r.read_buf(buf).await {
                     Ok(0) => Ok(None),
-                    Ok(_) => Ok(Some(buf.freeze())),
+                    Ok(_) => Ok(Some(buf.split().freeze())),
                     // A peer that closed without close_notify ended the stream all the same:
                     // every frame says where it ends, so a cut one is still caught.
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
@@ -148,7 +170,7 @@ impl RecvHalf {
     pub fn id(&self) -> u64 {
         match self {
             RecvHalf::Quic(s) => s.id().into(),
-            RecvHalf::Tls(_) => 0,
+            RecvHalf::Tls(..) => 0,
         }
     }
 }

@@ -12,6 +12,7 @@ use rtmpq_proto::wire::{Frame, WireError};
 use tokio::net::TcpStream;
 
 use crate::stream::{tls_halves, RecvHalf, SendHalf, TlsConnection};
+use crate::transport::{PathWatch, SocketPath, PATH_WATCH_INTERVAL};
 use crate::tunnel::{write_frame, FrameReadError, FrameReader, StreamLost};
 
 /// The ALPN protocol id of the TCP carrier, wire version 4 (as QUIC's `rtmpq/4`).
@@ -67,6 +68,82 @@ fn tune_linux(sock: &socket2::SockRef<'_>) -> String {
 #[cfg(not(target_os = "linux"))]
 fn tune_linux(_: &socket2::SockRef<'_>) -> String {
     String::new()
+}
+
+/// A path watch of the carrier connection `tls`, kept up to date from the kernel's `TCP_INFO`
+/// every [`PATH_WATCH_INTERVAL`] while anyone else holds it (Linux; elsewhere it stays empty
+/// and the media queue keeps its whole budget).
+pub fn watch_path(tls: &TlsConnection) -> Arc<PathWatch> {
+    let watch = Arc::new(PathWatch::default());
+    watch_socket(tls.get_ref().0, &watch);
+    watch
+}
+
+#[cfg(target_os = "linux")]
+fn watch_socket(tcp: &TcpStream, watch: &Arc<PathWatch>) {
+    use std::os::fd::AsFd;
+    // A descriptor of its own: the socket stays the sampler's to read, never another one
+    // that took a closed descriptor's number. It is let go within a look of the last other
+    // holder of the watch (the session's tunnel) letting go.
+    let Ok(fd) = tcp.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let watch = watch.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PATH_WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if Arc::strong_count(&watch) == 1 {
+                return;
+            }
+            match socket_path(&fd) {
+                Some(path) => watch.record_socket(&path),
+                None => return,
+            }
+        }
+    });
+}
+
+#[cfg(not(target_os = "linux"))]
+fn watch_socket(_: &TcpStream, _: &Arc<PathWatch>) {}
+
+/// What the kernel says of the TCP socket `fd`'s path; `None` if it will not say.
+#[cfg(target_os = "linux")]
+fn socket_path(fd: &std::os::fd::OwnedFd) -> Option<SocketPath> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain integers, valid zeroed; getsockopt writes at most `len`
+    // bytes into it (an older kernel writes fewer, leaving the newer fields zero) and `fd` is
+    // a descriptor this function's caller owns.
+    let (info, ok) = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let ok = libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        ) == 0;
+        (info, ok)
+    };
+    if !ok {
+        return None;
+    }
+    let ms = |v: u32| Duration::from_millis(v.into());
+    let in_flight = u64::from(info.tcpi_unacked) * u64::from(info.tcpi_snd_mss);
+    Some(SocketPath {
+        rtt: Duration::from_micros(info.tcpi_rtt.into()),
+        min_rtt: Duration::from_micros(info.tcpi_min_rtt.into()),
+        rate_bps: info.tcpi_delivery_rate.saturating_mul(8),
+        queued_bytes: u64::from(info.tcpi_notsent_bytes) + in_flight,
+        unacknowledged_for: if info.tcpi_unacked > 0 {
+            ms(info.tcpi_last_ack_recv)
+        } else {
+            Duration::ZERO
+        },
+        heard_ago: ms(info.tcpi_last_data_recv),
+    })
 }
 
 /// Why a TCP carrier connection could not be opened.
@@ -199,5 +276,63 @@ pub async fn greet(
         Some(Frame::SessionClose { code, reason }) => Err(GreetError::Refused { code, reason }),
         Some(other) => Err(GreetError::Unexpected(format!("{other:?}"))),
         None => Err(GreetError::Unexpected("the end of the connection".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_waits_in_the_socket_counts_as_the_paths_wait() {
+        let watch = PathWatch::default();
+        watch.record_socket(&SocketPath {
+            rtt: Duration::from_millis(60),
+            min_rtt: Duration::from_millis(50),
+            rate_bps: 8_000_000,
+            // 100 kB unsent and in flight: 100 ms at 8 Mbit/s.
+            queued_bytes: 100_000,
+            unacknowledged_for: Duration::from_millis(40),
+            heard_ago: Duration::ZERO,
+        });
+        assert_eq!(
+            watch.quic_wait(),
+            Duration::from_millis(130),
+            "100 ms + half the RTT"
+        );
+        assert_eq!(watch.rtt(), Duration::from_millis(60));
+        assert_eq!(watch.rate_bps(), 8_000_000);
+        assert_eq!(watch.unacknowledged_for(), Duration::from_millis(40));
+        // No rate known yet: only half the round trip.
+        watch.record_socket(&SocketPath {
+            rtt: Duration::from_millis(60),
+            queued_bytes: 100_000,
+            ..SocketPath::default()
+        });
+        assert_eq!(watch.quic_wait(), Duration::from_millis(30));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_kernel_reports_a_connected_sockets_path() {
+        use std::os::fd::AsFd;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.write_all(&[7; 4096]).await.unwrap();
+        let mut got = vec![0; 4096];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(b"ack").await.unwrap();
+        client.read_exact(&mut [0; 3]).await.unwrap();
+        let fd = client.as_fd().try_clone_to_owned().unwrap();
+        let path = socket_path(&fd).expect("TCP_INFO");
+        assert!(path.rtt > Duration::ZERO, "{path:?}");
+        assert_eq!(
+            path.queued_bytes, 0,
+            "everything was acknowledged: {path:?}"
+        );
     }
 }

@@ -340,6 +340,23 @@ pub struct PathWatch {
     heard_at_us: AtomicU64,
 }
 
+/// A TCP socket's path as the kernel reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketPath {
+    /// Smoothed round trip.
+    pub rtt: Duration,
+    /// Least round trip seen.
+    pub min_rtt: Duration,
+    /// The rate the path delivers, bit/s.
+    pub rate_bps: u64,
+    /// Bytes in the socket not yet acknowledged: unsent and in flight.
+    pub queued_bytes: u64,
+    /// How long in-flight data has waited for an acknowledgement (zero: none in flight).
+    pub unacknowledged_for: Duration,
+    /// How long ago the socket last received data.
+    pub heard_ago: Duration,
+}
+
 impl PathWatch {
     /// Starts watching `conn` ([`PathWatch::run`]) until it closes.
     pub fn start(conn: &quinn::Connection) -> Arc<PathWatch> {
@@ -399,6 +416,28 @@ impl PathWatch {
     /// The send window last set, bytes (see [`send_window`]).
     pub fn send_window(&self) -> u64 {
         self.send_window.load(Ordering::Relaxed)
+    }
+
+    /// Records what the kernel says of a TCP carrier socket's path (the TCP counterpart of
+    /// [`PathWatch::run`]'s look at a QUIC connection).
+    pub(crate) fn record_socket(&self, path: &SocketPath) {
+        let us = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.rtt_us.store(us(path.rtt), Ordering::Relaxed);
+        self.min_rtt_us.store(us(path.min_rtt), Ordering::Relaxed);
+        self.rate_bps.store(path.rate_bps, Ordering::Relaxed);
+        // What is handed to the socket now waits behind what it holds unsent and what is in
+        // flight, at the rate the path delivers, then half a round trip.
+        let queued_bits = path.queued_bytes.saturating_mul(8);
+        let wait = match path.rate_bps {
+            0 => Duration::ZERO,
+            rate => Duration::from_micros(queued_bits.saturating_mul(1_000_000) / rate),
+        };
+        let wait = (wait + path.rtt / 2).min(MAX_QUIC_WAIT);
+        self.quic_wait_us.store(us(wait), Ordering::Relaxed);
+        self.unacked_us
+            .store(us(path.unacknowledged_for), Ordering::Relaxed);
+        let heard = since_epoch().saturating_sub(path.heard_ago);
+        self.heard_at_us.store(us(heard).max(1), Ordering::Relaxed);
     }
 
     /// Keeps `conn`'s send window (unsent plus unacknowledged bytes, all streams) at what the
