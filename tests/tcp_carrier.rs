@@ -31,12 +31,7 @@ async fn a_push_over_the_tcp_carrier_reaches_nginx_byte_exact() {
 
     let player = Player::start(&format!("rtmp://{}/live/tcpcam", nginx.rtmp));
     nginx.wait_for_players("tcpcam", 1, LIMIT).await;
-    let out = push(&clip, &stack.edge_url("tcpcam")).await;
-    assert!(
-        out.status.success(),
-        "pusher failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_ok(&clip, &stack.edge_url("tcpcam")).await;
     let played = player.finish(pushed.len(), LIMIT).await;
     assert_same_packets(&pushed, &played, "push over the tcp carrier");
     // Both hops ran the session on TCP; no QUIC connection was ever made.
@@ -58,12 +53,7 @@ async fn a_play_over_the_tcp_carrier_is_byte_exact() {
 
     let player = Player::start(&stack.edge_url("tcpshow"));
     nginx.wait_for_players("tcpshow", 1, LIMIT).await;
-    let out = push(&clip, &format!("rtmp://{}/live/tcpshow", nginx.rtmp)).await;
-    assert!(
-        out.status.success(),
-        "pusher failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_ok(&clip, &format!("rtmp://{}/live/tcpshow", nginx.rtmp)).await;
     let played = player.finish(pushed.len(), LIMIT).await;
     assert_same_packets(&pushed, &played, "play over the tcp carrier");
 }
@@ -149,12 +139,7 @@ async fn where_quic_goes_unanswered_sessions_take_tcp_and_the_next_one_does_not_
     })
     .await;
     for stream in ["auto1", "auto2"] {
-        let out = push(&clip, &stack.edge_url(stream)).await;
-        assert!(
-            out.status.success(),
-            "pusher {stream} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        push_ok(&clip, &stack.edge_url(stream)).await;
         let ended = ended_session(&stack.edge, stream, |s| s.session.stream == stream).await;
         assert_eq!(ended.session.carrier, "tcp", "{ended:?}");
         assert_eq!(ended.code, "normal", "{ended:?}");
@@ -180,12 +165,7 @@ async fn where_quic_answers_auto_sessions_stay_on_quic() {
         |_| true,
     )
     .await;
-    let out = push(&clip, &stack.edge_url("autoquic")).await;
-    assert!(
-        out.status.success(),
-        "pusher failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_ok(&clip, &stack.edge_url("autoquic")).await;
     let ended = ended_session(&stack.edge, "autoquic", |s| s.session.stream == "autoquic").await;
     assert_eq!(ended.session.carrier, "quic", "{ended:?}");
     assert_eq!(stack.edge.events().tcp_fallbacks, 0);

@@ -77,12 +77,12 @@ pub struct EdgeConfig {
     /// How sessions carry media through the tunnel, both ways: `"lanes"` (default), audio on
     /// a QUIC stream of its own and video on a stream per GOP (a stale GOP is reset inside
     /// QUIC), or `"stream"`, everything on the session's own QUIC stream.
-    #[arg(long, value_name = "lanes|stream")]
+    #[arg(long, value_enum)]
     pub carrier: MediaCarrier,
     /// How sessions reach the gateway: `"auto"` (default: QUIC, and the TCP carrier where
     /// QUIC does not answer within 250 ms, remembered per network), `"quic"` (UDP only) or
     /// `"tcp"` (TLS 1.3 over TCP, one connection per session, for networks that block UDP).
-    #[arg(long, value_name = "auto|quic|tcp")]
+    #[arg(long, value_enum)]
     pub transport: EdgeTransport,
     /// The gateways' TCP port for the TCP carrier, if not their QUIC port number (e.g. 443).
     #[arg(long, value_name = "PORT")]
@@ -156,7 +156,7 @@ impl Default for EdgeConfig {
 }
 
 /// How the edge's sessions carry media (TOML `carrier`, flag `--carrier`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaCarrier {
     /// Everything on the session's QUIC stream, in order.
@@ -177,21 +177,8 @@ impl MediaCarrier {
     }
 }
 
-impl std::str::FromStr for MediaCarrier {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "stream" => Ok(MediaCarrier::Stream),
-            "lanes" => Ok(MediaCarrier::Lanes),
-            other => Err(format!(
-                "carrier {other:?}: expected \"stream\" or \"lanes\""
-            )),
-        }
-    }
-}
-
 /// How the edge's sessions reach the gateway (TOML `transport`, flag `--transport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum EdgeTransport {
     /// QUIC, and the TCP carrier where QUIC does not answer (happy eyeballs).
@@ -201,20 +188,6 @@ pub enum EdgeTransport {
     Quic,
     /// TLS 1.3 over TCP: a connection per session (networks that block UDP).
     Tcp,
-}
-
-impl std::str::FromStr for EdgeTransport {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(EdgeTransport::Auto),
-            "quic" => Ok(EdgeTransport::Quic),
-            "tcp" => Ok(EdgeTransport::Tcp),
-            other => Err(format!(
-                "transport {other:?}: expected \"auto\", \"quic\" or \"tcp\""
-            )),
-        }
-    }
 }
 
 /// One gateway address or several, as written: `gateway = "a:4433"` or

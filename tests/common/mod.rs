@@ -571,6 +571,16 @@ impl Player {
     }
 }
 
+/// Pushes `clip` to `url` with ffmpeg (see [`push`]) and fails the test if ffmpeg does.
+pub async fn push_ok(clip: &Path, url: &str) {
+    let out = push(clip, url).await;
+    assert!(
+        out.status.success(),
+        "pusher to {url} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Pushes `clip` to `url` in real time with a real ffmpeg (stream copy); waits for the end.
 pub async fn push(clip: &Path, url: &str) -> std::process::Output {
     require("ffmpeg");
