@@ -69,24 +69,7 @@ impl Edge {
     /// to the gateway.
     pub async fn bind(config: EdgeConfig) -> Result<Edge, EdgeError> {
         let settings = config.resolve()?;
-        let trust = match &settings.trust {
-            config::Trust::Ca(ca) => GatewayTrust::Ca(rtmpq_certs::load_certs(ca)?),
-            config::Trust::Pin(pin) => GatewayTrust::Pin(*pin),
-        };
-        let identity = match &settings.client_identity {
-            Some((cert, key)) => Some(Identity::load(cert, key)?),
-            None => None,
-        };
-        let tls = rtmpq_certs::client_tls(trust, identity)?;
-        let tcp_tls = rtmpq_hop::tcp::client_tls(tls.clone());
-        let mut client_config = rtmpq_hop::transport::client_config(tls)?;
-        if settings.standby && settings.gateways.len() > 1 {
-            // Keep-alives often enough for a gateway to tell silence from a quiet session
-            // within HELLO's `release_after_ms`.
-            let mut transport = rtmpq_hop::transport::transport_config();
-            transport.keep_alive_interval(Some(connector::POOL_KEEP_ALIVE));
-            client_config.transport_config(Arc::new(transport));
-        }
+        let (client_config, tcp_tls) = client_tls(&settings)?;
         let listener = bind_tcp(settings.listen).await?;
         // The wildcard address lets quinn migrate when the route or address changes.
         let wildcard: SocketAddr = "0.0.0.0:0".parse().expect("valid");
@@ -222,6 +205,32 @@ impl Edge {
         services.cancel();
         info!("edge stopped");
     }
+}
+
+/// The edge's TLS to its gateways, from its trust settings and client identity: QUIC's client
+/// config and the TCP carrier's.
+fn client_tls(
+    settings: &EdgeSettings,
+) -> Result<(quinn::ClientConfig, Arc<rustls::ClientConfig>), EdgeError> {
+    let trust = match &settings.trust {
+        config::Trust::Ca(ca) => GatewayTrust::Ca(rtmpq_certs::load_certs(ca)?),
+        config::Trust::Pin(pin) => GatewayTrust::Pin(*pin),
+    };
+    let identity = match &settings.client_identity {
+        Some((cert, key)) => Some(Identity::load(cert, key)?),
+        None => None,
+    };
+    let tls = rtmpq_certs::client_tls(trust, identity)?;
+    let tcp_tls = rtmpq_hop::tcp::client_tls(tls.clone());
+    let mut client_config = rtmpq_hop::transport::client_config(tls)?;
+    if settings.standby && settings.gateways.len() > 1 {
+        // Keep-alives often enough for a gateway to tell silence from a quiet session
+        // within HELLO's `release_after_ms`.
+        let mut transport = rtmpq_hop::transport::transport_config();
+        transport.keep_alive_interval(Some(connector::POOL_KEEP_ALIVE));
+        client_config.transport_config(Arc::new(transport));
+    }
+    Ok((client_config, tcp_tls))
 }
 
 /// Clients being told that the edge is full, at most, at once; more are dropped unanswered.

@@ -386,30 +386,8 @@ impl Gateway {
             };
             let shared = self.shared.clone();
             let remote = incoming.remote_address();
-            let verdict = shared
-                .admission
-                .judge(remote.ip(), incoming.remote_address_validated());
-            let ticket = match verdict {
-                admission::Verdict::Accept(ticket) => ticket,
-                admission::Verdict::Retry if incoming.may_retry() => {
-                    shared.telemetry.quic_retry();
-                    // Stateless: the source comes back with a token proving its address.
-                    let _ = incoming.retry();
-                    continue;
-                }
-                admission::Verdict::Retry => {
-                    // Already validated (cannot happen: validated sources are not retried).
-                    incoming.refuse();
-                    continue;
-                }
-                admission::Verdict::Refuse(reason) => {
-                    shared.telemetry.handshake_failed(
-                        reason,
-                        &format_args!("handshake from {remote} refused: {reason} reached"),
-                    );
-                    incoming.refuse();
-                    continue;
-                }
+            let Some((incoming, ticket)) = admit_handshake(incoming, &shared) else {
+                continue;
             };
             drain.spawn(
                 serve_connection(incoming, ticket, shared, shutdown.clone())
@@ -428,6 +406,40 @@ impl Gateway {
             let _ = embedded.await;
         }
         info!("gateway stopped");
+    }
+}
+
+/// Judges a QUIC handshake by the admission limits before any work is done for it: its ticket,
+/// or `None` once it was sent a Retry (to prove its address) or refused (counted and logged).
+fn admit_handshake(
+    incoming: quinn::Incoming,
+    shared: &Shared,
+) -> Option<(quinn::Incoming, admission::Ticket)> {
+    let remote = incoming.remote_address();
+    let verdict = shared
+        .admission
+        .judge(remote.ip(), incoming.remote_address_validated());
+    match verdict {
+        admission::Verdict::Accept(ticket) => Some((incoming, ticket)),
+        admission::Verdict::Retry if incoming.may_retry() => {
+            shared.telemetry.quic_retry();
+            // Stateless: the source comes back with a token proving its address.
+            let _ = incoming.retry();
+            None
+        }
+        admission::Verdict::Retry => {
+            // Already validated (cannot happen: validated sources are not retried).
+            incoming.refuse();
+            None
+        }
+        admission::Verdict::Refuse(reason) => {
+            shared.telemetry.handshake_failed(
+                reason,
+                &format_args!("handshake from {remote} refused: {reason} reached"),
+            );
+            incoming.refuse();
+            None
+        }
     }
 }
 

@@ -92,45 +92,17 @@ async fn serve(
             return;
         }
     };
-    let Greeted {
-        mut send,
+    let Some(Admitted {
+        send,
         frames,
-        cert,
         path,
-        hello,
-    } = greeted;
-    let Frame::Hello {
-        version,
         edge_id,
-        token,
-        ..
-    } = hello
+        creds,
+        identity,
+    }) = admit(greeted, &shared).await
     else {
-        let why = format!("expected HELLO, got {hello:?}");
-        refuse(&shared, &mut send, CloseCode::ProtocolViolation, &why).await;
         return;
     };
-    let cert_names = cert
-        .as_ref()
-        .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
-        .unwrap_or_default();
-    let creds = Credentials {
-        token: rtmpq_hop::secret::Secret::new(token),
-        cert_names,
-    };
-    if let Some((code, reason)) = refusal(&shared, version, &edge_id, &creds) {
-        refuse(&shared, &mut send, code, &reason).await;
-        return;
-    }
-    let welcome = Frame::Welcome {
-        version: WIRE_VERSION,
-        gateway_id: "rtmpq-gateway".into(),
-    };
-    if let Err(e) = write_frame(&mut send, &welcome).await {
-        warn!(reason = %e, "could not answer HELLO");
-        return;
-    }
-    let identity = resumable::EdgeIdentity::of(&edge_id, cert.as_ref(), creds.token.expose());
     // One session per connection: its place on the connection is the connection itself.
     let per_connection = Arc::new(Semaphore::new(1));
     let slots = match session_slots(&shared, &per_connection, &identity) {
@@ -157,6 +129,68 @@ async fn serve(
     session::serve(send, frames, &shared, who, link).await;
     drop(slots);
     drop(ticket);
+}
+
+/// An edge admitted and welcomed on its carrier connection.
+struct Admitted {
+    send: SendHalf,
+    frames: FrameReader,
+    path: Arc<PathWatch>,
+    edge_id: String,
+    creds: Credentials,
+    identity: resumable::EdgeIdentity,
+}
+
+/// Judges the edge's HELLO (its id, wire version, token and certificate against the access
+/// policy, as on QUIC) and answers WELCOME, or refuses it with SESSION_CLOSE and why.
+async fn admit(greeted: Greeted, shared: &Shared) -> Option<Admitted> {
+    let Greeted {
+        mut send,
+        frames,
+        cert,
+        path,
+        hello,
+    } = greeted;
+    let Frame::Hello {
+        version,
+        edge_id,
+        token,
+        ..
+    } = hello
+    else {
+        let why = format!("expected HELLO, got {hello:?}");
+        refuse(shared, &mut send, CloseCode::ProtocolViolation, &why).await;
+        return None;
+    };
+    let cert_names = cert
+        .as_ref()
+        .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
+        .unwrap_or_default();
+    let creds = Credentials {
+        token: rtmpq_hop::secret::Secret::new(token),
+        cert_names,
+    };
+    if let Some((code, reason)) = refusal(shared, version, &edge_id, &creds) {
+        refuse(shared, &mut send, code, &reason).await;
+        return None;
+    }
+    let welcome = Frame::Welcome {
+        version: WIRE_VERSION,
+        gateway_id: "rtmpq-gateway".into(),
+    };
+    if let Err(e) = write_frame(&mut send, &welcome).await {
+        warn!(reason = %e, "could not answer HELLO");
+        return None;
+    }
+    let identity = resumable::EdgeIdentity::of(&edge_id, cert.as_ref(), creds.token.expose());
+    Some(Admitted {
+        send,
+        frames,
+        path,
+        edge_id,
+        creds,
+        identity,
+    })
 }
 
 /// A carrier connection whose TLS handshake is done and whose first frame arrived.
