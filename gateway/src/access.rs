@@ -43,6 +43,19 @@ pub struct Credentials {
     pub cert_names: Vec<String>,
 }
 
+impl Credentials {
+    /// What an edge proved: the names in the client certificate it presented (if any) and
+    /// the token it said in HELLO.
+    pub fn of(cert: Option<&rustls::pki_types::CertificateDer<'static>>, token: String) -> Self {
+        Credentials {
+            token: Secret::new(token),
+            cert_names: cert
+                .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
+                .unwrap_or_default(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")

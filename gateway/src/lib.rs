@@ -684,13 +684,8 @@ async fn admit(greeted: Greeted, shared: &Shared) -> Option<Admitted> {
         );
         return None;
     }
-    let cert_names = peer_certificate(&conn)
-        .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
-        .unwrap_or_default();
-    let creds = |token| Credentials {
-        token: rtmpq_hop::secret::Secret::new(token),
-        cert_names,
-    };
+    let cert = peer_certificate(&conn);
+    let creds = |token| Credentials::of(cert.as_ref(), token);
     let (edge_id, creds, release_after, refusal) = match first {
         Some(Frame::Hello {
             version,
@@ -721,14 +716,7 @@ async fn admit(greeted: Greeted, shared: &Shared) -> Option<Admitted> {
         conn.close(quic_code(code), reason.as_bytes());
         return None;
     }
-    let welcome = Frame::Welcome {
-        version: WIRE_VERSION,
-        gateway_id: "rtmpq-gateway".into(),
-    };
-    if let Err(e) = write_frame(&mut control_send, &welcome).await {
-        warn!(reason = %e, "could not answer HELLO");
-        return None;
-    }
+    welcome(&mut control_send).await?;
     info!(edge = %edge_id, "edge connected");
     // Nothing more is due on the control stream; what comes is read and dropped (small frames
     // only), so QUIC holds nothing for it.
@@ -740,6 +728,21 @@ async fn admit(greeted: Greeted, shared: &Shared) -> Option<Admitted> {
         creds,
         release_after,
     })
+}
+
+/// Answers an admitted edge's HELLO with WELCOME; `None` (logged) if it cannot be sent.
+async fn welcome(send: &mut impl rtmpq_hop::tunnel::FrameWrite) -> Option<()> {
+    let welcome = Frame::Welcome {
+        version: WIRE_VERSION,
+        gateway_id: "rtmpq-gateway".into(),
+    };
+    match write_frame(send, &welcome).await {
+        Ok(()) => Some(()),
+        Err(e) => {
+            warn!(reason = %e, "could not answer HELLO");
+            None
+        }
+    }
 }
 
 /// Why an edge saying HELLO with `version`, `edge_id` and `creds` is refused, if it is.

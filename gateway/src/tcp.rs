@@ -10,8 +10,8 @@ use std::time::Duration;
 use rtmpq_hop::session::TunnelLink;
 use rtmpq_hop::stream::{tls_halves, SendHalf};
 use rtmpq_hop::transport::PathWatch;
-use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader};
-use rtmpq_proto::wire::{CloseCode, Frame, WIRE_VERSION};
+use rtmpq_hop::tunnel::{close_stream, FrameReader};
+use rtmpq_proto::wire::{CloseCode, Frame};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::access::Credentials;
 use crate::{
-    admission, refusal, refuse_session, resumable, session, session_slots, Shared,
+    admission, refusal, refuse_session, resumable, session, session_slots, welcome, Shared,
     CONNECTION_SHARE_OF_BUFFER, HELLO_DEADLINE,
 };
 
@@ -162,26 +162,12 @@ async fn admit(greeted: Greeted, shared: &Shared) -> Option<Admitted> {
         refuse(shared, &mut send, CloseCode::ProtocolViolation, &why).await;
         return None;
     };
-    let cert_names = cert
-        .as_ref()
-        .map(|c| rtmpq_certs::certificate_names(c.as_ref()))
-        .unwrap_or_default();
-    let creds = Credentials {
-        token: rtmpq_hop::secret::Secret::new(token),
-        cert_names,
-    };
+    let creds = Credentials::of(cert.as_ref(), token);
     if let Some((code, reason)) = refusal(shared, version, &edge_id, &creds) {
         refuse(shared, &mut send, code, &reason).await;
         return None;
     }
-    let welcome = Frame::Welcome {
-        version: WIRE_VERSION,
-        gateway_id: "rtmpq-gateway".into(),
-    };
-    if let Err(e) = write_frame(&mut send, &welcome).await {
-        warn!(reason = %e, "could not answer HELLO");
-        return None;
-    }
+    welcome(&mut send).await?;
     let identity = resumable::EdgeIdentity::of(&edge_id, cert.as_ref(), creds.token.expose());
     Some(Admitted {
         send,
