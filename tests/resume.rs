@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,38 +11,8 @@ use std::time::Duration;
 use common::*;
 use rtmpq_edge::EdgeConfig;
 use rtmpq_proto::wire::{CloseCode, Frame, ResumeToken, SessionId};
-use tokio::net::UdpSocket;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A UDP relay to `to` that forwards until `cut` is set, then drops everything.
-async fn cuttable_relay(to: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
-    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
-        let mut client = None;
-        loop {
-            tokio::select! {
-                r = front.recv_from(&mut up) => {
-                    let (n, from) = r.unwrap();
-                    client = Some(from);
-                    if !cut.load(Ordering::Relaxed) {
-                        let _ = back.send_to(&up[..n], to).await;
-                    }
-                }
-                r = back.recv_from(&mut down) => {
-                    let (n, _) = r.unwrap();
-                    if let (Some(c), false) = (client, cut.load(Ordering::Relaxed)) {
-                        let _ = front.send_to(&down[..n], c).await;
-                    }
-                }
-            }
-        }
-    });
-    addr
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_connection_dies_is_resumed_and_the_origin_sees_one_publish() {

@@ -170,3 +170,61 @@ async fn where_quic_answers_auto_sessions_stay_on_quic() {
     assert_eq!(ended.session.carrier, "quic", "{ended:?}");
     assert_eq!(stack.edge.events().tcp_fallbacks, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_udp_dies_mid_stream_the_session_moves_to_tcp_and_the_pusher_never_notices() {
+    capture_logs();
+    let clip = clip(15).await;
+    let state = tempfile::tempdir().unwrap();
+    let gateway = Gateway::bind(GatewayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state.path().to_owned(),
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let tcp_port = gateway.tcp_addr().expect("tcp carrier").port();
+    // QUIC goes through a relay that stops forwarding on `cut` (UDP blocked mid-stream);
+    // TCP reaches the gateway directly.
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay = cuttable_relay(gateway.local_addr(), cut.clone()).await;
+    let stack = Stack::with_gateway(gateway, state, |c| EdgeConfig {
+        gateway: vec![relay.to_string()],
+        tcp_port: Some(tcp_port),
+        transport: EdgeTransport::Auto,
+        ..c
+    })
+    .await;
+    poll_for(
+        "the edge's QUIC connection",
+        || stack.edge.connections(),
+        |_| true,
+    )
+    .await;
+    let url = stack.edge_url("udpdies");
+    let pusher = tokio::spawn(async move { push_ok(&clip, &url).await });
+    live_session(&stack.edge, "media on quic", |s| {
+        s.stream == "udpdies" && s.carrier == "quic" && s.video_frames > 60
+    })
+    .await;
+    let cut_at = std::time::Instant::now();
+    cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    live_session(&stack.edge, "moved to tcp", |s| {
+        s.stream == "udpdies" && s.carrier == "tcp"
+    })
+    .await;
+    let moved_after = cut_at.elapsed();
+    // A figure, not a gate: the status API is read once a second. Without the move the session
+    // would wait for QUIC's 15 s idle timeout.
+    eprintln!("moved to tcp {moved_after:?} after udp stopped");
+    assert!(moved_after < Duration::from_secs(12), "{moved_after:?}");
+    pusher.await.unwrap();
+    let ended = ended_session(&stack.edge, "udpdies", |s| s.session.stream == "udpdies").await;
+    assert_eq!(
+        (ended.code.as_str(), ended.session.carrier.as_str()),
+        ("normal", "tcp"),
+        "{ended:?}"
+    );
+    assert_eq!(ended.session.resumed, 1, "{ended:?}");
+    assert_eq!(stack.edge.events().tcp_fallbacks, 1);
+}

@@ -107,6 +107,19 @@ pub struct GatewayTarget {
     pub standby: bool,
     /// Where connections and their events are reported.
     pub telemetry: Arc<Telemetry>,
+    /// With `transport = "auto"`: the TCP carrier to check when QUIC stops being
+    /// acknowledged, and where the verdict "UDP no longer gets through" is kept.
+    pub tcp_fallback: Option<TcpFallback>,
+}
+
+/// The TCP carrier beside QUIC, for telling a UDP block from a blackout (see
+/// [`udp_died`]).
+#[derive(Debug, Clone)]
+pub struct TcpFallback {
+    /// Opens TCP carrier connections.
+    pub dialer: Arc<crate::tcp_dial::TcpDialer>,
+    /// Set when UDP stopped getting through while TCP did; cleared when QUIC connects again.
+    pub udp_blocked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl GatewayTarget {
@@ -233,6 +246,11 @@ async fn maintain(
                     telemetry.reconnected();
                 }
                 telemetry.connection_opened(&conn, address.clone());
+                if let Some(fallback) = &target.tcp_fallback {
+                    fallback
+                        .udp_blocked
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 let link = TunnelLink::start(&conn);
                 let path = link.path.clone();
                 state.send_replace(LinkState::Up(GatewayLink {
@@ -248,6 +266,12 @@ async fn maintain(
                         return;
                     }
                     reason = conn.closed() => reason,
+                    waited = udp_died(&path, target.tcp_fallback.as_ref()), if target.tcp_fallback.is_some() => {
+                        warn!(gateway = %address, "QUIC left what was sent unacknowledged for {waited:?} while TCP to the gateway works: UDP no longer gets through from here; live sessions move to the TCP carrier");
+                        telemetry.tcp_fallback("udp_died");
+                        conn.close(quic_code(CloseCode::TunnelLost), b"udp stopped getting through");
+                        conn.closed().await
+                    }
                     waited = stops_acknowledging(&path, standby.as_ref()), if can_move => {
                         warn!(gateway = %address, "gateway left what was sent unacknowledged for {waited:?}: moving its sessions to another gateway");
                         telemetry.failed_over();
@@ -400,6 +424,44 @@ async fn stops_acknowledging(path: &PathWatch, standby: Option<&Standby>) -> Dur
                 }
             }
         }
+    }
+}
+
+/// How long QUIC may leave what was sent unacknowledged before the edge asks whether TCP to
+/// the gateway still works (a UDP block), rather than the path being dark (a blackout).
+pub const UDP_DEAD_AFTER: Duration = Duration::from_secs(1);
+/// How long that TCP check may take.
+const TCP_CHECK_LIMIT: Duration = Duration::from_secs(1);
+
+/// Returns (with how long QUIC has waited) once QUIC has left what was sent unacknowledged for
+/// [`UDP_DEAD_AFTER`] while a TCP carrier connection to the gateway opens (TCP and TLS within
+/// [`TCP_CHECK_LIMIT`]): UDP stopped getting through, TCP did not, and `fallback` says so.
+/// When TCP fails too, the path is dark (a blackout): nothing moves, and TCP is not asked again
+/// until QUIC has been acknowledged since.
+async fn udp_died(path: &PathWatch, fallback: Option<&TcpFallback>) -> Duration {
+    let Some(fallback) = fallback else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut asked = false;
+    loop {
+        tick.tick().await;
+        let waited = path.unacknowledged_for();
+        if waited < UDP_DEAD_AFTER {
+            asked = false;
+            continue;
+        }
+        if asked {
+            continue;
+        }
+        asked = true;
+        if fallback.dialer.check(TCP_CHECK_LIMIT).await {
+            fallback
+                .udp_blocked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return path.unacknowledged_for();
+        }
+        info!("QUIC unacknowledged for {waited:?} and TCP to the gateway fails too: the path is dark, nothing moves");
     }
 }
 
@@ -570,6 +632,7 @@ mod tests {
             token: String::new(),
             standby,
             telemetry: Telemetry::new(rtmpq_telemetry::Role::Edge, Arc::default()),
+            tcp_fallback: None,
         }
     }
 

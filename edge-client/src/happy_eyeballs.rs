@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtmpq_telemetry::Telemetry;
@@ -41,17 +42,20 @@ pub struct AutoTransport {
     /// QUIC, kept up (or retried) in the background.
     pub quic: Connector,
     /// The TCP carrier.
-    pub tcp: TcpDialer,
+    pub tcp: Arc<TcpDialer>,
+    /// Set by the connector when UDP stopped getting through mid-stream while TCP did.
+    udp_blocked: Arc<AtomicBool>,
     /// The carrier that won last, by local address (`None`: the address was not found).
     learned: Mutex<HashMap<Option<IpAddr>, Winner>>,
 }
 
 impl AutoTransport {
-    /// Both carriers, nothing learned yet.
-    pub fn new(quic: Connector, tcp: TcpDialer) -> Self {
+    /// Both carriers, nothing learned yet; `udp_blocked` is the connector's verdict.
+    pub fn new(quic: Connector, tcp: Arc<TcpDialer>, udp_blocked: Arc<AtomicBool>) -> Self {
         AutoTransport {
             quic,
             tcp,
+            udp_blocked,
             learned: Mutex::default(),
         }
     }
@@ -67,6 +71,9 @@ impl AutoTransport {
             return Ok(Reached::Quic(link));
         }
         let network = local_address(&self.tcp).await;
+        if self.udp_blocked.load(Ordering::Relaxed) {
+            self.learn(network, Winner::Tcp);
+        }
         if self.learned(network) == Some(Winner::Tcp) {
             return self.over_tcp(wait).await;
         }

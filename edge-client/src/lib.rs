@@ -36,7 +36,7 @@ enum Transport {
     /// Streams of one QUIC connection the connector keeps up.
     Quic(Connector),
     /// A TLS connection over TCP per session.
-    Tcp(tcp_dial::TcpDialer),
+    Tcp(Arc<tcp_dial::TcpDialer>),
     /// QUIC, or TCP where QUIC does not answer ([`happy_eyeballs`]).
     Auto(happy_eyeballs::AutoTransport),
 }
@@ -83,6 +83,15 @@ impl Edge {
             None => None,
         };
         let telemetry = Telemetry::new(Role::Edge, Arc::default());
+        let tcp = Arc::new(tcp_dial::TcpDialer {
+            tls: tcp_tls,
+            gateways: settings.gateways.clone(),
+            port: settings.tcp_port,
+            edge_id: settings.edge_id.clone(),
+            token: settings.token.expose().to_owned(),
+        });
+        let udp_blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let auto = settings.transport == config::EdgeTransport::Auto;
         let target = connector::GatewayTarget {
             gateways: settings.gateways.clone(),
             client_config,
@@ -90,17 +99,14 @@ impl Edge {
             token: settings.token.expose().to_owned(),
             standby: settings.standby,
             telemetry: telemetry.clone(),
+            tcp_fallback: auto.then(|| connector::TcpFallback {
+                dialer: tcp.clone(),
+                udp_blocked: udp_blocked.clone(),
+            }),
         };
         let buffer = BufferBound::new(settings.max_buffered_bytes);
         telemetry.watch_buffer(buffer.clone());
         let connector_shutdown = CancellationToken::new();
-        let tcp = tcp_dial::TcpDialer {
-            tls: tcp_tls,
-            gateways: settings.gateways.clone(),
-            port: settings.tcp_port,
-            edge_id: settings.edge_id.clone(),
-            token: settings.token.expose().to_owned(),
-        };
         let quic = || {
             Connector::start(
                 endpoint.clone(),
@@ -113,7 +119,7 @@ impl Edge {
             config::EdgeTransport::Quic => Transport::Quic(quic()),
             config::EdgeTransport::Tcp => Transport::Tcp(tcp),
             config::EdgeTransport::Auto => {
-                Transport::Auto(happy_eyeballs::AutoTransport::new(quic(), tcp))
+                Transport::Auto(happy_eyeballs::AutoTransport::new(quic(), tcp, udp_blocked))
             }
         };
         Ok(Edge {

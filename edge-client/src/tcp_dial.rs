@@ -90,6 +90,20 @@ impl TcpDialer {
     }
 }
 
+impl TcpDialer {
+    /// Whether a TCP carrier connection to the first gateway comes up (TCP and TLS) within
+    /// `limit`; the connection is dropped at once.
+    pub async fn check(&self, limit: Duration) -> bool {
+        let Some(gateway) = self.gateways.first() else {
+            return false;
+        };
+        let address = tcp_address(&gateway.address, self.port);
+        dial(&address, &gateway.server_name, &self.tls, limit)
+            .await
+            .is_ok()
+    }
+}
+
 /// `address` (`HOST:PORT`) with `port` instead of its own, if given.
 pub fn tcp_address(address: &str, port: Option<u16>) -> String {
     match (port, address.rsplit_once(':')) {

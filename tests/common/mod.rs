@@ -1081,3 +1081,32 @@ impl RunningGateway {
         rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(self.pin), None).unwrap()
     }
 }
+
+/// A UDP relay to `to` that forwards until `cut` is set, then drops everything.
+pub async fn cuttable_relay(to: SocketAddr, cut: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut up) => {
+                    let (n, from) = r.unwrap();
+                    client = Some(from);
+                    if !cut.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = back.send_to(&up[..n], to).await;
+                    }
+                }
+                r = back.recv_from(&mut down) => {
+                    let (n, _) = r.unwrap();
+                    if let (Some(c), false) = (client, cut.load(std::sync::atomic::Ordering::Relaxed)) {
+                        let _ = front.send_to(&down[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
