@@ -299,6 +299,17 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
             },
         ),
         profile(
+            "udp-dies",
+            format!(
+                "UDP dropped from {} s on (TCP passes), 50 ms RTT, 10 Mbit/s",
+                (duration / 2).as_secs()
+            ),
+            LinkSpec {
+                udp_blocked: vec![(duration / 2, Duration::MAX)],
+                ..lossy(50, 0.0, 10.0)
+            },
+        ),
+        profile(
             "udp-blocked-slow",
             "every UDP packet dropped (TCP passes), link at 80 % of the stream's bitrate, 200 ms queue, 50 ms RTT".into(),
             LinkSpec {
