@@ -120,14 +120,7 @@ async fn where_quic_goes_unanswered_sessions_take_tcp_and_the_next_one_does_not_
     // The gateway's QUIC port is unreachable for this edge: its gateway address is a UDP
     // socket that swallows every datagram (a network that blocks UDP), with the gateway's TCP
     // carrier port beside it.
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
-        ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
+    let (gateway, state) = local_gateway(None).await;
     let tcp_port = gateway.tcp_addr().expect("tcp carrier").port();
     let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let hole = black_hole.local_addr().unwrap();
@@ -175,14 +168,7 @@ async fn where_quic_answers_auto_sessions_stay_on_quic() {
 async fn when_udp_dies_mid_stream_the_session_moves_to_tcp_and_the_pusher_never_notices() {
     capture_logs();
     let clip = clip(15).await;
-    let state = tempfile::tempdir().unwrap();
-    let gateway = Gateway::bind(GatewayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state.path().to_owned(),
-        ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
+    let (gateway, state) = local_gateway(None).await;
     let tcp_port = gateway.tcp_addr().expect("tcp carrier").port();
     // QUIC goes through a relay that stops forwarding on `cut` (UDP blocked mid-stream);
     // TCP reaches the gateway directly.
