@@ -762,17 +762,29 @@ impl SessionRecv {
                         lanes.merge.media(lane, index, control_before, msg).map_err(lanes_err)?
                     }
                     Some(LaneEvent::Failed(e)) => return Err(e),
-                    // The router ends every inbox when the connection ends.
-                    None => return Err(FrameReadError::Lost(StreamLost {
-                        code: None,
-                        reason: "the connection ended".into(),
-                    })),
+                    // The router ends every inbox when the connection ends; the session
+                    // stream says why (a stateless reset, a timeout), and at once.
+                    None => {
+                        if !self.ended {
+                            let why = tokio::time::timeout(WHY_LIMIT, self.frames.next()).await;
+                            if let Ok(Err(e)) = why {
+                                return Err(e);
+                            }
+                        }
+                        return Err(FrameReadError::Lost(StreamLost {
+                            code: None,
+                            reason: "the connection ended".into(),
+                        }));
+                    }
                 },
             }
             lanes.charge()?;
         }
     }
 }
+
+/// How long a lanes session whose connection ended waits for its session stream to say why.
+const WHY_LIMIT: Duration = Duration::from_millis(100);
 
 impl TunnelRecv for SessionRecv {
     fn next(
