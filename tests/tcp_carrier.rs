@@ -214,3 +214,93 @@ async fn when_udp_dies_mid_stream_the_session_moves_to_tcp_and_the_pusher_never_
     assert_eq!(ended.session.resumed, 1, "{ended:?}");
     assert_eq!(stack.edge.events().tcp_fallbacks, 1);
 }
+
+/// A stack whose edge (`transport = "auto"`) reaches the gateway's QUIC port only through a
+/// relay that drops everything while `blocked` is set (UDP blocked), and its TCP carrier
+/// directly; the gateway's origin is `origin`.
+async fn udp_blockable_stack(
+    origin: Option<String>,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Stack {
+    let (gateway, state) = local_gateway(origin).await;
+    let tcp_port = gateway.tcp_addr().expect("tcp carrier").port();
+    let relay = cuttable_relay(gateway.local_addr(), blocked).await;
+    Stack::with_gateway(gateway, state, |c| EdgeConfig {
+        gateway: vec![relay.to_string()],
+        tcp_port: Some(tcp_port),
+        transport: EdgeTransport::Auto,
+        ..c
+    })
+    .await
+}
+
+/// Opens UDP once the edge's live session on `stream` runs on TCP with media flowing, and
+/// waits until it runs on QUIC.
+async fn open_udp_and_wait_for_quic(
+    stack: &Stack,
+    stream: &str,
+    blocked: &std::sync::atomic::AtomicBool,
+) {
+    live_session(&stack.edge, "media on tcp", |s| {
+        s.stream == stream && s.carrier == "tcp" && s.video_frames > 30
+    })
+    .await;
+    let opened_at = std::time::Instant::now();
+    blocked.store(false, std::sync::atomic::Ordering::Relaxed);
+    live_session(&stack.edge, "moved back to quic", |s| {
+        s.stream == stream && s.carrier == "quic"
+    })
+    .await;
+    // A figure, not a gate (the status API is read once a second).
+    eprintln!("back on quic {:?} after udp opened", opened_at.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_udp_returns_a_live_push_moves_back_to_quic_and_nginx_gets_every_frame() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let blocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let stack = udp_blockable_stack(Some(format!("rtmp://{}", nginx.rtmp)), blocked.clone()).await;
+
+    let player = Player::start(&format!("rtmp://{}/live/udpback", nginx.rtmp));
+    nginx.wait_for_players("udpback", 1, LIMIT).await;
+    let url = stack.edge_url("udpback");
+    let pusher = tokio::spawn(async move { push_ok(&clip, &url).await });
+    open_udp_and_wait_for_quic(&stack, "udpback", &blocked).await;
+    pusher.await.unwrap();
+    // Cut at a key frame and drained: not one frame lost or changed.
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "push moved from tcp back to quic");
+    let ended = ended_session(&stack.edge, "udpback", |s| s.session.stream == "udpback").await;
+    assert_eq!(
+        (ended.code.as_str(), ended.session.carrier.as_str()),
+        ("normal", "quic"),
+        "{ended:?}"
+    );
+    assert_eq!(ended.session.resumed, 1, "{ended:?}");
+    let events = stack.edge.events();
+    assert_eq!((events.tcp_fallbacks, events.quic_returns), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_udp_returns_a_live_play_moves_back_to_quic_and_the_player_gets_every_frame() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let blocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let stack = udp_blockable_stack(Some(format!("rtmp://{}", nginx.rtmp)), blocked.clone()).await;
+
+    let player = Player::start(&stack.edge_url("udpshow"));
+    nginx.wait_for_players("udpshow", 1, LIMIT).await;
+    let url = format!("rtmp://{}/live/udpshow", nginx.rtmp);
+    let pusher = tokio::spawn(async move { push_ok(&clip, &url).await });
+    open_udp_and_wait_for_quic(&stack, "udpshow", &blocked).await;
+    pusher.await.unwrap();
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "play moved from tcp back to quic");
+    let events = stack.edge.events();
+    assert_eq!(events.quic_returns, 1);
+}

@@ -222,6 +222,7 @@ async fn maintain(
     let mut backoff = FIRST_BACKOFF;
     let mut was_connected = false;
     let mut standby: Option<Standby> = None;
+    let mut rounds = RoundPace::default();
     loop {
         let warm = standby.as_ref().and_then(Standby::take);
         let attempt = match warm {
@@ -232,7 +233,7 @@ async fn maintain(
             }
             None => tokio::select! {
                 _ = shutdown.cancelled() => return,
-                attempt = race(&endpoint, &target) => attempt,
+                attempt = race(&endpoint, &target, &mut rounds) => attempt,
             },
         };
         match attempt {
@@ -336,8 +337,9 @@ impl Standby {
         let (endpoint, filled) = (endpoint.clone(), slot.clone());
         let task = tokio::spawn(async move {
             let mut backoff = FIRST_BACKOFF;
+            let mut rounds = RoundPace::default();
             loop {
-                match race(&endpoint, &others).await {
+                match race(&endpoint, &others, &mut rounds).await {
                     Ok((conn, control, address)) => {
                         info!(gateway = %address, "standby connection to gateway ready");
                         others.telemetry.standby_ready();
@@ -472,15 +474,55 @@ async fn udp_died(path: &PathWatch, fallback: Option<&TcpFallback>) -> Duration 
 pub const REATTEMPT_EVERY: Duration = Duration::from_secs(1);
 /// Most attempts in flight at once per gateway (older ones end at the idle timeout).
 const MAX_ATTEMPTS_PER_GATEWAY: usize = 16;
+/// While UDP is known not to get through (the TCP carrier works, QUIC does not), the time
+/// between rounds of attempts doubles up to this: QUIC is still probed, so sessions go back to
+/// it when UDP returns, but a blocked network is not sent a handshake every second.
+pub const MAX_ROUND_WHILE_BLOCKED: Duration = Duration::from_secs(30);
+
+/// The time between rounds of connection attempts: [`REATTEMPT_EVERY`], backing off to
+/// [`MAX_ROUND_WHILE_BLOCKED`] while UDP is blocked (kept across races).
+#[derive(Debug)]
+struct RoundPace {
+    every: Duration,
+}
+
+impl Default for RoundPace {
+    fn default() -> Self {
+        RoundPace {
+            every: REATTEMPT_EVERY,
+        }
+    }
+}
+
+impl RoundPace {
+    /// The time until the round after the one starting now.
+    fn next(&mut self, udp_blocked: bool) -> Duration {
+        if !udp_blocked {
+            self.every = REATTEMPT_EVERY;
+            return REATTEMPT_EVERY;
+        }
+        let now = self.every;
+        self.every = (self.every * 2).min(MAX_ROUND_WHILE_BLOCKED);
+        now
+    }
+}
 
 /// Connects to the first gateway that answers: the first is tried at once, each next one
 /// [`RACE_STAGGER`] after the one before; while none has answered or failed, a new round
-/// starts every [`REATTEMPT_EVERY`]. The others are dropped. The last error once every
+/// starts every [`REATTEMPT_EVERY`] (less often while UDP is blocked: [`RoundPace`]). The
+/// others are dropped. The last error once every
 /// attempt failed.
 async fn race(
     endpoint: &quinn::Endpoint,
     target: &GatewayTarget,
+    rounds: &mut RoundPace,
 ) -> Result<(quinn::Connection, ControlStream, String), ConnectError> {
+    let udp_blocked = || {
+        target
+            .tcp_fallback
+            .as_ref()
+            .is_some_and(|f| f.udp_blocked.load(std::sync::atomic::Ordering::Relaxed))
+    };
     let mut attempts = tokio::task::JoinSet::new();
     let mut last = None;
     let most = MAX_ATTEMPTS_PER_GATEWAY * target.gateways.len();
@@ -490,7 +532,7 @@ async fn race(
         let now = tokio::time::Instant::now();
         if last.is_none() && now >= next_round {
             // At the cap a round is skipped, not tried again at once.
-            next_round = now + REATTEMPT_EVERY;
+            next_round = now + rounds.next(udp_blocked());
             if attempts.len() < most {
                 for (i, gateway) in target.gateways.iter().enumerate() {
                     let (endpoint, target, gateway) =
@@ -634,6 +676,16 @@ mod tests {
             telemetry: Telemetry::new(rtmpq_telemetry::Role::Edge, Arc::default()),
             tcp_fallback: None,
         }
+    }
+
+    #[test]
+    fn quic_is_probed_less_often_while_udp_is_blocked_and_as_before_once_it_is_not() {
+        let mut pace = RoundPace::default();
+        assert_eq!(pace.next(false), REATTEMPT_EVERY);
+        let blocked: Vec<u64> = (0..8).map(|_| pace.next(true).as_secs()).collect();
+        assert_eq!(blocked, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(pace.next(false), REATTEMPT_EVERY);
+        assert_eq!(pace.next(true), REATTEMPT_EVERY, "the backoff starts over");
     }
 
     #[test]

@@ -100,6 +100,8 @@ impl AutoTransport {
             }
         };
         if winner == Winner::Tcp {
+            // The connector keeps probing QUIC, less often, until UDP gets through.
+            self.udp_blocked.store(true, Ordering::Relaxed);
             info!(
                 local = ?network,
                 "QUIC did not answer within {TCP_AFTER:?} and TCP did: this session and the next ones from this network use the TCP carrier"

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod connector;
 pub mod happy_eyeballs;
+mod quic_return;
 mod refusal;
 mod session;
 pub mod tcp_dial;

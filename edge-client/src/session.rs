@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rtmpq_hop::handover::Handover;
 use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
 use rtmpq_hop::recovery::{self, GaveUp, OriginExchange, Retry};
 use rtmpq_hop::registry::{reporting, SessionRegistry};
 use rtmpq_hop::rtmp::{RtmpConnection, RtmpIoError, RtmpSide, WaitTimes};
 use rtmpq_hop::session::{Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel};
+use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, TunnelRecv, TunnelSend};
 use rtmpq_proto::buffer_bound::SessionBuffer;
 use rtmpq_proto::fast_start::FastStart;
@@ -22,9 +24,10 @@ use rtmpq_proto::wire::{CloseCode, Frame, SessionId};
 use tokio::net::TcpStream;
 use tracing::{info, warn, Instrument};
 
+use crate::quic_return::back_to_quic;
 use crate::refusal::refuse;
 use crate::tunnel_open::{open_tunnel, resume_within};
-use crate::Shared;
+use crate::{Shared, Transport};
 
 /// How long the writer toward the client may take to flush after the session ends.
 pub(crate) const FLUSH_LIMIT: Duration = Duration::from_secs(5);
@@ -73,18 +76,22 @@ async fn run(
                 rtmp: client,
                 tunnel: opened.tunnel(shared, &buffer),
             };
+            let handover = Handover::default();
             let session = Session {
                 peer: RtmpPeer::Client,
                 tracker,
                 limits: &shared.settings.session_limits,
                 queue: queue_policy(shared, &buffer),
                 stop: shared.drain.end_sessions(),
+                handover: &handover,
             };
             let mut edge = EdgeSession {
                 shared,
                 session_id,
                 buffer,
                 tracker,
+                handover: &handover,
+                tunnel_path: None,
             };
             let end = session.run(&mut parts, &mut edge).await;
             client = parts.rtmp;
@@ -104,20 +111,33 @@ async fn run(
     Ok(end)
 }
 
-/// One session at the edge: how it re-attaches to a gateway when its tunnel is lost.
+/// One session at the edge: how it re-attaches to a gateway when its tunnel is lost, and
+/// moves back to QUIC from the TCP carrier.
 pub(crate) struct EdgeSession<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) session_id: SessionId,
     /// Its share of the process-wide buffer bound.
     pub(crate) buffer: Arc<SessionBuffer>,
     pub(crate) tracker: &'a Mutex<SessionTracker>,
+    /// Its moves to a new tunnel at a key frame.
+    pub(crate) handover: &'a Handover,
+    /// The path of its current tunnel.
+    pub(crate) tunnel_path: Option<Arc<PathWatch>>,
 }
 
 impl Reattach for EdgeSession<'_> {
-    async fn before_run(&mut self, _: &mut SessionParts) {}
+    async fn before_run(&mut self, parts: &mut SessionParts) {
+        self.tunnel_path = Some(parts.tunnel.path.clone());
+    }
 
+    /// With `transport = "auto"`, a session on the TCP carrier moves back to QUIC once UDP
+    /// gets through again ([`crate::quic_return`]).
     async fn interrupt(&mut self) -> Interrupt {
-        std::future::pending().await
+        let on_tcp = self.tracker.lock().expect("tracker").carrier == Some("tcp");
+        match &self.shared.transport {
+            Transport::Auto(auto) if on_tcp => back_to_quic(self, &auto.quic).await,
+            _ => std::future::pending().await,
+        }
     }
 
     fn recovery(&self) -> Recovery {

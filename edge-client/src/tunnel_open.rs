@@ -61,6 +61,11 @@ pub(crate) struct OpenedStream {
 }
 
 impl OpenedStream {
+    /// A stream opened on `link` (its first frame sent).
+    pub(crate) fn new(send: SendHalf, frames: FrameReader, link: TunnelLink) -> Self {
+        OpenedStream { send, frames, link }
+    }
+
     /// The session's tunnel over it, carrying media as the edge is configured to; what the
     /// edge sends keeps to its budget.
     pub(crate) fn tunnel(self, shared: &Shared, buffer: &Arc<SessionBuffer>) -> Tunnel {
@@ -97,7 +102,7 @@ async fn open_stream(
 }
 
 /// The latency budget as SESSION_OPEN and SESSION_RESUME carry it: ms, 0 for none.
-fn budget_ms(shared: &Shared) -> u32 {
+pub(crate) fn budget_ms(shared: &Shared) -> u32 {
     shared
         .settings
         .latency_budget

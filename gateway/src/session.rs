@@ -5,14 +5,16 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
+use rtmpq_hop::handover::{Handover, KEY_FRAME_WAIT};
 use rtmpq_hop::pump::{log_session_end, QueuePolicy, RtmpPeer};
 use rtmpq_hop::recovery::{self, GaveUp, Retry};
 use rtmpq_hop::registry::reporting;
 use rtmpq_hop::rtmp::{RtmpSide, WaitTimes};
 use rtmpq_hop::session::{
-    Interrupt, Loss, Reattach, Recovered, Session, SessionParts, Tunnel, TunnelLink,
+    Interrupt, Loss, Moved, Reattach, Recovered, Session, SessionParts, Tunnel, TunnelLink,
 };
 use rtmpq_hop::stream::SendHalf;
+use rtmpq_hop::transport::PathWatch;
 use rtmpq_hop::tunnel::{close_stream, write_frame, FrameReader, TunnelRecv};
 use rtmpq_proto::buffer_bound::{BufferBound, SessionBuffer};
 use rtmpq_proto::journal::{Replay, ResumeFilter};
@@ -80,6 +82,7 @@ pub(crate) async fn serve(
             charge: Some(buffer.clone()),
             ..QueuePolicy::default()
         };
+        let handover = Handover::default();
         let session = GatewaySession {
             shared,
             session_id,
@@ -90,6 +93,8 @@ pub(crate) async fn serve(
             access,
             owner: SessionOwner::new(),
             handoff: None,
+            handover: &handover,
+            tunnel_path: None,
         };
         let end = reporting(&tracker, &reports, session.run(tunnel, queue)).await;
         telemetry.session_ended(session_id, end.code, &end.reason);
@@ -219,6 +224,10 @@ struct GatewaySession<'a> {
     owner: SessionOwner,
     /// The stream of the edge's SESSION_RESUME, once offered on the current tunnel.
     handoff: Option<oneshot::Receiver<Tunnel>>,
+    /// Its moves to a new stream at a key frame.
+    handover: &'a Handover,
+    /// The path of the current tunnel.
+    tunnel_path: Option<Arc<PathWatch>>,
 }
 
 impl GatewaySession<'_> {
@@ -241,6 +250,7 @@ impl GatewaySession<'_> {
             limits: &shared.settings.session_limits,
             queue,
             stop: shared.drain.end_sessions(),
+            handover: self.handover,
         };
         let end = session.run(&mut parts, &mut self).await;
         shared.resumable.withdraw(self.session_id, self.owner);
@@ -288,12 +298,53 @@ impl GatewaySession<'_> {
     }
 }
 
+/// An old tunnel that has left nothing unacknowledged for longer than this still carries: the
+/// edge that resumed the session on a new stream moves it by choice (back to QUIC), it did
+/// not lose the old one.
+const OLD_TUNNEL_CARRIES: Duration = Duration::from_millis(500);
+/// How long draining the old tunnel may take once the cut is made, beyond the wait for a key
+/// frame.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+impl GatewaySession<'_> {
+    /// The edge's new stream for this session. If the old tunnel still carries (the edge moves
+    /// the session by choice), what the origin sends is cut before its next key frame,
+    /// everything before it goes down the old tunnel, and the old tunnel is finished: the edge
+    /// reads it to its end and its player misses nothing. If the edge lost the old tunnel, the
+    /// session moves at once.
+    async fn take_over(&self, tunnel: Tunnel) -> Moved {
+        let carries = self
+            .tunnel_path
+            .as_ref()
+            .is_some_and(|p| p.unacknowledged_for() < OLD_TUNNEL_CARRIES);
+        if !carries {
+            return Moved::after_loss(tunnel);
+        }
+        self.handover.ask();
+        let limit = KEY_FRAME_WAIT + DRAIN_LIMIT;
+        if tokio::time::timeout(limit, self.handover.drained())
+            .await
+            .is_err()
+        {
+            warn!("the old stream did not drain within {limit:?}: the session moves without it");
+            return Moved::after_loss(tunnel);
+        }
+        info!("its edge moved the session to a new stream: cut at a key frame, the old stream drained and finished");
+        Moved {
+            tunnel,
+            drained: true,
+            why: "its edge moved it to a new stream at a key frame",
+        }
+    }
+}
+
 impl Reattach for GatewaySession<'_> {
     /// Offers the session for a resume by its edge with a new single-use token (one for each
     /// stream the session runs on). Not offered when its sessions are not held (an edge with
     /// other gateways) or the token could not be sent.
     async fn before_run(&mut self, parts: &mut SessionParts) {
         self.handoff = None;
+        self.tunnel_path = Some(parts.tunnel.path.clone());
         if self.who.hold.is_zero() {
             return;
         }
@@ -305,13 +356,14 @@ impl Reattach for GatewaySession<'_> {
         self.handoff = sent.is_ok().then_some(rx);
     }
 
-    /// The edge took the session over on a new stream (it lost the old one first), or a
+    /// The edge took the session over on a new stream ([`GatewaySession::take_over`]), or a
     /// reload withdrew its rights.
     async fn interrupt(&mut self) -> Interrupt {
-        tokio::select! {
-            new = handed_over(&mut self.handoff) => Interrupt::Moved(new),
-            end = rights_withdrawn(&mut self.access, &self.who.creds, &self.who.edge_id, self.tracker) => Interrupt::Ended(end),
-        }
+        let new = tokio::select! {
+            new = handed_over(&mut self.handoff) => new,
+            end = rights_withdrawn(&mut self.access, &self.who.creds, &self.who.edge_id, self.tracker) => return Interrupt::Ended(end),
+        };
+        Interrupt::Moved(self.take_over(new).await)
     }
 
     fn recovery(&self) -> Recovery {

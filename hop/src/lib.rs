@@ -1,10 +1,10 @@
 //! rtmpq-hop: the async layer both hops share over the pure core (`rtmpq-proto`): RTMP
 //! connections over TCP ([`rtmp`]), tunnel streams over QUIC or TLS over TCP ([`tunnel`],
-//! [`stream`], [`tcp`]), the two one-way pumps of a session ([`pump`]) and its life across recoveries
-//! ([`session`]), the live sessions' reports ([`registry`]), the QUIC settings
-//! ([`transport`]), the accept loop and the shutdown drain ([`scaffold`]), what the hops'
-//! configs share ([`config`], [`secret`]), and [`HopError`], what stops either hop from
-//! starting.
+//! [`stream`], [`tcp`]), the two one-way pumps of a session ([`pump`]), its life across
+//! recoveries ([`session`]) and its moves to a new tunnel at a key frame ([`handover`]), the
+//! live sessions' reports ([`registry`]), the QUIC settings ([`transport`]), the accept loop
+//! and the shutdown drain ([`scaffold`]), what the hops' configs share ([`config`],
+//! [`secret`]), and [`HopError`], what stops either hop from starting.
 
 /// What stops a hop from starting: its configuration, or certificates, TLS and sockets.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,7 @@ impl From<transport::TlsConfigError> for HopError {
 }
 
 pub mod config;
+pub mod handover;
 pub mod lanes;
 pub mod pump;
 pub mod recovery;

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::handover::{Handover, KEY_FRAME_WAIT};
 use crate::rtmp::{Inbound, Outbound, OutboundError, RtmpIoError, RtmpReader};
 use crate::transport::PathWatch;
 use crate::tunnel::{close_stream, FrameReadError, StreamLost, TunnelRecv, TunnelSend};
@@ -425,6 +426,9 @@ pub struct RtmpToTunnel<'a, S> {
     /// On a tunnel session or origin connection that set the session up again: how the
     /// messages read here continue.
     pub resume: Option<ResumeFilter>,
+    /// The session's move to a new tunnel: reading stops at a key frame when asked, and what
+    /// the last run stopped before is sent first.
+    pub handover: &'a Handover,
 }
 
 /// How long what waits may take to cross once the RTMP peer has gone (its last frames, its
@@ -449,6 +453,7 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
             silence_period,
             queue: policy,
             resume,
+            handover,
         } = self;
         let budget = policy.budget.unwrap_or(Duration::MAX);
         let cell = QueueCell {
@@ -476,9 +481,10 @@ impl<S: TunnelSend> RtmpToTunnel<'_, S> {
             silence_period,
             policy: &policy,
             cell: &cell,
+            handover,
         }
         .run(rtmp);
-        let sending = send_from_queue(peer, tunnel, tracker, &policy, resume, &cell);
+        let sending = send_from_queue(peer, tunnel, tracker, &policy, resume, &cell, handover);
         // (`resume` moves what the RTMP peer sent: toward the origin at the edge, toward the
         // client at the gateway.)
         tokio::pin!(reading, sending);
@@ -506,22 +512,50 @@ struct QueueReader<'a> {
     silence_period: Option<Duration>,
     policy: &'a QueuePolicy,
     cell: &'a QueueCell,
+    handover: &'a Handover,
 }
 
 impl QueueReader<'_> {
-    /// Reads the peer into the queue until it ends, breaks the protocol or goes silent.
+    /// Reads the peer into the queue until it ends, breaks the protocol or goes silent, or
+    /// (never returning) stops for a move to a new tunnel: before the peer's next video key
+    /// frame, at once if the peer sends no video, at the next message after
+    /// [`KEY_FRAME_WAIT`].
     async fn run(self, rtmp: &mut RtmpReader) -> SessionEnd {
         let started = tokio::time::Instant::now();
+        // What the last run stopped before goes first.
+        if let Some(msg) = self.handover.take_held() {
+            if let Err(end) = self.queue(msg).await {
+                return end;
+            }
+        }
+        let mut asked_at = None;
         loop {
+            if self.handover.is_asked() {
+                asked_at.get_or_insert_with(tokio::time::Instant::now);
+                if !self.peer_sends_video() {
+                    return self.stop_before(None).await;
+                }
+            }
             // Leave the peer's bytes in its socket while the queue is full of what it may not
             // drop, or, in back-pressure mode, while media waits too long; time passing may
             // drop old media, so look again now and then.
             while self.cell.must_wait(self.policy) {
                 let _ = tokio::time::timeout(PAUSE_RECHECK, self.cell.popped.notified()).await;
             }
-            let step = match rtmp.next().await {
+            let next = tokio::select! {
+                next = rtmp.next() => next,
+                () = self.handover.asked(), if asked_at.is_none() => continue,
+            };
+            let step = match next {
                 // An empty message carries nothing; forwarding it would only cost.
                 Ok(Some(Inbound::Message(msg))) if msg.payload.is_empty() => Ok(()),
+                Ok(Some(Inbound::Message(msg)))
+                    if asked_at.is_some_and(|at| {
+                        rtmpq_proto::gop::is_key_frame(&msg) || at.elapsed() >= KEY_FRAME_WAIT
+                    }) =>
+                {
+                    return self.stop_before(Some(msg)).await;
+                }
                 Ok(Some(Inbound::Message(msg))) => self.queue(msg).await,
                 Ok(Some(Inbound::Reply(reply))) => self.reply(reply).await,
                 Ok(Some(Inbound::Silent(1))) => {
@@ -543,6 +577,25 @@ impl QueueReader<'_> {
                 return end;
             }
         }
+    }
+
+    /// Whether the RTMP peer sends this session's video: a client that publishes, an origin
+    /// that plays to one.
+    fn peer_sends_video(&self) -> bool {
+        use rtmpq_proto::session::Direction;
+        let direction = self.tracker.lock().expect("tracker").direction;
+        match self.peer {
+            RtmpPeer::Client => direction == Some(Direction::Publish),
+            RtmpPeer::Origin => direction == Some(Direction::Play),
+        }
+    }
+
+    /// Stops reading for a move (holding `msg` for the next run) and never returns: the
+    /// sending half drains what was read to the old tunnel, and the hop ends the run.
+    async fn stop_before(&self, msg: Option<Message>) -> SessionEnd {
+        self.handover.stop_before(msg);
+        self.cell.pushed.notify_one();
+        std::future::pending().await
     }
 
     /// Records `msg` (fast start may answer it here) and queues it for the tunnel.
@@ -639,7 +692,8 @@ fn toward_peer_of(
 }
 
 /// Hands on what the queue gives out, one message at a time, at the tunnel's pace. Returns
-/// when the tunnel breaks, or when reading has ended and nothing waits.
+/// when the tunnel breaks, or when reading has ended and nothing waits; once reading stopped
+/// for a move and nothing waits, says the queue is drained and waits for the hop to move.
 async fn send_from_queue<S: TunnelSend>(
     peer: RtmpPeer,
     tunnel: &mut S,
@@ -647,6 +701,7 @@ async fn send_from_queue<S: TunnelSend>(
     policy: &QueuePolicy,
     mut resume: Option<ResumeFilter>,
     cell: &QueueCell,
+    handover: &Handover,
 ) -> SessionEnd {
     // What this tunnel had reset in QUIC when last counted (a session set up again on a new
     // tunnel keeps adding to its tracker's total).
@@ -699,6 +754,10 @@ async fn send_from_queue<S: TunnelSend>(
             None if cell.reading_done.load(Ordering::Relaxed) => {
                 return SessionEnd::new(CloseCode::Normal, "queue drained", EndedBy::Rtmp)
             }
+            None if handover.stopped() => {
+                handover.set_drained();
+                return std::future::pending().await;
+            }
             None => cell.pushed.notified().await,
         }
     }
@@ -722,6 +781,9 @@ pub struct TunnelToRtmp<'a, R> {
     pub late: Option<LateArrivals>,
     /// See [`SessionLimits::publisher_silence`].
     pub publisher_silence: Option<Duration>,
+    /// The session's move: a tunnel the far hop finishes while one is asked for ended as
+    /// planned (the far hop drained it), not broke.
+    pub handover: &'a Handover,
 }
 
 /// How much later than the budget media may arrive before the receiving hop drops it: the
@@ -804,6 +866,10 @@ impl<R: TunnelRecv> TunnelToRtmp<'_, R> {
                 Ok(Some(other)) => {
                     return violation(format!("unexpected {other:?} on a session stream"))
                 }
+                Ok(None) if self.handover.is_asked() => {
+                    self.handover.set_far_finished();
+                    return std::future::pending().await;
+                }
                 Ok(None) => return violation("tunnel stream ended without SESSION_CLOSE".into()),
                 Err(
                     e @ (FrameReadError::Wire(_)
@@ -846,6 +912,8 @@ pub struct SessionRun<'a, S, R> {
     pub resume: Option<ResumeFilter>,
     /// Cancelled: the session ends with [`CloseCode::Shutdown`].
     pub stop: &'a CancellationToken,
+    /// The session's move to a new tunnel at a key frame (see [`Handover`]).
+    pub handover: &'a Handover,
 }
 
 /// Runs both pumps of a session until one ends, the client misses the setup deadline, or
@@ -862,6 +930,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(run: SessionRun<'_, S, R>
         queue,
         resume,
         stop,
+        handover,
     } = run;
     if let Some(period) = limits.silence_period {
         rtmp.set_silence_period(period);
@@ -880,6 +949,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(run: SessionRun<'_, S, R>
         silence_period: limits.silence_period,
         queue,
         resume: resume_read,
+        handover,
     };
     let to_rtmp_pump = TunnelToRtmp {
         peer,
@@ -889,6 +959,7 @@ pub async fn run_session<S: TunnelSend, R: TunnelRecv>(run: SessionRun<'_, S, R>
         tracker,
         late,
         publisher_silence: limits.publisher_silence,
+        handover,
     };
     let setup_deadline = setup_deadline(limits.setup_deadline, tracker);
     let end = {

@@ -14,6 +14,7 @@ use rtmpq_proto::session_end::{next_step, Recovery, SessionEnd, Step};
 use rtmpq_proto::wire::{Carrier, CloseCode};
 use tokio_util::sync::CancellationToken;
 
+use crate::handover::Handover;
 use crate::lanes::{LaneRouter, SessionRecv, SessionSend};
 use crate::pump::{finish_session, run_session, QueuePolicy, RtmpPeer, SessionLimits, SessionRun};
 use crate::rtmp::RtmpSide;
@@ -38,6 +39,12 @@ impl Tunnel {
     /// Gives the tunnel up for one that replaced it: the far hop's reads of it end.
     pub fn abandon(mut self) {
         self.send.stream.reset(CloseCode::TunnelLost);
+    }
+
+    /// Ends the tunnel after what was written, for one that replaced it at a key frame: the
+    /// far hop reads it to its end.
+    pub fn finish(mut self) {
+        self.send.stream.finish();
     }
 }
 
@@ -144,16 +151,39 @@ pub struct Loss<'a> {
 pub enum Interrupt {
     /// The session ends (a right withdrawn).
     Ended(SessionEnd),
-    /// The far hop moved the session to a new tunnel stream.
-    Moved(Tunnel),
+    /// The session goes on on a new tunnel stream.
+    Moved(Moved),
+}
+
+/// A session's new tunnel stream, and how it came.
+pub struct Moved {
+    /// The new tunnel.
+    pub tunnel: Tunnel,
+    /// The move was made at a key frame with the old tunnel drained ([`Handover`]): the old
+    /// one is finished, not reset.
+    pub drained: bool,
+    /// Why, as the status API shows it.
+    pub why: &'static str,
+}
+
+impl Moved {
+    /// `tunnel` taken over by the far hop after this hop lost the old one.
+    pub fn after_loss(tunnel: Tunnel) -> Self {
+        Moved {
+            tunnel,
+            drained: false,
+            why: "the far hop moved the session to a new stream",
+        }
+    }
 }
 
 /// What differs between the hops in a session's life: how it re-attaches after a loss.
 pub trait Reattach {
     /// Before each run: the gateway offers the edge a resume token on the tunnel.
     fn before_run(&mut self, parts: &mut SessionParts) -> impl Future<Output = ()> + Send;
-    /// Cuts a run short (never ready when nothing will): the gateway's resume by its edge
-    /// and withdrawn rights. Must be cancel-safe: it is raced against the pumps.
+    /// Cuts a run short (never ready when nothing will): the gateway's resume by its edge,
+    /// withdrawn rights, the edge's move back to QUIC. Must be cancel-safe: it is raced
+    /// against the pumps.
     fn interrupt(&mut self) -> impl Future<Output = Interrupt> + Send;
     /// How long this hop may spend recovering now.
     fn recovery(&self) -> Recovery;
@@ -180,6 +210,8 @@ pub struct Session<'a> {
     pub queue: QueuePolicy,
     /// Cancelled: the session ends with [`CloseCode::Shutdown`].
     pub stop: &'a CancellationToken,
+    /// Its moves to a new tunnel at a key frame, which its pumps carry out.
+    pub handover: &'a Handover,
 }
 
 impl Session<'_> {
@@ -191,9 +223,13 @@ impl Session<'_> {
             hop.before_run(parts).await;
             let end = match self.run_once(parts, hop, resume.take()).await {
                 Interrupt::Ended(end) => end,
-                Interrupt::Moved(new) => {
-                    std::mem::replace(&mut parts.tunnel, new).abandon();
-                    self.lost("the far hop moved the session to a new stream");
+                Interrupt::Moved(moved) => {
+                    let old = std::mem::replace(&mut parts.tunnel, moved.tunnel);
+                    match moved.drained {
+                        true => old.finish(),
+                        false => old.abandon(),
+                    }
+                    self.lost(moved.why);
                     self.note(hop, Recovered::Resumed);
                     resume = Some(ResumeFilter::same_stream());
                     continue;
@@ -236,6 +272,7 @@ impl Session<'_> {
     ) -> Interrupt {
         let SessionParts { rtmp, tunnel } = parts;
         self.tracker.lock().expect("tracker").carrier = Some(tunnel.carrier);
+        self.handover.new_run();
         let mut queue = self.queue.clone();
         queue.path = Some(tunnel.path.clone());
         tokio::select! {
@@ -250,6 +287,7 @@ impl Session<'_> {
                 queue,
                 resume,
                 stop: self.stop,
+                handover: self.handover,
             }) => Interrupt::Ended(end),
             cut = hop.interrupt() => cut,
         }

@@ -112,6 +112,15 @@ impl GopGate {
     }
 }
 
+/// Whether `msg` is a video key frame (coded frames a decoder can start at): where a session
+/// that moves to a new tunnel cuts its stream, so that the far hop goes on from it on the new
+/// tunnel with nothing before it missing.
+pub fn is_key_frame(msg: &crate::message::Message) -> bool {
+    MediaPacket::read(msg).is_some_and(|p| {
+        p.media == Media::Video && p.packet == PacketType::CodedFrames && p.key_frame
+    })
+}
+
 /// How long a group of pictures lives once a newer group exists behind it: half the budget
 /// (moq-lite's rule: an older group expires, in media time or waiting time, once a newer one
 /// exists; its frames then only hold up the newer key frame). The media queue drops such a
@@ -139,6 +148,28 @@ mod tests {
         let first = 0x80 | if key { 0x10 } else { 0x20 } | 6;
         let msg = Message::new(9, 1, 0, vec![first, 0x03, b'a', b'v', b'0', b'1', track, 9]);
         msg.media_packet().unwrap()
+    }
+
+    #[test]
+    fn a_move_cuts_only_before_a_coded_video_key_frame() {
+        // Legacy AVC: key frame NALU, inter frame NALU, sequence header; audio; a command.
+        let key = Message::new(9, 1, 0, vec![0x17, 1, 0, 0, 0, 9]);
+        let inter = Message::new(9, 1, 40, vec![0x27, 1, 0, 0, 0, 9]);
+        let header = Message::new(9, 1, 0, vec![0x17, 0, 0, 0, 0, 1]);
+        let audio = Message::new(8, 1, 0, vec![0xaf, 1, 9]);
+        let command = Message::new(20, 0, 0, vec![2, 0, 4, b'p', b'l', b'a', b'y']);
+        assert!(is_key_frame(&key));
+        for other in [&inter, &header, &audio, &command] {
+            assert!(!is_key_frame(other), "{other:?}");
+        }
+        // Enhanced RTMP: a key frame of one track of a multitrack message.
+        let multitrack = Message::new(
+            9,
+            1,
+            0,
+            vec![0x80 | 0x10 | 6, 0x03, b'a', b'v', b'0', b'1', 1, 9],
+        );
+        assert!(is_key_frame(&multitrack));
     }
 
     #[test]

@@ -384,10 +384,19 @@ impl Telemetry {
         counter!("rtmpq_gateway_failovers_total", "role" => self.role.as_str()).increment(1);
     }
 
-    /// Counts a session that took the TCP carrier instead of QUIC, and why (`quic_unanswered`).
+    /// Counts a session that took the TCP carrier instead of QUIC, and why (`quic_unanswered`,
+    /// `udp_died`).
     pub fn tcp_fallback(&self, reason: &'static str) {
         self.events.count(|e| &mut e.tcp_fallbacks);
         counter!("rtmpq_tcp_fallbacks_total", "role" => self.role.as_str(), "reason" => reason)
+            .increment(1);
+    }
+
+    /// Counts a live session moved from the TCP carrier back to QUIC, and why
+    /// (`udp_returned`).
+    pub fn quic_return(&self, reason: &'static str) {
+        self.events.count(|e| &mut e.quic_returns);
+        counter!("rtmpq_quic_returns_total", "role" => self.role.as_str(), "reason" => reason)
             .increment(1);
     }
 

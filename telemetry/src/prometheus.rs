@@ -259,7 +259,13 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = {
         "rtmpq_tcp_fallbacks_total",
         Kind::Counter,
         None,
-        "Sessions that took the TCP carrier because QUIC did not answer, by reason",
+        "Sessions that took the TCP carrier because QUIC did not answer or UDP died, by reason",
+    ),
+    (
+        "rtmpq_quic_returns_total",
+        Kind::Counter,
+        None,
+        "Live sessions moved from the TCP carrier back to QUIC at a key frame, by reason",
     ),
     (
         "rtmpq_quic_path_changes_total",

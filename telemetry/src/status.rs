@@ -160,6 +160,9 @@ pub struct EventCounts {
     pub failovers: u64,
     /// Reconnects to a gateway after a connection ended.
     pub reconnects: u64,
-    /// Sessions that took the TCP carrier because QUIC did not answer (`transport = "auto"`).
+    /// Sessions that took the TCP carrier because QUIC did not answer or UDP died
+    /// (`transport = "auto"`).
     pub tcp_fallbacks: u64,
+    /// Live sessions moved from the TCP carrier back to QUIC once UDP got through again.
+    pub quic_returns: u64,
 }

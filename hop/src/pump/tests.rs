@@ -66,6 +66,8 @@ struct Harness {
     /// Frames the session sent toward the far hop.
     from_session: mpsc::Receiver<Frame>,
     stop: CancellationToken,
+    /// The session's handover, for tests that move it.
+    handover: std::sync::Arc<Handover>,
     session: JoinHandle<SessionEnd>,
 }
 
@@ -89,6 +91,8 @@ fn start_queued(
     let (send, from_session) = mpsc::channel(tunnel);
     let stop = CancellationToken::new();
     let session_stop = stop.clone();
+    let handover = std::sync::Arc::new(Handover::default());
+    let session_handover = handover.clone();
     let session = tokio::spawn(async move {
         let mut reader = RtmpReader::new(Box::pin(read), BytesMut::new(), ChunkLimits::default());
         let (to_rtmp, mut writer) = RtmpWriter::new(Box::pin(write)).spawn(8, None);
@@ -106,6 +110,7 @@ fn start_queued(
             queue,
             resume: None,
             stop: &session_stop,
+            handover: &session_handover,
         })
         .await;
         finish_session(peer, &end, &tracker, &to_rtmp, &mut send).await;
@@ -127,6 +132,7 @@ fn start_queued(
         far_hop,
         from_session,
         stop,
+        handover,
         session,
     }
 }
@@ -775,4 +781,64 @@ fn a_dark_path_holds_the_gop_in_progress_past_the_budget_within_the_receiving_ho
     );
     assert_eq!(first_out(true, 1400), Some(0));
     assert_eq!(first_out(true, 1600), None);
+}
+
+/// The next MSG frame the far hop receives, skipping other frames.
+async fn far_hop_receives_msg(h: &mut Harness) -> Message {
+    loop {
+        match h.far_hop_receives().await {
+            Some(Frame::Msg(msg)) => return msg,
+            Some(_) => continue,
+            None => panic!("the session ended"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_asked_to_move_stops_before_its_next_key_frame_and_drains_what_came_before() {
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 64);
+    h.rtmp_sends(&connect()).await;
+    h.rtmp_sends(&publish()).await;
+    h.rtmp_sends(&key_frame(0)).await;
+    h.rtmp_sends(&video(40)).await;
+    while far_hop_receives_msg(&mut h).await.timestamp != 40 {}
+    h.handover.ask();
+    // Inter frames still go; the next key frame is held back, and what follows it waits in
+    // the pusher's socket.
+    h.rtmp_sends(&video(80)).await;
+    h.rtmp_sends(&key_frame(120)).await;
+    h.rtmp_sends(&video(160)).await;
+    assert_eq!(far_hop_receives_msg(&mut h).await.timestamp, 80);
+    h.handover.drained().await;
+    assert!(
+        h.from_session.try_recv().is_err(),
+        "nothing after the cut went to the old tunnel"
+    );
+    // The far hop finishes the old tunnel after its own drain: planned, not a loss.
+    let (replaced, _) = mpsc::channel(1);
+    drop(std::mem::replace(&mut h.far_hop, replaced));
+    h.handover.far_finished().await;
+    assert!(
+        !h.session.is_finished(),
+        "the run waits for the hop to move it"
+    );
+    // The next run sends the key frame first.
+    h.handover.new_run();
+    assert_eq!(h.handover.take_held(), Some(key_frame(120)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_player_asked_to_move_stops_reading_its_client_at_once() {
+    let mut h = start(RtmpPeer::Client, SessionLimits::default(), 64 << 10, 64);
+    h.rtmp_sends(&connect()).await;
+    h.rtmp_sends(&play_request()).await;
+    while far_hop_receives_msg(&mut h).await.type_id != 20 {}
+    while h.from_session.try_recv().is_ok() {}
+    h.handover.ask();
+    h.handover.drained().await;
+    // The client's next message waits for the new tunnel (none was held: it sends no video).
+    h.rtmp_sends(&connect()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(h.from_session.try_recv().is_err());
+    assert_eq!(h.handover.take_held(), None);
 }
