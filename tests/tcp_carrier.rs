@@ -39,6 +39,8 @@ async fn a_push_over_the_tcp_carrier_reaches_nginx_byte_exact() {
         let ended = ended_session(telemetry, hop, |s| s.session.stream == "tcpcam").await;
         assert_eq!(ended.session.carrier, "tcp", "{hop}: {ended:?}");
         assert_eq!(ended.code, "normal", "{hop}: {ended:?}");
+        // The kernel here has BBR, which the carrier asks for.
+        assert_eq!(ended.session.congestion, "bbr", "{hop}: {ended:?}");
     }
     assert!(stack.gateway.connections().is_empty(), "no QUIC connection");
 }
@@ -303,4 +305,287 @@ async fn when_udp_returns_a_live_play_moves_back_to_quic_and_the_player_gets_eve
     assert_same_packets(&pushed, &played, "play moved from tcp back to quic");
     let events = stack.edge.events();
     assert_eq!(events.quic_returns, 1);
+}
+
+// The hostile-input defences of the QUIC listener, on the TCP listener.
+
+/// A session's opening frame with a fresh id.
+fn session_open() -> rtmpq_proto::wire::Frame {
+    rtmpq_proto::wire::Frame::SessionOpen {
+        session_id: rtmpq_proto::wire::SessionId(rand_id()),
+        latency_budget_ms: 0,
+        carrier: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_connection_that_never_says_hello_hears_why_within_the_hello_deadline() {
+    let stack = Stack::start(None).await;
+    let tls = RawTcpTunnel::dial(stack.gateway_addr, &stack.pin)
+        .await
+        .unwrap();
+    let (_send, recv) = rtmpq_hop::stream::tls_halves(tls);
+    let mut frames = rtmpq_hop::tunnel::FrameReader::control(recv);
+    let started = std::time::Instant::now();
+    let said = tokio::time::timeout(LIMIT, frames.next()).await.unwrap();
+    let deadline = rtmpq_gateway::HELLO_DEADLINE;
+    match said {
+        Ok(Some(rtmpq_proto::wire::Frame::SessionClose { code, reason })) => {
+            assert_eq!(code, rtmpq_proto::wire::CloseCode::Timeout, "{reason}");
+            assert!(
+                reason.contains(&format!("no HELLO within {deadline:?}")),
+                "{reason}"
+            );
+        }
+        other => panic!("expected SESSION_CLOSE, got {other:?}"),
+    }
+    assert!(started.elapsed() < deadline * 2, "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_edge_id_is_refused_over_tcp_and_never_logged() {
+    capture_logs();
+    let stack = Stack::start(None).await;
+    let refused = RawTcpTunnel::greet(
+        stack.gateway_addr,
+        &stack.pin,
+        "cam\nFORGED-TCP-LOG-LINE gateway shutting down",
+    )
+    .await;
+    match refused {
+        Err(rtmpq_hop::tcp::GreetError::Refused { code, reason }) => {
+            assert_eq!(code, rtmpq_proto::wire::CloseCode::ProtocolViolation);
+            assert!(reason.contains("printable ASCII"), "{reason}");
+        }
+        Err(other) => panic!("not refused with why: {other}"),
+        Ok(_) => panic!("a forged edge id was welcomed"),
+    }
+    assert_eq!(
+        count_logs(&["FORGED-TCP-LOG-LINE"]),
+        0,
+        "the edge id was logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_frame_on_a_tcp_session_ends_that_session_with_why() {
+    let stack = Stack::start(None).await;
+    let mut bad = RawTcpTunnel::greet(stack.gateway_addr, &stack.pin, "rogue")
+        .await
+        .unwrap();
+    // length 2, kind 0x7f (no such frame), one byte of body.
+    bad.send.write_all(&[0x02, 0x7f, 0x00]).await.unwrap();
+    let (code, why) = tokio::time::timeout(LIMIT, bad.closed()).await.unwrap();
+    assert_eq!(
+        code,
+        rtmpq_proto::wire::CloseCode::ProtocolViolation,
+        "{why}"
+    );
+    // Nothing else is lost: a pusher through the edge goes on.
+    let clip = clip(2).await;
+    push_ok(&clip, &stack.edge_url("after-bad-frame")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_edge_holds_at_most_its_sessions_over_all_its_tcp_connections() {
+    let stack = Stack::with_gateway_config(|c| GatewayConfig {
+        max_sessions_per_edge: 2,
+        ..c
+    })
+    .await;
+    let url = format!("rtmp://{}/live", stack.gateway_addr);
+    let connect = rtmpq_proto::command::request(
+        "connect",
+        1.0,
+        0,
+        vec![rtmpq_proto::command::connect_object("live", &url)],
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut t =
+            RawTcpTunnel::open_as(stack.gateway_addr, &stack.pin, "greedy", session_open()).await;
+        let msg = rtmpq_proto::wire::Frame::Msg(connect.clone());
+        rtmpq_hop::tunnel::write_frame(&mut t.send, &msg)
+            .await
+            .unwrap();
+        // The session runs: the gateway answers the connect.
+        let answered = tokio::time::timeout(LIMIT, async {
+            loop {
+                match t.frames.next().await {
+                    Ok(Some(rtmpq_proto::wire::Frame::ResumeToken(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        assert!(
+            matches!(answered, Ok(Ok(Some(rtmpq_proto::wire::Frame::Msg(_))))),
+            "{answered:?}"
+        );
+        held.push(t);
+    }
+    let mut third =
+        RawTcpTunnel::open_as(stack.gateway_addr, &stack.pin, "greedy", session_open()).await;
+    let (code, why) = tokio::time::timeout(LIMIT, third.closed()).await.unwrap();
+    assert_eq!(code, rtmpq_proto::wire::CloseCode::Overloaded, "{why}");
+    assert!(why.contains("this edge has 2 sessions"), "{why}");
+    // Another edge is not affected.
+    let clip = clip(2).await;
+    push_ok(&clip, &stack.edge_url("other-edge")).await;
+}
+
+/// One TCP connection (one session) buffers at most its share of `max_buffered_mb` (a
+/// quarter): a session holding an unfinished 12 MiB message against an 8 MiB share ends
+/// `overloaded`, and a pusher beside it is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tcp_connection_holds_at_most_its_share_of_the_buffer_bound() {
+    const MB: usize = 1 << 20;
+    let stack = Stack::with_gateway_config(|c| GatewayConfig {
+        max_buffered_mb: 32,
+        ..c
+    })
+    .await;
+    let mut greedy =
+        RawTcpTunnel::open_as(stack.gateway_addr, &stack.pin, "greedy", session_open()).await;
+    // A MSG frame announcing 12 MiB, of which most is sent and the rest never.
+    let len = 12 * MB;
+    let mut head = bytes::BytesMut::new();
+    rtmpq_proto::wire::put_varint(&mut head, len as u64);
+    head.extend_from_slice(&[0x11, 9, 1, 0, 0, 0, 0]);
+    greedy.send.write_all(&head).await.unwrap();
+    let chunk = vec![0x27u8; MB];
+    let writer = tokio::spawn(async move {
+        for _ in 0..11 {
+            if greedy.send.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        greedy
+    });
+    wait_until(LIMIT, "the greedy session to end overloaded", || {
+        stack
+            .gateway
+            .ended_sessions()
+            .iter()
+            .any(|s| s.code == "overloaded")
+    })
+    .await;
+    let held = stack.gateway.buffered_bytes().unwrap();
+    assert!(held <= 8 * MB, "one connection holds {} MiB", held / MB);
+    let clip = clip(2).await;
+    push_ok(&clip, &stack.edge_url("victim")).await;
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_from_one_address_beyond_its_limit_are_refused() {
+    capture_logs();
+    let stack = Stack::with_gateway_config(|c| GatewayConfig {
+        max_connections_per_address: 3,
+        ..c
+    })
+    .await;
+    // The edge's own QUIC connection is one of the address's three.
+    poll_for(
+        "the edge's QUIC connection",
+        || stack.gateway.connections(),
+        |_| true,
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            RawTcpTunnel::greet(stack.gateway_addr, &stack.pin, "many")
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = RawTcpTunnel::dial(stack.gateway_addr, &stack.pin).await;
+    assert!(
+        refused.is_err(),
+        "a fourth connection from one address got in"
+    );
+    wait_until(LIMIT, "the refusal's log line", || {
+        count_logs(&["refused at the admission limits"]) > 0
+    })
+    .await;
+    // Once one goes, another gets in.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + LIMIT;
+    while RawTcpTunnel::greet(stack.gateway_addr, &stack.pin, "many")
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pinned_to_another_certificate_is_refused_over_tcp_with_why() {
+    let stack = Stack::start(None).await;
+    let other = rtmpq_certs::Fingerprint::of(&rustls::pki_types::CertificateDer::from(
+        b"another certificate".to_vec(),
+    ));
+    let refused = RawTcpTunnel::dial(stack.gateway_addr, &other.to_string()).await;
+    let Err(e) = refused else {
+        panic!("a wrong pin was accepted");
+    };
+    assert!(e.to_string().contains("tls"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_failed_tcp_handshakes_writes_a_bounded_log() {
+    const ATTEMPTS: usize = 400;
+    let GatewayProcess {
+        process: mut gateway,
+        addr,
+        pin,
+        ..
+    } = GatewayProcess::start(&[]).await;
+    let lines_before = gateway.lines_so_far().len();
+    // TLS handshakes the gateway must refuse: a protocol it does not speak (wrong ALPN).
+    let trust = rtmpq_certs::GatewayTrust::Pin(pin.parse().unwrap());
+    let mut tls = rtmpq_certs::client_tls(trust, None).unwrap();
+    tls.alpn_protocols = vec![b"not-rtmpq".to_vec()];
+    let tls = std::sync::Arc::new(tls);
+    let started = std::time::Instant::now();
+    for batch in 0..ATTEMPTS / 50 {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let tls = tls.clone();
+            set.spawn(async move {
+                rtmpq_hop::tcp::dial(&addr.to_string(), "127.0.0.1", &tls, LIMIT)
+                    .await
+                    .is_err()
+            });
+        }
+        while let Some(failed) = set.join_next().await {
+            assert!(
+                failed.unwrap(),
+                "batch {batch}: a wrong-ALPN handshake succeeded"
+            );
+        }
+    }
+    // The flood's remainder is summed up in one line once the interval passes.
+    let summary = gateway.wait_for("more failed handshakes").await;
+    let took = started.elapsed();
+    let lines: Vec<&String> = gateway.lines_so_far()[lines_before..]
+        .iter()
+        .filter(|l| l.contains("handshake"))
+        .collect();
+    let intervals = took.as_secs() / rtmpq_telemetry::HANDSHAKE_LOG_INTERVAL.as_secs() + 2;
+    eprintln!(
+        "{ATTEMPTS} failed tcp handshakes in {took:?}: {} log lines",
+        lines.len()
+    );
+    assert!(
+        lines.len() as u64 <= intervals,
+        "{} lines for {ATTEMPTS} failures in {took:?}: {lines:#?}",
+        lines.len()
+    );
+    assert!(summary.contains("tls="), "{summary}");
 }

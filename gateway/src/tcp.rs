@@ -204,16 +204,14 @@ async fn greet(
         .map_err(|e| ("tls", format!("tcp carrier: tls handshake: {e}")))?;
     let cert = rtmpq_hop::tcp::peer_certificate(&tls);
     let path = rtmpq_hop::tcp::watch_path(&tls);
-    let (send, recv) = tls_halves(tls);
+    let (mut send, recv) = tls_halves(tls);
     let mut frames = FrameReader::control(recv);
-    let first = tokio::time::timeout(hello_limit, frames.next())
-        .await
-        .map_err(|_| {
-            (
-                "hello_timeout",
-                "tcp carrier: edge sent no HELLO in time".to_owned(),
-            )
-        })?;
+    let Ok(first) = tokio::time::timeout(hello_limit, frames.next()).await else {
+        // As on QUIC, where the connection closes with these words.
+        let why = format!("no HELLO within {hello_limit:?}");
+        close_stream(&mut send, CloseCode::Timeout, &why).await;
+        return Err(("hello_timeout", format!("tcp carrier: {why}")));
+    };
     match first {
         Ok(Some(hello)) => Ok(Greeted {
             send,

@@ -271,7 +271,11 @@ impl Session<'_> {
         resume: Option<ResumeFilter>,
     ) -> Interrupt {
         let SessionParts { rtmp, tunnel } = parts;
-        self.tracker.lock().expect("tracker").carrier = Some(tunnel.carrier);
+        {
+            let mut t = self.tracker.lock().expect("tracker");
+            t.carrier = Some(tunnel.carrier);
+            t.congestion = Some(tunnel.path.controller()).filter(|c| !c.is_empty());
+        }
         self.handover.new_run();
         let mut queue = self.queue.clone();
         queue.path = Some(tunnel.path.clone());

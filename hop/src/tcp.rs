@@ -57,12 +57,24 @@ pub fn tune(tcp: &TcpStream) -> String {
 fn tune_linux(sock: &socket2::SockRef<'_>) -> String {
     let _ = sock.set_tcp_notsent_lowat(NOTSENT_LOWAT);
     let _ = sock.set_tcp_congestion(TCP_CONGESTION.as_bytes());
-    sock.tcp_congestion()
-        .map(|name| {
-            let name = name.split(|&b| b == 0).next().unwrap_or_default();
-            String::from_utf8_lossy(name).into_owned()
-        })
-        .unwrap_or_default()
+    controller_of(sock).to_owned()
+}
+
+/// The congestion controller the kernel runs on `sock`, by a name from a fixed set (status
+/// and metric labels stay bounded): `bbr`, `cubic`, `reno`, else `other` (empty if the kernel
+/// will not say).
+#[cfg(target_os = "linux")]
+fn controller_of(sock: &socket2::SockRef<'_>) -> &'static str {
+    let Ok(raw) = sock.tcp_congestion() else {
+        return "";
+    };
+    match raw.split(|&b| b == 0).next().unwrap_or_default() {
+        b"bbr" => "bbr",
+        b"cubic" => "cubic",
+        b"reno" => "reno",
+        b"" => "",
+        _ => "other",
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -85,6 +97,7 @@ fn watch_socket(tcp: &TcpStream, watch: &Arc<PathWatch>) {
     // A descriptor of its own: the socket stays the sampler's to read, never another one
     // that took a closed descriptor's number. It is let go within a look of the last other
     // holder of the watch (the session's tunnel) letting go.
+    watch.set_controller(controller_of(&socket2::SockRef::from(tcp)));
     let Ok(fd) = tcp.as_fd().try_clone_to_owned() else {
         return;
     };

@@ -319,6 +319,9 @@ pub const MAX_QUIC_WAIT: Duration = Duration::from_secs(10);
 /// The smallest send window [`PathWatch`] sets: enough for a key frame of a few Mbit/s
 /// stream at start, before the congestion window has grown.
 pub const MIN_SEND_WINDOW: u64 = 64 << 10;
+/// The congestion controller of rtmpq's QUIC connections, as the status API names it (BBR,
+/// wrapped in [`ProbingBbr`]).
+pub const QUIC_CONTROLLER: &str = "bbr";
 /// How often [`PathWatch::run`] looks at the connection.
 pub const PATH_WATCH_INTERVAL: Duration = Duration::from_millis(25);
 
@@ -338,6 +341,8 @@ pub struct PathWatch {
     /// When the connection last received a datagram, as microseconds since [`epoch`]; 0:
     /// not yet looked.
     heard_at_us: AtomicU64,
+    /// The congestion controller that runs on the connection, once known.
+    controller: std::sync::OnceLock<&'static str>,
 }
 
 /// A TCP socket's path as the kernel reports it.
@@ -361,8 +366,20 @@ impl PathWatch {
     /// Starts watching `conn` ([`PathWatch::run`]) until it closes.
     pub fn start(conn: &quinn::Connection) -> Arc<PathWatch> {
         let watch = Arc::new(PathWatch::default());
+        watch.set_controller(QUIC_CONTROLLER);
         tokio::spawn(watch.clone().run(conn.clone()));
         watch
+    }
+
+    /// The congestion controller that runs on the connection (`bbr`, `cubic`...); empty
+    /// when not known.
+    pub fn controller(&self) -> &'static str {
+        self.controller.get().copied().unwrap_or_default()
+    }
+
+    /// Records the congestion controller that runs (once).
+    pub fn set_controller(&self, name: &'static str) {
+        let _ = self.controller.set(name);
     }
 
     /// The smoothed round trip; zero before the first figure.

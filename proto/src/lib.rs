@@ -75,6 +75,15 @@
 //! sets the session up again from its journal (below). Media continues from the next key
 //! frame; the origin sees a gap, not a new publisher.
 //!
+//! **Moving a live session** (the edge goes back from the TCP carrier to QUIC). The same
+//! SESSION_RESUME, sent while the old stream still carries, is a move made before the break:
+//! the edge first stops reading its client before the next video key frame (at once for a
+//! player), sends everything before it on the old stream and waits until that is
+//! acknowledged; the gateway, finding the old stream still acknowledging (nothing waiting on
+//! it for 500 ms), cuts what its origin sends before the next key frame the same way, sends
+//! the rest on the old stream and finishes it, and only then answers RESUME_TOKEN on the new
+//! one. Each side's held key frame is the first media on the new stream: nothing is lost.
+//!
 //! **Releasing for another gateway.** An edge working a pool (several gateways, a warm standby
 //! connection to the next) sets HELLO's `release_after_ms` (1200; it also sends a keep-alive every
 //! 400 ms). A gateway that then hears nothing on that connection for so long closes it

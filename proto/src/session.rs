@@ -161,6 +161,8 @@ pub struct SessionReport {
     pub gateway: Option<String>,
     /// The tunnel's carrier now: `quic` or `tcp`.
     pub carrier: Option<&'static str>,
+    /// The congestion controller of the tunnel's connection now (`bbr`, `cubic`...).
+    pub congestion: Option<&'static str>,
     /// Media dropped for arriving past the budget.
     pub arrived_late: Dropped,
     /// Media reset in QUIC once stale.
@@ -208,6 +210,8 @@ pub struct SessionTracker {
     pub gateway: Option<String>,
     /// The tunnel's carrier now: `quic` or `tcp`.
     pub carrier: Option<&'static str>,
+    /// The congestion controller of the tunnel's connection now (`bbr`, `cubic`...).
+    pub congestion: Option<&'static str>,
     /// Media the receiving side of this hop dropped because it arrived past the budget.
     pub arrived_late: Dropped,
     /// Media this hop sent on a GOP stream that it reset in QUIC once it went stale (media
@@ -444,6 +448,7 @@ impl SessionTracker {
             queue: self.queue,
             gateway: self.gateway.clone(),
             carrier: self.carrier,
+            congestion: self.congestion,
             arrived_late: self.arrived_late,
             reset_in_quic: self.reset_in_quic,
             recoveries: self.recoveries.clone(),

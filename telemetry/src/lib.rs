@@ -71,7 +71,7 @@ struct SessionEntry {
 }
 
 /// Counter values already pushed to the metrics recorder.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Reported {
     to_origin_bytes: u64,
     to_client_bytes: u64,
@@ -83,6 +83,8 @@ struct Reported {
     overflow: Dropped,
     late: Dropped,
     reset: Dropped,
+    /// The carrier and congestion controller last reported.
+    carrier: Option<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -505,5 +507,27 @@ mod tests {
             (ended[0].session.stream.as_str(), ended[0].code.as_str()),
             ("cam", "normal")
         );
+    }
+
+    #[test]
+    fn the_status_line_says_which_carrier_and_controller_each_session_runs_on() {
+        let telemetry = Telemetry::new(Role::Edge, Arc::default());
+        let reports = telemetry.session_started(SessionId(1), "client".into(), Arc::default());
+        reports.send_replace(SessionReport {
+            app: Some("live".into()),
+            stream: Some("cam".into()),
+            direction: Some(Direction::Publish),
+            carrier: Some("tcp"),
+            congestion: Some("cubic"),
+            ..SessionReport::default()
+        });
+        telemetry.tick();
+        let line = telemetry.status_summary();
+        assert!(line.contains("live/cam publish over tcp (cubic)"), "{line}");
+        assert!(
+            line.starts_with("[QUIC not connected, sessions on the TCP carrier]"),
+            "{line}"
+        );
+        assert_eq!(telemetry.sessions()[0].congestion, "cubic");
     }
 }

@@ -196,6 +196,12 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = {
         "Estimated rate of the connection's path (BBR's pacing rate)",
     ),
     (
+        "rtmpq_session_carrier",
+        Kind::Gauge,
+        None,
+        "1 on the carrier (quic, tcp) and congestion controller a session's tunnel runs on now, 0 on one it left",
+    ),
+    (
         "rtmpq_session_duration_seconds",
         Kind::Gauge,
         Some(Unit::Seconds),

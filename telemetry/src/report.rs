@@ -113,6 +113,21 @@ impl Telemetry {
             gauge!("rtmpq_session_latency_budget_seconds", &labels).set(budget);
         }
         gauge!("rtmpq_session_duration_seconds", &labels).set(status.duration_seconds);
+        // 1 on the carrier and controller the session runs on now, 0 on the one it left.
+        let on = (status.carrier.clone(), status.congestion.clone());
+        let carrier = |(carrier, congestion): &(String, String)| {
+            let mut l = labels.to_vec();
+            l.push(("carrier", carrier.clone()));
+            l.push(("congestion", congestion.clone()));
+            l
+        };
+        if let Some(left) = r.carrier.take().filter(|before| *before != on) {
+            gauge!("rtmpq_session_carrier", &carrier(&left)).set(0.0);
+        }
+        if !on.0.is_empty() {
+            gauge!("rtmpq_session_carrier", &carrier(&on)).set(1.0);
+            r.carrier = Some(on);
+        }
     }
 
     pub(crate) fn report_connection(&self, entry: &mut ConnectionEntry) {
@@ -228,6 +243,7 @@ fn session_status(
         dropped_reset: t.reset_in_quic.into(),
         gateway: t.gateway.clone().unwrap_or_default(),
         carrier: t.carrier.unwrap_or_default().to_owned(),
+        congestion: t.congestion.unwrap_or_default().to_owned(),
         set_up_again: t.recoveries.set_up_again,
         resumed: t.recoveries.resumed,
         last_loss: t.recoveries.last_loss.clone().unwrap_or_default(),

@@ -63,6 +63,9 @@ pub struct SessionStatus {
     pub gateway: String,
     /// The tunnel's carrier now: `quic`, or `tcp` (TLS over TCP, where UDP is blocked).
     pub carrier: String,
+    /// The congestion controller of the tunnel's connection now: `bbr` (QUIC; TCP where the
+    /// kernel has it), `cubic`...; empty if not known.
+    pub congestion: String,
     /// Times the session was set up again on a new tunnel session (edge) or origin
     /// connection (gateway).
     pub set_up_again: u32,

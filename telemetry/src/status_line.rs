@@ -34,6 +34,9 @@ impl Telemetry {
                 c.loss_percent,
                 c.path_bitrate_bps as f64 / 1e6
             ),
+            None if self.sessions().iter().any(|s| s.carrier == "tcp") => {
+                "QUIC not connected, sessions on the TCP carrier".to_owned()
+            }
             None => "gateway not connected".to_owned(),
         };
         let sessions: Vec<String> = self
@@ -42,8 +45,13 @@ impl Telemetry {
             .map(|s| {
                 let dropped = s.dropped_stale.video_frames + s.dropped_overflow.video_frames;
                 let dropped_audio = s.dropped_stale.audio_frames + s.dropped_overflow.audio_frames;
+                let carrier = match (s.carrier.as_str(), s.congestion.as_str()) {
+                    ("", _) => String::new(),
+                    (carrier, "") => format!(" over {carrier}"),
+                    (carrier, congestion) => format!(" over {carrier} ({congestion})"),
+                };
                 format!(
-                    "{}/{} {} {:.2} Mbit/s {:.0} fps queue {:.0} ms dropped {} video {} audio",
+                    "{}/{} {}{carrier} {:.2} Mbit/s {:.0} fps queue {:.0} ms dropped {} video {} audio",
                     s.app,
                     s.stream,
                     s.direction,

@@ -204,6 +204,63 @@ impl RawTunnel {
     }
 }
 
+/// A TCP carrier connection to a gateway by a raw client speaking the documented wire format
+/// (TLS with the TCP ALPN, HELLO, WELCOME, then one session's frames).
+pub struct RawTcpTunnel {
+    pub send: rtmpq_hop::stream::SendHalf,
+    pub frames: FrameReader,
+}
+
+impl RawTcpTunnel {
+    /// The TLS handshake to `gateway` (its TCP carrier) trusting `pin`, nothing said yet.
+    pub async fn dial(
+        gateway: SocketAddr,
+        pin: &str,
+    ) -> Result<rtmpq_hop::stream::TlsConnection, rtmpq_hop::tcp::DialError> {
+        let trust = rtmpq_certs::GatewayTrust::Pin(pin.parse().unwrap());
+        let tls = rtmpq_hop::tcp::client_tls(rtmpq_certs::client_tls(trust, None).unwrap());
+        rtmpq_hop::tcp::dial(&gateway.to_string(), "127.0.0.1", &tls, LIMIT_RAW).await
+    }
+
+    /// Connects, says HELLO as `edge_id`, and waits for WELCOME (or the refusal).
+    pub async fn greet(
+        gateway: SocketAddr,
+        pin: &str,
+        edge_id: &str,
+    ) -> Result<RawTcpTunnel, rtmpq_hop::tcp::GreetError> {
+        let tls = Self::dial(gateway, pin).await.unwrap();
+        let hello = Frame::Hello {
+            version: WIRE_VERSION,
+            edge_id: edge_id.into(),
+            token: String::new(),
+            release_after_ms: 0,
+        };
+        let (send, frames) = rtmpq_hop::tcp::greet(tls, &hello).await?;
+        Ok(RawTcpTunnel { send, frames })
+    }
+
+    /// Connects as `edge_id` and sends `first` as the session's first frame.
+    pub async fn open_as(gateway: SocketAddr, pin: &str, edge_id: &str, first: Frame) -> Self {
+        let mut t = Self::greet(gateway, pin, edge_id).await.unwrap();
+        write_frame(&mut t.send, &first).await.unwrap();
+        t
+    }
+
+    /// Reads until SESSION_CLOSE; returns its code and reason.
+    pub async fn closed(&mut self) -> (rtmpq_proto::wire::CloseCode, String) {
+        loop {
+            match self.frames.next().await.unwrap() {
+                Some(Frame::SessionClose { code, reason }) => return (code, reason),
+                Some(Frame::Msg(_) | Frame::ResumeToken(_)) => continue,
+                other => panic!("expected SESSION_CLOSE, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// How long a raw client waits for a gateway's TCP and TLS handshake.
+const LIMIT_RAW: Duration = Duration::from_secs(10);
+
 pub fn rand_id() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
