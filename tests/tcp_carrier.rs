@@ -512,7 +512,7 @@ async fn tcp_connections_from_one_address_beyond_its_limit_are_refused() {
     // Once one goes, another gets in.
     drop(held.pop());
     let deadline = std::time::Instant::now() + LIMIT;
-    while RawTcpTunnel::greet(stack.gateway_addr, &stack.pin, "many")
+    while RawTcpTunnel::dial(stack.gateway_addr, &stack.pin)
         .await
         .is_err()
     {

@@ -310,6 +310,17 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
             },
         ),
         profile(
+            "udp-returns",
+            format!(
+                "UDP dropped for the first {} s, then passes (TCP always), 50 ms RTT, 10 Mbit/s",
+                (duration / 3).as_secs()
+            ),
+            LinkSpec {
+                udp_blocked: vec![(Duration::ZERO, duration / 3)],
+                ..lossy(50, 0.0, 10.0)
+            },
+        ),
+        profile(
             "udp-blocked-slow",
             "every UDP packet dropped (TCP passes), link at 80 % of the stream's bitrate, 200 ms queue, 50 ms RTT".into(),
             LinkSpec {
