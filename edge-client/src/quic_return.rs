@@ -15,8 +15,10 @@ use rtmpq_proto::session_end::{EndedBy, SessionEnd};
 use rtmpq_proto::wire::{CloseCode, Frame};
 use tracing::{info, warn};
 
-use crate::connector::{Connector, GatewayLink};
+use crate::connector::GatewayLink;
+use crate::happy_eyeballs::AutoTransport;
 use crate::session::EdgeSession;
+use crate::tcp_dial::tcp_address;
 use crate::tunnel_open::{budget_ms, OpenedStream};
 
 /// How long the QUIC connection must have been up before sessions move back to it: a path
@@ -39,8 +41,8 @@ const FINISH_LIMIT: Duration = Duration::from_secs(1);
 /// Waits until the session, carried on TCP, can go back to QUIC, and moves it there; a move
 /// that fails after the cut ends the run as a lost tunnel (the session then recovers as
 /// after any loss: the pusher still does not notice).
-pub(crate) async fn back_to_quic(session: &EdgeSession<'_>, quic: &Connector) -> Interrupt {
-    let link = settled(session, quic).await;
+pub(crate) async fn back_to_quic(session: &EdgeSession<'_>, auto: &AutoTransport) -> Interrupt {
+    let link = settled(session, auto).await;
     match move_to(session, link).await {
         Ok(moved) => {
             session.shared.telemetry.quic_return("udp_returned");
@@ -62,23 +64,23 @@ pub(crate) async fn back_to_quic(session: &EdgeSession<'_>, quic: &Connector) ->
 }
 
 /// The connector's QUIC connection once it has been up for [`QUIC_SETTLE`], acknowledges
-/// what it is sent, and the gateway has offered this session a resume token.
-async fn settled(session: &EdgeSession<'_>, quic: &Connector) -> GatewayLink {
+/// what it is sent, and goes to the gateway that holds this session (with several gateways
+/// QUIC may have reached another), which has offered the session a resume token.
+async fn settled(session: &EdgeSession<'_>, auto: &AutoTransport) -> GatewayLink {
     loop {
-        let Ok(link) = quic.connection(Duration::from_secs(3600)).await else {
+        let Ok(link) = auto.quic.connection(Duration::from_secs(3600)).await else {
             tokio::time::sleep(QUIC_SETTLE).await;
             continue;
         };
         tokio::time::sleep(QUIC_SETTLE).await;
-        let has_token = session
-            .tracker
-            .lock()
-            .expect("tracker")
-            .resume_token
-            .is_some();
+        let holds = {
+            let t = session.tracker.lock().expect("tracker");
+            let tcp_gateway = tcp_address(&link.address, auto.tcp.port);
+            t.resume_token.is_some() && t.gateway.as_deref() == Some(tcp_gateway.as_str())
+        };
         if link.conn.close_reason().is_none()
             && link.link.path.unacknowledged_for() < QUIC_ACKNOWLEDGES
-            && has_token
+            && holds
         {
             return link;
         }

@@ -135,7 +135,7 @@ impl Reattach for EdgeSession<'_> {
     async fn interrupt(&mut self) -> Interrupt {
         let on_tcp = self.tracker.lock().expect("tracker").carrier == Some("tcp");
         match &self.shared.transport {
-            Transport::Auto(auto) if on_tcp => back_to_quic(self, &auto.quic).await,
+            Transport::Auto(auto) if on_tcp => back_to_quic(self, auto).await,
             _ => std::future::pending().await,
         }
     }
