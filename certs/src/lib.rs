@@ -162,22 +162,38 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     Ok(certs)
 }
 
+/// Creates `path`, which must not exist, for a secret (a private key, a key of the gateway's
+/// state): on Unix readable and writable by its owner only (mode 0600); on Windows the file
+/// takes the access list of its folder (keep the cert and state folders under the user's
+/// profile, which only the user, SYSTEM and Administrators can read) and no other process may
+/// open it while it is written.
+pub fn create_secret_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    #[cfg(windows)]
+    std::os::windows::fs::OpenOptionsExt::share_mode(&mut options, 0);
+    options.open(path)
+}
+
 fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(), CertError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| CertError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => CertError::Exists(path.to_owned()),
-            _ => io(e),
-        })?;
+    let created = match secret {
+        true => create_secret_file(path),
+        false => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path),
+    };
+    let mut file = created.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => CertError::Exists(path.to_owned()),
+        _ => io(e),
+    })?;
     file.write_all(contents.as_bytes()).map_err(io)
 }
 

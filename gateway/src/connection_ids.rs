@@ -59,12 +59,7 @@ pub fn reset_key(state_dir: &Path) -> Result<[u8; RESET_KEY_LEN], StartError> {
 }
 
 fn owner_only_new_file(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    rtmpq_certs::create_secret_file(path)
 }
 
 /// A QUIC-LB server id: 1 to [`MAX_SERVER_ID_LEN`] bytes, configured as hex.

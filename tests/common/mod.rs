@@ -685,8 +685,14 @@ pub struct Process {
 
 impl Process {
     pub fn start(args: &[&str]) -> Process {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rtmpq"))
-            .args(args)
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_rtmpq"));
+        command.args(args);
+        Process::spawn(command)
+    }
+
+    /// Starts `command` (logging at info, its stderr read line by line).
+    pub fn spawn(mut command: tokio::process::Command) -> Process {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .kill_on_drop(true)
