@@ -14,8 +14,13 @@ use tokio_util::sync::CancellationToken;
 const LIMIT: Duration = Duration::from_secs(90);
 
 /// The wine build of the Windows edge, built by the script (it installs what it needs: Debian's
-/// Rust, MinGW, wine). Fails loudly when it cannot be built.
+/// Rust, MinGW, wine) once for all the tests here. Fails loudly when it cannot be built.
 async fn windows_edge() -> PathBuf {
+    static BUILT: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    BUILT.get_or_init(build_windows_edge).await.clone()
+}
+
+async fn build_windows_edge() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let built = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
@@ -39,6 +44,51 @@ async fn windows_edge() -> PathBuf {
     .await
     .unwrap();
     built.join("rtmpq.exe")
+}
+
+/// `rtmpq.exe ARGS` under wine in `prefix`, to its end; its stdout.
+fn wine_run(exe: &std::path::Path, prefix: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("wine")
+        .arg(exe)
+        .args(args)
+        .env("WINEPREFIX", prefix)
+        .env("WINEDEBUG", "-all")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rtmpq.exe {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_windows_exe_makes_certificates_and_reads_its_own_owner_only_keys() {
+    let exe = windows_edge().await;
+    let prefix = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().display().to_string();
+    let (exe2, prefix2) = (exe.clone(), prefix.path().to_owned());
+    let pin = tokio::task::spawn_blocking(move || {
+        let pin = wine_run(&exe2, &prefix2, &["certs", "init", "--dir", &dir]);
+        // Signing an edge certificate reads the CA key back: the owner can read what was
+        // created owner-only.
+        let issued = wine_run(
+            &exe2,
+            &prefix2,
+            &["certs", "edge", "--dir", &dir, "--name", "cam"],
+        );
+        assert!(issued.contains("cam"), "{issued}");
+        pin
+    })
+    .await
+    .unwrap();
+    // The certificate the exe wrote is the one its pin names.
+    let cert =
+        rtmpq_certs::load_certs(&certs.path().join(rtmpq_certs::files::GATEWAY_CERT)).unwrap();
+    let fingerprint = rtmpq_certs::Fingerprint::of(&cert[0]).to_string();
+    assert_eq!(pin.trim(), fingerprint);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

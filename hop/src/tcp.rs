@@ -12,7 +12,9 @@ use rtmpq_proto::wire::{Frame, WireError};
 use tokio::net::TcpStream;
 
 use crate::stream::{tls_halves, RecvHalf, SendHalf, TlsConnection};
-use crate::transport::{PathWatch, SocketPath, PATH_WATCH_INTERVAL};
+use crate::transport::PathWatch;
+#[cfg(target_os = "linux")]
+use crate::transport::{SocketPath, PATH_WATCH_INTERVAL};
 use crate::tunnel::{write_frame, FrameReadError, FrameReader, StreamLost};
 
 /// The ALPN protocol id of the TCP carrier, wire version 4 (as QUIC's `rtmpq/4`).
@@ -292,7 +294,8 @@ pub async fn greet(
     }
 }
 
-#[cfg(test)]
+// The kernel's figures are read on Linux only.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

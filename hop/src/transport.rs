@@ -436,7 +436,9 @@ impl PathWatch {
     }
 
     /// Records what the kernel says of a TCP carrier socket's path (the TCP counterpart of
-    /// [`PathWatch::run`]'s look at a QUIC connection).
+    /// [`PathWatch::run`]'s look at a QUIC connection). Linux only: elsewhere the kernel's
+    /// figures are not read.
+    #[cfg(target_os = "linux")]
     pub(crate) fn record_socket(&self, path: &SocketPath) {
         let us = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
         self.rtt_us.store(us(path.rtt), Ordering::Relaxed);

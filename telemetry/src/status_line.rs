@@ -11,14 +11,20 @@ use crate::{Telemetry, TICK};
 pub async fn status_line(telemetry: Arc<Telemetry>, stop: CancellationToken) {
     use std::io::Write;
     let mut ticker = tokio::time::interval(TICK);
+    let mut last_width: usize = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let line = telemetry.status_summary();
+        // Back to the line's start and over the last one, spaces past its end: no escape
+        // sequences, which a Windows console shows as text unless told otherwise.
+        let width = line.chars().count();
+        let pad = last_width.saturating_sub(width);
+        last_width = width;
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = write!(err, "\r{line}{:pad$}", "");
         let _ = err.flush();
     }
 }
