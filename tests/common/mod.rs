@@ -194,13 +194,7 @@ impl RawTunnel {
 
     /// Reads until SESSION_CLOSE; returns its code and reason.
     pub async fn closed(&mut self) -> (rtmpq_proto::wire::CloseCode, String) {
-        loop {
-            match self.frames.next().await.unwrap() {
-                Some(Frame::SessionClose { code, reason }) => return (code, reason),
-                Some(Frame::Msg(_) | Frame::ResumeToken(_)) => continue,
-                other => panic!("expected SESSION_CLOSE, got {other:?}"),
-            }
-        }
+        session_closed(&mut self.frames).await
     }
 }
 
@@ -248,13 +242,7 @@ impl RawTcpTunnel {
 
     /// Reads until SESSION_CLOSE; returns its code and reason.
     pub async fn closed(&mut self) -> (rtmpq_proto::wire::CloseCode, String) {
-        loop {
-            match self.frames.next().await.unwrap() {
-                Some(Frame::SessionClose { code, reason }) => return (code, reason),
-                Some(Frame::Msg(_) | Frame::ResumeToken(_)) => continue,
-                other => panic!("expected SESSION_CLOSE, got {other:?}"),
-            }
-        }
+        session_closed(&mut self.frames).await
     }
 }
 
@@ -1172,4 +1160,45 @@ pub async fn cuttable_relay(to: SocketAddr, cut: Arc<std::sync::atomic::AtomicBo
         }
     });
     addr
+}
+
+/// Asserts that a flood of `attempts` failed handshakes since `started` (the gateway's lines
+/// from `lines_before` on) wrote at most one log line per interval, the remainder summed up
+/// in one "more failed handshakes" line with the TLS failures counted.
+pub async fn assert_handshake_log_bounded(
+    gateway: &mut Process,
+    lines_before: usize,
+    started: Instant,
+    attempts: usize,
+) {
+    // The flood's remainder is summed up in one line once the interval passes.
+    let summary = gateway.wait_for("more failed handshakes").await;
+    let took = started.elapsed();
+    let lines: Vec<&String> = gateway.lines_so_far()[lines_before..]
+        .iter()
+        .filter(|l| l.contains("handshake"))
+        .collect();
+    let intervals = took.as_secs() / rtmpq_telemetry::HANDSHAKE_LOG_INTERVAL.as_secs() + 2;
+    eprintln!(
+        "{attempts} failed handshakes in {took:?}: {} log lines",
+        lines.len()
+    );
+    assert!(
+        lines.len() as u64 <= intervals,
+        "{} lines for {attempts} failures in {took:?}: {lines:#?}",
+        lines.len()
+    );
+    assert!(summary.contains("tls="), "{summary}");
+}
+
+/// Reads `frames` until SESSION_CLOSE (skipping messages and resume tokens); its code and
+/// reason.
+pub async fn session_closed(frames: &mut FrameReader) -> (rtmpq_proto::wire::CloseCode, String) {
+    loop {
+        match frames.next().await.unwrap() {
+            Some(Frame::SessionClose { code, reason }) => return (code, reason),
+            Some(Frame::Msg(_) | Frame::ResumeToken(_)) => continue,
+            other => panic!("expected SESSION_CLOSE, got {other:?}"),
+        }
+    }
 }
