@@ -60,8 +60,12 @@ impl Handover {
 
     /// Returns once a move is asked for.
     pub(crate) async fn asked(&self) {
-        let mut rx = self.phase.subscribe();
-        let _ = rx.wait_for(|p| p.asked).await;
+        self.watch().asked().await;
+    }
+
+    /// A watch of this handover, for a loop that waits for the ask again and again.
+    pub(crate) fn watch(&self) -> HandoverWatch {
+        HandoverWatch(self.phase.subscribe())
     }
 
     /// The reading pump stopped before `msg` (`None`: between messages).
@@ -105,6 +109,16 @@ impl Handover {
     /// What the last run's reading pump stopped before, for this run to send first.
     pub(crate) fn take_held(&self) -> Option<Message> {
         self.held.lock().expect("handover").take()
+    }
+}
+
+/// Waits for a [`Handover`]'s ask (cancel-safe).
+pub(crate) struct HandoverWatch(watch::Receiver<Phase>);
+
+impl HandoverWatch {
+    /// Returns once a move is asked for.
+    pub(crate) async fn asked(&mut self) {
+        let _ = self.0.wait_for(|p| p.asked).await;
     }
 }
 

@@ -529,6 +529,7 @@ impl QueueReader<'_> {
             }
         }
         let mut asked_at = None;
+        let mut ask = self.handover.watch();
         loop {
             if self.handover.is_asked() {
                 asked_at.get_or_insert_with(tokio::time::Instant::now);
@@ -544,7 +545,7 @@ impl QueueReader<'_> {
             }
             let next = tokio::select! {
                 next = rtmp.next() => next,
-                () = self.handover.asked(), if asked_at.is_none() => continue,
+                () = ask.asked(), if asked_at.is_none() => continue,
             };
             let step = match next {
                 // An empty message carries nothing; forwarding it would only cost.
