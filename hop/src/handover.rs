@@ -58,11 +58,6 @@ impl Handover {
         self.phase.borrow().asked
     }
 
-    /// Returns once a move is asked for.
-    pub(crate) async fn asked(&self) {
-        self.watch().asked().await;
-    }
-
     /// A watch of this handover, for a loop that waits for the ask again and again.
     pub(crate) fn watch(&self) -> HandoverWatch {
         HandoverWatch(self.phase.subscribe())
@@ -131,7 +126,7 @@ mod tests {
         let h = Handover::default();
         assert!(!h.is_asked());
         h.ask();
-        h.asked().await;
+        h.watch().asked().await;
         assert!(h.is_asked() && !h.stopped());
         let key = Message::new(9, 1, 0, vec![0x17, 1]);
         h.stop_before(Some(key.clone()));
