@@ -111,6 +111,9 @@ pub struct LinkSpec {
     /// (start, length) from the link's start: every UDP packet dropped both ways (a network
     /// that blocks UDP; TCP passes).
     pub udp_blocked: Vec<(Duration, Duration)>,
+    /// (from, bit/s), in time order: the bottleneck's rate both ways from each time on (a link
+    /// whose capacity changes); before the first, each direction's own `rate_bps`.
+    pub rate_steps: Vec<(Duration, u64)>,
 }
 
 impl LinkSpec {
@@ -125,8 +128,20 @@ impl LinkSpec {
             early_loss: None,
             cut_port: None,
             udp_blocked: Vec::new(),
+            rate_steps: Vec::new(),
         }
     }
+}
+
+/// The bottleneck rate at `since` from the link's start: the last of `steps` begun by then,
+/// else `before`.
+fn rate_at(steps: &[(Duration, u64)], since: Duration, before: Option<u64>) -> Option<u64> {
+    steps
+        .iter()
+        .rev()
+        .find(|(from, _)| since >= *from)
+        .map(|(_, rate)| *rate)
+        .or(before)
 }
 
 /// Packet counts of one direction.
@@ -311,6 +326,7 @@ impl Link {
         let started_ns = rtmpq_demo::clock::monotonic_ns();
         let blackouts = Arc::new(spec.blackouts.clone());
         let udp_blocked = Arc::new(spec.udp_blocked.clone());
+        let rate_steps = Arc::new(spec.rate_steps.clone());
         for (from, to, dir, counts, rebind) in [
             (
                 tun_a.clone(),
@@ -333,6 +349,7 @@ impl Link {
                 early_loss: spec.early_loss,
                 cut_port: spec.cut_port,
                 udp_blocked: udp_blocked.clone(),
+                rate_steps: rate_steps.clone(),
             };
             tokio::spawn(forward(from, to, dir, events, start, counts, stop.clone()));
         }
@@ -426,6 +443,7 @@ struct Events {
     early_loss: Option<(f64, Duration)>,
     cut_port: Option<(Duration, u16)>,
     udp_blocked: Arc<Vec<(Duration, Duration)>>,
+    rate_steps: Arc<Vec<(Duration, u64)>>,
 }
 
 /// Whether `packet` is IPv4 UDP to or from `port`.
@@ -531,7 +549,7 @@ async fn forward(
             counts.lost.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let departure = match spec.rate_bps {
+        let departure = match rate_at(&events.rate_steps, since, spec.rate_bps) {
             Some(rate) => {
                 let begin = link_free_at.max(now);
                 if begin - now > spec.queue {
@@ -602,4 +620,20 @@ async fn write_packet(fd: &AsyncFd<OwnedFd>, packet: &[u8]) -> std::io::Result<u
         libc::write(raw, packet.as_ptr().cast(), packet.len())
     })
     .await
+}
+
+#[cfg(test)]
+mod rate_step_tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_in_force_is_the_last_step_begun_else_the_directions_own() {
+        let s = Duration::from_secs;
+        let steps = [(s(6), 2_000_000), (s(12), 6_000_000)];
+        assert_eq!(rate_at(&steps, s(0), Some(8_000_000)), Some(8_000_000));
+        assert_eq!(rate_at(&steps, s(6), Some(8_000_000)), Some(2_000_000));
+        assert_eq!(rate_at(&steps, s(11), None), Some(2_000_000));
+        assert_eq!(rate_at(&steps, s(30), None), Some(6_000_000));
+        assert_eq!(rate_at(&[], s(30), None), None);
+    }
 }

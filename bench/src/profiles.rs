@@ -321,6 +321,27 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
             },
         ),
         profile(
+            "rate-steps",
+            format!(
+                "the link's rate steps 8 → 2 → 6 → 1.5 → 8 Mbit/s every {} s, 0.5 % loss, 300 ms queue, 50 ms RTT",
+                (duration / 5).as_secs()
+            ),
+            LinkSpec {
+                rate_steps: [2.0, 6.0, 1.5, 8.0]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, mbps)| (duration / 5 * (i as u32 + 1), (mbps * 1e6) as u64))
+                    .collect(),
+                ..LinkSpec::symmetric(DirectionSpec {
+                    delay: ms(25),
+                    loss: 0.005,
+                    rate_bps: Some(8_000_000),
+                    queue: ms(300),
+                    ..DirectionSpec::default()
+                })
+            },
+        ),
+        profile(
             "udp-blocked-slow",
             "every UDP packet dropped (TCP passes), link at 80 % of the stream's bitrate, 200 ms queue, 50 ms RTT".into(),
             LinkSpec {
