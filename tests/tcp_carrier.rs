@@ -14,6 +14,11 @@ use tokio::io::AsyncReadExt;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
+/// Waits until `hop` lists a QUIC connection (the edge's to the gateway).
+async fn quic_connection_up(hop: &rtmpq_telemetry::Telemetry) {
+    poll_for("the edge's QUIC connection", || hop.connections(), |_| true).await;
+}
+
 fn over_tcp(c: EdgeConfig) -> EdgeConfig {
     EdgeConfig {
         transport: EdgeTransport::Tcp,
@@ -154,12 +159,7 @@ async fn where_quic_answers_auto_sessions_stay_on_quic() {
     })
     .await;
     // The edge's QUIC connection is up (the connector's first handshake) before the push.
-    poll_for(
-        "the edge's QUIC connection",
-        || stack.edge.connections(),
-        |_| true,
-    )
-    .await;
+    quic_connection_up(&stack.edge).await;
     push_ok(&clip, &stack.edge_url("autoquic")).await;
     let ended = ended_session(&stack.edge, "autoquic", |s| s.session.stream == "autoquic").await;
     assert_eq!(ended.session.carrier, "quic", "{ended:?}");
@@ -183,12 +183,7 @@ async fn when_udp_dies_mid_stream_the_session_moves_to_tcp_and_the_pusher_never_
         ..c
     })
     .await;
-    poll_for(
-        "the edge's QUIC connection",
-        || stack.edge.connections(),
-        |_| true,
-    )
-    .await;
+    quic_connection_up(&stack.edge).await;
     let url = stack.edge_url("udpdies");
     let pusher = tokio::spawn(async move { push_ok(&clip, &url).await });
     live_session(&stack.edge, "media on quic", |s| {
@@ -486,12 +481,7 @@ async fn tcp_connections_from_one_address_beyond_its_limit_are_refused() {
     })
     .await;
     // The edge's own QUIC connection is one of the address's three.
-    poll_for(
-        "the edge's QUIC connection",
-        || stack.gateway.connections(),
-        |_| true,
-    )
-    .await;
+    quic_connection_up(&stack.gateway).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(
