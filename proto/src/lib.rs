@@ -162,6 +162,7 @@ pub mod amf0;
 pub mod buffer_bound;
 pub mod chunk;
 pub mod command;
+pub mod congestion;
 pub mod fast_start;
 pub mod gop;
 pub mod journal;

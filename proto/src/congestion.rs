@@ -1,0 +1,745 @@
+//! The `live` congestion controller's logic ([`LiveController`]): a delivery-rate estimate
+//! that an application-limited stream cannot talk down, a window that keeps the bottleneck's
+//! queue near empty by reacting to queueing delay before loss, tolerance of random loss, and a
+//! mode that holds the stream's share beside a flow that fills the buffer. Plain data: the
+//! time is an argument, nothing here does I/O; `rtmpq-hop` puts it behind quinn's
+//! `Controller` trait. The design and the figures that chose it: `docs/congestion.md`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// What the controller believes about the path now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveMode {
+    /// Finding the path's rate: pacing at twice the estimate until a queue forms or the
+    /// estimate stops growing for [`STARTUP_FLAT_ROUNDS`] round trips.
+    Startup,
+    /// Holding the queue near empty: probing up while there is none, draining when one stands.
+    Steady,
+    /// Another flow keeps the buffer full whatever this one sends: holding the stream's share,
+    /// backing off on loss only, until the queue empties.
+    Competing,
+}
+
+impl LiveMode {
+    /// The mode's name as the status API and logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveMode::Startup => "startup",
+            LiveMode::Steady => "steady",
+            LiveMode::Competing => "competing",
+        }
+    }
+}
+
+/// The window before the first rate estimate: 64 KiB, what the hop's send window allows a
+/// connection at start anyway.
+pub const INITIAL_WINDOW: u64 = 64 << 10;
+/// Round trips in a row without 25 % growth that end start-up.
+pub const STARTUP_FLAT_ROUNDS: u32 = 3;
+/// The pacing and window gain in start-up.
+pub const STARTUP_GAIN: f64 = 2.0;
+/// The gain while no queue stands: what is sent beyond the estimate finds out whether the
+/// path can take more.
+pub const PROBE_GAIN: f64 = 1.25;
+/// The gain for a round trip after one that found a standing queue.
+pub const DRAIN_GAIN: f64 = 0.75;
+/// How long the smallest round trip is remembered.
+pub const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// The shortest round over which the controller judges the path.
+pub const MIN_ROUND: Duration = Duration::from_millis(10);
+/// A round in which more than this share of what was sent was lost is lossy; random loss of
+/// a few percent is not congestion and leaves the rate alone.
+pub const LOSSY_SHARE: f64 = 0.2;
+/// What one lossy round trip in a row after another does to the estimate.
+pub const LOSS_BACKOFF: f64 = 0.85;
+/// Round trips the controller competes before it drains once more to see whether the queue
+/// is still another flow's (a mistaken [`LiveMode::Competing`] would otherwise hold a queue
+/// of its own making).
+pub const COMPETING_HOLD_ROUNDS: u32 = 40;
+/// The most records of packets in flight kept (a bound on memory whatever the peer does).
+const MAX_SENT_RECORDS: usize = 8192;
+/// The most per-round smallest round trips kept for [`MIN_RTT_WINDOW`].
+const MAX_MIN_RTT_SAMPLES: usize = 512;
+
+/// The queueing delay the controller tolerates on a path whose smallest round trip is
+/// `min_rtt`: half of it, at least 15 ms (acknowledgement delay and scheduling noise), at
+/// most 30 ms (a sub-second budget has little more to spare).
+pub fn queue_target(min_rtt: Duration) -> Duration {
+    (min_rtt / 2).clamp(Duration::from_millis(15), Duration::from_millis(30))
+}
+
+/// What was known when a packet (or a burst sent at one instant) went out: the inputs of its
+/// delivery-rate sample.
+#[derive(Debug, Clone, Copy)]
+struct SentRecord {
+    at: Instant,
+    delivered: u64,
+    delivered_at: Instant,
+    first_sent_at: Instant,
+}
+
+/// What one round trip saw.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    started: Instant,
+    acked: u64,
+    lost: u64,
+    /// The smallest round trip sampled in the round: the queue that stood through it.
+    min_rtt: Option<Duration>,
+    /// The largest delivery rate sampled in the round, bytes/s.
+    max_rate: u64,
+    /// Bytes in flight and the window when the round began.
+    in_flight_at_start: u64,
+    window_at_start: u64,
+    /// Whether the round began draining a queue the one before found.
+    draining: bool,
+}
+
+impl Round {
+    fn new(started: Instant) -> Self {
+        Round {
+            started,
+            acked: 0,
+            lost: 0,
+            min_rtt: None,
+            max_rate: 0,
+            in_flight_at_start: 0,
+            window_at_start: 0,
+            draining: false,
+        }
+    }
+}
+
+/// The `live` controller; see the module docs and `docs/congestion.md`.
+#[derive(Debug, Clone)]
+pub struct LiveController {
+    mss: u64,
+    mode: LiveMode,
+    /// The path's rate as estimated, bytes/s; 0 before the first round.
+    bandwidth: u64,
+    gain: f64,
+    srtt: Duration,
+    min_rtts: VecDeque<(Instant, Duration)>,
+    delivered: u64,
+    delivered_at: Instant,
+    first_sent_at: Instant,
+    in_flight: u64,
+    sent: VecDeque<SentRecord>,
+    /// Send time of the newest packet acknowledged in the batch being read.
+    newest_acked: Option<Instant>,
+    round: Round,
+    startup_best: u64,
+    flat_rounds: u32,
+    lossy_rounds: u32,
+    congested_rounds: u32,
+    competing_rounds: u32,
+    /// The estimate before the first congested round of a run.
+    congestion_start: Option<u64>,
+}
+
+impl LiveController {
+    /// A controller for a new path whose packets carry at most `mss` bytes.
+    pub fn new(now: Instant, mss: u64) -> Self {
+        LiveController {
+            mss: mss.max(1200),
+            mode: LiveMode::Startup,
+            bandwidth: 0,
+            gain: STARTUP_GAIN,
+            srtt: Duration::ZERO,
+            min_rtts: VecDeque::new(),
+            delivered: 0,
+            delivered_at: now,
+            first_sent_at: now,
+            in_flight: 0,
+            sent: VecDeque::new(),
+            newest_acked: None,
+            round: Round::new(now),
+            startup_best: 0,
+            flat_rounds: 0,
+            lossy_rounds: 0,
+            congested_rounds: 0,
+            competing_rounds: 0,
+            congestion_start: None,
+        }
+    }
+
+    /// The path's packet size changed.
+    pub fn set_mss(&mut self, mss: u64) {
+        self.mss = mss.max(1200);
+    }
+
+    /// The mode the controller is in.
+    pub fn mode(&self) -> LiveMode {
+        self.mode
+    }
+
+    /// The estimate of the path's rate, bytes/s (0 before the first round trip): what the
+    /// stream can count on. Never below what the path delivered when it last had a queue;
+    /// while the stream sends less than the path takes, at least the most it delivered in a
+    /// round trip (the path's whole rate is known only once something filled it).
+    pub fn bandwidth(&self) -> u64 {
+        self.bandwidth
+    }
+
+    /// The smallest round trip within [`MIN_RTT_WINDOW`]; zero before the first sample.
+    pub fn min_rtt(&self) -> Duration {
+        self.min_rtts
+            .iter()
+            .map(|&(_, rtt)| rtt)
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// Bytes that may be in flight: the estimate times the gain in force over the smallest
+    /// round trip and [`queue_target`] (the smoothed round trip while competing: the queue
+    /// another flow keeps is part of the path then), at least four packets; in start-up at
+    /// least [`INITIAL_WINDOW`]. quinn paces at 1.25 windows per smoothed round trip, so the
+    /// pace follows the same number.
+    pub fn window(&self) -> u64 {
+        let floor = match self.mode {
+            LiveMode::Startup => INITIAL_WINDOW,
+            _ => 4 * self.mss,
+        };
+        if self.bandwidth == 0 {
+            return floor;
+        }
+        let min_rtt = self.min_rtt();
+        let span = match self.mode {
+            LiveMode::Competing => self.srtt.max(min_rtt),
+            _ => min_rtt + queue_target(min_rtt),
+        };
+        let bytes = self.bandwidth as f64 * self.gain * span.as_secs_f64();
+        (bytes as u64).max(floor)
+    }
+
+    /// Packets of `bytes` in all went out at `now`.
+    pub fn on_sent(&mut self, now: Instant, bytes: u64) {
+        if self.in_flight == 0 {
+            // Nothing in flight: an idle stretch must not count as time the path took.
+            self.first_sent_at = now;
+            self.delivered_at = now;
+        }
+        self.in_flight += bytes;
+        match self.sent.back() {
+            Some(last) if last.at == now => {}
+            _ => {
+                if self.sent.len() == MAX_SENT_RECORDS {
+                    self.sent.pop_front();
+                }
+                self.sent.push_back(SentRecord {
+                    at: now,
+                    delivered: self.delivered,
+                    delivered_at: self.delivered_at,
+                    first_sent_at: self.first_sent_at,
+                });
+            }
+        }
+    }
+
+    /// A packet of `bytes` sent at `sent` was acknowledged at `now`; `srtt` is the path's
+    /// smoothed round trip.
+    pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, srtt: Duration) {
+        if !srtt.is_zero() {
+            self.srtt = srtt;
+        }
+        self.in_flight = self.in_flight.saturating_sub(bytes);
+        self.delivered += bytes;
+        self.delivered_at = now;
+        self.round.acked += bytes;
+        if self.newest_acked.is_none_or(|t| sent > t) {
+            self.newest_acked = Some(sent);
+        }
+        // The record of the packet: older ones were acknowledged or lost.
+        while self.sent.front().is_some_and(|r| r.at < sent) {
+            self.sent.pop_front();
+        }
+        let Some(record) = self.sent.front().copied().filter(|r| r.at == sent) else {
+            return;
+        };
+        self.first_sent_at = record.at;
+        // The delivery rate since the packet went out, over the longer of the send and the
+        // acknowledgement spans (acknowledgements that come in a bunch do not inflate it),
+        // and never over less than the smallest round trip.
+        let send_span = record.at.saturating_duration_since(record.first_sent_at);
+        let ack_span = now.saturating_duration_since(record.delivered_at);
+        let span = send_span.max(ack_span);
+        let min_rtt = self.min_rtt();
+        if span.is_zero() || span < min_rtt {
+            return;
+        }
+        let rate = ((self.delivered - record.delivered) as f64 / span.as_secs_f64()) as u64;
+        self.round.max_rate = self.round.max_rate.max(rate);
+    }
+
+    /// A batch of acknowledgements read at `now` ended; quinn counts `in_flight` bytes in
+    /// flight.
+    pub fn on_end_acks(&mut self, now: Instant, in_flight: u64) {
+        self.in_flight = in_flight;
+        let Some(sent) = self.newest_acked.take() else {
+            return;
+        };
+        let rtt = now.saturating_duration_since(sent);
+        if !rtt.is_zero() {
+            self.note_rtt(now, rtt);
+            self.round.min_rtt = Some(self.round.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        }
+        // A round trip ends when something sent after it began is acknowledged: however long
+        // a queue makes the path's round trip, a round sees what its own sending did.
+        let length = now.saturating_duration_since(self.round.started);
+        if sent >= self.round.started && length >= MIN_ROUND && self.round.min_rtt.is_some() {
+            self.end_round(now, length);
+        }
+    }
+
+    /// `lost` bytes were declared lost at `now`; `persistent`: every
+    /// packet over a span of round trips was (a blackout).
+    pub fn on_loss(&mut self, now: Instant, persistent: bool, lost: u64) {
+        self.in_flight = self.in_flight.saturating_sub(lost);
+        self.round.lost += lost;
+        if persistent {
+            // A blackout says nothing of the rate the path has when it returns: the estimate
+            // stands, and a round that spanned the outage is not judged.
+            self.round = Round::new(now);
+        }
+    }
+
+    fn note_rtt(&mut self, now: Instant, rtt: Duration) {
+        while self
+            .min_rtts
+            .front()
+            .is_some_and(|&(at, _)| now.saturating_duration_since(at) > MIN_RTT_WINDOW)
+        {
+            self.min_rtts.pop_front();
+        }
+        // Kept increasing from front to back: an older sample no smaller than this one can
+        // never be the window's smallest again.
+        while self.min_rtts.back().is_some_and(|&(_, r)| r >= rtt) {
+            self.min_rtts.pop_back();
+        }
+        if self.min_rtts.len() == MAX_MIN_RTT_SAMPLES {
+            self.min_rtts.pop_front();
+        }
+        self.min_rtts.push_back((now, rtt));
+    }
+
+    fn end_round(&mut self, now: Instant, length: Duration) {
+        let round = std::mem::replace(&mut self.round, Round::new(now));
+        // A round much longer than the path's round trip spanned an outage (nothing was
+        // acknowledged for a while): its figures are the outage's, not the path's.
+        if length > (self.srtt * 4).max(Duration::from_millis(400)) {
+            return;
+        }
+        let min_rtt = self.min_rtt();
+        let target = queue_target(min_rtt);
+        let queue = round.min_rtt.unwrap_or_default().saturating_sub(min_rtt);
+        let delivery = (round.acked as f64 / length.as_secs_f64()) as u64;
+        let sent = round.acked + round.lost;
+        let lossy = sent > 0 && round.lost as f64 > LOSSY_SHARE * sent as f64;
+        self.lossy_rounds = if lossy { self.lossy_rounds + 1 } else { 0 };
+        let congested = queue > target;
+        match self.mode {
+            LiveMode::Startup => {
+                self.bandwidth = self.bandwidth.max(round.max_rate).max(delivery);
+                if self.bandwidth as f64 >= self.startup_best as f64 * 1.25 {
+                    self.startup_best = self.bandwidth;
+                    self.flat_rounds = 0;
+                } else {
+                    self.flat_rounds += 1;
+                }
+                if congested {
+                    self.mode = LiveMode::Steady;
+                    self.congested(&round, delivery);
+                } else if self.flat_rounds >= STARTUP_FLAT_ROUNDS {
+                    self.mode = LiveMode::Steady;
+                    self.gain = PROBE_GAIN;
+                }
+            }
+            LiveMode::Steady => {
+                if congested {
+                    self.congested(&round, delivery);
+                } else {
+                    self.congested_rounds = 0;
+                    self.congestion_start = None;
+                    self.bandwidth = self.bandwidth.max(round.max_rate);
+                    self.gain = if queue < target / 2 { PROBE_GAIN } else { 1.0 };
+                }
+            }
+            LiveMode::Competing => {
+                self.competing_rounds += 1;
+                if queue < target || self.competing_rounds >= COMPETING_HOLD_ROUNDS {
+                    // The queue emptied (the other flow left or backed off), or it is time
+                    // to drain once and look again: steady, the estimate as it stands.
+                    self.mode = LiveMode::Steady;
+                    self.congested_rounds = 0;
+                    self.congestion_start = None;
+                    self.gain = 1.0;
+                } else {
+                    self.bandwidth = self.bandwidth.max(round.max_rate);
+                    self.gain = if round.lost > 0 { 1.0 } else { PROBE_GAIN };
+                }
+            }
+        }
+        if self.lossy_rounds >= 2 {
+            // Much loss without a queue: a policer, or a link that lost most of its rate.
+            self.bandwidth = (self.bandwidth as f64 * LOSS_BACKOFF) as u64;
+        }
+        self.round.in_flight_at_start = self.in_flight;
+        self.round.window_at_start = self.window();
+        self.round.draining = self.gain == DRAIN_GAIN;
+    }
+
+    /// A round trip through which a queue stood: the path delivered `delivery` bytes/s, all it
+    /// could, as its queue never emptied. That is the estimate, and the next round drains.
+    /// A queue that stands through a round that began draining, with no more in flight than
+    /// the drained window (what this flow adds cannot keep a queue there: it empties within
+    /// the round), is another flow's.
+    fn congested(&mut self, round: &Round, delivery: u64) {
+        self.congested_rounds += 1;
+        let before = *self.congestion_start.get_or_insert(self.bandwidth);
+        if round.draining && round.in_flight_at_start <= round.window_at_start + self.mss {
+            self.mode = LiveMode::Competing;
+            self.competing_rounds = 0;
+            self.bandwidth = before.max(self.bandwidth);
+            self.gain = 1.0;
+            return;
+        }
+        self.bandwidth = delivery.max(1);
+        self.gain = DRAIN_GAIN;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSS: u64 = 1200;
+
+    /// A simulated bottleneck: a FIFO queue drained at `rate` bytes/s, a fixed propagation
+    /// delay, random loss by a seeded generator, and optionally another flow's bytes.
+    struct Link {
+        rate: u64,
+        one_way: Duration,
+        /// When the bottleneck is next free.
+        free_at: Instant,
+        buffer: Duration,
+        loss: f64,
+        seed: u64,
+        /// Another flow shares the bottleneck and keeps its buffer full.
+        competing: bool,
+    }
+
+    impl Link {
+        fn new(now: Instant, rate_mbit: f64, rtt_ms: u64) -> Self {
+            Link {
+                rate: (rate_mbit * 1e6 / 8.0) as u64,
+                one_way: Duration::from_millis(rtt_ms / 2),
+                free_at: now,
+                buffer: Duration::from_millis(300),
+                loss: 0.0,
+                seed: 7,
+                competing: false,
+            }
+        }
+
+        fn random(&mut self) -> f64 {
+            // xorshift64
+            self.seed ^= self.seed << 13;
+            self.seed ^= self.seed >> 7;
+            self.seed ^= self.seed << 17;
+            (self.seed % 1_000_000) as f64 / 1e6
+        }
+
+        /// When a packet of `bytes` sent at `now` is acknowledged back at the sender, if at all.
+        /// Beside another flow that keeps the buffer full, every packet also waits
+        /// [`OTHER_FLOW_QUEUE`] and gets half the rate.
+        fn carry(&mut self, now: Instant, bytes: u64) -> Option<Instant> {
+            let arrive = now + self.one_way / 2;
+            let start = arrive.max(self.free_at);
+            if start.saturating_duration_since(arrive) > self.buffer {
+                return None; // tail drop
+            }
+            let rate = if self.competing { self.rate / 2 } else { self.rate };
+            let serialize = Duration::from_secs_f64(bytes as f64 / rate as f64);
+            self.free_at = start + serialize;
+            if self.loss > 0.0 && self.random() < self.loss {
+                return None;
+            }
+            let other = if self.competing {
+                OTHER_FLOW_QUEUE
+            } else {
+                Duration::ZERO
+            };
+            Some(start + serialize + other + self.one_way / 2 + self.one_way)
+        }
+    }
+
+    /// The queue another flow keeps in front of this one's packets in the simulation.
+    const OTHER_FLOW_QUEUE: Duration = Duration::from_millis(250);
+
+    /// Drives a controller over a link: a sender with `demand` bytes/s to send (u64::MAX: as
+    /// much as the window allows), frames every 33 ms, acknowledgements per packet; returns
+    /// the delivered bytes/s over the run and the largest queueing delay a packet met in its
+    /// last half.
+    struct Run {
+        now: Instant,
+        cc: LiveController,
+        link: Link,
+        /// (acked at, sent at, bytes), sorted by acked at.
+        pending: VecDeque<(Instant, Instant, u64)>,
+        lost: VecDeque<(Instant, Instant, u64)>,
+        backlog: u64,
+        delivered: u64,
+        in_flight: u64,
+        worst_queue: Duration,
+        srtt: Duration,
+    }
+
+    impl Run {
+        fn new(link_mbit: f64, rtt_ms: u64) -> Self {
+            let now = Instant::now();
+            Run {
+                now,
+                cc: LiveController::new(now, MSS),
+                link: Link::new(now, link_mbit, rtt_ms),
+                pending: VecDeque::new(),
+                lost: VecDeque::new(),
+                backlog: 0,
+                delivered: 0,
+                in_flight: 0,
+                worst_queue: Duration::ZERO,
+                srtt: Duration::ZERO,
+            }
+        }
+
+        /// Runs for `span` with a stream of `demand_mbit` (frames every 33 ms, a key frame of
+        /// ten frames' size every 2 s); returns delivered Mbit/s.
+        fn stream(&mut self, span: Duration, demand_mbit: f64) -> f64 {
+            let step = Duration::from_millis(1);
+            let end = self.now + span;
+            let frame_bytes = (demand_mbit * 1e6 / 8.0 / 30.0) as u64;
+            let mut next_frame = self.now;
+            let mut frame_no = 0u64;
+            let delivered_before = self.delivered;
+            let mut pace_tokens = 0f64;
+            while self.now < end {
+                if self.now >= next_frame {
+                    self.backlog += if frame_no % 60 == 0 {
+                        frame_bytes * 10
+                    } else {
+                        frame_bytes
+                    };
+                    frame_no += 1;
+                    next_frame += Duration::from_millis(33);
+                }
+                self.deliver_acks();
+                // quinn's pacer: 1.25 windows per smoothed round trip.
+                let srtt = self.srtt.max(Duration::from_millis(1));
+                let window = self.cc.window();
+                pace_tokens += 1.25 * window as f64 * step.as_secs_f64() / srtt.as_secs_f64();
+                pace_tokens = pace_tokens.min(10.0 * MSS as f64);
+                while self.backlog > 0
+                    && self.in_flight + MSS <= window
+                    && pace_tokens >= MSS as f64
+                {
+                    let bytes = self.backlog.min(MSS);
+                    self.backlog -= bytes;
+                    pace_tokens -= bytes as f64;
+                    self.in_flight += bytes;
+                    self.cc.on_sent(self.now, bytes);
+                    match self.link.carry(self.now, bytes) {
+                        Some(acked) => {
+                            let queue = acked.saturating_duration_since(self.now)
+                                - self.link.one_way * 2;
+                            if self.now + span / 2 >= end {
+                                self.worst_queue = self.worst_queue.max(queue);
+                            }
+                            let at = self.pending.partition_point(|p| p.0 <= acked);
+                            self.pending.insert(at, (acked, self.now, bytes));
+                        }
+                        None => {
+                            // Declared lost about a round trip later; the bytes go again.
+                            let at = self.now + self.link.one_way * 2 + Duration::from_millis(10);
+                            self.lost.push_back((at, self.now, bytes));
+                        }
+                    }
+                }
+                if self.backlog > 0 && self.backlog > (demand_mbit * 1e6 / 8.0) as u64 {
+                    // A live sender drops what is more than a second behind.
+                    self.backlog = (demand_mbit * 1e6 / 8.0) as u64;
+                }
+                self.now += step;
+            }
+            (self.delivered - delivered_before) as f64 * 8.0 / span.as_secs_f64() / 1e6
+        }
+
+        fn deliver_acks(&mut self) {
+            let mut any = false;
+            while self.pending.front().is_some_and(|p| p.0 <= self.now) {
+                let (_, sent, bytes) = self.pending.pop_front().unwrap();
+                self.in_flight -= bytes;
+                self.delivered += bytes;
+                let sample = self.now - sent;
+                self.srtt = match self.srtt {
+                    d if d.is_zero() => sample,
+                    d => (d * 7 + sample) / 8,
+                };
+                self.cc.on_ack(self.now, sent, bytes, self.srtt);
+                any = true;
+            }
+            if any {
+                self.cc.on_end_acks(self.now, self.in_flight);
+            }
+            while self.lost.front().is_some_and(|p| p.0 <= self.now) {
+                let (_, _, bytes) = self.lost.pop_front().unwrap();
+                self.in_flight -= bytes;
+                self.backlog += bytes;
+                self.cc.on_loss(self.now, false, bytes);
+            }
+        }
+
+        fn rate_mbit(&self) -> f64 {
+            self.cc.bandwidth() as f64 * 8.0 / 1e6
+        }
+    }
+
+    #[test]
+    fn an_application_limited_stream_keeps_an_estimate_at_least_its_own_rate() {
+        // A 3 Mbit/s stream on a 10 Mbit/s path: the sender is mostly idle between frames.
+        let mut run = Run::new(10.0, 50);
+        let got = run.stream(Duration::from_secs(10), 3.0);
+        assert!(got > 2.7, "delivered {got:.2} Mbit/s");
+        let est = run.rate_mbit();
+        assert!(
+            (3.0..=10.5).contains(&est),
+            "estimate {est:.2} Mbit/s for a 3 Mbit/s stream on a 10 Mbit/s path"
+        );
+        assert_ne!(run.cc.mode(), LiveMode::Competing);
+        // No standing queue: a key frame's burst queues, nothing else does.
+        assert!(
+            run.worst_queue < Duration::from_millis(80),
+            "queue {:?}",
+            run.worst_queue
+        );
+    }
+
+    #[test]
+    fn a_stream_faster_than_the_path_keeps_its_queue_near_the_target() {
+        let mut run = Run::new(2.4, 50);
+        run.stream(Duration::from_secs(5), 3.0);
+        let got = run.stream(Duration::from_secs(10), 3.0);
+        assert!(got > 2.4 * 0.85, "delivered {got:.2} of a 2.4 Mbit/s path");
+        let est = run.rate_mbit();
+        assert!(
+            (2.4 * 0.8..=2.4 * 1.15).contains(&est),
+            "estimate {est:.2} Mbit/s on a 2.4 Mbit/s path"
+        );
+        assert!(
+            run.worst_queue < Duration::from_millis(120),
+            "queue {:?} (300 ms buffer)",
+            run.worst_queue
+        );
+    }
+
+    #[test]
+    fn random_loss_of_five_percent_does_not_collapse_the_rate() {
+        let mut run = Run::new(6.0, 50);
+        run.link.loss = 0.05;
+        run.stream(Duration::from_secs(3), 4.0);
+        let got = run.stream(Duration::from_secs(10), 4.0);
+        assert!(got > 3.6, "delivered {got:.2} Mbit/s of a 4 Mbit/s stream");
+        assert!(run.rate_mbit() >= 4.0, "estimate {:.2}", run.rate_mbit());
+    }
+
+    #[test]
+    fn a_rate_step_down_is_followed_within_a_second_and_a_step_up_soon_after() {
+        let mut run = Run::new(8.0, 50);
+        run.stream(Duration::from_secs(5), 12.0);
+        assert!(run.rate_mbit() > 6.5, "estimate at 8: {:.2}", run.rate_mbit());
+        run.link.rate = (2.0e6 / 8.0) as u64;
+        run.stream(Duration::from_secs(1), 12.0);
+        let est = run.rate_mbit();
+        assert!(
+            (1.6..=2.5).contains(&est),
+            "estimate {est:.2} one second after the step to 2"
+        );
+        run.worst_queue = Duration::ZERO;
+        run.stream(Duration::from_secs(4), 12.0);
+        assert!(
+            run.worst_queue < Duration::from_millis(120),
+            "queue {:?} at 2 Mbit/s",
+            run.worst_queue
+        );
+        run.link.rate = (6.0e6 / 8.0) as u64;
+        run.stream(Duration::from_secs(2), 12.0);
+        assert!(
+            run.rate_mbit() > 4.8,
+            "estimate {:.2} two seconds after the step to 6",
+            run.rate_mbit()
+        );
+    }
+
+    #[test]
+    fn a_flow_that_keeps_the_buffer_full_does_not_starve_the_stream() {
+        let mut run = Run::new(6.0, 50);
+        run.stream(Duration::from_secs(4), 2.5);
+        run.link.competing = true;
+        run.stream(Duration::from_secs(3), 2.5);
+        let got = run.stream(Duration::from_secs(8), 2.5);
+        assert_eq!(run.cc.mode(), LiveMode::Competing);
+        assert!(got > 2.2, "delivered {got:.2} Mbit/s of 2.5 beside a full buffer");
+        run.link.competing = false;
+        run.stream(Duration::from_secs(2), 2.5);
+        assert_ne!(run.cc.mode(), LiveMode::Competing, "the other flow left");
+    }
+
+    #[test]
+    fn a_blackout_leaves_the_estimate_and_the_return_is_quick() {
+        let mut run = Run::new(6.0, 50);
+        run.stream(Duration::from_secs(4), 4.0);
+        let before = run.rate_mbit();
+        // Three seconds in which nothing is acknowledged.
+        run.link.loss = 1.0;
+        run.stream(Duration::from_secs(3), 4.0);
+        run.link.loss = 0.0;
+        run.stream(Duration::from_millis(500), 4.0);
+        assert!(
+            run.rate_mbit() >= before * 0.8,
+            "estimate {:.2} after the blackout, {before:.2} before",
+            run.rate_mbit()
+        );
+        let got = run.stream(Duration::from_secs(3), 4.0);
+        assert!(got > 3.6, "delivered {got:.2} after the blackout");
+    }
+
+    #[test]
+    fn the_window_is_bounded_and_starts_at_the_initial_window() {
+        let now = Instant::now();
+        let cc = LiveController::new(now, MSS);
+        assert_eq!(cc.window(), INITIAL_WINDOW);
+        assert_eq!(cc.bandwidth(), 0);
+        let mut cc = cc;
+        // Acknowledgements of packets never recorded as sent change nothing and cost nothing.
+        for i in 0..100_000u64 {
+            cc.on_ack(
+                now + Duration::from_micros(i),
+                now,
+                MSS,
+                Duration::from_millis(50),
+            );
+        }
+        cc.on_end_acks(now + Duration::from_millis(100), 0);
+        assert!(cc.sent.len() <= MAX_SENT_RECORDS);
+        for i in 0..(MAX_SENT_RECORDS as u64 * 2) {
+            cc.on_sent(now + Duration::from_micros(i), MSS);
+        }
+        assert_eq!(cc.sent.len(), MAX_SENT_RECORDS);
+    }
+
+    #[test]
+    fn the_queue_target_is_half_the_round_trip_within_bounds() {
+        assert_eq!(queue_target(Duration::from_millis(10)), Duration::from_millis(15));
+        assert_eq!(queue_target(Duration::from_millis(50)), Duration::from_millis(25));
+        assert_eq!(queue_target(Duration::from_millis(300)), Duration::from_millis(30));
+    }
+}
