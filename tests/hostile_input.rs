@@ -600,7 +600,8 @@ fn pinned_tls(stack: &Stack) -> rustls::ClientConfig {
 /// A QUIC connection to `stack`'s gateway that has said nothing yet (and its endpoint).
 async fn quic_connection(stack: &Stack) -> (quinn::Endpoint, quinn::Connection) {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let config = rtmpq_hop::transport::client_config(pinned_tls(stack)).unwrap();
+    let config =
+        rtmpq_hop::transport::client_config(pinned_tls(stack), Default::default()).unwrap();
     let conn = endpoint
         .connect_with(config, stack.gateway_addr, "127.0.0.1")
         .unwrap()

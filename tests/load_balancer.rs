@@ -77,7 +77,7 @@ async fn every_packet_after_the_first_flight_routes_to_the_gateways_server_id() 
 
     let trust = rtmpq_certs::GatewayTrust::Pin(pin);
     let tls = rtmpq_certs::client_tls(trust, None).unwrap();
-    let config = rtmpq_hop::transport::client_config(tls).unwrap();
+    let config = rtmpq_hop::transport::client_config(tls, Default::default()).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = endpoint
         .connect_with(config, front, "localhost")

@@ -184,7 +184,7 @@ async fn a_second_connection_to_the_same_gateway_says_hello_in_0rtt() {
     let gateway = RunningGateway::start().await;
     let (addr, shutdown) = (gateway.addr, gateway.shutdown.clone());
     let tls = gateway.tls();
-    let config = rtmpq_hop::transport::client_config(tls).unwrap();
+    let config = rtmpq_hop::transport::client_config(tls, Default::default()).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connect = || {
         endpoint

@@ -51,6 +51,8 @@ pub enum Transport {
         /// The edge's `--transport`: `quic`, `tcp` (the TCP carrier, TLS 1.3 over TCP) or
         /// `auto` (QUIC, and TCP where QUIC does not answer).
         transport: &'static str,
+        /// Both ends' `--congestion`: `live` (rtmpq's own) or `bbr` (quinn's).
+        congestion: &'static str,
     },
 }
 
@@ -66,6 +68,7 @@ impl Transport {
         backpressure_ms: 0,
         lanes: true,
         transport: "quic",
+        congestion: "live",
     };
 
     /// Every transport, in report order.
@@ -79,7 +82,8 @@ impl Transport {
 
     /// Short name for tables and the command line: `rtmpq` with the default budget,
     /// `rtmpq:MS` with another, `rtmpq-bp` in back-pressure mode, `rtmpq-stream` with
-    /// everything on the session stream (no media lanes), `rtmpq-tcp` on the TCP carrier.
+    /// everything on the session stream (no media lanes), `rtmpq-tcp` on the TCP carrier;
+    /// `-bbr` after any of them (before the budget) with quinn's BBR, not rtmpq's `live`.
     pub fn name(self) -> String {
         match self {
             Transport::TcpCubic => "tcp-cubic".into(),
@@ -91,6 +95,7 @@ impl Transport {
                 backpressure_ms,
                 lanes,
                 transport,
+                congestion,
             } => {
                 let mut name = "rtmpq".to_owned();
                 if backpressure_ms > 0 {
@@ -101,6 +106,10 @@ impl Transport {
                     name.push_str(transport);
                 } else if !lanes {
                     name.push_str("-stream");
+                }
+                if congestion != "live" {
+                    name.push('-');
+                    name.push_str(congestion);
                 }
                 if budget_ms != DEFAULT_BUDGET_MS {
                     name.push_str(&format!(":{budget_ms}"));
@@ -122,24 +131,45 @@ impl Transport {
             Some((base, ms)) => (base, ms.parse().ok()?),
             None => (name, DEFAULT_BUDGET_MS),
         };
+        if let Some(base) = base.strip_suffix("-bbr").filter(|b| b.starts_with("rtmpq")) {
+            return match Transport::parse(&format!("{base}:{budget}"))? {
+                Transport::Rtmpq {
+                    budget_ms,
+                    backpressure_ms,
+                    lanes,
+                    transport,
+                    ..
+                } => Some(Transport::Rtmpq {
+                    budget_ms,
+                    backpressure_ms,
+                    lanes,
+                    transport,
+                    congestion: "bbr",
+                }),
+                _ => None,
+            };
+        }
         match base {
             "rtmpq" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: 0,
                 lanes: true,
                 transport: "quic",
+                congestion: "live",
             }),
             "rtmpq-bp" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: BENCH_BACKPRESSURE_MS,
                 lanes: true,
                 transport: "quic",
+                congestion: "live",
             }),
             "rtmpq-stream" => Some(Transport::Rtmpq {
                 budget_ms: budget,
                 backpressure_ms: 0,
                 lanes: false,
                 transport: "quic",
+                congestion: "live",
             }),
             // Media lanes where QUIC runs; on TCP everything rides the session's connection.
             "rtmpq-tcp" | "rtmpq-auto" => Some(Transport::Rtmpq {
@@ -147,6 +177,7 @@ impl Transport {
                 backpressure_ms: 0,
                 lanes: true,
                 transport: if base == "rtmpq-tcp" { "tcp" } else { "auto" },
+                congestion: "live",
             }),
             _ if budget != DEFAULT_BUDGET_MS => None,
             _ => Transport::ALL.into_iter().find(|t| t.name() == name),
@@ -691,6 +722,7 @@ pub async fn run_one(
             backpressure_ms,
             lanes,
             transport,
+            congestion,
         } => {
             // One listed edge identity (a token), as a deployment has: flooders know no token.
             let gateway_toml = run_dir.join("gateway.toml");
@@ -717,6 +749,8 @@ pub async fn run_one(
                 certs.clone(),
                 s("--state-dir"),
                 run_dir.display().to_string(),
+                s("--congestion"),
+                s(congestion),
             ];
             let gateway = spawn_in(&b, &args, &log("gateway"), Some("gateway ready")).await?;
             let mut edge_args = vec![
@@ -738,6 +772,8 @@ pub async fn run_one(
                 s(if lanes { "lanes" } else { "stream" }),
                 s("--transport"),
                 s(transport),
+                s("--congestion"),
+                s(congestion),
             ];
             if profile.second_gateway {
                 // Same certificate and identities; its own port, metrics and state.
@@ -1231,6 +1267,33 @@ pub const RECOVERED_MS: f64 = 100.0;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_transport_name_parses_back_to_itself() {
+        use super::Transport;
+        for name in [
+            "rtmpq",
+            "rtmpq-bbr",
+            "rtmpq:300",
+            "rtmpq-bbr:300",
+            "rtmpq-auto-bbr",
+            "rtmpq-stream",
+            "tcp-bbr",
+            "quic-pipe",
+        ] {
+            let t = Transport::parse(name).unwrap_or_else(|| panic!("{name} parses"));
+            assert_eq!(t.name(), name);
+        }
+        assert!(matches!(
+            Transport::parse("rtmpq-bbr:500"),
+            Some(Transport::Rtmpq {
+                congestion: "bbr",
+                budget_ms: 500,
+                ..
+            })
+        ));
+        assert!(Transport::parse("tcp-bbr-bbr").is_none());
+    }
+
     #[test]
     fn a_track_whose_timestamp_goes_below_its_last_counts_once_per_frame() {
         let mut clocks = TrackClocks::default();

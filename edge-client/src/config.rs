@@ -12,6 +12,7 @@ pub use rtmpq_hop::config::ConfigError;
 use rtmpq_hop::config::{above_zero, load_toml, millis};
 use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
+use rtmpq_hop::transport::Congestion;
 use rtmpq_proto::wire::Carrier;
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +88,11 @@ pub struct EdgeConfig {
     /// The gateways' TCP port for the TCP carrier, if not their QUIC port number (e.g. 443).
     #[arg(long, value_name = "PORT")]
     pub tcp_port: Option<u16>,
+    /// The congestion controller for what the edge sends over QUIC: `"live"` (default,
+    /// rtmpq's own, made for live media) or `"bbr"` (quinn's BBR). The gateway chooses its
+    /// own for what it sends to players.
+    #[arg(long, value_enum)]
+    pub congestion: Congestion,
     /// Address for Prometheus metrics and the status API.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -142,6 +148,7 @@ impl Default for EdgeConfig {
             carrier: MediaCarrier::default(),
             transport: EdgeTransport::default(),
             tcp_port: None,
+            congestion: Congestion::default(),
             metrics: None,
             max_sessions: 256,
             handshake_timeout_ms: 10_000,
@@ -270,6 +277,8 @@ pub struct EdgeSettings {
     pub transport: EdgeTransport,
     /// The gateways' TCP carrier port, if not their QUIC port.
     pub tcp_port: Option<u16>,
+    /// The congestion controller for what the edge sends over QUIC.
+    pub congestion: Congestion,
 }
 
 impl EdgeConfig {
@@ -326,6 +335,7 @@ impl EdgeConfig {
             carrier: self.carrier.wire(),
             transport: self.transport,
             tcp_port: self.tcp_port,
+            congestion: self.congestion,
             listen: self.listen,
             gateways,
             standby: self.standby,

@@ -229,11 +229,11 @@ fn client_tls(
     };
     let tls = rtmpq_certs::client_tls(trust, identity)?;
     let tcp_tls = rtmpq_hop::tcp::client_tls(tls.clone());
-    let mut client_config = rtmpq_hop::transport::client_config(tls)?;
+    let mut client_config = rtmpq_hop::transport::client_config(tls, settings.congestion)?;
     if settings.standby && settings.gateways.len() > 1 {
         // Keep-alives often enough for a gateway to tell silence from a quiet session
         // within HELLO's `release_after_ms`.
-        let mut transport = rtmpq_hop::transport::transport_config();
+        let mut transport = rtmpq_hop::transport::transport_config(settings.congestion);
         transport.keep_alive_interval(Some(connector::POOL_KEEP_ALIVE));
         client_config.transport_config(Arc::new(transport));
     }

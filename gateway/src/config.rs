@@ -10,6 +10,7 @@ pub use rtmpq_hop::config::ConfigError;
 use rtmpq_hop::config::{above_zero, load_toml, millis};
 use rtmpq_hop::pump::SessionLimits;
 use rtmpq_hop::secret::Secret;
+use rtmpq_hop::transport::Congestion;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{AccessPolicy, EdgeRuleConfig};
@@ -43,6 +44,10 @@ pub struct GatewayConfig {
     /// Require edges to present a certificate signed by the cert dir's CA.
     #[arg(long)]
     pub client_auth: bool,
+    /// The congestion controller for what the gateway sends over QUIC (to players):
+    /// `"live"` (default, rtmpq's own, made for live media) or `"bbr"` (quinn's BBR).
+    #[arg(long, value_enum)]
+    pub congestion: Congestion,
     /// Tokens edges may present in HELLO; empty accepts any edge that passes TLS.
     #[arg(skip)]
     #[serde(skip_serializing)]
@@ -124,6 +129,7 @@ impl Default for GatewayConfig {
             state_dir: default_state_dir(),
             server_id: None,
             client_auth: false,
+            congestion: Congestion::default(),
             tokens: Vec::new(),
             edges: Vec::new(),
             metrics: None,
@@ -169,6 +175,8 @@ pub struct GatewaySettings {
     pub server_id: Option<ServerId>,
     /// Whether edges must present a certificate.
     pub client_auth: bool,
+    /// The congestion controller for what the gateway sends over QUIC.
+    pub congestion: Congestion,
     /// Which edges may connect and what each may publish and play.
     pub access: AccessPolicy,
     /// Metrics and status API address.
@@ -225,6 +233,7 @@ impl GatewayConfig {
             state_dir: self.state_dir.clone(),
             server_id: self.server_id.as_deref().map(str::parse).transpose()?,
             client_auth: self.client_auth,
+            congestion: self.congestion,
             access,
             metrics: self.metrics,
             max_sessions: above_zero(self.max_sessions, "max_sessions")?,

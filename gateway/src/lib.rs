@@ -119,7 +119,7 @@ impl TlsSetup {
         let pin = identity.fingerprint();
         let tls = rtmpq_certs::server_tls(identity, client_ca)?;
         let tcp_tls = rtmpq_hop::tcp::server_tls(tls.clone());
-        let mut server_config = rtmpq_hop::transport::server_config(tls)?;
+        let mut server_config = rtmpq_hop::transport::server_config(tls, settings.congestion)?;
         // What quinn holds for handshakes the accept loop has not judged yet: bounded well
         // below its defaults (65536 of them, 100 MiB of their early data).
         server_config

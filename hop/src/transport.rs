@@ -1,6 +1,7 @@
-//! QUIC transport settings shared by edge and gateway: ALPN, BBR congestion control, timeouts,
-//! the send window kept to about a congestion window ([`PathWatch`]), and the one mapping of
-//! close codes to QUIC application codes.
+//! QUIC transport settings shared by edge and gateway: ALPN, the congestion controller
+//! ([`Congestion`]: rtmpq's own `live`, or quinn's BBR), timeouts, the send window kept to
+//! about a congestion window ([`PathWatch`]), and the one mapping of close codes to QUIC
+//! application codes.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,42 @@ use std::time::{Duration, Instant};
 use quinn_proto::congestion::{Bbr, BbrConfig, Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 
+use rtmpq_proto::congestion::LiveController;
 use rtmpq_proto::wire::CloseCode;
+
+/// The congestion controller of rtmpq's QUIC connections (TOML `congestion`, flag
+/// `--congestion`), each end choosing for what it sends.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// rtmpq's own, made for a live stream ([`rtmpq_proto::congestion`]): keeps the
+    /// bottleneck's queue near empty, tolerates random loss, holds its share beside a flow
+    /// that fills the buffer.
+    #[default]
+    Live,
+    /// quinn's BBR (version 1, experimental upstream), as rtmpq ran before 0.9.
+    Bbr,
+}
+
+impl Congestion {
+    /// The name the status API, metrics and configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Congestion::Live => "live",
+            Congestion::Bbr => "bbr",
+        }
+    }
+}
 
 /// A path whose acknowledgements stopped this long (or four round trips) is dark.
 pub const DARK_AFTER: Duration = Duration::from_millis(300);
@@ -45,14 +81,14 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
 /// Bytes a peer may send on one stream beyond what this end has read.
 pub const STREAM_RECEIVE_WINDOW: u32 = 2 << 20;
 
-/// The transport settings both ends use.
+/// The transport settings both ends use, with `congestion` controlling what this end sends.
 ///
-/// BBR is the controller: on a 50 ms, 2 % loss link quinn's default Cubic collapses like TCP
-/// CUBIC while BBR keeps p99 latency under 150 ms (see DESIGN.md); wrapped in
-/// [`ProbingBbr`] so that [`PathWatch`] can probe a dark path without exponential backoff.
-pub fn transport_config() -> quinn::TransportConfig {
+/// Never quinn's default Cubic: on a 50 ms, 2 % loss link it collapses like TCP CUBIC (see
+/// DESIGN.md). Either controller is wrapped in [`ProbingController`] so that [`PathWatch`]
+/// can probe a dark path without exponential backoff.
+pub fn transport_config(congestion: Congestion) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.congestion_controller_factory(Arc::new(ProbingBbrConfig::default()));
+    t.congestion_controller_factory(Arc::new(ProbingControllerConfig { congestion }));
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout in range"),
     ));
@@ -67,7 +103,10 @@ pub fn transport_config() -> quinn::TransportConfig {
 }
 
 /// A quinn client config over `tls` (ALPN set here) with the shared transport settings.
-pub fn client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsConfigError> {
+pub fn client_config(
+    mut tls: rustls::ClientConfig,
+    congestion: Congestion,
+) -> Result<quinn::ClientConfig, TlsConfigError> {
     tls.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
     // 0-RTT to a gateway process this client has a resumption ticket from (rustls keeps
     // tickets in memory for 256 server names); only replay-safe HELLO goes in it.
@@ -75,12 +114,15 @@ pub fn client_config(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfi
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| TlsConfigError(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config(congestion)));
     Ok(config)
 }
 
 /// A quinn server config over `tls` (ALPN set here) with the shared transport settings.
-pub fn server_config(mut tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsConfigError> {
+pub fn server_config(
+    mut tls: rustls::ServerConfig,
+    congestion: Congestion,
+) -> Result<quinn::ServerConfig, TlsConfigError> {
     tls.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
     // Accept 0-RTT from resuming clients (QUIC allows only 0 or u32::MAX here); resumption
     // state lives in this config's in-memory session cache, so a restarted or reloaded
@@ -94,7 +136,7 @@ pub fn server_config(mut tls: rustls::ServerConfig) -> Result<quinn::ServerConfi
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsConfigError(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config(congestion)));
     Ok(config)
 }
 
@@ -108,23 +150,53 @@ pub const RESUMPTION_CACHE: usize = 16_384;
 #[error("tls config unusable for quic: {0}")]
 pub struct TlsConfigError(String);
 
-/// quinn's BBR with a probe allowance: bytes that may be sent beyond the congestion window,
-/// used up as packets go out. [`PathWatch`] grants one small packet at a time to probe a path
-/// that stopped acknowledging, because quinn's own probe timeout doubles on every expiry (after
-/// a 3 s blackout the next probe may be 1.5 s away, after 10 s, 5 s) and nothing else may
-/// be sent while the window is full of packets lost in the dark.
-pub struct ProbingBbr {
+/// A congestion controller ([`Congestion`]) with a probe allowance: bytes that may be sent
+/// beyond the congestion window, used up as packets go out. [`PathWatch`] grants one small
+/// packet at a time to probe a path that stopped acknowledging, because quinn's own probe
+/// timeout doubles on every expiry (after a 3 s blackout the next probe may be 1.5 s away,
+/// after 10 s, 5 s) and nothing else may be sent while the window is full of packets lost in
+/// the dark.
+pub struct ProbingController {
     inner: Box<dyn Controller>,
+    congestion: Congestion,
     allowance: Arc<AtomicU64>,
     /// The path's smallest round trip so far (quinn's `RttEstimator::min`), microseconds;
     /// shared with clones like the allowance.
     min_rtt_us: Arc<AtomicU64>,
+    /// The controller's estimate of the path's rate (its pacing rate), bit/s, as of the last
+    /// acknowledgements; shared with clones.
+    rate_bps: Arc<AtomicU64>,
 }
 
-impl ProbingBbr {
-    /// Lets about `bytes` go out beyond the congestion window. Sets, does not add: a probe
-    /// that could not be sent (the peer takes no datagrams) leaves one packet's allowance,
-    /// not one per interval of the outage to burst out when the path returns.
+/// A running [`ProbingController`]'s figures, read without copying its state.
+#[derive(Clone)]
+pub struct ControllerFigures {
+    allowance: Arc<AtomicU64>,
+    min_rtt_us: Arc<AtomicU64>,
+    rate_bps: Arc<AtomicU64>,
+    congestion: Congestion,
+}
+
+impl ControllerFigures {
+    /// The figures of `conn`'s controller now (a new path gets a new controller: read again
+    /// from time to time).
+    pub fn of(conn: &quinn::Connection) -> Option<ControllerFigures> {
+        let controller = conn
+            .congestion_state()
+            .into_any()
+            .downcast::<ProbingController>();
+        controller.ok().map(|c| ControllerFigures {
+            allowance: c.allowance.clone(),
+            min_rtt_us: c.min_rtt_us.clone(),
+            rate_bps: c.rate_bps.clone(),
+            congestion: c.congestion,
+        })
+    }
+
+    /// Lets about `bytes` go out beyond the congestion window (see [`ProbingController`]).
+    /// Sets, does not add: a probe that could not be sent (the peer takes no datagrams)
+    /// leaves one packet's allowance, not one per interval of the outage to burst out when
+    /// the path returns.
     fn grant(&self, bytes: u64) {
         self.allowance.store(bytes, Ordering::Relaxed);
     }
@@ -133,9 +205,21 @@ impl ProbingBbr {
     fn min_rtt(&self) -> Duration {
         Duration::from_micros(self.min_rtt_us.load(Ordering::Relaxed))
     }
+
+    /// The controller's estimate of the path's rate, bit/s (0: none yet).
+    fn rate_bps(&self) -> u64 {
+        self.rate_bps.load(Ordering::Relaxed)
+    }
 }
 
-impl Controller for ProbingBbr {
+impl ProbingController {
+    /// The controller that runs inside.
+    pub fn congestion(&self) -> Congestion {
+        self.congestion
+    }
+}
+
+impl Controller for ProbingController {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
         let _ = self
             .allowance
@@ -167,10 +251,14 @@ impl Controller for ProbingBbr {
     ) {
         self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+        let rate = self.inner.metrics().pacing_rate.unwrap_or(0);
+        self.rate_bps.store(rate, Ordering::Relaxed);
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, lost: u64) {
         self.inner.on_congestion_event(now, sent, persistent, lost);
+        let rate = self.inner.metrics().pacing_rate.unwrap_or(0);
+        self.rate_bps.store(rate, Ordering::Relaxed);
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
@@ -188,10 +276,12 @@ impl Controller for ProbingBbr {
     fn clone_box(&self) -> Box<dyn Controller> {
         // The clone shares the allowance: `Connection::congestion_state` hands out a clone,
         // and granting through it reaches the live controller.
-        Box::new(ProbingBbr {
+        Box::new(ProbingController {
             inner: self.inner.clone_box(),
+            congestion: self.congestion,
             allowance: self.allowance.clone(),
             min_rtt_us: self.min_rtt_us.clone(),
+            rate_bps: self.rate_bps.clone(),
         })
     }
 
@@ -204,19 +294,89 @@ impl Controller for ProbingBbr {
     }
 }
 
-/// Builds a [`ProbingBbr`] for each path.
+/// Builds a [`ProbingController`] around the chosen controller for each path.
 #[derive(Debug, Default)]
-pub struct ProbingBbrConfig {
-    bbr: Arc<BbrConfig>,
+pub struct ProbingControllerConfig {
+    congestion: Congestion,
 }
 
-impl ControllerFactory for ProbingBbrConfig {
-    fn build(self: Arc<Self>, _now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(ProbingBbr {
-            inner: Box::new(Bbr::new(self.bbr.clone(), current_mtu)),
+impl ControllerFactory for ProbingControllerConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let inner: Box<dyn Controller> = match self.congestion {
+            Congestion::Bbr => Box::new(Bbr::new(Arc::new(BbrConfig::default()), current_mtu)),
+            Congestion::Live => {
+                Box::new(LiveQuinn(LiveController::new(now, u64::from(current_mtu))))
+            }
+        };
+        Box::new(ProbingController {
+            inner,
+            congestion: self.congestion,
             allowance: Arc::default(),
             min_rtt_us: Arc::default(),
+            rate_bps: Arc::default(),
         })
+    }
+}
+
+/// [`LiveController`] behind quinn's controller trait.
+#[derive(Clone)]
+struct LiveQuinn(LiveController);
+
+impl Controller for LiveQuinn {
+    fn on_sent(&mut self, now: Instant, bytes: u64, _last_packet_number: u64) {
+        self.0.on_sent(now, bytes);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        _app_limited: bool,
+        rtt: &RttEstimator,
+    ) {
+        self.0.on_ack(now, sent, bytes, rtt.get());
+    }
+
+    fn on_end_acks(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        _app_limited: bool,
+        _largest_packet_num_acked: Option<u64>,
+    ) {
+        self.0.on_end_acks(now, in_flight);
+    }
+
+    fn on_congestion_event(&mut self, now: Instant, _sent: Instant, persistent: bool, lost: u64) {
+        self.0.on_loss(now, persistent, lost);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.0.set_mss(u64::from(new_mtu));
+    }
+
+    fn window(&self) -> u64 {
+        self.0.window()
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut metrics = ControllerMetrics::default();
+        metrics.congestion_window = self.0.window();
+        metrics.pacing_rate = Some(self.0.bandwidth() * 8);
+        metrics
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        rtmpq_proto::congestion::INITIAL_WINDOW
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
     }
 }
 
@@ -239,17 +399,17 @@ pub fn horizon(min_rtt: Duration, rtt: Duration) -> Duration {
 
 /// The send window for a path whose controller allows `cwnd` bytes in flight, on which the
 /// connection sent `rate` bytes/s over the last second, given the path's [`horizon`]: what
-/// that rate sends in the horizon, at least [`MIN_SEND_WINDOW`] and at most a congestion
-/// window and a quarter.
+/// that rate sends in the horizon, at least `floor` ([`MIN_SEND_WINDOW`] under BBR) and at
+/// most a congestion window and a quarter.
 ///
 /// Not the congestion window alone: quinn's BBR, fed by an application-limited live stream,
 /// stays in its start-up gains, and its window reached ~900 KB (2.4 s of a 3 Mbit/s stream)
 /// on a 10 Mbit/s, 50 ms path; a blackout then found seconds of media already in quinn,
 /// beyond the budget's reach.
-pub fn send_window(cwnd: u64, rate: u64, horizon: Duration) -> u64 {
+pub fn send_window(cwnd: u64, rate: u64, horizon: Duration, floor: u64) -> u64 {
     let by_rate = (rate as f64 * horizon.as_secs_f64()) as u64;
-    let ceiling = (cwnd + cwnd / 4).max(MIN_SEND_WINDOW);
-    by_rate.clamp(MIN_SEND_WINDOW, ceiling)
+    let ceiling = (cwnd + cwnd / 4).max(floor);
+    by_rate.clamp(floor, ceiling)
 }
 
 /// The bytes a connection sent per second over the last [`RATE_WINDOW`].
@@ -319,9 +479,6 @@ pub const MAX_QUIC_WAIT: Duration = Duration::from_secs(10);
 /// The smallest send window [`PathWatch`] sets: enough for a key frame of a few Mbit/s
 /// stream at start, before the congestion window has grown.
 pub const MIN_SEND_WINDOW: u64 = 64 << 10;
-/// The congestion controller of rtmpq's QUIC connections, as the status API names it (BBR,
-/// wrapped in [`ProbingBbr`]).
-pub const QUIC_CONTROLLER: &str = "bbr";
 /// How often [`PathWatch::run`] looks at the connection.
 pub const PATH_WATCH_INTERVAL: Duration = Duration::from_millis(25);
 
@@ -366,7 +523,9 @@ impl PathWatch {
     /// Starts watching `conn` ([`PathWatch::run`]) until it closes.
     pub fn start(conn: &quinn::Connection) -> Arc<PathWatch> {
         let watch = Arc::new(PathWatch::default());
-        watch.set_controller(QUIC_CONTROLLER);
+        if let Some(figures) = ControllerFigures::of(conn) {
+            watch.set_controller(figures.congestion.name());
+        }
         tokio::spawn(watch.clone().run(conn.clone()));
         watch
     }
@@ -425,7 +584,7 @@ impl PathWatch {
         }
     }
 
-    /// The congestion controller's estimate of the path's rate (BBR's pacing rate), bit/s.
+    /// The congestion controller's estimate of the path's rate (its pacing rate), bit/s.
     pub fn rate_bps(&self) -> u64 {
         self.rate_bps.load(Ordering::Relaxed)
     }
@@ -487,6 +646,7 @@ impl PathWatch {
         let mut silence = SilenceProbe::new(Instant::now());
         let mut sent = SendRate::default();
         let mut rate_read: Option<Instant> = None;
+        let mut figures: Option<ControllerFigures> = None;
         let discard = conn.clone();
         tokio::spawn(async move { while discard.read_datagram().await.is_ok() {} });
         let mut remote = conn.remote_address();
@@ -509,15 +669,19 @@ impl PathWatch {
                 let at = since_epoch().as_micros().max(1) as u64;
                 self.heard_at_us.store(at, Ordering::Relaxed);
             }
-            self.update(&conn, &stats, &mut sent, now);
+            // A new path gets a new controller: its figures are found again each second.
             if rate_read.is_none_or(|t| now.duration_since(t) >= RATE_WINDOW) {
                 rate_read = Some(now);
-                self.read_rate(&conn);
+                figures = ControllerFigures::of(&conn);
             }
+            if let Some(figures) = &figures {
+                self.read_figures(figures);
+            }
+            let congestion = figures.as_ref().map(|f| f.congestion);
+            self.update(&conn, &stats, &mut sent, congestion, now);
             if probe.due(&stats, self.rtt(), now) {
-                let controller = conn.congestion_state().into_any().downcast::<ProbingBbr>();
-                if let Ok(controller) = controller {
-                    controller.grant(PROBE_ALLOWANCE);
+                if let Some(figures) = &figures {
+                    figures.grant(PROBE_ALLOWANCE);
                     let _ = conn.send_datagram(bytes::Bytes::from_static(b"p"));
                 }
             }
@@ -539,6 +703,7 @@ impl PathWatch {
         conn: &quinn::Connection,
         stats: &quinn::ConnectionStats,
         sent: &mut SendRate,
+        congestion: Option<Congestion>,
         now: Instant,
     ) {
         let rtt = stats.path.rtt;
@@ -549,7 +714,14 @@ impl PathWatch {
         };
         let rate = sent.update(stats.udp_tx.bytes, now);
         let horizon = horizon(min_rtt, rtt);
-        let window = send_window(stats.path.cwnd, rate, horizon);
+        // quinn's BBR holds far more than it needs in flight (see [`send_window`]): the floor
+        // lets a key frame out at start. rtmpq's controller sizes its window to the path:
+        // no more than it waits in quinn, unsent, where no budget reaches it.
+        let floor = match congestion {
+            Some(Congestion::Live) => stats.path.cwnd.min(MIN_SEND_WINDOW),
+            _ => MIN_SEND_WINDOW,
+        };
+        let window = send_window(stats.path.cwnd, rate, horizon, floor);
         // Drained at the rate sent when the path is the limit, faster when the stream is:
         // the controller's pacing rate is what the path could take (an idle connection, a
         // stream starting up, a blackout's old estimate).
@@ -578,19 +750,12 @@ impl PathWatch {
         }
     }
 
-    /// Records the controller's pacing rate and the path's smallest round trip. They come as
-    /// a copy of the controller's whole state, so this runs once per [`RATE_WINDOW`], not
-    /// every tick. Until there is a smallest, the smoothed round trip stands in for it.
-    fn read_rate(&self, conn: &quinn::Connection) {
-        let controller = conn.congestion_state();
-        let pacing = controller.metrics().pacing_rate;
-        self.rate_bps.store(pacing.unwrap_or(0), Ordering::Relaxed);
-        let min_rtt = match controller.into_any().downcast::<ProbingBbr>() {
-            Ok(c) => c.min_rtt(),
-            Err(_) => Duration::ZERO,
-        };
+    /// Records the controller's estimate of the path's rate and the path's smallest round
+    /// trip. Until there is a smallest, the smoothed round trip stands in for it.
+    fn read_figures(&self, figures: &ControllerFigures) {
+        self.rate_bps.store(figures.rate_bps(), Ordering::Relaxed);
         self.min_rtt_us
-            .store(min_rtt.as_micros() as u64, Ordering::Relaxed);
+            .store(figures.min_rtt().as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -718,11 +883,17 @@ mod tests {
         assert_eq!(h, ms(200));
         // 3 Mbit/s sent, BBR's start-up window of 900 KB: two round trips and the slack of
         // 375 KB/s, 75 KB.
-        assert_eq!(send_window(900_000, 375_000, h), 75_000);
+        assert_eq!(send_window(900_000, 375_000, h, MIN_SEND_WINDOW), 75_000);
         // Nothing sent (a blackout): the floor.
-        assert_eq!(send_window(900_000, 0, h), MIN_SEND_WINDOW);
+        assert_eq!(send_window(900_000, 0, h, MIN_SEND_WINDOW), MIN_SEND_WINDOW);
         // Never above what the controller allows in flight, and a quarter.
-        assert_eq!(send_window(100_000, 10_000_000, h), 125_000);
+        assert_eq!(
+            send_window(100_000, 10_000_000, h, MIN_SEND_WINDOW),
+            125_000
+        );
+        // rtmpq's controller on a 1.5 Mbit/s path: its 14 KB window is the floor, and a
+        // quarter more the ceiling, not 64 KiB (350 ms unsent in quinn).
+        assert_eq!(send_window(14_000, 187_500, h, 14_000), 17_500);
     }
 
     #[test]
@@ -768,7 +939,9 @@ mod tests {
         assert_eq!(rate, 256_000, "64 KB in 250 ms, not over the whole second");
         // The window sized from it holds more than the floor: it grows with the start.
         let rtt = ms(250);
-        assert!(send_window(900_000, rate, horizon(rtt, rtt)) > MIN_SEND_WINDOW * 2);
+        assert!(
+            send_window(900_000, rate, horizon(rtt, rtt), MIN_SEND_WINDOW) > MIN_SEND_WINDOW * 2
+        );
     }
 
     #[test]

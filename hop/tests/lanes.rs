@@ -60,9 +60,11 @@ async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
     let identity = rtmpq_certs::self_signed(state.path()).unwrap();
     let pin = identity.fingerprint();
     let tls = rtmpq_certs::server_tls(identity, None).unwrap();
-    let server =
-        quinn::Endpoint::server(server_config(tls).unwrap(), "127.0.0.1:0".parse().unwrap())
-            .unwrap();
+    let server = quinn::Endpoint::server(
+        server_config(tls, Default::default()).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
     let server_addr = server.local_addr().unwrap();
     let dark = Arc::new(AtomicBool::new(false));
     let relay_addr = relay(server_addr, dark.clone()).await;
@@ -93,7 +95,7 @@ async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
 
     let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(client_config(tls).unwrap());
+    client.set_default_client_config(client_config(tls, Default::default()).unwrap());
     let conn = client
         .connect(relay_addr, "localhost")
         .unwrap()

@@ -459,7 +459,11 @@ mod tests {
             if start.saturating_duration_since(arrive) > self.buffer {
                 return None; // tail drop
             }
-            let rate = if self.competing { self.rate / 2 } else { self.rate };
+            let rate = if self.competing {
+                self.rate / 2
+            } else {
+                self.rate
+            };
             let serialize = Duration::from_secs_f64(bytes as f64 / rate as f64);
             self.free_at = start + serialize;
             if self.loss > 0.0 && self.random() < self.loss {
@@ -549,8 +553,8 @@ mod tests {
                     self.cc.on_sent(self.now, bytes);
                     match self.link.carry(self.now, bytes) {
                         Some(acked) => {
-                            let queue = acked.saturating_duration_since(self.now)
-                                - self.link.one_way * 2;
+                            let queue =
+                                acked.saturating_duration_since(self.now) - self.link.one_way * 2;
                             if self.now + span / 2 >= end {
                                 self.worst_queue = self.worst_queue.max(queue);
                             }
@@ -655,7 +659,11 @@ mod tests {
     fn a_rate_step_down_is_followed_within_a_second_and_a_step_up_soon_after() {
         let mut run = Run::new(8.0, 50);
         run.stream(Duration::from_secs(5), 12.0);
-        assert!(run.rate_mbit() > 6.5, "estimate at 8: {:.2}", run.rate_mbit());
+        assert!(
+            run.rate_mbit() > 6.5,
+            "estimate at 8: {:.2}",
+            run.rate_mbit()
+        );
         run.link.rate = (2.0e6 / 8.0) as u64;
         run.stream(Duration::from_secs(1), 12.0);
         let est = run.rate_mbit();
@@ -687,7 +695,10 @@ mod tests {
         run.stream(Duration::from_secs(3), 2.5);
         let got = run.stream(Duration::from_secs(8), 2.5);
         assert_eq!(run.cc.mode(), LiveMode::Competing);
-        assert!(got > 2.2, "delivered {got:.2} Mbit/s of 2.5 beside a full buffer");
+        assert!(
+            got > 2.2,
+            "delivered {got:.2} Mbit/s of 2.5 beside a full buffer"
+        );
         run.link.competing = false;
         run.stream(Duration::from_secs(2), 2.5);
         assert_ne!(run.cc.mode(), LiveMode::Competing, "the other flow left");
@@ -738,8 +749,17 @@ mod tests {
 
     #[test]
     fn the_queue_target_is_half_the_round_trip_within_bounds() {
-        assert_eq!(queue_target(Duration::from_millis(10)), Duration::from_millis(15));
-        assert_eq!(queue_target(Duration::from_millis(50)), Duration::from_millis(25));
-        assert_eq!(queue_target(Duration::from_millis(300)), Duration::from_millis(30));
+        assert_eq!(
+            queue_target(Duration::from_millis(10)),
+            Duration::from_millis(15)
+        );
+        assert_eq!(
+            queue_target(Duration::from_millis(50)),
+            Duration::from_millis(25)
+        );
+        assert_eq!(
+            queue_target(Duration::from_millis(300)),
+            Duration::from_millis(30)
+        );
     }
 }

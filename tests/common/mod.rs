@@ -162,7 +162,7 @@ impl RawTunnel {
         first: Frame,
     ) -> RawTunnel {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let config = rtmpq_hop::transport::client_config(tls).unwrap();
+        let config = rtmpq_hop::transport::client_config(tls, Default::default()).unwrap();
         let conn = endpoint
             .connect_with(config, gateway, "127.0.0.1")
             .unwrap()
