@@ -528,7 +528,7 @@ mod tests {
             let mut pace_tokens = 0f64;
             while self.now < end {
                 if self.now >= next_frame {
-                    self.backlog += if frame_no % 60 == 0 {
+                    self.backlog += if frame_no.is_multiple_of(60) {
                         frame_bytes * 10
                     } else {
                         frame_bytes
