@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::bulk::BulkReport;
 use crate::flood::FloodReport;
 use crate::netem::{self, in_netns, CountsSnapshot, Link, ADDR_B};
 use crate::profiles::{Profile, Restarted};
@@ -260,6 +261,8 @@ pub struct RunResult {
     pub timeline: Vec<(f64, f64)>,
     /// The flood sent at the gateway during the run, and what came of it.
     pub flood: Option<FloodReport>,
+    /// The bulk upload beside the stream, and what it got through.
+    pub bulk: Option<BulkReport>,
     /// The server end's (gateway's, QUIC pipe server's) largest resident memory during the
     /// run, bytes.
     pub server_rss_peak_bytes: Option<u64>,
@@ -1030,6 +1033,26 @@ pub async fn run_one(
             }
         }
     };
+    // The bulk upload through the bottleneck, the stream's way.
+    let uploading = async {
+        let spec = profile.bulk?;
+        let (from, to, to_addr) = if play {
+            (b.clone(), a.clone(), crate::netem::ADDR_A)
+        } else {
+            (a.clone(), b.clone(), ADDR_B)
+        };
+        let run = tokio::task::spawn_blocking(move || {
+            crate::bulk::upload(&from, &to, to_addr, spec, started)
+        });
+        match run.await {
+            Ok(Ok(report)) => Some(report),
+            Ok(Err(e)) => {
+                tracing::warn!(reason = %e, "bulk upload failed");
+                None
+            }
+            Err(_) => None,
+        }
+    };
     // The server end's memory, sampled until the pusher is done.
     let rss_peak = std::sync::atomic::AtomicU64::new(0);
     let sampling = async {
@@ -1047,7 +1070,8 @@ pub async fn run_one(
             _ = sampling => unreachable!("sampling never ends"),
         }
     };
-    let (survived, restarted_ns, flood) = tokio::join!(pushing_sampled, restarting, flooding);
+    let (survived, restarted_ns, flood, bulk) =
+        tokio::join!(pushing_sampled, restarting, flooding, uploading);
     let server_refusals = match transport {
         Transport::Rtmpq { .. } => settled_refusals(&b, flood.as_ref()).await,
         _ => BTreeMap::new(),
@@ -1095,6 +1119,7 @@ pub async fn run_one(
         decode_errors(&received_flv).await
     };
     result.flood = flood;
+    result.bulk = bulk;
     result.server_rss_peak_bytes = Some(rss_peak.into_inner()).filter(|&b| b > 0);
     result.server_refusals = server_refusals;
     tracing::info!("link {}: {}", profile.name, link.summary());
@@ -1257,6 +1282,7 @@ fn summarize(
             .map(|(&(_, at), &e)| ((at.saturating_sub(started_ns)) as f64 / 1e9, e))
             .collect(),
         flood: None,
+        bulk: None,
         server_rss_peak_bytes: None,
         server_refusals: BTreeMap::new(),
     }
@@ -1335,6 +1361,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             restart: None,
             flood: None,
             second_gateway: false,
+            bulk: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! plain RTMP over TCP (CUBIC and BBR), SRT, a plain QUIC byte pipe and the rtmpq tunnel with
 //! real ffmpeg pushers and a real nginx-rtmp on emulated links.
 
+pub mod bulk;
 pub mod flood;
 pub mod harness;
 pub mod load;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::bulk::BulkSpec;
 use crate::flood::FloodSpec;
 use crate::netem::{DirectionSpec, GilbertElliott, LinkSpec};
 
@@ -26,6 +27,8 @@ pub struct Profile {
     /// A second gateway (rtmpq only) the edge keeps as a warm standby; the link's
     /// `cut_port` cuts the first one off.
     pub second_gateway: bool,
+    /// A bulk CUBIC TCP upload through the same bottleneck, the stream's way, for a span.
+    pub bulk: Option<BulkSpec>,
 }
 
 /// A process the bench kills (SIGKILL) and starts again at `at` into the run.
@@ -95,6 +98,14 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
             ..DirectionSpec::default()
         })
     };
+    let capacity_at = |bps: u64, queue_ms: u64| {
+        LinkSpec::symmetric(DirectionSpec {
+            delay: ms(25),
+            rate_bps: Some(bps),
+            queue: ms(queue_ms),
+            ..DirectionSpec::default()
+        })
+    };
     let profile = |name: &'static str, description: String, link: LinkSpec| Profile {
         name,
         description,
@@ -103,6 +114,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         restart: None,
         flood: None,
         second_gateway: false,
+        bulk: None,
     };
     let blackout = |name: &'static str, secs: u64| {
         Profile {
@@ -116,6 +128,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         restart: None,
         flood: None,
         second_gateway: false,
+        bulk: None,
     }
     };
     vec![
@@ -200,6 +213,7 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
         },
         Profile {
             second_gateway: true,
+            bulk: None,
             ..profile(
                 "gateway-cutoff",
                 format!(
@@ -320,6 +334,24 @@ pub fn all(stream_kbps: u32, duration: Duration) -> Vec<Profile> {
                 ..lossy(50, 0.0, 10.0)
             },
         ),
+        Profile {
+            name: "competing",
+            description: format!(
+                "6 Mbit/s, 300 ms queue, 50 ms RTT; a bulk CUBIC TCP upload the stream's way from {} s for {} s (judged while it runs)",
+                (duration / 3).as_secs(),
+                (duration / 2).as_secs()
+            ),
+            link: capacity_at(6_000_000, 300),
+            // Judged while the upload runs: from a third of the run to a sixth before its end.
+            window: Some((duration / 3, duration - duration / 3 - duration / 2)),
+            restart: None,
+            flood: None,
+            second_gateway: false,
+            bulk: Some(BulkSpec {
+                at: duration / 3,
+                length: duration / 2,
+            }),
+        },
         profile(
             "rate-steps",
             format!(

@@ -90,6 +90,17 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
         }
         md.push('\n');
         for r in results.iter().filter(|r| r.profile == p.name) {
+            if let Some(u) = &r.bulk {
+                let _ = writeln!(
+                    md,
+                    "Bulk upload beside {} ({}): {:.2} Mbit/s over {:.1} s ({}).\n",
+                    r.transport,
+                    r.direction,
+                    u.rate_bps / 1e6,
+                    u.seconds,
+                    u.congestion,
+                );
+            }
             if let Some(f) = &r.flood {
                 let refusals: Vec<String> = r
                     .server_refusals
