@@ -547,9 +547,10 @@ impl PathWatch {
     }
 
     /// About how long a message handed to quinn now waits there until it is across: the
-    /// path's [`horizon`], or the send window at the rate the connection sends (or the
-    /// controller's pacing rate, if higher) if that is longer: the window's floor on a slow
-    /// path, 64 KiB, is 350 ms at 1.5 Mbit/s. Zero before the first figure.
+    /// send window at the rate the connection sends (or the controller's estimate of the
+    /// path's rate, if higher), then half a smallest round trip under rtmpq's controller;
+    /// under BBR, that or the path's [`horizon`], whichever is longer (the window's floor on a
+    /// slow path, 64 KiB, is 350 ms at 1.5 Mbit/s). Zero before the first figure.
     pub fn quic_wait(&self) -> Duration {
         Duration::from_micros(self.quic_wait_us.load(Ordering::Relaxed))
     }
@@ -739,7 +740,16 @@ impl PathWatch {
         } else {
             Duration::from_secs_f64(window as f64 / speed as f64)
         };
-        let wait = horizon.max(drain.min(MAX_QUIC_WAIT));
+        // Under BBR, at least the horizon: its window lets a queue stand at the bottleneck.
+        // rtmpq's controller keeps that queue near empty, so a message waits behind what
+        // quinn holds (the send window, drained at the path's rate) and then crosses: half a
+        // smallest round trip. The horizon alone (two round trips and 100 ms, 200 ms on a 50
+        // ms path) left a 300 ms budget 100 ms for the queue, less than a key frame takes at
+        // 2.4 Mbit/s.
+        let wait = match congestion {
+            Some(Congestion::Live) => (min_rtt / 2 + drain).min(MAX_QUIC_WAIT),
+            _ => horizon.max(drain.min(MAX_QUIC_WAIT)),
+        };
         self.quic_wait_us
             .store(wait.as_micros() as u64, Ordering::Relaxed);
         // Only a real change reaches quinn (each call wakes its connection driver).

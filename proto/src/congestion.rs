@@ -344,7 +344,11 @@ impl LiveController {
                 if self.bandwidth as f64 >= self.startup_best as f64 * 1.25 {
                     self.startup_best = self.bandwidth;
                     self.flat_rounds = 0;
-                } else {
+                } else if round.acked >= 4 * self.mss {
+                    // Only a round that carried something says the rate stopped growing: a
+                    // connection that waits for its stream sends keep-alives, and leaving
+                    // start-up on those (tried) left a window of a few packets for a stream
+                    // of megabits, whose queue then dropped what the window held back.
                     self.flat_rounds += 1;
                 }
                 if congested {
@@ -745,6 +749,21 @@ mod tests {
             cc.on_sent(now + Duration::from_micros(i), MSS);
         }
         assert_eq!(cc.sent.len(), MAX_SENT_RECORDS);
+    }
+
+    #[test]
+    fn keep_alives_before_the_stream_do_not_end_start_up() {
+        let mut run = Run::new(10.0, 50);
+        // A packet every 2 s for 10 s: rounds that carry nothing.
+        for _ in 0..5 {
+            run.stream(Duration::from_secs(2), 0.0005);
+        }
+        assert_eq!(run.cc.mode(), LiveMode::Startup);
+        assert_eq!(run.cc.window(), INITIAL_WINDOW);
+        // Then the stream: it leaves start-up with an estimate of at least its rate.
+        let got = run.stream(Duration::from_secs(3), 3.0);
+        assert!(got > 2.7, "delivered {got:.2}");
+        assert!(run.rate_mbit() >= 3.0, "estimate {:.2}", run.rate_mbit());
     }
 
     #[test]
