@@ -66,9 +66,10 @@ pub(crate) struct BenchArgs {
     /// The QUIC byte pipe reference [default: examples/quic_pipe beside this binary].
     #[arg(long)]
     quic_pipe: Option<PathBuf>,
-    /// The clip: `legacy` (H.264 + AAC pushed by ffmpeg) or `hevc-ertmp` (the same picture in
+    /// The clip: `legacy` (H.264 + AAC pushed by ffmpeg), `bframes` (the same with two
+    /// B-frames between reference pictures, no pyramid) or `hevc-ertmp` (the same picture in
     /// HEVC, Enhanced RTMP v2 framing, pushed by rtmpq's own E-RTMP pusher).
-    #[arg(long, default_value = "legacy", value_parser = ["legacy", "hevc-ertmp"])]
+    #[arg(long, default_value = "legacy", value_parser = ["legacy", "bframes", "hevc-ertmp"])]
     clip: String,
 }
 
@@ -299,6 +300,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         rtmpq: exe,
         quic_pipe,
         enhanced: args.clip == "hevc-ertmp",
+        b_frames: args.clip == "bframes",
     };
     rtmpq_bench::run(options).await?;
     println!("results in {}", args.out.display());

@@ -37,6 +37,8 @@ pub struct BenchOptions {
     /// Push the clip's Enhanced RTMP variant (HEVC, E-RTMP v2 framing) with rtmpq's own
     /// E-RTMP pusher instead of the legacy clip with ffmpeg.
     pub enhanced: bool,
+    /// The legacy clip has B-frames ([`ClipShape::b_frames`]).
+    pub b_frames: bool,
 }
 
 /// Why the bench could not run.
@@ -76,6 +78,9 @@ pub struct ClipShape {
     pub video_kbps: u32,
     /// Length.
     pub duration: Duration,
+    /// Two B-frames between reference pictures, no pyramid (x264 `-bf 2`, `b-pyramid=none`,
+    /// as OBS's `veryfast` commonly sends): every B-frame is disposable (`nal_ref_idc` 0).
+    pub b_frames: bool,
 }
 
 impl ClipShape {
@@ -86,10 +91,12 @@ impl ClipShape {
             height,
             video_kbps,
             duration,
+            b_frames,
         } = self;
         format!(
-            "clip-{width}x{height}p30-{video_kbps}k-{}s",
-            duration.as_secs()
+            "clip-{width}x{height}p30-{video_kbps}k-{}s{}",
+            duration.as_secs(),
+            if *b_frames { "-bf2" } else { "" }
         )
     }
 }
@@ -102,6 +109,7 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
         height,
         video_kbps,
         duration,
+        ..
     } = shape;
     let secs = duration.as_secs();
     let path = dir.join(format!("{}.flv", shape.name()));
@@ -132,20 +140,17 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
         .arg(format!(
             "sine=frequency=440:sample_rate=44100:duration={secs}"
         ))
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "60",
-        ])
+        .args(["-c:v", "libx264", "-g", "60"])
+        .args(if shape.b_frames {
+            // ultrafast and zerolatency both turn B-frames off.
+            ["-preset", "veryfast", "-bf", "2", "-x264-params", "nal-hrd=cbr:b-pyramid=none"]
+        } else {
+            ["-preset", "ultrafast", "-tune", "zerolatency", "-x264-params", "nal-hrd=cbr"]
+        })
         .args([
             "-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-bufsize", &rate,
         ])
-        .args(["-x264-params", "nal-hrd=cbr", "-pix_fmt", "yuv420p"])
+        .args(["-pix_fmt", "yuv420p"])
         .args([
             "-c:a",
             "aac",
@@ -180,6 +185,7 @@ pub fn make_enhanced_clip(
         height,
         video_kbps,
         duration,
+        ..
     } = shape;
     let secs = duration.as_secs();
     let hevc = dir.join(format!("{}.{}.hevc", shape.name(), std::process::id()));
@@ -278,6 +284,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
         height: 720,
         video_kbps: options.video_kbps,
         duration: options.duration,
+        b_frames: options.b_frames,
     };
     let clip = make_clip(&out, shape)?;
     let certs = out.join("certs");

@@ -384,15 +384,10 @@ impl DropLog {
         let Some((stale0, over0, _)) = self.burst.take() else {
             return;
         };
-        let diff = |a: Dropped, b: Dropped| Dropped {
-            video_frames: a.video_frames - b.video_frames,
-            gops: a.gops - b.gops,
-            audio_frames: a.audio_frames - b.audio_frames,
-            bytes: a.bytes - b.bytes,
-        };
-        let (stale, over) = (diff(self.last.0, stale0), diff(self.last.1, over0));
+        let (stale, over) = (self.last.0.minus(stale0), self.last.1.minus(over0));
         info!(
             stale_video_frames = stale.video_frames,
+            stale_disposable_frames = stale.disposable_frames,
             stale_gops = stale.gops,
             stale_audio_frames = stale.audio_frames,
             overflow_video_frames = over.video_frames,

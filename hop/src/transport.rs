@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use quinn_proto::congestion::{Bbr, BbrConfig, Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 
-use rtmpq_proto::congestion::LiveController;
+use rtmpq_proto::congestion::{queue_target, LiveController};
 use rtmpq_proto::wire::CloseCode;
 
 /// The congestion controller of rtmpq's QUIC connections (TOML `congestion`, flag
@@ -747,11 +747,31 @@ impl PathWatch {
         // ms path) left a 300 ms budget 100 ms for the queue, less than a key frame takes at
         // 2.4 Mbit/s.
         let wait = match congestion {
-            Some(Congestion::Live) => (min_rtt / 2 + drain).min(MAX_QUIC_WAIT),
+            Some(Congestion::Live) if speed > 0 => {
+                // At most what the controller lets stand: its window and a quarter, over the
+                // smallest round trip and its queue target. A window it has not yet shrunk
+                // to the path (start-up's 64 KiB, 220 ms at 2.4 Mbit/s) is not a wait the
+                // queue must leave room for: taken as one, it left a 300 ms budget 75 ms and
+                // the queue dropped whole GOPs while the controller was still finding the
+                // rate.
+                let standing = (min_rtt + queue_target(min_rtt)).mul_f64(1.25);
+                min_rtt / 2 + drain.min(standing)
+            }
+            Some(Congestion::Live) => MAX_QUIC_WAIT,
             _ => horizon.max(drain.min(MAX_QUIC_WAIT)),
         };
         self.quic_wait_us
             .store(wait.as_micros() as u64, Ordering::Relaxed);
+        tracing::trace!(
+            cwnd = stats.path.cwnd,
+            sent_bps = rate * 8,
+            path_bps = pacing * 8,
+            send_window = window,
+            ?wait,
+            ?min_rtt,
+            ?rtt,
+            "path"
+        );
         // Only a real change reaches quinn (each call wakes its connection driver).
         let current = self.send_window.load(Ordering::Relaxed);
         if window.abs_diff(current) > current / 8 {

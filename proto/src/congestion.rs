@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 /// What the controller believes about the path now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveMode {
-    /// Finding the path's rate: pacing at twice the estimate until a queue forms or the
-    /// estimate stops growing for [`STARTUP_FLAT_ROUNDS`] round trips.
+    /// The stream's first round trips: at least [`INITIAL_WINDOW`] may be in flight and the
+    /// pace is twice the estimate, until a queue forms, a round carries half that window, or
+    /// [`STARTUP_ROUNDS`] rounds carried something.
     Startup,
     /// Holding the queue near empty: probing up while there is none, draining when one stands.
     Steady,
@@ -35,8 +36,8 @@ impl LiveMode {
 /// The window before the first rate estimate: 64 KiB, what the hop's send window allows a
 /// connection at start anyway.
 pub const INITIAL_WINDOW: u64 = 64 << 10;
-/// Round trips in a row without 25 % growth that end start-up.
-pub const STARTUP_FLAT_ROUNDS: u32 = 3;
+/// Round trips that carried something (four packets or more) that end start-up.
+pub const STARTUP_ROUNDS: u32 = 3;
 /// The pacing and window gain in start-up.
 pub const STARTUP_GAIN: f64 = 2.0;
 /// The gain while no queue stands: what is sent beyond the estimate finds out whether the
@@ -129,8 +130,7 @@ pub struct LiveController {
     /// Send time of the newest packet acknowledged in the batch being read.
     newest_acked: Option<Instant>,
     round: Round,
-    startup_best: u64,
-    flat_rounds: u32,
+    startup_rounds: u32,
     lossy_rounds: u32,
     congested_rounds: u32,
     competing_rounds: u32,
@@ -155,8 +155,7 @@ impl LiveController {
             sent: VecDeque::new(),
             newest_acked: None,
             round: Round::new(now),
-            startup_best: 0,
-            flat_rounds: 0,
+            startup_rounds: 0,
             lossy_rounds: 0,
             congested_rounds: 0,
             competing_rounds: 0,
@@ -337,24 +336,31 @@ impl LiveController {
         let sent = round.acked + round.lost;
         let lossy = sent > 0 && round.lost as f64 > LOSSY_SHARE * sent as f64;
         self.lossy_rounds = if lossy { self.lossy_rounds + 1 } else { 0 };
-        let congested = queue > target;
+        // A round of a few packets cannot tell a queue from the peer's acknowledgement delay
+        // (up to 25 ms for a lone packet, a whole queue target): only a round that carried
+        // four packets or more is judged congested (tried without: an audio-only stretch
+        // read as a standing queue, and the estimate fell to the audio's rate).
+        let congested = queue > target && round.acked >= 4 * self.mss;
         match self.mode {
             LiveMode::Startup => {
                 self.bandwidth = self.bandwidth.max(round.max_rate).max(delivery);
-                if self.bandwidth as f64 >= self.startup_best as f64 * 1.25 {
-                    self.startup_best = self.bandwidth;
-                    self.flat_rounds = 0;
-                } else if round.acked >= 4 * self.mss {
-                    // Only a round that carried something says the rate stopped growing: a
-                    // connection that waits for its stream sends keep-alives, and leaving
-                    // start-up on those (tried) left a window of a few packets for a stream
-                    // of megabits, whose queue then dropped what the window held back.
-                    self.flat_rounds += 1;
+                // Only a round that carried something counts: a connection that waits for
+                // its stream sends keep-alives, and leaving start-up on those (tried) left a
+                // window of a few packets for a stream of megabits.
+                if round.acked >= 4 * self.mss {
+                    self.startup_rounds += 1;
                 }
                 if congested {
                     self.mode = LiveMode::Steady;
                     self.congested(&round, delivery);
-                } else if self.flat_rounds >= STARTUP_FLAT_ROUNDS {
+                } else if round.acked >= INITIAL_WINDOW / 2
+                    || self.startup_rounds >= STARTUP_ROUNDS
+                {
+                    // The stream has begun (a key frame's worth in a round, or a few rounds
+                    // of it): from here the window follows the estimate. Staying in start-up
+                    // until the estimate stopped growing (BBR's rule) kept the 64 KiB window
+                    // for seconds on an application-limited stream, and on a 2.4 Mbit/s path
+                    // that alone is 220 ms of a 300 ms budget.
                     self.mode = LiveMode::Steady;
                     self.gain = PROBE_GAIN;
                 }

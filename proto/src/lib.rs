@@ -172,6 +172,7 @@ pub mod media_packet;
 pub mod media_queue;
 pub mod message;
 pub mod origin_command;
+pub mod picture;
 pub mod session;
 pub mod session_end;
 pub mod stream_headers;

@@ -27,6 +27,12 @@ use std::time::{Duration, Instant};
 use crate::gop::{self, GopGate};
 use crate::media_packet::{MediaPacket, TrackSet};
 use crate::message::{message_type, MediaKind, Message};
+use crate::picture;
+
+/// The share of its budget the video head may wait before disposable pictures are dropped.
+pub const SHED_AT: f64 = 0.5;
+/// The share of its budget under which the video head's wait ends the shedding.
+pub const SHED_UNTIL: f64 = 0.25;
 
 /// What a [`MediaQueue`] keeps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +63,9 @@ pub struct Dropped {
     pub audio_frames: u64,
     /// Payload bytes.
     pub bytes: u64,
+    /// Of `video_frames`, those no other frame references ([`crate::picture`]), dropped to
+    /// lower the frame rate before any GOP tail.
+    pub disposable_frames: u64,
 }
 
 impl Dropped {
@@ -67,6 +76,7 @@ impl Dropped {
             gops: self.gops + other.gops,
             audio_frames: self.audio_frames + other.audio_frames,
             bytes: self.bytes + other.bytes,
+            disposable_frames: self.disposable_frames + other.disposable_frames,
         }
     }
 
@@ -77,6 +87,9 @@ impl Dropped {
             gops: self.gops.saturating_sub(earlier.gops),
             audio_frames: self.audio_frames.saturating_sub(earlier.audio_frames),
             bytes: self.bytes.saturating_sub(earlier.bytes),
+            disposable_frames: self
+                .disposable_frames
+                .saturating_sub(earlier.disposable_frames),
         }
     }
 }
@@ -147,6 +160,8 @@ pub struct MediaQueue {
     newest_video: Option<u32>,
     /// While set (the path is dark), the newest group is judged against this instead.
     newest_group_budget: Option<Duration>,
+    /// Disposable pictures are being dropped: the video head waited half its budget.
+    shedding: bool,
     stale: Dropped,
     overflow: Dropped,
 }
@@ -167,6 +182,7 @@ impl MediaQueue {
             newest_audio: None,
             newest_video: None,
             newest_group_budget: None,
+            shedding: false,
             stale: Dropped::default(),
             overflow: Dropped::default(),
         }
@@ -234,6 +250,11 @@ impl MediaQueue {
             MediaKind::VideoFrame if !admitted => {
                 // Its group's key frame (or an earlier frame of it) was dropped.
                 self.count(DropReason::Stale, &entry.msg, false);
+            }
+            MediaKind::VideoFrame if self.shedding && picture::is_disposable(&entry.msg) => {
+                // Nothing references it: the frame rate falls, every frame still decodes.
+                self.count(DropReason::Stale, &entry.msg, false);
+                self.stale.disposable_frames += 1;
             }
             MediaKind::VideoFrame | MediaKind::VideoKeyframe => {
                 // An inter frame, or another track's key frame: in the group it arrives in.
@@ -378,11 +399,50 @@ impl MediaQueue {
             self.media_bytes -= entry.msg.payload.len();
             self.count(DropReason::Stale, &entry.msg, false);
         }
+        self.shed_disposable(now);
         while let Some(head) = self.video_head() {
             if !self.is_stale(head, self.newest_video, now, self.video_head_budget()) {
                 break;
             }
             self.drop_first_gop(DropReason::Stale);
+        }
+    }
+
+    /// Once the video head has waited [`SHED_AT`] of its budget, drops every waiting picture
+    /// no other references, and (while it stays over a quarter) each such picture as it
+    /// arrives: the frame rate falls before any GOP tail has to go.
+    fn shed_disposable(&mut self, now: Instant) {
+        let Some(head) = self.video_head() else {
+            self.shedding = false;
+            return;
+        };
+        let budget = self.video_head_budget();
+        if !self.is_stale(head, self.newest_video, now, budget.mul_f64(SHED_AT)) {
+            if !self.is_stale(head, self.newest_video, now, budget.mul_f64(SHED_UNTIL)) {
+                self.shedding = false;
+            }
+            return;
+        }
+        if self.shedding {
+            return;
+        }
+        self.shedding = true;
+        let mut dropped = Vec::new();
+        for gop in self.video.iter_mut() {
+            gop.frames.retain(|entry| {
+                let disposable = entry.msg.type_id == message_type::VIDEO
+                    && picture::is_disposable(&entry.msg);
+                if disposable {
+                    dropped.push(entry.msg.clone());
+                }
+                !disposable
+            });
+        }
+        self.video_frames -= dropped.len();
+        for msg in dropped {
+            self.media_bytes -= msg.payload.len();
+            self.count(DropReason::Stale, &msg, false);
+            self.stale.disposable_frames += 1;
         }
     }
 
@@ -532,6 +592,15 @@ mod tests {
     }
     fn metadata() -> Message {
         Message::new(18, 1, 0, vec![2, 0, 1, b'x'])
+    }
+
+    /// An H.264 B-frame: one slice, `nal_ref_idc` 0 (disposable).
+    fn b_frame(ts: u32) -> Message {
+        Message::new(9, 1, ts, vec![0x27, 1, 0, 0, 0, 0, 0, 0, 2, 0x01, 0x9e])
+    }
+    /// An H.264 P-frame: one slice, `nal_ref_idc` 2.
+    fn p_frame(ts: u32) -> Message {
+        Message::new(9, 1, ts, vec![0x27, 1, 0, 0, 0, 0, 0, 0, 2, 0x41, 0x9a])
     }
 
     fn queue(budget_ms: u64) -> MediaQueue {
@@ -1152,5 +1221,55 @@ mod tests {
         assert_eq!(out, [(9, 33), (9, 33)]);
         assert_eq!(q.dropped(DropReason::Stale).gops, 1);
         assert_eq!(q.dropped(DropReason::Stale).video_frames, 2);
+    }
+
+    #[test]
+    fn a_queue_under_pressure_drops_disposable_pictures_before_any_gop_tail() {
+        let t0 = Instant::now();
+        let mut q = queue(1000);
+        // I B B P B B P ..., one frame every 33 ms, none taken out.
+        let pattern = |i: u32| match i % 3 {
+            0 if i == 0 => key(0),
+            0 => p_frame(i * 33),
+            _ => b_frame(i * 33),
+        };
+        for i in 0..12 {
+            q.push(pattern(i), t0 + MS * (i * 33));
+        }
+        assert_eq!(q.dropped(DropReason::Stale), Dropped::default());
+        // The head has waited over half the budget: every B-frame waiting goes, nothing else.
+        let late = t0 + MS * 520;
+        q.push(pattern(12), late);
+        let dropped = q.dropped(DropReason::Stale);
+        assert_eq!(dropped.video_frames, 8);
+        assert_eq!(dropped.disposable_frames, 8);
+        assert_eq!(dropped.gops, 0);
+        // While the pressure lasts, B-frames are dropped as they come; P-frames are kept.
+        q.push(b_frame(13 * 33), late);
+        q.push(p_frame(15 * 33), late);
+        assert_eq!(q.dropped(DropReason::Stale).disposable_frames, 9);
+        let out = drain(&mut q, late);
+        let video: Vec<u32> = out.iter().filter(|m| m.0 == 9).map(|m| m.1).collect();
+        assert_eq!(video, vec![0, 99, 198, 297, 396, 495]);
+        // The pressure gone (the queue drained), a B-frame passes again.
+        q.push(b_frame(16 * 33), late);
+        assert_eq!(drain(&mut q, late), vec![(9, 16 * 33)]);
+    }
+
+    #[test]
+    fn a_stream_without_disposable_pictures_is_shed_as_before() {
+        let t0 = Instant::now();
+        let mut q = queue(1000);
+        q.push(key(0), t0);
+        for i in 1..12 {
+            q.push(p_frame(i * 33), t0 + MS * (i * 33));
+        }
+        q.push(p_frame(12 * 33), t0 + MS * 520);
+        let dropped = q.dropped(DropReason::Stale);
+        assert_eq!(dropped, Dropped::default());
+        // Past the budget the GOP's tail goes, as it always did.
+        q.push(p_frame(13 * 33), t0 + MS * 1100);
+        assert_eq!(q.dropped(DropReason::Stale).gops, 1);
+        assert_eq!(q.dropped(DropReason::Stale).disposable_frames, 0);
     }
 }

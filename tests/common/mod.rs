@@ -478,6 +478,7 @@ pub async fn clip(seconds: u32) -> PathBuf {
         height: 360,
         video_kbps: 1500,
         duration: Duration::from_secs(seconds.into()),
+        b_frames: false,
     };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     tokio::task::spawn_blocking(move || rtmpq_bench::make_clip(dir, shape))
