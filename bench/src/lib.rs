@@ -143,9 +143,23 @@ pub fn make_clip(dir: &Path, shape: ClipShape) -> Result<PathBuf, BenchError> {
         .args(["-c:v", "libx264", "-g", "60"])
         .args(if shape.b_frames {
             // ultrafast and zerolatency both turn B-frames off.
-            ["-preset", "veryfast", "-bf", "2", "-x264-params", "nal-hrd=cbr:b-pyramid=none"]
+            [
+                "-preset",
+                "veryfast",
+                "-bf",
+                "2",
+                "-x264-params",
+                "nal-hrd=cbr:b-pyramid=none",
+            ]
         } else {
-            ["-preset", "ultrafast", "-tune", "zerolatency", "-x264-params", "nal-hrd=cbr"]
+            [
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-x264-params",
+                "nal-hrd=cbr",
+            ]
         })
         .args([
             "-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-bufsize", &rate,

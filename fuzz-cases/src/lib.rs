@@ -40,7 +40,8 @@ fn pieces(data: &[u8]) -> (impl Iterator<Item = &[u8]>, &[u8]) {
 
 /// The RTMP chunk decoder on a peer's bytes, under tight limits so they are reached: it never
 /// buffers past its bound, one byte in never becomes more than its share of messages, and every
-/// message it yields survives our encoder and decoder unchanged.
+/// message it yields survives our encoder and decoder unchanged (and is read by every inspector
+/// a hop runs on it: media headers, NAL headers for disposable pictures).
 pub fn chunk_decoder(data: &[u8]) {
     let limits = ChunkLimits {
         max_chunk_size: 1 << 16,
@@ -66,6 +67,7 @@ pub fn chunk_decoder(data: &[u8]) {
                     let _ = msg.class();
                     let _ = msg.media_kind();
                     let _ = msg.composition_offset();
+                    let _ = rtmpq_proto::picture::is_disposable(&msg);
                     if let Some(p) = msg.media_packet() {
                         // Every track's body lies inside the payload.
                         for t in p.track_packets(&msg.payload) {

@@ -353,8 +353,7 @@ impl LiveController {
                 if congested {
                     self.mode = LiveMode::Steady;
                     self.congested(&round, delivery);
-                } else if round.acked >= INITIAL_WINDOW / 2
-                    || self.startup_rounds >= STARTUP_ROUNDS
+                } else if round.acked >= INITIAL_WINDOW / 2 || self.startup_rounds >= STARTUP_ROUNDS
                 {
                     // The stream has begun (a key frame's worth in a round, or a few rounds
                     // of it): from here the window follows the estimate. Staying in start-up

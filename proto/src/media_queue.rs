@@ -430,8 +430,8 @@ impl MediaQueue {
         let mut dropped = Vec::new();
         for gop in self.video.iter_mut() {
             gop.frames.retain(|entry| {
-                let disposable = entry.msg.type_id == message_type::VIDEO
-                    && picture::is_disposable(&entry.msg);
+                let disposable =
+                    entry.msg.type_id == message_type::VIDEO && picture::is_disposable(&entry.msg);
                 if disposable {
                     dropped.push(entry.msg.clone());
                 }

@@ -147,7 +147,10 @@ mod tests {
         // nal_ref_idc 0, type 1 (non-IDR slice): what x264 -bf 2 without pyramid sends.
         assert!(is_disposable(&avc(2, &[&[0x01, 0x9e, 0x00]])));
         // With an SEI (type 6) before it: still.
-        assert!(is_disposable(&avc(2, &[&[0x06, 0x05, 0x00], &[0x01, 0x9e]])));
+        assert!(is_disposable(&avc(
+            2,
+            &[&[0x06, 0x05, 0x00], &[0x01, 0x9e]]
+        )));
     }
 
     #[test]
@@ -164,7 +167,10 @@ mod tests {
 
     #[test]
     fn the_legacy_disposable_frame_type_is_disposable() {
-        assert!(is_disposable(&avc(DISPOSABLE_INTER_FRAME, &[&[0x41, 0x9a]])));
+        assert!(is_disposable(&avc(
+            DISPOSABLE_INTER_FRAME,
+            &[&[0x41, 0x9a]]
+        )));
     }
 
     #[test]
@@ -185,7 +191,9 @@ mod tests {
         m.payload = Bytes::from(p);
         assert!(!is_disposable(&m));
         // A length past the end.
-        assert!(!is_disposable(&video(vec![0x27, 1, 0, 0, 0, 0, 0, 0, 9, 0x01])));
+        assert!(!is_disposable(&video(vec![
+            0x27, 1, 0, 0, 0, 0, 0, 0, 9, 0x01
+        ])));
         // Other codecs and other messages.
         assert!(!is_disposable(&video(vec![0x22, 0x00])));
         let mut audio = avc(2, &[&[0x01]]);
