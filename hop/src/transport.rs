@@ -345,7 +345,17 @@ impl Controller for LiveQuinn {
         _app_limited: bool,
         _largest_packet_num_acked: Option<u64>,
     ) {
+        let (mode, bandwidth) = (self.0.mode(), self.0.bandwidth());
         self.0.on_end_acks(now, in_flight);
+        if self.0.mode() != mode || self.0.bandwidth().abs_diff(bandwidth) > bandwidth / 4 {
+            tracing::debug!(
+                from = mode.as_str(),
+                to = self.0.mode().as_str(),
+                path_bps = self.0.bandwidth() * 8,
+                window = self.0.window(),
+                "live controller"
+            );
+        }
     }
 
     fn on_congestion_event(&mut self, now: Instant, _sent: Instant, persistent: bool, lost: u64) {
