@@ -206,7 +206,7 @@ impl Direction {
 }
 
 /// Latency budgets the late ratio is reported at, ms.
-pub const BUDGETS_MS: [f64; 4] = [200.0, 500.0, 1000.0, 2000.0];
+pub const BUDGETS_MS: [f64; 5] = [200.0, 300.0, 500.0, 1000.0, 2000.0];
 /// A gap between video frames longer than this is a stall.
 pub const STALL_MS: f64 = 300.0;
 
@@ -226,7 +226,7 @@ pub struct RunResult {
     /// Extra latency above the run's floor, ms: p50, p95, p99, max.
     pub extra_latency_ms: [f64; 4],
     /// Share of frames later than each of [`BUDGETS_MS`] (missing frames count as late).
-    pub late_ratio: [f64; 4],
+    pub late_ratio: [f64; 5],
     /// Video gaps over [`STALL_MS`].
     pub stalls: u64,
     /// Total length of those gaps, s.
@@ -263,12 +263,61 @@ pub struct RunResult {
     pub flood: Option<FloodReport>,
     /// The bulk upload beside the stream, and what it got through.
     pub bulk: Option<BulkReport>,
+    /// The link's floor, ms, and the video frames it can carry at most ([`link_limits`]).
+    pub link_limits: Option<(f64, u64)>,
     /// The server end's (gateway's, QUIC pipe server's) largest resident memory during the
     /// run, bytes.
     pub server_rss_peak_bytes: Option<u64>,
     /// The gateway's refusal counters at the run's end (`reason` of
     /// `rtmpq_handshake_failures_total`, `retries` for `rtmpq_quic_retries_total`).
     pub server_refusals: BTreeMap<String, f64>,
+}
+
+/// What a clip holds, bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClipSizes {
+    /// The largest video key frame.
+    pub largest_key_frame: u64,
+    /// All video frames.
+    pub video_bytes: u64,
+    /// All audio frames.
+    pub audio_bytes: u64,
+}
+
+/// What packet headers (IP, UDP, QUIC short header and AEAD tag, about 50 bytes of a 1200-byte
+/// packet) take of a link's rate.
+pub const HEADER_SHARE: f64 = 0.04;
+
+/// A profile's fixed bottleneck the stream's way: its one-way delay and rate (`None` when the
+/// rate is not limited or changes during the run).
+fn bottleneck(profile: &Profile, direction: Direction) -> Option<(Duration, u64)> {
+    let spec = match direction {
+        Direction::Publish => &profile.link.up,
+        Direction::Play => &profile.link.down,
+    };
+    if !profile.link.rate_steps.is_empty() {
+        return None;
+    }
+    spec.rate_bps.map(|rate| (spec.delay, rate))
+}
+
+/// The floor of a link (its one-way delay and the largest key frame's serialization at its
+/// rate, ms) and the video frames it can carry at most (its rate less packet headers and
+/// audio, over the video's rate, times the frames): `None` for a link whose rate is not fixed.
+pub fn link_limits(
+    profile: &Profile,
+    direction: Direction,
+    ctx: &RunContext,
+) -> Option<(f64, u64)> {
+    let (delay, rate) = bottleneck(profile, direction)?;
+    let sizes = ctx.sizes;
+    let floor =
+        delay.as_secs_f64() * 1e3 + sizes.largest_key_frame as f64 * 8.0 / rate as f64 * 1e3;
+    let seconds = ctx.duration.as_secs_f64();
+    let video_bps = sizes.video_bytes as f64 * 8.0 / seconds;
+    let audio_bps = sizes.audio_bytes as f64 * 8.0 / seconds;
+    let share = ((rate as f64 * (1.0 - HEADER_SHARE) - audio_bps) / video_bps).clamp(0.0, 1.0);
+    Some((floor, (share * ctx.frames_expected as f64).round() as u64))
 }
 
 /// What every run shares.
@@ -283,6 +332,8 @@ pub struct RunContext {
     pub frames_expected: u64,
     /// Audio frames in it.
     pub audio_expected: u64,
+    /// Its sizes.
+    pub sizes: ClipSizes,
     /// Its length.
     pub duration: Duration,
     /// The rtmpq binary.
@@ -1283,6 +1334,7 @@ fn summarize(
             .collect(),
         flood: None,
         bulk: None,
+        link_limits: link_limits(profile, direction, ctx),
         server_rss_peak_bytes: None,
         server_refusals: BTreeMap::new(),
     }
@@ -1371,6 +1423,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             enhanced: false,
             frames_expected: frames,
             audio_expected: 20,
+            sizes: ClipSizes::default(),
             duration,
             rtmpq: PathBuf::new(),
             quic_pipe: PathBuf::new(),
@@ -1378,6 +1431,30 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             pin: String::new(),
             logs: PathBuf::new(),
         }
+    }
+
+    #[test]
+    fn the_link_floor_and_ceiling_follow_the_link_and_the_clip() {
+        let mut p = profile(None);
+        p.link = LinkSpec::symmetric(crate::netem::DirectionSpec {
+            delay: Duration::from_millis(25),
+            rate_bps: Some(2_400_000),
+            ..crate::netem::DirectionSpec::default()
+        });
+        let mut ctx = context(600, Duration::from_secs(20));
+        ctx.sizes = ClipSizes {
+            largest_key_frame: 33_000,
+            video_bytes: 7_500_000,
+            audio_bytes: 240_000,
+        };
+        let (floor, ceiling) = link_limits(&p, Direction::Play, &ctx).unwrap();
+        // 25 ms and 33 kB at 2.4 Mbit/s (110 ms).
+        assert!((floor - 135.0).abs() < 1e-9, "{floor}");
+        // (2.4 Mbit/s less 4 % and 96 kbit/s of audio) / 3 Mbit/s of video: 73.6 %.
+        assert_eq!(ceiling, 442);
+        // A link whose rate steps has no one floor.
+        p.link.rate_steps = vec![(Duration::from_secs(1), 1_000_000)];
+        assert_eq!(link_limits(&p, Direction::Publish, &ctx), None);
     }
 
     #[test]
@@ -1416,8 +1493,8 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         );
         assert_eq!(r.frames_received, 8);
         assert!((r.extra_latency_ms[3] - 700.0).abs() < 1e-6);
-        // 200 and 500 ms budgets: frame 5 plus 2 missing; 1000 ms: only the missing.
-        assert_eq!(r.late_ratio, [0.3, 0.3, 0.2, 0.2]);
+        // 200, 300 and 500 ms budgets: frame 5 plus 2 missing; 1000 ms: only the missing.
+        assert_eq!(r.late_ratio, [0.3, 0.3, 0.3, 0.2, 0.2]);
         assert_eq!(r.stalls, 1, "the gap before the late frame");
         assert!((r.start_seconds.unwrap() - 0.05).abs() < 1e-9);
         assert!((r.floor_ms - 50.0).abs() < 1e-6);
@@ -1468,7 +1545,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         // The window holds the 60 frames due from 2 s to 8 s; the 20 held ones are late
         // beyond 200 ms, 12 of them (due before 4.2 s) beyond 1 s.
         assert_eq!(r.late_ratio[0], 20.0 / 60.0);
-        assert_eq!(r.late_ratio[2], 12.0 / 60.0);
+        assert_eq!(r.late_ratio[3], 12.0 / 60.0);
         // Frame 50 (due 5.0 s, at 5.01 s) is the first back at the floor.
         let back = r.recovery_seconds[0].unwrap();
         assert!((back - 0.01).abs() < 1e-6, "{back}");

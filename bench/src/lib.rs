@@ -246,6 +246,42 @@ pub fn make_enhanced_clip(
     Ok((path, video_frames, audio_frames))
 }
 
+/// What a clip holds, by ffprobe: its largest video key frame and its video and audio bytes.
+fn clip_sizes(clip: &Path) -> Result<harness::ClipSizes, BenchError> {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=codec_type,size,flags",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(clip)
+        .output()
+        .map_err(|e| BenchError::Other(format!("ffprobe: {e}")))?;
+    let mut sizes = harness::ClipSizes::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut fields = line.split(',');
+        let (Some(kind), Some(size), flags) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(size) = size.parse::<u64>() else {
+            continue;
+        };
+        match kind {
+            "video" => {
+                sizes.video_bytes += size;
+                if flags.is_some_and(|f| f.starts_with('K')) {
+                    sizes.largest_key_frame = sizes.largest_key_frame.max(size);
+                }
+            }
+            "audio" => sizes.audio_bytes += size,
+            _ => {}
+        }
+    }
+    Ok(sizes)
+}
+
 fn count_frames(clip: &Path, stream: &str) -> Result<u64, BenchError> {
     let out = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", stream, "-count_packets"])
@@ -318,9 +354,11 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
         let (v, a) = (count_frames(&clip, "v")?, count_frames(&clip, "a")?);
         (clip, v, a)
     };
+    let sizes = clip_sizes(&clip)?;
     let ctx = RunContext {
         frames_expected,
         audio_expected,
+        sizes,
         clip,
         enhanced: options.enhanced,
         duration: options.duration,
@@ -403,7 +441,7 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                     r.extra_latency_ms[0],
                     r.extra_latency_ms[2],
                     r.floor_ms,
-                    r.late_ratio[2] * 100.0,
+                    r.late_ratio[3] * 100.0,
                     r.stalls,
                     r.decode_errors.map_or("?".into(), |n| n.to_string()),
                     r.timestamps_back,
@@ -411,6 +449,12 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                     report::recovery_text(&r),
                     r.pusher_survived
                 );
+                if let Some((floor, ceiling)) = r.link_limits {
+                    println!(
+                        "{:<15} {:<16} link floor {floor:.0} ms, at most {ceiling} video frames fit",
+                        r.profile, r.transport
+                    );
+                }
                 results.push(r);
                 report::write_all(&out, &chosen, &results, &name_refs).map_err(io)?;
             }
