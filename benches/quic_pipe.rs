@@ -1,7 +1,8 @@
 //! A plain byte pipe over QUIC, the reference `rtmpq bench` compares the tunnel with: every TCP
 //! connection accepted on one side becomes one bidirectional QUIC stream and a TCP connection on
-//! the other side, bytes copied untouched. Same quinn settings as rtmpq (BBR, timeouts). Not a
-//! mode of the product.
+//! the other side, bytes copied untouched. rtmpq's quinn settings (timeouts, windows) with quinn's
+//! BBR, what a generic QUIC tunnel runs (not rtmpq's `live` controller). Not a mode of the
+//! product.
 //!
 //! client: `quic_pipe client LISTEN_TCP GATEWAY_UDP PIN`
 //! server: `quic_pipe server LISTEN_UDP TARGET_TCP CERT_DIR`
@@ -27,7 +28,7 @@ async fn pump(tcp: TcpStream, mut send: quinn::SendStream, mut recv: quinn::Recv
 async fn client(listen: SocketAddr, gateway: SocketAddr, pin: &str) {
     let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin.parse().unwrap()), None)
         .unwrap();
-    let config = rtmpq_hop::transport::client_config(tls, Default::default()).unwrap();
+    let config = rtmpq_hop::transport::client_config(tls, rtmpq_hop::transport::Congestion::Bbr).unwrap();
     // The wildcard address lets quinn migrate when the route or address changes.
     let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).unwrap();
     let conn = endpoint
@@ -49,7 +50,7 @@ async fn server(listen: SocketAddr, target: String, cert_dir: &str) {
     let identity =
         rtmpq_certs::Identity::load(&dir.join("gateway.pem"), &dir.join("gateway.key")).unwrap();
     let tls = rtmpq_certs::server_tls(identity, None).unwrap();
-    let config = rtmpq_hop::transport::server_config(tls, Default::default()).unwrap();
+    let config = rtmpq_hop::transport::server_config(tls, rtmpq_hop::transport::Congestion::Bbr).unwrap();
     let endpoint = quinn::Endpoint::server(config, listen).unwrap();
     eprintln!("quic_pipe server ready");
     let target = Arc::new(target);

@@ -28,6 +28,42 @@ async fn ffmpeg_push_through_the_tunnel_reaches_nginx_byte_exact() {
     let played = player.finish(pushed.len(), LIMIT).await;
     assert_same_packets(&pushed, &played, "push through the tunnel");
     nginx.wait_for_publisher("cam", false, LIMIT).await;
+    // Both ends ran rtmpq's own congestion controller, the default.
+    for (hop, telemetry) in [("edge", &stack.edge), ("gateway", &stack.gateway)] {
+        let ended = ended_session(telemetry, hop, |s| s.session.stream == "cam").await;
+        assert_eq!(ended.session.carrier, "quic", "{hop}: {ended:?}");
+        assert_eq!(ended.session.congestion, "live", "{hop}: {ended:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_under_quinns_bbr_is_byte_exact_and_each_end_names_its_controller() {
+    capture_logs();
+    let clip = clip(20).await;
+    let pushed = framemd5_of(&clip).await;
+    let nginx = Nginx::start().await;
+    let stack = Stack::start_with(Some(format!("rtmp://{}", nginx.rtmp)), |c| {
+        rtmpq_edge::EdgeConfig {
+            congestion: rtmpq_hop::transport::Congestion::Bbr,
+            ..c
+        }
+    })
+    .await;
+    let player = Player::start(&format!("rtmp://{}/live/bbrcam", nginx.rtmp));
+    nginx.wait_for_players("bbrcam", 1, LIMIT).await;
+    let out = push(&clip, &stack.edge_url("bbrcam")).await;
+    assert!(
+        out.status.success(),
+        "pusher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let played = player.finish(pushed.len(), LIMIT).await;
+    assert_same_packets(&pushed, &played, "push under bbr");
+    // The edge chose BBR for what it sends; the gateway kept its own default.
+    let ended = ended_session(&stack.edge, "edge", |s| s.session.stream == "bbrcam").await;
+    assert_eq!(ended.session.congestion, "bbr", "{ended:?}");
+    let ended = ended_session(&stack.gateway, "gateway", |s| s.session.stream == "bbrcam").await;
+    assert_eq!(ended.session.congestion, "live", "{ended:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -758,14 +758,19 @@ impl PathWatch {
         // 2.4 Mbit/s.
         let wait = match congestion {
             Some(Congestion::Live) if speed > 0 => {
-                // At most what the controller lets stand: its window and a quarter, over the
-                // smallest round trip and its queue target. A window it has not yet shrunk
-                // to the path (start-up's 64 KiB, 220 ms at 2.4 Mbit/s) is not a wait the
-                // queue must leave room for: taken as one, it left a 300 ms budget 75 ms and
-                // the queue dropped whole GOPs while the controller was still finding the
-                // rate.
-                let standing = (min_rtt + queue_target(min_rtt)).mul_f64(1.25);
-                min_rtt / 2 + drain.min(standing)
+                // A message waits behind what quinn holds unsent (the send window beyond the
+                // controller's window, at most a quarter of it: what is in flight is already
+                // on its way), then the bottleneck's queue (the controller keeps it near its
+                // target) and half a round trip. Not the whole send window: counting what is
+                // in flight as a wait left a 500 ms budget 375 ms where 430 were there, and
+                // the queue dropped GOP tails the path would have carried in time. Nor a
+                // window the controller has not yet shrunk to the path (start-up's 64 KiB,
+                // 220 ms at 2.4 Mbit/s): taken as a wait, it left a 300 ms budget 75 ms.
+                let target = queue_target(min_rtt);
+                let unsent = window.saturating_sub(stats.path.cwnd);
+                let unsent = Duration::from_secs_f64(unsent as f64 / speed as f64);
+                let standing = (min_rtt + target) / 4;
+                min_rtt / 2 + target + unsent.min(standing)
             }
             Some(Congestion::Live) => MAX_QUIC_WAIT,
             _ => horizon.max(drain.min(MAX_QUIC_WAIT)),
