@@ -28,7 +28,8 @@ async fn pump(tcp: TcpStream, mut send: quinn::SendStream, mut recv: quinn::Recv
 async fn client(listen: SocketAddr, gateway: SocketAddr, pin: &str) {
     let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin.parse().unwrap()), None)
         .unwrap();
-    let config = rtmpq_hop::transport::client_config(tls, rtmpq_hop::transport::Congestion::Bbr).unwrap();
+    let config =
+        rtmpq_hop::transport::client_config(tls, rtmpq_hop::transport::Congestion::Bbr).unwrap();
     // The wildcard address lets quinn migrate when the route or address changes.
     let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).unwrap();
     let conn = endpoint
@@ -50,7 +51,8 @@ async fn server(listen: SocketAddr, target: String, cert_dir: &str) {
     let identity =
         rtmpq_certs::Identity::load(&dir.join("gateway.pem"), &dir.join("gateway.key")).unwrap();
     let tls = rtmpq_certs::server_tls(identity, None).unwrap();
-    let config = rtmpq_hop::transport::server_config(tls, rtmpq_hop::transport::Congestion::Bbr).unwrap();
+    let config =
+        rtmpq_hop::transport::server_config(tls, rtmpq_hop::transport::Congestion::Bbr).unwrap();
     let endpoint = quinn::Endpoint::server(config, listen).unwrap();
     eprintln!("quic_pipe server ready");
     let target = Arc::new(target);

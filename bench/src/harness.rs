@@ -263,8 +263,8 @@ pub struct RunResult {
     pub flood: Option<FloodReport>,
     /// The bulk upload beside the stream, and what it got through.
     pub bulk: Option<BulkReport>,
-    /// The link's floor, ms, and the video frames it can carry at most ([`link_limits`]).
-    pub link_limits: Option<(f64, u64)>,
+    /// The link's floor and the video frames it can carry at most ([`link_limits`]).
+    pub link_limits: Option<LinkLimits>,
     /// The server end's (gateway's, QUIC pipe server's) largest resident memory during the
     /// run, bytes.
     pub server_rss_peak_bytes: Option<u64>,
@@ -288,36 +288,59 @@ pub struct ClipSizes {
 /// packet) take of a link's rate.
 pub const HEADER_SHARE: f64 = 0.04;
 
-/// A profile's fixed bottleneck the stream's way: its one-way delay and rate (`None` when the
-/// rate is not limited or changes during the run).
-fn bottleneck(profile: &Profile, direction: Direction) -> Option<(Duration, u64)> {
+/// The bottleneck the stream's way: its one-way delay and its rate over the run, as
+/// (from, bit/s) steps in time order (`None` when the rate is not limited).
+fn bottleneck(profile: &Profile, direction: Direction) -> Option<(Duration, Vec<(Duration, u64)>)> {
     let spec = match direction {
         Direction::Publish => &profile.link.up,
         Direction::Play => &profile.link.down,
     };
-    if !profile.link.rate_steps.is_empty() {
-        return None;
-    }
-    spec.rate_bps.map(|rate| (spec.delay, rate))
+    let first = spec.rate_bps?;
+    let mut steps = vec![(Duration::ZERO, first)];
+    steps.extend(profile.link.rate_steps.iter().copied());
+    Some((spec.delay, steps))
 }
 
-/// The floor of a link (its one-way delay and the largest key frame's serialization at its
-/// rate, ms) and the video frames it can carry at most (its rate less packet headers and
-/// audio, over the video's rate, times the frames): `None` for a link whose rate is not fixed.
+/// What a link lets through of a clip: see [`link_limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LinkLimits {
+    /// The one-way delay and the largest key frame's serialization at the link's rate, ms
+    /// (`None` when the rate changes during the run).
+    pub floor_ms: Option<f64>,
+    /// The video frames the link can carry at most: at each rate, what is left of it once
+    /// packet headers and audio pass, over the video's rate, for the time it lasts.
+    pub frames_ceiling: u64,
+}
+
+/// What the profile's link lets through of the run's clip, the stream's way (`None` for a
+/// link whose rate is not limited).
 pub fn link_limits(
     profile: &Profile,
     direction: Direction,
     ctx: &RunContext,
-) -> Option<(f64, u64)> {
-    let (delay, rate) = bottleneck(profile, direction)?;
+) -> Option<LinkLimits> {
+    let (delay, steps) = bottleneck(profile, direction)?;
     let sizes = ctx.sizes;
-    let floor =
-        delay.as_secs_f64() * 1e3 + sizes.largest_key_frame as f64 * 8.0 / rate as f64 * 1e3;
     let seconds = ctx.duration.as_secs_f64();
     let video_bps = sizes.video_bytes as f64 * 8.0 / seconds;
     let audio_bps = sizes.audio_bytes as f64 * 8.0 / seconds;
-    let share = ((rate as f64 * (1.0 - HEADER_SHARE) - audio_bps) / video_bps).clamp(0.0, 1.0);
-    Some((floor, (share * ctx.frames_expected as f64).round() as u64))
+    let share_at =
+        |rate: u64| ((rate as f64 * (1.0 - HEADER_SHARE) - audio_bps) / video_bps).clamp(0.0, 1.0);
+    let mut carried = 0.0;
+    for (i, &(from, rate)) in steps.iter().enumerate() {
+        let until = steps
+            .get(i + 1)
+            .map_or(ctx.duration, |s| s.0)
+            .min(ctx.duration);
+        carried += share_at(rate) * until.saturating_sub(from).as_secs_f64();
+    }
+    let floor_ms = (steps.len() == 1).then(|| {
+        delay.as_secs_f64() * 1e3 + sizes.largest_key_frame as f64 * 8.0 / steps[0].1 as f64 * 1e3
+    });
+    Some(LinkLimits {
+        floor_ms,
+        frames_ceiling: (carried / seconds * ctx.frames_expected as f64).round() as u64,
+    })
 }
 
 /// What every run shares.
@@ -1447,13 +1470,22 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             video_bytes: 7_500_000,
             audio_bytes: 240_000,
         };
-        let (floor, ceiling) = link_limits(&p, Direction::Play, &ctx).unwrap();
+        let limits = link_limits(&p, Direction::Play, &ctx).unwrap();
         // 25 ms and 33 kB at 2.4 Mbit/s (110 ms).
-        assert!((floor - 135.0).abs() < 1e-9, "{floor}");
+        assert!(
+            (limits.floor_ms.unwrap() - 135.0).abs() < 1e-9,
+            "{limits:?}"
+        );
         // (2.4 Mbit/s less 4 % and 96 kbit/s of audio) / 3 Mbit/s of video: 73.6 %.
-        assert_eq!(ceiling, 442);
-        // A link whose rate steps has no one floor.
-        p.link.rate_steps = vec![(Duration::from_secs(1), 1_000_000)];
+        assert_eq!(limits.frames_ceiling, 442);
+        // A link whose rate steps to 12 Mbit/s half way: no one floor, and the second half
+        // carries everything.
+        p.link.rate_steps = vec![(Duration::from_secs(10), 12_000_000)];
+        let limits = link_limits(&p, Direction::Publish, &ctx).unwrap();
+        assert_eq!(limits.floor_ms, None);
+        assert_eq!(limits.frames_ceiling, 221 + 300);
+        // No rate limit: nothing to say.
+        p.link = LinkSpec::symmetric(crate::netem::DirectionSpec::default());
         assert_eq!(link_limits(&p, Direction::Publish, &ctx), None);
     }
 

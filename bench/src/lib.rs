@@ -449,10 +449,15 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                     report::recovery_text(&r),
                     r.pusher_survived
                 );
-                if let Some((floor, ceiling)) = r.link_limits {
+                if let Some(limits) = r.link_limits {
                     println!(
-                        "{:<15} {:<16} link floor {floor:.0} ms, at most {ceiling} video frames fit",
-                        r.profile, r.transport
+                        "{:<15} {:<16} link floor {}, at most {} video frames fit",
+                        r.profile,
+                        r.transport,
+                        limits
+                            .floor_ms
+                            .map_or("– (its rate changes)".into(), |f| format!("{f:.0} ms")),
+                        limits.frames_ceiling
                     );
                 }
                 results.push(r);

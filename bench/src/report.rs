@@ -91,14 +91,19 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
         md.push('\n');
         let mut limits_told = Vec::new();
         for r in results.iter().filter(|r| r.profile == p.name) {
-            if let Some((floor, ceiling)) = r.link_limits {
+            if let Some(limits) = r.link_limits {
                 if !limits_told.contains(&r.direction) {
                     limits_told.push(r.direction);
+                    let ceiling = limits.frames_ceiling;
+                    let floor = limits.floor_ms.map_or(String::new(), |f| {
+                        format!("floor {f:.0} ms (one-way delay and the largest key frame at the link's rate; latencies above are counted from the smallest seen, printed as floor); ")
+                    });
                     let _ = writeln!(
                         md,
-                        "Link the stream's way ({}): floor {floor:.0} ms (one-way delay and the largest key frame at the link's rate; latencies above are counted from the smallest seen, printed as floor); at most {ceiling}/{} video frames fit once audio and packet headers pass (90 %: {:.0}, 75 %: {:.0}).\n",
+                        "Link the stream's way ({}): {floor}at most {ceiling}/{} video frames fit once audio and packet headers pass (the link's shortfall forces {:.1} % lost or late; 90 % of the ceiling: {:.0}, 75 %: {:.0}).\n",
                         r.direction,
                         r.frames_expected,
+                        (1.0 - ceiling as f64 / r.frames_expected.max(1) as f64) * 100.0,
                         ceiling as f64 * 0.9,
                         ceiling as f64 * 0.75,
                     );
