@@ -115,6 +115,13 @@ fn short_bench_produces_complete_results_for_every_transport() {
             assert_eq!(r["decode_errors"], 0, "{t}: decode errors");
         }
         assert!(r["floor_ms"].as_f64().unwrap() > 0.0, "{t}");
+        // A link slower than the stream says what it can carry and its floor.
+        if profile == "under-capacity" {
+            let limits = &r["link_limits"];
+            let ceiling = limits["frames_ceiling"].as_u64().unwrap();
+            assert!(ceiling > 0 && ceiling < expected, "{t}: {limits}");
+            assert!(limits["floor_ms"].as_f64().unwrap() > 25.0, "{t}: {limits}");
+        }
     }
     let table = std::fs::read_to_string(out.join("results.md")).unwrap();
     for t in labels() {
