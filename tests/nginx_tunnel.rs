@@ -9,25 +9,40 @@ use common::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ffmpeg_push_through_the_tunnel_reaches_nginx_byte_exact() {
-    capture_logs();
-    let clip = clip(30).await;
+/// Pushes a clip through an edge (its config changed by `tweak`) and gateway to nginx under
+/// `name`, a player reading it straight from nginx: every packet played equals the packet
+/// pushed. Returns the stack, to look at its telemetry.
+async fn push_byte_exact(
+    seconds: u32,
+    name: &str,
+    tweak: impl FnOnce(rtmpq_edge::EdgeConfig) -> rtmpq_edge::EdgeConfig,
+) -> (Stack, Nginx) {
+    let clip = clip(seconds).await;
     let pushed = framemd5_of(&clip).await;
     let nginx = Nginx::start().await;
-    let stack = Stack::start(Some(format!("rtmp://{}", nginx.rtmp))).await;
-
-    let player = Player::start(&format!("rtmp://{}/live/cam", nginx.rtmp));
-    nginx.wait_for_players("cam", 1, LIMIT).await;
-    let out = push(&clip, &stack.edge_url("cam")).await;
+    let stack = Stack::start_with(Some(format!("rtmp://{}", nginx.rtmp)), tweak).await;
+    let player = Player::start(&format!("rtmp://{}/live/{name}", nginx.rtmp));
+    nginx.wait_for_players(name, 1, LIMIT).await;
+    let out = push(&clip, &stack.edge_url(name)).await;
     assert!(
         out.status.success(),
         "pusher failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let played = player.finish(pushed.len(), LIMIT).await;
-    assert_same_packets(&pushed, &played, "push through the tunnel");
-    nginx.wait_for_publisher("cam", false, LIMIT).await;
+    assert_same_packets(
+        &pushed,
+        &played,
+        &format!("push of {name} through the tunnel"),
+    );
+    nginx.wait_for_publisher(name, false, LIMIT).await;
+    (stack, nginx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_push_through_the_tunnel_reaches_nginx_byte_exact() {
+    capture_logs();
+    let (stack, _nginx) = push_byte_exact(30, "cam", |c| c).await;
     // Both ends ran rtmpq's own congestion controller, the default.
     for (hop, telemetry) in [("edge", &stack.edge), ("gateway", &stack.gateway)] {
         let ended = ended_session(telemetry, hop, |s| s.session.stream == "cam").await;
@@ -39,26 +54,11 @@ async fn ffmpeg_push_through_the_tunnel_reaches_nginx_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_under_quinns_bbr_is_byte_exact_and_each_end_names_its_controller() {
     capture_logs();
-    let clip = clip(20).await;
-    let pushed = framemd5_of(&clip).await;
-    let nginx = Nginx::start().await;
-    let stack = Stack::start_with(Some(format!("rtmp://{}", nginx.rtmp)), |c| {
-        rtmpq_edge::EdgeConfig {
-            congestion: rtmpq_hop::transport::Congestion::Bbr,
-            ..c
-        }
+    let (stack, _nginx) = push_byte_exact(20, "bbrcam", |c| rtmpq_edge::EdgeConfig {
+        congestion: rtmpq_hop::transport::Congestion::Bbr,
+        ..c
     })
     .await;
-    let player = Player::start(&format!("rtmp://{}/live/bbrcam", nginx.rtmp));
-    nginx.wait_for_players("bbrcam", 1, LIMIT).await;
-    let out = push(&clip, &stack.edge_url("bbrcam")).await;
-    assert!(
-        out.status.success(),
-        "pusher failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let played = player.finish(pushed.len(), LIMIT).await;
-    assert_same_packets(&pushed, &played, "push under bbr");
     // The edge chose BBR for what it sends; the gateway kept its own default.
     let ended = ended_session(&stack.edge, "edge", |s| s.session.stream == "bbrcam").await;
     assert_eq!(ended.session.congestion, "bbr", "{ended:?}");

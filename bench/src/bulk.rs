@@ -39,6 +39,14 @@ const SINK_PORT: u16 = 5201;
 /// What the sender writes at a time.
 const CHUNK: usize = 64 << 10;
 
+/// A socket timeout ran out (what the sink and the sender wait in, to look at the clock).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// Runs one upload from namespace `from` to the sink in namespace `to` at `to_addr`, by
 /// `spec` (times from `started`), with CUBIC as the sender's controller (as real uploaders
 /// on Windows, macOS and Android run). Blocking: call it from a blocking task.
@@ -69,11 +77,7 @@ pub fn upload(
                     Ok(n) => {
                         received.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if timed_out(&e) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -96,11 +100,7 @@ pub fn upload(
     while begun.elapsed() < spec.length {
         match conn.write(&chunk) {
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(e) => return Err(e),
         }
     }
