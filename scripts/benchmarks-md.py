@@ -44,7 +44,8 @@ if append:
     parts.append(old[start:end].split(f"\n## {heading}")[0].rstrip() + "\n\n")
     data = json.loads((charts / "results.json").read_text())
     all_runs, all_profiles = data["runs"], data["profiles"]
-    first_late = len(list(charts.glob("late-ratio-*.svg"))) + 1
+    # After the highest number there (earlier sections may have left gaps).
+    first_late = max((int(f.stem.rsplit("-", 1)[1]) for f in charts.glob("late-ratio-*.svg")), default=0) + 1
     if folders or soak or capacity:
         parts.append(f"## {heading}\n\n")
 else:
@@ -62,6 +63,9 @@ for i, results in enumerate(folders):
         shutil.copy(svg, charts / f"{svg.stem}{suffix}.svg")
     late = f"late-ratio-{first_late + i}.svg"
     shutil.copy(results / "late-ratio.svg", charts / late)
+    if append:
+        # Which command made these tables (the folders are named in "How to reproduce").
+        parts.append(f"*The runs in `{results.name}`:*\n\n")
     parts.append(f"![late ratio]({'docs/bench/' + late})\n\n")
     for section in (results / "results.md").read_text().split("### ")[1:]:
         name = section.split(" ", 1)[0]

@@ -319,7 +319,6 @@ impl ControllerFactory for ProbingControllerConfig {
 }
 
 /// [`LiveController`] behind quinn's controller trait.
-#[derive(Clone)]
 struct LiveQuinn(LiveController);
 
 impl Controller for LiveQuinn {
@@ -378,7 +377,9 @@ impl Controller for LiveQuinn {
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
-        Box::new(self.clone())
+        // quinn copies the controller whenever its state is looked at (the metrics, the
+        // status API, every second per connection): without the in-flight records.
+        Box::new(LiveQuinn(self.0.figures_copy()))
     }
 
     fn initial_window(&self) -> u64 {
