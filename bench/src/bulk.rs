@@ -64,6 +64,18 @@ pub fn upload(
     let received = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     std::thread::sleep(spec.at.saturating_sub(started.elapsed()));
+    // Connected before the sink waits to accept: a sender that cannot connect ends the
+    // upload here, and the sink never waits for a peer that will not come.
+    let mut conn = in_netns(from, || {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_tcp_congestion(b"cubic")?;
+        socket.connect_timeout(&listen.into(), Duration::from_secs(5))?;
+        Ok(TcpStream::from(socket))
+    })?;
     let sink = {
         let received = received.clone();
         let done = done.clone();
@@ -84,16 +96,6 @@ pub fn upload(
             Ok(())
         })
     };
-    let mut conn = in_netns(from, || {
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_tcp_congestion(b"cubic")?;
-        socket.connect_timeout(&listen.into(), Duration::from_secs(5))?;
-        Ok(TcpStream::from(socket))
-    })?;
     conn.set_write_timeout(Some(Duration::from_millis(200)))?;
     let begun = Instant::now();
     let chunk = vec![0x5au8; CHUNK];

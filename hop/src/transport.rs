@@ -212,13 +212,6 @@ impl ControllerFigures {
     }
 }
 
-impl ProbingController {
-    /// The controller that runs inside.
-    pub fn congestion(&self) -> Congestion {
-        self.congestion
-    }
-}
-
 impl Controller for ProbingController {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
         let _ = self

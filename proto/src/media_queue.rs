@@ -427,23 +427,24 @@ impl MediaQueue {
             return;
         }
         self.shedding = true;
-        let mut dropped = Vec::new();
+        let (mut frames, mut bytes) = (0usize, 0usize);
         for gop in self.video.iter_mut() {
             gop.frames.retain(|entry| {
                 let disposable =
                     entry.msg.type_id == message_type::VIDEO && picture::is_disposable(&entry.msg);
                 if disposable {
-                    dropped.push(entry.msg.clone());
+                    frames += 1;
+                    bytes += entry.msg.payload.len();
                 }
                 !disposable
             });
         }
-        self.video_frames -= dropped.len();
-        for msg in dropped {
-            self.media_bytes -= msg.payload.len();
-            self.count(DropReason::Stale, &msg, false);
-            self.stale.disposable_frames += 1;
-        }
+        // Counted as `count` counts a stale video frame that opens no group.
+        self.video_frames -= frames;
+        self.media_bytes -= bytes;
+        self.stale.video_frames += frames as u64;
+        self.stale.disposable_frames += frames as u64;
+        self.stale.bytes += bytes as u64;
     }
 
     /// Drops every waiting frame of the oldest group; if it was the newest, inter frames are
