@@ -376,7 +376,11 @@ impl LiveController {
             self.min_rtts.pop_back();
         }
         if self.min_rtts.len() == MAX_MIN_RTT_SAMPLES {
-            self.min_rtts.pop_front();
+            // A queue that grows for seconds gives a long run of rising samples. The front is
+            // the smallest and those behind it the next to be: the newest goes, and this one,
+            // newer and larger, stands for it (dropping the front, as before, lost the path's
+            // smallest round trip and read the queue as part of the path).
+            self.min_rtts.pop_back();
         }
         self.min_rtts.push_back((now, rtt));
     }
@@ -881,6 +885,26 @@ mod tests {
             Some(run.cc.min_rtt()),
             run.cc.min_rtts.iter().map(|&(_, r)| r).min()
         );
+    }
+
+    #[test]
+    fn a_queue_that_grows_for_seconds_leaves_the_smallest_round_trip_alone() {
+        let start = Instant::now();
+        let mut cc = LiveController::new(start, MSS);
+        // Ack batches every 5 ms for 5 s, each round trip 0.1 ms longer than the last: far
+        // more rising samples than the record keeps.
+        for i in 0..1000u32 {
+            let at = start + Duration::from_millis(5 * u64::from(i));
+            cc.note_rtt(
+                at,
+                Duration::from_millis(50) + Duration::from_micros(100 * u64::from(i)),
+            );
+        }
+        assert_eq!(cc.min_rtt(), Duration::from_millis(50));
+        assert!(cc.min_rtts.len() <= MAX_MIN_RTT_SAMPLES);
+        // Past the window the old samples go, and a newer one is the smallest.
+        cc.note_rtt(start + Duration::from_secs(16), Duration::from_millis(200));
+        assert!(cc.min_rtt() > Duration::from_millis(50));
     }
 
     #[test]
