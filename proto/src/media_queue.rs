@@ -80,6 +80,12 @@ impl Dropped {
         }
     }
 
+    /// Counts `frames` video frames of `bytes` payload bytes, none of which opened a group.
+    fn add_video_frames(&mut self, frames: u64, bytes: u64) {
+        self.video_frames += frames;
+        self.bytes += bytes;
+    }
+
     /// What these counts hold beyond `earlier` (counts of the same source, taken before).
     pub fn minus(self, earlier: Dropped) -> Dropped {
         Dropped {
@@ -439,12 +445,10 @@ impl MediaQueue {
                 !disposable
             });
         }
-        // Counted as `count` counts a stale video frame that opens no group.
         self.video_frames -= frames;
         self.media_bytes -= bytes;
-        self.stale.video_frames += frames as u64;
+        self.stale.add_video_frames(frames as u64, bytes as u64);
         self.stale.disposable_frames += frames as u64;
-        self.stale.bytes += bytes as u64;
     }
 
     /// Drops every waiting frame of the oldest group; if it was the newest, inter frames are
@@ -563,11 +567,11 @@ impl MediaQueue {
             DropReason::Stale => &mut self.stale,
             DropReason::Overflow => &mut self.overflow,
         };
-        d.bytes += msg.payload.len() as u64;
         if msg.type_id == message_type::AUDIO {
+            d.bytes += msg.payload.len() as u64;
             d.audio_frames += 1;
         } else {
-            d.video_frames += 1;
+            d.add_video_frames(1, msg.payload.len() as u64);
             d.gops += u64::from(new_gop);
         }
     }
