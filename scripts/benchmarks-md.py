@@ -5,9 +5,10 @@ docs/bench/ and puts the tables between the hand-written explanation blocks.
 
 `--append` keeps the results already in BENCHMARKS.md and docs/bench/ (an earlier stop's runs)
 and adds the folders' after them under `--heading TEXT` (a section of that heading already
-there is replaced); `--soak FILE` and `--capacity FILE` add the figures of `rtmpq soak`
+there is replaced, with its runs in docs/bench/results.json and its charts: the same command
+run twice changes nothing); `--soak FILE` and `--capacity FILE` add the figures of `rtmpq soak`
 (soak.json) and `rtmpq capacity` (capacity.json)."""
-import json, pathlib, shutil, sys
+import json, pathlib, re, shutil, sys
 
 args = sys.argv[1:]
 append = "--append" in args
@@ -41,9 +42,16 @@ if append:
     old = (root / "BENCHMARKS.md").read_text()
     start = old.index("\n## Results\n\n") + len("\n## Results\n\n")
     end = old.index(outro.splitlines()[0])
-    parts.append(old[start:end].split(f"\n## {heading}")[0].rstrip() + "\n\n")
+    kept, _, replaced = old[start:end].partition(f"\n## {heading}\n")
+    parts.append(kept.rstrip() + "\n\n")
+    # A section of this heading already there is replaced whole: its runs leave results.json
+    # and its charts leave docs/bench/ (running the same command twice changes nothing).
+    for chart in set(re.findall(r"docs/bench/([\w.:-]+\.svg)", replaced)):
+        if f"docs/bench/{chart}" not in kept:
+            (charts / chart).unlink(missing_ok=True)
     data = json.loads((charts / "results.json").read_text())
-    all_runs, all_profiles = data["runs"], data["profiles"]
+    all_runs = [r for r in data["runs"] if r.get("section") != heading]
+    all_profiles = [p for p in data["profiles"] if p.get("section") != heading]
     # After the highest number there (earlier sections may have left gaps).
     first_late = max((int(f.stem.rsplit("-", 1)[1]) for f in charts.glob("late-ratio-*.svg")), default=0) + 1
     if folders or soak or capacity:
@@ -54,6 +62,9 @@ else:
     charts.mkdir(parents=True)
 for i, results in enumerate(folders):
     data = json.loads((results / "results.json").read_text())
+    if append:
+        for entry in data["runs"] + data["profiles"]:
+            entry["section"] = heading
     all_runs += data["runs"]
     all_profiles += data["profiles"]
     # Appended runs' charts carry their folder's name: a profile run again (clean) keeps
