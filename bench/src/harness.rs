@@ -63,6 +63,15 @@ pub const DEFAULT_BUDGET_MS: u32 = 1000;
 pub const BENCH_BACKPRESSURE_MS: u32 = 250;
 
 impl Transport {
+    /// The latency budget the transport holds the stream to, ms: the edge's; a pipe has
+    /// none, and is judged at the default's.
+    pub fn budget_ms(&self) -> u32 {
+        match self {
+            Transport::Rtmpq { budget_ms, .. } => *budget_ms,
+            _ => DEFAULT_BUDGET_MS,
+        }
+    }
+
     /// rtmpq with its defaults.
     pub const RTMPQ: Transport = Transport::Rtmpq {
         budget_ms: DEFAULT_BUDGET_MS,
@@ -273,6 +282,28 @@ pub struct RunResult {
     pub server_refusals: BTreeMap<String, f64>,
 }
 
+/// What a video frame is to the frames after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameRole {
+    /// A key frame: a GOP starts here.
+    Key,
+    /// An inter frame later frames of its GOP reference.
+    Reference,
+    /// A picture nothing references (`rtmpq_proto::picture::is_disposable`).
+    Disposable,
+}
+
+/// One video frame of a clip, in decode order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClipFrame {
+    /// Its timestamp (decode time), ms: when the pusher sends it.
+    pub due_ms: u32,
+    /// Its size, bytes.
+    pub bytes: u64,
+    /// What it is to the frames after it.
+    pub role: FrameRole,
+}
+
 /// What a clip holds, bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClipSizes {
@@ -310,6 +341,12 @@ pub struct LinkLimits {
     /// The video frames the link can carry at most: at each rate, what is left of it once
     /// packet headers and audio pass, over the video's rate, for the time it lasts.
     pub frames_ceiling: u64,
+    /// The latency budget the run was held to, ms (the edge's; for the pipes, the default
+    /// budget's figures).
+    pub budget_ms: u32,
+    /// The video frames that arrive within that budget and decode when a sender that knows
+    /// the link's rate ahead of time chooses them ([`frames_in_budget`]).
+    pub frames_in_budget: u64,
 }
 
 /// What the profile's link lets through of the run's clip, the stream's way (`None` for a
@@ -318,6 +355,7 @@ pub fn link_limits(
     profile: &Profile,
     direction: Direction,
     ctx: &RunContext,
+    budget_ms: u32,
 ) -> Option<LinkLimits> {
     let (delay, steps) = bottleneck(profile, direction)?;
     let sizes = ctx.sizes;
@@ -337,10 +375,115 @@ pub fn link_limits(
     let floor_ms = (steps.len() == 1).then(|| {
         delay.as_secs_f64() * 1e3 + sizes.largest_key_frame as f64 * 8.0 / steps[0].1 as f64 * 1e3
     });
+    let video_rate_at = |at: Duration| {
+        let rate = steps
+            .iter()
+            .rev()
+            .find(|s| s.0 <= at)
+            .map_or(steps[0].1, |s| s.1);
+        rate as f64 * (1.0 - HEADER_SHARE) - audio_bps
+    };
+    let budget = Duration::from_millis(u64::from(budget_ms));
     Some(LinkLimits {
         floor_ms,
         frames_ceiling: (carried / seconds * ctx.frames_expected as f64).round() as u64,
+        budget_ms,
+        frames_in_budget: frames_in_budget(&ctx.frames, delay, video_rate_at, budget),
     })
+}
+
+/// The video frames of `frames` that a sender knowing the link ahead of time gets to the
+/// player within `budget` and decodable. Each frame it sends goes when it is due or once the
+/// link is free, is serialized at `video_rate_at` (bit/s left for video when it starts) and
+/// then takes `delay`; it counts if it arrives within the budget of its due time. GOP by GOP,
+/// the sender first keeps the longest run of reference frames from the key frame that all
+/// arrive in time (one that misses costs the rest of its GOP), then adds each disposable
+/// picture inside that run whose link time makes none of them miss; neither may make the
+/// next key frame miss when it would have arrived in time after this GOP's key frame alone.
+///
+/// The frame ceiling ([`LinkLimits::frames_ceiling`]) counts bytes only; this counts what a
+/// budget and a GOP's references let through. On a link slower than the stream a GOP of
+/// P-frames keeps only its head (each frame waits behind the ones before it, later and later,
+/// until one misses), and the link then idles until the next key frame: the ceiling's frames
+/// do not fit in a short budget however they are sent. Greedy, so an estimate, not a bound.
+pub fn frames_in_budget(
+    frames: &[ClipFrame],
+    delay: Duration,
+    video_rate_at: impl Fn(Duration) -> f64,
+    budget: Duration,
+) -> u64 {
+    let Some(first) = frames.first() else {
+        return 0;
+    };
+    let (delay, budget) = (delay.as_secs_f64(), budget.as_secs_f64());
+    let due = |f: &ClipFrame| f64::from(f.due_ms.saturating_sub(first.due_ms)) / 1e3;
+    // The link's free time after sending the chosen frames of `gop` from `free`, or `None`
+    // when one of them misses the budget.
+    let send = |gop: &[ClipFrame], chosen: &[bool], mut free: f64| {
+        for (frame, _) in gop.iter().zip(chosen).filter(|(_, &c)| c) {
+            let start = due(frame).max(free);
+            let rate = video_rate_at(Duration::from_secs_f64(start));
+            if rate <= 0.0 {
+                return None;
+            }
+            free = start + frame.bytes as f64 * 8.0 / rate;
+            if free + delay - due(frame) > budget {
+                return None;
+            }
+        }
+        Some(free)
+    };
+    let mut free = 0.0_f64;
+    let mut kept = 0;
+    let starts: Vec<usize> = (0..frames.len())
+        .filter(|&i| frames[i].role == FrameRole::Key)
+        .collect();
+    for (n, &start) in starts.iter().enumerate() {
+        let gop = &frames[start..starts.get(n + 1).copied().unwrap_or(frames.len())];
+        // The next key frame must still arrive in time after what this GOP sends, if it
+        // would after this key frame alone: a GOP's tail never costs the next GOP.
+        let next_key = starts.get(n + 1).map(|&k| &frames[k..=k]);
+        let leaves_next = |after: Option<f64>| match (after, next_key) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(after), Some(key)) => send(key, &[true], after).is_some(),
+        };
+        let mut only_key = vec![false; gop.len()];
+        only_key[0] = true;
+        let must_leave_next = leaves_next(send(gop, &only_key, free));
+        let fits = |chosen: &[bool]| {
+            let after = send(gop, chosen, free);
+            after.is_some() && (!must_leave_next || leaves_next(after))
+        };
+        let mut chosen = vec![false; gop.len()];
+        // The reference frames from the key frame on, until one misses.
+        let mut intact = gop.len();
+        for i in 0..gop.len() {
+            if gop[i].role == FrameRole::Disposable {
+                continue;
+            }
+            chosen[i] = true;
+            if !fits(&chosen) {
+                chosen[i] = false;
+                intact = i;
+                break;
+            }
+        }
+        // Then the disposable pictures among them that take no reference frame's place.
+        for i in 0..intact {
+            if gop[i].role == FrameRole::Disposable && chosen[0] {
+                chosen[i] = true;
+                if !fits(&chosen) {
+                    chosen[i] = false;
+                }
+            }
+        }
+        if let Some(after) = send(gop, &chosen, free) {
+            free = after;
+            kept += chosen.iter().filter(|&&c| c).count() as u64;
+        }
+    }
+    kept
 }
 
 /// What every run shares.
@@ -357,6 +500,8 @@ pub struct RunContext {
     pub audio_expected: u64,
     /// Its sizes.
     pub sizes: ClipSizes,
+    /// Its video frames, in decode order.
+    pub frames: Vec<ClipFrame>,
     /// Its length.
     pub duration: Duration,
     /// The rtmpq binary.
@@ -1185,6 +1330,7 @@ pub async fn run_one(
         returns_ns: &returns_ns,
     };
     let mut result = summarize(profile, label, direction, observed, ctx);
+    result.link_limits = link_limits(profile, direction, ctx, transport.budget_ms());
     result.link_up = link.up.snapshot();
     result.link_down = link.down.snapshot();
     result.decode_errors = if ctx.enhanced {
@@ -1357,7 +1503,7 @@ fn summarize(
             .collect(),
         flood: None,
         bulk: None,
-        link_limits: link_limits(profile, direction, ctx),
+        link_limits: None,
         server_rss_peak_bytes: None,
         server_refusals: BTreeMap::new(),
     }
@@ -1447,6 +1593,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             frames_expected: frames,
             audio_expected: 20,
             sizes: ClipSizes::default(),
+            frames: Vec::new(),
             duration,
             rtmpq: PathBuf::new(),
             quic_pipe: PathBuf::new(),
@@ -1470,7 +1617,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             video_bytes: 7_500_000,
             audio_bytes: 240_000,
         };
-        let limits = link_limits(&p, Direction::Play, &ctx).unwrap();
+        let limits = link_limits(&p, Direction::Play, &ctx, 1000).unwrap();
         // 25 ms and 33 kB at 2.4 Mbit/s (110 ms).
         assert!(
             (limits.floor_ms.unwrap() - 135.0).abs() < 1e-9,
@@ -1481,12 +1628,56 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         // A link whose rate steps to 12 Mbit/s half way: no one floor, and the second half
         // carries everything.
         p.link.rate_steps = vec![(Duration::from_secs(10), 12_000_000)];
-        let limits = link_limits(&p, Direction::Publish, &ctx).unwrap();
+        let limits = link_limits(&p, Direction::Publish, &ctx, 1000).unwrap();
         assert_eq!(limits.floor_ms, None);
         assert_eq!(limits.frames_ceiling, 221 + 300);
         // No rate limit: nothing to say.
         p.link = LinkSpec::symmetric(crate::netem::DirectionSpec::default());
-        assert_eq!(link_limits(&p, Direction::Publish, &ctx), None);
+        assert_eq!(link_limits(&p, Direction::Publish, &ctx, 1000), None);
+    }
+
+    /// `gops` GOPs of 60 frames at 30 fps: a 33 kB key frame, then 12 kB inter frames, those
+    /// at odd places `odd` (reference or disposable).
+    fn gop_clip(gops: u32, odd: FrameRole) -> Vec<ClipFrame> {
+        (0..gops * 60)
+            .map(|i| ClipFrame {
+                due_ms: i * 100 / 3,
+                bytes: if i % 60 == 0 { 33_000 } else { 12_000 },
+                role: match i % 60 {
+                    0 => FrameRole::Key,
+                    n if n % 2 == 1 => odd,
+                    _ => FrameRole::Reference,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_in_budget_keep_a_gop_head_of_p_frames_and_shed_disposable_pictures_alone() {
+        let ms = Duration::from_millis;
+        let p_only = gop_clip(2, FrameRole::Reference);
+        // A link faster than the stream: everything.
+        assert_eq!(frames_in_budget(&p_only, ms(50), |_| 10e6, ms(300)), 120);
+        // 1.5 Mbit/s, 50 ms, 300 ms: the key frame arrives at 226 ms, P1 at 257 ms and P2 at
+        // 287 ms past their due times; P3 at 318 ms misses, and its GOP's tail with it.
+        assert_eq!(frames_in_budget(&p_only, ms(50), |_| 1.5e6, ms(300)), 6);
+        // The same with every other inter frame disposable: every reference frame fits (64 ms
+        // on the link each 67 ms) and the few disposable ones that leave room for them, so
+        // more than half of each GOP arrives.
+        let with_disposable = gop_clip(2, FrameRole::Disposable);
+        let kept = frames_in_budget(&with_disposable, ms(50), |_| 1.5e6, ms(300));
+        assert!((61..120).contains(&kept), "{kept}");
+        // A link with nothing left for video: nothing.
+        assert_eq!(frames_in_budget(&p_only, ms(50), |_| 0.0, ms(1000)), 0);
+        // A rate that steps up half way, at the second GOP: it arrives whole.
+        let stepped = |at: Duration| {
+            if at >= Duration::from_secs(2) {
+                10e6
+            } else {
+                1.5e6
+            }
+        };
+        assert_eq!(frames_in_budget(&p_only, ms(50), stepped, ms(300)), 63);
     }
 
     #[test]

@@ -282,6 +282,33 @@ fn clip_sizes(clip: &Path) -> Result<harness::ClipSizes, BenchError> {
     Ok(sizes)
 }
 
+/// The clip's video frames in decode order, with what each is to the frames after it.
+fn clip_frames(clip: &Path) -> Result<Vec<harness::ClipFrame>, BenchError> {
+    use harness::FrameRole;
+    use rtmpq_proto::message::MediaKind;
+    let flv =
+        std::fs::read(clip).map_err(|e| BenchError::Other(format!("{}: {e}", clip.display())))?;
+    let msgs = rtmpq_demo::enhanced::flv_messages(&flv).map_err(BenchError::Other)?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| {
+            let role = match m.media_kind() {
+                MediaKind::VideoKeyframe => FrameRole::Key,
+                MediaKind::VideoFrame if rtmpq_proto::picture::is_disposable(m) => {
+                    FrameRole::Disposable
+                }
+                MediaKind::VideoFrame => FrameRole::Reference,
+                _ => return None,
+            };
+            Some(harness::ClipFrame {
+                due_ms: m.timestamp,
+                bytes: m.payload.len() as u64,
+                role,
+            })
+        })
+        .collect())
+}
+
 fn count_frames(clip: &Path, stream: &str) -> Result<u64, BenchError> {
     let out = std::process::Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", stream, "-count_packets"])
@@ -355,10 +382,12 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
         (clip, v, a)
     };
     let sizes = clip_sizes(&clip)?;
+    let frames = clip_frames(&clip)?;
     let ctx = RunContext {
         frames_expected,
         audio_expected,
         sizes,
+        frames,
         clip,
         enhanced: options.enhanced,
         duration: options.duration,
@@ -451,13 +480,15 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                 );
                 if let Some(limits) = r.link_limits {
                     println!(
-                        "{:<15} {:<16} link floor {}, at most {} video frames fit",
+                        "{:<15} {:<16} link floor {}, at most {} video frames fit, {} of them within {} ms",
                         r.profile,
                         r.transport,
                         limits
                             .floor_ms
                             .map_or("– (its rate changes)".into(), |f| format!("{f:.0} ms")),
-                        limits.frames_ceiling
+                        limits.frames_ceiling,
+                        limits.frames_in_budget,
+                        limits.budget_ms
                     );
                 }
                 results.push(r);

@@ -92,8 +92,8 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
         let mut limits_told = Vec::new();
         for r in results.iter().filter(|r| r.profile == p.name) {
             if let Some(limits) = r.link_limits {
-                if !limits_told.contains(&r.direction) {
-                    limits_told.push(r.direction);
+                if !limits_told.contains(&(r.direction, 0)) {
+                    limits_told.push((r.direction, 0));
                     let ceiling = limits.frames_ceiling;
                     let floor = limits.floor_ms.map_or(String::new(), |f| {
                         format!("floor {f:.0} ms (one-way delay and the largest key frame at the link's rate; latencies above are counted from the smallest seen, printed as floor); ")
@@ -106,6 +106,16 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                         (1.0 - ceiling as f64 / r.frames_expected.max(1) as f64) * 100.0,
                         ceiling as f64 * 0.9,
                         ceiling as f64 * 0.75,
+                    );
+                }
+                if !limits_told.contains(&(r.direction, limits.budget_ms)) {
+                    limits_told.push((r.direction, limits.budget_ms));
+                    let _ = writeln!(
+                        md,
+                        "Within {} ms ({}): {} of them arrive in time and decode when a sender that knows the link's rate ahead of time chooses them (frame by frame; a reference frame that misses costs the rest of its GOP, a disposable picture only itself).\n",
+                        limits.budget_ms,
+                        r.direction,
+                        limits.frames_in_budget,
                     );
                 }
             }
