@@ -1742,6 +1742,46 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
     }
 
     #[test]
+    fn the_report_gives_each_directions_ceiling_once_and_its_best_once_per_budget() {
+        let ctx = context(10, Duration::from_secs(1));
+        let arrivals = Arrivals::default();
+        let run = |transport: &str, direction, budget_ms, best| {
+            let mut r = summarize(
+                &profile(None),
+                transport.into(),
+                direction,
+                Observed {
+                    arrivals: &arrivals,
+                    started_ns: 0,
+                    pusher_survived: true,
+                    returns_ns: &[],
+                },
+                &ctx,
+            );
+            r.link_limits = Some(LinkLimits {
+                floor_ms: Some(151.0),
+                frames_ceiling: 7,
+                budget_ms,
+                frames_in_budget: best,
+            });
+            r
+        };
+        let results = [
+            run("rtmpq", Direction::Publish, 1000, 6),
+            run("rtmpq-bbr", Direction::Publish, 1000, 6),
+            run("rtmpq:300", Direction::Publish, 300, 3),
+            run("rtmpq", Direction::Play, 1000, 6),
+        ];
+        let md = crate::report::markdown(&[profile(None)], &results);
+        let count = |text: &str| md.matches(text).count();
+        assert_eq!(count("Link the stream's way (publish)"), 1, "{md}");
+        assert_eq!(count("Link the stream's way (play)"), 1, "{md}");
+        assert_eq!(count("Within 1000 ms (publish): 6 of them"), 1, "{md}");
+        assert_eq!(count("Within 300 ms (publish): 3 of them"), 1, "{md}");
+        assert_eq!(count("Within 1000 ms (play): 6 of them"), 1, "{md}");
+    }
+
+    #[test]
     fn the_window_and_the_recovery_after_a_blackout() {
         let t0 = 0u64;
         let ms = 1_000_000u64;

@@ -89,11 +89,12 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
             );
         }
         md.push('\n');
-        let mut limits_told = Vec::new();
+        // Each direction's ceiling once, and its in-budget best once per budget.
+        let (mut ceilings_told, mut bests_told) = (Vec::new(), Vec::new());
         for r in results.iter().filter(|r| r.profile == p.name) {
             if let Some(limits) = r.link_limits {
-                if !limits_told.contains(&(r.direction, 0)) {
-                    limits_told.push((r.direction, 0));
+                if !ceilings_told.contains(&r.direction) {
+                    ceilings_told.push(r.direction);
                     let ceiling = limits.frames_ceiling;
                     let floor = limits.floor_ms.map_or(String::new(), |f| {
                         format!("floor {f:.0} ms (one-way delay and the largest key frame at the link's rate; latencies above are counted from the smallest seen, printed as floor); ")
@@ -108,8 +109,8 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                         ceiling as f64 * 0.75,
                     );
                 }
-                if !limits_told.contains(&(r.direction, limits.budget_ms)) {
-                    limits_told.push((r.direction, limits.budget_ms));
+                if !bests_told.contains(&(r.direction, limits.budget_ms)) {
+                    bests_told.push((r.direction, limits.budget_ms));
                     let _ = writeln!(
                         md,
                         "Within {} ms ({}): {} of them arrive in time and decode when a sender that knows the link's rate ahead of time chooses them (frame by frame; a reference frame that misses costs the rest of its GOP, a disposable picture only itself).\n",
