@@ -363,8 +363,9 @@ pub fn link_limits(
     let seconds = ctx.duration.as_secs_f64();
     let video_bps = sizes.video_bytes as f64 * 8.0 / seconds;
     let audio_bps = sizes.audio_bytes as f64 * 8.0 / seconds;
-    let share_at =
-        |rate: u64| ((rate as f64 * (1.0 - HEADER_SHARE) - audio_bps) / video_bps).clamp(0.0, 1.0);
+    // What a link rate leaves for video once packet headers and audio pass, bit/s.
+    let for_video = |rate: u64| rate as f64 * (1.0 - HEADER_SHARE) - audio_bps;
+    let share_at = |rate: u64| (for_video(rate) / video_bps).clamp(0.0, 1.0);
     let mut carried = 0.0;
     for (i, &(from, rate)) in steps.iter().enumerate() {
         let until = steps
@@ -381,17 +382,18 @@ pub fn link_limits(
             .iter()
             .rev()
             .find(|s| s.0 <= at)
-            .map_or(steps[0].1, |s| s.1);
-        rate as f64 * (1.0 - HEADER_SHARE) - audio_bps
+            .unwrap_or(&steps[0])
+            .1;
+        for_video(rate)
     };
     // Latency is judged as the runs judge it: above the smallest, which is at least the
     // one-way delay and the smallest frame's serialization at the link's fastest.
-    let fastest = steps.iter().map(|s| s.1).max().unwrap_or(0);
+    let fastest = for_video(steps.iter().map(|s| s.1).max().unwrap_or(0));
     let smallest_frame = ctx.frames.iter().map(|f| f.bytes).min().unwrap_or(0);
-    let rate = fastest as f64 * (1.0 - HEADER_SHARE) - audio_bps;
-    let smallest = match rate > 0.0 {
-        true => Duration::from_secs_f64(smallest_frame as f64 * 8.0 / rate),
-        false => Duration::ZERO,
+    let smallest = if fastest > 0.0 {
+        Duration::from_secs_f64(smallest_frame as f64 * 8.0 / fastest)
+    } else {
+        Duration::ZERO
     };
     let allowed = Duration::from_millis(u64::from(budget_ms)) + delay + smallest;
     Some(LinkLimits {
