@@ -29,7 +29,8 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 out="$root/target/deb"
 pkg="$out/rtmpq_${version}_amd64"
 rm -rf "$pkg"
-install -D -m 755 "$binary" "$pkg/usr/bin/rtmpq"
+# Stripped: the package carries no debug info whichever build it is given.
+install -D -s -m 755 "$binary" "$pkg/usr/bin/rtmpq"
 for unit in rtmpq-gateway rtmpq-edge; do
   # The units' install comments are for a hand install; the package does that.
   sed -e 's#/usr/local/bin/rtmpq#/usr/bin/rtmpq#' -e '/^# .*Install:/,/^# *systemctl enable/d' \
