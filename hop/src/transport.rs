@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use quinn_proto::congestion::{Bbr, BbrConfig, Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 
-use rtmpq_proto::congestion::{queue_target, LiveController};
+use rtmpq_proto::congestion::{queue_target, LiveController, PROBE_TRAIN_PACKETS};
 use rtmpq_proto::wire::CloseCode;
 
 /// The congestion controller of rtmpq's QUIC connections (TOML `congestion`, flag
@@ -653,7 +653,32 @@ impl PathWatch {
         let mut rate_read: Option<Instant> = None;
         let mut figures: Option<ControllerFigures> = None;
         let discard = conn.clone();
-        tokio::spawn(async move { while discard.read_datagram().await.is_ok() {} });
+        let peers_train = Arc::new(tokio::sync::Notify::new());
+        let heard = peers_train.clone();
+        tokio::spawn(async move {
+            let mut train = TrainCount::default();
+            while let Ok(datagram) = discard.read_datagram().await {
+                if train.heard(datagram.len()) {
+                    heard.notify_one();
+                }
+            }
+        });
+        if ControllerFigures::of(&conn).is_some_and(|f| f.congestion == Congestion::Live) {
+            match conn.side() {
+                quinn::Side::Server => send_probe_train(&conn),
+                quinn::Side::Client => {
+                    let conn = conn.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = conn.closed() => return,
+                            _ = peers_train.notified() => {}
+                            _ = tokio::time::sleep(PROBE_TRAIN_WAIT) => {}
+                        }
+                        send_probe_train(&conn);
+                    });
+                }
+            }
+        }
         let mut remote = conn.remote_address();
         let mut received = u64::MAX;
         loop {
@@ -807,6 +832,60 @@ const PROBE_ALLOWANCE: u64 = 1200;
 /// How long a receiving connection may hear nothing before [`PathWatch`] sends a probe (or
 /// three round trips, if longer); also the time between such probes.
 pub const SILENCE_PROBE: Duration = Duration::from_millis(300);
+/// How long the client end of a connection (the edge) waits for the gateway's probe train
+/// before it sends its own anyway (a gateway under BBR sends none).
+pub const PROBE_TRAIN_WAIT: Duration = Duration::from_secs(1);
+/// The smallest DATAGRAM counted as a packet of the peer's probe train (the other probes are
+/// one byte; a train's packets are as large as a datagram may be, over 1100 bytes).
+const PROBE_TRAIN_PACKET_MIN: usize = 1000;
+
+/// Counts the peer's probe train as its packets arrive.
+#[derive(Debug, Default)]
+struct TrainCount {
+    packets: usize,
+}
+
+impl TrainCount {
+    /// A DATAGRAM of `len` bytes arrived; whether the peer's whole train has now (once).
+    fn heard(&mut self, len: usize) -> bool {
+        if len < PROBE_TRAIN_PACKET_MIN || self.packets >= PROBE_TRAIN_PACKETS {
+            return false;
+        }
+        self.packets += 1;
+        self.packets == PROBE_TRAIN_PACKETS
+    }
+}
+
+/// Sends `live`'s probe train on `conn`: [`PROBE_TRAIN_PACKETS`] DATAGRAMs of padding, as
+/// large as the peer takes, back to back (quinn paces them at start-up's pace). Where the path
+/// is slower than about 5 Mbit/s they queue at its bottleneck and their acknowledgements give
+/// the controller the path's rate before the first key frame, which otherwise left at
+/// start-up's pace and overflowed a slow link's buffer (see the constant). The peer reads and
+/// discards them with the other probes. A peer that takes no datagrams gets none.
+///
+/// The gateway sends its train as soon as it watches the connection, the edge once the
+/// gateway's has all come (or after [`PROBE_TRAIN_WAIT`]): on a link slow both ways, trains
+/// sent at once queued each end's acknowledgements behind the other's train, which brought
+/// them all in one bunch, and that bunch says nothing of the path's rate (measured: the
+/// gateway stayed in start-up and its first GOP overflowed the buffer as before).
+///
+fn send_probe_train(conn: &quinn::Connection) {
+    let Some(size) = conn.max_datagram_size() else {
+        return;
+    };
+    let padding = bytes::Bytes::from(vec![0u8; size]);
+    for _ in 0..PROBE_TRAIN_PACKETS {
+        if conn.send_datagram(padding.clone()).is_err() {
+            return;
+        }
+    }
+    tracing::debug!(
+        packets = PROBE_TRAIN_PACKETS,
+        bytes = size,
+        "probe train sent"
+    );
+}
+
 /// How long after the last datagram received a silent connection still probes: a flow that
 /// ended is not probed forever (keep-alives take over).
 pub const SILENCE_PROBE_FOR: Duration = Duration::from_secs(10);
@@ -944,6 +1023,19 @@ mod tests {
         // A queue that stays fuller than that (other traffic): the smoothed round trip and a
         // quarter of the slack, so the rate is not starved round after round.
         assert_eq!(horizon(ms(50), ms(250)), ms(275));
+    }
+
+    #[test]
+    fn the_peers_train_is_heard_once_all_its_packets_came_and_only_then() {
+        let mut train = TrainCount::default();
+        // One-byte probes are not the train.
+        assert!(!train.heard(1));
+        for n in 1..PROBE_TRAIN_PACKETS {
+            assert!(!train.heard(1162), "heard after {n} packets");
+        }
+        assert!(train.heard(1288));
+        // Once: later datagrams of any size are not another train.
+        assert!(!train.heard(1288));
     }
 
     #[test]

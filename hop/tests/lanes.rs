@@ -1,7 +1,8 @@
 //! Media lanes over real QUIC connections on loopback, through a relay that can black-hole every
 //! packet: a GOP that goes stale in QUIC's buffer while the path is dark is reset and skipped,
 //! and what the receiving hop hands on stays valid RTMP (whole messages, each track in order,
-//! every GOP a prefix of itself, nothing after a cut GOP until the next key frame).
+//! every GOP a prefix of itself, nothing after a cut GOP until the next key frame). Also: a
+//! connection under the `live` controller sends its probe train, the gateway's end first.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
-use rtmpq_hop::transport::{client_config, server_config};
+use rtmpq_hop::transport::{client_config, server_config, Congestion, PathWatch, PROBE_TRAIN_WAIT};
 use rtmpq_hop::tunnel::{FrameReader, TunnelRecv, TunnelSend};
+use rtmpq_proto::congestion::PROBE_TRAIN_PACKETS;
 use rtmpq_proto::message::{message_type, MediaKind, Message};
 use rtmpq_proto::wire::{Carrier, CloseCode, Frame};
 use tokio::net::UdpSocket;
@@ -179,4 +181,73 @@ async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
         .filter(|m| m.type_id == message_type::AUDIO)
         .count();
     assert_eq!(audio_got, sent_audio);
+}
+
+/// Reads DATAGRAMs from `conn` until `PROBE_TRAIN_PACKETS` of 1000 bytes or more came (10 s
+/// at most for each; the one-byte path probes are passed over); their sizes.
+async fn read_probe_train(conn: &quinn::Connection) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    while sizes.len() < PROBE_TRAIN_PACKETS {
+        let datagram = tokio::time::timeout(Duration::from_secs(10), conn.read_datagram())
+            .await
+            .expect("the probe train came within 10 s")
+            .unwrap();
+        if datagram.len() >= 1000 {
+            sizes.push(datagram.len());
+        }
+    }
+    sizes
+}
+
+/// A gateway's and an edge's ends of a new connection on loopback, both under `live`.
+async fn live_connection(state: &std::path::Path) -> (quinn::Connection, quinn::Connection) {
+    let identity = rtmpq_certs::self_signed(state).unwrap();
+    let pin = identity.fingerprint();
+    let tls = rtmpq_certs::server_tls(identity, None).unwrap();
+    let server = quinn::Endpoint::server(
+        server_config(tls, Congestion::Live).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(client_config(tls, Congestion::Live).unwrap());
+    let (edge, gateway) = tokio::join!(
+        async {
+            client
+                .connect(server_addr, "localhost")
+                .unwrap()
+                .await
+                .unwrap()
+        },
+        async { server.accept().await.unwrap().await.unwrap() }
+    );
+    (gateway, edge)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_live_the_gateway_sends_its_probe_train_at_once_and_the_edge_after_it() {
+    let state = tempfile::tempdir().unwrap();
+    // The gateway's end, watched, sends its train at once: each packet padding as large as a
+    // datagram may be.
+    let (gateway, edge) = live_connection(state.path()).await;
+    let _watch = PathWatch::start(&gateway);
+    let sizes = read_probe_train(&edge).await;
+    assert!(sizes.iter().all(|&n| n <= 1500), "probe sizes {sizes:?}");
+    // An edge's end that hears no train from its gateway (not watched here) sends its own
+    // after the wait, not at once.
+    let (gateway, edge) = live_connection(state.path()).await;
+    let watched = std::time::Instant::now();
+    let _watch = PathWatch::start(&edge);
+    let sizes = read_probe_train(&gateway).await;
+    assert!(
+        watched.elapsed() >= PROBE_TRAIN_WAIT,
+        "{:?}",
+        watched.elapsed()
+    );
+    assert!(
+        sizes.iter().all(|&n| (1000..=1500).contains(&n)),
+        "probe sizes {sizes:?}"
+    );
 }
