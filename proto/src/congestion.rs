@@ -410,8 +410,10 @@ impl LiveController {
         if round.startup_drain {
             // The round after start-up ended on its own queue drains that queue: the queue it
             // meets is start-up's and what it delivers only the queue's tail. Judged, the
-            // probe train's tail read as 0.74 Mbit/s on a 2.4 Mbit/s path (the estimate took
-            // 0.8 s to climb back) and its queue as another flow's. It drains once more.
+            // probe train's tail (a few packets under the window) was taken for another
+            // flow's queue, and competing held a standing queue all run (80 % link, 500 ms:
+            // 33 packets dropped, p99 554 ms); or read as 0.74 Mbit/s of a 2.4 Mbit/s path.
+            // It drains once more.
             self.round.in_flight_at_start = self.in_flight;
             self.round.window_at_start = self.window();
             self.round.draining = true;
@@ -491,12 +493,7 @@ impl LiveController {
     /// could, as its queue never emptied. That is the estimate, and the next round drains.
     /// A queue that stands through a round that began draining, with no more in flight than
     /// the drained window (what this flow adds cannot keep a queue there: it empties within
-    /// the round), is another flow's, if it is longer than what was in flight when the round
-    /// began takes to cross at the estimate: a round can end before this flow's own queue has
-    /// drained (its closing packet waited behind it), and the probe train's queue, a few
-    /// packets under the window, was taken for another flow's at the first round after
-    /// start-up: competing then held a standing queue for the whole run (80 % link, 500 ms:
-    /// 33 packets dropped at the bottleneck, p99 554 ms).
+    /// the round), is another flow's.
     fn congested(&mut self, now: Instant, round: &Round, delivery: u64) {
         self.congested_rounds += 1;
         let before = *self.congestion_start.get_or_insert(self.bandwidth);
@@ -513,14 +510,7 @@ impl LiveController {
             self.gain = 1.0;
             return;
         }
-        let min_rtt = self.min_rtt();
-        let queue = round.min_rtt.unwrap_or_default().saturating_sub(min_rtt);
-        let own =
-            Duration::from_secs_f64(round.in_flight_at_start as f64 / self.bandwidth.max(1) as f64);
-        if round.draining
-            && round.in_flight_at_start <= round.window_at_start + self.mss
-            && queue > queue_target(min_rtt) + own
-        {
+        if round.draining && round.in_flight_at_start <= round.window_at_start + self.mss {
             self.mode = LiveMode::Competing;
             self.competing_rounds = 0;
             self.bandwidth = before.max(self.bandwidth);
