@@ -867,8 +867,9 @@ impl TrainCount {
 /// gateway's has all come (or after [`PROBE_TRAIN_WAIT`]): on a link slow both ways, trains
 /// sent at once queued each end's acknowledgements behind the other's train, which brought
 /// them all in one bunch, and that bunch says nothing of the path's rate (measured: the
-/// gateway stayed in start-up and its first GOP overflowed the buffer as before).
-///
+/// gateway stayed in start-up and its first GOP overflowed the buffer as before). The gateway
+/// watches only connections it admitted, so a train goes only to an edge that said HELLO
+/// with its credentials, once per connection.
 fn send_probe_train(conn: &quinn::Connection) {
     let Some(size) = conn.max_datagram_size() else {
         return;
