@@ -358,9 +358,7 @@ impl LiveController {
         self.mode = LiveMode::Steady;
         self.gain = DRAIN_GAIN;
         self.round = Round::new(now);
-        self.round.in_flight_at_start = self.in_flight;
-        self.round.window_at_start = self.window();
-        self.round.draining = true;
+        self.note_round_start();
         self.round.startup_drain = true;
         true
     }
@@ -413,10 +411,8 @@ impl LiveController {
             // probe train's tail (a few packets under the window) was taken for another
             // flow's queue, and competing held a standing queue all run (80 % link, 500 ms:
             // 33 packets dropped, p99 554 ms); or read as 0.74 Mbit/s of a 2.4 Mbit/s path.
-            // It drains once more.
-            self.round.in_flight_at_start = self.in_flight;
-            self.round.window_at_start = self.window();
-            self.round.draining = true;
+            // It drains once more (the gain start-up's end set stands).
+            self.note_round_start();
             return;
         }
         let min_rtt = self.min_rtt();
@@ -484,6 +480,12 @@ impl LiveController {
             // Much loss without a queue: a policer, or a link that lost most of its rate.
             self.bandwidth = (self.bandwidth as f64 * LOSS_BACKOFF) as u64;
         }
+        self.note_round_start();
+    }
+
+    /// Records what the round just begun starts with: bytes in flight, the window, and
+    /// whether it drains (what [`Self::congested`] judges another flow's queue by).
+    fn note_round_start(&mut self) {
         self.round.in_flight_at_start = self.in_flight;
         self.round.window_at_start = self.window();
         self.round.draining = self.gain == DRAIN_GAIN;
