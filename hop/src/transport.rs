@@ -837,7 +837,7 @@ pub const SILENCE_PROBE: Duration = Duration::from_millis(300);
 pub const PROBE_TRAIN_WAIT: Duration = Duration::from_secs(1);
 /// The smallest DATAGRAM counted as a packet of the peer's probe train (the other probes are
 /// one byte; a train's packets are as large as a datagram may be, over 1100 bytes).
-const PROBE_TRAIN_PACKET_MIN: usize = 1000;
+pub const PROBE_TRAIN_PACKET_MIN: usize = 1000;
 
 /// Counts the peer's probe train as its packets arrive.
 #[derive(Debug, Default)]

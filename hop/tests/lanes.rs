@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
-use rtmpq_hop::transport::{client_config, server_config, Congestion, PathWatch, PROBE_TRAIN_WAIT};
+use rtmpq_hop::transport::{
+    client_config, server_config, Congestion, PathWatch, PROBE_TRAIN_PACKET_MIN, PROBE_TRAIN_WAIT,
+};
 use rtmpq_hop::tunnel::{FrameReader, TunnelRecv, TunnelSend};
 use rtmpq_proto::congestion::PROBE_TRAIN_PACKETS;
 use rtmpq_proto::message::{message_type, MediaKind, Message};
@@ -56,17 +58,27 @@ fn audio(ts: u32) -> Message {
     Message::new(message_type::AUDIO, 1, ts, vec![0xaf, 1, ts as u8, 3, 3])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
-    let state = tempfile::tempdir().unwrap();
-    let identity = rtmpq_certs::self_signed(state.path()).unwrap();
+/// A gateway's endpoint on loopback with a self-signed certificate kept in `state`, and an
+/// edge's endpoint that trusts it by its pin; both under `live`.
+fn endpoints(state: &std::path::Path) -> (quinn::Endpoint, quinn::Endpoint) {
+    let identity = rtmpq_certs::self_signed(state).unwrap();
     let pin = identity.fingerprint();
     let tls = rtmpq_certs::server_tls(identity, None).unwrap();
     let server = quinn::Endpoint::server(
-        server_config(tls, Default::default()).unwrap(),
+        server_config(tls, Congestion::Live).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
+    let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(client_config(tls, Congestion::Live).unwrap());
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
+    let state = tempfile::tempdir().unwrap();
+    let (server, client) = endpoints(state.path());
     let server_addr = server.local_addr().unwrap();
     let dark = Arc::new(AtomicBool::new(false));
     let relay_addr = relay(server_addr, dark.clone()).await;
@@ -95,9 +107,6 @@ async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
         }
     });
 
-    let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(client_config(tls, Default::default()).unwrap());
     let conn = client
         .connect(relay_addr, "localhost")
         .unwrap()
@@ -183,8 +192,8 @@ async fn a_gop_gone_stale_in_a_dark_path_is_reset_and_the_output_stays_valid() {
     assert_eq!(audio_got, sent_audio);
 }
 
-/// Reads DATAGRAMs from `conn` until `PROBE_TRAIN_PACKETS` of 1000 bytes or more came (10 s
-/// at most for each; the one-byte path probes are passed over); their sizes.
+/// Reads DATAGRAMs from `conn` until `PROBE_TRAIN_PACKETS` train packets came (10 s at most
+/// for each; the one-byte path probes are passed over); their sizes.
 async fn read_probe_train(conn: &quinn::Connection) -> Vec<usize> {
     let mut sizes = Vec::new();
     while sizes.len() < PROBE_TRAIN_PACKETS {
@@ -192,27 +201,17 @@ async fn read_probe_train(conn: &quinn::Connection) -> Vec<usize> {
             .await
             .expect("the probe train came within 10 s")
             .unwrap();
-        if datagram.len() >= 1000 {
+        if datagram.len() >= PROBE_TRAIN_PACKET_MIN {
             sizes.push(datagram.len());
         }
     }
     sizes
 }
 
-/// A gateway's and an edge's ends of a new connection on loopback, both under `live`.
+/// A gateway's and an edge's ends of a new connection on loopback ([`endpoints`]).
 async fn live_connection(state: &std::path::Path) -> (quinn::Connection, quinn::Connection) {
-    let identity = rtmpq_certs::self_signed(state).unwrap();
-    let pin = identity.fingerprint();
-    let tls = rtmpq_certs::server_tls(identity, None).unwrap();
-    let server = quinn::Endpoint::server(
-        server_config(tls, Congestion::Live).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let (server, client) = endpoints(state);
     let server_addr = server.local_addr().unwrap();
-    let tls = rtmpq_certs::client_tls(rtmpq_certs::GatewayTrust::Pin(pin), None).unwrap();
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(client_config(tls, Congestion::Live).unwrap());
     let (edge, gateway) = tokio::join!(
         async {
             client
