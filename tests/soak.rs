@@ -1,11 +1,14 @@
 //! The short soak (`rtmpq soak --short`: 50 sessions of built-in publishers and players
 //! through one edge and one gateway to a real nginx for 90 s) runs in CI and prints its
 //! figures. It asserts what must hold however loaded the machine is: every session ends
-//! normally at both hops, every publisher finishes, every frame arrives, and descriptors come
-//! back to where they were; the ≤ 5 % memory growth target is the full soak's figure
-//! (BENCHMARKS.md), here only a leak would fail it. Lateness is printed, not asserted: the
-//! soak drives a debug build with 50 sessions, nginx and 100 clients on two cores, where a
-//! frame more than 500 ms late on loopback says how loaded the machine was, not a defect.
+//! normally at both hops, every publisher finishes, every frame arrives or was dropped by a
+//! hop that counted it, and descriptors come back to where they were; the ≤ 5 % memory growth
+//! target is the full soak's figure (BENCHMARKS.md), here only a leak would fail it. Lateness
+//! and budget drops are printed, and drops bounded loosely, not asserted to be nil: the soak
+//! drives a debug build with 50 sessions, nginx and 100 clients on two cores, where a frame
+//! more than 500 ms late on loopback says how loaded the machine was, not a defect, and a GOP
+//! tail that waited there half the 1 s budget with a newer key frame behind it is dropped,
+//! as the budget says it must be (CI lost 10 to 394 of 135 050 frames that way).
 
 mod rtmpq_run;
 
@@ -28,7 +31,19 @@ fn fifty_sessions_for_ninety_seconds_end_normally_with_flat_descriptors() {
         r["frames_received"].as_u64().unwrap(),
     );
     assert!(sent > 50 * 80 * 30, "{stdout}");
-    assert_eq!(received, sent, "frames lost on loopback: {stdout}");
+    let dropped = soak_dropped(&r);
+    eprintln!(
+        "soak: {dropped} video frames dropped by the hops' budget (a figure of the machine's load)"
+    );
+    assert!(
+        sent - received.min(sent) <= dropped,
+        "{} frames missed and only {dropped} counted as dropped: frames lost on loopback: {stdout}",
+        sent - received.min(sent)
+    );
+    assert!(
+        dropped * 50 <= sent,
+        "over 2 % of the frames dropped on loopback: the budget misjudges a fast path: {stdout}"
+    );
     for hop in r["ended"].as_array().unwrap() {
         let (name, reasons) = (&hop[0], hop[1].as_object().unwrap());
         assert_eq!(
@@ -59,4 +74,16 @@ fn fifty_sessions_for_ninety_seconds_end_normally_with_flat_descriptors() {
             g * 100.0
         );
     }
+}
+
+/// Video frames the hops counted as dropped (both hops, every reason).
+fn soak_dropped(r: &Value) -> u64 {
+    let total: f64 = r["dropped_video"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|hop| hop[1].as_object().unwrap().values())
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    total as u64
 }

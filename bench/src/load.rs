@@ -376,6 +376,10 @@ pub struct SoakReport {
     pub published: usize,
     /// Per hop: sessions ended by reason (`rtmpq_sessions_ended_total`).
     pub ended: Vec<(String, std::collections::BTreeMap<String, f64>)>,
+    /// Per hop: video frames its latency budget or byte bound dropped, by reason
+    /// (`rtmpq_session_dropped_frames_total{kind="video"}`): every frame a player missed is
+    /// one of these, or it was lost.
+    pub dropped_video: Vec<(String, std::collections::BTreeMap<String, f64>)>,
 }
 
 /// The median of the samples in `[from, to)` seconds (memory wobbles with allocator timing).
@@ -453,11 +457,21 @@ pub async fn soak(
             (name.clone(), at_warmup, at_end)
         })
         .collect();
-    let mut ended = Vec::new();
+    let (mut ended, mut dropped_video) = (Vec::new(), Vec::new());
     for (name, addr) in ["gateway", "edge"].iter().zip(&stack.metrics) {
+        let page = scrape(addr).await;
         ended.push((
             name.to_string(),
-            sum_by_label(&scrape(addr).await, "rtmpq_sessions_ended_total", "reason"),
+            sum_by_label(&page, "rtmpq_sessions_ended_total", "reason"),
+        ));
+        let video: String = page
+            .lines()
+            .filter(|l| l.contains("kind=\"video\""))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        dropped_video.push((
+            name.to_string(),
+            sum_by_label(&video, "rtmpq_session_dropped_frames_total", "reason"),
         ));
     }
     Ok(SoakReport {
@@ -478,6 +492,7 @@ pub async fn soak(
             .fold(0.0, f64::max),
         published: outcomes.iter().filter(|o| o.published).count(),
         ended,
+        dropped_video,
     })
 }
 
@@ -686,8 +701,10 @@ pub fn soak_lines(r: &SoakReport) -> Vec<String> {
             peak as f64 / 1048576.0
         ));
     }
-    for (name, ended) in &r.ended {
-        lines.push(format!("  {name}: sessions ended {ended:?}"));
+    for ((name, ended), (_, dropped)) in r.ended.iter().zip(&r.dropped_video) {
+        lines.push(format!(
+            "  {name}: sessions ended {ended:?}, video frames dropped {dropped:?}"
+        ));
     }
     lines
 }
