@@ -542,6 +542,8 @@ mod tests {
         seed: u64,
         /// Another flow shares the bottleneck and keeps its buffer full.
         competing: bool,
+        /// The queue that flow keeps in front of this one's packets.
+        other_queue: Duration,
     }
 
     impl Link {
@@ -554,6 +556,7 @@ mod tests {
                 loss: 0.0,
                 seed: 7,
                 competing: false,
+                other_queue: OTHER_FLOW_QUEUE,
             }
         }
 
@@ -585,7 +588,7 @@ mod tests {
                 return None;
             }
             let other = if self.competing {
-                OTHER_FLOW_QUEUE
+                self.other_queue
             } else {
                 Duration::ZERO
             };
@@ -892,6 +895,37 @@ mod tests {
         run.link.competing = false;
         run.stream(Duration::from_secs(2), 2.5);
         assert_ne!(run.cc.mode(), LiveMode::Competing, "the other flow left");
+    }
+
+    #[test]
+    fn a_flow_whose_queue_builds_over_a_second_is_competed_with_before_its_end() {
+        // A CUBIC upload's slow start fills the buffer over a second or two, not at once: the
+        // rounds meanwhile cut the estimate (to under 0.5 Mbit/s here, see docs/congestion.md),
+        // and competing must come while the queue still builds, restoring the estimate held
+        // before it.
+        let mut run = Run::new(6.0, 50);
+        // quinn's packets often carry less than the path's packet size (audio, a frame's tail).
+        run.cc.set_mss(MSS + 252);
+        run.stream(Duration::from_secs(4), 3.0);
+        let before = run.rate_mbit();
+        run.link.competing = true;
+        for step in 1..=30u32 {
+            run.link.other_queue = OTHER_FLOW_QUEUE * step / 30;
+            run.stream(Duration::from_millis(50), 3.0);
+        }
+        assert_eq!(run.cc.mode(), LiveMode::Competing);
+        assert!(
+            run.rate_mbit() >= before * 0.9,
+            "estimate {:.2}",
+            run.rate_mbit()
+        );
+        for second in 0..5 {
+            let got = run.stream(Duration::from_secs(1), 3.0);
+            assert!(
+                got > 2.7,
+                "delivered {got:.2} Mbit/s of 3 in second {second}"
+            );
+        }
     }
 
     #[test]
