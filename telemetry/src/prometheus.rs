@@ -157,7 +157,7 @@ const METRICS: &[(&str, Kind, Option<metrics::Unit>, &str)] = {
         "rtmpq_session_dropped_frames_total",
         Kind::Counter,
         None,
-        "Media frames the latency budget (reason stale) or the queue's byte bound (reason overflow) dropped, by kind",
+        "Media frames dropped, by kind and reason: stale (past the latency budget in the sending hop's queue), overflow (past its byte bound), late (arrived past the budget), reset (in a GOP stream reset inside QUIC; an upper bound, some may have crossed)",
     ),
     (
         "rtmpq_session_dropped_gops_total",
