@@ -99,6 +99,8 @@ struct SentRecord {
 struct Round {
     started: Instant,
     acked: u64,
+    /// Packets acknowledged in the round.
+    acked_packets: u32,
     lost: u64,
     /// The smallest round trip sampled in the round: the queue that stood through it.
     min_rtt: Option<Duration>,
@@ -122,6 +124,7 @@ impl Round {
         Round {
             started,
             acked: 0,
+            acked_packets: 0,
             lost: 0,
             min_rtt: None,
             max_rate: 0,
@@ -281,6 +284,7 @@ impl LiveController {
         self.delivered += bytes;
         self.delivered_at = now;
         self.round.acked += bytes;
+        self.round.acked_packets = self.round.acked_packets.saturating_add(1);
         if self.newest_acked.is_none_or(|t| sent > t) {
             self.newest_acked = Some(sent);
         }
@@ -425,8 +429,12 @@ impl LiveController {
         // A round of a few packets cannot tell a queue from the peer's acknowledgement delay
         // (up to 25 ms for a lone packet, a whole queue target): only a round that carried
         // four packets or more is judged congested (tried without: an audio-only stretch
-        // read as a standing queue, and the estimate fell to the audio's rate).
-        let congested = queue > target && round.acked >= 4 * self.mss;
+        // read as a standing queue, and the estimate fell to the audio's rate). Counted in
+        // packets, not in four packets' worth of bytes: the window's floor is four packets'
+        // worth, so at the floor a round of packets under the path's size was never judged,
+        // and beside a CUBIC upload's queue the estimate, cut to 0.26 Mbit/s, stayed there
+        // for the upload's 15 s (the bench's play direction froze throughout).
+        let congested = queue > target && round.acked_packets >= 4;
         match self.mode {
             LiveMode::Startup => {
                 self.bandwidth = self.bandwidth.max(round.max_rate).max(delivery);
@@ -542,8 +550,9 @@ mod tests {
         seed: u64,
         /// Another flow shares the bottleneck and keeps its buffer full.
         competing: bool,
-        /// The queue that flow keeps in front of this one's packets.
-        other_queue: Duration,
+        /// When that flow starts and how long it takes to fill the buffer (`None`: it is
+        /// full at once).
+        other_fills: Option<(Instant, Duration)>,
     }
 
     impl Link {
@@ -556,7 +565,7 @@ mod tests {
                 loss: 0.0,
                 seed: 7,
                 competing: false,
-                other_queue: OTHER_FLOW_QUEUE,
+                other_fills: None,
             }
         }
 
@@ -588,7 +597,13 @@ mod tests {
                 return None;
             }
             let other = if self.competing {
-                self.other_queue
+                match self.other_fills {
+                    Some((from, over)) => OTHER_FLOW_QUEUE.mul_f64(
+                        (now.saturating_duration_since(from).as_secs_f64() / over.as_secs_f64())
+                            .min(1.0),
+                    ),
+                    None => OTHER_FLOW_QUEUE,
+                }
             } else {
                 Duration::ZERO
             };
@@ -618,6 +633,8 @@ mod tests {
         /// Packets the link dropped.
         dropped: u64,
         srtt: Duration,
+        /// The most a packet carries ([`MSS`] unless a test says otherwise).
+        packet: u64,
     }
 
     impl Run {
@@ -635,6 +652,7 @@ mod tests {
                 worst_queue: Duration::ZERO,
                 dropped: 0,
                 srtt: Duration::ZERO,
+                packet: MSS,
             }
         }
 
@@ -665,10 +683,10 @@ mod tests {
                 pace_tokens += 1.25 * window as f64 * step.as_secs_f64() / srtt.as_secs_f64();
                 pace_tokens = pace_tokens.min(10.0 * MSS as f64);
                 while self.backlog > 0
-                    && self.in_flight + MSS <= window
-                    && pace_tokens >= MSS as f64
+                    && self.in_flight + self.packet <= window
+                    && pace_tokens >= self.packet as f64
                 {
-                    let bytes = self.backlog.min(MSS);
+                    let bytes = self.backlog.min(self.packet);
                     self.backlog -= bytes;
                     pace_tokens -= bytes as f64;
                     let queue = self.send(bytes, true);
@@ -898,32 +916,25 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_whose_queue_builds_over_a_second_is_competed_with_before_its_end() {
-        // A CUBIC upload's slow start fills the buffer over a second or two, not at once: the
-        // rounds meanwhile cut the estimate (to under 0.5 Mbit/s here, see docs/congestion.md),
-        // and competing must come while the queue still builds, restoring the estimate held
-        // before it.
+    fn a_flow_whose_queue_builds_over_a_second_does_not_leave_the_stream_at_the_floor() {
+        // A CUBIC upload's slow start fills the buffer over a second or two, not at once, and
+        // the rounds meanwhile cut the estimate to the window's floor. quinn's packets often
+        // carry less than the path's packet size (audio, a frame's tail): at the floor a round
+        // then carried fewer than four packets' worth of bytes, was never judged, and (taken
+        // for a round without a queue) forgot the estimate held before: the stream stayed
+        // at 0.1 Mbit/s for as long as the other flow ran (the bench: 15 s of frozen video).
         let mut run = Run::new(6.0, 50);
-        // quinn's packets often carry less than the path's packet size (audio, a frame's tail).
-        run.cc.set_mss(MSS + 252);
-        run.stream(Duration::from_secs(4), 3.0);
-        let before = run.rate_mbit();
+        run.packet = MSS * 3 / 4;
+        run.stream(Duration::from_secs(4), 2.5);
         run.link.competing = true;
-        for step in 1..=30u32 {
-            run.link.other_queue = OTHER_FLOW_QUEUE * step / 30;
-            run.stream(Duration::from_millis(50), 3.0);
-        }
+        run.link.other_fills = Some((run.now, Duration::from_millis(1500)));
+        run.stream(Duration::from_secs(3), 2.5);
         assert_eq!(run.cc.mode(), LiveMode::Competing);
-        assert!(
-            run.rate_mbit() >= before * 0.9,
-            "estimate {:.2}",
-            run.rate_mbit()
-        );
         for second in 0..5 {
-            let got = run.stream(Duration::from_secs(1), 3.0);
+            let got = run.stream(Duration::from_secs(1), 2.5);
             assert!(
-                got > 2.7,
-                "delivered {got:.2} Mbit/s of 3 in second {second}"
+                got > 2.0,
+                "delivered {got:.2} Mbit/s of 2.5 in second {second}"
             );
         }
     }
