@@ -401,6 +401,19 @@ pub fn horizon(min_rtt: Duration, rtt: Duration) -> Duration {
     (min_rtt * 2 + WINDOW_SLACK).max(rtt + WINDOW_SLACK / 4)
 }
 
+/// The [`horizon`] under rtmpq's controller: the whole [`WINDOW_SLACK`] beyond the smoothed
+/// round trip too, not a quarter. That controller keeps its own queue within 30 ms, so a
+/// smoothed round trip far over the smallest is another flow's queue, which it competes with
+/// (its window spans the smoothed round trip). There a quarter of the slack was about a tenth
+/// of what crossed in a round trip: beside a CUBIC upload (round trips of 250-350 ms) the send
+/// window held 65-130 kB of a 200-330 kB congestion window, packets lost in the full buffer
+/// held their room a round trip longer, what was sent fell, and the window sized from it with
+/// it; a GOP tail went stale at the sender every two seconds while the controller allowed
+/// twice as much in flight.
+pub fn live_horizon(min_rtt: Duration, rtt: Duration) -> Duration {
+    (min_rtt * 2 + WINDOW_SLACK).max(rtt + WINDOW_SLACK)
+}
+
 /// The send window for a path whose controller allows `cwnd` bytes in flight, on which the
 /// connection sent `rate` bytes/s over the last second, given the path's [`horizon`]: what
 /// that rate sends in the horizon, at least `floor` ([`MIN_SEND_WINDOW`] under BBR) and at
@@ -743,7 +756,10 @@ impl PathWatch {
             d => d,
         };
         let rate = sent.update(stats.udp_tx.bytes, now);
-        let horizon = horizon(min_rtt, rtt);
+        let horizon = match congestion {
+            Some(Congestion::Live) => live_horizon(min_rtt, rtt),
+            _ => horizon(min_rtt, rtt),
+        };
         // quinn's BBR holds far more than it needs in flight (see [`send_window`]): the floor
         // lets a key frame out at start. rtmpq's controller sizes its window to the path:
         // no more than it waits in quinn, unsent, where no budget reaches it.
@@ -1024,6 +1040,11 @@ mod tests {
         // A queue that stays fuller than that (other traffic): the smoothed round trip and a
         // quarter of the slack, so the rate is not starved round after round.
         assert_eq!(horizon(ms(50), ms(250)), ms(275));
+        // Under rtmpq's controller a queue over twice the smallest round trip is another
+        // flow's: the whole slack beyond it.
+        assert_eq!(live_horizon(ms(50), ms(50)), ms(200));
+        assert_eq!(live_horizon(ms(50), ms(150)), ms(250));
+        assert_eq!(live_horizon(ms(50), ms(300)), ms(400));
     }
 
     #[test]
