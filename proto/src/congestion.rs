@@ -181,8 +181,9 @@ pub struct LiveController {
     delivery_falls: u32,
     competing_rounds: u32,
     /// The estimate before the first congested round of an episode (congested rounds less
-    /// than [`EPISODE_GAP`] apart), and when its last congested round ended.
+    /// than [`EPISODE_GAP`] apart).
     congestion_start: Option<u64>,
+    /// When the last congested round ended.
     last_congested: Option<Instant>,
     /// When the controller last stopped competing, and the estimate it held.
     left_competing: Option<(Instant, u64)>,
