@@ -175,9 +175,10 @@ pub struct LiveController {
     round: Round,
     startup_rounds: u32,
     lossy_rounds: u32,
-    /// What the last congested round of a run delivered, bytes/s, and how many congested
-    /// rounds in a row delivered less than [`SHARE_FALL`] of the one before.
+    /// What the last congested round of a run delivered, bytes/s.
     congested_delivery: Option<u64>,
+    /// How many congested rounds in a row delivered less than [`SHARE_FALL`] of the one
+    /// before.
     delivery_falls: u32,
     competing_rounds: u32,
     /// The estimate before the first congested round of an episode (congested rounds less
