@@ -110,6 +110,12 @@ impl PastGroups {
             if skip.is_some() {
                 self.reset.gops += 1;
                 self.reset.video_frames += group.to - group.from;
+                debug!(
+                    frames = group.to - group.from,
+                    ?waited,
+                    ?stale_after,
+                    "GOP stream reset: stale with data still in QUIC"
+                );
             }
             self.older.pop_front();
             if let Some(skip) = skip {
