@@ -108,10 +108,11 @@ impl PastGroups {
                     to: group.to,
                 });
             if skip.is_some() {
+                let frames = group.to - group.from;
                 self.reset.gops += 1;
-                self.reset.video_frames += group.to - group.from;
+                self.reset.video_frames += frames;
                 debug!(
-                    frames = group.to - group.from,
+                    frames,
                     ?waited,
                     ?stale_after,
                     "GOP stream reset: stale with data still in QUIC"
