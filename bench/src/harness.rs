@@ -232,8 +232,12 @@ pub struct RunResult {
     pub frames_expected: u64,
     /// Video frames the player received.
     pub frames_received: u64,
-    /// Extra latency above the run's floor, ms: p50, p95, p99, max.
-    pub extra_latency_ms: [f64; 4],
+    /// Latency (arrival minus due time), ms: p50, p95, p99, max.
+    pub latency_ms: [f64; 4],
+    /// What latency is counted from: `pusher` (the due time on the pusher's own clock, read by
+    /// its tap; nothing subtracted) or `smallest` (a pusher the tap cannot read: above the
+    /// run's smallest latency).
+    pub latency_from: &'static str,
     /// Share of frames later than each of [`BUDGETS_MS`] (missing frames count as late).
     pub late_ratio: [f64; 5],
     /// Video gaps over [`STALL_MS`].
@@ -246,13 +250,14 @@ pub struct RunResult {
     pub start_seconds: Option<f64>,
     /// Whether the pusher pushed the whole clip without an error.
     pub pusher_survived: bool,
-    /// The floor the extra latency is measured from: the lowest arrival minus due time, ms.
+    /// The run's smallest latency, ms (with `latency_from` `smallest`, from the pusher's
+    /// start: what was subtracted).
     pub floor_ms: f64,
     /// Share of the clip's audio frames the player received.
     pub audio_delivered: f64,
-    /// Audio's extra latency above its own floor, ms, p99 over the window's frames (audio
-    /// behind a lost video packet on the same QUIC stream waits for its retransmission).
-    pub audio_extra_p99_ms: f64,
+    /// Audio's latency, ms, p99 over the window's frames, counted as video's is (audio behind
+    /// a lost video packet on the same QUIC stream waits for its retransmission).
+    pub audio_p99_ms: f64,
     /// Errors ffmpeg reports decoding exactly what the player received.
     pub decode_errors: Option<u64>,
     /// Audio or video frames whose timestamp was below the one before on the same track, in
@@ -260,13 +265,13 @@ pub struct RunResult {
     /// track's clock would show here).
     pub timestamps_back: u64,
     /// After each blackout, from the link's return to the first video frame within 100 ms of
-    /// the floor, s (`None` if none came).
+    /// the run's smallest latency, s (`None` if none came).
     pub recovery_seconds: Vec<Option<f64>>,
     /// Link counts A → B.
     pub link_up: CountsSnapshot,
     /// Link counts B → A.
     pub link_down: CountsSnapshot,
-    /// (seconds since the pusher started, extra latency ms) per received frame, thinned.
+    /// (seconds since the pusher started, latency ms) per received frame, thinned.
     pub timeline: Vec<(f64, f64)>,
     /// The flood sent at the gateway during the run, and what came of it.
     pub flood: Option<FloodReport>,
@@ -344,9 +349,8 @@ pub struct LinkLimits {
     /// The latency budget the run was held to, ms (the edge's; for the pipes, the default
     /// budget's figures).
     pub budget_ms: u32,
-    /// The most video frames that arrive within that budget (above the smallest latency a
-    /// frame can have, as the runs count it) and decode, whichever a sender that knows the
-    /// link ahead of time sends ([`frames_in_budget`]).
+    /// The most video frames that arrive within that budget of their due time and decode,
+    /// whichever a sender that knows the link ahead of time sends ([`frames_in_budget`]).
     pub frames_in_budget: u64,
 }
 
@@ -386,16 +390,8 @@ pub fn link_limits(
             .1;
         for_video(rate)
     };
-    // Latency is judged as the runs judge it: above the smallest, which is at least the
-    // one-way delay and the smallest frame's serialization at the link's fastest.
-    let fastest = for_video(steps.iter().map(|s| s.1).max().unwrap_or(0));
-    let smallest_frame = ctx.frames.iter().map(|f| f.bytes).min().unwrap_or(0);
-    let smallest = if fastest > 0.0 {
-        Duration::from_secs_f64(smallest_frame as f64 * 8.0 / fastest)
-    } else {
-        Duration::ZERO
-    };
-    let allowed = Duration::from_millis(u64::from(budget_ms)) + delay + smallest;
+    // Latency is judged as the runs judge it: arrival minus due time on the pusher's clock.
+    let allowed = Duration::from_millis(u64::from(budget_ms));
     Some(LinkLimits {
         floor_ms,
         frames_ceiling: (carried / seconds * ctx.frames_expected as f64).round() as u64,
@@ -1138,6 +1134,24 @@ pub async fn run_one(
             transport.name()
         )));
     }
+    // The pusher's tap: an RTMP pusher connects through it, so each frame's due time is on
+    // the pusher's own clock (SRT's MPEG-TS is not read: its latency counts from the smallest).
+    let tap = if format == "flv" {
+        let (target, path) = url
+            .strip_prefix("rtmp://")
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(|| RunError::Setup(format!("not an RTMP URL: {url}")))?;
+        let target = target
+            .parse()
+            .map_err(|e| RunError::Setup(format!("{target}: {e}")))?;
+        let tap = crate::tap::start(pusher_ns, target)
+            .await
+            .map_err(io_err("pusher's tap"))?;
+        url = format!("rtmp://{}/{path}", tap.addr);
+        Some(tap)
+    } else {
+        None
+    };
     let mut player = play_in(player_ns, &player_addr)
         .await
         .map_err(|e| RunError::Setup(format!("player: {e}")))?;
@@ -1332,9 +1346,12 @@ pub async fn run_one(
             .cut_port
             .map(|(at, _)| link.started_ns + at.as_nanos() as u64),
     );
+    let source_clock = tap.as_ref().map(|t| t.clock());
+    drop(tap);
     let observed = Observed {
         arrivals: &arrivals,
         started_ns,
+        source_start_ns: source_clock.and_then(|c| c.start_ns()),
         pusher_survived: survived,
         returns_ns: &returns_ns,
     };
@@ -1390,28 +1407,56 @@ fn in_window(profile: &Profile, duration: Duration, due_ms: u32) -> bool {
     }
 }
 
-/// Arrival minus due time of each of `frames` (timestamp ms, arrival ns), less the smallest:
-/// the floor, every frame's extra latency, and those of the frames in the profile's window.
-fn extra_latency(
+/// Where a run's latencies are counted from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DueClock {
+    /// The source's own clock, from the pusher's tap ([`crate::tap`]): when it read zero, ns.
+    /// Latency is arrival minus due time, nothing subtracted.
+    Source(i64),
+    /// The pusher process's start, ns, for a pusher the tap cannot read (SRT): its own start-up
+    /// is unknown, so the run's smallest latency is subtracted (with the path's constant part).
+    Smallest(u64),
+}
+
+impl DueClock {
+    /// What the table says latencies are counted from.
+    fn name(self) -> &'static str {
+        match self {
+            DueClock::Source(_) => "pusher",
+            DueClock::Smallest(_) => "smallest",
+        }
+    }
+}
+
+/// The latency of each of `frames` (timestamp ms, arrival ns), ms, as `clock` counts it: the
+/// run's smallest before anything is subtracted, every frame's, and those of the frames in the
+/// profile's window.
+fn latencies(
     profile: &Profile,
     duration: Duration,
     frames: &[(u32, u64)],
-    started_ns: u64,
+    clock: DueClock,
 ) -> (f64, Vec<f64>, Vec<f64>) {
-    let latency: Vec<f64> = frames
+    let zero_ns = match clock {
+        DueClock::Source(start) => start as f64,
+        DueClock::Smallest(started) => started as f64,
+    };
+    let raw = frames
         .iter()
-        .map(|&(ts, at)| (at as f64 - started_ns as f64) / 1e6 - f64::from(ts))
-        .collect();
-    let floor = latency.iter().copied().fold(f64::INFINITY, f64::min);
-    let extra: Vec<f64> = latency.iter().map(|l| l - floor).collect();
+        .map(|&(ts, at)| (at as f64 - zero_ns) / 1e6 - f64::from(ts));
+    let smallest = raw.clone().fold(f64::INFINITY, f64::min);
+    let latency: Vec<f64> = match clock {
+        DueClock::Source(_) => raw.collect(),
+        DueClock::Smallest(_) => raw.map(|l| l - smallest).collect(),
+    };
     // Latency and lateness over the window's frames; missing frames count as late.
     let windowed = frames
         .iter()
-        .zip(&extra)
+        .zip(&latency)
         .filter(|((ts, _), _)| in_window(profile, duration, *ts))
-        .map(|(_, &e)| e)
+        .map(|(_, &l)| l)
         .collect();
-    (floor, extra, windowed)
+    (smallest, latency, windowed)
 }
 
 /// What one run saw at its player and pusher.
@@ -1420,6 +1465,8 @@ struct Observed<'a> {
     arrivals: &'a Arrivals,
     /// When the pusher started, ns on CLOCK_MONOTONIC.
     started_ns: u64,
+    /// When the source's clock read zero, from the pusher's tap (`None` without one).
+    source_start_ns: Option<i64>,
     /// Whether the pusher ran to the end.
     pusher_survived: bool,
     /// When each outage ended (the link back, a server restarted, a host cut off), ns.
@@ -1436,13 +1483,20 @@ fn summarize(
     let Observed {
         arrivals,
         started_ns,
+        source_start_ns,
         pusher_survived,
         returns_ns,
     } = observed;
     let frames = &arrivals.video;
     let expected_all = ctx.frames_expected;
-    let (floor, extra, windowed) = extra_latency(profile, ctx.duration, frames, started_ns);
-    let (_, _, audio_windowed) = extra_latency(profile, ctx.duration, &arrivals.audio, started_ns);
+    let clock = source_start_ns.map_or(DueClock::Smallest(started_ns), DueClock::Source);
+    let (floor, latency, windowed) = latencies(profile, ctx.duration, frames, clock);
+    let (_, _, audio_windowed) = latencies(profile, ctx.duration, &arrivals.audio, clock);
+    // Back at the floor: within RECOVERED_MS of the run's smallest latency.
+    let floor_counted = match clock {
+        DueClock::Source(_) => floor,
+        DueClock::Smallest(_) => 0.0,
+    };
     let share = match profile.window {
         Some((first, last)) => {
             (ctx.duration.saturating_sub(first + last)).as_secs_f64() / ctx.duration.as_secs_f64()
@@ -1475,8 +1529,8 @@ fn summarize(
         .map(|&back| {
             frames
                 .iter()
-                .zip(&extra)
-                .find(|((_, at), &e)| *at >= back && e <= RECOVERED_MS)
+                .zip(&latency)
+                .find(|((_, at), &l)| *at >= back && l - floor_counted <= RECOVERED_MS)
                 .map(|((_, at), _)| (at - back) as f64 / 1e9)
         })
         .collect();
@@ -1487,7 +1541,8 @@ fn summarize(
         direction: direction.name(),
         frames_expected: expected_all,
         frames_received: (frames.len() as u64).min(expected_all),
-        extra_latency_ms: [q(0.5), q(0.95), q(0.99), q(1.0)],
+        latency_ms: [q(0.5), q(0.95), q(0.99), q(1.0)],
+        latency_from: clock.name(),
         late_ratio,
         stalls,
         stall_seconds,
@@ -1498,7 +1553,7 @@ fn summarize(
         pusher_survived,
         floor_ms: floor,
         audio_delivered: arrivals.audio.len() as f64 / ctx.audio_expected.max(1) as f64,
-        audio_extra_p99_ms: rtmpq_demo::media::quantile(&audio_windowed, 0.99).unwrap_or(f64::NAN),
+        audio_p99_ms: rtmpq_demo::media::quantile(&audio_windowed, 0.99).unwrap_or(f64::NAN),
         decode_errors: None,
         timestamps_back: arrivals.timestamps_back,
         recovery_seconds,
@@ -1506,9 +1561,9 @@ fn summarize(
         link_down: CountsSnapshot::default(),
         timeline: frames
             .iter()
-            .zip(&extra)
+            .zip(&latency)
             .step_by(step)
-            .map(|(&(_, at), &e)| ((at.saturating_sub(started_ns)) as f64 / 1e9, e))
+            .map(|(&(_, at), &l)| ((at.saturating_sub(started_ns)) as f64 / 1e9, l))
             .collect(),
         flood: None,
         bulk: None,
@@ -1725,13 +1780,15 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             Observed {
                 arrivals: &arrivals,
                 started_ns: t0,
+                source_start_ns: None,
                 pusher_survived: true,
                 returns_ns: &[],
             },
             &ctx,
         );
         assert_eq!(r.frames_received, 8);
-        assert!((r.extra_latency_ms[3] - 700.0).abs() < 1e-6);
+        assert!((r.latency_ms[3] - 700.0).abs() < 1e-6);
+        assert_eq!(r.latency_from, "smallest");
         // 200, 300 and 500 ms budgets: frame 5 plus 2 missing; 1000 ms: only the missing.
         assert_eq!(r.late_ratio, [0.3, 0.3, 0.3, 0.2, 0.2]);
         assert_eq!(r.stalls, 1, "the gap before the late frame");
@@ -1739,8 +1796,32 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         assert!((r.floor_ms - 50.0).abs() < 1e-6);
         assert!((r.audio_delivered - 0.75).abs() < 1e-9);
         // Audio against its own floor (30 ms): the late frame is its p99.
-        assert!((r.audio_extra_p99_ms - 300.0).abs() < 1e-6);
+        assert!((r.audio_p99_ms - 300.0).abs() < 1e-6);
         assert_eq!(r.timestamps_back, 2, "carried from the arrivals");
+
+        // The same arrivals on the pusher's clock (its tap saw the source start 10 ms after
+        // the process): nothing subtracted, so the path's 40 ms counts in every frame.
+        let r = summarize(
+            &profile(None),
+            "rtmpq".into(),
+            Direction::Publish,
+            Observed {
+                arrivals: &arrivals,
+                started_ns: t0,
+                source_start_ns: Some(t0 as i64 + 10_000_000),
+                pusher_survived: true,
+                returns_ns: &[],
+            },
+            &ctx,
+        );
+        assert_eq!(r.latency_from, "pusher");
+        assert!((r.floor_ms - 40.0).abs() < 1e-6);
+        assert!((r.latency_ms[0] - 40.0).abs() < 1e-6);
+        assert!((r.latency_ms[3] - 740.0).abs() < 1e-6);
+        assert_eq!(r.late_ratio, [0.3, 0.3, 0.3, 0.2, 0.2]);
+        // Audio's 20 ms path counts too.
+        assert!((r.audio_p99_ms - 320.0).abs() < 1e-6);
+        assert_eq!(r.timeline[0], (0.05, 40.0));
     }
 
     #[test]
@@ -1755,6 +1836,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
                 Observed {
                     arrivals: &arrivals,
                     started_ns: 0,
+                    source_start_ns: None,
                     pusher_survived: true,
                     returns_ns: &[],
                 },
@@ -1816,6 +1898,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             Observed {
                 arrivals: &arrivals,
                 started_ns: t0,
+                source_start_ns: None,
                 pusher_survived: true,
                 returns_ns: &[5000 * ms],
             },

@@ -9,6 +9,7 @@ pub mod load;
 pub mod netem;
 pub mod profiles;
 pub mod report;
+pub mod tap;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -460,16 +461,17 @@ pub async fn run(options: BenchOptions) -> Result<Vec<RunResult>, BenchError> {
                         ))
                     })?;
                 println!(
-                    "{:<15} {:<16} frames {:>4}/{:<4} audio {:>5.1} % (p99 {:>5.0} ms) extra p50 {:>6.0} ms p99 {:>6.0} ms (floor {:>4.0}) late>1s {:>5.1} % stalls {:>3} decode errors {} ts back {} start {:>5.2} s back at floor {} survived {}",
+                    "{:<15} {:<16} frames {:>4}/{:<4} audio {:>5.1} % (p99 {:>5.0} ms) latency p50 {:>6.0} ms p99 {:>6.0} ms (smallest {:>4.0}, from {}) late>1s {:>5.1} % stalls {:>3} decode errors {} ts back {} start {:>5.2} s back at floor {} survived {}",
                     r.profile,
                     r.transport,
                     r.frames_received,
                     r.frames_expected,
                     r.audio_delivered * 100.0,
-                    r.audio_extra_p99_ms,
-                    r.extra_latency_ms[0],
-                    r.extra_latency_ms[2],
+                    r.audio_p99_ms,
+                    r.latency_ms[0],
+                    r.latency_ms[2],
                     r.floor_ms,
+                    r.latency_from,
                     r.late_ratio[3] * 100.0,
                     r.stalls,
                     r.decode_errors.map_or("?".into(), |n| n.to_string()),

@@ -47,14 +47,20 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
         let _ = writeln!(md, "### {} — {}\n", p.name, p.description);
         let _ = writeln!(
             md,
-            "| transport | video frames | audio | audio p99 | extra latency p50 / p95 / p99 / max (ms) | floor | late >200 / 300 / 500 / 1000 / 2000 ms | stalls (time) | decode errors | timestamps back | back at floor | goodput | start | pusher survived |"
+            "| transport | video frames | audio | audio p99 | latency p50 / p95 / p99 / max (ms) | smallest | late >200 / 300 / 500 / 1000 / 2000 ms | stalls (time) | decode errors | timestamps back | back at floor | goodput | start | pusher survived |"
         );
         let _ = writeln!(
             md,
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in rows {
-            let l = r.extra_latency_ms;
+            let l = r.latency_ms;
+            // A pusher the tap cannot read (SRT): above the run's smallest, which is marked.
+            let smallest = if r.latency_from == "smallest" {
+                format!("{} ms (subtracted)", fmt_ms(r.floor_ms))
+            } else {
+                format!("{} ms", fmt_ms(r.floor_ms))
+            };
             let late: Vec<String> = r
                 .late_ratio
                 .iter()
@@ -62,17 +68,17 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                 .collect();
             let _ = writeln!(
                 md,
-                "| {} | {}/{} | {:.1} % | {} ms | {} / {} / {} / {} | {} ms | {} | {} ({:.1} s) | {} | {} | {} | {} | {} | {} |",
+                "| {} | {}/{} | {:.1} % | {} ms | {} / {} / {} / {} | {} | {} | {} ({:.1} s) | {} | {} | {} | {} | {} | {} |",
                 r.transport,
                 r.frames_received,
                 r.frames_expected,
                 r.audio_delivered * 100.0,
-                fmt_ms(r.audio_extra_p99_ms),
+                fmt_ms(r.audio_p99_ms),
                 fmt_ms(l[0]),
                 fmt_ms(l[1]),
                 fmt_ms(l[2]),
                 fmt_ms(l[3]),
-                fmt_ms(r.floor_ms),
+                smallest,
                 late.join(" / "),
                 r.stalls,
                 r.stall_seconds,
@@ -97,7 +103,7 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                     ceilings_told.push(r.direction);
                     let ceiling = limits.frames_ceiling;
                     let floor = limits.floor_ms.map_or(String::new(), |f| {
-                        format!("floor {f:.0} ms (one-way delay and the largest key frame at the link's rate; latencies above are counted from the smallest seen, printed as floor); ")
+                        format!("floor {f:.0} ms (one-way delay and the largest key frame at the link's rate; latencies above are arrival minus due time on the pusher's clock, nothing subtracted); ")
                     });
                     let _ = writeln!(
                         md,
@@ -179,7 +185,7 @@ pub fn latency_chart(profile: &Profile, results: &[RunResult]) -> String {
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{left}" y="22" font-size="15">{}: extra latency above the floor ({})</text>
+<text x="{left}" y="22" font-size="15">{}: latency, arrival minus due time ({})</text>
 "#,
         profile.name, profile.description
     );
