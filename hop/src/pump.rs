@@ -228,6 +228,7 @@ impl QueuePolicy {
         if let Some(b) = self.effective_budget(path.quic_wait()) {
             queue.set_budget(b);
         }
+        queue.set_path_rate(path.rate_bps());
         let held = self
             .budget
             .filter(|&b| path.dark_within(b))

@@ -166,6 +166,9 @@ pub struct MediaQueue {
     newest_video: Option<u32>,
     /// While set (the path is dark), the newest group is judged against this instead.
     newest_group_budget: Option<Duration>,
+    /// The path's rate, bit/s (0: not known): what a frame takes to cross it counts in its
+    /// wait.
+    path_rate_bps: u64,
     /// Disposable pictures are being dropped: the video head waited half its budget.
     shedding: bool,
     stale: Dropped,
@@ -188,6 +191,7 @@ impl MediaQueue {
             newest_audio: None,
             newest_video: None,
             newest_group_budget: None,
+            path_rate_bps: 0,
             shedding: false,
             stale: Dropped::default(),
             overflow: Dropped::default(),
@@ -215,6 +219,18 @@ impl MediaQueue {
     /// Groups older than the newest are not held.
     pub fn hold_newest_group(&mut self, budget: Option<Duration>) {
         self.newest_group_budget = budget;
+    }
+
+    /// Sets the rate of the path the queue's media leaves by, bit/s (0: not known). A message
+    /// is then stale once its wait and the time its own bytes take to cross at that rate are
+    /// past the budget (at most half the budget is counted for the crossing, so a rate
+    /// estimated far too low costs a frame no more than half its budget): the budget a hop
+    /// sets leaves room for the way across but not for each frame's size, and on a link
+    /// slower than the stream a 12 kB P-frame takes 64 ms at 1.5 Mbit/s, a 33 kB key frame
+    /// 176 ms; counted from the pusher's clock, GOP tails kept to the budget arrived up to
+    /// 80 ms past it (p99 1082 ms at a 1000 ms budget, BENCHMARKS.md, issue 23 stop 38).
+    pub fn set_path_rate(&mut self, bps: u64) {
+        self.path_rate_bps = bps;
     }
 
     /// Takes in a message that arrived at `now`.
@@ -380,7 +396,18 @@ impl MediaQueue {
 
     fn is_stale(&self, entry: &Entry, newest: Option<u32>, now: Instant, budget: Duration) -> bool {
         let waited = now.saturating_duration_since(entry.arrived);
-        gop::past_budget(entry.msg.timestamp, newest, waited, budget)
+        let left = budget - self.crossing(entry.msg.payload.len(), budget);
+        gop::past_budget(entry.msg.timestamp, newest, waited, left)
+    }
+
+    /// How long `bytes` take to cross the path at its rate, at most half of `budget` (zero
+    /// while the rate is not known).
+    fn crossing(&self, bytes: usize, budget: Duration) -> Duration {
+        if self.path_rate_bps == 0 {
+            return Duration::ZERO;
+        }
+        let secs = bytes as f64 * 8.0 / self.path_rate_bps as f64;
+        Duration::from_secs_f64(secs).min(budget / 2)
     }
 
     /// The budget the waiting video's head is judged against: half the queue's while a newer
@@ -735,6 +762,40 @@ mod tests {
         assert_eq!(stale.video_frames, 28 + 1);
         assert_eq!(stale.gops, 1);
         assert_eq!(q.dropped(DropReason::Overflow), Dropped::default());
+    }
+
+    #[test]
+    fn a_frames_own_crossing_at_the_paths_rate_counts_in_its_wait() {
+        let t0 = Instant::now();
+        let sized = |ts: u32, len: usize| {
+            let mut payload = vec![0x27, 1, 0, 0, 0];
+            payload.resize(len, 7);
+            Message::new(9, 1, ts, payload)
+        };
+        let fill = |q: &mut MediaQueue| {
+            q.push(key(0), t0);
+            // 12 kB: 64 ms at 1.5 Mbit/s.
+            q.push(sized(33, 12_000), t0 + 33 * MS);
+        };
+        let waited = t0 + (33 + 950) * MS;
+        // Without a rate the frame is kept until its wait alone passes the budget.
+        let mut plain = queue(1000);
+        fill(&mut plain);
+        assert_eq!(plain.pop(t0).map(|m| m.timestamp), Some(0));
+        assert_eq!(drain(&mut plain, waited), [(9, 33)]);
+        // At 1.5 Mbit/s, 950 ms of wait and 64 ms across are past a 1000 ms budget.
+        let mut rated = queue(1000);
+        rated.set_path_rate(1_500_000);
+        fill(&mut rated);
+        assert_eq!(rated.pop(t0).map(|m| m.timestamp), Some(0));
+        assert_eq!(drain(&mut rated, waited), []);
+        assert_eq!(rated.dropped(DropReason::Stale).video_frames, 1);
+        // A rate estimated far too low counts at most half the budget.
+        let mut low = queue(1000);
+        low.set_path_rate(1_000);
+        fill(&mut low);
+        assert_eq!(low.pop(t0).map(|m| m.timestamp), Some(0));
+        assert_eq!(drain(&mut low, t0 + (33 + 450) * MS), [(9, 33)]);
     }
 
     #[test]
