@@ -123,7 +123,10 @@ fn short_bench_produces_complete_results_for_every_transport() {
             // Latency counts from the pusher's own clock (its tap), nothing subtracted: even
             // the fastest frame took the link's one-way delay (25 ms on both profiles).
             assert_eq!(r["latency_from"], "pusher", "{t}");
-            assert!(smallest >= 24.0, "{t}: the smallest latency {smallest} ms holds the path");
+            assert!(
+                smallest >= 24.0,
+                "{t}: the smallest latency {smallest} ms holds the path"
+            );
         }
         // A link slower than the stream says what it can carry and its floor.
         if profile == "under-capacity" {

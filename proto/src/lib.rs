@@ -175,6 +175,7 @@ pub mod origin_command;
 pub mod picture;
 pub mod session;
 pub mod session_end;
+pub mod source_lateness;
 pub mod stream_headers;
 pub mod wire;
 

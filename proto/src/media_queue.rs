@@ -8,7 +8,10 @@
 //! (a new sequence header must follow the frames coded with the old one).
 //!
 //! A message is stale when it has waited longer than the latency budget, in wall time since it
-//! arrived or in media time behind the newest timestamp of its lane, whichever is more. A
+//! arrived or in media time behind the newest timestamp of its lane, whichever is more; a
+//! media frame's wall time counts from when it was due on its source's clock (as far as the
+//! queue can tell, [`SourceLateness`]), and with its own crossing of the path at the path's
+//! rate ([`MediaQueue::set_path_rate`]). A
 //! video frame of a group that a newer group already waits behind is stale at half the budget
 //! (moq-lite's rule: a group expires sooner once a newer one exists): the viewer gains more
 //! from the newer group, and dropping the older one's tail then hands the path the newer key
@@ -28,6 +31,13 @@ use crate::gop::{self, GopGate};
 use crate::media_packet::{MediaPacket, TrackSet};
 use crate::message::{message_type, MediaKind, Message};
 use crate::picture;
+use crate::source_lateness::SourceLateness;
+
+/// A media frame's lateness against its source's clock ([`SourceLateness`]) counts in its wait
+/// up to this share of the budget: after a timestamp jump or a burst ahead of the source's
+/// clock the record reads every frame late until it forgets (two [`SPAN`](crate::source_lateness::SPAN)s),
+/// and then costs each frame at most this.
+pub const MAX_LATENESS_SHARE: u32 = 8;
 
 /// The share of its budget the video head may wait before disposable pictures are dropped.
 pub const SHED_AT: f64 = 0.5;
@@ -103,6 +113,8 @@ impl Dropped {
 #[derive(Debug)]
 struct Entry {
     seq: u64,
+    /// When it arrived, less its lateness against the source's clock for media (at most
+    /// [`MAX_LATENESS_SHARE`] of the budget): what its wait counts from.
     arrived: Instant,
     msg: Message,
 }
@@ -169,6 +181,8 @@ pub struct MediaQueue {
     /// The path's rate, bit/s (0: not known): what a frame takes to cross it counts in its
     /// wait.
     path_rate_bps: u64,
+    /// How late media arrives against its source's clock.
+    lateness: SourceLateness,
     /// Disposable pictures are being dropped: the video head waited half its budget.
     shedding: bool,
     stale: Dropped,
@@ -192,6 +206,7 @@ impl MediaQueue {
             newest_video: None,
             newest_group_budget: None,
             path_rate_bps: 0,
+            lateness: SourceLateness::default(),
             shedding: false,
             stale: Dropped::default(),
             overflow: Dropped::default(),
@@ -233,15 +248,25 @@ impl MediaQueue {
         self.path_rate_bps = bps;
     }
 
-    /// Takes in a message that arrived at `now`.
+    /// Takes in a message that arrived at `now`. A media frame's wait counts from its due time
+    /// on the source's clock as far as the queue can tell ([`SourceLateness`]), at most
+    /// [`MAX_LATENESS_SHARE`] of the budget before `now`.
     pub fn push(&mut self, msg: Message, now: Instant) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let packet = msg.media_packet();
         let kind = packet.map_or(MediaKind::Other, |p| p.kind());
+        // A media frame waits from when it was due; control from when it came.
+        let late = match kind {
+            MediaKind::Audio | MediaKind::VideoFrame | MediaKind::VideoKeyframe => self
+                .lateness
+                .note(msg.timestamp, now)
+                .min(self.limits.budget / MAX_LATENESS_SHARE),
+            MediaKind::Header | MediaKind::Other => Duration::ZERO,
+        };
         let entry = Entry {
             seq,
-            arrived: now,
+            arrived: now.checked_sub(late).unwrap_or(now),
             msg,
         };
         let starts_group = packet.is_some_and(|p| self.gate.starts_group(&p));
@@ -345,7 +370,8 @@ impl MediaQueue {
         Some(entry.msg)
     }
 
-    /// When the oldest waiting message arrived.
+    /// When the oldest waiting message arrived (a media frame: when it was due, as far as the
+    /// queue can tell).
     pub fn oldest(&self) -> Option<Instant> {
         [self.control.front(), self.audio.front(), self.video_head()]
             .into_iter()
@@ -796,6 +822,31 @@ mod tests {
         fill(&mut low);
         assert_eq!(low.pop(t0).map(|m| m.timestamp), Some(0));
         assert_eq!(drain(&mut low, t0 + (33 + 450) * MS), [(9, 33)]);
+    }
+
+    #[test]
+    fn a_frames_lateness_against_its_source_counts_in_its_wait_up_to_an_eighth() {
+        let t0 = Instant::now();
+        let mut q = queue(400);
+        q.push(key(0), t0);
+        assert_eq!(drain(&mut q, t0), [(9, 0)]);
+        // Due at 33 ms, it comes 30 ms late: it is kept until 400 ms after its due time, not
+        // after its arrival.
+        q.push(inter(33), t0 + 63 * MS);
+        assert_eq!(
+            drain(&mut q, t0 + (33 + 400) * MS),
+            [(9, 33)],
+            "on the budget"
+        );
+        q.push(inter(66), t0 + 96 * MS);
+        assert_eq!(drain(&mut q, t0 + (66 + 401) * MS), [], "past it");
+        assert_eq!(q.dropped(DropReason::Stale).video_frames, 1);
+        // A frame 300 ms late counts an eighth of the budget (50 ms), not 300.
+        let mut capped = queue(400);
+        capped.push(key(0), t0);
+        assert_eq!(capped.pop(t0).map(|m| m.timestamp), Some(0));
+        capped.push(key(1000), t0 + 1300 * MS);
+        assert_eq!(drain(&mut capped, t0 + 1300 * MS + 340 * MS), [(9, 1000)]);
     }
 
     #[test]
