@@ -238,6 +238,10 @@ pub struct RunResult {
     /// its tap; nothing subtracted) or `smallest` (a pusher the tap cannot read: above the
     /// run's smallest latency).
     pub latency_from: &'static str,
+    /// With `latency_from` `pusher`: how much higher every latency would be were the source's
+    /// clock taken to start at the earliest departure less the frame's own timestamp (no frame
+    /// early), ms ([`crate::tap::SourceClock::spread_ns`]).
+    pub source_spread_ms: Option<f64>,
     /// Share of frames later than each of [`BUDGETS_MS`] (missing frames count as late).
     pub late_ratio: [f64; 5],
     /// Video gaps over [`STALL_MS`].
@@ -1352,6 +1356,7 @@ pub async fn run_one(
         arrivals: &arrivals,
         started_ns,
         source_start_ns: source_clock.and_then(|c| c.start_ns()),
+        source_spread_ns: source_clock.and_then(|c| c.spread_ns()),
         pusher_survived: survived,
         returns_ns: &returns_ns,
     };
@@ -1467,6 +1472,8 @@ struct Observed<'a> {
     started_ns: u64,
     /// When the source's clock read zero, from the pusher's tap (`None` without one).
     source_start_ns: Option<i64>,
+    /// How much later that is than if no frame left before it was due, ns.
+    source_spread_ns: Option<i64>,
     /// Whether the pusher ran to the end.
     pusher_survived: bool,
     /// When each outage ended (the link back, a server restarted, a host cut off), ns.
@@ -1484,6 +1491,7 @@ fn summarize(
         arrivals,
         started_ns,
         source_start_ns,
+        source_spread_ns,
         pusher_survived,
         returns_ns,
     } = observed;
@@ -1543,6 +1551,7 @@ fn summarize(
         frames_received: (frames.len() as u64).min(expected_all),
         latency_ms: [q(0.5), q(0.95), q(0.99), q(1.0)],
         latency_from: clock.name(),
+        source_spread_ms: source_spread_ns.map(|ns| ns as f64 / 1e6),
         late_ratio,
         stalls,
         stall_seconds,
@@ -1781,6 +1790,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
                 arrivals: &arrivals,
                 started_ns: t0,
                 source_start_ns: None,
+                source_spread_ns: None,
                 pusher_survived: true,
                 returns_ns: &[],
             },
@@ -1809,12 +1819,14 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
                 arrivals: &arrivals,
                 started_ns: t0,
                 source_start_ns: Some(t0 as i64 + 10_000_000),
+                source_spread_ns: Some(3_000_000),
                 pusher_survived: true,
                 returns_ns: &[],
             },
             &ctx,
         );
         assert_eq!(r.latency_from, "pusher");
+        assert_eq!(r.source_spread_ms, Some(3.0));
         assert!((r.floor_ms - 40.0).abs() < 1e-6);
         assert!((r.latency_ms[0] - 40.0).abs() < 1e-6);
         assert!((r.latency_ms[3] - 740.0).abs() < 1e-6);
@@ -1837,6 +1849,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
                     arrivals: &arrivals,
                     started_ns: 0,
                     source_start_ns: None,
+                    source_spread_ns: None,
                     pusher_survived: true,
                     returns_ns: &[],
                 },
@@ -1899,6 +1912,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
                 arrivals: &arrivals,
                 started_ns: t0,
                 source_start_ns: None,
+                source_spread_ns: None,
                 pusher_survived: true,
                 returns_ns: &[5000 * ms],
             },

@@ -56,10 +56,12 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
         for r in rows {
             let l = r.latency_ms;
             // A pusher the tap cannot read (SRT): above the run's smallest, which is marked.
-            let smallest = if r.latency_from == "smallest" {
-                format!("{} ms (subtracted)", fmt_ms(r.floor_ms))
-            } else {
-                format!("{} ms", fmt_ms(r.floor_ms))
+            // With the clock's spread: what every latency would gain were no frame taken to
+            // leave before it was due.
+            let smallest = match (r.latency_from, r.source_spread_ms) {
+                ("smallest", _) => format!("{} ms (subtracted)", fmt_ms(r.floor_ms)),
+                (_, Some(spread)) => format!("{} ms (+{spread:.0})", fmt_ms(r.floor_ms)),
+                _ => format!("{} ms", fmt_ms(r.floor_ms)),
             };
             let late: Vec<String> = r
                 .late_ratio

@@ -39,21 +39,34 @@ const READ_BYTES: usize = 64 << 10;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SourceClock {
     start_ns: Option<i64>,
+    /// The earliest departure less the frame's own timestamp: the start if no frame ever left
+    /// before it was due.
+    own_start_ns: Option<i64>,
     frames: u64,
 }
 
 impl SourceClock {
-    /// Notes a media frame that left the pusher at `at_ns` and whose due time is at least the
-    /// clock's start plus `ts_ms`.
-    pub fn note(&mut self, ts_ms: u32, at_ns: u64) {
-        let start = at_ns as i64 - i64::from(ts_ms) * 1_000_000;
-        self.start_ns = Some(self.start_ns.map_or(start, |s| s.min(start)));
+    /// Notes a media frame with timestamp `ts_ms` that left the pusher at `at_ns`, after a
+    /// frame with timestamp `before_ms` (`None` for the first).
+    pub fn note(&mut self, ts_ms: u32, before_ms: Option<u32>, at_ns: u64) {
+        let start_at = |ts: u32| at_ns as i64 - i64::from(ts) * 1_000_000;
+        let earliest = |was: Option<i64>, now: i64| Some(was.map_or(now, |w| w.min(now)));
+        let bound = before_ms.map_or(ts_ms, |b| b.min(ts_ms));
+        self.start_ns = earliest(self.start_ns, start_at(bound));
+        self.own_start_ns = earliest(self.own_start_ns, start_at(ts_ms));
         self.frames += 1;
     }
 
     /// When the source's clock read zero, ns on CLOCK_MONOTONIC (`None` before a frame).
     pub fn start_ns(&self) -> Option<i64> {
         self.start_ns
+    }
+
+    /// How much later the start is than the earliest departure less the frame's own
+    /// timestamp, ns: what every latency would gain were no frame taken to leave before it
+    /// was due (with ffmpeg, 22-23 ms).
+    pub fn spread_ns(&self) -> Option<i64> {
+        Some(self.start_ns? - self.own_start_ns?)
     }
 
     /// Media frames noted.
@@ -155,8 +168,8 @@ async fn relay(
                 return to_hop.shutdown().await;
             }
             let at = monotonic_ns();
-            reader.read(&buf[..n], |ts| {
-                clock.lock().expect("source clock").note(ts, at);
+            reader.read(&buf[..n], |ts, before| {
+                clock.lock().expect("source clock").note(ts, before, at);
             });
             to_hop.write_all(&buf[..n]).await?;
         }
@@ -194,9 +207,9 @@ impl Default for FrameReader {
 }
 
 impl FrameReader {
-    /// Reads `bytes`, calling `frame` for each audio or video frame they complete with the
-    /// smaller of its timestamp and the one of the frame before it (see [`SourceClock`]).
-    fn read(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u32)) {
+    /// Reads `bytes`, calling `frame` for each audio or video frame they complete with its
+    /// timestamp and the one of the media frame before it (see [`SourceClock`]).
+    fn read(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u32, Option<u32>)) {
         let skip = self.handshake_left.min(bytes.len());
         self.handshake_left -= skip;
         bytes = &bytes[skip..];
@@ -211,9 +224,8 @@ impl FrameReader {
                         msg.media_kind(),
                         MediaKind::VideoFrame | MediaKind::VideoKeyframe | MediaKind::Audio
                     ) {
-                        let ts = msg.timestamp;
-                        frame(self.last_ts.map_or(ts, |last| last.min(ts)));
-                        self.last_ts = Some(ts);
+                        frame(msg.timestamp, self.last_ts);
+                        self.last_ts = Some(msg.timestamp);
                     }
                 }
                 Ok(None) => return,
@@ -247,14 +259,20 @@ mod tests {
     }
 
     #[test]
-    fn the_clock_starts_at_the_earliest_departure_less_its_timestamp() {
+    fn the_clock_starts_at_the_earliest_departure_less_the_smaller_timestamp() {
         let mut clock = SourceClock::default();
         assert_eq!(clock.start_ns(), None);
-        clock.note(0, 5_000_000_000);
-        clock.note(33, 5_040_000_000); // 7 ms behind its due time
-        clock.note(66, 5_060_000_000); // 6 ms before: the clock started earlier
-        assert_eq!(clock.start_ns(), Some(4_994_000_000));
-        assert_eq!(clock.frames(), 3);
+        clock.note(0, None, 5_000_000_000);
+        clock.note(33, Some(0), 5_040_000_000); // 7 ms behind its due time
+        clock.note(66, Some(33), 5_060_000_000); // released once the frame before was due
+        assert_eq!(clock.start_ns(), Some(5_000_000_000));
+        // Counted from its own timestamp the 66 ms frame left 6 ms early: that start is 6 ms
+        // sooner.
+        assert_eq!(clock.spread_ns(), Some(6_000_000));
+        // A timestamp below the one before bounds the start by its own.
+        clock.note(40, Some(66), 5_030_000_000);
+        assert_eq!(clock.start_ns(), Some(4_990_000_000));
+        assert_eq!(clock.frames(), 4);
     }
 
     #[test]
@@ -276,10 +294,10 @@ mod tests {
             let mut reader = FrameReader::default();
             let mut seen = Vec::new();
             for piece in wire.chunks(split) {
-                reader.read(piece, |ts| seen.push(ts));
+                reader.read(piece, |ts, before| seen.push((ts, before)));
             }
-            // Each frame with the smaller of its timestamp and the one before.
-            assert_eq!(seen, [0, 0, 33, 40], "read {split} bytes at a time");
+            let expected = [(0, None), (33, Some(0)), (66, Some(33)), (40, Some(66))];
+            assert_eq!(seen, expected, "read {split} bytes at a time");
         }
     }
 
@@ -320,9 +338,9 @@ mod tests {
         ChunkEncoder::default().encode(&too_large, &mut wire);
         ChunkEncoder::default().encode(&video(0, true, 100), &mut wire);
         let mut seen = 0;
-        reader.read(&wire, |_| seen += 1);
+        reader.read(&wire, |_, _| seen += 1);
         assert!(reader.broken);
-        reader.read(&[0; 64], |_| seen += 1);
+        reader.read(&[0; 64], |_, _| seen += 1);
         assert_eq!(seen, 0);
         assert!(reader.pending.is_empty());
     }
