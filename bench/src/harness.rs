@@ -1782,20 +1782,24 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             timestamps_back: 2,
         };
         let ctx = context(10, Duration::from_secs(1));
-        let r = summarize(
-            &profile(None),
-            "rtmpq".into(),
-            Direction::Publish,
-            Observed {
-                arrivals: &arrivals,
-                started_ns: t0,
-                source_start_ns: None,
-                source_spread_ns: None,
-                pusher_survived: true,
-                returns_ns: &[],
-            },
-            &ctx,
-        );
+        // The arrivals summarized with the pusher's clock (its start and spread, ns) or without.
+        let summary = |source: Option<(i64, i64)>| {
+            summarize(
+                &profile(None),
+                "rtmpq".into(),
+                Direction::Publish,
+                Observed {
+                    arrivals: &arrivals,
+                    started_ns: t0,
+                    source_start_ns: source.map(|s| s.0),
+                    source_spread_ns: source.map(|s| s.1),
+                    pusher_survived: true,
+                    returns_ns: &[],
+                },
+                &ctx,
+            )
+        };
+        let r = summary(None);
         assert_eq!(r.frames_received, 8);
         assert!((r.latency_ms[3] - 700.0).abs() < 1e-6);
         assert_eq!(r.latency_from, "smallest");
@@ -1811,20 +1815,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
 
         // The same arrivals on the pusher's clock (its tap saw the source start 10 ms after
         // the process): nothing subtracted, so the path's 40 ms counts in every frame.
-        let r = summarize(
-            &profile(None),
-            "rtmpq".into(),
-            Direction::Publish,
-            Observed {
-                arrivals: &arrivals,
-                started_ns: t0,
-                source_start_ns: Some(t0 as i64 + 10_000_000),
-                source_spread_ns: Some(3_000_000),
-                pusher_survived: true,
-                returns_ns: &[],
-            },
-            &ctx,
-        );
+        let r = summary(Some((t0 as i64 + 10_000_000, 3_000_000)));
         assert_eq!(r.latency_from, "pusher");
         assert_eq!(r.source_spread_ms, Some(3.0));
         assert!((r.floor_ms - 40.0).abs() < 1e-6);
