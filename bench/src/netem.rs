@@ -183,11 +183,14 @@ impl DirectionCounts {
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns`; sockets and devices it creates
-/// stay in that namespace.
+/// stay in that namespace. An empty `ns` is this process's own namespace, as for `spawn_in`.
 pub fn in_netns<T: Send>(
     ns: &str,
     f: impl FnOnce() -> std::io::Result<T> + Send,
 ) -> std::io::Result<T> {
+    if ns.is_empty() {
+        return f();
+    }
     std::thread::scope(|s| {
         s.spawn(|| {
             let file = File::open(format!("/var/run/netns/{ns}"))?;

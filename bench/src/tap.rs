@@ -100,7 +100,7 @@ impl Drop for Tap {
 /// Starts a tap in network namespace `ns` (`""` for this one) that relays each connection to
 /// `target`, noting the pusher's media frames on the way.
 pub async fn start(ns: &str, target: SocketAddr) -> std::io::Result<Tap> {
-    let listener = in_netns_or_here(ns, || {
+    let listener = in_netns(ns, || {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.set_nonblocking(true)?;
         Ok(l)
@@ -126,17 +126,6 @@ pub async fn start(ns: &str, target: SocketAddr) -> std::io::Result<Tap> {
     Ok(Tap { addr, clock, task })
 }
 
-fn in_netns_or_here<T: Send>(
-    ns: &str,
-    f: impl FnOnce() -> std::io::Result<T> + Send,
-) -> std::io::Result<T> {
-    if ns.is_empty() {
-        f()
-    } else {
-        in_netns(ns, f)
-    }
-}
-
 /// Relays one pusher connection to `target`, noting each media frame the pusher sends.
 async fn relay(
     mut pusher: TcpStream,
@@ -146,7 +135,7 @@ async fn relay(
 ) -> std::io::Result<()> {
     let ns = ns.to_owned();
     let hop = tokio::task::spawn_blocking(move || {
-        in_netns_or_here(&ns, || {
+        in_netns(&ns, || {
             let tcp = std::net::TcpStream::connect(target)?;
             tcp.set_nonblocking(true)?;
             Ok(tcp)
