@@ -1424,6 +1424,14 @@ enum DueClock {
 }
 
 impl DueClock {
+    /// What is subtracted from every latency when the run's smallest is `smallest`, ms.
+    fn subtracted(self, smallest: f64) -> f64 {
+        match self {
+            DueClock::Source(_) => 0.0,
+            DueClock::Smallest(_) => smallest,
+        }
+    }
+
     /// What the table says latencies are counted from.
     fn name(self) -> &'static str {
         match self {
@@ -1450,10 +1458,8 @@ fn latencies(
         .iter()
         .map(|&(ts, at)| (at as f64 - zero_ns) / 1e6 - f64::from(ts));
     let smallest = raw.clone().fold(f64::INFINITY, f64::min);
-    let latency: Vec<f64> = match clock {
-        DueClock::Source(_) => raw.collect(),
-        DueClock::Smallest(_) => raw.map(|l| l - smallest).collect(),
-    };
+    let less = clock.subtracted(smallest);
+    let latency: Vec<f64> = raw.map(|l| l - less).collect();
     // Latency and lateness over the window's frames; missing frames count as late.
     let windowed = frames
         .iter()
@@ -1500,11 +1506,8 @@ fn summarize(
     let clock = source_start_ns.map_or(DueClock::Smallest(started_ns), DueClock::Source);
     let (floor, latency, windowed) = latencies(profile, ctx.duration, frames, clock);
     let (_, _, audio_windowed) = latencies(profile, ctx.duration, &arrivals.audio, clock);
-    // Back at the floor: within RECOVERED_MS of the run's smallest latency.
-    let floor_counted = match clock {
-        DueClock::Source(_) => floor,
-        DueClock::Smallest(_) => 0.0,
-    };
+    // Back at the floor: within RECOVERED_MS of the run's smallest latency, as counted.
+    let least = floor - clock.subtracted(floor);
     let share = match profile.window {
         Some((first, last)) => {
             (ctx.duration.saturating_sub(first + last)).as_secs_f64() / ctx.duration.as_secs_f64()
@@ -1538,7 +1541,7 @@ fn summarize(
             frames
                 .iter()
                 .zip(&latency)
-                .find(|((_, at), &l)| *at >= back && l - floor_counted <= RECOVERED_MS)
+                .find(|((_, at), &l)| *at >= back && l - least <= RECOVERED_MS)
                 .map(|((_, at), _)| (at - back) as f64 / 1e9)
         })
         .collect();
