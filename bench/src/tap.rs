@@ -143,11 +143,11 @@ async fn relay(
     })
     .await
     .map_err(std::io::Error::other)??;
-    let hop = TcpStream::from_std(hop)?;
+    let mut hop = TcpStream::from_std(hop)?;
     hop.set_nodelay(true)?;
     pusher.set_nodelay(true)?;
     let (mut from_pusher, mut to_pusher) = pusher.split();
-    let (mut from_hop, mut to_hop) = tokio::io::split(hop);
+    let (mut from_hop, mut to_hop) = hop.split();
     let upstream = async {
         let mut reader = FrameReader::default();
         let mut buf = vec![0; READ_BYTES];
