@@ -238,6 +238,18 @@ async fn maintain(
         };
         match attempt {
             Ok((conn, _control, address)) => {
+                let link = TunnelLink::start(&conn);
+                // The edge's first connection says it is connected once its probe train has
+                // crossed: a pusher that starts with the edge (an app that runs both) then
+                // meets a path whose rate is known, not a train its first key frame queues
+                // behind. A connection that comes back has sessions waiting: their media
+                // goes at once.
+                if !was_connected {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = link.path.probe_train_crossed() => {}
+                    }
+                }
                 info!(gateway = %address, remote = %conn.remote_address(), "connected to gateway");
                 if target.standby && target.gateways.len() > 1 {
                     standby = Some(Standby::start(&endpoint, &target, &address));
@@ -252,7 +264,6 @@ async fn maintain(
                         .udp_blocked
                         .store(false, std::sync::atomic::Ordering::Relaxed);
                 }
-                let link = TunnelLink::start(&conn);
                 let path = link.path.clone();
                 state.send_replace(LinkState::Up(GatewayLink {
                     conn: conn.clone(),

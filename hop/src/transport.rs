@@ -169,6 +169,8 @@ pub struct ProbingController {
     /// Whether rtmpq's controller holds the stream's share beside another flow
     /// ([`LiveMode::Competing`]); shared with clones.
     competing: Arc<AtomicBool>,
+    /// Bytes in flight as of the last acknowledgements; shared with clones.
+    in_flight: Arc<AtomicU64>,
 }
 
 /// A running [`ProbingController`]'s figures, read without copying its state.
@@ -178,6 +180,7 @@ pub struct ControllerFigures {
     min_rtt_us: Arc<AtomicU64>,
     rate_bps: Arc<AtomicU64>,
     competing: Arc<AtomicBool>,
+    in_flight: Arc<AtomicU64>,
     congestion: Congestion,
 }
 
@@ -194,6 +197,7 @@ impl ControllerFigures {
             min_rtt_us: c.min_rtt_us.clone(),
             rate_bps: c.rate_bps.clone(),
             competing: c.competing.clone(),
+            in_flight: c.in_flight.clone(),
             congestion: c.congestion,
         })
     }
@@ -219,6 +223,11 @@ impl ControllerFigures {
     /// Whether rtmpq's controller is competing with another flow's queue now.
     fn competing(&self) -> bool {
         self.competing.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in flight as of the last acknowledgements.
+    fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 }
 
@@ -254,6 +263,7 @@ impl Controller for ProbingController {
     ) {
         self.inner
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+        self.in_flight.store(in_flight, Ordering::Relaxed);
         let rate = self.inner.metrics().pacing_rate.unwrap_or(0);
         self.rate_bps.store(rate, Ordering::Relaxed);
     }
@@ -286,6 +296,7 @@ impl Controller for ProbingController {
             min_rtt_us: self.min_rtt_us.clone(),
             rate_bps: self.rate_bps.clone(),
             competing: self.competing.clone(),
+            in_flight: self.in_flight.clone(),
         })
     }
 
@@ -321,6 +332,7 @@ impl ControllerFactory for ProbingControllerConfig {
             min_rtt_us: Arc::default(),
             rate_bps: Arc::default(),
             competing,
+            in_flight: Arc::default(),
         })
     }
 }
@@ -560,6 +572,10 @@ pub struct PathWatch {
     heard_at_us: AtomicU64,
     /// The congestion controller that runs on the connection, once known.
     controller: std::sync::OnceLock<&'static str>,
+    /// Whether this side's probe train is still to go out or to cross.
+    train_pending: AtomicBool,
+    /// Wakes [`PathWatch::probe_train_crossed`]'s callers.
+    train_crossed: tokio::sync::Notify,
 }
 
 /// A TCP socket's path as the kernel reports it.
@@ -585,6 +601,8 @@ impl PathWatch {
         let watch = Arc::new(PathWatch::default());
         if let Some(figures) = ControllerFigures::of(conn) {
             watch.set_controller(figures.congestion.name());
+            let live = figures.congestion == Congestion::Live;
+            watch.train_pending.store(live, Ordering::Relaxed);
         }
         tokio::spawn(watch.clone().run(conn.clone()));
         watch
@@ -599,6 +617,28 @@ impl PathWatch {
     /// Records the congestion controller that runs (once).
     pub fn set_controller(&self, name: &'static str) {
         let _ = self.controller.set(name);
+    }
+
+    /// Returns once this side's probe train (sent under rtmpq's controller, see
+    /// [`PathWatch::run`]) has crossed the path and been acknowledged, or once none will go
+    /// (another controller, a peer that takes no datagrams, a closed connection, a train
+    /// that waited [`PROBE_TRAIN_WAIT`] to go or [`PROBE_TRAIN_CROSSING`] to cross). An edge
+    /// says it is connected only then: media that came while the train crossed queued
+    /// behind it (a first key frame 376-424 ms late at a 300 ms budget on a 1.5 Mbit/s
+    /// link, pushed as the edge connected).
+    pub async fn probe_train_crossed(&self) {
+        loop {
+            let crossed = self.train_crossed.notified();
+            if !self.train_pending.load(Ordering::Relaxed) {
+                return;
+            }
+            crossed.await;
+        }
+    }
+
+    fn train_done(&self) {
+        self.train_pending.store(false, Ordering::Relaxed);
+        self.train_crossed.notify_waiters();
     }
 
     /// The smoothed round trip; zero before the first figure.
@@ -720,20 +760,21 @@ impl PathWatch {
             }
         });
         if ControllerFigures::of(&conn).is_some_and(|f| f.congestion == Congestion::Live) {
-            match conn.side() {
-                quinn::Side::Server => send_probe_train(&conn),
-                quinn::Side::Client => {
-                    let conn = conn.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = conn.closed() => return,
-                            _ = peers_train.notified() => {}
-                            _ = tokio::time::sleep(PROBE_TRAIN_WAIT) => {}
-                        }
-                        send_probe_train(&conn);
-                    });
+            let (watch, conn) = (self.clone(), conn.clone());
+            tokio::spawn(async move {
+                let go = match conn.side() {
+                    quinn::Side::Server => true,
+                    quinn::Side::Client => tokio::select! {
+                        _ = conn.closed() => false,
+                        _ = peers_train.notified() => true,
+                        _ = tokio::time::sleep(PROBE_TRAIN_WAIT) => true,
+                    },
+                };
+                if go && send_probe_train(&conn) {
+                    let _ = tokio::time::timeout(PROBE_TRAIN_CROSSING, train_crossing(&conn)).await;
                 }
-            }
+                watch.train_done();
+            });
         }
         let mut remote = conn.remote_address();
         let mut received = u64::MAX;
@@ -936,14 +977,16 @@ impl TrainCount {
 /// gateway stayed in start-up and its first GOP overflowed the buffer as before). The gateway
 /// watches only connections it admitted, so a train goes only to an edge that said HELLO
 /// with its credentials, once per connection.
-fn send_probe_train(conn: &quinn::Connection) {
+///
+/// Whether it went.
+fn send_probe_train(conn: &quinn::Connection) -> bool {
     let Some(size) = conn.max_datagram_size() else {
-        return;
+        return false;
     };
     let padding = bytes::Bytes::from(vec![0u8; size]);
     for _ in 0..PROBE_TRAIN_PACKETS {
         if conn.send_datagram(padding.clone()).is_err() {
-            return;
+            return false;
         }
     }
     tracing::debug!(
@@ -951,6 +994,37 @@ fn send_probe_train(conn: &quinn::Connection) {
         bytes = size,
         "probe train sent"
     );
+    true
+}
+
+/// The longest a probe train is waited for to cross once sent: its 25 kB take 200 ms at
+/// 1 Mbit/s.
+pub const PROBE_TRAIN_CROSSING: Duration = Duration::from_secs(1);
+
+/// Returns once everything `conn` sent before the call (a probe train, just sent) has been
+/// acknowledged: a round trip has passed, an acknowledgement came since, and nothing is in
+/// flight as of the last. Looks every [`PATH_WATCH_INTERVAL`]; returns at once on a
+/// connection without rtmpq's controller, or when the connection closes.
+async fn train_crossing(conn: &quinn::Connection) {
+    let sent_at = Instant::now();
+    let acks_before = conn.stats().frame_rx.acks;
+    loop {
+        let Some(figures) = ControllerFigures::of(conn) else {
+            return;
+        };
+        let stats = conn.stats();
+        if sent_at.elapsed() >= stats.path.rtt
+            && stats.frame_rx.acks > acks_before
+            && figures.in_flight() == 0
+        {
+            tracing::debug!(waited = ?sent_at.elapsed(), "probe train crossed");
+            return;
+        }
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = tokio::time::sleep(PATH_WATCH_INTERVAL) => {}
+        }
+    }
 }
 
 /// How long after the last datagram received a silent connection still probes: a flow that

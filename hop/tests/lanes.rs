@@ -2,7 +2,8 @@
 //! packet: a GOP that goes stale in QUIC's buffer while the path is dark is reset and skipped,
 //! and what the receiving hop hands on stays valid RTMP (whole messages, each track in order,
 //! every GOP a prefix of itself, nothing after a cut GOP until the next key frame). Also: a
-//! connection under the `live` controller sends its probe train, the gateway's end first.
+//! connection under the `live` controller sends its probe train, the gateway's end first, and an
+//! edge's end counts its own as crossed only once it went and the far end has it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -249,4 +250,37 @@ async fn under_live_the_gateway_sends_its_probe_train_at_once_and_the_edge_after
         sizes.iter().all(|&n| (1000..=1500).contains(&n)),
         "probe sizes {sizes:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edges_probe_train_has_crossed_only_once_it_went_and_the_far_end_has_it() {
+    let state = tempfile::tempdir().unwrap();
+    // The gateway's end is not watched here: it sends no train, so the edge's goes after
+    // the wait.
+    let (gateway, edge) = live_connection(state.path()).await;
+    let watched = std::time::Instant::now();
+    let watch = PathWatch::start(&edge);
+    let crossed = tokio::spawn({
+        let watch = watch.clone();
+        async move {
+            watch.probe_train_crossed().await;
+            std::time::Instant::now()
+        }
+    });
+    // Every packet of it reaches the gateway's end, and only then (or later) has it crossed.
+    let sizes = read_probe_train(&gateway).await;
+    assert_eq!(sizes.len(), PROBE_TRAIN_PACKETS);
+    let crossed = tokio::time::timeout(Duration::from_secs(5), crossed)
+        .await
+        .expect("the train crossed within 5 s")
+        .unwrap();
+    assert!(
+        crossed.duration_since(watched) >= PROBE_TRAIN_WAIT,
+        "crossed {:?} after the watch started, before the train could go",
+        crossed.duration_since(watched)
+    );
+    // Once crossed, it stays so.
+    tokio::time::timeout(Duration::from_secs(1), watch.probe_train_crossed())
+        .await
+        .expect("crossed once, crossed for good");
 }
