@@ -574,6 +574,8 @@ pub struct PathWatch {
     controller: std::sync::OnceLock<&'static str>,
     /// Whether this side's probe train is still to go out or to cross.
     train_pending: AtomicBool,
+    /// The rate the peer's probe train arrived at, bit/s; 0 until it all came.
+    peers_train_bps: AtomicU64,
     /// Wakes [`PathWatch::probe_train_crossed`]'s callers.
     train_crossed: tokio::sync::Notify,
 }
@@ -620,12 +622,13 @@ impl PathWatch {
     }
 
     /// Returns once this side's probe train (sent under rtmpq's controller, see
-    /// [`PathWatch::run`]) has crossed the path and been acknowledged, or once none will go
-    /// (another controller, a peer that takes no datagrams, a closed connection, a train
-    /// that waited [`PROBE_TRAIN_WAIT`] to go or [`PROBE_TRAIN_CROSSING`] to cross). An edge
-    /// says it is connected only then: media that came while the train crossed queued
-    /// behind it (a first key frame 376-424 ms late at a 300 ms budget on a 1.5 Mbit/s
-    /// link, pushed as the edge connected).
+    /// [`PathWatch::run`]) has crossed the path and been acknowledged where the peer's train
+    /// said the path is slow ([`SLOW_TRAIN_BPS`]), or has gone where it is fast (or the
+    /// peer's never came), or once none will go (another controller, a peer that takes no
+    /// datagrams, a closed connection, a train that waited [`PROBE_TRAIN_CROSSING`] to
+    /// cross). An edge says it is connected only then: media that came while the train
+    /// crossed a slow path queued behind it (a first key frame 376-469 ms late at a 300 ms
+    /// budget on a 1.5 Mbit/s link, pushed as the edge connected).
     pub async fn probe_train_crossed(&self) {
         loop {
             let crossed = self.train_crossed.notified();
@@ -751,10 +754,13 @@ impl PathWatch {
         let discard = conn.clone();
         let peers_train = Arc::new(tokio::sync::Notify::new());
         let heard = peers_train.clone();
+        let arrived = self.clone();
         tokio::spawn(async move {
             let mut train = TrainCount::default();
             while let Ok(datagram) = discard.read_datagram().await {
-                if train.heard(datagram.len()) {
+                if train.heard(datagram.len(), Instant::now()) {
+                    let rate = train.rate_bps.unwrap_or(u64::MAX);
+                    arrived.peers_train_bps.store(rate, Ordering::Relaxed);
                     heard.notify_one();
                 }
             }
@@ -770,7 +776,14 @@ impl PathWatch {
                         _ = tokio::time::sleep(PROBE_TRAIN_WAIT) => true,
                     },
                 };
-                if go && send_probe_train(&conn) {
+                // Waited for only where the peer's train said the path is slow: on a fast one
+                // the train crosses without a queue and the wait would be two round trips
+                // (320 ms more to the first frame at 150 ms, measured).
+                let slow = matches!(
+                    watch.peers_train_bps.load(Ordering::Relaxed),
+                    1..SLOW_TRAIN_BPS
+                );
+                if go && send_probe_train(&conn) && slow {
                     let _ = tokio::time::timeout(PROBE_TRAIN_CROSSING, train_crossing(&conn)).await;
                 }
                 watch.train_done();
@@ -946,22 +959,49 @@ pub const PROBE_TRAIN_WAIT: Duration = Duration::from_secs(1);
 /// one byte; a train's packets are as large as a datagram may be, over 1100 bytes).
 pub const PROBE_TRAIN_PACKET_MIN: usize = 1000;
 
-/// Counts the peer's probe train as its packets arrive.
+/// Counts the peer's probe train as its packets arrive, and the rate they arrived at.
 #[derive(Debug, Default)]
 struct TrainCount {
     packets: usize,
+    /// When the first packet came, and the bytes since (the first's excluded).
+    first_at: Option<Instant>,
+    bytes_after_first: u64,
+    /// The rate the train arrived at, bit/s, once it all came.
+    rate_bps: Option<u64>,
 }
 
 impl TrainCount {
-    /// A DATAGRAM of `len` bytes arrived; whether the peer's whole train has now (once).
-    fn heard(&mut self, len: usize) -> bool {
+    /// A DATAGRAM of `len` bytes arrived at `now`; whether the peer's whole train has now
+    /// (once).
+    fn heard(&mut self, len: usize, now: Instant) -> bool {
         if len < PROBE_TRAIN_PACKET_MIN || self.packets >= PROBE_TRAIN_PACKETS {
             return false;
         }
         self.packets += 1;
+        match self.first_at {
+            None => self.first_at = Some(now),
+            Some(first) => {
+                self.bytes_after_first += len as u64;
+                if self.packets == PROBE_TRAIN_PACKETS {
+                    let spread = now.duration_since(first).as_secs_f64();
+                    let bits = self.bytes_after_first as f64 * 8.0;
+                    self.rate_bps = Some(if spread > 0.0 {
+                        (bits / spread) as u64
+                    } else {
+                        u64::MAX
+                    });
+                }
+            }
+        }
         self.packets == PROBE_TRAIN_PACKETS
     }
 }
+
+/// A peer's train that arrived slower than this (bit/s) came over a path where this side's
+/// own train queues at the bottleneck long enough to matter: an edge waits for it to cross
+/// before it says it is connected ([`PathWatch::probe_train_crossed`]). 20 packets queue 41
+/// ms at 5 Mbit/s, 137 at 1.5.
+pub const SLOW_TRAIN_BPS: u64 = 5_000_000;
 
 /// Sends `live`'s probe train on `conn`: [`PROBE_TRAIN_PACKETS`] DATAGRAMs of padding, as
 /// large as the peer takes, back to back (quinn paces them at start-up's pace). Where the path
@@ -1193,15 +1233,28 @@ mod tests {
 
     #[test]
     fn the_peers_train_is_heard_once_all_its_packets_came_and_only_then() {
+        let t0 = Instant::now();
         let mut train = TrainCount::default();
         // One-byte probes are not the train.
-        assert!(!train.heard(1));
-        for n in 1..PROBE_TRAIN_PACKETS {
-            assert!(!train.heard(1162), "heard after {n} packets");
+        assert!(!train.heard(1, t0));
+        // 20 packets of 1250 bytes, one every 10 ms: 19 × 10 kbit over 190 ms, 1 Mbit/s.
+        let at = |n: u32| t0 + Duration::from_millis(u64::from(n) * 10);
+        for n in 0..PROBE_TRAIN_PACKETS as u32 - 1 {
+            assert!(!train.heard(1250, at(n)), "heard after {} packets", n + 1);
+            assert_eq!(train.rate_bps, None);
         }
-        assert!(train.heard(1288));
+        assert!(train.heard(1250, at(PROBE_TRAIN_PACKETS as u32 - 1)));
+        assert_eq!(train.rate_bps, Some(1_000_000));
+        assert!(train.rate_bps < Some(SLOW_TRAIN_BPS));
         // Once: later datagrams of any size are not another train.
-        assert!(!train.heard(1288));
+        assert!(!train.heard(1288, at(40)));
+        assert_eq!(train.rate_bps, Some(1_000_000));
+        // A train that all came at once came over a fast path.
+        let mut bunched = TrainCount::default();
+        for _ in 0..PROBE_TRAIN_PACKETS {
+            bunched.heard(1250, t0);
+        }
+        assert_eq!(bunched.rate_bps, Some(u64::MAX));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and what the receiving hop hands on stays valid RTMP (whole messages, each track in order,
 //! every GOP a prefix of itself, nothing after a cut GOP until the next key frame). Also: a
 //! connection under the `live` controller sends its probe train, the gateway's end first, and an
-//! edge's end counts its own as crossed only once it went and the far end has it.
+//! edge's end is measured once its own train went, and over a slow path once it crossed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use rtmpq_hop::lanes::{LaneRouter, SessionRecv, SessionSend};
 use rtmpq_hop::transport::{
-    client_config, server_config, Congestion, PathWatch, PROBE_TRAIN_PACKET_MIN, PROBE_TRAIN_WAIT,
+    client_config, server_config, Congestion, PathWatch, PROBE_TRAIN_CROSSING,
+    PROBE_TRAIN_PACKET_MIN, PROBE_TRAIN_WAIT,
 };
 use rtmpq_hop::tunnel::{FrameReader, TunnelRecv, TunnelSend};
 use rtmpq_proto::congestion::PROBE_TRAIN_PACKETS;
@@ -252,35 +253,125 @@ async fn under_live_the_gateway_sends_its_probe_train_at_once_and_the_edge_after
     );
 }
 
+/// Forwards datagrams between a client and `server` as a link of `bps` each way would: each
+/// direction's datagrams leave one after another, each after its bytes' time at that rate.
+async fn paced_relay(server: SocketAddr, bps: u64) -> SocketAddr {
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    let (to_client, mut client_queue) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let (to_server, mut server_queue) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let serialize = move |len: usize| Duration::from_secs_f64(len as f64 * 8.0 / bps as f64);
+    let out = socket.clone();
+    tokio::spawn(async move {
+        while let Some(datagram) = server_queue.recv().await {
+            tokio::time::sleep(serialize(datagram.len())).await;
+            let _ = out.send_to(&datagram, server).await;
+        }
+    });
+    let (out, to) = (socket.clone(), client.clone());
+    tokio::spawn(async move {
+        while let Some(datagram) = client_queue.recv().await {
+            tokio::time::sleep(serialize(datagram.len())).await;
+            let addr = *to.lock().unwrap();
+            if let Some(addr) = addr {
+                let _ = out.send_to(&datagram, addr).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let datagram = buf[..n].to_vec();
+            if from == server {
+                let _ = to_client.send(datagram);
+            } else {
+                *client.lock().unwrap() = Some(from);
+                let _ = to_server.send(datagram);
+            }
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edges_probe_train_has_crossed_only_once_it_went_and_the_far_end_has_it() {
+async fn over_a_slow_path_an_edge_is_measured_only_once_its_own_train_crossed() {
     let state = tempfile::tempdir().unwrap();
-    // The gateway's end is not watched here: it sends no train, so the edge's goes after
-    // the wait.
+    let (server, client) = endpoints(state.path());
+    // 1.5 Mbit/s each way: a train of 20 packets of about 1.2 kB takes about 130 ms.
+    let bps = 1_500_000;
+    let relay = paced_relay(server.local_addr().unwrap(), bps).await;
+    let (edge, gateway) = tokio::join!(
+        async { client.connect(relay, "localhost").unwrap().await.unwrap() },
+        async { server.accept().await.unwrap().await.unwrap() }
+    );
+    let size = edge.max_datagram_size().expect("datagrams") as u64;
+    let train =
+        Duration::from_secs_f64((PROBE_TRAIN_PACKETS as u64 * size * 8) as f64 / bps as f64);
+    let watched = std::time::Instant::now();
+    let _gateway_watch = PathWatch::start(&gateway);
+    let edge_watch = PathWatch::start(&edge);
+    tokio::time::timeout(Duration::from_secs(5), edge_watch.probe_train_crossed())
+        .await
+        .expect("measured within 5 s");
+    // The gateway's train came at the link's rate, slower than a fast path's: the edge sent
+    // its own and waited for it to cross, so both trains' time at the link's rate passed.
+    let waited = watched.elapsed();
+    assert!(
+        waited >= train * 2,
+        "measured after {waited:?}, two trains take {:?}",
+        train * 2
+    );
+    assert!(
+        waited < PROBE_TRAIN_WAIT + PROBE_TRAIN_CROSSING,
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_fast_path_an_edge_is_measured_once_its_train_went_and_without_a_gateways_after_the_wait(
+) {
+    let state = tempfile::tempdir().unwrap();
+    // Both ends watched on loopback: the gateway's train comes at once (a fast path), so the
+    // edge does not wait for its own to cross, nor for the wait a train that never came takes.
+    let (gateway, edge) = live_connection(state.path()).await;
+    let watched = std::time::Instant::now();
+    let _gateway_watch = PathWatch::start(&gateway);
+    let watch = PathWatch::start(&edge);
+    tokio::time::timeout(Duration::from_secs(5), watch.probe_train_crossed())
+        .await
+        .expect("measured within 5 s");
+    assert!(
+        watched.elapsed() < PROBE_TRAIN_WAIT,
+        "{:?}",
+        watched.elapsed()
+    );
+
+    // The gateway's end not watched: it sends no train, so the edge's goes after the wait,
+    // and only then is the edge measured.
     let (gateway, edge) = live_connection(state.path()).await;
     let watched = std::time::Instant::now();
     let watch = PathWatch::start(&edge);
-    let crossed = tokio::spawn({
+    let measured = tokio::spawn({
         let watch = watch.clone();
         async move {
             watch.probe_train_crossed().await;
             std::time::Instant::now()
         }
     });
-    // Every packet of it reaches the gateway's end, and only then (or later) has it crossed.
     let sizes = read_probe_train(&gateway).await;
     assert_eq!(sizes.len(), PROBE_TRAIN_PACKETS);
-    let crossed = tokio::time::timeout(Duration::from_secs(5), crossed)
+    let measured = tokio::time::timeout(Duration::from_secs(5), measured)
         .await
-        .expect("the train crossed within 5 s")
+        .expect("measured within 5 s")
         .unwrap();
     assert!(
-        crossed.duration_since(watched) >= PROBE_TRAIN_WAIT,
-        "crossed {:?} after the watch started, before the train could go",
-        crossed.duration_since(watched)
+        measured.duration_since(watched) >= PROBE_TRAIN_WAIT,
+        "measured {:?} after the watch started, before the train could go",
+        measured.duration_since(watched)
     );
-    // Once crossed, it stays so.
+    // Once measured, it stays so.
     tokio::time::timeout(Duration::from_secs(1), watch.probe_train_crossed())
         .await
-        .expect("crossed once, crossed for good");
+        .expect("measured once, measured for good");
 }
