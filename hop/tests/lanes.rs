@@ -294,6 +294,14 @@ async fn paced_relay(server: SocketAddr, bps: u64) -> SocketAddr {
     addr
 }
 
+/// Waits (5 s at most) until `watch` says its path is measured; how long that was after `since`.
+async fn measured(watch: &PathWatch, since: std::time::Instant) -> Duration {
+    tokio::time::timeout(Duration::from_secs(5), watch.probe_train_crossed())
+        .await
+        .expect("measured within 5 s");
+    since.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_a_slow_path_an_edge_is_measured_only_once_its_own_train_crossed() {
     let state = tempfile::tempdir().unwrap();
@@ -310,13 +318,9 @@ async fn over_a_slow_path_an_edge_is_measured_only_once_its_own_train_crossed() 
         Duration::from_secs_f64((PROBE_TRAIN_PACKETS as u64 * size * 8) as f64 / bps as f64);
     let watched = std::time::Instant::now();
     let _gateway_watch = PathWatch::start(&gateway);
-    let edge_watch = PathWatch::start(&edge);
-    tokio::time::timeout(Duration::from_secs(5), edge_watch.probe_train_crossed())
-        .await
-        .expect("measured within 5 s");
     // The gateway's train came at the link's rate, slower than a fast path's: the edge sent
     // its own and waited for it to cross, so both trains' time at the link's rate passed.
-    let waited = watched.elapsed();
+    let waited = measured(&PathWatch::start(&edge), watched).await;
     assert!(
         waited >= train * 2,
         "measured after {waited:?}, two trains take {:?}",
@@ -337,38 +341,24 @@ async fn over_a_fast_path_an_edge_is_measured_once_its_train_went_and_without_a_
     let (gateway, edge) = live_connection(state.path()).await;
     let watched = std::time::Instant::now();
     let _gateway_watch = PathWatch::start(&gateway);
-    let watch = PathWatch::start(&edge);
-    tokio::time::timeout(Duration::from_secs(5), watch.probe_train_crossed())
-        .await
-        .expect("measured within 5 s");
-    assert!(
-        watched.elapsed() < PROBE_TRAIN_WAIT,
-        "{:?}",
-        watched.elapsed()
-    );
+    let waited = measured(&PathWatch::start(&edge), watched).await;
+    assert!(waited < PROBE_TRAIN_WAIT, "{waited:?}");
 
     // The gateway's end not watched: it sends no train, so the edge's goes after the wait,
     // and only then is the edge measured.
     let (gateway, edge) = live_connection(state.path()).await;
     let watched = std::time::Instant::now();
     let watch = PathWatch::start(&edge);
-    let measured = tokio::spawn({
+    let waited = tokio::spawn({
         let watch = watch.clone();
-        async move {
-            watch.probe_train_crossed().await;
-            std::time::Instant::now()
-        }
+        async move { measured(&watch, watched).await }
     });
     let sizes = read_probe_train(&gateway).await;
     assert_eq!(sizes.len(), PROBE_TRAIN_PACKETS);
-    let measured = tokio::time::timeout(Duration::from_secs(5), measured)
-        .await
-        .expect("measured within 5 s")
-        .unwrap();
+    let waited = waited.await.unwrap();
     assert!(
-        measured.duration_since(watched) >= PROBE_TRAIN_WAIT,
-        "measured {:?} after the watch started, before the train could go",
-        measured.duration_since(watched)
+        waited >= PROBE_TRAIN_WAIT,
+        "measured {waited:?} after the watch started, before the train could go"
     );
     // Once measured, it stays so.
     tokio::time::timeout(Duration::from_secs(1), watch.probe_train_crossed())
