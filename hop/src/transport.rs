@@ -765,7 +765,8 @@ impl PathWatch {
                 }
             }
         });
-        if ControllerFigures::of(&conn).is_some_and(|f| f.congestion == Congestion::Live) {
+        let live = ControllerFigures::of(&conn).filter(|f| f.congestion == Congestion::Live);
+        if let Some(figures) = live {
             let (watch, conn) = (self.clone(), conn.clone());
             tokio::spawn(async move {
                 let go = match conn.side() {
@@ -784,7 +785,8 @@ impl PathWatch {
                     1..SLOW_TRAIN_BPS
                 );
                 if go && send_probe_train(&conn) && slow {
-                    let _ = tokio::time::timeout(PROBE_TRAIN_CROSSING, train_crossing(&conn)).await;
+                    let crossing = train_crossing(&conn, &figures);
+                    let _ = tokio::time::timeout(PROBE_TRAIN_CROSSING, crossing).await;
                 }
                 watch.train_done();
             });
@@ -1043,15 +1045,13 @@ pub const PROBE_TRAIN_CROSSING: Duration = Duration::from_secs(1);
 
 /// Returns once everything `conn` sent before the call (a probe train, just sent) has been
 /// acknowledged: a round trip has passed, an acknowledgement came since, and nothing is in
-/// flight as of the last. Looks every [`PATH_WATCH_INTERVAL`]; returns at once on a
-/// connection without rtmpq's controller, or when the connection closes.
-async fn train_crossing(conn: &quinn::Connection) {
+/// flight as of the last, by `figures` (its controller's, read once: a path that changes
+/// within the wait gets a new controller, and [`PROBE_TRAIN_CROSSING`] bounds the wait).
+/// Looks every [`PATH_WATCH_INTERVAL`]; returns when the connection closes.
+async fn train_crossing(conn: &quinn::Connection, figures: &ControllerFigures) {
     let sent_at = Instant::now();
     let acks_before = conn.stats().frame_rx.acks;
     loop {
-        let Some(figures) = ControllerFigures::of(conn) else {
-            return;
-        };
         let stats = conn.stats();
         if sent_at.elapsed() >= stats.path.rtt
             && stats.frame_rx.acks > acks_before
