@@ -159,7 +159,7 @@ async fn relay(
             let at = monotonic_ns();
             // As the edge's RTMP reader does: a pusher with Nagle's algorithm on (ffmpeg)
             // holds a frame's tail until what it sent before is acknowledged.
-            let _ = socket2::SockRef::from(from_pusher.as_ref()).set_tcp_quickack(true);
+            rtmpq_hop::rtmp::acknowledge_at_once(from_pusher.as_ref());
             reader.read(&buf[..n], |ts, before| {
                 clock.lock().expect("source clock").note(ts, before, at);
             });

@@ -165,15 +165,21 @@ impl AsyncRead for PromptAcks {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.read).poll_read(cx, buf);
-        #[cfg(target_os = "linux")]
         if matches!(polled, std::task::Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            // Best effort: a socket that refuses is read as before.
-            let _ = socket2::SockRef::from(self.read.as_ref()).set_tcp_quickack(true);
+            acknowledge_at_once(self.read.as_ref());
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = before;
         polled
     }
+}
+
+/// Asks the kernel to acknowledge what `tcp` receives next at once (see [`PromptAcks`], which
+/// calls it after every read; so does the bench's tap). Best effort, Linux only: a socket that
+/// refuses, or another system, is read as before.
+pub fn acknowledge_at_once(tcp: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+    #[cfg(not(target_os = "linux"))]
+    let _ = tcp;
 }
 
 /// What the reader hands up.
