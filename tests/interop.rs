@@ -77,6 +77,14 @@ fn every_interop_case_and_a_flood_leave_the_push_alive() {
             .any(|l| l.contains("peer address changed") && l.contains("198.18.0.3:")),
         "no address change seen by the gateway:\n{changed}"
     );
+    // The edge saw its own address change and told the gateway at once, not at its next
+    // keep-alive.
+    let edge = log(&out, "address-change", "edge");
+    assert!(
+        edge.lines()
+            .any(|l| l.contains("this end's address changed") && l.contains("198.18.0.3")),
+        "the edge did not notice its address change:\n{edge}"
+    );
 
     let flood = runs.iter().find(|r| r["profile"] == "flood").unwrap();
     let report = &flood["flood"];
