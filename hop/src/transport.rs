@@ -757,8 +757,20 @@ impl PathWatch {
         let arrived = self.clone();
         tokio::spawn(async move {
             let mut train = TrainCount::default();
-            while let Ok(datagram) = discard.read_datagram().await {
-                if train.heard(datagram.len(), Instant::now()) {
+            loop {
+                let read = discard.read_datagram();
+                let ended = match train.gives_up_at() {
+                    Some(at) => match tokio::time::timeout_at(at.into(), read).await {
+                        Ok(Ok(datagram)) => train.heard(datagram.len(), Instant::now()),
+                        Ok(Err(_)) => return,
+                        Err(_) => train.finish(),
+                    },
+                    None => match read.await {
+                        Ok(datagram) => train.heard(datagram.len(), Instant::now()),
+                        Err(_) => return,
+                    },
+                };
+                if ended {
                     let rate = train.rate_bps.unwrap_or(u64::MAX);
                     arrived.peers_train_bps.store(rate, Ordering::Relaxed);
                     heard.notify_one();
@@ -976,37 +988,72 @@ pub const PROBE_TRAIN_PACKET_MIN: usize = 1000;
 #[derive(Debug, Default)]
 struct TrainCount {
     packets: usize,
-    /// When the first packet came, and the bytes since (the first's excluded).
+    /// When the first and the latest packet came, and the bytes after the first.
     first_at: Option<Instant>,
+    last_at: Option<Instant>,
     bytes_after_first: u64,
     /// The rate the train arrived at, bit/s, once it all came.
     rate_bps: Option<u64>,
+    done: bool,
 }
+
+/// How long after a lone first packet of the peer's train the rest is given up on.
+const TRAIN_FIRST_GAP: Duration = Duration::from_millis(100);
+/// The least time after the latest packet of the peer's train before the rest is given up
+/// on (otherwise four times the spacing so far).
+const TRAIN_GAP: Duration = Duration::from_millis(20);
 
 impl TrainCount {
     /// A DATAGRAM of `len` bytes arrived at `now`; whether the peer's whole train has now
     /// (once).
     fn heard(&mut self, len: usize, now: Instant) -> bool {
-        if len < PROBE_TRAIN_PACKET_MIN || self.packets >= PROBE_TRAIN_PACKETS {
+        if len < PROBE_TRAIN_PACKET_MIN || self.done {
             return false;
         }
         self.packets += 1;
+        self.last_at = Some(now);
         match self.first_at {
             None => self.first_at = Some(now),
-            Some(first) => {
-                self.bytes_after_first += len as u64;
-                if self.packets == PROBE_TRAIN_PACKETS {
-                    let spread = now.duration_since(first).as_secs_f64();
-                    let bits = self.bytes_after_first as f64 * 8.0;
-                    self.rate_bps = Some(if spread > 0.0 {
-                        (bits / spread) as u64
-                    } else {
-                        u64::MAX
-                    });
-                }
+            Some(_) => self.bytes_after_first += len as u64,
+        }
+        self.packets == PROBE_TRAIN_PACKETS && self.finish()
+    }
+
+    /// When the rest of a train begun is given up on (a packet of it was lost: at 2 % loss
+    /// one train in three loses one, and an edge that waited for the twentieth waited
+    /// [`PROBE_TRAIN_WAIT`] before it sent its own): four times the spacing so far after the
+    /// latest, at least [`TRAIN_GAP`]. `None` before the first packet and once done.
+    fn gives_up_at(&self) -> Option<Instant> {
+        let (first, last) = (self.first_at?, self.last_at?);
+        if self.done {
+            return None;
+        }
+        let gap = match self.packets {
+            1 => TRAIN_FIRST_GAP,
+            n => (last.duration_since(first) * 4 / (n as u32 - 1)).max(TRAIN_GAP),
+        };
+        Some(last + gap)
+    }
+
+    /// The train ended (all came, or the rest was given up on): its rate from its first
+    /// packet to its latest, none if fewer than two came. True once.
+    fn finish(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        self.done = true;
+        if let (Some(first), Some(last)) = (self.first_at, self.last_at) {
+            if self.packets >= 2 {
+                let spread = last.duration_since(first).as_secs_f64();
+                let bits = self.bytes_after_first as f64 * 8.0;
+                self.rate_bps = Some(if spread > 0.0 {
+                    (bits / spread) as u64
+                } else {
+                    u64::MAX
+                });
             }
         }
-        self.packets == PROBE_TRAIN_PACKETS
+        true
     }
 }
 
@@ -1294,6 +1341,22 @@ mod tests {
         // Once: later datagrams of any size are not another train.
         assert!(!train.heard(1288, at(40)));
         assert_eq!(train.rate_bps, Some(1_000_000));
+        // A train with a packet lost is given up on four spacings after its latest, at its
+        // rate so far.
+        let mut lossy = TrainCount::default();
+        assert_eq!(lossy.gives_up_at(), None);
+        assert!(!lossy.heard(1250, at(0)));
+        assert_eq!(lossy.gives_up_at(), Some(at(0) + TRAIN_FIRST_GAP));
+        for n in 1..PROBE_TRAIN_PACKETS as u32 - 1 {
+            assert!(!lossy.heard(1250, at(n)));
+        }
+        let last = at(PROBE_TRAIN_PACKETS as u32 - 2);
+        assert_eq!(lossy.gives_up_at(), Some(last + Duration::from_millis(40)));
+        assert!(lossy.finish());
+        assert_eq!(lossy.rate_bps, Some(1_000_000));
+        assert!(!lossy.finish(), "once");
+        assert_eq!(lossy.gives_up_at(), None);
+        assert!(!lossy.heard(1250, at(PROBE_TRAIN_PACKETS as u32 - 1)));
         // A train that all came at once came over a fast path.
         let mut bunched = TrainCount::default();
         for _ in 0..PROBE_TRAIN_PACKETS {
