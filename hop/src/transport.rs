@@ -758,17 +758,16 @@ impl PathWatch {
         tokio::spawn(async move {
             let mut train = TrainCount::default();
             loop {
+                // `None`: the train's rest was given up on before another datagram came.
                 let read = discard.read_datagram();
-                let ended = match train.gives_up_at() {
-                    Some(at) => match tokio::time::timeout_at(at.into(), read).await {
-                        Ok(Ok(datagram)) => train.heard(datagram.len(), Instant::now()),
-                        Ok(Err(_)) => return,
-                        Err(_) => train.finish(),
-                    },
-                    None => match read.await {
-                        Ok(datagram) => train.heard(datagram.len(), Instant::now()),
-                        Err(_) => return,
-                    },
+                let got = match train.gives_up_at() {
+                    Some(at) => tokio::time::timeout_at(at.into(), read).await.ok(),
+                    None => Some(read.await),
+                };
+                let ended = match got {
+                    Some(Ok(datagram)) => train.heard(datagram.len(), Instant::now()),
+                    Some(Err(_)) => return,
+                    None => train.finish(),
                 };
                 if ended {
                     let rate = train.rate_bps.unwrap_or(u64::MAX);
