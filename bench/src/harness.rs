@@ -356,15 +356,20 @@ pub struct LinkLimits {
     /// The most video frames that arrive within that budget of their due time and decode,
     /// whichever a sender that knows the link ahead of time sends ([`frames_in_budget`]).
     pub frames_in_budget: u64,
+    /// The video frames the run's figures judge (those due in the profile's window).
+    pub frames_judged: u64,
 }
 
 /// What the profile's link lets through of the run's clip, the stream's way (`None` for a
-/// link whose rate is not limited).
+/// link whose rate is not limited). `dark` holds the link's blackouts in this run as (from,
+/// length) on the clip's clock (timestamp zero due at zero): where a blackout falls against the
+/// key frames decides how much of the clip any sender can save.
 pub fn link_limits(
     profile: &Profile,
     direction: Direction,
     ctx: &RunContext,
     budget_ms: u32,
+    dark: &[(Duration, Duration)],
 ) -> Option<LinkLimits> {
     let (delay, steps) = bottleneck(profile, direction)?;
     let sizes = ctx.sizes;
@@ -400,7 +405,8 @@ pub fn link_limits(
         floor_ms,
         frames_ceiling: (carried / seconds * ctx.frames_expected as f64).round() as u64,
         budget_ms,
-        frames_in_budget: frames_in_budget(&ctx.frames, delay, video_rate_at, allowed),
+        frames_in_budget: frames_in_budget(&ctx.frames, delay, video_rate_at, allowed, dark),
+        frames_judged: frames_judged(profile, ctx.duration, ctx.frames_expected),
     })
 }
 
@@ -409,8 +415,9 @@ pub fn link_limits(
 ///
 /// The link is a queue: a frame sent goes when it is due or once the link is free, is
 /// serialized at `video_rate_at` (bit/s left for video when it starts) and then takes `delay`.
-/// A frame decodes if the key frame of its GOP and every reference frame before it in decode
-/// order were kept (a B-frame's references come before it in decode order too); a frame not
+/// The link carries nothing over the `dark` spans ((from, length) on the clip's clock): a
+/// frame that would be on the link then goes once the span ends. A frame decodes if the key
+/// frame of its GOP and every reference frame before it in decode order were kept (a B-frame's references come before it in decode order too); a frame not
 /// sent takes no link time. Exact for this model: a dynamic programme over the frames in
 /// decode order whose state is how far the link's free time runs behind the frame's due time
 /// and whether the GOP is still whole, keeping for each the states no other beats on both
@@ -426,6 +433,7 @@ pub fn frames_in_budget(
     delay: Duration,
     video_rate_at: impl Fn(Duration) -> f64,
     allowed: Duration,
+    dark: &[(Duration, Duration)],
 ) -> u64 {
     /// How far the link's free time runs behind the current frame's due time, s, and the
     /// frames kept so far.
@@ -451,6 +459,25 @@ pub fn frames_in_budget(
         return 0;
     };
     let (delay, allowed) = (delay.as_secs_f64(), allowed.as_secs_f64());
+    // The dark spans on the frames' clock below (the first frame due at zero), s.
+    let first_due = f64::from(first.due_ms) / 1e3;
+    let dark: Vec<(f64, f64)> = dark
+        .iter()
+        .map(|&(from, len)| {
+            let from = from.as_secs_f64() - first_due;
+            (from, from + len.as_secs_f64())
+        })
+        .collect();
+    // When a frame that would start on the link at `start` for `takes` s starts: after every
+    // dark span it would overlap.
+    let lit_from = |mut start: f64, takes: f64| {
+        for &(from, until) in &dark {
+            if start < until && start + takes > from {
+                start = start.max(until);
+            }
+        }
+        start
+    };
     // Reaches with the GOP whole (a frame may be kept) and broken (only a key frame may).
     let mut whole: Vec<Reach> = Vec::new();
     let mut broken = vec![Reach {
@@ -474,7 +501,8 @@ pub fn frames_in_budget(
                 let may_keep = is_whole || frame.role == FrameRole::Key;
                 let rate = video_rate_at(Duration::from_secs_f64(due + behind));
                 if may_keep && rate > 0.0 {
-                    let behind = behind + frame.bytes as f64 * 8.0 / rate;
+                    let takes = frame.bytes as f64 * 8.0 / rate;
+                    let behind = lit_from(due + behind, takes) - due + takes;
                     if behind + delay <= allowed {
                         next_whole.push(Reach {
                             behind,
@@ -1361,7 +1389,21 @@ pub async fn run_one(
         returns_ns: &returns_ns,
     };
     let mut result = summarize(profile, label, direction, observed, ctx);
-    result.link_limits = link_limits(profile, direction, ctx, transport.budget_ms());
+    // The blackouts on the clip's clock: from the source's zero (the pusher's start for a
+    // pusher the tap cannot read).
+    let clip_zero_ns = source_clock
+        .and_then(|c| c.start_ns())
+        .unwrap_or(started_ns as i64);
+    let dark: Vec<(Duration, Duration)> = profile
+        .link
+        .blackouts
+        .iter()
+        .map(|&(at, len)| {
+            let from_ns = (link.started_ns + at.as_nanos() as u64) as i64 - clip_zero_ns;
+            (Duration::from_nanos(from_ns.max(0) as u64), len)
+        })
+        .collect();
+    result.link_limits = link_limits(profile, direction, ctx, transport.budget_ms(), &dark);
     result.link_up = link.up.snapshot();
     result.link_down = link.down.snapshot();
     result.decode_errors = if ctx.enhanced {
@@ -1410,6 +1452,18 @@ fn in_window(profile: &Profile, duration: Duration, due_ms: u32) -> bool {
         }
         None => true,
     }
+}
+
+/// How many of a clip's `expected_all` video frames lasting `duration` are due in the
+/// profile's window (at least one).
+fn frames_judged(profile: &Profile, duration: Duration, expected_all: u64) -> u64 {
+    let share = match profile.window {
+        Some((first, last)) => {
+            (duration.saturating_sub(first + last)).as_secs_f64() / duration.as_secs_f64()
+        }
+        None => 1.0,
+    };
+    ((expected_all as f64 * share).round() as u64).max(1)
 }
 
 /// Where a run's latencies are counted from.
@@ -1508,13 +1562,7 @@ fn summarize(
     let (_, _, audio_windowed) = latencies(profile, ctx.duration, &arrivals.audio, clock);
     // Back at the floor: within RECOVERED_MS of the run's smallest latency, as counted.
     let least = floor - clock.subtracted(floor);
-    let share = match profile.window {
-        Some((first, last)) => {
-            (ctx.duration.saturating_sub(first + last)).as_secs_f64() / ctx.duration.as_secs_f64()
-        }
-        None => 1.0,
-    };
-    let expected = ((expected_all as f64 * share).round() as u64).max(1);
+    let expected = frames_judged(profile, ctx.duration, expected_all);
     let received_in_window = (windowed.len() as u64).min(expected);
     let q = |p: f64| rtmpq_demo::media::quantile(&windowed, p).unwrap_or(f64::NAN);
     let missing = expected - received_in_window;
@@ -1693,7 +1741,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
             video_bytes: 7_500_000,
             audio_bytes: 240_000,
         };
-        let limits = link_limits(&p, Direction::Play, &ctx, 1000).unwrap();
+        let limits = link_limits(&p, Direction::Play, &ctx, 1000, &[]).unwrap();
         // 25 ms and 33 kB at 2.4 Mbit/s (110 ms).
         assert!(
             (limits.floor_ms.unwrap() - 135.0).abs() < 1e-9,
@@ -1704,12 +1752,12 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         // A link whose rate steps to 12 Mbit/s half way: no one floor, and the second half
         // carries everything.
         p.link.rate_steps = vec![(Duration::from_secs(10), 12_000_000)];
-        let limits = link_limits(&p, Direction::Publish, &ctx, 1000).unwrap();
+        let limits = link_limits(&p, Direction::Publish, &ctx, 1000, &[]).unwrap();
         assert_eq!(limits.floor_ms, None);
         assert_eq!(limits.frames_ceiling, 221 + 300);
         // No rate limit: nothing to say.
         p.link = LinkSpec::symmetric(crate::netem::DirectionSpec::default());
-        assert_eq!(link_limits(&p, Direction::Publish, &ctx, 1000), None);
+        assert_eq!(link_limits(&p, Direction::Publish, &ctx, 1000, &[]), None);
     }
 
     /// `gops` GOPs of 60 frames at 30 fps: a 33 kB key frame, then 12 kB inter frames, those
@@ -1733,20 +1781,26 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         let ms = Duration::from_millis;
         let p_only = gop_clip(2, FrameRole::Reference);
         // A link faster than the stream: everything.
-        assert_eq!(frames_in_budget(&p_only, ms(50), |_| 10e6, ms(300)), 120);
+        assert_eq!(
+            frames_in_budget(&p_only, ms(50), |_| 10e6, ms(300), &[]),
+            120
+        );
         // 1.5 Mbit/s, 50 ms, 300 ms allowed: the key frame arrives 226 ms after its due
         // time, P1 257 ms and P2 287 ms after theirs; P3 would at 318 ms, and its GOP's tail
         // goes with it.
-        assert_eq!(frames_in_budget(&p_only, ms(50), |_| 1.5e6, ms(300)), 6);
+        assert_eq!(
+            frames_in_budget(&p_only, ms(50), |_| 1.5e6, ms(300), &[]),
+            6
+        );
         // The same with every other inter frame disposable: every reference frame fits (64 ms
         // on the link each 67 ms) once no disposable picture takes its place, so more than
         // half of each GOP arrives (a sender that kept each picture that fits, in order, got
         // 24: the disposable ones took the link the references needed).
         let with_disposable = gop_clip(2, FrameRole::Disposable);
-        let kept = frames_in_budget(&with_disposable, ms(50), |_| 1.5e6, ms(300));
+        let kept = frames_in_budget(&with_disposable, ms(50), |_| 1.5e6, ms(300), &[]);
         assert!((60..120).contains(&kept), "{kept}");
         // A link with nothing left for video: nothing.
-        assert_eq!(frames_in_budget(&p_only, ms(50), |_| 0.0, ms(1000)), 0);
+        assert_eq!(frames_in_budget(&p_only, ms(50), |_| 0.0, ms(1000), &[]), 0);
         // A rate that steps up at the second GOP: that one arrives whole.
         let stepped = |at: Duration| {
             if at >= Duration::from_secs(2) {
@@ -1755,12 +1809,32 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
                 1.5e6
             }
         };
-        assert_eq!(frames_in_budget(&p_only, ms(50), stepped, ms(300)), 63);
+        assert_eq!(frames_in_budget(&p_only, ms(50), stepped, ms(300), &[]), 63);
         // Frames before the first key frame never decode.
         assert_eq!(
-            frames_in_budget(&p_only[1..], ms(50), |_| 10e6, ms(300)),
+            frames_in_budget(&p_only[1..], ms(50), |_| 10e6, ms(300), &[]),
             60
         );
+    }
+
+    #[test]
+    fn frames_in_budget_lose_a_blackout_up_to_the_first_key_frame_that_can_arrive_in_time() {
+        let ms = Duration::from_millis;
+        let clip = gop_clip(5, FrameRole::Reference);
+        let in_budget = |dark: &[(Duration, Duration)]| {
+            frames_in_budget(&clip, ms(25), |_| 10e6, ms(1000), dark)
+        };
+        assert_eq!(in_budget(&[]), 300);
+        // Dark from 3.0 s to 6.0 s (key frames every 2 s): the GOP from 4 s cannot arrive in
+        // time (its key frame would go at 6 s, 2 s late), nor can the rest of the one from 2 s
+        // (frames due from 3.0 s are lost or break it). Frames due 3.0 s to 6.0 s are lost: 90.
+        assert_eq!(in_budget(&[(ms(3000), ms(3000))]), 210);
+        // Dark from 3.0 s to 4.5 s: the key frame due at 4 s goes at 4.5 s, 0.5 s late but
+        // within the budget, and its GOP follows; only frames due 3.0 s to 4.0 s are lost
+        // (a GOP's frames after a lost one are lost too).
+        assert_eq!(in_budget(&[(ms(3000), ms(1500))]), 270);
+        // A blackout ending 0.3 s after a key frame was due: that GOP survives too.
+        assert_eq!(in_budget(&[(ms(2500), ms(1800))]), 270 - 15);
     }
 
     #[test]
@@ -1854,6 +1928,7 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
                 frames_ceiling: 7,
                 budget_ms,
                 frames_in_budget: best,
+                frames_judged: 10,
             });
             r
         };
@@ -1870,6 +1945,23 @@ rtmpq_sessions_ended_total{role=\"gateway\",reason=\"normal\"} 1\n";
         assert_eq!(count("Within 1000 ms (publish): 6 of them"), 1, "{md}");
         assert_eq!(count("Within 300 ms (publish): 3 of them"), 1, "{md}");
         assert_eq!(count("Within 1000 ms (play): 6 of them"), 1, "{md}");
+        // With a blackout, where it fell differs run by run: each run's best is given.
+        let mut dark = profile(None);
+        dark.link.blackouts = vec![(Duration::from_millis(300), Duration::from_millis(300))];
+        let results = [
+            run("rtmpq", Direction::Publish, 1000, 6),
+            run("rtmpq-bbr", Direction::Publish, 1000, 7),
+        ];
+        let md = crate::report::markdown(&[dark], &results);
+        assert!(
+            md.contains("Within 1000 ms (rtmpq, publish): 6 of the 10 frames")
+                && md.contains("the 4 it cannot save are 40.0 % of the 10 judged"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Within 1000 ms (rtmpq-bbr, publish): 7 of the 10 frames"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -117,7 +117,22 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                         ceiling as f64 * 0.75,
                     );
                 }
-                if !bests_told.contains(&(r.direction, limits.budget_ms)) {
+                if !p.link.blackouts.is_empty() {
+                    // Where the blackout fell against the key frames differs run by run.
+                    let lost = r.frames_expected.saturating_sub(limits.frames_in_budget);
+                    let _ = writeln!(
+                        md,
+                        "Within {} ms ({}, {}): {} of the {} frames arrive in time and decode when a sender that knows the link ahead of time (its rate, and when this run's blackout fell against the clip's key frames) chooses them: the {lost} it cannot save are {:.1} % of the {} judged, the fewest lost or late beyond {} ms any sender gets in this run.\n",
+                        limits.budget_ms,
+                        r.transport,
+                        r.direction,
+                        limits.frames_in_budget,
+                        r.frames_expected,
+                        lost as f64 / limits.frames_judged.max(1) as f64 * 100.0,
+                        limits.frames_judged,
+                        limits.budget_ms,
+                    );
+                } else if !bests_told.contains(&(r.direction, limits.budget_ms)) {
                     bests_told.push((r.direction, limits.budget_ms));
                     let _ = writeln!(
                         md,
