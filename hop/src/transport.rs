@@ -920,19 +920,9 @@ impl PathWatch {
         // 2.4 Mbit/s.
         let wait = match congestion {
             Some(Congestion::Live) if speed > 0 => {
-                // A message waits behind what quinn holds unsent (the send window beyond the
-                // controller's window, at most a quarter of it: what is in flight is already
-                // on its way), then the bottleneck's queue (the controller keeps it near its
-                // target) and half a round trip. Not the whole send window: counting what is
-                // in flight as a wait left a 500 ms budget 375 ms where 430 were there, and
-                // the queue dropped GOP tails the path would have carried in time. Nor a
-                // window the controller has not yet shrunk to the path (start-up's 64 KiB,
-                // 220 ms at 2.4 Mbit/s): taken as a wait, it left a 300 ms budget 75 ms.
-                let target = queue_target(min_rtt);
                 let unsent = window.saturating_sub(stats.path.cwnd);
                 let unsent = Duration::from_secs_f64(unsent as f64 / speed as f64);
-                let standing = (min_rtt + target) / 4;
-                min_rtt / 2 + target + unsent.min(standing)
+                live_quic_wait(min_rtt, rtt, unsent)
             }
             Some(Congestion::Live) => MAX_QUIC_WAIT,
             _ => horizon.max(drain.min(MAX_QUIC_WAIT)),
@@ -965,6 +955,30 @@ impl PathWatch {
         self.min_rtt_us
             .store(figures.min_rtt().as_micros() as u64, Ordering::Relaxed);
     }
+}
+
+/// About how long a message handed to quinn now waits there until it is across, under
+/// rtmpq's controller, on a path whose smallest and smoothed round trips are `min_rtt` and
+/// `rtt`, with `unsent` the time what quinn holds unsent beyond the controller's window takes
+/// at the path's rate.
+///
+/// A message waits behind what quinn holds unsent (at most a quarter of the window's round
+/// trip: what is in flight is already on its way), then the bottleneck's queue, then half a
+/// round trip. Not the whole send window: counting what is in flight as a wait left a 500 ms
+/// budget 375 ms where 430 were there, and the queue dropped GOP tails the path would have
+/// carried in time. Nor a window the controller has not yet shrunk to the path (start-up's 64
+/// KiB, 220 ms at 2.4 Mbit/s): taken as a wait, it left a 300 ms budget 75 ms.
+///
+/// The bottleneck's queue is what the smoothed round trip stands above the smallest, at least
+/// the controller's [`queue_target`]: counted at the target alone (where the controller
+/// holds it on average), the last frame of a GOP that the hop's queue let go arrived up to 41
+/// ms past a 300 or 500 ms budget on a link at half the stream's rate, where a probe's gain,
+/// a key frame's burst or the probe train's queue stood above the target.
+pub fn live_quic_wait(min_rtt: Duration, rtt: Duration, unsent: Duration) -> Duration {
+    let target = queue_target(min_rtt);
+    let queue = rtt.saturating_sub(min_rtt).max(target);
+    let standing = (min_rtt + target) / 4;
+    (min_rtt / 2 + queue + unsent.min(standing)).min(MAX_QUIC_WAIT)
 }
 
 /// How long a path may leave what was sent unacknowledged before [`PathWatch`] probes it (or
@@ -1284,6 +1298,19 @@ mod tests {
         // rtmpq's controller on a 1.5 Mbit/s path: its 14 KB window is the floor, and a
         // quarter more the ceiling, not 64 KiB (350 ms unsent in quinn).
         assert_eq!(send_window(14_000, 187_500, h, 14_000), 17_500);
+    }
+
+    #[test]
+    fn a_message_waits_for_the_queue_that_stands_at_least_the_target() {
+        let ms = Duration::from_millis;
+        // 54 ms path, no queue measured: half a round trip and the target (27 ms), and what
+        // is unsent up to a quarter of the window's round trip (20 ms).
+        assert_eq!(live_quic_wait(ms(54), ms(54), ms(0)), ms(54));
+        assert_eq!(live_quic_wait(ms(54), ms(60), ms(50)), ms(74) + ms(1) / 4);
+        // A queue standing above the target (the smoothed round trip 101 ms): all of it.
+        assert_eq!(live_quic_wait(ms(54), ms(101), ms(0)), ms(74));
+        // Never more than the longest wait.
+        assert_eq!(live_quic_wait(ms(54), ms(60_000), ms(0)), MAX_QUIC_WAIT);
     }
 
     #[test]
