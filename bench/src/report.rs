@@ -122,7 +122,7 @@ pub fn markdown(profiles: &[Profile], results: &[RunResult]) -> String {
                     let lost = r.frames_expected.saturating_sub(limits.frames_in_budget);
                     let _ = writeln!(
                         md,
-                        "Within {} ms ({}, {}): {} of the {} frames arrive in time and decode when a sender that knows the link ahead of time (its rate, and when this run's blackout fell against the clip's key frames) chooses them: the {lost} it cannot save are {:.1} % of the {} judged, the fewest lost or late beyond {} ms any sender gets in this run.\n",
+                        "Within {} ms ({}, {}): {} of the {} frames arrive in time and decode when a sender that knows the link ahead of time (its rate, and when this run's blackout fell against the clip's key frames) chooses them: the {lost} it cannot save are {:.1} % of the {} judged, the fewest lost or late beyond {} ms any sender gets in this run, by the bench's model of the link (good to a frame or two).\n",
                         limits.budget_ms,
                         r.transport,
                         r.direction,
