@@ -417,11 +417,12 @@ pub fn link_limits(
 /// serialized at `video_rate_at` (bit/s left for video when it starts) and then takes `delay`.
 /// The link carries nothing over the `dark` spans ((from, length) on the clip's clock): a
 /// frame that would be on the link then goes once the span ends. A frame decodes if the key
-/// frame of its GOP and every reference frame before it in decode order were kept (a B-frame's references come before it in decode order too); a frame not
-/// sent takes no link time. Exact for this model: a dynamic programme over the frames in
-/// decode order whose state is how far the link's free time runs behind the frame's due time
-/// and whether the GOP is still whole, keeping for each the states no other beats on both
-/// counts (less behind, more frames kept), so no rounding and at most a few hundred states.
+/// frame of its GOP and every reference frame before it in decode order were kept (a
+/// B-frame's references come before it in decode order too); a frame not sent takes no link
+/// time. Exact for this model: a dynamic programme over the frames in decode order whose
+/// state is how far the link's free time runs behind the frame's due time and whether the GOP
+/// is still whole, keeping for each the states no other beats on both counts (less behind,
+/// more frames kept), so no rounding and at most a few hundred states.
 ///
 /// The frame ceiling ([`LinkLimits::frames_ceiling`]) counts bytes only; this counts what a
 /// budget and a GOP's references let through. On a link slower than the stream a GOP of
@@ -1400,7 +1401,9 @@ pub async fn run_one(
         .iter()
         .map(|&(at, len)| {
             let from_ns = (link.started_ns + at.as_nanos() as u64) as i64 - clip_zero_ns;
-            (Duration::from_nanos(from_ns.max(0) as u64), len)
+            let until_ns = from_ns + len.as_nanos() as i64;
+            let from = Duration::from_nanos(from_ns.max(0) as u64);
+            (from, Duration::from_nanos(until_ns.max(0) as u64) - from)
         })
         .collect();
     result.link_limits = link_limits(profile, direction, ctx, transport.budget_ms(), &dark);
