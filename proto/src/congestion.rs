@@ -45,6 +45,12 @@ pub const INITIAL_WINDOW: u64 = 240_000;
 /// pace, and the first frame came 20-40 ms after BBR's (0.27-0.28 s against 0.24-0.26, five
 /// runs; 0.24 without the edge's train).
 pub const STARTUP_PACE_BPS: u64 = 38_400_000;
+/// The most start-up's window grows to hold [`STARTUP_PACE_BPS`]: four initial windows (a
+/// 250 ms path). The smallest round trip is the peer's to lengthen (it may hold its
+/// acknowledgements), and the window must not follow it without end.
+pub const MAX_STARTUP_WINDOW: u64 = 4 * INITIAL_WINDOW;
+/// quinn paces at this many windows per smoothed round trip.
+pub const QUINN_PACE_PER_WINDOW: f64 = 1.25;
 /// Packets of padding a connection sends back to back once it is up, before any stream (the
 /// probe train; the gateway's first, then the edge's): on a path slower than about 5 Mbit/s
 /// they queue at the bottleneck for more than a [`queue_target`], and their acknowledgements
@@ -275,8 +281,9 @@ impl LiveController {
             LiveMode::Startup => {
                 // Over the smallest round trip: start-up's own queue lengthens the smoothed
                 // one, and a window that grew with it would fill the queue further.
-                let paced = STARTUP_PACE_BPS as f64 / 8.0 / 1.25 * self.min_rtt().as_secs_f64();
-                INITIAL_WINDOW.max(paced as u64)
+                let paced = STARTUP_PACE_BPS as f64 / 8.0 / QUINN_PACE_PER_WINDOW
+                    * self.min_rtt().as_secs_f64();
+                (paced as u64).clamp(INITIAL_WINDOW, MAX_STARTUP_WINDOW)
             }
             _ => MIN_WINDOW_PACKETS * self.mss,
         };
@@ -578,8 +585,6 @@ impl LiveController {
         let fell = self
             .congested_delivery
             .is_some_and(|last| (delivery as f64) < SHARE_FALL * last as f64);
-        self.delivery_falls = if fell { self.delivery_falls + 1 } else { 0 };
-        self.congested_delivery = Some(delivery);
         // A round that delivered what the estimate said is the link at its rate (a stream
         // faster than the link congests round after round so): no share of another flow's
         // queue, and no start for a count of falls. Counted from such a round, a step down
@@ -587,10 +592,13 @@ impl LiveController {
         // rate): in the simulation 80 of 1920 steps over 16 seeds and phases were taken for
         // another flow, 8 now, while a loss-based upload was met as soon (1.27 s on average
         // over 256 cases, against 1.25).
-        if (delivery as f64) >= SHARE_FALL * self.bandwidth as f64 {
-            self.congested_delivery = None;
-            self.delivery_falls = 0;
-        }
+        let at_estimate = (delivery as f64) >= SHARE_FALL * self.bandwidth as f64;
+        self.delivery_falls = if fell && !at_estimate {
+            self.delivery_falls + 1
+        } else {
+            0
+        };
+        self.congested_delivery = (!at_estimate).then_some(delivery);
         // A queue soon after competing is the other flow's again (a loss-based flow's queue
         // falls and refills with each of its backoffs): compete at once, at the rate held
         // then, not after rounds of draining to a share that shrinks each round.
@@ -846,10 +854,11 @@ mod tests {
                 }
                 self.deliver_acks();
                 self.link.step_bulk(self.now);
-                // quinn's pacer: 1.25 windows per smoothed round trip.
+                // quinn's pacer.
                 let srtt = self.srtt.max(Duration::from_millis(1));
                 let window = self.cc.window();
-                pace_tokens += 1.25 * window as f64 * step.as_secs_f64() / srtt.as_secs_f64();
+                pace_tokens +=
+                    QUINN_PACE_PER_WINDOW * window as f64 * step.as_secs_f64() / srtt.as_secs_f64();
                 pace_tokens = pace_tokens.min(10.0 * MSS as f64);
                 while self.backlog > 0
                     && self.in_flight + self.packet <= window
