@@ -146,8 +146,8 @@ struct Round {
     /// Whether the round began where start-up ended on its own queue (not judged: see
     /// [`LiveController::end_round`]).
     startup_drain: bool,
-    /// In start-up: when an acknowledgement of this round first met a queue, and what had
-    /// been delivered then (see [`LiveController::left_startup_on_queue`]).
+    /// When an acknowledgement of this round first met a queue, and what had been delivered
+    /// then (see [`LiveController::delivered_through_queue`]).
     queue_seen: Option<(Instant, u64)>,
     /// Steady: what the path delivered through a queue that stood for a round trip's span
     /// in this round, when under the estimate (see [`LiveController::cap_on_queue`]).
@@ -424,21 +424,11 @@ impl LiveController {
     ) -> bool {
         let min_rtt = self.min_rtt();
         let target = queue_target(min_rtt);
-        let queue = rtt.saturating_sub(min_rtt);
-        if queue <= target / 2 {
-            self.round.queue_seen = None;
-            return false;
-        }
-        let Some((since, delivered)) = self.round.queue_seen else {
-            self.round.queue_seen = Some((now, self.delivered));
+        let Some((acked, span)) = self.delivered_through_queue(now, rtt, target / 2, batch_before)
+        else {
             return false;
         };
-        let Some((before_at, before_delivered)) = batch_before else {
-            return false;
-        };
-        let acked = before_delivered.saturating_sub(delivered);
-        let span = before_at.saturating_duration_since(since);
-        if queue <= target || acked < 4 * self.mss || span < MIN_ROUND {
+        if rtt.saturating_sub(min_rtt) <= target || acked < 4 * self.mss || span < MIN_ROUND {
             return false;
         }
         self.bandwidth = ((acked as f64 / span.as_secs_f64()) as u64).max(1);
@@ -467,21 +457,11 @@ impl LiveController {
             return;
         }
         let min_rtt = self.min_rtt();
-        if rtt.saturating_sub(min_rtt) <= queue_target(min_rtt) {
-            self.round.queue_seen = None;
-            return;
-        }
-        let Some((since, delivered)) = self.round.queue_seen else {
-            self.round.queue_seen = Some((now, self.delivered));
+        let target = queue_target(min_rtt);
+        let Some((acked, span)) = self.delivered_through_queue(now, rtt, target, batch_before)
+        else {
             return;
         };
-        let Some((before_at, before_delivered)) = batch_before else {
-            return;
-        };
-        // Up to the batch before this one, as start-up's end takes it (a delayed
-        // acknowledgement's gap is not in the span).
-        let acked = before_delivered.saturating_sub(delivered);
-        let span = before_at.saturating_duration_since(since);
         if acked < 4 * self.mss || span < MIN_ROUND.max(min_rtt) {
             return;
         }
@@ -489,6 +469,32 @@ impl LiveController {
         if delivery < SHARE_FALL * self.bandwidth as f64 {
             self.round.rate_cap = Some((delivery as u64).max(1));
         }
+    }
+
+    /// Bytes acknowledged, and over what span, since this round's acknowledgements began to
+    /// meet a queue above `above` without a break (`rtt` the newest round trip): up to the
+    /// batch before this one (`batch_before`), so that a delayed acknowledgement's gap is not
+    /// in the span (see [`Self::left_startup_on_queue`]). `None` while no such span stands.
+    fn delivered_through_queue(
+        &mut self,
+        now: Instant,
+        rtt: Duration,
+        above: Duration,
+        batch_before: Option<(Instant, u64)>,
+    ) -> Option<(u64, Duration)> {
+        if rtt.saturating_sub(self.min_rtt()) <= above {
+            self.round.queue_seen = None;
+            return None;
+        }
+        let Some((since, delivered)) = self.round.queue_seen else {
+            self.round.queue_seen = Some((now, self.delivered));
+            return None;
+        };
+        let (before_at, before_delivered) = batch_before?;
+        Some((
+            before_delivered.saturating_sub(delivered),
+            before_at.saturating_duration_since(since),
+        ))
     }
 
     /// `lost` bytes were declared lost at `now`; `persistent`: every
