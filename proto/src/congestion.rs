@@ -1501,9 +1501,6 @@ mod tests {
                 }
             }
         }
-        let mean = total / cases;
-        println!("estimate followed the step after {mean:?} on average");
-        assert!(late.is_empty(), "steps followed late: {late:?}");
         // The step that comes as a drain round begins (after a key frame's burst) is the share
         // rule's known misreading (`a_link_whose_rate_steps_is_never_taken_for_another_flow`
         // keeps the cases it must not misread): here one case of 48, the same without this
@@ -1512,6 +1509,9 @@ mod tests {
             misread.len() <= 1,
             "steps taken for another flow: {misread:?}"
         );
+        let mean = total / cases;
+        println!("estimate followed the step after {mean:?} on average");
+        assert!(late.is_empty(), "steps followed late: {late:?}");
         assert!(
             mean < Duration::from_millis(250),
             "on average after {mean:?}"
