@@ -124,7 +124,9 @@ pub fn is_key_frame(msg: &crate::message::Message) -> bool {
 /// How long a group of pictures lives once a newer group exists behind it: half the budget
 /// (moq-lite's rule: an older group expires, in media time or waiting time, once a newer one
 /// exists; its frames then only hold up the newer key frame). The media queue drops such a
-/// group's tail at it; media lanes reset its GOP stream in QUIC at it.
+/// group's tail at it while the path is slower than the stream (on a faster one the tail is
+/// caught up in time and keeps the whole budget); media lanes reset its GOP stream in QUIC at
+/// it.
 pub fn older_group_budget(budget: Duration) -> Duration {
     budget / 2
 }
