@@ -269,20 +269,17 @@ impl MediaQueue {
         self.next_seq += 1;
         let packet = msg.media_packet();
         let kind = packet.map_or(MediaKind::Other, |p| p.kind());
-        // A media frame waits from when it was due; control from when it came.
+        // A media frame waits from when it was due, and counts in the stream's rate; control
+        // waits from when it came.
         let late = match kind {
-            MediaKind::Audio | MediaKind::VideoFrame | MediaKind::VideoKeyframe => self
-                .lateness
-                .note(msg.timestamp, now)
-                .min(self.limits.budget / MAX_LATENESS_SHARE),
+            MediaKind::Audio | MediaKind::VideoFrame | MediaKind::VideoKeyframe => {
+                self.media_in += msg.payload.len() as u64;
+                self.lateness
+                    .note(msg.timestamp, now)
+                    .min(self.limits.budget / MAX_LATENESS_SHARE)
+            }
             MediaKind::Header | MediaKind::Other => Duration::ZERO,
         };
-        if matches!(
-            kind,
-            MediaKind::Audio | MediaKind::VideoFrame | MediaKind::VideoKeyframe
-        ) {
-            self.media_in += msg.payload.len() as u64;
-        }
         let entry = Entry {
             seq,
             arrived: now.checked_sub(late).unwrap_or(now),
@@ -1062,10 +1059,7 @@ mod tests {
             let now = t0 + ms * MS;
             if ms % 33 == 0 {
                 let key = ms % 1980 == 0;
-                let mut payload = vec![0u8; if key { 30_000 } else { 6_000 }];
-                payload[0] = if key { 0x17 } else { 0x27 };
-                payload[1] = 1;
-                q.push(Message::new(9, 1, ms, payload), now);
+                q.push(sized_frame(ms, key, if key { 30_000 } else { 6_000 }), now);
             }
             if ms % 21 == 0 {
                 let mut payload = vec![0u8; 200];
